@@ -1,0 +1,150 @@
+"""The exception hierarchy: one base, each error subclassing the builtin a user would catch.
+
+Every error carries its data as attributes (the task id, the option, the cycle), so callers can
+act on it without parsing messages.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "CompositionError",
+    "CycleError",
+    "DuplicateTaskError",
+    "ExecutionError",
+    "FlowError",
+    "PlanError",
+    "PlanValidationError",
+    "ResourceError",
+    "RunFailed",
+    "SerializationError",
+    "TaskFailed",
+    "TaskTimeout",
+    "ToolDefinitionError",
+]
+
+
+class FlowError(Exception):
+    """Base class of every error flowdsl raises on purpose."""
+
+
+class ToolDefinitionError(FlowError, ValueError):
+    """Raised when ``@tool`` gets a bad option value or something that is not a function.
+
+    Attributes:
+        tool: the tool's name (or ``None`` when there is no function yet).
+        option: the option at fault.
+        value: the value that was given.
+    """
+
+    def __init__(self, msg: str, *, tool: str | None = None, option: str | None = None,
+                 value: Any = None) -> None:
+        super().__init__(msg)
+        self.tool = tool
+        self.option = option
+        self.value = value
+
+
+class CompositionError(FlowError, TypeError):
+    """Raised when tasks are composed or bound wrongly (``>>`` with an int, a missing argument)."""
+
+
+class PlanError(FlowError, ValueError):
+    """Raised when a flow cannot be planned; nothing has run."""
+
+
+class DuplicateTaskError(PlanError):
+    """Raised when two different tasks in one flow share an id.
+
+    Attributes:
+        task_id: the id used twice.
+    """
+
+    def __init__(self, msg: str, task_id: str) -> None:
+        super().__init__(msg)
+        self.task_id = task_id
+
+
+class CycleError(PlanError, graphlib.CycleError):
+    """Raised when the tasks of a flow form a cycle.
+
+    ``.cycle`` lists the ids around the cycle with the first id repeated at the end, as
+    :class:`graphlib.CycleError` does in ``args[1]``.
+    """
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        msg = "tasks form a cycle: " + " -> ".join(self.cycle)
+        super().__init__(msg, self.cycle)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ResourceError(PlanError):
+    """Raised when a task needs a pool that does not exist or more than the pool's capacity.
+
+    Attributes:
+        task_id: the task at fault (``None`` for pool definitions).
+        pool: the pool's name.
+    """
+
+    def __init__(self, msg: str, *, task_id: str | None = None, pool: str | None = None) -> None:
+        super().__init__(msg)
+        self.task_id = task_id
+        self.pool = pool
+
+
+class PlanValidationError(PlanError):
+    """Raised when a workflow document has problems; ``.problems`` lists every one of them.
+
+    Each problem is a mapping with ``path`` (a JSON path such as ``tasks[3].args.limit``) and
+    ``message``.
+    """
+
+    def __init__(self, problems: Sequence[Any]) -> None:
+        self.problems = list(problems)
+        lines = [f"{len(self.problems)} problem(s) in the workflow document:"]
+        lines += [f"  {p['path']}: {p['message']}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class ExecutionError(FlowError):
+    """Base class of errors raised while a flow runs."""
+
+
+class TaskFailed(ExecutionError):
+    """A task failed after all of its attempts; ``__cause__`` is the last error.
+
+    Attributes:
+        task_id: the task that failed.
+        attempts: how many attempts were made.
+    """
+
+    def __init__(self, msg: str, *, task_id: str, attempts: int = 0) -> None:
+        super().__init__(msg)
+        self.task_id = task_id
+        self.attempts = attempts
+
+
+class TaskTimeout(TaskFailed, TimeoutError):
+    """A task's attempt ran past its timeout."""
+
+
+class SerializationError(TaskFailed, TypeError):
+    """A value could not be pickled to or from a worker process."""
+
+
+class RunFailed(ExecutionError):
+    """Raised by :meth:`RunResult.raise_for_error` when a run did not succeed.
+
+    Attributes:
+        result: the :class:`RunResult` of the failed run, with every record kept.
+    """
+
+    def __init__(self, msg: str, result: Any) -> None:
+        super().__init__(msg)
+        self.result = result

@@ -1,0 +1,565 @@
+"""Compose: Task (one node) and Fragment (tasks composed with ``>>`` and ``|``).
+
+Composition is O(1) per operator: a Fragment is an immutable tree over its parts, so a loop of
+``flow = flow >> t`` over 100,000 tasks is linear overall. The tree is flattened into tasks and
+edges only when needed (:func:`materialize`), iteratively, so a deep tree needs no recursion.
+
+Node identity: the same Task object used twice is one node; two different Task objects with
+the same id in one flow are an error (:class:`~flowdsl.DuplicateTaskError`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._errors import CompositionError, DuplicateTaskError
+from ._tool import TRIGGERS, Tool, ToolSpec
+
+if TYPE_CHECKING:
+    from ._planner import Plan
+
+__all__ = ["CtxRef", "Flow", "Fragment", "Ref", "Task", "chain", "ctx", "materialize", "parallel"]
+
+_MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
+_id_counts: dict[str, itertools.count[int]] = {}
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+
+
+def _auto_id(name: str) -> str:
+    # next() on an itertools.count is atomic, so ids stay unique across threads.
+    counter = _id_counts.get(name) or _id_counts.setdefault(name, itertools.count(1))
+    n = next(counter)
+    return name if n == 1 else f"{name}_{n}"
+
+
+class Ref:
+    """A projection of a task's output (``task["key"]``, ``task["a"][0]``) used as an argument."""
+
+    __slots__ = ("path", "task")
+
+    def __init__(self, task: Task, path: tuple[Any, ...]) -> None:
+        self.task = task
+        self.path = path
+
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self.task, (*self.path, key))
+
+    def __repr__(self) -> str:
+        return self.task.id + "".join(f"[{k!r}]" for k in self.path)
+
+    def __bool__(self) -> bool:
+        msg = "a flowdsl reference has no truth value; use .when() for conditions"
+        raise TypeError(msg)
+
+
+class CtxRef:
+    """A value read from the run context at run time (see :func:`ctx`)."""
+
+    __slots__ = ("default", "key")
+
+    def __init__(self, key: str, default: Any = _MISSING) -> None:
+        self.key = key
+        self.default = default
+
+    def __repr__(self) -> str:
+        return f"ctx({self.key!r})"
+
+
+def ctx(key: str, default: Any = _MISSING) -> CtxRef:
+    """Refer to ``context[key]``; it is read when the task starts, after upstream outputs were
+    mapped into the context. Without a default, a missing key fails the task and names it."""
+    if not isinstance(key, str):
+        msg = f"ctx() expects a string key, got {type(key).__name__} {key!r}"
+        raise CompositionError(msg)
+    return CtxRef(key, default)
+
+
+def _scan(value: Any, out: list[Task]) -> bool:
+    """Collect the tasks ``value`` refers to; True if it holds any reference at all."""
+    if type(value) in _ATOMS:
+        return False
+    if type(value) is dict and all(type(v) in _ATOMS for v in value.values()):
+        return False
+    if isinstance(value, Task):
+        out.append(value)
+        return True
+    if isinstance(value, Ref):
+        out.append(value.task)
+        return True
+    if isinstance(value, CtxRef):
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any([_scan(v, out) for v in value])  # a list: scan every item, no short cut
+    if isinstance(value, dict):
+        return any([_scan(v, out) for v in value.values()])
+    return False
+
+
+def _bind_plain(tool: Tool, plain: tuple[tuple[str, ...], frozenset[str]],
+                args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    # A fast path for the common signature (plain parameters only): same checks and
+    # messages as inspect.Signature.bind, about five times cheaper.
+    names, required = plain
+    if len(args) > len(names):
+        msg = f"cannot call tool {tool.name!r}: too many positional arguments"
+        raise CompositionError(msg)
+    bound = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k in bound or k not in names:
+            why = "multiple values for argument" if k in bound else "an unexpected keyword"
+            msg = f"cannot call tool {tool.name!r}: got {why} {k!r}"
+            raise CompositionError(msg)
+        bound[k] = v
+    if len(bound) < len(required):
+        missing = next(n for n in names if n in required and n not in bound)
+        msg = f"cannot call tool {tool.name!r}: missing a required argument: {missing!r}"
+        raise CompositionError(msg)
+    return bound
+
+
+def _bind_inspect(tool: Tool, args: tuple[Any, ...], kwargs: dict[str, Any], partial: bool
+                  ) -> tuple[tuple[Any, ...], dict[str, Any], str | None]:
+    sig = tool.signature
+    try:
+        ba = sig.bind_partial(*args, **kwargs) if partial else sig.bind(*args, **kwargs)
+    except TypeError as exc:
+        msg = f"cannot call tool {tool.name!r}: {exc}"
+        raise CompositionError(msg) from None
+    stage_param = None
+    if partial:
+        free = [p for p in sig.parameters.values() if p.name not in ba.arguments
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not free:
+            msg = (f"tool {tool.name!r} used as a pipeline stage has no free parameter "
+                   "to receive the previous stage's output")
+            raise CompositionError(msg)
+        stage_param = free[0].name
+    return ba.args, ba.kwargs, stage_param
+
+
+class _Composable:
+    """``>>`` and ``|`` for tasks, fragments and flows; both return new values."""
+
+    __slots__ = ()
+
+    def __rshift__(self, other: Any) -> Fragment:
+        return then(self, other)
+
+    def __rrshift__(self, other: Any) -> Fragment:
+        return then(other, self)
+
+    def __or__(self, other: Any) -> Fragment:
+        return parallel(self, other)
+
+    def __ror__(self, other: Any) -> Fragment:
+        return parallel(other, self)
+
+    def __bool__(self) -> bool:
+        msg = (f"a flowdsl {type(self).__name__} has no truth value; "
+               "use | for side-by-side branches and .when() for conditions")
+        raise TypeError(msg)
+
+    def plan(self) -> Plan:
+        """Validate and plan this composition (see :func:`flowdsl.plan`)."""
+        from ._planner import plan
+
+        return plan(self)
+
+    def to_mermaid(self) -> str:
+        """The DAG as a mermaid ``flowchart`` text."""
+        from ._render import to_mermaid
+
+        return to_mermaid(self.plan())
+
+    def to_dot(self) -> str:
+        """The DAG as graphviz dot text."""
+        from ._render import to_dot
+
+        return to_dot(self.plan())
+
+
+class Task(_Composable):
+    """One node: a tool with bound arguments and per-task settings. Immutable; every setter
+    returns a new Task with the same id."""
+
+    __slots__ = ("args", "condition", "dynamic", "id", "kwargs", "spec", "stage_param",
+                 "to_context_map", "tool", "trigger", "upstream")
+
+    id: str
+    tool: Tool
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    spec: ToolSpec
+    stage_param: str | None
+    upstream: tuple[Task, ...]
+    dynamic: bool
+    condition: Callable[[Mapping[str, Any]], Any] | None
+    to_context_map: Mapping[str, str] | str | None
+    trigger: str
+
+    @classmethod
+    def _bind(cls, tool: Tool, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+              partial: bool) -> Task:
+        plain = tool._self_plain  # (names, required) when the signature has no special kinds
+        if plain is not None and not partial:
+            bound = _bind_plain(tool, plain, args, kwargs)
+            args, kwargs, stage_param = (), bound, None
+        else:
+            args, kwargs, stage_param = _bind_inspect(tool, args, kwargs, partial)
+        refs: list[Task] = []
+        dynamic = _scan(args, refs) | _scan(kwargs, refs)
+        t = object.__new__(_NewTask)
+        t.id = _auto_id(tool.name)
+        t.tool = tool
+        t.args = args
+        t.kwargs = kwargs
+        t.spec = tool._self_spec
+        t.stage_param = stage_param
+        t.dynamic = dynamic
+        t.condition = None
+        t.to_context_map = None
+        t.trigger = "all_success"
+        t.upstream = tuple(dict.fromkeys(refs)) if refs else ()
+        t.__class__ = Task  # sealed from here on: Task.__setattr__ refuses changes
+        return t
+
+    def _replace(self, **changes: Any) -> Task:
+        t = object.__new__(_NewTask)
+        for slot in Task.__slots__:
+            setattr(t, slot, changes.get(slot, getattr(self, slot)))
+        t.__class__ = Task
+        return t
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        msg = f"Task {self.id!r} is immutable; use .named(), .when() or .with_options()"
+        raise AttributeError(msg)
+
+    def named(self, task_id: str) -> Task:
+        """The same task under the id ``task_id``."""
+        if not isinstance(task_id, str) or not task_id:
+            msg = f"task id must be a non-empty string, got {task_id!r}"
+            raise CompositionError(msg)
+        return self._replace(id=task_id)
+
+    def when(self, predicate: Callable[[Mapping[str, Any]], Any]) -> Task:
+        """Run only if ``predicate(context)`` is true when the task is ready; else skip it
+        (and, by default, the tasks downstream of it)."""
+        if not callable(predicate):
+            msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
+            raise CompositionError(msg)
+        old = self.condition
+        cond = predicate if old is None else (lambda c: old(c) and predicate(c))
+        return self._replace(condition=cond)
+
+    def to_context(self, mapping: str | Mapping[str, str]) -> Task:
+        """Store the output in the run context: all of it under a key (``"key"``), or some of
+        its keys (``{"output_key": "context_key"}``)."""
+        if isinstance(mapping, str):
+            return self._replace(to_context_map=mapping)
+        if isinstance(mapping, Mapping) and all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in mapping.items()):
+            return self._replace(to_context_map=dict(mapping))
+        msg = (f"task {self.id!r}: .to_context() expects a key or a mapping of output key -> "
+               f"context key, got {mapping!r}")
+        raise CompositionError(msg)
+
+    def with_options(self, *, trigger: str | None = None, **options: Any) -> Task:
+        """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
+        ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
+        ``rollback``) and set its ``trigger`` rule."""
+        if "name" in options or "description" in options:
+            msg = f"task {self.id!r}: use .named() to rename a task"
+            raise CompositionError(msg)
+        changes: dict[str, Any] = {"spec": self.spec.evolve(**options)} if options else {}
+        if trigger is not None:
+            if trigger not in TRIGGERS:
+                msg = (f"task {self.id!r}: unknown trigger rule {trigger!r}; expected one of "
+                       + ", ".join(TRIGGERS))
+                raise CompositionError(msg)
+            changes["trigger"] = trigger
+        return self._replace(**changes)
+
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self, (key,))
+
+    def __repr__(self) -> str:
+        deps = ", ".join(t.id for t in self.upstream)
+        return f"<Task {self.id!r} tool={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
+
+
+class _NewTask(Task):
+    """A Task under construction; its class becomes Task once every slot is set."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+
+
+
+
+class Fragment(_Composable):
+    """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``)."""
+
+    __slots__ = ("_graph", "kind", "parts")
+
+    def __init__(self, kind: str, parts: tuple[Task | Fragment, ...]) -> None:
+        self.kind = kind
+        self.parts = parts
+        self._graph: Graph | None = None
+
+    def __repr__(self) -> str:
+        g = materialize(self)
+        return (f"<Fragment {_expr(self)}: {len(g.tasks)} tasks, "
+                f"{sum(map(len, g.preds.values()))} edges>")
+
+
+def _expr(root: Task | Fragment, limit: int = 12) -> str:
+    """The expression as Python grouped it, e.g. ``(a >> b) | c``; long ones are elided."""
+    out: list[str] = []
+    stack: list[Any] = [(root, None)]
+    shown = 0
+    while stack:
+        entry = stack.pop()
+        if isinstance(entry, str):
+            out.append(entry)
+            continue
+        item, parent = entry
+        if isinstance(item, Task):
+            shown += 1
+            out.append(item.id if shown <= limit else "")
+            if shown == limit + 1:
+                out.append("...")
+            continue
+        sep = " >> " if item.kind == "then" else " | "
+        wrap = parent is not None and parent != item.kind
+        seq: list[Any] = [")"] if wrap else []
+        for i, part in enumerate(reversed(item.parts)):
+            seq.append((part, item.kind))
+            if i < len(item.parts) - 1:
+                seq.append(sep)
+        if wrap:
+            seq.append("(")
+        stack.extend(seq)
+    text = "".join(out)
+    return text if shown <= limit else text[:200]
+
+
+def _coerce(item: Any, other: Any = None) -> Task | Fragment:
+    if isinstance(item, (Task, Fragment)):
+        return item
+    if isinstance(item, Flow):
+        return item.fragment
+    if isinstance(item, Tool):
+        return item.stage()
+    if isinstance(item, (list, tuple)):
+        if not item:
+            msg = "cannot compose an empty list of tasks"
+            raise CompositionError(msg)
+        return parallel(*item)
+    got = f"{type(item).__name__} {item!r}"[:80]
+    msg = f"cannot compose {got}: expected a Task, Tool, Fragment, Flow or a list of them"
+    if other is not None:
+        msg += f" (composing with {other!r})"
+    raise CompositionError(msg)
+
+
+def then(left: Any, right: Any) -> Fragment:
+    """``left >> right``: every sink of ``left`` runs before every source of ``right``."""
+    return Fragment("then", (_coerce(left, right), _coerce(right, left)))
+
+
+def chain(*items: Any) -> Fragment:
+    """``chain(a, b, c)`` is ``a >> b >> c``, built in one step for long or generated lists."""
+    return _nary("then", items)
+
+
+def parallel(*items: Any) -> Fragment:
+    """``parallel(a, b, c)`` is ``a | b | c``, built in one step."""
+    return _nary("par", items)
+
+
+def _nary(kind: str, items: tuple[Any, ...]) -> Fragment:
+    if not items:
+        msg = f"{'chain' if kind == 'then' else 'parallel'}() needs at least one task"
+        raise CompositionError(msg)
+    parts = tuple(_coerce(i) for i in items)
+    return Fragment(kind, parts)
+
+
+class Flow(_Composable):
+    """A named workflow around a composition; it can itself be embedded in a larger one.
+
+    Args:
+        name: the flow's name (used by history and reports).
+        fragment: a Task, Tool, Fragment or list to run.
+        description: free text.
+        mode, context, resources, max_concurrency: defaults for :func:`flowdsl.run`.
+    """
+
+    __slots__ = ("context", "description", "fragment", "max_concurrency", "mode", "name",
+                 "resources")
+
+    def __init__(self, name: str, fragment: Any, description: str = "", *,
+                 mode: str | None = None, context: Mapping[str, Any] | None = None,
+                 resources: Mapping[str, int] | None = None,
+                 max_concurrency: int | None = None) -> None:
+        if not isinstance(name, str) or not name:
+            msg = f"Flow name must be a non-empty string, got {name!r}"
+            raise CompositionError(msg)
+        self.name = name
+        self.fragment: Task | Fragment = _coerce(fragment)
+        self.description = description
+        self.mode = mode
+        self.context = dict(context) if context else None
+        self.resources = dict(resources) if resources else None
+        self.max_concurrency = max_concurrency
+
+    def __repr__(self) -> str:
+        g = materialize(self)
+        return (f"<Flow {self.name!r}: {len(g.tasks)} tasks, "
+                f"{sum(map(len, g.preds.values()))} edges>")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flow as a workflow document (see :func:`flowdsl.load_flow`)."""
+        from ._dataflow import flow_to_dict
+
+        return flow_to_dict(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from ._render import flow_mimebundle
+
+        return flow_mimebundle(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """A flattened composition: tasks in insertion order and each task's predecessors."""
+
+    tasks: dict[str, Task]
+    preds: dict[str, dict[str, None]]
+    sources: list[str]
+    sinks: list[str]
+
+
+Rope = "list[Task] | tuple[Rope, ...]"
+
+
+def _flat(rope: Any) -> list[Task]:
+    """The tasks of a rope (a list, or a tuple of ropes), left to right, iteratively."""
+    if type(rope) is list:
+        return rope
+    out: list[Task] = []
+    stack = [rope]
+    while stack:
+        r = stack.pop()
+        if type(r) is list:
+            out.extend(r)
+        else:
+            stack.extend(reversed(r))
+    return out
+
+
+def materialize(item: Any) -> Graph:
+    """Flatten a composition into tasks and edges, iteratively, in insertion order.
+
+    Sources and sinks of a ``|`` group are kept as ropes (tuples of parts) rather than
+    concatenated lists, so a loop of ``flow = flow | t`` stays linear and a fragment shared by
+    several parents is never mutated.
+    """
+    root = _coerce(item)
+    if isinstance(root, Fragment) and root._graph is not None:
+        return root._graph
+    tasks: dict[str, Task] = {}
+    preds: dict[str, dict[str, None]] = {}
+
+    def add(task: Task) -> None:
+        todo = [task]
+        while todo:
+            t = todo.pop()
+            seen = tasks.get(t.id)
+            if seen is t:
+                continue
+            if seen is not None:
+                msg = (f"two different tasks in one flow are named {t.id!r} "
+                       f"(tools {seen.tool.name} and {t.tool.name}); use .named() to tell "
+                       "them apart")
+                raise DuplicateTaskError(msg, t.id)
+            tasks[t.id] = t
+            p = preds[t.id] = {}
+            for up in t.upstream:
+                p[up.id] = None
+                todo.append(up)
+
+    ends: dict[int, tuple[Any, Any]] = {}
+    stack: list[Task | Fragment] = [root]
+    while stack:
+        node = stack.pop()
+        if node.__class__ is Task:
+            add(node)  # type: ignore[arg-type]
+            continue
+        nid = id(node)
+        if nid in ends:
+            continue
+        parts = node.parts  # type: ignore[union-attr]
+        ready = True
+        for p in reversed(parts):  # children first (leftmost on top), then this node again
+            if p.__class__ is not Task and id(p) not in ends:
+                if ready:
+                    stack.append(node)
+                    ready = False
+                stack.append(p)
+        if not ready:
+            continue
+        pairs = []
+        for p in parts:
+            if p.__class__ is Task:
+                if tasks.get(p.id) is not p:
+                    add(p)  # type: ignore[arg-type]
+                one = [p]
+                pairs.append((one, one))
+            else:
+                pairs.append(ends[id(p)])
+        if node.kind == "then":  # type: ignore[union-attr]
+            for i in range(len(pairs) - 1):
+                left = _flat(pairs[i][1])
+                for b in _flat(pairs[i + 1][0]):
+                    pb = preds[b.id]
+                    for a in left:
+                        pb[a.id] = None
+            ends[nid] = (pairs[0][0], pairs[-1][1])
+        else:
+            ends[nid] = (tuple([p[0] for p in pairs]), tuple([p[1] for p in pairs]))
+    if root.__class__ is Task:
+        src = snk = [root]
+    else:
+        src, snk = ends[id(root)]
+    g = Graph(tasks, preds, list(dict.fromkeys(t.id for t in _flat(src))),
+              list(dict.fromkeys(t.id for t in _flat(snk))))
+    if isinstance(root, Fragment):
+        root._graph = g
+    return g
+
+
+def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
+           else_: Any = None, *, name: str = "branch") -> Fragment:
+    """An if/else over two paths: ``then_`` runs when ``predicate(context)`` is true when the
+    branch is reached, ``else_`` otherwise; the path not taken is skipped.
+
+    Both paths start after a tiny gate task, so the skip propagates through the usual trigger
+    rules and shows in the graph.
+    """
+    from ._builtins import gate
+
+    yes = gate.stage(label=f"if {name}").named(_auto_id(f"{name}_if")).when(predicate)
+    paths: list[Any] = [then(yes, then_)]
+    if else_ is not None:
+        no = gate.stage(label=f"else {name}").named(_auto_id(f"{name}_else")).when(
+            lambda c: not predicate(c))
+        paths.append(then(no, else_))
+    return parallel(*paths)
+
+
+def as_items(values: Iterable[Any]) -> Sequence[Any]:
+    return list(values)

@@ -1,0 +1,284 @@
+"""Plan: validate a composition and compute its order, levels and critical path.
+
+State: ``preds``/``succs`` map each task id to the ids before/after it, in insertion order.
+Every algorithm here is iterative and O(V+E): Kahn's algorithm gives the topological order
+(first-inserted first, so the same flow always gives the same plan), the levels fall out of the
+same pass, and a cycle is found by walking predecessors among the tasks Kahn could not order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from ._errors import CycleError, ResourceError
+from ._graph import Task, materialize
+
+__all__ = ["DependencyResolver", "Plan", "plan"]
+
+
+def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
+           ) -> tuple[list[str], dict[str, list[str]], dict[str, int]]:
+    """Kahn's algorithm: (order, successors, level of each id); raises CycleError."""
+    succs: dict[str, list[str]] = {i: [] for i in ids}
+    indeg: dict[str, int] = {}
+    for i, ps in preds.items():
+        indeg[i] = len(ps)  # type: ignore[arg-type]
+        for p in ps:
+            succs[p].append(i)
+    order = [i for i in ids if not indeg[i]]
+    level = dict.fromkeys(order, 0)
+    # `order` doubles as the FIFO queue: Kahn appends each task once its last
+    # predecessor is placed, so reading it front to back is a breadth-first sweep.
+    k = 0
+    while k < len(order):
+        node = order[k]
+        k += 1
+        nl = level[node] + 1
+        for s in succs[node]:
+            d = indeg[s] - 1
+            indeg[s] = d
+            if not d:
+                level[s] = nl  # the last predecessor placed has the highest level
+                order.append(s)
+    if len(order) < len(ids):
+        raise CycleError(_find_cycle(ids, preds, indeg))
+    return order, succs, level
+
+
+def _find_cycle(ids: list[str], preds: Mapping[str, Iterable[str]],
+                indeg: dict[str, int]) -> list[str]:
+    # Every task Kahn left behind has a predecessor that was also left behind, so walking
+    # predecessors from any of them must come back to a task already on the walk.
+    left = {i for i in ids if indeg[i] > 0}
+    pos: dict[str, int] = {}
+    path: list[str] = []
+    node = next(i for i in ids if i in left)
+    while node not in pos:
+        pos[node] = len(path)
+        path.append(node)
+        node = next(p for p in preds[node] if p in left)
+    cycle = path[pos[node]:][::-1]
+    rank = {i: n for n, i in enumerate(ids)}
+    first = min(range(len(cycle)), key=lambda k: rank[cycle[k]])
+    cycle = cycle[first:] + cycle[:first]
+    return [*cycle, cycle[0]]
+
+
+class Plan:
+    """An immutable, validated plan of a flow. Build it with :func:`plan` or ``flow.plan()``.
+
+    Attributes:
+        name: the flow's name (``None`` for an unnamed composition).
+        tasks: task id -> Task, in insertion order.
+        order: a topological order of the ids.
+        levels: ids grouped by level; a task's level is 1 + the highest level of its
+            dependencies.
+        predecessors / successors: id -> tuple of ids.
+        sources / sinks: ids with no predecessors / no successors.
+    """
+
+    __slots__ = ("_index", "flow", "levels", "name", "order", "predecessors", "sinks",
+                 "sources", "successors", "tasks")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
+        raise TypeError(msg)
+
+    @classmethod
+    def _build(cls, tasks: Mapping[str, Any], preds: Mapping[str, Iterable[str]],
+               name: str | None = None, flow: Any = None) -> Plan:
+        ids = list(tasks)
+        order, succs, level = _order(ids, preds)
+        levels: list[list[str]] = []
+        for i in order:
+            lv = level[i]
+            if lv == len(levels):
+                levels.append([])
+            levels[lv].append(i)
+        p = object.__new__(cls)
+        s = object.__setattr__
+        s(p, "name", name)
+        s(p, "flow", flow)
+        s(p, "tasks", MappingProxyType(dict(tasks)))
+        s(p, "order", tuple(order))
+        s(p, "levels", tuple(map(tuple, levels)))
+        s(p, "predecessors", MappingProxyType({i: tuple(preds[i]) for i in ids}))
+        s(p, "successors", MappingProxyType({i: tuple(v) for i, v in succs.items()}))
+        s(p, "sources", tuple(i for i in order if not p.predecessors[i]))
+        s(p, "sinks", tuple(i for i in order if not succs[i]))
+        s(p, "_index", MappingProxyType({i: n for n, i in enumerate(order)}))
+        return p
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        msg = "a Plan is immutable"
+        raise AttributeError(msg)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __repr__(self) -> str:
+        edges = sum(map(len, self.predecessors.values()))
+        return (f"<Plan {self.name or 'flow'}: {len(self.order)} tasks, {edges} edges, "
+                f"{len(self.levels)} levels, width {self.width}>")
+
+    @property
+    def width(self) -> int:
+        """The size of the widest level (how many tasks could run at once, at most)."""
+        return max(map(len, self.levels), default=0)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return [(p, i) for i in self.order for p in self.predecessors[i]]
+
+    def index(self, task_id: str) -> int:
+        """The position of ``task_id`` in :attr:`order`."""
+        return self._index[task_id]
+
+    def durations(self, durations: Mapping[str, float] | None = None,
+                  default: float = 1.0) -> dict[str, float]:
+        """Each task's duration: ``durations[id]``, else its declared ``expected_duration``,
+        else ``default``."""
+        given = durations or {}
+        out = {}
+        for i, t in self.tasks.items():
+            d = given.get(i)
+            if d is None and isinstance(t, Task):
+                d = t.spec.expected_duration
+            out[i] = default if d is None else float(d)
+        return out
+
+    def critical_path(self, durations: Mapping[str, float] | None = None
+                      ) -> tuple[list[str], float]:
+        """The longest path through the DAG and its length, for ``durations`` (id -> seconds;
+        missing ids use their declared estimate, else 1)."""
+        dur = self.durations(durations)
+        dist: dict[str, float] = {}
+        best: dict[str, str | None] = {}
+        for i in self.order:
+            top, arg = 0.0, None
+            for p in self.predecessors[i]:
+                if dist[p] > top:
+                    top, arg = dist[p], p
+            dist[i] = top + dur[i]
+            best[i] = arg
+        if not dist:
+            return [], 0.0
+        end: str | None = max(self.order, key=dist.__getitem__)
+        length = dist[end]  # type: ignore[index]
+        path = []
+        while end is not None:
+            path.append(end)
+            end = best[end]
+        return path[::-1], length
+
+    def remaining(self, durations: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Each task's longest remaining path to the end of the flow, its own duration
+        included (the critical-path priority of list scheduling)."""
+        dur = self.durations(durations)
+        rem: dict[str, float] = {}
+        for i in reversed(self.order):
+            rem[i] = dur[i] + max((rem[s] for s in self.successors[i]), default=0.0)
+        return rem
+
+    def lower_bound(self, durations: Mapping[str, float] | None = None,
+                    capacities: Mapping[str, int] | None = None,
+                    max_concurrency: int | None = None) -> float:
+        """No schedule can finish sooner: max(critical path, for each pool total amount x
+        duration / capacity, total work / max_concurrency)."""
+        dur = self.durations(durations)
+        bound = self.critical_path(dur)[1]
+        if max_concurrency:
+            bound = max(bound, sum(dur.values()) / max_concurrency)
+        for pool, cap in (capacities or {}).items():
+            work = sum(t.spec.resources.get(pool, 0) * dur[i] for i, t in self.tasks.items()
+                       if isinstance(t, Task))
+            bound = max(bound, work / cap)
+        return bound
+
+    def check_resources(self, capacities: Mapping[str, int]) -> None:
+        """Raise :class:`ResourceError` for a task needing an unknown pool or more than a
+        pool's capacity."""
+        for i, t in self.tasks.items():
+            if not isinstance(t, Task):
+                continue
+            for pool, amount in t.spec.resources.items():
+                if pool not in capacities:
+                    known = ", ".join(sorted(capacities)) or "none"
+                    msg = (f"task {i!r} needs pool {pool!r}, which is not defined "
+                           f"(pools: {known}); pass resources={{{pool!r}: N}} to run()")
+                    raise ResourceError(msg, task_id=i, pool=pool)
+                if amount > capacities[pool]:
+                    msg = (f"task {i!r} needs {amount} of pool {pool!r}, whose capacity is "
+                           f"{capacities[pool]}: it could never run")
+                    raise ResourceError(msg, task_id=i, pool=pool)
+
+
+def plan(flow: Any) -> Plan:
+    """Validate ``flow`` (a Flow, Fragment, Task, Tool or list) and return its :class:`Plan`.
+
+    Raises:
+        CycleError: the tasks form a cycle; ``.cycle`` lists it.
+        DuplicateTaskError: two different tasks share an id.
+        CompositionError: ``flow`` is not something that can be planned.
+    """
+    from ._graph import Flow
+
+    with _gc_paused():
+        g = materialize(flow)
+        name = flow.name if isinstance(flow, Flow) else None
+        return Plan._build(g.tasks, g.preds, name, flow)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # Planning allocates a few containers per task and frees none of them; the cyclic
+    # collector would rescan them all again and again (half the time of a 100k-task plan).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class DependencyResolver:
+    """The reference design's resolver, for graphs built by hand from ids; one implementation
+    with :func:`plan` underneath."""
+
+    def __init__(self) -> None:
+        self._preds: dict[str, dict[str, None]] = {}
+
+    def add_task(self, task_id: str) -> None:
+        self._preds.setdefault(task_id, {})
+
+    def add_dependency(self, task_id: str, depends_on: str) -> None:
+        """``task_id`` runs after ``depends_on``."""
+        self.add_task(depends_on)
+        self._preds.setdefault(task_id, {})[depends_on] = None
+
+    def _plan(self) -> Plan:
+        return Plan._build(dict.fromkeys(self._preds), self._preds)
+
+    def detect_cycles(self) -> list[list[str]]:
+        """The cycle found, as ``[[a, b, a]]``, or ``[]``."""
+        try:
+            self._plan()
+        except CycleError as exc:
+            return [exc.cycle]
+        return []
+
+    def topological_sort(self) -> list[str]:
+        """Ids in an order that respects every dependency; raises CycleError."""
+        return list(self._plan().order)
+
+    def find_critical_path(self, task_durations: Mapping[str, float]
+                           ) -> tuple[list[str], float]:
+        """The longest path for ``task_durations`` (missing ids count 0)."""
+        dur = {i: task_durations.get(i, 0.0) for i in self._preds}
+        return self._plan().critical_path(dur)
