@@ -91,11 +91,13 @@ def _scan(value: Any, out: list[Task]) -> bool:
         return True
     if isinstance(value, CtxRef):
         return True
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any([_scan(v, out) for v in value])  # a list: scan every item, no short cut
-    if isinstance(value, dict):
-        return any([_scan(v, out) for v in value.values()])
-    return False
+    items = value.values() if isinstance(value, dict) else value
+    if not isinstance(value, (list, tuple, set, frozenset, dict)):
+        return False
+    found = False
+    for v in items:  # every item is scanned: no short cut once a reference is found
+        found = _scan(v, out) or found
+    return found
 
 
 def _bind_plain(tool: Tool, plain: tuple[tuple[str, ...], frozenset[str]],
