@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CompositionError, DuplicateTaskError
@@ -435,111 +434,164 @@ class Flow(_Composable):
         return flow_mimebundle(self)
 
 
-@dataclass(frozen=True, slots=True)
 class Graph:
-    """A flattened composition: tasks in insertion order and each task's predecessors."""
+    """A flattened composition: tasks in insertion order and each task's predecessors.
 
-    tasks: dict[str, Task]
-    preds: dict[str, dict[str, None]]
-    sources: list[str]
-    sinks: list[str]
+    Attributes:
+        tasks: id -> Task, in the order the tasks appear in the expression.
+        preds: id -> predecessor ids (argument references first, then ``>>`` edges, each in
+            the order it was written).
+        sources / sinks: the ids of the composition's first / last tasks (those ``>>`` links
+            to); computed on first use, as planning does not need them.
+    """
+
+    __slots__ = ("_ropes", "_sinks", "_sources", "preds", "tasks")
+
+    def __init__(self, tasks: dict[str, Task], preds: dict[str, dict[str, None]],
+                 src: Any, snk: Any) -> None:
+        self.tasks = tasks
+        self.preds = preds
+        self._ropes = (src, snk)
+        self._sources: list[str] | None = None
+        self._sinks: list[str] | None = None
+
+    @property
+    def sources(self) -> list[str]:
+        if self._sources is None:
+            self._sources = list(dict.fromkeys([t.id for t in _flat(self._ropes[0])]))
+        return self._sources
+
+    @property
+    def sinks(self) -> list[str]:
+        if self._sinks is None:
+            self._sinks = list(dict.fromkeys([t.id for t in _flat(self._ropes[1])]))
+        return self._sinks
 
 
-Rope = "list[Task] | tuple[Rope, ...]"
+# A rope is a Task, a list of Tasks or a tuple of ropes: the sources or sinks of a fragment,
+# left unflattened so that ``|`` over a big group costs O(1) (see materialize).
+Rope = Any
+_EXIT: Any = object()  # marks, on materialize's stack, that the fragment below it is complete
 
 
 def _flat(rope: Any) -> list[Task]:
-    """The tasks of a rope (a list, or a tuple of ropes), left to right, iteratively."""
-    if type(rope) is list:
+    """The tasks of a rope, left to right, iteratively; a sub-rope met twice is read once."""
+    cls = rope.__class__
+    if cls is Task:
+        return [rope]
+    if cls is list:
         return rope
     out: list[Task] = []
+    seen: set[int] = set()
     stack = [rope]
     while stack:
         r = stack.pop()
-        if type(r) is list:
-            out.extend(r)
+        while r.__class__ is tuple:  # descend along the first part; the rest waits on the stack
+            if id(r) in seen:
+                break
+            seen.add(id(r))
+            if len(r) == 2:
+                stack.append(r[1])
+            else:
+                stack.extend(r[:0:-1])
+            r = r[0]
         else:
-            stack.extend(reversed(r))
+            if r.__class__ is Task:
+                out.append(r)
+            else:
+                out.extend(r)
     return out
 
 
-def materialize(item: Any) -> Graph:
-    """Flatten a composition into tasks and edges, iteratively, in insertion order.
+def _who(t: Task) -> str:
+    fn = t.tool.fn
+    return f"{t.tool.name} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
 
-    Sources and sinks of a ``|`` group are kept as ropes (tuples of parts) rather than
-    concatenated lists, so a loop of ``flow = flow | t`` stays linear and a fragment shared by
-    several parents is never mutated.
+
+def _add(task: Task, tasks: dict[str, Task], preds: dict[str, dict[str, None]]) -> None:
+    """Add ``task`` and, iteratively, the tasks its arguments refer to."""
+    todo = [task]
+    while todo:
+        t = todo.pop()
+        seen = tasks.get(t.id)
+        if seen is t:
+            continue
+        if seen is not None:
+            msg = (f"two different tasks in one flow are named {t.id!r}: tools {_who(seen)} "
+                   f"and {_who(t)}; use .named() to tell them apart")
+            raise DuplicateTaskError(msg, t.id)
+        tasks[t.id] = t
+        if t.upstream:
+            preds[t.id] = dict.fromkeys([up.id for up in t.upstream])
+            todo.extend(reversed(t.upstream))
+        else:
+            preds[t.id] = {}
+
+
+def _link(left: Any, right: Any, preds: dict[str, dict[str, None]]) -> None:
+    """Edges from every task of rope ``left`` to every task of rope ``right``."""
+    lefts = [a.id for a in _flat(left)]
+    for b in _flat(right):
+        pb = preds[b.id]
+        for a in lefts:
+            pb[a] = None
+
+
+def materialize(item: Any) -> Graph:
+    """Flatten a composition into tasks and edges, iteratively, in O(tasks + edges).
+
+    One depth-first walk, left to right, adds the tasks in the order they appear in the
+    expression and links each ``>>`` once all of its parts are complete. The sources and
+    sinks of a ``|`` group are kept as ropes (tuples of its parts' ropes) rather than
+    concatenated lists, so a loop of ``flow = flow | t`` stays linear. A fragment used in
+    several places is walked once, and nothing in it is mutated.
     """
     root = _coerce(item)
-    if isinstance(root, Fragment) and root._graph is not None:
+    if root.__class__ is Fragment and root._graph is not None:
         return root._graph
     tasks: dict[str, Task] = {}
     preds: dict[str, dict[str, None]] = {}
-
-    def add(task: Task) -> None:
-        todo = [task]
-        while todo:
-            t = todo.pop()
-            seen = tasks.get(t.id)
-            if seen is t:
-                continue
-            if seen is not None:
-                msg = (f"two different tasks in one flow are named {t.id!r} "
-                       f"(tools {seen.tool.name} and {t.tool.name}); use .named() to tell "
-                       "them apart")
-                raise DuplicateTaskError(msg, t.id)
-            tasks[t.id] = t
-            p = preds[t.id] = {}
-            for up in t.upstream:
-                p[up.id] = None
-                todo.append(up)
-
-    ends: dict[int, tuple[Any, Any]] = {}
-    stack: list[Task | Fragment] = [root]
+    ends: dict[int, tuple[Any, Any]] = {}  # id(fragment) -> (sources rope, sinks rope)
+    stack: list[Any] = [root]
+    pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
-        node = stack.pop()
+        node = pop()
         if node.__class__ is Task:
-            add(node)  # type: ignore[arg-type]
-            continue
-        nid = id(node)
-        if nid in ends:
-            continue
-        parts = node.parts  # type: ignore[union-attr]
-        ready = True
-        for p in reversed(parts):  # children first (leftmost on top), then this node again
-            if p.__class__ is not Task and id(p) not in ends:
-                if ready:
-                    stack.append(node)
-                    ready = False
-                stack.append(p)
-        if not ready:
-            continue
-        pairs = []
-        for p in parts:
-            if p.__class__ is Task:
-                if tasks.get(p.id) is not p:
-                    add(p)  # type: ignore[arg-type]
-                one = [p]
-                pairs.append((one, one))
+            seen = tasks.get(node.id)
+            if seen is None and not node.upstream:  # the common case, inlined
+                tasks[node.id] = node
+                preds[node.id] = {}
+            elif seen is not node:
+                _add(node, tasks, preds)
+        elif node is _EXIT:  # every part of the fragment below is complete
+            frag = pop()
+            parts = frag.parts
+            p = parts[0]
+            first, left = (p, p) if p.__class__ is Task else ends[id(p)]
+            if frag.kind == "then":
+                for k in range(1, len(parts)):
+                    p = parts[k]
+                    src, snk = (p, p) if p.__class__ is Task else ends[id(p)]
+                    if left.__class__ is Task and src.__class__ is Task:
+                        preds[src.id][left.id] = None
+                    else:
+                        _link(left, src, preds)
+                    left = snk
+                ends[id(frag)] = (first, left)
+            elif len(parts) == 2:
+                p = parts[1]
+                src, snk = (p, p) if p.__class__ is Task else ends[id(p)]
+                ends[id(frag)] = ((first, src), (left, snk))
             else:
-                pairs.append(ends[id(p)])
-        if node.kind == "then":  # type: ignore[union-attr]
-            for i in range(len(pairs) - 1):
-                left = _flat(pairs[i][1])
-                for b in _flat(pairs[i + 1][0]):
-                    pb = preds[b.id]
-                    for a in left:
-                        pb[a.id] = None
-            ends[nid] = (pairs[0][0], pairs[-1][1])
-        else:
-            ends[nid] = (tuple([p[0] for p in pairs]), tuple([p[1] for p in pairs]))
-    if root.__class__ is Task:
-        src = snk = [root]
-    else:
-        src, snk = ends[id(root)]
-    g = Graph(tasks, preds, list(dict.fromkeys(t.id for t in _flat(src))),
-              list(dict.fromkeys(t.id for t in _flat(snk))))
-    if isinstance(root, Fragment):
+                pairs = [(p, p) if p.__class__ is Task else ends[id(p)] for p in parts]
+                ends[id(frag)] = (tuple([s for s, _ in pairs]), tuple([s for _, s in pairs]))
+        elif id(node) not in ends:  # a fragment is never inside itself: no cycle check
+            push(node)
+            push(_EXIT)
+            extend(node.parts[::-1])
+    src, snk = (root, root) if root.__class__ is Task else ends[id(root)]
+    g = Graph(tasks, preds, src, snk)
+    if root.__class__ is Fragment:
         root._graph = g
     return g
 

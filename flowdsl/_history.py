@@ -341,7 +341,7 @@ class HistoryStore:
             try:
                 with self._db_lock:
                     return fn()
-            except sqlite3.OperationalError as exc:  # noqa: PERF203 (a retry loop)
+            except sqlite3.OperationalError as exc:
                 text = str(exc)
                 if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
                     raise

@@ -53,6 +53,9 @@ class ErrorInfo:
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        remote = getattr(exc, "__flowdsl_traceback__", None)  # from a worker process
+        if remote:
+            tb = f"{remote}\nRe-raised in the parent:\n{tb}"
         return cls(type(exc).__qualname__, str(exc), tb, exc)
 
     def to_dict(self) -> dict[str, str]:
@@ -101,6 +104,14 @@ class TaskRecord:
             return None
         return self.ended_at - self.started_at
 
+    def __repr__(self) -> str:
+        d = self.duration
+        extra = f" in {d:.3f}s" if d is not None else ""
+        extra += f", {len(self.attempts)} attempt(s)" if len(self.attempts) > 1 else ""
+        extra += f": {self.reason}" if self.reason else ""
+        extra += f" ({self.error.type}: {self.error.message})" if self.error else ""
+        return f"<TaskRecord {self.id!r} {self.status.value}{extra}>"
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tool": self.tool, "status": self.status.value,
                 "attempts": [a.to_dict() for a in self.attempts],
@@ -146,7 +157,7 @@ class RunResult:
     errors: list[BaseException] = field(default_factory=list)
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
-    critical_path: list[str] = field(default_factory=list)
+    plan: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,369 @@
+"""The one task-execution core every runner calls.
+
+``Core.run_task(task_id, item)`` is the only code that knows about trigger rules, conditions,
+argument resolution, resources, executors, timeouts, retries with backoff, output mapping,
+events and rollback. Runners only decide *when* to call it and how many calls overlap.
+
+State: an :class:`Item` is one pass of data through the flow (a plain run has one; a pipeline
+over ``items`` has one per item) and holds each task's status, output and record. The core
+writes statuses only through ``_finish`` so the records, observers and events agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+
+from ._errors import TaskFailed, TaskTimeout
+from ._executors import Executor
+from ._graph import _MISSING, CtxRef, Ref, Task
+from ._log import get_logger
+from ._planner import Plan
+from ._resources import Pools
+from ._result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+
+__all__ = ["Core", "Item"]
+
+COMPLETED = TaskStatus.COMPLETED
+SKIPPED = TaskStatus.SKIPPED
+UPSTREAM_FAILED = TaskStatus.UPSTREAM_FAILED
+RUNNING = TaskStatus.RUNNING
+FAILED = TaskStatus.FAILED
+TIMED_OUT = TaskStatus.TIMED_OUT
+CANCELLED = TaskStatus.CANCELLED
+
+
+class Item:
+    """One pass of data through the flow: statuses, outputs and records per task."""
+
+    __slots__ = ("index", "input", "outputs", "records", "status")
+
+    def __init__(self, index: int, input: Any, records: dict[str, TaskRecord]) -> None:
+        self.index = index
+        self.input = input
+        self.outputs: dict[str, Any] = {}
+        self.status: dict[str, TaskStatus] = {}
+        self.records = records
+
+
+class _TaskError(Exception):
+    """A task failed for a reason that is not worth retrying (inputs, condition, mapping)."""
+
+
+class Core:
+    """Runs one task at a time on behalf of a runner; see the module docstring."""
+
+    def __init__(self, plan: Plan, result: RunResult, *, context: dict[str, Any],
+                 executors: Mapping[str, Executor], pools: Pools,
+                 priorities: Mapping[str, float], continue_on_error: bool = False,
+                 observers: Sequence[RunObserver] = (), log: bool = False,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None) -> None:
+        self.plan = plan
+        self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
+        self.preds = plan.predecessors
+        self.result = result
+        self.context = context
+        self._ctx_view = MappingProxyType(context)
+        self.executors = executors
+        self.pools = pools
+        self.priorities = priorities
+        self.continue_on_error = continue_on_error
+        self.observers = tuple(observers)
+        self.log = get_logger(run_id=result.run_id) if log else None
+        self.rng = rng or random.Random()
+        self.sleep = sleep or anyio.sleep
+        self.stopped = False
+        self.scope: anyio.CancelScope | None = None
+        self.completed: list[tuple[str, Item]] = []
+        self.items: list[Item] = []
+        self._t0 = time.perf_counter()
+        # A stage receives the outputs of its composition predecessors, not of the tasks
+        # its arguments already refer to.
+        self._stage_from = {
+            i: tuple(p for p in plan.predecessors[i] if p not in {u.id for u in t.upstream})
+            for i, t in self.tasks.items() if t.stage_param is not None}
+
+    def new_item(self, index: int, value: Any) -> Item:
+        """A new pass of data through the flow (pipelines over items make one per item)."""
+        it = Item(index, value, {})
+        self.items.append(it)
+        return it
+
+    def now(self) -> float:
+        """Seconds since the run started (the one clock of records and timelines)."""
+        return time.perf_counter() - self._t0
+
+    def abort(self) -> None:
+        """Stop the run: nothing new starts, and running tasks are cancelled."""
+        self.stopped = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -- the one path every task takes -------------------------------------------------
+    async def run_task(self, tid: str, item: Item) -> TaskStatus:
+        """Run task ``tid`` for ``item`` once all its predecessors are final; returns its
+        final status. Cancellation propagates (the task is recorded as cancelled)."""
+        if tid in item.status:  # reused from an earlier run (resume)
+            return item.status[tid]
+        task = self.tasks[tid]
+        preds = self.preds[tid]
+        if preds:
+            status = item.status
+            for p in preds:
+                if status[p] is not COMPLETED:
+                    verdict = self._verdict(task, preds, status)
+                    if verdict is not None:
+                        return self._finish(tid, item, None, verdict[0], reason=verdict[1])
+                    break
+        rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
+        item.records[tid] = rec
+        try:
+            if task.condition is not None and not self._condition(task):
+                return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
+            if task.dynamic or task.stage_param is not None:
+                args, kwargs = self._inputs(task, item)
+            else:
+                args, kwargs = task.args, task.kwargs
+        except _TaskError as exc:
+            return self._failed(tid, item, rec, exc, 0)
+        demand = task.spec.resources
+        if demand:
+            rec.reason = "waiting for resources"
+            await self.pools.acquire(demand, self.priorities.get(tid, 0.0), tid)
+            rec.reason = None
+        try:
+            return await self._attempts(tid, task, item, rec, args, kwargs)
+        finally:
+            if demand:
+                self.pools.release(demand)
+
+    def _verdict(self, task: Task, preds: Sequence[str], status: Mapping[str, TaskStatus]
+                 ) -> tuple[TaskStatus, str] | None:
+        """Apply the task's trigger rule to its predecessors' statuses: None means run."""
+        ok = [p for p in preds if status[p] is COMPLETED]
+        skipped = [p for p in preds if status[p] is SKIPPED]
+        bad = [p for p in preds if status[p] is not COMPLETED and status[p] is not SKIPPED]
+        rule = task.trigger
+        if rule == "all_done":
+            return None
+        if rule == "none_failed":
+            return None if not bad else (UPSTREAM_FAILED, _why(bad, status))
+        if rule == "one_success":
+            if ok:
+                return None
+            return (UPSTREAM_FAILED, _why(bad, status)) if bad else (
+                SKIPPED, f"no upstream task succeeded (skipped: {', '.join(skipped)})")
+        if rule == "one_failed":
+            return None if bad else (SKIPPED, "no upstream task failed")
+        if bad:  # all_success
+            return UPSTREAM_FAILED, _why(bad, status)
+        return SKIPPED, f"upstream task {skipped[0]!r} was skipped"
+
+    def _condition(self, task: Task) -> bool:
+        try:
+            return bool(task.condition(self._ctx_view))  # type: ignore[misc]
+        except Exception as exc:
+            msg = f"the condition of task {task.id!r} raised {type(exc).__name__}: {exc}"
+            raise _TaskError(msg) from exc
+
+    def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = task.args, task.kwargs
+        if task.dynamic:
+            args = tuple(self._resolve(a, task, item) for a in args)
+            kwargs = {k: self._resolve(v, task, item) for k, v in kwargs.items()}
+        if task.stage_param is not None:
+            src = self._stage_from[task.id]
+            out = item.outputs
+            value = (item.input if not src else out.get(src[0]) if len(src) == 1
+                     else [out.get(p) for p in src])
+            kwargs = {**kwargs, task.stage_param: value}
+        return args, kwargs
+
+    def _resolve(self, value: Any, task: Task, item: Item) -> Any:
+        if isinstance(value, Task):
+            return item.outputs.get(value.id)
+        if isinstance(value, Ref):
+            out = item.outputs.get(value.task.id)
+            for key in value.path:
+                try:
+                    out = out[key]
+                except (KeyError, IndexError, TypeError) as exc:
+                    msg = (f"task {task.id!r} takes {value!r}, but the output of "
+                           f"{value.task.id!r} has no {key!r} ({type(exc).__name__})")
+                    raise _TaskError(msg) from exc
+            return out
+        if isinstance(value, CtxRef):
+            if value.key in self.context:
+                return self.context[value.key]
+            if value.default is not _MISSING:
+                return value.default
+            keys = ", ".join(sorted(map(str, self.context))) or "none"
+            msg = (f"task {task.id!r} reads ctx({value.key!r}), which the run context does "
+                   f"not have (keys: {keys})")
+            raise _TaskError(msg)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._resolve(v, task, item) for v in value)
+        if isinstance(value, dict):
+            return {k: self._resolve(v, task, item) for k, v in value.items()}
+        return value
+
+    async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        spec = task.spec
+        ex = self.executors[tid]
+        fn = task.tool.fn
+        rec.status = RUNNING
+        rec.started_at = self.now()
+        self._event("task_started", tid, rec)
+        n = 0
+        while True:
+            n += 1
+            att = Attempt(n, self.now())
+            rec.attempts.append(att)
+            try:
+                if spec.timeout is None:
+                    out = await ex.call(fn, args, kwargs, task_id=tid)
+                else:
+                    with anyio.move_on_after(spec.timeout) as scope:
+                        out = await ex.call(fn, args, kwargs, task_id=tid)
+                    if scope.cancelled_caught:
+                        msg = (f"task {tid!r} exceeded its {spec.timeout:g}s timeout "
+                               f"(attempt {n})")
+                        if ex.abandons:
+                            rec.reason = ("its thread could not be interrupted and was "
+                                          "abandoned; a late result is discarded")
+                        raise TaskTimeout(msg, task_id=tid, attempts=n)
+            except Exception as exc:
+                att.ended_at = self.now()
+                att.status = (TIMED_OUT if isinstance(exc, TaskTimeout)
+                              else FAILED)
+                att.error = ErrorInfo.from_exception(exc)
+                if n <= spec.retries and isinstance(exc, spec.retry_on) and not self.stopped:
+                    delay = spec.backoff.delay(n, self.rng)
+                    if self.log:
+                        self.log.info("task_retrying", task=tid, attempt=n, delay=delay,
+                                      error=repr(exc))
+                    await self.sleep(delay)
+                    continue
+                return self._failed(tid, item, rec, exc, n)
+            except BaseException:  # cancellation, KeyboardInterrupt: never retried
+                att.ended_at = self.now()
+                att.status = CANCELLED
+                self._finish(tid, item, rec, CANCELLED, reason="the run stopped")
+                raise
+            att.ended_at = self.now()
+            att.status = COMPLETED
+            break
+        if task.to_context_map is not None:
+            try:
+                self._map_output(task, out)
+            except _TaskError as exc:
+                return self._failed(tid, item, rec, exc, n)
+        item.outputs[tid] = out
+        self.completed.append((tid, item))
+        return self._finish(tid, item, rec, COMPLETED, output=out)
+
+    def _map_output(self, task: Task, out: Any) -> None:
+        mapping = task.to_context_map
+        if isinstance(mapping, str):
+            self.context[mapping] = out
+            return
+        for key, ctx_key in mapping.items():  # type: ignore[union-attr]
+            try:
+                self.context[ctx_key] = out[key]
+            except (KeyError, IndexError, TypeError) as exc:
+                keys = f" (keys: {', '.join(map(str, out))})" if isinstance(out, dict) else ""
+                msg = (f"task {task.id!r}: to_context maps output key {key!r}, but its "
+                       f"output ({type(out).__name__}) has no such key{keys}")
+                raise _TaskError(msg) from exc
+
+    # -- recording ---------------------------------------------------------------------
+    def _finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
+                *, reason: str | None = None, output: Any = None) -> TaskStatus:
+        if rec is None:
+            rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
+        rec.status = status
+        if reason is not None:
+            rec.reason = reason
+        if rec.started_at is not None:
+            rec.ended_at = self.now()
+        item.status[tid] = status
+        if self.observers:
+            for ob in self.observers:
+                ob.task_finished(self.result, rec, output)
+        if self.log:
+            self.log.info(_EVENTS.get(status, "task_finished"), task=tid,
+                          status=status.value, reason=rec.reason,
+                          duration=rec.duration, attempts=len(rec.attempts))
+        return status
+
+    def _failed(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
+                attempts: int) -> TaskStatus:
+        status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
+        rec.error = ErrorInfo.from_exception(exc)
+        if isinstance(exc, TaskFailed):
+            err: BaseException = exc
+        else:
+            what = f"after {attempts} attempt(s)" if attempts else "before it could run"
+            msg = f"task {tid!r} failed {what}: {type(exc).__name__}: {exc}"
+            err = TaskFailed(msg, task_id=tid, attempts=attempts)
+            err.__cause__ = exc
+        self.result.errors.append(err)
+        if self.result.error is None:
+            self.result.error = err
+        if item.index >= 0:
+            self.result.item_errors[item.index] = rec.error
+        self._finish(tid, item, rec, status)
+        if not self.continue_on_error:
+            self.abort()
+        return status
+
+    def _event(self, name: str, tid: str, rec: TaskRecord) -> None:
+        if self.observers:
+            for ob in self.observers:
+                ob.task_started(self.result, rec)
+        if self.log:
+            self.log.info(name, task=tid)
+
+    # -- compensation ------------------------------------------------------------------
+    async def rollback(self) -> None:
+        """Run the rollback of every completed task once, in reverse completion order,
+        shielded from cancellation. A rollback that raises is recorded; the rest still run."""
+        with anyio.CancelScope(shield=True):
+            for tid, item in reversed(self.completed):
+                undo = self.tasks[tid].spec.rollback
+                rec = item.records[tid]
+                if undo is None:
+                    if self.log:
+                        self.log.info("task_rollback_skipped", task=tid, reason="no rollback")
+                    continue
+                try:
+                    outcome = undo(item.outputs.get(tid))
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:
+                    rec.rollback_error = ErrorInfo.from_exception(exc)
+                    self.result.rollback_errors.append(exc)
+                    if self.log:
+                        self.log.info("task_rollback_failed", task=tid, error=repr(exc))
+                else:
+                    rec.status = TaskStatus.ROLLED_BACK
+                    item.status[tid] = TaskStatus.ROLLED_BACK
+                    if self.log:
+                        self.log.info("task_rolled_back", task=tid)
+
+
+_EVENTS = {COMPLETED: "task_completed", FAILED: "task_failed",
+           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
+           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+
+
+def _why(bad: list[str], status: Mapping[str, TaskStatus]) -> str:
+    return f"upstream task {bad[0]!r} {status[bad[0]].value.replace('_', ' ')}"

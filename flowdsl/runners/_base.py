@@ -1,0 +1,88 @@
+"""The shared drive loop: a ready queue served by a few long-lived workers.
+
+State: ``waiting[t]`` counts the predecessors of ``t`` not yet final; a task enters the
+``ready`` heap when it reaches zero, keyed by the runner's policy (critical-path priority,
+plan order). ``workers`` coroutines pop the best ready task and hand it to the core; when
+none is ready they park on an event until a finishing task releases successors. No task is
+spawned per node and there are no level barriers: a task starts the moment its last
+dependency finishes and a worker is free.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol
+
+import anyio
+
+from .._execute import Core, Item
+from .._planner import Plan
+
+__all__ = ["RunOptions", "Runner", "drive"]
+
+
+class RunOptions(Protocol):
+    max_concurrency: int | None
+    items: list[Any] | None
+    buffer: int
+
+
+class Runner(Protocol):
+    """A mode: decides when each task runs, then calls the core."""
+
+    mode: ClassVar[str]
+
+    async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None: ...
+
+
+async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
+                key: Callable[[str], Any]) -> None:
+    """Run every task of ``plan`` for ``item`` with at most ``workers`` at once, choosing
+    among ready tasks by smallest ``key``."""
+    preds: Mapping[str, tuple[str, ...]] = plan.predecessors
+    succs = plan.successors
+    waiting = {t: len(p) for t, p in preds.items()}
+    ready = [(key(t), t) for t in plan.order if not waiting[t]]
+    heapq.heapify(ready)
+    total = len(plan.order)
+    done = 0
+    idle: list[anyio.Event] = []
+    run_task = core.run_task
+    push, pop = heapq.heappush, heapq.heappop
+
+    async def worker() -> None:
+        nonlocal done
+        while not core.stopped:
+            if not ready:
+                if done == total:
+                    return
+                ev = anyio.Event()
+                idle.append(ev)
+                await ev.wait()
+                continue
+            tid = pop(ready)[1]
+            await run_task(tid, item)
+            done += 1
+            woke = 0
+            for s in succs[tid]:
+                left = waiting[s] - 1
+                waiting[s] = left
+                if not left:
+                    push(ready, (key(s), s))
+                    woke += 1
+            # This worker takes one of the newly ready tasks itself; wake a parked worker for
+            # each of the others, and everyone once the work is done.
+            while idle and (woke > 1 or done == total):
+                idle.pop().set()
+                woke -= 1
+        while idle:
+            idle.pop().set()
+
+    n = max(1, min(workers, total))
+    if n == 1:
+        await worker()
+        return
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(worker)
