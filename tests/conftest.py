@@ -1,0 +1,47 @@
+"""Shared fixtures: every test runs with its own history file and leak checks."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _history_in_tmp(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs record history in a per-test file, never in the user's home."""
+    path = tmp_path_factory.mktemp("history") / "history.db"
+    monkeypatch.setenv("FLOWDSL_HISTORY", str(path))
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    """No thread or child process started by a test outlives it (a few seconds' grace for
+    abandoned threads, which end once their call returns)."""
+    import multiprocessing
+
+    before = _threads()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        extra = [t for t in _threads() - before
+                 if not t.daemon or t.name.startswith("flowdsl")]
+        children = multiprocessing.active_children()
+        if (not extra and not children) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not children, f"child processes leaked: {children}"
+    assert not extra, f"threads leaked: {[t.name for t in extra]}"
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Async tests run on both anyio backends."""
+    return str(request.param)
