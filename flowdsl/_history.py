@@ -642,7 +642,12 @@ class HistoryObserver:
         store = self._store
         rest = [r for r in result.tasks.values() if r.id not in self._done]
         if rest:
-            store._enqueue(_UPSERT_TASK, [_task_row(result.run_id, r, None) for r in rest])
+            # Tasks reused by a resume keep their stored output, so a resumed run can be
+            # resumed in turn.
+            rows = [_task_row(result.run_id, r, _to_json(result.outputs[r.id])
+                              if self._outputs and r.status is TaskStatus.COMPLETED
+                              and r.id in result.outputs else None) for r in rest]
+            store._enqueue(_UPSERT_TASK, rows)
             attempts = [row for r in rest for row in _attempt_rows(result.run_id, r)]
             if attempts:
                 store._enqueue(_UPSERT_ATTEMPT, attempts)

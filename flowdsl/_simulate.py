@@ -9,19 +9,23 @@ Each mode is simulated with the policy its runner uses:
   predecessors ended; ready tasks are considered highest priority first (``spec.priority``
   if set, else the longest remaining path, its own duration included; ties by plan
   position), and each one starts as soon as a worker slot (``max_concurrency``) and all of
-  its pool amounts are free, so a small task may pass a large one that waits for a pool.
+  its pool amounts are free, granted in priority order (a waiter blocks its pools for those
+  behind it), then a slot of its executor; a worker holds its task while it waits.
 - pipeline with N items: each task is a stage handling items one at a time, in order; item
   ``i`` enters stage ``s`` when it left every predecessor stage and item ``i-1`` left ``s``.
 
-State of the event loop: ``ready`` (a heap of (-priority, position, id)), ``running`` (a heap
-of (end, position, id)), ``waiting`` (id -> count of unfinished predecessors), ``free`` (pool
--> free amount) and ``slots`` (free workers).
+State of the event loop: ``ready`` (a heap keyed like the runner's), ``waiting`` (id -> count
+of unfinished predecessors), ``slots`` (free workers) and, in :class:`_Engine`, ``running``
+(a heap of (end, seq, id)), ``free`` (pool -> free amount), ``waiters`` (pool requests in
+(-priority, arrival) order) and ``ex_free``/``ex_wait`` (executor slots and their FIFO).
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
-import math
+import os
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +36,14 @@ from ._planner import Plan, plan
 __all__ = ["MODES", "SimTask", "Simulation", "resolve_durations", "simulate"]
 
 MODES = ("sequential", "parallel", "pipeline", "conditional")
+# The runners' defaults: runners.parallel.DEFAULT_MAX_CONCURRENCY workers, and the executors'
+# own limits (ThreadExecutor(max_workers=32), ProcessExecutor: one worker per usable CPU).
+DEFAULT_WORKERS = 1000
+
+
+def _default_limits() -> dict[str, int]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"thread": 32, "process": cpus or 1}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +149,8 @@ def _capacities(resources: Any) -> dict[str, int] | None:
 
 def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
              max_concurrency: int | None = None, durations: Mapping[str, float] | None = None,
-             history: Any = None, items: int | Sequence[Any] | None = None) -> Simulation:
+             history: Any = None, items: int | Sequence[Any] | None = None,
+             executor_limits: Mapping[str, int] | None = None) -> Simulation:
     """Predict a run's makespan and each task's start and end without running any tool.
 
     Args:
@@ -150,6 +163,8 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
         history: a :class:`~flowdsl.HistoryStore` or path to take durations from (``True``
             for the default store; ``None`` for none).
         items: for pipelines, the items (or their number) streamed through the stages.
+        executor_limits: executor name -> calls at once (default: what a run uses, 32
+            threads and one process per CPU).
 
     Raises:
         ValueError: an unknown mode or a bad ``max_concurrency``.
@@ -179,10 +194,16 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
         times = _sequential(p, dur)
     elif mode == "pipeline" and n_items is not None:
         times, spans = _pipeline(p, dur, n_items)
-    elif mode == "conditional":
-        times = _list_schedule(p, dur, {i: -float(n) for n, i in enumerate(p.order)}, 1, None)
     else:
-        times = _list_schedule(p, dur, _priorities(p, dur), max_concurrency, caps)
+        prio = _priorities(p, dur)
+        if mode == "conditional":
+            key: dict[str, Any] = {i: n for n, i in enumerate(p.order)}
+            workers = max_concurrency or 1
+        else:
+            key = {i: (-prio[i], n) for n, i in enumerate(p.order)}
+            workers = max_concurrency or DEFAULT_WORKERS
+        limits = executor_limits if executor_limits is not None else _default_limits()
+        times = _list_schedule(p, dur, key, prio, workers, caps, limits)
     tasks = {i: SimTask(i, *times[i]) for i in p.order}
     makespan = max((t.end for t in tasks.values()), default=0.0)
     path, _ = p.critical_path(dur)
@@ -223,48 +244,118 @@ def _needs(p: Plan, caps: Mapping[str, int] | None) -> dict[str, dict[str, int]]
     return out
 
 
-def _list_schedule(p: Plan, dur: Mapping[str, float], prio: Mapping[str, float],
-                   max_concurrency: int | None, caps: Mapping[str, int] | None
-                   ) -> dict[str, tuple[float, float]]:
-    needs = _needs(p, caps)
-    free = dict(caps or {})
-    slots = math.inf if max_concurrency is None else max_concurrency
-    pos = {i: n for n, i in enumerate(p.order)}
+class _Engine:
+    """The runners' drive loop as events: ``workers`` take the best ready task and hold it
+    while it waits for its pools (granted in (-priority, arrival) order; a waiter that cannot
+    be served blocks its pools for those behind it, as :class:`~flowdsl.Pools` does), then
+    for a slot of its executor (FIFO), then run it."""
+
+    def __init__(self, p: Plan, dur: Mapping[str, float], prio: Mapping[str, float],
+                 caps: Mapping[str, int] | None, limits: Mapping[str, int]) -> None:
+        self.p, self.dur, self.prio = p, dur, prio
+        self.needs = _needs(p, caps)
+        self.free = dict(caps or {})
+        self.kind = {i: t.spec.executor for i, t in p.tasks.items()
+                     if isinstance(t, Task) and isinstance(t.spec.executor, str)
+                     and t.spec.executor in limits}
+        self.ex_free = dict(limits)
+        self.ex_wait: dict[str, deque[str]] = {k: deque() for k in limits}
+        self.waiters: list[tuple[tuple[float, int], str]] = []
+        self.running: list[tuple[float, int, str]] = []
+        self.out: dict[str, tuple[float, float]] = {}
+        self.now = 0.0
+        self.seq = 0
+
+    def _start(self, i: str) -> None:
+        end = self.now + self.dur[i]
+        self.out[i] = (self.now, end)
+        self.seq += 1
+        heapq.heappush(self.running, (end, self.seq, i))
+
+    def _to_executor(self, i: str) -> None:
+        kind = self.kind.get(i)
+        if kind is None:
+            self._start(i)
+        elif self.ex_free[kind] > 0:
+            self.ex_free[kind] -= 1
+            self._start(i)
+        else:
+            self.ex_wait[kind].append(i)
+
+    def _fits(self, need: Mapping[str, int]) -> bool:
+        return all(self.free[k] >= v for k, v in need.items())
+
+    def _take(self, need: Mapping[str, int]) -> None:
+        for k, v in need.items():
+            self.free[k] -= v
+
+    def acquire(self, i: str) -> None:
+        need = self.needs.get(i)
+        if not need:
+            self._to_executor(i)
+        elif self._fits(need) and not any(k in self.needs[w] for _, w in self.waiters
+                                          for k in need):
+            self._take(need)
+            self._to_executor(i)
+        else:
+            self.seq += 1
+            bisect.insort(self.waiters, ((-self.prio[i], self.seq), i))
+
+    def _grant(self) -> None:
+        blocked: set[str] = set()
+        kept = []
+        for entry in self.waiters:
+            need = self.needs[entry[1]]
+            if blocked.isdisjoint(need) and self._fits(need):
+                self._take(need)
+                self._to_executor(entry[1])
+            else:
+                blocked.update(need)
+                kept.append(entry)
+        self.waiters = kept
+
+    def finish_next(self) -> list[str]:
+        """Advance to the next end; end every task ending then; return them."""
+        self.now = self.running[0][0]
+        ended = []
+        while self.running and self.running[0][0] == self.now:
+            i = heapq.heappop(self.running)[2]
+            ended.append(i)
+            kind = self.kind.get(i)
+            if kind is not None:
+                if self.ex_wait[kind]:
+                    self._start(self.ex_wait[kind].popleft())
+                else:
+                    self.ex_free[kind] += 1
+            need = self.needs.get(i)
+            if need:
+                for k, v in need.items():
+                    self.free[k] += v
+                self._grant()
+        return ended
+
+
+def _list_schedule(p: Plan, dur: Mapping[str, float], key: Mapping[str, Any],
+                   prio: Mapping[str, float], workers: int, caps: Mapping[str, int] | None,
+                   limits: Mapping[str, int]) -> dict[str, tuple[float, float]]:
+    eng = _Engine(p, dur, prio, caps, limits)
     waiting = {i: len(p.predecessors[i]) for i in p.order}
-    ready = [(-prio[i], pos[i], i) for i in p.order if not waiting[i]]
+    ready = [(key[i], i) for i in p.order if not waiting[i]]
     heapq.heapify(ready)
-    running: list[tuple[float, int, str]] = []
-    out: dict[str, tuple[float, float]] = {}
-    now = 0.0
-    while ready or running:
-        blocked = []
+    slots = workers
+    while ready or eng.running:
         while ready and slots > 0:
-            entry = heapq.heappop(ready)
-            i = entry[2]
-            need = needs.get(i)
-            if need and any(free[k] < v for k, v in need.items()):
-                blocked.append(entry)  # waits for its pools; lower priorities may go first
-                continue
-            for k, v in (need or {}).items():
-                free[k] -= v
             slots -= 1
-            out[i] = (now, now + dur[i])
-            heapq.heappush(running, (now + dur[i], pos[i], i))
-        for entry in blocked:
-            heapq.heappush(ready, entry)
-        if not running:
-            break  # cannot happen after check_resources: every need fits an empty pool
-        now = running[0][0]
-        while running and running[0][0] == now:  # every task ending now frees its slots
-            _, _, i = heapq.heappop(running)
+            eng.acquire(heapq.heappop(ready)[1])
+        if not eng.running:
+            break  # cannot happen after check_resources: every demand fits an empty pool
+        for i in eng.finish_next():
             slots += 1
-            for k, v in needs.get(i, {}).items():
-                free[k] += v
             for s in p.successors[i]:
                 waiting[s] -= 1
                 if not waiting[s]:
-                    heapq.heappush(ready, (-prio[s], pos[s], s))
-    return out
+                    heapq.heappush(ready, (key[s], s))
+    return eng.out
 
 
 def _pipeline_bound(p: Plan, dur: Mapping[str, float], n: int) -> float:
