@@ -157,10 +157,11 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
 
 def _suggest_mode(a: Analysis, mode: str | None) -> None:
     seq, par = a.makespans["sequential"], a.makespans["parallel"]
-    if mode in (None, "sequential", "conditional") and a.width > 1 and par < seq * 0.99:
-        now = f"runs in {mode} mode" if mode else "has no mode set"
+    # No mode means run()'s default, parallel: nothing to suggest then.
+    if mode in ("sequential", "conditional") and a.width > 1 and par < seq * 0.99:
         a.suggestions.append(Suggestion("parallel_mode", None, (
-            f"use mode='parallel': the flow {now}, yet {a.parallel_opportunities} task(s) can "
+            f"use mode='parallel': the flow runs in {mode} mode, yet "
+            f"{a.parallel_opportunities} task(s) can "
             f"run beside others (width {a.width}); predicted makespan {seq:.3g}s -> "
             f"{par:.3g}s")))
 
