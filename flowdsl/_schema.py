@@ -87,21 +87,27 @@ def params(t: Tool) -> tuple[list[ParamInfo], bool]:
     return result
 
 
-_adapters: dict[tuple[int, str], Any] = {}
+_adapters: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
 def _adapter(t: Tool, p: ParamInfo) -> Any:
-    key = (id(t.fn), p.name)
-    hit = _adapters.get(key)
-    if hit is not None and hit[0] is t.fn:
-        return hit[1]
-    pydantic = require("pydantic")
     try:
-        ad = pydantic.TypeAdapter(p.annotation,
-                                  config=pydantic.ConfigDict(arbitrary_types_allowed=True))
-    except Exception:  # a hint pydantic cannot handle: accept any value for it
-        ad = None
-    _adapters[key] = (t.fn, ad)
+        per_fn = _adapters.setdefault(t.fn, {})
+    except TypeError:  # not weakly referenceable: no cache
+        per_fn = {}
+    if p.name in per_fn:
+        return per_fn[p.name]
+    pydantic = require("pydantic")
+    config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+    ad = None
+    # Dataclasses, TypedDicts and models refuse a config (they carry their own).
+    for kwargs in ({"config": config}, {}):
+        try:
+            ad = pydantic.TypeAdapter(p.annotation, **kwargs)
+            break
+        except Exception:  # a hint pydantic cannot handle: accept any value
+            continue
+    per_fn[p.name] = ad
     return ad
 
 
