@@ -40,6 +40,7 @@ _LAZY = {
     "Workflow": "._compat", "WorkflowTask": "._compat", "ExecutionMode": "._compat",
     "WorkflowEngine": "._compat",
     "DaskExecutor": "._dask",
+    "enable_logging": "._log",
 }
 
 
