@@ -77,47 +77,54 @@ def ctx(key: str, default: Any = _MISSING) -> CtxRef:
 
 
 def _scan(value: Any, out: list[Task]) -> bool:
-    """Collect the tasks ``value`` refers to; True if it holds any reference at all."""
-    if type(value) in _ATOMS:
-        return False
-    if type(value) is dict and all(type(v) in _ATOMS for v in value.values()):
-        return False
-    if isinstance(value, Task):
-        out.append(value)
-        return True
-    if isinstance(value, Ref):
-        out.append(value.task)
-        return True
-    if isinstance(value, CtxRef):
-        return True
-    items = value.values() if isinstance(value, dict) else value
-    if not isinstance(value, (list, tuple, set, frozenset, dict)):
-        return False
+    """Collect, left to right, the tasks ``value`` refers to (also inside lists, tuples,
+    sets and dicts, iteratively); True if it holds any reference at all."""
     found = False
-    for v in items:  # every item is scanned: no short cut once a reference is found
-        found = _scan(v, out) or found
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        cls = v.__class__
+        if cls in _ATOMS:
+            continue
+        if cls is Task or isinstance(v, Task):
+            out.append(v)
+            found = True
+        elif cls is Ref:
+            out.append(v.task)
+            found = True
+        elif cls is CtxRef:
+            found = True
+        elif isinstance(v, dict):
+            stack.extend(reversed(v.values()))
+        elif isinstance(v, (list, tuple)):
+            stack.extend(reversed(v))
+        elif isinstance(v, (set, frozenset)):
+            stack.extend(v)
     return found
 
 
-def _bind_plain(tool: Tool, plain: tuple[tuple[str, ...], frozenset[str]],
+def _bind_plain(tool: Tool, plain: tuple[tuple[str, ...], frozenset[str], int],
                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     # A fast path for the common signature (plain parameters only): same checks and
-    # messages as inspect.Signature.bind, about five times cheaper.
-    names, required = plain
-    if len(args) > len(names):
-        msg = f"cannot call tool {tool.name!r}: too many positional arguments"
+    # messages as inspect.Signature.bind, several times cheaper.
+    names, known, required = plain
+    n = len(args)
+    if n > len(names):
+        msg = (f"cannot call tool {tool.name!r}: too many positional arguments "
+               f"(takes {len(names)}, got {n})")
         raise CompositionError(msg)
-    bound = dict(zip(names, args))
+    bound = dict(zip(names, args)) if n else {}
     for k, v in kwargs.items():
-        if k in bound or k not in names:
+        if k in bound or k not in known:
             why = "multiple values for argument" if k in bound else "an unexpected keyword"
             msg = f"cannot call tool {tool.name!r}: got {why} {k!r}"
             raise CompositionError(msg)
         bound[k] = v
-    if len(bound) < len(required):
-        missing = next(n for n in names if n in required and n not in bound)
-        msg = f"cannot call tool {tool.name!r}: missing a required argument: {missing!r}"
-        raise CompositionError(msg)
+    if n < required:  # the required parameters not given by position must come by keyword
+        for name in names[n:required]:
+            if name not in bound:
+                msg = f"cannot call tool {tool.name!r}: missing a required argument: {name!r}"
+                raise CompositionError(msg)
     return bound
 
 
@@ -204,14 +211,18 @@ class Task(_Composable):
     @classmethod
     def _bind(cls, tool: Tool, args: tuple[Any, ...], kwargs: dict[str, Any], *,
               partial: bool) -> Task:
-        plain = tool._self_plain  # (names, required) when the signature has no special kinds
+        plain = tool._self_plain  # set when the signature has only plain parameters
         if plain is not None and not partial:
             bound = _bind_plain(tool, plain, args, kwargs)
             args, kwargs, stage_param = (), bound, None
         else:
             args, kwargs, stage_param = _bind_inspect(tool, args, kwargs, partial)
         refs: list[Task] = []
-        dynamic = _scan(args, refs) | _scan(kwargs, refs)
+        dynamic = _scan(args, refs) if args else False
+        for v in kwargs.values():
+            if v.__class__ not in _ATOMS:  # only then can it hold a reference: scan it all
+                dynamic = _scan(kwargs, refs) or dynamic
+                break
         t = object.__new__(_NewTask)
         t.id = _auto_id(tool.name)
         t.tool = tool

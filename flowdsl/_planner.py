@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -21,32 +22,33 @@ __all__ = ["DependencyResolver", "Plan", "plan"]
 
 
 def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
-           ) -> tuple[list[str], dict[str, list[str]], dict[str, int]]:
-    """Kahn's algorithm: (order, successors, level of each id); raises CycleError."""
+           ) -> tuple[list[str], dict[str, list[str]], list[int]]:
+    """Kahn's algorithm, a level at a time: (order, successors, start of each level in
+    order, then ``len(order)``); raises CycleError."""
     succs: dict[str, list[str]] = {i: [] for i in ids}
-    indeg: dict[str, int] = {}
+    indeg = {i: len(ps) for i, ps in preds.items()}  # type: ignore[arg-type]
     for i, ps in preds.items():
-        indeg[i] = len(ps)  # type: ignore[arg-type]
         for p in ps:
             succs[p].append(i)
     order = [i for i in ids if not indeg[i]]
-    level = dict.fromkeys(order, 0)
-    # `order` doubles as the FIFO queue: Kahn appends each task once its last
-    # predecessor is placed, so reading it front to back is a breadth-first sweep.
-    k = 0
-    while k < len(order):
-        node = order[k]
-        k += 1
-        nl = level[node] + 1
-        for s in succs[node]:
-            d = indeg[s] - 1
-            indeg[s] = d
-            if not d:
-                level[s] = nl  # the last predecessor placed has the highest level
-                order.append(s)
+    # `order` doubles as the queue. A task is appended once its last predecessor is placed;
+    # that predecessor sits in the level being swept, the highest level among them, so the
+    # task belongs to the next level: each level is one contiguous run of `order`.
+    bounds = [0]
+    start, end = 0, len(order)
+    append = order.append
+    while start < end:
+        for k in range(start, end):
+            for s in succs[order[k]]:
+                d = indeg[s] - 1
+                indeg[s] = d
+                if not d:
+                    append(s)
+        bounds.append(end)
+        start, end = end, len(order)
     if len(order) < len(ids):
         raise CycleError(_find_cycle(ids, preds, indeg))
-    return order, succs, level
+    return order, succs, bounds
 
 
 def _find_cycle(ids: list[str], preds: Mapping[str, Iterable[str]],
@@ -92,25 +94,20 @@ class Plan:
     def _build(cls, tasks: Mapping[str, Any], preds: Mapping[str, Iterable[str]],
                name: str | None = None, flow: Any = None) -> Plan:
         ids = list(tasks)
-        order, succs, level = _order(ids, preds)
-        levels: list[list[str]] = []
-        for i in order:
-            lv = level[i]
-            if lv == len(levels):
-                levels.append([])
-            levels[lv].append(i)
+        order, succs, bounds = _order(ids, preds)
         p = object.__new__(cls)
         s = object.__setattr__
         s(p, "name", name)
         s(p, "flow", flow)
         s(p, "tasks", MappingProxyType(dict(tasks)))
         s(p, "order", tuple(order))
-        s(p, "levels", tuple(map(tuple, levels)))
+        s(p, "levels", tuple([tuple(order[a:b]) for a, b in itertools.pairwise(bounds)]))
         s(p, "predecessors", MappingProxyType({i: tuple(preds[i]) for i in ids}))
         s(p, "successors", MappingProxyType({i: tuple(v) for i, v in succs.items()}))
-        s(p, "sources", tuple(i for i in order if not p.predecessors[i]))
-        s(p, "sinks", tuple(i for i in order if not succs[i]))
-        s(p, "_index", MappingProxyType({i: n for n, i in enumerate(order)}))
+        # Kahn starts from every task without predecessors, in insertion order: level 0.
+        s(p, "sources", p.levels[0] if p.levels else ())
+        s(p, "sinks", tuple([i for i in order if not succs[i]]))
+        s(p, "_index", None)  # built by index() on first use
         return p
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -136,6 +133,8 @@ class Plan:
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""
+        if self._index is None:
+            object.__setattr__(self, "_index", {i: n for n, i in enumerate(self.order)})
         return self._index[task_id]
 
     def durations(self, durations: Mapping[str, float] | None = None,

@@ -195,8 +195,12 @@ class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
         self._self_signature = sig = inspect.signature(fn)
         params = sig.parameters.values()
         plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
-        self._self_plain = (tuple(sig.parameters), frozenset(
-            p.name for p in params if p.default is p.empty)) if plain else None
+        # For plain parameters only (the common case), what the fast binder needs: the names,
+        # the same as a set, and how many come first without a default (Python puts those
+        # first, so they are exactly the required ones).
+        names = tuple(sig.parameters)
+        self._self_plain = (names, frozenset(names), sum(
+            p.default is p.empty for p in params)) if plain else None
 
     @property
     def spec(self) -> ToolSpec:
