@@ -425,7 +425,7 @@ def _check_options(doc: _TaskDoc, task: dict[str, Any], tool_name: str, base: st
         if pools is None or pool not in pools:
             known = ", ".join(map(repr, pools or ())) or "none"
             _problem(out, where, "unknown_pool", f"unknown pool {pool!r} (pools: {known})")
-        elif amount > pools[pool]:
+        elif isinstance(pools[pool], int) and amount > pools[pool]:  # bad ones: reported
             _problem(out, where, "over_capacity",
                      f"needs {amount} of pool {pool!r}, whose capacity is {pools[pool]}")
     mapping = task.get("to_context")
@@ -792,6 +792,25 @@ def _rebase(schema: Any, prefix: str) -> Any:
     return schema
 
 
+def _allow_refs(schema: dict[str, Any]) -> None:
+    """Let every value inside a parameter schema also be a ``$task``/``$ctx`` reference."""
+    ref = {"$ref": "#/$defs/reference"}
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        for key in ("properties", "patternProperties"):
+            if isinstance(node.get(key), dict):
+                stack.extend(node[key].values())
+                node[key] = {k: {"anyOf": [v, ref]} for k, v in node[key].items()}
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                stack.append(node[key])
+                node[key] = {"anyOf": [node[key], ref]}
+        for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
+            if isinstance(node.get(key), list):
+                stack.extend(v for v in node[key] if isinstance(v, dict) and v is not ref)
+
+
 def _common_defs() -> dict[str, Any]:
     ids = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
     path = {"type": "array", "items": {"type": ["string", "integer"]}}
@@ -823,9 +842,9 @@ def _task_variant(name: str, t: Tool) -> tuple[dict[str, Any], dict[str, Any]]:
     ts = tool_schema(t, name=name)
     parameters = _rebase(ts["parameters"], f"{name}.")
     defs = {f"{name}.{k}": v for k, v in parameters.pop("$defs", {}).items()}
-    ref = {"$ref": "#/$defs/reference"}
-    parameters["properties"] = {k: {"anyOf": [v, ref]}
-                                for k, v in parameters["properties"].items()}
+    _allow_refs(parameters)
+    for d in defs.values():
+        _allow_refs(d)
     number = {"type": "number", "exclusiveMinimum": 0}
     props = {
         "id": {"$ref": "#/$defs/task_id"},
