@@ -330,14 +330,14 @@ class Fragment(_Composable):
 def _expr(root: Task | Fragment, limit: int = 12) -> str:
     """The expression as Python grouped it, e.g. ``(a >> b) | c``; long ones are elided."""
     out: list[str] = []
-    stack: list[Any] = [(root, None)]
+    stack: list[Any] = [(root, None, True)]
     shown = 0
     while stack:
         entry = stack.pop()
         if isinstance(entry, str):
             out.append(entry)
             continue
-        item, parent = entry
+        item, parent, first = entry
         if isinstance(item, Task):
             shown += 1
             out.append(item.id if shown <= limit else "")
@@ -345,10 +345,12 @@ def _expr(root: Task | Fragment, limit: int = 12) -> str:
                 out.append("...")
             continue
         sep = " >> " if item.kind == "then" else " | "
-        wrap = parent is not None and parent != item.kind
+        # Python groups `a >> b >> c` as `(a >> b) >> c`: a first part of the same kind needs
+        # no parentheses, any other nested fragment does, so the text re-parses the same way.
+        wrap = parent is not None and (parent != item.kind or not first)
         seq: list[Any] = [")"] if wrap else []
         for i, part in enumerate(reversed(item.parts)):
-            seq.append((part, item.kind))
+            seq.append((part, item.kind, i == len(item.parts) - 1))
             if i < len(item.parts) - 1:
                 seq.append(sep)
         if wrap:
