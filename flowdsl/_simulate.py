@@ -207,8 +207,8 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
     tasks = {i: SimTask(i, *times[i]) for i in p.order}
     makespan = max((t.end for t in tasks.values()), default=0.0)
     path, _ = p.critical_path(dur)
-    bound = p.lower_bound(dur, caps, 1 if mode in ("sequential", "conditional")
-                          else max_concurrency)
+    limit = {"sequential": 1, "conditional": max_concurrency or 1}.get(mode, max_concurrency)
+    bound = p.lower_bound(dur, caps, limit)
     if n_items:
         bound = max(bound, _pipeline_bound(p, dur, n_items))
     return Simulation(mode, makespan, tasks, dur, src, bound, path, n_items, spans)

@@ -1,0 +1,210 @@
+"""Makespan simulation: each mode's policy, invariants on random DAGs, and real runs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import flowdsl
+from flowdsl import Flow, ResourceError, chain, parallel, tool
+from flowdsl._history import HistoryStore
+from flowdsl._result import Attempt, RunResult, TaskRecord, TaskStatus
+from flowdsl._simulate import simulate
+
+
+@tool(executor="async", registry=False)
+async def nap(x: Any = None, seconds: float = 0.0) -> float:
+    """Sleep ``seconds`` and return them."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return seconds
+
+
+@tool(registry=False)
+def work(x: Any = None) -> None:
+    """A sync (thread executor) tool."""
+
+
+def job(name: str, seconds: float, **options: Any) -> Any:
+    """A task called ``name`` with a declared duration."""
+    return nap(seconds=seconds).named(name).with_options(expected_duration=seconds, **options)
+
+
+class TestModes:
+    def test_sequential_runs_in_plan_order(self) -> None:
+        """Sequential: back to back in plan order; makespan = total work."""
+        f = job("a", 1) >> [job("b", 2), job("c", 3)] >> job("d", 4)
+        sim = simulate(f, "sequential")
+        assert sim.makespan == 10
+        assert sim.start == {"a": 0, "b": 1, "c": 3, "d": 6}
+
+    def test_parallel_unbounded_is_the_critical_path(self) -> None:
+        """Parallel with free workers and no pools finishes on the critical path."""
+        f = job("a", 1) >> [job("b", 2), job("c", 3)] >> job("d", 4)
+        sim = simulate(f)
+        assert sim.makespan == 8 == sim.lower_bound
+        assert sim.critical_path == ["a", "c", "d"]
+        assert sim.tasks["b"].start == sim.tasks["c"].start == 1
+
+    def test_longest_remaining_path_goes_first(self) -> None:
+        """With one worker, the ready task with the longest remaining path starts first."""
+        f = parallel(job("short", 1), job("long", 1) >> job("tail", 5))
+        sim = simulate(f, "parallel", max_concurrency=1)
+        assert sim.start["long"] == 0 and sim.start["short"] == 6
+
+    def test_explicit_priority_wins(self) -> None:
+        """An explicit priority overrides the critical-path priority."""
+        f = parallel(job("short", 1, priority=100), job("long", 1) >> job("tail", 5))
+        sim = simulate(f, "parallel", max_concurrency=1)
+        assert sim.start["short"] == 0
+
+    def test_pool_capacity_serializes(self) -> None:
+        """Tasks sharing a pool of capacity 1 never overlap; the makespan is their sum."""
+        f = parallel(*(job(f"q{i}", 1, resources={"db": 1}) for i in range(4)))
+        sim = simulate(f, resources={"db": 1})
+        assert sim.makespan == 4 == sim.lower_bound
+        assert sorted(sim.start.values()) == [0, 1, 2, 3]
+
+    def test_pool_waiter_blocks_its_pools(self) -> None:
+        """A big waiting demand is not overtaken on its pool by later small ones, as in Pools."""
+        f = job("holder", 2, resources={"db": 1}) | (
+            job("gate", 1) >> [job("big", 1, resources={"db": 2}, priority=10),
+                               job("small", 1, resources={"db": 1}, priority=1)])
+        sim = simulate(f, resources={"db": 2})
+        assert sim.start["big"] == 2 and sim.start["small"] == 3
+
+    def test_thread_executor_slots(self) -> None:
+        """40 sync tools share the thread executor's 32 slots: two rounds."""
+        f = parallel(*(work().named(f"w{i}").with_options(expected_duration=1)
+                       for i in range(40)))
+        assert simulate(f).makespan == 2
+        assert simulate(f, executor_limits={}).makespan == 1
+
+    def test_conditional_one_at_a_time(self) -> None:
+        """Conditional: one task at a time in plan order by default."""
+        f = job("a", 1) >> [job("b", 2), job("c", 3)]
+        sim = simulate(f, "conditional")
+        assert sim.makespan == 6 and sim.start == {"a": 0, "b": 1, "c": 3}
+        assert simulate(f, "conditional", max_concurrency=2).makespan == 4
+
+    def test_pipeline_items_overlap(self) -> None:
+        """N items through S equal stages take N + S - 1 stage times."""
+        f = chain(*(job(f"s{i}", 1) for i in range(3)))
+        sim = simulate(f, "pipeline", items=range(5))
+        assert sim.makespan == 5 + 3 - 1 == sim.lower_bound
+        assert sim.item_spans["s1"][0] == (1, 2)
+        assert simulate(f, "pipeline").makespan == 3
+
+    def test_flow_defaults_are_used(self) -> None:
+        """A Flow's mode, pools and max_concurrency apply when not given."""
+        f = Flow("f", [job("a", 1, resources={"p": 1}), job("b", 1, resources={"p": 1})],
+                 mode="parallel", resources={"p": 1})
+        assert simulate(f).makespan == 2
+        assert simulate(f, resources={"p": 2}).makespan == 1
+
+    def test_bad_arguments(self) -> None:
+        """Unknown modes, bad worker counts and unknown pools are refused with clear errors."""
+        f = job("a", 1, resources={"gpu": 1})
+        with pytest.raises(ValueError, match="mode='fast'"):
+            simulate(f, "fast")
+        with pytest.raises(ValueError, match="max_concurrency=0"):
+            simulate(f, max_concurrency=0)
+        with pytest.raises(ResourceError, match="gpu"):
+            simulate(f, resources={"cpu": 1})
+
+
+class TestDurations:
+    def test_sources_in_order_of_precedence(self) -> None:
+        """Given durations beat history (of the task, else of its tool), history beats
+        declared, declared beats 1 s."""
+        store = HistoryStore()
+        result = RunResult("r", "d", "parallel")
+        obs = store.observer("d")
+        obs.run_started(result, None)
+        rec = TaskRecord("h", "nap", TaskStatus.COMPLETED,
+                         [Attempt(1, 0, 7, TaskStatus.COMPLETED)], 0.0, 7.0)
+        result.tasks["h"] = rec
+        obs.task_finished(result, rec, None)
+        result.status = "completed"
+        obs.run_finished(result)
+        f = Flow("d", [job("g", 5), job("h", 5), work().named("none"),
+                       work().named("decl").with_options(expected_duration=3)])
+        sim = simulate(f, durations={"g": 2}, history=store)
+        store.close()
+        assert sim.durations == {"g": 2, "h": 7, "decl": 3, "none": 1}
+        assert sim.sources == {"g": "given", "h": "history", "decl": "declared",
+                               "none": "default"}
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[Any, dict[str, float], dict[str, int], int | None]:
+    """A random DAG of tasks with random durations, pool demands and a worker limit."""
+    n = draw(st.integers(1, 14))
+    rng = random.Random(draw(st.integers(0, 10**6)))
+    tasks = []
+    for i in range(n):
+        res = {"p": rng.randint(1, 2)} if rng.random() < 0.4 else {}
+        t = nap(seconds=0).named(f"t{i}").with_options(
+            expected_duration=rng.choice([0.5, 1, 2, 3]), resources=res)
+        tasks.append(t)
+    edges = [(a, b) for b in range(n) for a in range(b) if rng.random() < 0.25]
+    parts = [tasks[i] for i in range(n)] + [tasks[a] >> tasks[b] for a, b in edges]
+    mc = draw(st.one_of(st.none(), st.integers(1, 4)))
+    return parallel(*parts), {}, {"p": 2}, mc
+
+
+class TestInvariants:
+    @settings(max_examples=60, deadline=None)
+    @given(dags(), st.sampled_from(["sequential", "parallel", "conditional"]))
+    def test_schedule_is_feasible(self, case: Any, mode: str) -> None:
+        """No task starts before its predecessors end; pools and workers are never
+        over-used; the makespan lies between the lower bound and the sequential time."""
+        f, _, caps, mc = case
+        sim = simulate(f, mode, resources=caps, max_concurrency=mc)
+        p = f.plan()
+        for t in p.order:
+            for q in p.predecessors[t]:
+                assert sim.start[t] >= sim.end[q]
+        limit = 1 if mode != "parallel" and mc is None else mc
+        for t in p.order:  # at each start, count what is running
+            at = sim.start[t]
+            live = [u for u in p.order if sim.start[u] <= at < sim.end[u]]
+            assert sum(p.tasks[u].spec.resources.get("p", 0) for u in live) <= caps["p"]
+            if limit is not None:
+                assert len(live) <= limit
+        total = sum(sim.durations.values())
+        assert sim.lower_bound - 1e-9 <= sim.makespan <= total + 1e-9
+        if mode == "sequential":
+            assert sim.makespan == pytest.approx(total)
+
+
+@pytest.mark.slow
+class TestAgainstRealRuns:
+    def test_prediction_close_to_real_run(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """The predicted makespan of a small flow of sleeps is close to the measured one."""
+        f = Flow("sleepy", job("load", 0.1) >> [
+            job("a", 0.2, resources={"db": 1}), job("b", 0.15, resources={"db": 1}),
+            job("c", 0.05)] >> job("join", 0.1), resources={"db": 1})
+        errors = {}
+        for mode in ("sequential", "parallel", "conditional"):
+            sim = simulate(f, mode)
+            real = flowdsl.run(f, mode=mode, history=False)
+            assert real.ok
+            errors[mode] = abs(real.duration - sim.makespan) / sim.makespan
+        with capsys.disabled():
+            print("\nsimulation error vs real run:",
+                  {m: f"{e:.1%}" for m, e in errors.items()})
+        assert all(e < 0.5 for e in errors.values()), errors
+
+    def test_pipeline_prediction_close_to_real_run(self) -> None:
+        """Over items, the predicted pipeline makespan is close to the measured one."""
+        f = chain(job("s0", 0.02), job("s1", 0.05), job("s2", 0.02))
+        sim = simulate(f, "pipeline", items=6)
+        real = flowdsl.run(f, mode="pipeline", items=list(range(6)), history=False)
+        assert real.ok
+        assert abs(real.duration - sim.makespan) / sim.makespan < 0.5
