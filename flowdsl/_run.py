@@ -174,6 +174,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     options = _Options(max_concurrency, items, buffer)
     for ob in obs:
         ob.run_started(result, p)
+    if core.log:
+        core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
     try:
         try:
             for ex in opened:
@@ -237,6 +239,10 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
         result.output = outs[0] if len(outs) == 1 else outs
     for ob in obs:
         ob.run_finished(result)
+    if core.log:
+        core.log.info("run_finished", flow=p.name, status=result.status,
+                      duration=result.duration,
+                      error=repr(result.error) if result.error is not None else None)
 
 
 _SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
