@@ -1,0 +1,61 @@
+"""Tools for the process executor: defined at module level so worker processes can import
+them (a function local to a test cannot be sent to another process)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from flowdsl import tool
+
+
+@tool(executor="process", registry=False)
+def square(x: int) -> int:
+    """Square ``x`` in a worker process."""
+    return x * x
+
+
+@tool(executor="process", registry=False)
+def worker_pid() -> int:
+    """The pid of the process that ran the call."""
+    return os.getpid()
+
+
+@tool(executor="process", registry=False)
+def spin_forever(pid_file: str) -> None:
+    """Write the worker's pid, then loop forever (only a kill stops it)."""
+    with open(pid_file, "w") as fh:
+        fh.write(str(os.getpid()))
+    while True:
+        time.sleep(0.01)
+
+
+@tool(executor="process", registry=False)
+def returns_lock() -> Any:
+    """Return a value pickle cannot carry back to the parent."""
+    return threading.Lock()
+
+
+@tool(executor="process", registry=False)
+def echo(value: Any) -> Any:
+    """Return ``value`` unchanged."""
+    return value
+
+
+@tool(executor="process", registry=False)
+def fails(message: str) -> None:
+    """Raise ValueError(message) in the worker."""
+    raise ValueError(message)
+
+
+@tool(executor="process", registry=False)
+def busy(seconds: float) -> tuple[float, float]:
+    """Burn CPU for ``seconds``; returns the wall-clock start and end."""
+    start = time.time()
+    end = start + seconds
+    n = 0
+    while time.time() < end:
+        n += 1
+    return start, time.time()
