@@ -31,6 +31,7 @@ class Config:
     dask_max_tasks: int
     cpu_task_seconds: float
     cpu_tasks_per_core: int
+    cpu_repeats: int
     pipeline: tuple[int, int, float]  # items, stages, seconds per stage
     seed: int = 20240601
 
@@ -40,11 +41,13 @@ class Config:
             return cls(quick=True, repeats=2, reference_scale=0.4, random_dags=3, random_cp=0.2,
                        wf_files=2, wf_parallel_target=0.5, wf_sequential_cap=1.5,
                        overhead_sizes=(2_000,), overhead_repeats=2, dask_max_tasks=2_000,
-                       cpu_task_seconds=0.2, cpu_tasks_per_core=2, pipeline=(10, 3, 0.03))
+                       cpu_task_seconds=0.2, cpu_tasks_per_core=2, cpu_repeats=2,
+                       pipeline=(10, 3, 0.03))
         return cls(quick=False, repeats=5, reference_scale=1.0, random_dags=12, random_cp=0.4,
                    wf_files=8, wf_parallel_target=1.5, wf_sequential_cap=5.0,
                    overhead_sizes=(10_000, 100_000), overhead_repeats=3, dask_max_tasks=100_000,
-                   cpu_task_seconds=0.25, cpu_tasks_per_core=4, pipeline=(20, 4, 0.04))
+                   cpu_task_seconds=0.25, cpu_tasks_per_core=8, cpu_repeats=3,
+                   pipeline=(20, 4, 0.04))
 
 
 @dataclass(frozen=True)

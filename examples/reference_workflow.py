@@ -26,11 +26,11 @@ POOLS: dict[str, int] = {"http": 3, "api": 2, "db": 1}
 #: Task id -> seconds at scale 1 (what each tool sleeps, and its expected duration).
 _DURATIONS: dict[str, float] = {
     "fetch_orders": 0.30, "fetch_customers": 0.20, "fetch_inventory": 0.45,
-    "fetch_prices": 0.15, "parse_orders": 0.10, "parse_customers": 0.08,
-    "parse_inventory": 0.12, "parse_prices": 0.05, "validate_orders": 0.06,
-    "join_orders_customers": 0.10, "join_inventory_prices": 0.08, "enrich_geo": 0.25,
+    "fetch_prices": 0.30, "parse_orders": 0.10, "parse_customers": 0.08,
+    "parse_inventory": 0.20, "parse_prices": 0.05, "validate_orders": 0.06,
+    "join_orders_customers": 0.10, "join_inventory_prices": 0.15, "enrich_geo": 0.25,
     "enrich_credit": 0.30, "enrich_recommendations": 0.15, "score_risk": 0.10,
-    "build_report": 0.15, "store_report": 0.10, "notify_email": 0.05, "notify_slack": 0.05,
+    "build_report": 0.15, "store_report": 0.10, "notify_email": 0.10, "notify_slack": 0.10,
 }
 
 
