@@ -122,6 +122,10 @@ class Core:
                     if verdict is not None:
                         return self._finish(tid, item, None, verdict[0], reason=verdict[1])
                     break
+            else:  # every predecessor completed: only one_failed refuses to run then
+                if task.trigger == "one_failed":
+                    return self._finish(tid, item, None, SKIPPED,
+                                        reason="no upstream task failed")
         rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
         item.records[tid] = rec
         try:
