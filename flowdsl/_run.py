@@ -196,13 +196,13 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = "cancelled"
         with anyio.CancelScope(shield=True):
-            await _finish(core, p, result, item, rollback_on_failure, obs)
+            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             result.error = result.error or exc
         raise
     if result.status == "running":
         result.status = "failed" if result.errors else "completed"
-    await _finish(core, p, result, item, rollback_on_failure, obs)
+    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
     return result
 
 
@@ -220,11 +220,11 @@ def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
 
 
 async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,
-                  obs: Sequence[RunObserver]) -> None:
+                  obs: Sequence[RunObserver], streamed: bool) -> None:
     if rollback and result.status != "completed":
         await core.rollback()
     result.duration = core.now()
-    if core.items and core.items[0] is not item:  # a pipeline over items
+    if streamed:  # a pipeline over items (maybe none)
         sinks = p.sinks
         result.tasks = _merge_records(p, core.items)
         result.outputs = {t: [it.outputs.get(t) for it in core.items] for t in p.order}

@@ -11,7 +11,8 @@ once the run stops, no further item is pulled.
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar
+import inspect
+from typing import Any, ClassVar
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -41,15 +42,31 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
              for t in plan.order}
 
     async def feed(sends: list[MemoryObjectSendStream[Item]]) -> None:
+        source: Any = options.items if options.items is not None else ()
         with contextlib.ExitStack() as stack:
             for s in sends:
                 stack.enter_context(s)
-            for i, value in enumerate(options.items or ()):
-                if core.stopped:
-                    break
-                it = core.new_item(i, value)
-                for s in sends:
-                    await s.send(it)
+            try:
+                if inspect.isasyncgen(source) or hasattr(source, "__aiter__"):
+                    i = 0
+                    async for value in source:
+                        if core.stopped:
+                            break
+                        await _put(core.new_item(i, value), sends)
+                        i += 1
+                else:
+                    for i, value in enumerate(source):
+                        if core.stopped:
+                            break
+                        await _put(core.new_item(i, value), sends)
+            finally:
+                # A generator of items left suspended would keep its resources (an open
+                # file, a connection) until garbage collection: close it once we stop.
+                with anyio.CancelScope(shield=True):
+                    if inspect.isasyncgen(source):
+                        await source.aclose()
+                    elif inspect.isgenerator(source):
+                        source.close()
 
     async def stage(tid: str, receive: MemoryObjectReceiveStream[Item],
                     outs: list[MemoryObjectSendStream[Item]]) -> None:
@@ -83,3 +100,6 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
             send.close()  # only the clones stay open, so each inbox ends with its senders
 
 
+async def _put(it: Item, sends: list[MemoryObjectSendStream[Item]]) -> None:
+    for s in sends:
+        await s.send(it)
