@@ -260,7 +260,7 @@ class HistoryStore:
         self.closed = False
         self._db_lock = threading.RLock()  # one connection, shared by the flusher and callers
         self._buf_lock = threading.Condition(threading.Lock())
-        self._buffer: list[tuple[str, list[tuple[Any, ...]]]] = []
+        self._buffer = _Batch()
         self._buffered = 0
         self._active = 0
         self._flusher: threading.Thread | None = None
@@ -390,21 +390,24 @@ class HistoryStore:
 
     def _enqueue(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         with self._buf_lock:
-            self._buffer.append((sql, rows))
+            self._buffer.add(sql, rows)
             self._buffered += len(rows)
             if self._buffered >= self.flush_rows:
                 self._buf_lock.notify()
 
     def flush(self) -> None:
         """Write every buffered row now, in one transaction."""
-        with self._buf_lock:
-            batch, self._buffer, self._buffered = self._buffer, [], 0
-        if batch and not self.closed:
-            self._retry(lambda: self._write(batch))
+        # Taking the connection first keeps batches in order between the flusher thread
+        # and a caller flushing at the same moment.
+        with self._db_lock:
+            with self._buf_lock:
+                batch, self._buffer, self._buffered = self._buffer, _Batch(), 0
+            if batch and not self.closed:
+                self._retry(lambda: self._write(batch))
 
-    def _write(self, batch: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _write(self, batch: _Batch) -> None:
         with self._transaction() as c:
-            for sql, rows in batch:
+            for sql, rows in batch.ordered():
                 c.executemany(sql, rows)
 
     def _run_started(self, run_id: str) -> None:
@@ -604,6 +607,40 @@ class HistoryStore:
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0]["integrity_check"])
+
+
+class _Batch:
+    """Rows waiting to be written, in the order the foreign keys need (runs, tasks, attempts,
+    run ends). A task's later row replaces its earlier one in the same batch (its 'running'
+    row is never written when its final row comes along in time), keeping a stored output."""
+
+    __slots__ = ("attempts", "ends", "starts", "tasks")
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[Any, ...]] = []
+        self.tasks: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.attempts: list[tuple[Any, ...]] = []
+        self.ends: list[tuple[Any, ...]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.starts or self.tasks or self.attempts or self.ends)
+
+    def add(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if sql is _UPSERT_TASK:
+            tasks = self.tasks
+            for row in rows:
+                key = (row[0], row[1])
+                old = tasks.get(key)
+                if old is not None and row[-1] is None and old[-1] is not None:
+                    row = (*row[:-1], old[-1])
+                tasks[key] = row
+        else:
+            {_INSERT_RUN: self.starts, _UPSERT_ATTEMPT: self.attempts,
+             _FINISH_RUN: self.ends}[sql].extend(rows)
+
+    def ordered(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        return [(_INSERT_RUN, self.starts), (_UPSERT_TASK, list(self.tasks.values())),
+                (_UPSERT_ATTEMPT, self.attempts), (_FINISH_RUN, self.ends)]
 
 
 class HistoryObserver:
