@@ -6,7 +6,6 @@ escaped labels, so ids with quotes, brackets or unicode cannot break a diagram.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 from ._planner import Plan
@@ -20,13 +19,20 @@ def _label(plan: Plan, task_id: str) -> str:
     return task_id if tool in (None, task_id) else f"{task_id} ({tool})"
 
 
+# Mermaid's own entity codes (#NN;) for what would end or reinterpret a quoted label: the
+# quote, HTML brackets, '&', a backtick (markdown strings) and '#' itself (entity syntax).
+_MERMAID_ESCAPES = {ord(c): f"#{ord(c)};" for c in '#"<>&`'} | {ord("\n"): "<br>"}
+
+
+def _mermaid_text(text: str) -> str:
+    return text.translate(_MERMAID_ESCAPES)
+
+
 def to_mermaid(plan: Plan, *, direction: str = "LR") -> str:
     """The plan as a mermaid ``flowchart``."""
     names = {i: f"n{k}" for k, i in enumerate(plan.order)}
     lines = [f"flowchart {direction}"]
-    for i in plan.order:
-        text = html.escape(_label(plan, i), quote=True).replace("&quot;", "#quot;")
-        lines.append(f'    {names[i]}["{text}"]')
+    lines += [f'    {names[i]}["{_mermaid_text(_label(plan, i))}"]' for i in plan.order]
     lines += [f"    {names[a]} --> {names[b]}" for a, b in plan.edges]
     return "\n".join(lines) + "\n"
 
