@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from ._errors import TaskFailed, TaskTimeout
-from ._executors import Executor
+from ._executors import Executor, Remote
 from ._graph import _MISSING, CtxRef, Ref, Task
 from ._log import get_logger
 from ._planner import Plan
@@ -79,6 +79,10 @@ class Core:
         self.log = get_logger(run_id=result.run_id) if log else None
         self.rng = rng or random.Random()
         self.sleep = sleep or anyio.sleep
+        # Whether any task runs remotely (dask): computed once, so local runs pay one bool
+        # test per task for remote handles and nothing more.
+        self.remote = any(getattr(ex, "remote", False) for ex in executors.values())
+        self._fetch_for: dict[str, tuple[str, ...]] = {}
         self.stopped = False
         self.scope: anyio.CancelScope | None = None
         self.completed: list[tuple[str, Item]] = []
@@ -132,6 +136,8 @@ class Core:
             if task.condition is not None and not self._condition(task):
                 return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
             if task.dynamic or task.stage_param is not None:
+                if self.remote:
+                    await self._localize_inputs(task, item)
                 args, kwargs = self._inputs(task, item)
             else:
                 args, kwargs = task.args, task.kwargs
@@ -267,12 +273,50 @@ class Core:
             break
         if task.to_context_map is not None:
             try:
+                if self.remote and isinstance(out, Remote):  # the context lives here
+                    out = await out.fetch()
                 self._map_output(task, out)
-            except _TaskError as exc:
+            except Exception as exc:
                 return self._failed(tid, item, rec, exc, n)
         item.outputs[tid] = out
         self.completed.append((tid, item))
         return self._finish(tid, item, rec, COMPLETED, output=out)
+
+    async def _localize_inputs(self, task: Task, item: Item) -> None:
+        """Fetch the remote outputs this task needs here: every upstream output for a task
+        on a local executor, only the projected ones (``task["k"]``) for a remote task (the
+        others travel between workers as handles)."""
+        need = self._fetch_for.get(task.id)
+        if need is None:
+            local = not getattr(self.executors[task.id], "remote", False)
+            need = self.preds[task.id] if local else tuple(_projected(task))
+            self._fetch_for[task.id] = need
+        outs = item.outputs
+        for p in need:
+            value = outs.get(p)
+            if isinstance(value, Remote):
+                try:
+                    outs[p] = await value.fetch()
+                except Exception as exc:
+                    msg = (f"task {task.id!r} needs the output of {p!r} here, but fetching "
+                           f"it failed: {type(exc).__name__}: {exc}")
+                    raise _TaskError(msg) from exc
+
+    async def localize(self) -> None:
+        """Replace every remote handle among the outputs by its value, before the
+        executors close: results, history and rollback see plain values."""
+        found = [(it, t, v) for it in self.items for t, v in it.outputs.items()
+                 if isinstance(v, Remote)]
+        by_type: dict[type, list[tuple[Item, str, Remote]]] = {}
+        for entry in found:
+            by_type.setdefault(type(entry[2]), []).append(entry)
+        for kind, entries in by_type.items():
+            many = getattr(kind, "fetch_all", None)  # one round trip where the handle can
+            handles = [v for _, _, v in entries]
+            values = (await many(handles) if many is not None
+                      else [await h.fetch() for h in handles])
+            for (it, t, _), value in zip(entries, values):
+                it.outputs[t] = value
 
     def _map_output(self, task: Task, out: Any) -> None:
         mapping = task.to_context_map
@@ -367,6 +411,21 @@ class Core:
 _EVENTS = {COMPLETED: "task_completed", FAILED: "task_failed",
            TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
            UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+
+
+def _projected(task: Task) -> set[str]:
+    """Ids of the upstream tasks whose outputs ``task`` projects (``task["k"]``)."""
+    found: set[str] = set()
+    todo: list[Any] = [*task.args, *task.kwargs.values()]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Ref):
+            found.add(v.task.id)
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+    return found
 
 
 def _why(bad: list[str], status: Mapping[str, TaskStatus]) -> str:

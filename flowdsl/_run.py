@@ -82,13 +82,20 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     shared: dict[Any, Executor] = {}
     per_task: dict[str, Executor] = {}
     remote = _remote_executor(override) if override is not None else None
+    # A cluster runs coroutine tools too (dask workers await them); a local override only
+    # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
+    takes = (("thread", "process", "dask", "async") if getattr(remote, "remote", False)
+             else ("thread", "process", "dask"))
     for tid, task in p.tasks.items():
         kind = task.spec.executor  # type: ignore[attr-defined]
-        if remote is not None and kind in ("thread", "process", "dask"):
+        if remote is not None and kind in takes:
             per_task[tid] = remote
             continue
-        if kind == "dask":
-            kind = _remote_executor("dask") if "dask" not in shared else "dask"
+        if kind == "dask":  # one cluster for every per-task 'dask' of the run
+            if "dask" not in shared:
+                shared["dask"] = _remote_executor("dask")
+            per_task[tid] = shared["dask"]
+            continue
         if isinstance(kind, Executor):
             ex = shared.setdefault(id(kind), kind)
         else:
@@ -159,6 +166,10 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     remaining = p.remaining(durations)
     priorities = {t: (task.spec.priority if task.spec.priority is not None  # type: ignore
                       else remaining[t]) for t, task in p.tasks.items()}
+    for ex in opened:  # remote executors check tasks and take priorities before any runs
+        prepare = getattr(ex, "prepare", None)
+        if prepare is not None:
+            prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p)
     obs = list(observers)
@@ -191,8 +202,12 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                     f"the run exceeded its {timeout:g}s timeout")
         finally:
             with anyio.CancelScope(shield=True):
-                for ex in opened:
-                    await ex.close()
+                try:
+                    if core.remote:  # values on a cluster must come here before it closes
+                        await core.localize()
+                finally:
+                    for ex in opened:
+                        await ex.close()
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = "cancelled"
         with anyio.CancelScope(shield=True):

@@ -1,0 +1,282 @@
+"""Run tasks on a dask.distributed cluster: the same flow, only the call is remote.
+
+flowdsl's runner still decides *when* each task runs (trigger rules, conditions, pools,
+critical-path order); :meth:`DaskExecutor.call` only submits the tool's function with its
+resolved arguments to the cluster and waits until it is done there. It returns a
+:class:`DaskRemote` handle around the dask ``Future`` rather than the value, so a downstream
+task on the cluster receives the future and dask moves the data between workers; the core
+fetches a handle only where a value is needed here (see ``flowdsl._execute``).
+
+Lifecycle: ``open()`` connects an asynchronous ``Client`` on the run's event loop (asyncio
+only; dask's client is built on asyncio), starting a ``LocalCluster`` of worker processes
+first when no cluster was given; ``close()`` cancels what is still in flight and shuts down
+only what ``open()`` started. Faults: a timeout or a stopped run cancels the future (dask
+cannot interrupt a function already running on a worker: its late result is discarded); a
+worker that dies mid-task is rescheduled by dask itself (``distributed.scheduler.allowed-
+failures``, 3 by default) and beyond that fails with ``KilledWorker``, which the core retries
+like any other error.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from ._errors import SerializationError
+from ._executors import Executor, Remote
+from ._graph import CtxRef, Ref, Task
+
+__all__ = ["DaskExecutor", "DaskRemote"]
+
+_INSTALL = "executor='dask' needs dask.distributed: pip install flowdsl[dask]"
+
+
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as exc:  # the extra is optional; say how to get it
+        raise ImportError(_INSTALL) from exc
+    return distributed
+
+
+def _apply(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    # Runs on a worker. Arguments travel as one tuple and one dict so a tool parameter named
+    # like a submit() option (key, priority, pure, ...) never collides with it.
+    return fn(*args, **kwargs)
+
+
+async def _apply_async(fn: Callable[..., Any], args: tuple[Any, ...],
+                       kwargs: dict[str, Any]) -> Any:
+    # A coroutine function: dask workers await it on their own event loop.
+    return await fn(*args, **kwargs)
+
+
+class DaskRemote(Remote):
+    """A task's output held on the cluster (a dask ``Future``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: Any) -> None:
+        self.future = future
+
+    async def fetch(self) -> Any:
+        return await self.future
+
+    @staticmethod
+    async def fetch_all(handles: Sequence[DaskRemote]) -> list[Any]:
+        """Fetch many handles in one round trip (the core uses it at the end of a run)."""
+        if not handles:
+            return []
+        client = handles[0].future.client
+        return list(await client.gather([h.future for h in handles]))
+
+    def __repr__(self) -> str:
+        return f"DaskRemote({self.future.key!r})"
+
+
+def _unwrap(value: Any) -> Any:
+    """Replace handles by their futures (also inside lists, tuples and dicts), so dask
+    resolves them on the workers instead of here."""
+    if isinstance(value, DaskRemote):
+        return value.future
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    return value
+
+
+def _check_pickle(task_id: str, what: str, obj: Any) -> None:
+    """Raise SerializationError naming the task if ``obj`` cannot go to a worker."""
+    import cloudpickle
+
+    distributed = _distributed()
+    # Futures, handles and unresolved references are not sent as they are: skip them.
+    skip = (distributed.Future, DaskRemote, Task, Ref, CtxRef)
+
+    class _Probe(cloudpickle.Pickler):  # type: ignore[misc]
+        def persistent_id(self, o: Any) -> Any:
+            return "ref" if isinstance(o, skip) else None
+
+    try:
+        _Probe(io.BytesIO()).dump(obj)
+    except Exception as exc:
+        msg = (f"task {task_id!r}: its {what} cannot be sent to a dask worker "
+               f"({type(exc).__name__}: {exc})")
+        raise SerializationError(msg, task_id=task_id) from exc
+
+
+class DaskExecutor(Executor):
+    """Run tasks on a dask.distributed cluster.
+
+    Args:
+        cluster: where to run. ``None`` starts a ``LocalCluster`` of worker processes when a
+            run opens the executor and closes it when the run ends; a scheduler address
+            (``"tcp://host:8786"``), a ``distributed.Client`` or a cluster object
+            (``LocalCluster``, anything with ``scheduler_address``) uses that cluster and
+            leaves it running.
+        n_workers: worker processes of the ``LocalCluster`` started for a run (default:
+            one per core).
+        threads_per_worker: threads per worker process of that ``LocalCluster`` (default 1:
+            tools are CPU-bound Python).
+        **cluster_options: more ``LocalCluster`` options (``memory_limit``, ...).
+
+    Raises:
+        ImportError: dask.distributed is not installed (``pip install flowdsl[dask]``).
+
+    .. versionadded:: 0.1
+    """
+
+    name = "dask"
+    #: A function running on a worker cannot be interrupted; a timed-out call is abandoned.
+    abandons = True
+    #: The core fetches this executor's results only where a value is needed locally.
+    remote = True
+
+    def __init__(self, cluster: Any = None, *, n_workers: int | None = None,
+                 threads_per_worker: int = 1, **cluster_options: Any) -> None:
+        _distributed()
+        self.cluster = cluster
+        self.cluster_options = {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
+                                **cluster_options}
+        self.priorities: dict[str, float] = {}
+        self._client: Any = None
+        self._own_client = False
+        self._own_cluster: Any = None
+        self._users = 0
+        self._inflight: set[Any] = set()
+        self._checked: set[int] = set()
+
+    def __repr__(self) -> str:
+        where = "a LocalCluster per run" if self.cluster is None else repr(self.cluster)
+        return f"DaskExecutor({where})"
+
+    @property
+    def client(self) -> Any:
+        """The asynchronous ``distributed.Client`` of the run in progress (None outside)."""
+        return self._client
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+        """Called by ``run()`` before anything starts: note the tasks' priorities and check
+        that their functions and fixed arguments can be pickled.
+
+        Raises:
+            SerializationError: a task cannot be sent to a worker (names the task).
+        """
+        for tid, task in tasks.items():
+            self.priorities[tid] = priorities.get(tid, 0.0)
+            fn = task.tool.fn
+            if id(fn) not in self._checked:
+                _check_pickle(tid, f"function {getattr(fn, '__qualname__', fn)!r}", fn)
+                self._checked.add(id(fn))
+            _check_pickle(tid, "arguments", (task.args, task.kwargs))
+
+    async def open(self) -> None:
+        """Connect to the cluster (starting a LocalCluster first if none was given)."""
+        import sniffio
+
+        if sniffio.current_async_library() != "asyncio":
+            msg = ("executor='dask' runs on the asyncio backend only (dask's client is built "
+                   "on asyncio): use run(..., backend='asyncio')")
+            raise RuntimeError(msg)
+        self._users += 1
+        if self._client is not None:  # another run on this loop shares the connection
+            return
+        distributed = _distributed()
+        target = self.cluster
+        if target is None:
+            opts = {k: v for k, v in self.cluster_options.items() if v is not None}
+            self._own_cluster = await distributed.LocalCluster(
+                processes=True, dashboard_address=None, asynchronous=True, **opts)
+            target = self._own_cluster
+        if isinstance(target, distributed.Client) and target.asynchronous and _same_loop(target):
+            self._client, self._own_client = target, False
+            return
+        if isinstance(target, distributed.Client):
+            address = target.scheduler.address
+        elif isinstance(target, str):
+            address = target
+        else:
+            address = target.scheduler_address
+        # A client of our own on the run's event loop: futures are awaited without threads.
+        self._client = await distributed.Client(address, asynchronous=True,
+                                                set_as_default=False)
+        self._own_client = True
+
+    async def close(self) -> None:
+        """Cancel futures still in flight; close what :meth:`open` started."""
+        self._users = max(0, self._users - 1)
+        if self._users or self._client is None:
+            return
+        client, self._client = self._client, None
+        try:
+            if self._inflight:
+                futures, self._inflight = list(self._inflight), set()
+                await client.cancel(futures, force=True)
+            if self._own_client:
+                await client.close()
+        finally:
+            cluster, self._own_cluster = self._own_cluster, None
+            if cluster is not None:
+                await cluster.close()
+
+    # -- calls -------------------------------------------------------------------------
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], *, task_id: str) -> Any:
+        """Submit ``fn(*args, **kwargs)`` to the cluster, wait until it is done there and
+        return a :class:`DaskRemote` handle to its result (or raise its exception)."""
+        client = self._client
+        if client is None:
+            msg = f"task {task_id!r}: DaskExecutor.call() before open()"
+            raise RuntimeError(msg)
+        args, kwargs = _unwrap(args), _unwrap(kwargs)
+        apply = _apply_async if _is_async(fn) else _apply
+        try:
+            future = client.submit(apply, fn, args, kwargs, pure=False,
+                                   key=f"{task_id}-{uuid.uuid4().hex}",
+                                   priority=self.priorities.get(task_id, 0.0))
+        except Exception:
+            # Arguments made at run time (upstream outputs) may not pickle: say which task.
+            _check_pickle(task_id, "arguments", (args, kwargs))
+            raise
+        self._inflight.add(future)
+        try:
+            # distributed.wait() looks for a *default* client, which ours is not (a run must
+            # not change what the user's own dask code talks to): wait on the future's state,
+            # as wait() itself does, without fetching the value.
+            await future._state.wait()
+        except BaseException:
+            # A timeout or a stopped run: take the task off the cluster, then go on
+            # unwinding. Shielded, or the cancellation would skip the cancel itself.
+            with anyio.CancelScope(shield=True):
+                await client.cancel([future], force=True)
+            raise
+        finally:
+            self._inflight.discard(future)
+        status = future.status
+        if status == "finished":
+            return DaskRemote(future)
+        if status == "error":
+            await future  # re-raises the tool's exception with the worker's traceback
+        msg = f"task {task_id!r}: its dask future ended as {status!r} (key {future.key})"
+        raise RuntimeError(msg)
+
+
+def _is_async(fn: Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+def _same_loop(client: Any) -> bool:
+    import asyncio
+
+    try:
+        return client.loop.asyncio_loop is asyncio.get_running_loop()  # type: ignore[no-any-return]
+    except (AttributeError, RuntimeError):
+        return False
