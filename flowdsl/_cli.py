@@ -1,0 +1,678 @@
+"""The ``flowdsl`` command line (also ``python -m flowdsl``): run, inspect and picture flows.
+
+Built on typer (arguments, help, shell completion) and rich (tables, live progress); both come
+with ``pip install 'flowdsl[cli]'`` and are imported only by this module, so ``import flowdsl``
+stays light. Every command goes through the public engine (plan, run, history, simulate,
+analyze, render, timeline), never around it.
+
+A TARGET is ``path/to/file.py:name`` or ``package.module:name`` (a Flow, a fragment, a Task or
+a zero-argument function returning one), or a ``.json``/``.yaml`` workflow document.
+
+Exit codes: 0 success, 1 the run failed, 2 usage or plan error, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Column, Table
+
+__all__ = ["TargetError", "app", "load_target", "main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+DOC_SUFFIXES = (".json", ".yaml", ".yml")
+
+app = typer.Typer(name="flowdsl", no_args_is_help=True, rich_markup_mode="rich",
+                  help="Run, inspect and picture flowdsl workflows.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+history_app = typer.Typer(help="Runs kept in history: list them, show one, tool statistics.",
+                          invoke_without_command=True)
+app.add_typer(history_app, name="history")
+
+
+class Mode(str, enum.Enum):
+    sequential = "sequential"
+    parallel = "parallel"
+    pipeline = "pipeline"
+    conditional = "conditional"
+
+
+class GraphFormat(str, enum.Enum):
+    mermaid = "mermaid"
+    dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+class TargetError(Exception):
+    """Raised when a TARGET cannot be loaded (bad syntax, missing file or name, wrong type)."""
+
+
+# -- shared state and helpers ------------------------------------------------------------------
+
+_options: dict[str, Any] = {"history": None}
+
+
+def _out() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 120  # files and pipes: rich's 80 columns would fold the tables
+    return console
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    _err().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _history() -> Any:
+    from ._history import open_history
+
+    return open_history(_options["history"])
+
+
+def _print_json(data: Any) -> None:
+    # Plain print, not rich: JSON must come out byte for byte, with no wrapping or colour.
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def load_target(spec: str) -> Any:
+    """Load what a TARGET names: a Flow, fragment, Task or Tool (a zero-argument function is
+    called), or a workflow document through :func:`flowdsl.load_flow`.
+
+    Raises:
+        TargetError: the target cannot be found or is not a flow.
+        PlanValidationError: a workflow document has problems.
+    """
+    from ._graph import Flow, Fragment, Task
+    from ._tool import Tool
+
+    path = Path(spec)
+    if path.suffix.lower() in DOC_SUFFIXES:
+        if not path.is_file():
+            msg = f"workflow document {spec!r} not found"
+            raise TargetError(msg)
+        from ._dataflow import load_flow
+
+        return load_flow(path)
+    where, sep, name = spec.rpartition(":")
+    if not sep or not where or not name:
+        msg = (f"target {spec!r}: expected path/to/file.py:name, package.module:name or a "
+               ".json/.yaml workflow document")
+        raise TargetError(msg)
+    module = _import(where)
+    obj: Any = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            msg = f"target {spec!r}: {where!r} has no attribute {part!r}"
+            raise TargetError(msg)
+        obj = getattr(obj, part)
+    kinds = (Flow, Fragment, Task, Tool, list, tuple)
+    if callable(obj) and not isinstance(obj, kinds):
+        obj = obj()  # a factory: build the flow now
+    if not isinstance(obj, kinds):
+        msg = (f"target {spec!r} is a {type(obj).__name__}: expected a Flow, fragment, Task "
+               "or a function returning one")
+        raise TargetError(msg)
+    return obj
+
+
+def _import(where: str) -> Any:
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        file = Path(where).resolve()
+        if not file.is_file():
+            msg = f"target file {where!r} not found"
+            raise TargetError(msg)
+        # The file's folder goes on sys.path and the module keeps its own name, so its tools
+        # can be imported again by name (process executors, sibling imports).
+        folder = str(file.parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+        name = file.stem
+        spec = importlib.util.spec_from_file_location(name, file)
+        if spec is None or spec.loader is None:
+            msg = f"target file {where!r} is not a Python module"
+            raise TargetError(msg)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a console script does not see the current folder
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        msg = f"target module {where!r} cannot be imported: {exc}"
+        raise TargetError(msg) from exc
+
+
+def _load(spec: str) -> Any:
+    """load_target for commands: problems become a readable message and exit code 2."""
+    from ._errors import FlowError, PlanValidationError
+
+    try:
+        return load_target(spec)
+    except PlanValidationError as exc:
+        raise _problems(exc) from None
+    except (TargetError, FlowError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _problems(exc: Any) -> typer.Exit:
+    err = _err()
+    err.print(f"[bold red]error:[/] {len(exc.problems)} problem(s) in the workflow document:")
+    for p in exc.problems:
+        err.print(f"  [bold]{p.get('path', '?')}[/]: {p.get('message', p)}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _plan(flow: Any) -> Any:
+    from ._errors import PlanError
+    from ._planner import plan
+
+    try:
+        return plan(flow)
+    except PlanError as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+
+
+def _pairs(values: list[str] | None, what: str, *, integer: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise _fail(f"{what} {item!r}: expected key=value")
+        if integer:
+            try:
+                out[key] = int(raw)
+            except ValueError:
+                raise _fail(f"{what} {item!r}: {raw!r} is not a whole number") from None
+        else:
+            try:
+                out[key] = json.loads(raw)  # numbers, booleans, lists... else the text itself
+            except ValueError:
+                out[key] = raw
+    return out
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+
+class _Interrupt:
+    """A RunObserver that remembers the run's event loop and task, so the first SIGINT can
+    cancel the run (rollbacks run, history records it cancelled) and the second exits at
+    once."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.result: Any = None
+        self.count = 0
+
+    def run_started(self, result: Any, plan: Any) -> None:
+        self.result = result
+        try:
+            self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
+        except RuntimeError:  # not on asyncio: SIGINT keeps its usual meaning
+            self.loop = self.task = None
+
+    def task_started(self, result: Any, record: Any) -> None:
+        pass
+
+    def task_finished(self, result: Any, record: Any, output: Any) -> None:
+        pass
+
+    def run_finished(self, result: Any) -> None:
+        self.task = None  # nothing left to cancel
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count > 1:
+            os._exit(EXIT_INTERRUPTED)  # the user insists: no cleanup, no waiting
+        if self.task is None or self.loop is None:
+            raise KeyboardInterrupt  # nothing is running yet (or any more) to roll back
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        sys.stderr.write("\ncancelling the run (rollbacks and history first); "
+                         "press Ctrl-C again to exit at once\n")
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if sys.platform == "win32" or not _main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self.handle)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+@app.callback()
+def _root(history: Annotated[str | None, typer.Option(
+        "--history", metavar="PATH", help="History file (default: $FLOWDSL_HISTORY, else "
+        "~/.local/state/flowdsl/history.db; FLOWDSL_HISTORY=off for none).")] = None) -> None:
+    """Run, inspect and picture flowdsl workflows.
+
+    A TARGET is [bold]path/to/file.py:name[/], [bold]package.module:name[/] (a Flow, a
+    fragment, a Task or a function returning one) or a [bold].json/.yaml[/] workflow document.
+    """
+    _options["history"] = history
+
+
+Target = Annotated[str, typer.Argument(help="file.py:name, package.module:name, or a "
+                                            ".json/.yaml workflow document")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+ResourcesOpt = Annotated[list[str] | None, typer.Option(
+    "--resources", "-r", metavar="POOL=N", help="Pool capacity (repeatable).")]
+
+
+@app.command(epilog="Example: flowdsl run examples/reference_workflow.py:reference_flow "
+                    "-r http=3 -r api=2 -r db=1")
+def run(target: Target,
+        mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="How to run it "
+                                                  "(default: the flow's, else parallel).")] = None,
+        set_: Annotated[list[str] | None, typer.Option(
+            "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
+            "repeatable).")] = None,
+        context: Annotated[Path | None, typer.Option(
+            "--context", "-c", metavar="FILE.json", help="Initial context from a JSON "
+            "object file.")] = None,
+        resources: ResourcesOpt = None,
+        max_concurrency: Annotated[int | None, typer.Option(
+            "--max-concurrency", min=1, help="Most tasks running at once.")] = None,
+        continue_on_error: Annotated[bool, typer.Option(
+            "--continue-on-error", help="A failure stops only its downstream tasks.")] = False,
+        rollback: Annotated[bool, typer.Option(
+            "--rollback", help="Undo completed tasks if the run fails or is "
+            "cancelled.")] = False,
+        timeout: Annotated[float | None, typer.Option(
+            "--timeout", metavar="SECONDS",
+            help="Time limit for the whole run.")] = None,
+        as_json: JsonOpt = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no "
+                                            "summary; only the exit code.")] = False) -> None:
+    """Run a flow with live progress (on a terminal) and a summary table at the end.
+
+    Exit code 0 when it completed, 1 when it failed, timed out or was cancelled, 2 for a
+    usage or plan error, 130 after Ctrl-C (the first cancels cleanly, the second exits at
+    once).
+    """
+    flow = _load(target)
+    ctx: dict[str, Any] = {}
+    if context is not None:
+        try:
+            ctx = json.loads(context.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--context {str(context)!r}: {exc}") from None
+        if not isinstance(ctx, dict):
+            raise _fail(f"--context {str(context)!r}: expected a JSON object")
+    ctx.update(_pairs(set_, "--set"))
+    out = _out()
+    live = None
+    if not (as_json or quiet):
+        from ._progress import LiveProgress
+
+        if out.is_terminal and not out.is_dumb_terminal:
+            live = LiveProgress(out)
+    stop = _Interrupt()
+    result = _run(flow, stop, live, mode=mode.value if mode else None, context=ctx,
+                  resources=_pairs(resources, "--resources", integer=True) or None,
+                  max_concurrency=max_concurrency, continue_on_error=continue_on_error,
+                  rollback_on_failure=rollback, timeout=timeout, history=_options["history"])
+    interrupted = result is None
+    result = stop.result if result is None else result
+    if as_json and result is not None:
+        _print_json(result.to_dict())
+    elif not quiet and result is not None:
+        from ._progress import summary_table
+
+        out.print(summary_table(result))
+        if not result.ok and result.error is not None:
+            _err().print(f"[bold red]{result.status}:[/] {type(result.error).__name__}: "
+                         f"{result.error}", soft_wrap=True)
+        out.print(f"[dim]timeline: flowdsl timeline {result.run_id} -o run.html[/]")
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
+    """Run with the progress display and SIGINT handling; ``None`` when interrupted."""
+    from ._errors import PlanError
+    from ._run import run as run_flow
+
+    observers = [stop] if live is None else [stop, live]
+    try:
+        with stop.installed():
+            return run_flow(flow, observers=observers, **options)
+    except PlanError as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # an option value run() refused
+        raise _fail(str(exc)) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return None
+    finally:
+        if live is not None:
+            live.close()
+
+
+@app.command(epilog="Example: flowdsl plan flows.py:etl --json")
+def plan(target: Target, as_json: JsonOpt = False) -> None:
+    """Show a flow's plan: levels, width, critical path, lower bound and problems.
+
+    Durations come from history when it has them, else from declared estimates, else 1 s.
+    """
+    from ._errors import ResourceError
+
+    flow = _load(target)
+    p = _plan(flow)
+    store = _history()
+    durations = store.durations(p) if store is not None else {}
+    dur = p.durations(durations)
+    path, length = p.critical_path(dur)
+    caps = getattr(flow, "resources", None) or {}
+    problems = []
+    try:
+        p.check_resources(caps)
+    except ResourceError as exc:
+        problems.append(str(exc))
+    data = {"name": p.name, "tasks": len(p), "edges": len(p.edges), "width": p.width,
+            "levels": [list(lv) for lv in p.levels], "critical_path": path,
+            "critical_path_duration": length,
+            "lower_bound": p.lower_bound(dur, caps, getattr(flow, "max_concurrency", None)),
+            "durations": dur, "durations_from_history": sorted(durations),
+            "problems": problems}
+    if as_json:
+        _print_json(data)
+    else:
+        out = _out()
+        out.print(f"[bold]{p.name or 'flow'}[/]: {len(p)} tasks, {len(p.edges)} edges, "
+                  f"{len(p.levels)} levels, width {p.width}")
+        table = Table("level", "tasks", title="levels", title_justify="left")
+        for n, lv in enumerate(p.levels):
+            table.add_row(str(n), ", ".join(lv))
+        out.print(table)
+        known = f" ({len(durations)} from history)" if durations else ""
+        out.print(f"critical path{known}: {' -> '.join(path)} = {length:.3f}s")
+        out.print(f"lower bound: {data['lower_bound']:.3f}s")
+        for msg in problems:
+            _err().print(f"[bold red]problem:[/] {msg}", soft_wrap=True)
+        if not problems:
+            out.print("[green]no plan-time problems[/]")
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command(epilog="Example: flowdsl graph flows.py:etl --format svg -o etl.svg")
+def graph(target: Target,
+          fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="mermaid and dot "
+                                                   "are text; svg and png need graphviz."
+                                                   )] = GraphFormat.mermaid,
+          output: Annotated[Path | None, typer.Option(
+              "--output", "-o", metavar="FILE", help="Write here instead of stdout.")] = None,
+          ) -> None:
+    """Draw the DAG as mermaid or dot text, or as SVG/PNG through graphviz."""
+    from ._render import render_graphviz, to_dot, to_mermaid
+
+    p = _plan(_load(target))
+    if fmt in (GraphFormat.mermaid, GraphFormat.dot):
+        text = to_mermaid(p) if fmt is GraphFormat.mermaid else to_dot(p)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return
+    if output is None and fmt is GraphFormat.png:
+        raise _fail("--format png needs -o FILE")
+    try:
+        data = render_graphviz(p, fmt.value)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    if output is None:
+        sys.stdout.write(data.decode())
+    else:
+        output.write_bytes(data)
+
+
+@app.command(epilog="Example: flowdsl simulate flows.py:etl -r db=2 --mode parallel")
+def simulate(target: Target,
+             mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="Simulate this "
+                                                       "mode in detail (default: compare "
+                                                       "all).")] = None,
+             resources: ResourcesOpt = None,
+             max_concurrency: Annotated[int | None, typer.Option(
+                 "--max-concurrency", min=1)] = None,
+             as_json: JsonOpt = False) -> None:
+    """Predict the makespan of each mode without running any tool.
+
+    Durations come from history when it has them, else from declared estimates, else 1 s.
+    """
+    from ._errors import PlanError
+    from ._simulate import MODES
+    from ._simulate import simulate as sim
+
+    flow = _load(target)
+    store = _history()
+    caps = _pairs(resources, "--resources", integer=True) or None
+    modes = [mode.value] if mode else list(MODES)
+    try:
+        sims = {m: sim(flow, m, resources=caps, max_concurrency=max_concurrency,
+                       history=store) for m in modes}
+    except (PlanError, ValueError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        _print_json({m: dataclasses.asdict(s) for m, s in sims.items()})
+        return
+    out = _out()
+    table = Table("mode", "makespan", "lower bound", "critical path", title="simulation",
+                  title_justify="left")
+    for m, s in sims.items():
+        table.add_row(m, f"{s.makespan:.3f}s", f"{s.lower_bound:.3f}s",
+                      " -> ".join(s.critical_path))
+    out.print(table)
+    if mode:
+        s = sims[mode.value]
+        detail = Table("task", "start", "end", "duration", "source", title=f"{mode.value}",
+                       title_justify="left")
+        for tid, t in s.tasks.items():
+            detail.add_row(tid, f"{t.start:.3f}", f"{t.end:.3f}", f"{s.durations[tid]:.3f}",
+                           s.sources.get(tid, ""))
+        out.print(detail)
+
+
+@app.command(epilog="Example: flowdsl analyze flows.py:etl --json")
+def analyze(target: Target, as_json: JsonOpt = False) -> None:
+    """Find bottlenecks and suggest improvements from the flow's history."""
+    from ._errors import PlanError
+    from ._optimizer import analyze as analyze_flow
+
+    flow = _load(target)
+    try:
+        a = analyze_flow(flow, _history() or None)
+    except PlanError as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        _print_json(a.to_dict())
+        return
+    out = _out()
+    cp = ("?" if a.critical_path_duration is None else f"{a.critical_path_duration:.3f}s")
+    out.print(f"[bold]{a.name or 'flow'}[/]: {a.total_tasks} tasks, {a.levels} levels, "
+              f"width {a.width}; critical path {' -> '.join(a.critical_path)} = {cp}")
+    out.print("predicted: " + ", ".join(f"{m} {v:.3f}s" for m, v in a.makespans.items()))
+    if a.bottlenecks:
+        table = Table("task", "tool", "estimate", "why", title="bottlenecks",
+                      title_justify="left")
+        for b in a.bottlenecks:
+            table.add_row(b.task_id, b.tool, "?" if b.estimate is None else
+                          f"{b.estimate:.3f}s", "; ".join(b.reasons))
+        out.print(table)
+    for s in a.suggestions:
+        out.print(f"• {s.message}", soft_wrap=True)
+    if not a.suggestions:
+        out.print("[green]no suggestions[/]")
+
+
+@app.command(epilog="Example: flowdsl timeline last -o run.html")
+def timeline(run_id: Annotated[str, typer.Argument(help="A run id from `flowdsl history`, "
+                                                   "or `last`.")],
+             output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE",
+                                                  help=".html (self-contained), .png or "
+                                                  ".svg (matplotlib).")],
+             flow: Annotated[str | None, typer.Option(
+                 "--flow", metavar="TARGET", help="The run's flow: its edges give the true "
+                 "critical path and its pools the swimlanes.")] = None) -> None:
+    """Draw a run's timeline (Gantt chart) from history."""
+    from ._history import HistoryError
+    from ._timeline import save_timeline
+
+    store = _history()
+    if store is None:
+        raise _fail("history is off (FLOWDSL_HISTORY=off): no runs to draw")
+    if run_id == "last":
+        runs = store.runs(1)
+        if not runs:
+            raise _fail(f"no runs in the history at {store.path}")
+        run_id = runs[0]["run_id"]
+    p = _plan(_load(flow)) if flow else None
+    try:
+        path = save_timeline(run_id, output, history=store, plan=p)
+    except (HistoryError, ValueError, ImportError) as exc:
+        raise _fail(str(exc)) from None
+    _out().print(f"wrote {path}")
+
+
+@history_app.callback()
+def _history_default(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        history_list(limit=20, flow=None, status=None, as_json=False)
+
+
+@history_app.command("list", epilog="Example: flowdsl history list --limit 5 --json")
+def history_list(limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 20,
+                 flow: Annotated[str | None, typer.Option("--flow")] = None,
+                 status: Annotated[str | None, typer.Option("--status")] = None,
+                 as_json: JsonOpt = False) -> None:
+    """The newest runs first."""
+    import datetime as dt
+
+    store = _history()
+    runs = store.runs(limit, flow=flow, status=status) if store is not None else []
+    if as_json:
+        _print_json(runs)
+        return
+    table = Table(Column("run", no_wrap=True), "flow", "mode", "status",
+                  Column("started", no_wrap=True), "duration", "error",
+                  title=f"runs in {store.path if store is not None else '(history off)'}",
+                  title_justify="left")
+    for r in runs:
+        when = (dt.datetime.fromtimestamp(r["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+                if r["started_at"] else "")
+        d = r["duration"]
+        table.add_row(r["run_id"], r["flow"] or "", r["mode"] or "", r["status"], when,
+                      "" if d is None else f"{d:.3f}s",
+                      f"{r['error_type']}: {r['error_message']}" if r["error_type"] else "")
+    _out().print(table)
+
+
+@history_app.command("show", epilog="Example: flowdsl history show 3f2a9c1b7e0d")
+def history_show(run_id: Annotated[str, typer.Argument(help="A run id, or `last`.")],
+                 as_json: JsonOpt = False) -> None:
+    """One run with its tasks and their attempts."""
+    from ._history import RunNotFound
+
+    store = _history()
+    if store is None:
+        raise _fail("history is off (FLOWDSL_HISTORY=off)")
+    if run_id == "last":
+        runs = store.runs(1)
+        run_id = runs[0]["run_id"] if runs else run_id
+    try:
+        run_ = store.get_run(run_id)
+    except RunNotFound as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json(run_)
+        return
+    d = run_["duration"]
+    table = Table("task", "tool", "status", "attempts", "start", "duration", "error",
+                  title=f"run {run_['run_id']} of {run_['flow'] or 'flow'} ({run_['mode']}): "
+                        f"{run_['status']}" + ("" if d is None else f" in {d:.3f}s"),
+                  title_justify="left")
+    for t in run_["tasks"]:
+        table.add_row(t["task_id"], t["tool"] or "", t["status"], str(len(t["attempts"])),
+                      "" if t["started_at"] is None else f"{t['started_at']:.3f}",
+                      "" if t["duration"] is None else f"{t['duration']:.3f}s",
+                      f"{t['error_type']}: {t['error_message']}" if t["error_type"]
+                      else (t["reason"] or ""))
+    _out().print(table)
+
+
+@history_app.command("stats", epilog="Example: flowdsl history stats fetch --json")
+def history_stats(tool: Annotated[str | None, typer.Argument(help="Only this tool.")] = None,
+                  as_json: JsonOpt = False) -> None:
+    """Per-tool statistics: calls, success rate, timeouts and durations."""
+    store = _history()
+    stats = store.tool_stats(tool) if store is not None else {}
+    if as_json:
+        _print_json({k: v.to_dict() for k, v in stats.items()})
+        return
+
+    def sec(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}s"
+
+    table = Table("tool", "tasks", "ok", "failed", "success", "attempts", "timeouts", "mean",
+                  "p50", "p95", "max", title="tool statistics", title_justify="left")
+    for s in stats.values():
+        rate = "" if s.success_rate is None else f"{100 * s.success_rate:.0f}%"
+        table.add_row(s.tool, str(s.count), str(s.completed), str(s.failed), rate,
+                      str(s.attempts), str(s.timeouts), sec(s.mean), sec(s.p50), sec(s.p95),
+                      sec(s.max))
+    _out().print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Example: flowdsl bench --quick --only reference")
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks harness (python -m benchmarks); needs a source checkout."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        harness = importlib.import_module("benchmarks.__main__")
+    except ImportError as exc:
+        raise _fail(f"flowdsl bench needs the benchmarks package of a flowdsl source "
+                    f"checkout; run it from the checkout's root ({exc})") from None
+    raise typer.Exit(harness.main(list(ctx.args)) or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``flowdsl`` console script."""
+    app(args=argv, prog_name="flowdsl")
