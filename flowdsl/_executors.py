@@ -150,6 +150,14 @@ class _Worker:
         self.proc.close()
 
 
+def _cpus() -> int:
+    import os
+
+    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class ProcessExecutor(Executor):
     """CPU-bound sync functions in worker processes (real parallelism).
 
@@ -161,9 +169,8 @@ class ProcessExecutor(Executor):
     name = "process"
 
     def __init__(self, max_workers: int | None = None) -> None:
-        import os
 
-        self.max_workers = max_workers or len(os.sched_getaffinity(0))
+        self.max_workers = max_workers or _cpus()
         self._ctx = multiprocessing.get_context("spawn")
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()

@@ -143,7 +143,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                durations: Mapping[str, float] | None = None,
                rng: random.Random | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
-               log: bool | None = None, buffer: int = 2) -> RunResult:
+               log: bool | None = None, buffer: int = 2,
+               store_outputs: bool | None = None) -> RunResult:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     p = flow if isinstance(flow, Plan) else plan(flow)
     fl = flow if isinstance(flow, Flow) else p.flow if isinstance(p.flow, Flow) else None
@@ -161,9 +162,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     store = _history(history)
     ctx = dict(fl.context or {}) if fl is not None else {}
     ctx.update(context or {})
-    if durations is None and store is not None:
-        durations = store.durations(p)
-    remaining = p.remaining(durations)
+    remaining = p.remaining(_estimates(p, durations, store))
     priorities = {t: (task.spec.priority if task.spec.priority is not None  # type: ignore
                       else remaining[t]) for t, task in p.tasks.items()}
     for ex in opened:  # remote executors check tasks and take priorities before any runs
@@ -174,7 +173,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                        context=ctx, plan=p)
     obs = list(observers)
     if store is not None:
-        obs.insert(0, store.observer(p.name))
+        obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep)
@@ -219,6 +218,18 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
         result.status = "failed" if result.errors else "completed"
     await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
     return result
+
+
+def _estimates(p: Plan, given: Mapping[str, float] | None, store: Any) -> dict[str, float]:
+    """Durations for priorities: given, else the task's declared estimate, else its tool's
+    history, else 1."""
+    out = dict(store.durations(p)) if store is not None else {}
+    for tid, task in p.tasks.items():
+        declared = task.spec.expected_duration  # type: ignore[attr-defined]
+        if declared is not None:
+            out[tid] = declared
+    out.update(given or {})
+    return out
 
 
 def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
@@ -329,6 +340,8 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).
         buffer: pipeline buffer size between stages.
+        store_outputs: store task outputs (JSON) in history, so the run can be resumed
+            (default: the store's setting, off unless the store was opened with it).
 
     Raises:
         PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.
