@@ -33,7 +33,7 @@ _LAZY = {
     "run": "._run", "arun": "._run", "Mode": "._run",
     "Pools": "._resources", "ResourceManager": "._resources",
     "Executor": "._executors",
-    "HistoryStore": "._history",
+    "HistoryStore": "._history", "HistoryError": "._history", "RunNotFound": "._history",
     "analyze": "._optimizer", "optimize": "._optimizer", "simulate": "._optimizer",
     "WorkflowOptimizer": "._optimizer",
     "load_flow": "._dataflow", "plan_schema": "._dataflow",
