@@ -1,0 +1,315 @@
+"""The ``flowdsl`` command line: through typer's CliRunner, and through real processes for
+exit codes, plain output, the live display under a pseudo-terminal and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+typer_testing = pytest.importorskip("typer.testing")
+
+from flowdsl import _cli  # noqa: E402
+from flowdsl._history import close_cached, open_history  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ESC = "\x1b"
+
+FLOWS = textwrap.dedent('''
+    """Small flows for the CLI tests."""
+    import os
+    from pathlib import Path
+
+    import anyio
+
+    from flowdsl import Flow, ctx, tool
+
+    MARKS = Path(os.environ.get("CLI_TEST_MARKS", "."))
+
+
+    def undo(output):
+        with (MARKS / "rolled_back.txt").open("a") as f:
+            f.write(f"{output}\\n")
+
+
+    @tool(registry=False, rollback=undo)
+    async def step(name: str, seconds: float = 0.01) -> str:
+        if seconds > 1:  # the long step says it started, so a test can interrupt it
+            (MARKS / "long_started.txt").write_text(name)
+        await anyio.sleep(seconds)
+        return name
+
+
+    @tool(registry=False)
+    async def broken(x: str) -> str:
+        raise ValueError(f"bad input {x}")
+
+
+    ok = Flow("ok", step("a") >> (step("b") | step("c")) >> step("d"))
+    fails = Flow("fails", step("a") >> broken(step("b")).named("broken"))
+    greet = Flow("greet", step(ctx("who")))
+    slow = Flow("slow", step("a") >> step("b", 60.0))
+    shown = Flow("shown", [step(f"t{i}", 0.15) for i in range(6)] >> step("end", 0.3))
+
+
+    def make():
+        return step("x") >> step("y")
+''')
+
+
+@pytest.fixture
+def flows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A flows module in a temporary folder, the current folder for the test."""
+    path = tmp_path / "cli_flows.py"
+    path.write_text(FLOWS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLI_TEST_MARKS", str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield path
+    sys.modules.pop("cli_flows", None)
+    close_cached()
+
+
+def invoke(*args: str) -> typer_testing.Result:  # type: ignore[name-defined]
+    return typer_testing.CliRunner().invoke(_cli.app, list(args))
+
+
+class TestRun:
+    def test_completed_run_exits_0_with_a_plain_summary(self, flows: Path) -> None:
+        """A run that completes exits 0 and prints a summary table without escape codes."""
+        res = invoke("run", "cli_flows.py:ok")
+        assert res.exit_code == 0, res.output
+        assert "ok (parallel): completed" in res.output
+        assert "step_" in res.output and ESC not in res.output
+
+    def test_failed_run_exits_1_and_json_parses(self, flows: Path) -> None:
+        """A failed run exits 1; --json prints only the RunResult as JSON."""
+        res = invoke("run", "cli_flows.py:fails", "--json")
+        assert res.exit_code == 1
+        data = json.loads(res.stdout)
+        assert data["status"] == "failed" and data["tasks"]["broken"]["status"] == "failed"
+        assert data["tasks"]["broken"]["error"]["message"] == "bad input b"
+
+    def test_factory_target_and_quiet(self, flows: Path) -> None:
+        """A zero-argument function is called to build the flow; --quiet prints nothing."""
+        res = invoke("run", "cli_flows.py:make", "--quiet", "--mode", "sequential")
+        assert res.exit_code == 0 and res.stdout == ""
+
+    def test_context_from_set_and_file(self, flows: Path, tmp_path: Path) -> None:
+        """--context reads a JSON object and --set values override it."""
+        (tmp_path / "ctx.json").write_text('{"who": "file"}')
+        res = invoke("run", "cli_flows.py:greet", "--json", "-c", "ctx.json")
+        assert json.loads(res.stdout)["output"] == "file"
+        res = invoke("run", "cli_flows.py:greet", "--json", "-c", "ctx.json",
+                     "--set", "who=cli")
+        assert json.loads(res.stdout)["output"] == "cli"
+
+    @pytest.mark.parametrize(("args", "message"), [
+        (["cli_flows.py:nope"], "has no attribute 'nope'"),
+        (["missing.py:flow"], "not found"),
+        (["cli_flows"], "expected path/to/file.py:name"),
+        (["cli_flows.py:ok", "-r", "db"], "expected key=value"),
+        (["cli_flows.py:ok", "--timeout", "-1"], "timeout"),
+        (["cli_flows.py:MARKS"], "expected a Flow"),
+    ])
+    def test_usage_errors_exit_2(self, flows: Path, args: list[str], message: str) -> None:
+        """Bad targets and option values exit 2 with a readable message."""
+        res = invoke("run", *args)
+        assert res.exit_code == 2
+        assert message in res.output
+
+    def test_document_problems_are_listed(self, flows: Path, tmp_path: Path) -> None:
+        """A workflow document with problems exits 2 and lists each problem's path."""
+        doc = {"name": "bad", "tasks": [{"id": "a", "tool": "no_such_tool_xyz"},
+                                         {"id": "b", "tool": "no_such_tool_xyz",
+                                          "depends_on": ["zz"]}]}
+        (tmp_path / "bad.json").write_text(json.dumps(doc))
+        res = invoke("run", "bad.json")
+        assert res.exit_code == 2
+        assert "problem(s) in the workflow document" in res.output
+        assert "tasks[0]" in res.output and "tasks[1]" in res.output
+
+
+class TestInspect:
+    def test_plan_json(self, flows: Path) -> None:
+        """plan --json gives the levels, width and critical path."""
+        res = invoke("plan", "cli_flows.py:ok", "--json")
+        assert res.exit_code == 0
+        data = json.loads(res.stdout)
+        assert [len(lv) for lv in data["levels"]] == [1, 2, 1]
+        assert data["width"] == 2 and len(data["critical_path"]) == 3
+        assert data["problems"] == []
+
+    def test_plan_uses_history_durations(self, flows: Path) -> None:
+        """After a run, plan takes the tasks' durations from history."""
+        assert invoke("run", "cli_flows.py:ok", "-q").exit_code == 0
+        data = json.loads(invoke("plan", "cli_flows.py:ok", "--json").stdout)
+        assert len(data["durations_from_history"]) == 4
+        assert data["critical_path_duration"] < 1.0
+
+    def test_graph_text_formats(self, flows: Path, tmp_path: Path) -> None:
+        """graph writes mermaid to stdout and dot to a file."""
+        res = invoke("graph", "cli_flows.py:ok")
+        assert res.exit_code == 0 and res.stdout.startswith("flowchart LR")
+        assert invoke("graph", "cli_flows.py:ok", "-f", "dot", "-o", "g.dot").exit_code == 0
+        assert (tmp_path / "g.dot").read_text().startswith('digraph "ok"')
+
+    def test_graph_svg_without_graphviz_names_the_package(
+            self, flows: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without graphviz's dot, svg/png exit 2 with a message naming the package."""
+        monkeypatch.setenv("PATH", "")
+        res = invoke("graph", "cli_flows.py:ok", "-f", "svg", "-o", "g.svg")
+        assert res.exit_code == 2
+        assert "install the graphviz package" in res.output
+
+    def test_simulate_and_analyze_json(self, flows: Path) -> None:
+        """simulate compares every mode; analyze reports the critical path."""
+        sims = json.loads(invoke("simulate", "cli_flows.py:ok", "--json").stdout)
+        assert set(sims) == {"sequential", "parallel", "pipeline", "conditional"}
+        assert sims["parallel"]["makespan"] < sims["sequential"]["makespan"]
+        a = json.loads(invoke("analyze", "cli_flows.py:ok", "--json").stdout)
+        assert a["total_tasks"] == 4 and len(a["critical_path"]) == 3
+
+    def test_every_command_has_help_with_an_example(self) -> None:
+        """--help works on every command and shows an example."""
+        for cmd in (["run"], ["plan"], ["graph"], ["simulate"], ["analyze"], ["timeline"],
+                    ["bench"], ["history", "list"], ["history", "show"], ["history", "stats"]):
+            res = invoke(*cmd, "--help")
+            assert res.exit_code == 0, cmd
+            assert "Example: flowdsl" in res.output, cmd
+
+
+class TestHistory:
+    def test_list_show_stats_and_timeline(self, flows: Path, tmp_path: Path) -> None:
+        """history list/show/stats read the runs back; timeline draws the last one."""
+        assert invoke("run", "cli_flows.py:fails", "-q").exit_code == 1
+        runs = json.loads(invoke("history", "list", "--json").stdout)
+        assert runs[0]["flow"] == "fails" and runs[0]["status"] == "failed"
+        shown = json.loads(invoke("history", "show", runs[0]["run_id"], "--json").stdout)
+        assert {t["task_id"] for t in shown["tasks"]} >= {"broken"}
+        stats = json.loads(invoke("history", "stats", "broken", "--json").stdout)
+        assert stats["broken"]["failed"] == 1
+        assert "fails" in invoke("history").output  # no subcommand: the list
+        res = invoke("timeline", "last", "-o", "run.html", "--flow", "cli_flows.py:fails")
+        assert res.exit_code == 0, res.output
+        page = (tmp_path / "run.html").read_text()
+        parser = HTMLParser()
+        parser.feed(page)
+        parser.close()
+        assert "broken" in page and "ValueError: bad input b" in page
+
+    def test_unknown_run_exits_2(self, flows: Path) -> None:
+        """show and timeline of an unknown run id exit 2."""
+        assert invoke("history", "show", "nosuchrun").exit_code == 2
+        res = invoke("timeline", "nosuchrun", "-o", "x.html")
+        assert res.exit_code == 2 and "nosuchrun" in res.output
+
+    def test_bench_delegates_to_the_harness(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """bench passes its arguments to python -m benchmarks (its usage errors too)."""
+        monkeypatch.chdir(ROOT)
+        res = invoke("bench", "--only", "no_such_suite")
+        assert res.exit_code == 2
+        assert "invalid choice" in res.output
+
+
+def test_cli_is_not_imported_by_flowdsl() -> None:
+    """import flowdsl imports neither typer nor rich."""
+    code = "import sys, flowdsl; print(any(m in sys.modules for m in ('typer', 'rich')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+# -- real processes ---------------------------------------------------------------------------
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "COLUMNS")}
+    env["CLI_TEST_MARKS"] = str(tmp_path)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+@pytest.mark.slow
+def test_subprocess_exit_codes_json_and_plain_output(flows: Path, tmp_path: Path) -> None:
+    """python -m flowdsl: exit 1 with parseable JSON; plain output has no escape codes."""
+    cmd = [sys.executable, "-m", "flowdsl"]
+    res = subprocess.run([*cmd, "run", "cli_flows.py:fails", "--json"], capture_output=True,
+                         text=True, cwd=tmp_path, env=_env(tmp_path), timeout=60)
+    assert res.returncode == 1, res.stderr
+    assert json.loads(res.stdout)["status"] == "failed"
+    res = subprocess.run([*cmd, "run", "cli_flows.py:ok"], capture_output=True, text=True,
+                         cwd=tmp_path, env=_env(tmp_path), timeout=60)
+    assert res.returncode == 0
+    assert "completed" in res.stdout
+    assert ESC not in res.stdout + res.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
+def test_live_display_under_a_pseudo_terminal(flows: Path, tmp_path: Path) -> None:
+    """On a terminal, run shows live progress (running tasks, counts) then the summary."""
+    import pty
+
+    env = {**_env(tmp_path), "TERM": "xterm-256color", "COLUMNS": "110", "LINES": "40"}
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "flowdsl", "run", "cli_flows.py:shown"],
+                            stdin=child, stdout=child, stderr=child, cwd=tmp_path, env=env,
+                            close_fds=True)
+    os.close(child)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+        rc = proc.wait(timeout=60)
+    text = b"".join(chunks).decode(errors="replace")
+    assert rc == 0, text
+    assert ESC in text  # it did draw on the terminal
+    assert "6 running" in text and "/7 done" in text and "▸ step" in text
+    assert "shown (parallel): completed" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_cancels_cleanly(flows: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-run: exit 130, rollbacks ran, history records the run as cancelled."""
+    db = tmp_path / "history.db"
+    env = {**_env(tmp_path), "FLOWDSL_HISTORY": str(db)}
+    proc = subprocess.Popen([sys.executable, "-m", "flowdsl", "run", "cli_flows.py:slow",
+                             "--rollback"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=env, text=True)
+    started = tmp_path / "long_started.txt"
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the long task never started"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "cancelled" in out
+    assert (tmp_path / "rolled_back.txt").read_text().split() == ["a"]
+    with sqlite3.connect(db) as conn:
+        runs = conn.execute("SELECT status FROM runs").fetchall()
+        running = conn.execute("SELECT count(*) FROM tasks WHERE status = 'running'").fetchone()
+    conn.close()
+    assert runs == [("cancelled",)] and running == (0,)
+    store = open_history(db)
+    assert store is not None and store.integrity_check() == "ok"
