@@ -1,0 +1,226 @@
+"""Timelines (HTML, PNG, SVG), progress observers and the notebook reprs of results and
+plans."""
+
+from __future__ import annotations
+
+import io
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import flowdsl
+from flowdsl import Flow, tool
+from flowdsl._history import HistoryStore
+from flowdsl._timeline import (
+    Bar,
+    from_history,
+    from_result,
+    save_timeline,
+    timeline_html,
+)
+
+calls = {"flaky": 0}
+
+
+@tool(registry=False, resources={"db": 1})
+async def load(x: int) -> int:
+    """Load through the db pool."""
+    await anyio.sleep(0.03)
+    return x
+
+
+@tool(registry=False, retries=2, backoff=0.0)
+async def flaky(x: int) -> int:
+    """Fail on the first call."""
+    calls["flaky"] += 1
+    await anyio.sleep(0.01)
+    if calls["flaky"] == 1:
+        msg = "first call fails"
+        raise ValueError(msg)
+    return x
+
+
+@tool(registry=False)
+async def broken(x: int) -> int:
+    """Always fail."""
+    msg = "<no> & 'never'"
+    raise RuntimeError(msg)
+
+
+def _flow() -> Flow:
+    calls["flaky"] = 0
+    first = load(1).named("load")
+    return Flow("demo", first >> (flaky(first).named("flaky") | broken(2).named("broken")),
+                resources={"db": 1})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Any:
+    """A history store of its own."""
+    s = HistoryStore(tmp_path / "h.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def result(store: Any) -> flowdsl.RunResult:
+    """A run with a retried task, a failed task and a pool."""
+    return flowdsl.run(_flow(), continue_on_error=True, history=store)
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self.tags.append(tag)
+
+
+def _parse(page: str) -> list[str]:
+    p = _Tags()
+    p.feed(page)
+    p.close()
+    return p.tags
+
+
+class TestModel:
+    def test_from_result(self, result: flowdsl.RunResult) -> None:
+        """Bars carry statuses, attempts, errors, pool lanes and the critical path."""
+        tl = from_result(result)
+        bars = {b.id: b for b in tl.bars}
+        assert bars["flaky"].retried and bars["flaky"].attempts[0].status == "failed"
+        assert bars["broken"].status == "failed" and "never" in (bars["broken"].error or "")
+        assert bars["load"].lane == "db" and bars["flaky"].lane == "no pool"
+        assert tl.lanes == ["db", "no pool"]
+        assert tl.critical_path == ["load", "flaky"] and bars["flaky"].critical
+
+    def test_from_history_with_and_without_plan(self, result: flowdsl.RunResult,
+                                                store: Any) -> None:
+        """A history run gives the same bars; without a plan the chain comes from timings."""
+        run = store.get_run(result.run_id)
+        tl = from_history(run, result.plan)
+        assert tl.critical_path == ["load", "flaky"] and tl.lanes == ["db", "no pool"]
+        assert {b.id: len(b.attempts) for b in tl.bars}["flaky"] == 2
+        bare = from_history(run)
+        assert bare.critical_source == "timings" and bare.critical_path[-1] == "flaky"
+        assert bare.critical_path[0] == "load"
+
+
+class TestFiles:
+    def test_html_is_self_contained_and_parses(self, result: flowdsl.RunResult,
+                                               tmp_path: Path) -> None:
+        """The HTML page parses, escapes text, has hover details and loads nothing."""
+        path = save_timeline(result, tmp_path / "run.html")
+        page = path.read_text()
+        tags = _parse(page)
+        assert tags[0] == "html" and "script" not in tags and "http" not in page
+        assert "&lt;no&gt; &amp;" in page and "<no>" not in page
+        assert 'class="bar crit"' in page and "attempts: 2" in page
+        assert 'class="lane">db<' in page
+
+    @pytest.mark.parametrize("suffix", [".png", ".svg"])
+    def test_images(self, result: flowdsl.RunResult, tmp_path: Path, suffix: str) -> None:
+        """PNG and SVG timelines are written and non-empty."""
+        pytest.importorskip("matplotlib")
+        path = save_timeline(result, tmp_path / f"run{suffix}")
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in data[:2000]
+
+    def test_from_a_run_id(self, result: flowdsl.RunResult, store: Any,
+                           tmp_path: Path) -> None:
+        """A run id is looked up in history."""
+        page = save_timeline(result.run_id, tmp_path / "r.html", history=store).read_text()
+        assert result.run_id in page and "critical chain" in page
+
+    def test_bad_suffix(self, result: flowdsl.RunResult, tmp_path: Path) -> None:
+        """An unknown suffix is refused before anything is written."""
+        with pytest.raises(ValueError, match=r"\.html, \.png, \.svg"):
+            save_timeline(result, tmp_path / "run.txt")
+        assert not (tmp_path / "run.txt").exists()
+
+    def test_no_matplotlib_names_the_extra(self, result: flowdsl.RunResult, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """Without matplotlib, images fail with a message naming flowdsl[plot]."""
+        import sys
+
+        monkeypatch.setitem(sys.modules, "matplotlib", None)
+        monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+        with pytest.raises(ImportError, match=r"flowdsl\[plot\]"):
+            save_timeline(result, tmp_path / "run.png")
+        assert not (tmp_path / "run.png").exists()
+
+    def test_task_that_never_ran(self) -> None:
+        """A task without times is listed with its reason instead of a bar."""
+        from flowdsl._timeline import Timeline
+
+        tl = Timeline("t", "r1", "failed", 1.0, [Bar("x", "x", "upstream_failed", None, None,
+                                                     reason="'a' failed")], [])
+        assert "upstream_failed: &#x27;a&#x27; failed" in timeline_html(tl)
+
+
+class TestReprs:
+    def test_result_html(self, result: flowdsl.RunResult) -> None:
+        """RunResult's HTML repr is a table of tasks with a small timeline."""
+        page = result._repr_html_()
+        tags = _parse(page)
+        assert "table" in tags and page.count("<tr>") == 4
+        assert "flaky" in page and 'class="fdt"' in page
+
+    def test_flow_and_plan_bundles(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Flow and Plan bundles hold mermaid and text; SVG only when graphviz is there."""
+        from flowdsl import _render
+
+        monkeypatch.setattr(_render, "graphviz_available", lambda: False)
+        bundle = _flow()._repr_mimebundle_()
+        assert bundle["text/vnd.mermaid"].startswith("flowchart")
+        assert "image/svg+xml" not in bundle and bundle["text/plain"].startswith("<Flow")
+        p = _flow().plan()
+        assert _render.plan_mimebundle(p)["text/plain"] == repr(p)
+
+    def test_flow_bundle_svg_with_graphviz(self) -> None:
+        """With graphviz's dot on PATH the bundle has an SVG."""
+        from flowdsl import _render
+
+        if not _render.graphviz_available():
+            pytest.skip("graphviz is not installed")
+        assert "<svg" in _flow()._repr_mimebundle_()["image/svg+xml"]
+
+
+class TestProgress:
+    def test_live_progress_draws_and_stops(self) -> None:
+        """LiveProgress draws counts and running tasks on a terminal console, then stops."""
+        from rich.console import Console
+
+        from flowdsl._progress import LiveProgress
+
+        buf = io.StringIO()
+        console = Console(file=buf, force_terminal=True, width=100)
+        live = LiveProgress(console, refresh_per_second=50)
+        result = flowdsl.run(_flow(), continue_on_error=True, history=False,
+                             observers=[live])
+        text = buf.getvalue()
+        assert "demo (parallel)" in text and "/3 done" in text
+        assert live._live is None and result.status == "failed"
+
+    def test_progress_picks_nothing_off_terminal(self) -> None:
+        """progress() gives no display when output is not a terminal nor a notebook."""
+        from rich.console import Console
+
+        from flowdsl._progress import progress
+
+        assert progress(console=Console(file=io.StringIO())) is None
+
+    def test_summary_table(self, result: flowdsl.RunResult) -> None:
+        """The summary table lists every task with its status and error."""
+        from rich.console import Console
+
+        from flowdsl._progress import summary_table
+
+        console = Console(file=io.StringIO(), width=140)
+        console.print(summary_table(result))
+        text = console.file.getvalue()  # type: ignore[attr-defined]
+        assert "flaky" in text and "RuntimeError" in text and "\x1b" not in text
