@@ -146,7 +146,12 @@ class Core:
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
-            await self.pools.acquire(demand, self.priorities.get(tid, 0.0), tid)
+            try:
+                await self.pools.acquire(demand, self.priorities.get(tid, 0.0), tid)
+            except BaseException:  # the run stopped while this task waited for its pools
+                self._finish(tid, item, rec, CANCELLED,
+                             reason="the run stopped while it waited for resources")
+                raise
             rec.reason = None
         try:
             return await self._attempts(tid, task, item, rec, args, kwargs)
