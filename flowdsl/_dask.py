@@ -191,6 +191,9 @@ class DaskExecutor(Executor):
         target = self.cluster
         if target is None:
             opts = {k: v for k, v in self.cluster_options.items() if v is not None}
+            # No dashboard, and the scheduler's HTTP routes on a free port: a run must not
+            # collide with a cluster (or another run) already holding the default 8787.
+            opts.setdefault("scheduler_kwargs", {"dashboard": False, "dashboard_address": ":0"})
             self._own_cluster = await distributed.LocalCluster(
                 processes=True, dashboard_address=None, asynchronous=True, **opts)
             target = self._own_cluster
