@@ -327,7 +327,9 @@ class TestProcessExecutor:
         """Two CPU-bound process tasks overlap in time (recorded by the workers)."""
         if len(os.sched_getaffinity(0)) < 2:
             pytest.skip("needs two CPUs")
-        r = run(proc_tools.busy(0.3).named("a") | proc_tools.busy(0.3).named("b"))
+        warm = proc_tools.worker_pid().named("w1") | proc_tools.worker_pid().named("w2")
+        r = run(warm >> (proc_tools.busy(0.5).named("a") | proc_tools.busy(0.5).named("b")))
+        assert r.outputs["w1"] != r.outputs["w2"]  # two workers, started before the work
         (s1, e1), (s2, e2) = r.outputs["a"], r.outputs["b"]
         assert max(s1, s2) < min(e1, e2)
 
