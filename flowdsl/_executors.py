@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import multiprocessing
+import os
 import pickle
+import signal
 import traceback
 from collections.abc import Callable
 from functools import partial
@@ -93,6 +95,13 @@ class ThreadExecutor(Executor):
 
 def _worker_main(conn: Any) -> None:
     """A worker process: receive pickled calls, send back ("ok", value) or ("err", ...)."""
+    if hasattr(os, "setsid"):
+        # Lead a process group of our own, so that killing the worker also kills the
+        # subprocesses a tool started (and a terminal's Ctrl-C reaches only the parent).
+        try:
+            os.setsid()
+        except OSError:
+            pass
     while True:
         try:
             payload = conn.recv_bytes()
@@ -139,15 +148,30 @@ class _Worker:
         child.close()
 
     def kill(self) -> None:
-        # SIGTERM first, SIGKILL if it lingers; join reaps it so no zombie is left.
+        # SIGTERM to the worker's process group first, SIGKILL if it lingers; join reaps
+        # the worker so no zombie is left, and a last SIGKILL ends what its tools started.
+        pid = self.proc.pid
         if self.proc.is_alive():
-            self.proc.terminate()
+            if not _signal_group(pid, signal.SIGTERM):
+                self.proc.terminate()
             self.proc.join(0.5)
-            if self.proc.is_alive():
+            if self.proc.is_alive() and not _signal_group(pid, signal.SIGKILL):
                 self.proc.kill()
         self.proc.join()
+        _signal_group(pid, signal.SIGKILL)
         self.conn.close()
         self.proc.close()
+
+
+def _signal_group(pid: int | None, sig: int) -> bool:
+    """Signal the process group led by worker ``pid``; False if there is none."""
+    if pid is None or not hasattr(os, "killpg"):
+        return False
+    try:
+        os.killpg(pid, sig)  # the group's id is the worker's pid once it called setsid
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def _cpus() -> int:
