@@ -59,3 +59,16 @@ def busy(seconds: float) -> tuple[float, float]:
     while time.time() < end:
         n += 1
     return start, time.time()
+
+
+@tool(executor="process", registry=False)
+def spawn_and_spin(pid_file: str) -> None:
+    """Start a long subprocess, write its pid, then loop forever."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(pid_file, "w") as fh:
+        fh.write(str(child.pid))
+    while True:
+        time.sleep(0.01)

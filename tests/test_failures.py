@@ -355,6 +355,24 @@ class TestProcessExecutor:
         assert not psutil.pid_exists(pid)
         assert _children() == []
 
+    def test_timeout_kills_subprocesses_of_the_tool(self, tmp_path: Any) -> None:
+        """TO4: a subprocess started by a process tool dies with its timed-out worker."""
+        pid_file = tmp_path / "pid"
+        r = run(proc_tools.spawn_and_spin(str(pid_file)).named("spawn").with_options(
+            timeout=1.5))
+        assert r.tasks["spawn"].status is S.TIMED_OUT
+        pid = int(pid_file.read_text())
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break  # killed; its new parent reaps it
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"the tool's subprocess {pid} outlived its worker")
+
     def test_unpicklable_result(self) -> None:
         """SE2: a result pickle cannot carry back is a SerializationError naming the task and
         the type; the worker is not left behind and pool slots are released."""
