@@ -100,10 +100,12 @@ class Plan:
         s(p, "name", name)
         s(p, "flow", flow)
         s(p, "tasks", MappingProxyType(dict(tasks)))
-        s(p, "order", tuple(order))
-        s(p, "levels", tuple([tuple(order[a:b]) for a, b in itertools.pairwise(bounds)]))
-        s(p, "predecessors", MappingProxyType({i: tuple(preds[i]) for i in ids}))
-        s(p, "successors", MappingProxyType({i: tuple(v) for i, v in succs.items()}))
+        s(p, "order", order_t := tuple(order))
+        s(p, "levels", tuple([order_t[a:b] for a, b in itertools.pairwise(bounds)]))
+        # `preds` is keyed in the order of `tasks` when materialize built it: map in C then.
+        pv = preds.values() if list(preds) == ids else [preds[i] for i in ids]
+        s(p, "predecessors", MappingProxyType(dict(zip(ids, map(tuple, pv)))))
+        s(p, "successors", MappingProxyType(dict(zip(succs, map(tuple, succs.values())))))
         # Kahn starts from every task without predecessors, in insertion order: level 0.
         s(p, "sources", p.levels[0] if p.levels else ())
         s(p, "sinks", tuple([i for i in order if not succs[i]]))
