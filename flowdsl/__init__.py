@@ -41,6 +41,7 @@ _LAZY = {
     "WorkflowEngine": "._compat",
     "DaskExecutor": "._dask",
     "enable_logging": "._log",
+    "progress": "._progress", "save_timeline": "._timeline",
 }
 
 

@@ -677,7 +677,10 @@ class HistoryObserver:
 
     def run_finished(self, result: RunResult) -> None:
         store = self._store
-        rest = [r for r in result.tasks.values() if r.id not in self._done]
+        # Rollback changes a finished task's status after task_finished: write it again (its
+        # output is gone too, so a resume re-runs it).
+        rest = [r for r in result.tasks.values() if r.id not in self._done
+                or r.status is TaskStatus.ROLLED_BACK or r.rollback_error is not None]
         if rest:
             # Tasks reused by a resume keep their stored output, so a resumed run can be
             # resumed in turn.
