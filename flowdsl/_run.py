@@ -144,7 +144,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                rng: random.Random | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
                log: bool | None = None, buffer: int = 2,
-               store_outputs: bool | None = None) -> RunResult:
+               store_outputs: bool | None = None, progress: bool = False) -> RunResult:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     p = flow if isinstance(flow, Plan) else plan(flow)
     fl = flow if isinstance(flow, Flow) else p.flow if isinstance(p.flow, Flow) else None
@@ -172,6 +172,12 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p)
     obs = list(observers)
+    if progress:
+        from ._progress import progress as display
+
+        shown = display()
+        if shown is not None:
+            obs.append(shown)
     if store is not None:
         obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
@@ -298,6 +304,16 @@ def _merge_records(p: Plan, items: list[Item]) -> dict[str, TaskRecord]:
     return merged
 
 
+def _in_notebook() -> bool:
+    import sys
+
+    if "IPython" not in sys.modules:  # cheap check first: no IPython, no notebook
+        return False
+    from ._progress import in_notebook
+
+    return in_notebook()
+
+
 def _loop_running() -> bool:
     try:
         asyncio.get_running_loop()
@@ -340,6 +356,8 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).
         buffer: pipeline buffer size between stages.
+        progress: show live progress (a terminal display, or a bar in a notebook, where
+            ``run`` turns it on by default; needs ``flowdsl[cli]``).
         store_outputs: store task outputs (JSON) in history, so the run can be resumed
             (default: the store's setting, off unless the store was opened with it).
 
@@ -347,6 +365,8 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
         PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.
         ValueError: an option value is invalid.
     """
+    if options.get("progress") is None and _in_notebook():
+        options["progress"] = True  # long notebook runs show a progress bar by default
     call = partial(arun, flow, **options)
     if not _loop_running():
         return anyio.run(call, backend=backend)
