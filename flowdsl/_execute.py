@@ -235,12 +235,13 @@ class Core:
         ex = self.executors[tid]
         fn = task.tool.fn
         rec.status = RUNNING
-        rec.started_at = self.now()
-        self._event("task_started", tid, rec)
+        rec.started_at = started = self.now()
+        if self.observers or self.log:
+            self._event("task_started", tid, rec)
         n = 0
         while True:
             n += 1
-            att = Attempt(n, self.now())
+            att = Attempt(n, started if n == 1 else self.now())
             rec.attempts.append(att)
             try:
                 if spec.timeout is None:
@@ -273,7 +274,7 @@ class Core:
                 att.status = CANCELLED
                 self._finish(tid, item, rec, CANCELLED, reason="the run stopped")
                 raise
-            att.ended_at = self.now()
+            att.ended_at = ended = self.now()
             att.status = COMPLETED
             break
         if task.to_context_map is not None:
@@ -285,7 +286,7 @@ class Core:
                 return self._failed(tid, item, rec, exc, n)
         item.outputs[tid] = out
         self.completed.append((tid, item))
-        return self._finish(tid, item, rec, COMPLETED, output=out)
+        return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task, item: Item) -> None:
         """Fetch the remote outputs this task needs here: every upstream output for a task
@@ -339,14 +340,15 @@ class Core:
 
     # -- recording ---------------------------------------------------------------------
     def _finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
-                *, reason: str | None = None, output: Any = None) -> TaskStatus:
+                *, reason: str | None = None, output: Any = None,
+                ended: float | None = None) -> TaskStatus:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
         rec.status = status
         if reason is not None:
             rec.reason = reason
         if rec.started_at is not None:
-            rec.ended_at = self.now()
+            rec.ended_at = self.now() if ended is None else ended
         item.status[tid] = status
         if self.observers:
             for ob in self.observers:

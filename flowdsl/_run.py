@@ -80,6 +80,7 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
 def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Executor]]:
     """The executor of each task, and the executors to open and close for this run."""
     shared: dict[Any, Executor] = {}
+    by_spec: dict[int, Executor] = {}  # tasks of one tool share its spec: decide once
     per_task: dict[str, Executor] = {}
     remote = _remote_executor(override) if override is not None else None
     # A cluster runs coroutine tools too (dask workers await them); a local override only
@@ -87,24 +88,29 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     takes = (("thread", "process", "dask", "async") if getattr(remote, "remote", False)
              else ("thread", "process", "dask"))
     for tid, task in p.tasks.items():
-        kind = task.spec.executor  # type: ignore[attr-defined]
-        if remote is not None and kind in takes:
-            per_task[tid] = remote
-            continue
-        if kind == "dask":  # one cluster for every per-task 'dask' of the run
-            if "dask" not in shared:
-                shared["dask"] = _remote_executor("dask")
-            per_task[tid] = shared["dask"]
-            continue
-        if isinstance(kind, Executor):
-            ex = shared.setdefault(id(kind), kind)
-        else:
-            ex = shared.get(kind)  # type: ignore[assignment]
-            if ex is None:
-                ex = shared[kind] = _LOCAL[kind]()
+        spec = task.spec  # type: ignore[attr-defined]
+        ex = by_spec.get(id(spec))
+        if ex is None:
+            ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
         per_task[tid] = ex
     opened = list({id(e): e for e in per_task.values()}.values())
     return per_task, opened
+
+
+def _pick(kind: Any, remote: Executor | None, takes: tuple[str, ...],
+          shared: dict[Any, Executor]) -> Executor:
+    if remote is not None and kind in takes:
+        return remote
+    if kind == "dask":  # one cluster for every per-task 'dask' of the run
+        if "dask" not in shared:
+            shared["dask"] = _remote_executor("dask")
+        return shared["dask"]
+    if isinstance(kind, Executor):
+        return shared.setdefault(id(kind), kind)
+    ex = shared.get(kind)
+    if ex is None:
+        ex = shared[kind] = _LOCAL[kind]()
+    return ex
 
 
 def _remote_executor(spec: Any) -> Executor:

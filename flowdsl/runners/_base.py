@@ -50,6 +50,9 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
     idle: list[anyio.Event] = []
     run_task = core.run_task
     push, pop = heapq.heappush, heapq.heappop
+    limit = max(1, min(workers, total))
+    alive = 0
+    spawn: Callable[[int], None] = lambda k: None  # noqa: E731 -- set once the group exists
 
     async def worker() -> None:
         nonlocal done
@@ -71,18 +74,28 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                 if not left:
                     push(ready, (key(s), s))
                     woke += 1
-            # This worker takes one of the newly ready tasks itself; wake a parked worker for
-            # each of the others, and everyone once the work is done.
-            while idle and (woke > 1 or done == total):
+            # This worker takes one of the newly ready tasks itself; a parked worker takes
+            # each of the others, a new one where none is parked; everyone wakes at the end.
+            extra = woke - 1
+            while idle and (extra > 0 or done == total):
                 idle.pop().set()
-                woke -= 1
+                extra -= 1
+            if extra > 0:
+                spawn(extra)
         while idle:
             idle.pop().set()
 
-    n = max(1, min(workers, total))
-    if n == 1:
+    if limit == 1:
         await worker()
         return
     async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(worker)
+
+        def spawn(k: int) -> None:
+            # Workers start as concurrency is needed (a chain needs one), up to the limit.
+            nonlocal alive
+            while k > 0 and alive < limit:
+                alive += 1
+                k -= 1
+                tg.start_soon(worker)
+
+        spawn(len(ready))
