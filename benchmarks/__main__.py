@@ -58,23 +58,35 @@ def _meta(cfg: Config, argv: Sequence[str]) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _render(results: list[SuiteResult], meta: dict[str, Any]) -> str:
-    parts = [f"# flowdsl benchmarks ({'quick' if meta['quick'] else 'full'} mode)",
-             f"`{meta['command']}` on {meta['cores']} cores, Python {meta['python']}, "
-             f"{meta['platform']}, {meta['date']}"]
-    for r in results:
-        parts.append(f"\n## {r.title}")
-        if r.skipped:
-            parts.append(f"skipped: {r.skipped}")
-            continue
-        parts.append(markdown_table(r.columns, r.rows))
-        parts.extend(f"\n_{note}_" for note in r.notes)
-    targets = [t for r in results for t in r.targets]
-    if targets:
-        rows = [[t.name, t.goal, t.measured,
-                 {True: "met", False: "MISSED", None: "not measured"}[t.ok]] for t in targets]
-        parts += ["\n## Targets", markdown_table(["target", "goal", "measured", ""], rows)]
+def _header(meta: dict[str, Any]) -> str:
+    return (f"# flowdsl benchmarks ({'quick' if meta['quick'] else 'full'} mode)\n"
+            f"`{meta['command']}` on {meta['cores']} cores, Python {meta['python']}, "
+            f"{meta['platform']}, {meta['date']}")
+
+
+def _section(r: SuiteResult) -> str:
+    parts = [f"\n## {r.title}"]
+    if r.skipped:
+        return f"{parts[0]}\nskipped: {r.skipped}"
+    parts.append(markdown_table(r.columns, r.rows))
+    parts.extend(f"\n_{note}_" for note in r.notes)
     return "\n".join(parts)
+
+
+def _targets(results: list[SuiteResult]) -> str:
+    rows = [[t.name, t.goal, t.measured,
+             {True: "met", False: "MISSED", None: "not measured"}[t.ok]]
+            for r in results for t in r.targets]
+    if not rows:
+        return ""
+    return "\n## Targets\n" + markdown_table(["target", "goal", "measured", ""], rows)
+
+
+def _write_json(path: Path, meta: dict[str, Any], results: list[SuiteResult]) -> None:
+    doc = {"meta": meta, "suites": {r.name: r.to_dict() for r in results},
+           "targets": [t.to_dict() for r in results for t in r.targets]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in SUITES if not args.only or n in args.only]
     gantt = args.gantt or (None if cfg.quick else DEFAULT_GANTT)
     progress = Progress(len(names))
+    meta = _meta(cfg, argv)
+    print(_header(meta), flush=True)
     shared: dict[str, Any] = {}
-    results = []
+    results: list[SuiteResult] = []
     for name in names:
         progress.start(name)
         start = time.perf_counter()
@@ -98,13 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress.step(f"done in {result.seconds:.1f} s"
                       + (f" (skipped: {result.skipped})" if result.skipped else ""))
         results.append(result)
-    meta = _meta(cfg, argv)
-    print(_render(results, meta))
-    if args.json:
-        doc = {"meta": meta, "suites": {r.name: r.to_dict() for r in results},
-               "targets": [t.to_dict() for r in results for t in r.targets]}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(doc, indent=2, default=str))
+        print(_section(result), flush=True)  # each table as soon as its suite ends
+        if args.json:  # kept up to date, so an interrupted run still leaves its figures
+            _write_json(args.json, meta, results)
+    print(_targets(results))
     return 0
 
 

@@ -45,7 +45,7 @@ class Config:
                        pipeline=(10, 3, 0.03))
         return cls(quick=False, repeats=5, reference_scale=1.0, random_dags=12, random_cp=0.4,
                    wf_files=8, wf_parallel_target=1.5, wf_sequential_cap=5.0,
-                   overhead_sizes=(10_000, 100_000), overhead_repeats=3, dask_max_tasks=100_000,
+                   overhead_sizes=(10_000, 100_000), overhead_repeats=3, dask_max_tasks=10_000,
                    cpu_task_seconds=0.25, cpu_tasks_per_core=8, cpu_repeats=3,
                    pipeline=(20, 4, 0.04))
 
