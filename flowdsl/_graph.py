@@ -322,9 +322,16 @@ class Fragment(_Composable):
         self._graph: Graph | None = None
 
     def __repr__(self) -> str:
-        g = materialize(self)
-        return (f"<Fragment {_expr(self)}: {len(g.tasks)} tasks, "
-                f"{sum(map(len, g.preds.values()))} edges>")
+        return f"<Fragment {_expr(self)}: {_counts(self)}>"
+
+
+def _counts(item: Any) -> str:
+    """``"3 tasks, 2 edges"``; a repr must not raise, so a clash of ids is shown instead."""
+    try:
+        g = materialize(item)
+    except DuplicateTaskError as exc:
+        return f"invalid, two different tasks are named {exc.task_id!r}"
+    return f"{len(g.tasks)} tasks, {sum(map(len, g.preds.values()))} edges"
 
 
 def _expr(root: Task | Fragment, limit: int = 12) -> str:
@@ -431,9 +438,7 @@ class Flow(_Composable):
         self.max_concurrency = max_concurrency
 
     def __repr__(self) -> str:
-        g = materialize(self)
-        return (f"<Flow {self.name!r}: {len(g.tasks)} tasks, "
-                f"{sum(map(len, g.preds.values()))} edges>")
+        return f"<Flow {self.name!r}: {_counts(self)}>"
 
     def to_dict(self) -> dict[str, Any]:
         """The flow as a workflow document (see :func:`flowdsl.load_flow`)."""

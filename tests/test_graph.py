@@ -467,3 +467,10 @@ class TestScale:
         for i in range(1, 60):
             f = f | (f | step().named(f"t{i}"))
         assert len(materialize(f).sources) == 60
+
+
+def test_repr_of_clashing_ids_does_not_raise() -> None:
+    """A fragment or flow with a duplicate id still has a repr that names the id."""
+    a, b = step(1).named("x"), other(2).named("x")
+    assert repr(a | b) == "<Fragment x | x: invalid, two different tasks are named 'x'>"
+    assert repr(Flow("f", [a, b])) == "<Flow 'f': invalid, two different tasks are named 'x'>"
