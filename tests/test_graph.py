@@ -30,7 +30,8 @@ def _nodes(*names: str) -> list[Task]:
 
 
 def _edges(item: object) -> set[tuple[str, str]]:
-    g = materialize(item)
+    # Wrapped in a new group, so the walk is fresh and never reads a cached flattening.
+    g = materialize(flowdsl.parallel(item))
     return {(p, i) for i, ps in g.preds.items() for p in ps}
 
 
