@@ -177,7 +177,7 @@ def _compile_test(spec: dict[str, Any], path: str,
         bad("a test needs 'ctx': the context key to look at", _path(path, "ctx"))
         return None
     op = spec.get("op", "truthy")
-    if op not in _BINARY and op not in _UNARY:
+    if not isinstance(op, str) or (op not in _BINARY and op not in _UNARY):
         ops = ", ".join(map(repr, [*_BINARY, *_UNARY]))
         bad(f"unknown operator {op!r}; expected one of {ops}", _path(path, "op"))
         return None
