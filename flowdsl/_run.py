@@ -356,7 +356,8 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
         resources: pool capacities (``{"db": 2}``) or a shared :class:`Pools`.
         history: ``None`` default store, ``False`` none, a path or a HistoryStore.
         resume: an earlier run's id: reuse its stored outputs, run only the rest.
-        executor: ``"dask"`` or an Executor object for the sync tools.
+        executor: ``"dask"`` or an Executor object: runs the sync tools there (a cluster
+            runs coroutine tools too; ``inline`` tools always stay on the event loop).
         observers: hooks called as tasks start and finish.
         durations: task id -> seconds, for critical-path priority.
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
