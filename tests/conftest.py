@@ -45,3 +45,9 @@ def _no_leaks() -> Iterator[None]:
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Async tests run on both anyio backends."""
     return str(request.param)
+
+
+@pytest.fixture(params=["sequential", "parallel", "pipeline", "conditional"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Tests taking ``mode`` run once per mode."""
+    return str(request.param)

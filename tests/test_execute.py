@@ -14,22 +14,13 @@ import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import run, tl
 
 import flowdsl
-from flowdsl import Backoff, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx, tool
+from flowdsl import Backoff, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx
 from flowdsl._resources import Pools
 
 S = TaskStatus
-
-
-def tl(fn: Any = None, /, **options: Any) -> Any:
-    """@tool without touching the default registry."""
-    return tool(fn, registry=False, **options)
-
-
-def run(flow: Any, **options: Any) -> flowdsl.RunResult:
-    options.setdefault("history", False)
-    return flowdsl.run(flow, **options)
 
 
 class Sleeps:

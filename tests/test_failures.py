@@ -14,29 +14,13 @@ import proc_tools
 import psutil
 import pytest
 import structlog
+from support import run, tl
 
 import flowdsl
-from flowdsl import SerializationError, TaskStatus, TaskTimeout, tool
+from flowdsl import SerializationError, TaskStatus, TaskTimeout
 from flowdsl._resources import Pools
 
 S = TaskStatus
-MODES = ["sequential", "parallel", "pipeline", "conditional"]
-
-
-def tl(fn: Any = None, /, **options: Any) -> Any:
-    """@tool without touching the default registry."""
-    return tool(fn, registry=False, **options)
-
-
-def run(flow: Any, **options: Any) -> flowdsl.RunResult:
-    options.setdefault("history", False)
-    return flowdsl.run(flow, **options)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Tests taking ``mode`` run once per mode."""
-    return str(request.param)
 
 
 class Keep:

@@ -11,23 +11,14 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import run, tl
 
 import flowdsl
-from flowdsl import ResourceError, TaskStatus, tool
+from flowdsl import ResourceError, TaskStatus
 from flowdsl._graph import parallel
 from flowdsl._resources import Pools, ResourceManager
 
 S = TaskStatus
-
-
-def tl(fn: Any = None, /, **options: Any) -> Any:
-    """@tool without touching the default registry."""
-    return tool(fn, registry=False, **options)
-
-
-def run(flow: Any, **options: Any) -> flowdsl.RunResult:
-    options.setdefault("history", False)
-    return flowdsl.run(flow, **options)
 
 
 class Meter:

@@ -12,29 +12,13 @@ from typing import Any
 import anyio
 import pytest
 import trio
+from support import run, tl
 
 import flowdsl
-from flowdsl import TaskFailed, TaskStatus, branch, ctx, tool
+from flowdsl import TaskFailed, TaskStatus, branch, ctx
 from flowdsl._run import Mode
 
 S = TaskStatus
-MODES = ["sequential", "parallel", "pipeline", "conditional"]
-
-
-def tl(fn: Any = None, /, **options: Any) -> Any:
-    """@tool without touching the default registry."""
-    return tool(fn, registry=False, **options)
-
-
-def run(flow: Any, **options: Any) -> flowdsl.RunResult:
-    options.setdefault("history", False)
-    return flowdsl.run(flow, **options)
-
-
-@pytest.fixture(params=MODES)
-def mode(request: pytest.FixtureRequest) -> str:
-    """Tests taking ``mode`` run once per mode."""
-    return str(request.param)
 
 
 class Timeline:
