@@ -160,10 +160,10 @@ class _Composable:
         return then(other, self)
 
     def __or__(self, other: Any) -> Fragment:
-        return parallel(self, other)
+        return _pair("par", self, other)
 
     def __ror__(self, other: Any) -> Fragment:
-        return parallel(other, self)
+        return _pair("par", other, self)
 
     def __bool__(self) -> bool:
         msg = (f"a flowdsl {type(self).__name__} has no truth value; "
@@ -388,7 +388,16 @@ def _coerce(item: Any, other: Any = None) -> Task | Fragment:
 
 def then(left: Any, right: Any) -> Fragment:
     """``left >> right``: every sink of ``left`` runs before every source of ``right``."""
-    return Fragment("then", (_coerce(left, right), _coerce(right, left)))
+    return _pair("then", left, right)
+
+
+def _pair(kind: str, left: Any, right: Any) -> Fragment:
+    # The binary operators' path: Tasks and Fragments need no coercion (the usual case in a
+    # loop such as `flow = flow | t`), so skip _coerce's checks for them.
+    nodes = _NODES
+    a = left if left.__class__ in nodes else _coerce(left, right)
+    b = right if right.__class__ in nodes else _coerce(right, left)
+    return Fragment(kind, (a, b))
 
 
 def chain(*items: Any) -> Fragment:
@@ -407,6 +416,9 @@ def _nary(kind: str, items: tuple[Any, ...]) -> Fragment:
         raise CompositionError(msg)
     parts = tuple(_coerce(i) for i in items)
     return Fragment(kind, parts)
+
+
+_NODES = frozenset({Task, Fragment})
 
 
 class Flow(_Composable):
