@@ -224,11 +224,11 @@ class Task(_Composable):
                 dynamic = _scan(kwargs, refs) or dynamic
                 break
         t = object.__new__(_NewTask)
-        t.id = _auto_id(tool.name)
+        t.spec = spec = tool._self_spec
+        t.id = _auto_id(spec.name)
         t.tool = tool
         t.args = args
         t.kwargs = kwargs
-        t.spec = tool._self_spec
         t.stage_param = stage_param
         t.dynamic = dynamic
         t.condition = None
