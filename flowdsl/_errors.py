@@ -131,7 +131,13 @@ class TaskFailed(ExecutionError):
 
 
 class TaskTimeout(TaskFailed, TimeoutError):
-    """A task's attempt ran past its timeout."""
+    """A task's attempt ran past its timeout (``kind="attempt"``), or the task ran past its
+    deadline over all of its attempts (``kind="deadline"``)."""
+
+    def __init__(self, msg: str, *, task_id: str, attempts: int = 0,
+                 kind: str = "attempt") -> None:
+        super().__init__(msg, task_id=task_id, attempts=attempts)
+        self.kind = kind
 
 
 class SerializationError(TaskFailed, TypeError):

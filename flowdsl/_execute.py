@@ -238,31 +238,39 @@ class Core:
         rec.started_at = started = self.now()
         if self.observers or self.log:
             self._event("task_started", tid, rec)
+        deadline_at = None if spec.deadline is None else started + spec.deadline
         n = 0
         while True:
             n += 1
             att = Attempt(n, started if n == 1 else self.now())
             rec.attempts.append(att)
+            limit, kind = spec.timeout, "attempt"
+            if deadline_at is not None:
+                left = deadline_at - att.started_at
+                if limit is None or left < limit:
+                    limit, kind = left, "deadline"
             try:
-                if spec.timeout is None:
+                if limit is None:
                     out = await ex.call(fn, args, kwargs, task_id=tid)
                 else:
-                    with anyio.move_on_after(spec.timeout) as scope:
+                    with anyio.move_on_after(limit) as scope:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
                     if scope.cancelled_caught:
-                        msg = (f"task {tid!r} exceeded its {spec.timeout:g}s timeout "
-                               f"(attempt {n})")
                         if ex.abandons:
                             rec.reason = ("its thread could not be interrupted and was "
                                           "abandoned; a late result is discarded")
-                        raise TaskTimeout(msg, task_id=tid, attempts=n)
+                        raise self._timeout(tid, spec, n, kind)
             except Exception as exc:
                 att.ended_at = self.now()
-                att.status = (TIMED_OUT if isinstance(exc, TaskTimeout)
-                              else FAILED)
+                att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
                 att.error = ErrorInfo.from_exception(exc)
-                if n <= spec.retries and isinstance(exc, spec.retry_on) and not self.stopped:
+                if self._retryable(spec, exc, n, rec):
                     delay = spec.backoff.delay(n, self.rng)
+                    if deadline_at is not None and att.ended_at + delay >= deadline_at:
+                        # No attempt may start after the deadline: give up now, not later.
+                        late = self._timeout(tid, spec, n, "deadline")
+                        late.__cause__ = exc
+                        return self._failed(tid, item, rec, late, n)
                     if self.log:
                         self.log.info("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=repr(exc))
@@ -323,6 +331,32 @@ class Core:
                       else [await h.fetch() for h in handles])
             for (it, t, _), value in zip(entries, values):
                 it.outputs[t] = value
+
+    def _retryable(self, spec: Any, exc: Exception, n: int, rec: TaskRecord) -> bool:
+        """Whether attempt ``n``'s error earns another attempt."""
+        if n > spec.retries or self.stopped or not isinstance(exc, spec.retry_on):
+            return False
+        if isinstance(exc, spec.give_up_on):
+            return False
+        if isinstance(exc, TaskTimeout) and exc.kind == "deadline":
+            return False
+        if spec.retry_if is None:
+            return True
+        try:
+            return bool(spec.retry_if(exc))
+        except Exception as bad:  # a broken predicate must not hide the task's own error
+            rec.reason = f"retry_if raised {type(bad).__name__}: {bad}; not retried"
+            if self.log:
+                self.log.info("task_retry_predicate_failed", task=rec.id, error=repr(bad))
+            return False
+
+    @staticmethod
+    def _timeout(tid: str, spec: Any, n: int, kind: str) -> TaskTimeout:
+        if kind == "deadline":
+            msg = f"task {tid!r} ran past its {spec.deadline:g}s deadline ({n} attempt(s))"
+        else:
+            msg = f"task {tid!r} exceeded its {spec.timeout:g}s timeout (attempt {n})"
+        return TaskTimeout(msg, task_id=tid, attempts=n, kind=kind)
 
     def _map_output(self, task: Task, out: Any) -> None:
         mapping = task.to_context_map

@@ -69,6 +69,9 @@ class ToolSpec:
     retries: int = 0
     backoff: Backoff = field(default_factory=Backoff)
     retry_on: tuple[type[BaseException], ...] = (Exception,)
+    give_up_on: tuple[type[BaseException], ...] = ()
+    retry_if: Callable[[BaseException], Any] | None = None
+    deadline: float | None = None
     resources: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     rollback: Callable[..., Any] | None = None
     executor: Any = "thread"
@@ -97,7 +100,7 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
     """Validate option values one by one; every message names the tool, option and value."""
     out: dict[str, Any] = {}
     for key, value in opts.items():
-        if key in ("timeout", "expected_duration"):
+        if key in ("timeout", "expected_duration", "deadline"):
             out[key] = None if value is None else _number(name, key, value, positive=True)
         elif key == "retries":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -105,12 +108,16 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
             out[key] = value
         elif key == "backoff":
             out[key] = _backoff(name, value)
-        elif key == "retry_on":
+        elif key in ("retry_on", "give_up_on"):
             types = (value,) if isinstance(value, type) else tuple(value)
-            if not types or not all(isinstance(t, type) and issubclass(t, BaseException)
-                                    for t in types):
+            if (not types and key == "retry_on") or not all(
+                    isinstance(t, type) and issubclass(t, BaseException) for t in types):
                 raise _bad(name, key, value, "an exception class or a tuple of them")
             out[key] = types
+        elif key == "retry_if":
+            if value is not None and not callable(value):
+                raise _bad(name, key, value, "a callable that receives the exception")
+            out[key] = value
         elif key == "resources":
             out[key] = _resources(name, value)
         elif key == "rollback":
@@ -177,7 +184,7 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
             raise _bad(name, "executor", value,
                        "'async' or 'inline' for a coroutine function (it runs on the event loop)")
         return value
-    if hasattr(value, "submit"):  # an Executor object (see flowdsl._executors.Executor)
+    if callable(getattr(value, "call", None)):  # an Executor (flowdsl._executors.Executor)
         return value
     raise _bad(name, "executor", value, "an executor name or an Executor object")
 
@@ -303,8 +310,10 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
             ``False`` for none).
         **options: ``name``, ``description``, ``timeout`` (seconds per attempt), ``retries``
             (extra attempts), ``backoff`` (first delay, or a :class:`Backoff`), ``retry_on``
-            (exception types retried), ``resources`` (pool -> amount), ``rollback`` (callable
-            receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
+            (exception types retried), ``give_up_on`` (types never retried), ``retry_if``
+            (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
+            all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
+            (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
             ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``.
 
     Raises:

@@ -513,3 +513,90 @@ class TestEvents:
         with structlog.testing.capture_logs() as logs:
             run(self._flow())
         assert logs == []
+
+
+# -- retry policy: give_up_on, retry_if, deadline --------------------------------------------
+class TestRetryPolicy:
+    def test_give_up_on_is_never_retried(self) -> None:
+        """RT4: an error class in give_up_on fails at once, even with retries left."""
+        calls: list[int] = []
+
+        def fn() -> None:
+            calls.append(1)
+            raise PermissionError("denied")
+
+        r = run(tl(fn, retries=5, give_up_on=PermissionError)().named("a"), sleep=Sleeps())
+        assert calls == [1]
+        assert r.tasks["a"].status is S.FAILED
+        assert r.tasks["a"].error is not None and r.tasks["a"].error.type == "PermissionError"
+
+    def test_retry_if_decides_per_exception(self) -> None:
+        """retry_if retries only the errors it approves of."""
+        calls: list[str] = []
+
+        def fn() -> None:
+            calls.append("x")
+            raise ValueError("transient" if len(calls) < 3 else "fatal")
+
+        sleeps = Sleeps()
+        t = tl(fn, retries=5, retry_if=lambda e: "transient" in str(e))
+        r = run(t().named("a"), sleep=sleeps)
+        assert len(calls) == 3
+        assert len(sleeps.delays) == 2
+        assert r.tasks["a"].error is not None and r.tasks["a"].error.message == "fatal"
+
+    def test_retry_predicate_that_raises_means_no_retry(self) -> None:
+        """RT5: a retry predicate that raises is treated as non-retryable; the task's own
+        error is kept and the predicate's error is recorded."""
+        calls: list[int] = []
+
+        def fn() -> None:
+            calls.append(1)
+            raise ValueError("original")
+
+        def broken(exc: BaseException) -> bool:
+            raise RuntimeError("predicate bug")
+
+        r = run(tl(fn, retries=3, retry_if=broken)().named("a"), sleep=Sleeps())
+        rec = r.tasks["a"]
+        assert calls == [1]
+        assert rec.error is not None and rec.error.type == "ValueError"
+        assert rec.reason is not None and "predicate bug" in rec.reason
+        assert isinstance(r.error, flowdsl.TaskFailed)
+        assert isinstance(r.error.__cause__, ValueError)
+
+    def test_deadline_stops_retries(self) -> None:
+        """TO5: per-attempt timeout 0.2 s, deadline 0.5 s, many attempts: the task stops at
+        the deadline with a deadline TaskTimeout and no attempt starts after it."""
+
+        async def slow() -> None:
+            await anyio.sleep(10)
+
+        t = tl(slow, timeout=0.2, retries=10, backoff=0.01, deadline=0.5)
+        r = run(t().named("a"))
+        rec = r.tasks["a"]
+        assert rec.status is S.TIMED_OUT
+        assert isinstance(r.error, flowdsl.TaskTimeout)
+        assert r.error.kind == "deadline"
+        assert "deadline" in str(r.error)
+        assert all(a.started_at - rec.started_at < 0.5 for a in rec.attempts)  # type: ignore
+        assert rec.ended_at - rec.started_at < 0.5 + 0.2  # type: ignore[operator]
+        assert 2 <= len(rec.attempts) <= 3
+
+    def test_bad_policy_values_name_the_option(self) -> None:
+        """Policy options are validated when the tool is declared."""
+        with pytest.raises(flowdsl.ToolDefinitionError, match="deadline=-1"):
+            tl(lambda: 1, deadline=-1)
+        with pytest.raises(flowdsl.ToolDefinitionError, match="retry_if"):
+            tl(lambda: 1, retry_if=3)
+        with pytest.raises(flowdsl.ToolDefinitionError, match="give_up_on"):
+            tl(lambda: 1, give_up_on=[int])
+
+    def test_executor_object_accepted(self) -> None:
+        """An Executor object is a valid executor= value for a tool."""
+        from flowdsl._executors import InlineExecutor
+
+        ex = InlineExecutor()
+        t = tl(lambda: 41, executor=ex)
+        assert t.spec.executor is ex
+        assert run(t().named("a")).outputs["a"] == 41
