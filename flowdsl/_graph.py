@@ -189,6 +189,12 @@ class _Composable:
         return to_dot(self.plan())
 
 
+# A Tool composes like a task (as a pipeline stage): it borrows the operators, since the
+# proxy it is built on would otherwise forward >> and | to the wrapped function.
+for _op in ("__rshift__", "__rrshift__", "__or__", "__ror__"):
+    setattr(Tool, _op, getattr(_Composable, _op))
+
+
 class Task(_Composable):
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
     returns a new Task with the same id."""

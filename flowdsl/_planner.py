@@ -181,9 +181,20 @@ class Plan:
         included (the critical-path priority of list scheduling)."""
         dur = self.durations(durations)
         rem: dict[str, float] = {}
+        succs = self.successors
         for i in reversed(self.order):
-            rem[i] = dur[i] + max((rem[s] for s in self.successors[i]), default=0.0)
+            best = 0.0
+            for s in succs[i]:
+                r = rem[s]
+                if r > best:
+                    best = r
+            rem[i] = dur[i] + best
         return rem
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from ._render import plan_mimebundle
+
+        return plan_mimebundle(self)
 
     def lower_bound(self, durations: Mapping[str, float] | None = None,
                     capacities: Mapping[str, int] | None = None,

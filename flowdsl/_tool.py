@@ -22,7 +22,7 @@ import wrapt
 from ._errors import ToolDefinitionError
 
 if TYPE_CHECKING:
-    from ._graph import Fragment, Task
+    from ._graph import Task
 
 __all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "Tool", "ToolSpec", "tool"]
 
@@ -248,26 +248,9 @@ class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
 
         return tool_schema(self)
 
-    # wrapt forwards operators to the wrapped function; a tool composes as a pipeline stage.
-    def __rshift__(self, other: Any) -> Fragment:
-        from ._graph import then
-
-        return then(self, other)
-
-    def __rrshift__(self, other: Any) -> Fragment:
-        from ._graph import then
-
-        return then(other, self)
-
-    def __or__(self, other: Any) -> Fragment:
-        from ._graph import parallel
-
-        return parallel(self, other)
-
-    def __ror__(self, other: Any) -> Fragment:
-        from ._graph import parallel
-
-        return parallel(other, self)
+    # wrapt forwards operators to the wrapped function, which would raise a confusing
+    # TypeError: flowdsl._graph gives Tool the same >> and | as tasks (a bare tool composes
+    # as a pipeline stage), so the composition code lives in one place.
 
     def __repr__(self) -> str:
         return f"<Tool {self.name}{self._self_signature}>"
