@@ -11,7 +11,7 @@ dependency finishes and a worker is free.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
 import anyio
@@ -37,13 +37,15 @@ class Runner(Protocol):
 
 
 async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
-                key: Callable[[str], Any]) -> None:
-    """Run every task of ``plan`` for ``item`` with at most ``workers`` at once, choosing
-    among ready tasks by smallest ``key``."""
+                ranked: Sequence[str]) -> None:
+    """Run every task of ``plan`` for ``item`` with at most ``workers`` at once; among ready
+    tasks, the one earliest in ``ranked`` (every task, best first) goes first."""
     preds: Mapping[str, tuple[str, ...]] = plan.predecessors
     succs = plan.successors
     waiting = {t: len(p) for t, p in preds.items()}
-    ready = [(key(t), t) for t in plan.order if not waiting[t]]
+    # The heap holds ranks (plain ints compare fastest); ranked[r] is the task.
+    rank = {t: r for r, t in enumerate(ranked)}
+    ready = [rank[t] for t in plan.order if not waiting[t]]
     heapq.heapify(ready)
     total = len(plan.order)
     done = 0
@@ -64,7 +66,7 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                 idle.append(ev)
                 await ev.wait()
                 continue
-            tid = pop(ready)[1]
+            tid = ranked[pop(ready)]
             await run_task(tid, item)
             done += 1
             woke = 0
@@ -72,7 +74,7 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                 left = waiting[s] - 1
                 waiting[s] = left
                 if not left:
-                    push(ready, (key(s), s))
+                    push(ready, rank[s])
                     woke += 1
             # This worker takes one of the newly ready tasks itself; a parked worker takes
             # each of the others, a new one where none is parked; everyone wakes at the end.

@@ -18,4 +18,4 @@ class ConditionalRunner:
     mode: ClassVar[str] = "conditional"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        await drive(core, plan, item, workers=options.max_concurrency or 1, key=plan.index)
+        await drive(core, plan, item, workers=options.max_concurrency or 1, ranked=plan.order)

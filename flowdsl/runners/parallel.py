@@ -19,8 +19,12 @@ class ParallelRunner:
     mode: ClassVar[str] = "parallel"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        prio = core.priorities
-        index = plan.index
         await drive(core, plan, item,
                     workers=options.max_concurrency or DEFAULT_MAX_CONCURRENCY,
-                    key=lambda t: (-prio[t], index(t)))
+                    ranked=by_priority(core, plan))
+
+
+def by_priority(core: Core, plan: Plan) -> list[str]:
+    """Tasks best first: highest priority, ties in plan order (the sort is stable)."""
+    prio = core.priorities
+    return sorted(plan.order, key=lambda t: -prio[t])

@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._execute import Core, Item
 from .._planner import Plan
 from ._base import RunOptions, drive
-from .parallel import DEFAULT_MAX_CONCURRENCY
+from .parallel import DEFAULT_MAX_CONCURRENCY, by_priority
 
 
 class PipelineRunner:
@@ -28,10 +28,9 @@ class PipelineRunner:
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
         if options.items is None:
-            prio = core.priorities
             await drive(core, plan, item,
                         workers=options.max_concurrency or DEFAULT_MAX_CONCURRENCY,
-                        key=lambda t: (-prio[t], plan.index(t)))
+                        ranked=by_priority(core, plan))
             return
         await _stream(core, plan, options)
 
