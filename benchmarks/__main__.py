@@ -6,6 +6,7 @@ Progress goes to stderr, the tables (markdown, pasteable into the README) to std
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -33,6 +34,8 @@ SUITES: dict[str, Suite] = {
     "wfcommons": suite_wfcommons, "overhead": suite_overhead, "cpu": suite_cpu,
     "pipeline": suite_pipeline,
 }
+#: Opt-in suites (``--only``): slower or needing extras; not part of the default run.
+EXTRA: dict[str, str] = {"dask": "benchmarks.dask_bench:suite_dask"}
 DEFAULT_GANTT = Path(__file__).resolve().parents[1] / "docs" / "img" / "reference_gantt.png"
 
 
@@ -43,9 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gantt", type=Path, metavar="PNG",
                    help="Gantt chart of the reference workflow (full mode default: "
                         "docs/img/reference_gantt.png; quick mode: none)")
-    p.add_argument("--only", nargs="+", choices=list(SUITES), metavar="SUITE",
-                   help=f"run only these suites ({', '.join(SUITES)})")
+    p.add_argument("--only", nargs="+", choices=[*SUITES, *EXTRA], metavar="SUITE",
+                   help=f"run only these suites ({', '.join(SUITES)}; opt-in: "
+                        f"{', '.join(EXTRA)})")
     return p
+
+
+def _suite(name: str) -> Suite:
+    if name in SUITES:
+        return SUITES[name]
+    module, _, attr = EXTRA[name].partition(":")
+    return getattr(importlib.import_module(module), attr)  # imported only when asked for
 
 
 def _meta(cfg: Config, argv: Sequence[str]) -> dict[str, Any]:
@@ -94,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg = Config.make(quick=args.quick)
-    names = [n for n in SUITES if not args.only or n in args.only]
+    names = [n for n in [*SUITES, *EXTRA] if n in (args.only or SUITES)]
     gantt = args.gantt or (None if cfg.quick else DEFAULT_GANTT)
     progress = Progress(len(names))
     meta = _meta(cfg, argv)
@@ -107,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "reference":
             result = suite_reference(cfg, progress, shared, gantt=gantt)
         else:
-            result = SUITES[name](cfg, progress, shared)
+            result = _suite(name)(cfg, progress, shared)
         result.seconds = time.perf_counter() - start
         progress.step(f"done in {result.seconds:.1f} s"
                       + (f" (skipped: {result.skipped})" if result.skipped else ""))
