@@ -205,6 +205,14 @@ class RunResult:
         return (f"<RunResult {self.flow_name or 'flow'} {self.mode} {self.status} in "
                 f"{self.duration:.3f}s: {counts}>")
 
+    def gantt(self, path: str) -> Any:
+        """Write this run's timeline (a Gantt chart, critical path highlighted) to ``path``:
+        ``.png``/``.svg`` need ``flowdsl[plot]``, ``.html`` is self-contained. Returns the
+        path written."""
+        from ._timeline import save_timeline
+
+        return save_timeline(self, path)
+
     def _repr_html_(self) -> str:
         from ._render import result_html
 

@@ -310,6 +310,24 @@ def _merge_records(p: Plan, items: list[Item]) -> dict[str, TaskRecord]:
     return merged
 
 
+class _Box:
+    """Carries the result out of the event loop. asyncio formats the repr of its main task's
+    result when it restores the SIGINT handler; a result's repr scans every task, so the
+    result travels in a box whose repr costs nothing."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: RunResult) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<RunResult box>"
+
+
+async def _boxed(flow: Any, options: dict[str, Any]) -> _Box:
+    return _Box(await arun(flow, **options))
+
+
 def _in_notebook() -> bool:
     import sys
 
@@ -374,16 +392,16 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
     """
     if options.get("progress") is None and _in_notebook():
         options["progress"] = True  # long notebook runs show a progress bar by default
-    call = partial(arun, flow, **options)
+    call = partial(_boxed, flow, options)
     if not _loop_running():
-        return anyio.run(call, backend=backend)
+        return anyio.run(call, backend=backend).value
     # An event loop is running in this thread (a Jupyter cell): it cannot be re-entered, so
     # the run gets a thread and an event loop of its own.
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = anyio.run(call, backend=backend)
+            box["result"] = anyio.run(call, backend=backend).value
         except BaseException as exc:
             box["error"] = exc
 

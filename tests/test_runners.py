@@ -569,3 +569,34 @@ def test_all_done_join_sees_failure(mode: str) -> None:
     assert got == [(None, 5)]
     assert r.tasks["join"].status is S.COMPLETED
     assert r.status == "failed" and r.error.task_id == "bad"
+
+
+class TestPipelineConcurrency:
+    def test_max_concurrency_bounds_item_stages(self) -> None:
+        """With items, max_concurrency bounds how many item-stages work at once."""
+        active = [0]
+        peak = [0]
+
+        async def stage(x: int) -> int:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+            await anyio.sleep(0.01)
+            active[0] -= 1
+            return x
+
+        a, b = tl(stage, name="s1").stage(), tl(stage, name="s2").stage()
+        r = run(a >> b, mode="pipeline", items=range(6), max_concurrency=1)
+        assert r.output == list(range(6))
+        assert peak[0] == 1
+        active[0] = peak[0] = 0
+        r = run(a >> b, mode="pipeline", items=range(6))
+        assert peak[0] == 2  # without a bound both stages overlap
+
+
+def test_result_gantt_writes_a_timeline(tmp_path: Any) -> None:
+    """RunResult.gantt writes a self-contained HTML timeline of the run."""
+    r = run(tl(lambda: 1)().named("a"))
+    out = r.gantt(str(tmp_path / "run.html"))
+    text = (tmp_path / "run.html").read_text()
+    assert str(out).endswith("run.html")
+    assert "<html" in text.lower() and "a" in text

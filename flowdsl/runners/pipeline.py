@@ -40,6 +40,9 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
     inbox = {t: anyio.create_memory_object_stream[Item](max(0, options.buffer))
              for t in plan.order}
 
+    limiter = (anyio.CapacityLimiter(options.max_concurrency)
+               if options.max_concurrency else None)
+
     async def feed(sends: list[MemoryObjectSendStream[Item]]) -> None:
         source: Any = options.items if options.items is not None else ()
         with contextlib.ExitStack() as stack:
@@ -85,7 +88,11 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
                     current = arrived.pop(nxt)
                     if core.stopped:
                         return
-                    await core.run_task(tid, current)
+                    if limiter is None:
+                        await core.run_task(tid, current)
+                    else:  # max_concurrency bounds the item-stages working at once
+                        async with limiter:
+                            await core.run_task(tid, current)
                     for s in outs:
                         await s.send(current)
                     nxt += 1
