@@ -3,34 +3,60 @@
 State: ``_free[pool]`` units are free; ``_waiters`` is kept sorted by (−priority, arrival).
 A demand is granted all at once or not at all, so tasks needing {A, B} and {B, A} can never
 deadlock holding one each. Granting walks the waiters in order and, once a waiter cannot be
-served, blocks its pools for everyone behind it: nobody overtakes a waiter on the pools it is
-waiting for, so no task waits forever (lower-priority work still flows through other pools).
+served, blocks its pools for everyone behind it (lower-priority work still flows through
+other pools). A waiter overtaken ``AGING`` times by later arrivals moves to the front, so no
+task waits forever even under a stream of higher-priority work.
+
+Units released by a finishing task are granted two scheduler ticks later, not at once: the
+tasks that the finish made ready (often the next ones on the critical path) get to queue
+first, and the units go to the best of all of them — list scheduling, not first come.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
+import sniffio
 
 from ._errors import ResourceError
 
 __all__ = ["Pools", "ResourceManager"]
 
+#: How many later arrivals may be served before a waiter goes to the front of the queue.
+AGING = 64
+
 
 class _Waiter:
-    __slots__ = ("demand", "event", "granted", "key", "task_id")
+    __slots__ = ("demand", "event", "granted", "key", "overtaken", "task_id")
 
-    def __init__(self, demand: Mapping[str, int], key: tuple[float, int],
+    def __init__(self, demand: Mapping[str, int], key: tuple[int, float, int],
                  task_id: str | None) -> None:
         self.demand = demand
         self.key = key
         self.task_id = task_id
         self.event = anyio.Event()
         self.granted = False
+        self.overtaken = 0
+
+
+def _call_soon(fn: Callable[[], None]) -> bool:
+    """Run ``fn`` on this event loop after the tasks already scheduled; False outside one."""
+    try:
+        lib = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    if lib == "trio":
+        import trio
+
+        trio.lowlevel.current_trio_token().run_sync_soon(fn)
+    else:
+        asyncio.get_running_loop().call_soon(fn)
+    return True
 
 
 class Pools:
@@ -45,6 +71,7 @@ class Pools:
         self._free: dict[str, int] = {}
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
+        self._grant_pending = False
         for name, cap in (capacities or {}).items():
             self.add(name, cap)
 
@@ -110,10 +137,15 @@ class Pools:
 
         Higher ``priority`` is served first; equal priorities in arrival order.
         """
-        if self.try_acquire(demand, task_id):
+        self._check(demand, task_id)
+        if not self._waiters and self._fits(demand):
+            self._take(demand)
             return
-        w = _Waiter(demand, (-priority, next(self._seq)), task_id)
+        w = _Waiter(demand, (1, -priority, next(self._seq)), task_id)
         bisect.insort(self._waiters, w, key=lambda x: x.key)
+        self._grant()
+        if w.granted:
+            return
         try:
             await w.event.wait()
         except BaseException:
@@ -125,22 +157,46 @@ class Pools:
             raise
 
     def release(self, demand: Mapping[str, int]) -> None:
-        """Give ``demand`` back and wake the waiters it lets through."""
+        """Give ``demand`` back; the waiters it lets through are served on the next tick."""
         for p, n in demand.items():
             self._free[p] += n
+        if self._waiters and not self._grant_pending:
+            self._grant_pending = _call_soon(self._deferred_grant)
+            if not self._grant_pending:  # no event loop here: serve them now
+                self._grant()
+
+    def _deferred_grant(self, hops: int = 1) -> None:
+        # One more hop lets the workers woken by the same finish run their first step (and
+        # queue their tasks) before the units are handed out.
+        if hops:
+            _call_soon(lambda: self._deferred_grant(hops - 1))
+            return
+        self._grant_pending = False
         self._grant()
 
     def _grant(self) -> None:
         blocked: set[str] = set()
         kept: list[_Waiter] = []
+        served: list[_Waiter] = []
         for w in self._waiters:
             if blocked.isdisjoint(w.demand) and self._fits(w.demand):
                 self._take(w.demand)
                 w.granted = True
                 w.event.set()
+                served.append(w)
             else:
                 blocked.update(w.demand)
                 kept.append(w)
+        aged = False
+        for w in served:  # count who was overtaken by a later arrival on a shared pool
+            for old in kept:
+                if old.key[2] < w.key[2] and not old.demand.keys().isdisjoint(w.demand):
+                    old.overtaken += 1
+                    if old.overtaken >= AGING and old.key[0]:
+                        old.key = (0, *old.key[1:])  # to the front from now on
+                        aged = True
+        if aged:
+            kept.sort(key=lambda x: x.key)
         self._waiters = kept
 
     def statistics(self) -> dict[str, Any]:

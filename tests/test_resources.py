@@ -179,7 +179,7 @@ class TestPools:
             tg.start_soon(want, "on_b", {"b": 1}, 0)
             await anyio.wait_all_tasks_blocked()
             pools.release({"b": 1})
-            await anyio.wait_all_tasks_blocked()
+            await _settle()  # released units are granted a couple of ticks later
             assert served == ["on_b"]
             pools.release({"a": 1})
         assert served == ["on_b", "on_a"]
@@ -528,3 +528,58 @@ def test_random_dags_respect_pools(case: Any, seed: int) -> None:
     assert pools.in_use() == dict.fromkeys(caps, 0) and pools.waiting() == []
     if max_conc is not None:
         assert m.peak_running <= max_conc
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await anyio.lowlevel.checkpoint()
+    await anyio.wait_all_tasks_blocked()
+
+
+class TestGrantOrder:
+    @pytest.mark.anyio
+    async def test_units_freed_by_a_finish_go_to_the_best_task_queued_in_that_tick(
+            self) -> None:
+        """Units released by a finishing task are granted a tick later, so a high-priority
+        task queued right after the finish beats an older low-priority waiter."""
+        pools = Pools({"p": 1})
+        await pools.acquire({"p": 1}, priority=0.0, task_id="holder")
+        order: list[str] = []
+
+        async def wait(name: str, prio: float) -> None:
+            await pools.acquire({"p": 1}, priority=prio, task_id=name)
+            order.append(name)
+            pools.release({"p": 1})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, "old_low", 1.0)
+            await anyio.sleep(0.01)
+            pools.release({"p": 1})          # the holder finishes ...
+            tg.start_soon(wait, "new_high", 5.0)  # ... and its successor queues at once
+        assert order == ["new_high", "old_low"]
+
+    @pytest.mark.anyio
+    async def test_a_waiter_overtaken_too_often_goes_first(self) -> None:
+        """Aging: a low-priority waiter is served once AGING later arrivals overtook it."""
+        from flowdsl._resources import AGING
+
+        pools = Pools({"p": 1})
+        await pools.acquire({"p": 1}, task_id="holder")
+        served: list[str] = []
+
+        async def wait(name: str, prio: float) -> None:
+            await pools.acquire({"p": 1}, priority=prio, task_id=name)
+            served.append(name)
+            await anyio.sleep(0)
+            pools.release({"p": 1})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, "low", 0.0)
+            await anyio.sleep(0.01)
+            for k in range(AGING + 10):  # a stream of higher-priority work
+                tg.start_soon(wait, f"high{k}", 10.0)
+            await anyio.sleep(0.01)
+            pools.release({"p": 1})
+        assert "low" in served
+        assert served.index("low") <= AGING + 1
+        assert pools.available("p") == 1
