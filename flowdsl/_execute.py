@@ -30,6 +30,7 @@ from ._result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, Tas
 
 __all__ = ["Core", "Item"]
 
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
 COMPLETED = TaskStatus.COMPLETED
 SKIPPED = TaskStatus.SKIPPED
 UPSTREAM_FAILED = TaskStatus.UPSTREAM_FAILED
@@ -191,8 +192,10 @@ class Core:
     def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = task.args, task.kwargs
         if task.dynamic:
-            args = tuple(self._resolve(a, task, item) for a in args)
-            kwargs = {k: self._resolve(v, task, item) for k, v in kwargs.items()}
+            resolve = self._resolve
+            if args:
+                args = tuple([resolve(a, task, item) for a in args])
+            kwargs = {k: resolve(v, task, item) for k, v in kwargs.items()}
         if task.stage_param is not None:
             src = self._stage_from[task.id]
             out = item.outputs
@@ -202,32 +205,46 @@ class Core:
         return args, kwargs
 
     def _resolve(self, value: Any, task: Task, item: Item) -> Any:
-        if isinstance(value, Task):
+        cls = value.__class__
+        if cls is Task:
             return item.outputs.get(value.id)
+        if cls in _ATOMS:
+            return value
+        if cls is list:  # the common `after=[a, b]` shape, without a generator per call
+            return [self._resolve(v, task, item) for v in value]
         if isinstance(value, Ref):
-            out = item.outputs.get(value.task.id)
-            for key in value.path:
-                try:
-                    out = out[key]
-                except (KeyError, IndexError, TypeError) as exc:
-                    msg = (f"task {task.id!r} takes {value!r}, but the output of "
-                           f"{value.task.id!r} has no {key!r} ({type(exc).__name__})")
-                    raise _TaskError(msg) from exc
-            return out
+            return self._project(value, task, item)
         if isinstance(value, CtxRef):
-            if value.key in self.context:
-                return self.context[value.key]
-            if value.default is not _MISSING:
-                return value.default
-            keys = ", ".join(sorted(map(str, self.context))) or "none"
-            msg = (f"task {task.id!r} reads ctx({value.key!r}), which the run context does "
-                   f"not have (keys: {keys})")
-            raise _TaskError(msg)
+            return self._ctx_value(value, task)
         if isinstance(value, (list, tuple)):
-            return type(value)(self._resolve(v, task, item) for v in value)
+            return type(value)([self._resolve(v, task, item) for v in value])
         if isinstance(value, dict):
             return {k: self._resolve(v, task, item) for k, v in value.items()}
+        if isinstance(value, Task):
+            return item.outputs.get(value.id)
         return value
+
+    @staticmethod
+    def _project(ref: Ref, task: Task, item: Item) -> Any:
+        out = item.outputs.get(ref.task.id)
+        for key in ref.path:
+            try:
+                out = out[key]
+            except (KeyError, IndexError, TypeError) as exc:
+                msg = (f"task {task.id!r} takes {ref!r}, but the output of "
+                       f"{ref.task.id!r} has no {key!r} ({type(exc).__name__})")
+                raise _TaskError(msg) from exc
+        return out
+
+    def _ctx_value(self, ref: CtxRef, task: Task) -> Any:
+        if ref.key in self.context:
+            return self.context[ref.key]
+        if ref.default is not _MISSING:
+            return ref.default
+        keys = ", ".join(sorted(map(str, self.context))) or "none"
+        msg = (f"task {task.id!r} reads ctx({ref.key!r}), which the run context does "
+               f"not have (keys: {keys})")
+        raise _TaskError(msg)
 
     async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
