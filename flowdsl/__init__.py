@@ -34,6 +34,7 @@ _LAZY = {
     "Pools": "._resources", "ResourceManager": "._resources",
     "Executor": "._executors",
     "HistoryStore": "._history", "HistoryError": "._history", "RunNotFound": "._history",
+    "open_history": "._history",
     "analyze": "._optimizer", "optimize": "._optimizer", "simulate": "._optimizer",
     "WorkflowOptimizer": "._optimizer",
     "load_flow": "._dataflow", "plan_schema": "._dataflow",
