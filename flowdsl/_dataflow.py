@@ -6,32 +6,31 @@ only then turned into the same Flow a user could write with ``>>`` and ``|``: ea
 ``registry[tool](**args).named(id)``, ``{"$task": id}`` / ``{"$ctx": key}`` become Task / Ref
 / ``ctx()`` arguments, ``depends_on`` becomes composition edges. Nothing in a document is ever
 evaluated, executed, unpickled or imported; conditions are a tiny declarative language or the
-name of a predicate the user registered.
+name of a predicate the user registered (compiled in ``_conditions``). ``flow_to_dict`` writes a
+flow back as a document; the document's JSON Schema, ``plan_schema``, is in ``_plan_schema``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import json
-import operator
 import os
-import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from ._conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
 from ._errors import CompositionError, CycleError, PlanValidationError, ToolDefinitionError
 from ._graph import _MISSING as _GRAPH_MISSING
 from ._graph import CtxRef, Flow, Ref, Task, chain, ctx, parallel
+from ._plan_schema import MAX_ID_LENGTH, MODES, plan_schema
 from ._registry import ToolRegistry, default_registry
 from ._tool import TRIGGERS, Tool, _normalize
 
 __all__ = ["MODES", "Condition", "flow_to_dict", "load_flow", "plan_schema"]
 
-MODES = ("sequential", "parallel", "pipeline", "conditional")
 DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concurrency",
               "tasks", "$schema")
 DOC_ALIASES = {"execution_mode": "mode", "input_context": "context"}
@@ -41,158 +40,6 @@ TASK_ALIASES = {"task_id": "id", "tool_id": "tool", "parameters": "args",
                 "timeout_seconds": "timeout", "max_retries": "retries",
                 "output_mapping": "to_context"}
 OPTIONS = ("timeout", "retries", "backoff", "resources", "priority")
-MAX_ID_LENGTH = 200
-_MISSING: Any = object()
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-
-_BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge, "in": lambda a, b: a in b,
-    "not_in": lambda a, b: a not in b, "contains": operator.contains,
-}
-_UNARY: dict[str, Callable[[Any], bool]] = {
-    "exists": lambda a: a is not _MISSING, "missing": lambda a: a is _MISSING,
-    "truthy": lambda a: a is not _MISSING and bool(a), "falsy": lambda a: a is _MISSING or not a,
-}
-
-Problems = list[dict[str, Any]]
-
-
-def _path(base: str, *parts: Any) -> str:
-    out = base
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif isinstance(p, str) and _IDENT.match(p):
-            out += f".{p}" if out else p
-        else:
-            out += f"[{json.dumps(str(p), ensure_ascii=True)}]"
-    return out or "$"
-
-
-def _problem(out: Problems, path: str, code: str, message: str, **extra: Any) -> None:
-    out.append({"path": path, "code": code, "message": message, **extra})
-
-
-def _did_you_mean(name: Any, choices: Any) -> list[str]:
-    return difflib.get_close_matches(name, list(choices), n=3) if isinstance(name, str) else []
-
-
-def _hint(close: list[str]) -> str:
-    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-
-
-# -- conditions ------------------------------------------------------------------------------
-
-
-class Condition:
-    """A compiled declarative condition; ``spec`` is the document form, kept for ``to_dict``."""
-
-    __slots__ = ("_fn", "spec")
-
-    def __init__(self, spec: Any, fn: Callable[[Mapping[str, Any]], bool]) -> None:
-        self.spec = spec
-        self._fn = fn
-
-    def __call__(self, context: Mapping[str, Any]) -> bool:
-        return self._fn(context)
-
-    def __repr__(self) -> str:
-        return f"<Condition {json.dumps(self.spec, default=repr)[:200]}>"
-
-
-def _lookup(context: Mapping[str, Any], key: str, path: list[Any]) -> Any:
-    value = context.get(key, _MISSING) if isinstance(context, Mapping) else _MISSING
-    try:
-        for step in path:
-            value = value[step]
-    except (KeyError, IndexError, TypeError):
-        return _MISSING
-    return value
-
-
-def _test(spec: dict[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
-    key, path, op = spec["ctx"], list(spec.get("path", ())), spec.get("op", "truthy")
-    if op in _UNARY:
-        unary = _UNARY[op]
-        return lambda c: unary(_lookup(c, key, path))
-    binary, expected = _BINARY[op], spec["value"]
-
-    def test(c: Mapping[str, Any]) -> bool:
-        got = _lookup(c, key, path)
-        if got is _MISSING:
-            return False
-        try:  # a comparison that cannot be made (str < float) is simply false
-            return bool(binary(got, expected))
-        except TypeError:
-            return False
-
-    return test
-
-
-def _compile(spec: Any, path: str, predicates: Mapping[str, Any], out: Problems,
-             depth: int = 0) -> Callable[[Mapping[str, Any]], bool] | None:
-    """Compile a condition or record why it is malformed (documents are depth-limited)."""
-    def bad(message: str, where: str = path) -> None:
-        _problem(out, where, "bad_condition", message)
-
-    if isinstance(spec, str):
-        fn = predicates.get(spec)
-        if fn is None:
-            bad(f"unknown predicate {spec!r}{_hint(_did_you_mean(spec, predicates))}")
-            return None
-        return lambda c: bool(fn(c))
-    if not isinstance(spec, dict) or not spec:
-        bad("a condition is a predicate name or an object such as "
-            '{"ctx": "score", "op": ">=", "value": 0.5}, or {"all"|"any": [...]}, {"not": ...}')
-        return None
-    for combinator in ("all", "any"):
-        if combinator in spec:
-            items = spec[combinator]
-            if len(spec) != 1 or not isinstance(items, list) or not items:
-                bad(f"{combinator!r} takes a non-empty list of conditions and nothing else")
-                return None
-            parts = [_compile(s, _path(path, combinator, k), predicates, out, depth + 1)
-                     for k, s in enumerate(items)]
-            if any(p is None for p in parts):
-                return None
-            agg = all if combinator == "all" else any
-            return lambda c: agg(p(c) for p in parts)  # type: ignore[misc]
-    if "not" in spec:
-        if len(spec) != 1:
-            bad("'not' takes one condition and nothing else")
-            return None
-        inner = _compile(spec["not"], _path(path, "not"), predicates, out, depth + 1)
-        return None if inner is None else (lambda c: not inner(c))
-    return _compile_test(spec, path, bad)
-
-
-def _compile_test(spec: dict[str, Any], path: str,
-                  bad: Callable[..., None]) -> Callable[[Mapping[str, Any]], bool] | None:
-    extra = set(spec) - {"ctx", "op", "value", "path"}
-    if extra:
-        bad(f"unknown condition field(s) {', '.join(map(repr, sorted(extra)))}")
-        return None
-    if not isinstance(spec.get("ctx"), str):
-        bad("a test needs 'ctx': the context key to look at", _path(path, "ctx"))
-        return None
-    op = spec.get("op", "truthy")
-    if not isinstance(op, str) or (op not in _BINARY and op not in _UNARY):
-        ops = ", ".join(map(repr, [*_BINARY, *_UNARY]))
-        bad(f"unknown operator {op!r}; expected one of {ops}", _path(path, "op"))
-        return None
-    if (op in _BINARY) != ("value" in spec):
-        bad(f"operator {op!r} " + ("needs a 'value'" if op in _BINARY else "takes no 'value'"))
-        return None
-    if op in ("in", "not_in") and not isinstance(spec["value"], list):
-        bad(f"operator {op!r} needs a list 'value'", _path(path, "value"))
-        return None
-    p = spec.get("path", [])
-    if not isinstance(p, list) or not all(isinstance(s, (str, int)) and not isinstance(s, bool)
-                                          for s in p):
-        bad("'path' is a list of keys and indexes", _path(path, "path"))
-        return None
-    return _test(spec)
 
 
 # -- reading and limits ----------------------------------------------------------------------
@@ -768,136 +615,3 @@ def flow_to_dict(flow: Any, registry: ToolRegistry | None = None) -> dict[str, A
     doc["tasks"] = [_task_data(p.tasks[i], p.predecessors[i], registry, names)
                     for i in p.order]
     return doc
-
-
-# -- the document's own schema ---------------------------------------------------------------
-
-
-def _pointer(name: str) -> str:
-    return name.replace("~", "~0").replace("/", "~1")
-
-
-def _rebase(schema: Any, prefix: str) -> Any:
-    """Move a tool's ``#/$defs/X`` references to ``#/$defs/<prefix>X`` (iteratively)."""
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                node["$ref"] = "#/$defs/" + _pointer(prefix) + ref[len("#/$defs/"):]
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return schema
-
-
-def _allow_refs(schema: dict[str, Any]) -> None:
-    """Let every value inside a parameter schema also be a ``$task``/``$ctx`` reference."""
-    ref = {"$ref": "#/$defs/reference"}
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        for key in ("properties", "patternProperties"):
-            if isinstance(node.get(key), dict):
-                stack.extend(node[key].values())
-                node[key] = {k: {"anyOf": [v, ref]} for k, v in node[key].items()}
-        for key in ("items", "additionalProperties"):
-            if isinstance(node.get(key), dict):
-                stack.append(node[key])
-                node[key] = {"anyOf": [node[key], ref]}
-        for key in ("prefixItems", "anyOf", "oneOf", "allOf"):
-            if isinstance(node.get(key), list):
-                stack.extend(v for v in node[key] if isinstance(v, dict) and v is not ref)
-
-
-def _common_defs() -> dict[str, Any]:
-    ids = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH}
-    path = {"type": "array", "items": {"type": ["string", "integer"]}}
-    test = {"type": "object", "required": ["ctx"], "additionalProperties": False,
-            "properties": {"ctx": {"type": "string"}, "path": path,
-                           "op": {"enum": [*_BINARY, *_UNARY]}, "value": {}}}
-    cond = {"$ref": "#/$defs/condition"}
-    return {
-        "task_id": ids,
-        "reference": {"oneOf": [
-            {"type": "object", "required": ["$task"], "additionalProperties": False,
-             "properties": {"$task": ids, "path": path}},
-            {"type": "object", "required": ["$ctx"], "additionalProperties": False,
-             "properties": {"$ctx": {"type": "string"}, "default": {}}}]},
-        "condition": {"anyOf": [
-            {"type": "string", "description": "the name of a registered predicate"}, test,
-            {"type": "object", "required": ["all"], "additionalProperties": False,
-             "properties": {"all": {"type": "array", "minItems": 1, "items": cond}}},
-            {"type": "object", "required": ["any"], "additionalProperties": False,
-             "properties": {"any": {"type": "array", "minItems": 1, "items": cond}}},
-            {"type": "object", "required": ["not"], "additionalProperties": False,
-             "properties": {"not": cond}}]},
-    }
-
-
-def _task_variant(name: str, t: Tool) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ._schema import tool_schema
-
-    ts = tool_schema(t, name=name)
-    parameters = _rebase(ts["parameters"], f"{name}.")
-    defs = {f"{name}.{k}": v for k, v in parameters.pop("$defs", {}).items()}
-    _allow_refs(parameters)
-    for d in defs.values():
-        _allow_refs(d)
-    number = {"type": "number", "exclusiveMinimum": 0}
-    props = {
-        "id": {"$ref": "#/$defs/task_id"},
-        "tool": {"const": name, "description": ts["description"]},
-        "args": parameters,
-        "depends_on": {"type": "array", "items": {"$ref": "#/$defs/task_id"}},
-        "when": {"$ref": "#/$defs/condition"},
-        "timeout": number, "retries": {"type": "integer", "minimum": 0},
-        "backoff": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "object"}]},
-        "resources": {"type": "object", "additionalProperties": {"type": "integer",
-                                                                 "minimum": 1}},
-        "priority": {"type": "number"}, "trigger": {"enum": list(TRIGGERS)},
-        "to_context": {"anyOf": [{"type": "string"}, {"type": "object",
-                                  "additionalProperties": {"type": "string"}}]},
-    }
-    required = ["id", "tool"] + (["args"] if parameters.get("required") else [])
-    return ({"type": "object", "required": required, "additionalProperties": False,
-             "properties": props}, defs)
-
-
-def plan_schema(registry: ToolRegistry | None = None) -> dict[str, Any]:
-    """A JSON Schema (draft 2020-12) of workflow documents over ``registry``'s tools.
-
-    Each task is one of the tools (``oneOf`` on the ``tool`` constant) and its ``args`` are
-    tied to that tool's parameter schema, where any argument may also be a ``$task`` or
-    ``$ctx`` reference; hand it to an LLM as a structured-output format. Needs
-    ``flowdsl[schema]``.
-    """
-    registry = default_registry if registry is None else registry
-    defs = _common_defs()
-    variants = []
-    for name, t in registry.items():
-        if registry.is_ambiguous(name):
-            continue
-        variant, tool_defs = _task_variant(name, t)
-        defs.update(tool_defs)
-        variants.append(variant)
-    return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "title": "flowdsl workflow document",
-        "type": "object",
-        "required": ["name", "tasks"],
-        "additionalProperties": False,
-        "properties": {
-            "$schema": {"type": "string"},
-            "name": {"type": "string", "minLength": 1},
-            "description": {"type": "string"},
-            "mode": {"enum": list(MODES)},
-            "context": {"type": "object"},
-            "resources": {"type": "object", "additionalProperties": {"type": "integer",
-                                                                     "minimum": 1}},
-            "max_concurrency": {"type": "integer", "minimum": 1},
-            "tasks": {"type": "array", "minItems": 1, "items": {"oneOf": variants}},
-        },
-        "$defs": defs,
-    }
