@@ -10,7 +10,11 @@ fetches a handle only where a value is needed here (see ``flowdsl._execute``).
 Lifecycle: ``open()`` connects an asynchronous ``Client`` on the run's event loop (asyncio
 only; dask's client is built on asyncio), starting a ``LocalCluster`` of worker processes
 first when no cluster was given; ``close()`` cancels what is still in flight and shuts down
-only what ``open()`` started. Faults: a timeout or a stopped run cancels the future (dask
+only what ``open()`` started. Submissions: the calls made within one event-loop iteration
+(a layer of a graph released together) go to the scheduler as one graph, one
+``update-graph`` message, each task keeping its own key and priority; a chain pays one
+message per task, as it must. Completion is pushed by the scheduler (the future's state),
+never polled. Faults: a timeout or a stopped run cancels the future (dask
 cannot interrupt a function already running on a worker: its late result is discarded); a
 worker that dies mid-task is rescheduled by dask itself (``distributed.scheduler.allowed-
 failures``, 3 by default) and beyond that fails with ``KilledWorker``, which the core retries
@@ -19,7 +23,10 @@ like any other error.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
+import itertools
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -150,6 +157,12 @@ class DaskExecutor(Executor):
         self._users = 0
         self._inflight: set[Any] = set()
         self._checked: set[int] = set()
+        # Submissions waiting for the next loop iteration, sent together by _flush().
+        self._pending: list[_Pending] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._batched = False  # this dask offers the one-graph submission (checked at open)
+        self._token = ""  # per open(): with a counter, makes keys unique without a uuid each
+        self._seq = itertools.count()
 
     def __repr__(self) -> str:
         where = "a LocalCluster per run" if self.cluster is None else repr(self.cluster)
@@ -187,6 +200,8 @@ class DaskExecutor(Executor):
         self._users += 1
         if self._client is not None:  # another run on this loop shares the connection
             return
+        self._token = uuid.uuid4().hex
+        self._batched = _can_batch()
         distributed = _distributed()
         target = self.cluster
         if target is None:
@@ -217,6 +232,9 @@ class DaskExecutor(Executor):
         if self._users or self._client is None:
             return
         client, self._client = self._client, None
+        if self._flush_handle is not None:  # submissions not sent yet fail, not linger
+            self._flush_handle.cancel()
+            self._flush()
         try:
             if self._inflight:
                 futures, self._inflight = list(self._inflight), set()
@@ -239,28 +257,39 @@ class DaskExecutor(Executor):
             raise RuntimeError(msg)
         args, kwargs = _unwrap(args), _unwrap(kwargs)
         apply = _apply_async if _is_async(fn) else _apply
+        # Keys start with the tool's name, as Client.submit's do: the scheduler groups tasks
+        # by that prefix (duration estimates, its idle check), so one prefix per flowdsl task
+        # would leave it a group per task. The task id stays readable at the end.
+        key = f"{_funcname(fn)}-{self._token}{next(self._seq)}-{task_id}"
+        loop = asyncio.get_running_loop()
+        entry = _Pending(task_id, key, apply, fn, args, kwargs,
+                         self.priorities.get(task_id, 0.0), loop.create_future())
+        self._pending.append(entry)
+        if self._flush_handle is None:
+            # After the other tasks released in this iteration have queued theirs.
+            self._flush_handle = loop.call_soon(self._flush)
+        future: Any = None
         try:
-            future = client.submit(apply, fn, args, kwargs, pure=False,
-                                   key=f"{task_id}-{uuid.uuid4().hex}",
-                                   priority=self.priorities.get(task_id, 0.0))
-        except Exception:
-            # Arguments made at run time (upstream outputs) may not pickle: say which task.
-            _check_pickle(task_id, "arguments", (args, kwargs))
-            raise
-        self._inflight.add(future)
-        try:
+            future = await entry.waiter  # the dask Future, once sent (or the send's error)
             # distributed.wait() looks for a *default* client, which ours is not (a run must
             # not change what the user's own dask code talks to): wait on the future's state,
-            # as wait() itself does, without fetching the value.
+            # as wait() itself does, without fetching the value. The scheduler pushes the
+            # state change; nothing is polled.
             await future._state.wait()
         except BaseException:
-            # A timeout or a stopped run: take the task off the cluster, then go on
-            # unwinding. Shielded, or the cancellation would skip the cancel itself.
-            with anyio.CancelScope(shield=True):
-                await client.cancel([future], force=True)
+            # A timeout or a stopped run: take the task off the cluster (or out of the batch
+            # not sent yet: a cancelled waiter is skipped), then go on unwinding. Shielded, or
+            # the cancellation would skip the cancel itself.
+            if future is None and entry.waiter.done() and not entry.waiter.cancelled() \
+                    and entry.waiter.exception() is None:
+                future = entry.waiter.result()  # sent, but cancelled before we resumed
+            if future is not None:
+                with anyio.CancelScope(shield=True):
+                    await client.cancel([future], force=True)
             raise
         finally:
-            self._inflight.discard(future)
+            if future is not None:
+                self._inflight.discard(future)
         status = future.status
         if status == "finished":
             return DaskRemote(future)
@@ -268,6 +297,107 @@ class DaskExecutor(Executor):
             await future  # re-raises the tool's exception with the worker's traceback
         msg = f"task {task_id!r}: its dask future ended as {status!r} (key {future.key})"
         raise RuntimeError(msg)
+
+    def _flush(self) -> None:
+        """Send the pending submissions: one graph for all of them where this dask allows,
+        else one ``submit`` each. A batch that cannot be serialized is resent one by one, so
+        only the task whose arguments do not pickle fails."""
+        self._flush_handle = None
+        batch = [e for e in self._pending if not e.waiter.done()]
+        self._pending = []
+        if not batch:
+            return
+        client = self._client
+        if client is None:
+            for e in batch:
+                e.waiter.set_exception(RuntimeError(
+                    f"task {e.task_id!r}: the dask executor closed before it was submitted"))
+            return
+        if len(batch) > 1 and self._batched:
+            try:
+                futures = self._send(client, batch)
+            except Exception:  # one of them does not pickle: find out which below
+                pass
+            else:
+                for e in batch:
+                    self._resolve(e, futures[e.key])
+                return
+        for e in batch:
+            try:
+                future = (self._send(client, [e])[e.key] if self._batched else
+                          client.submit(e.apply, e.fn, e.args, e.kwargs, pure=False, key=e.key,
+                                        priority=e.priority))
+            except Exception as exc:
+                e.waiter.set_exception(_named(e, exc))
+            else:
+                self._resolve(e, future)
+
+    def _resolve(self, entry: _Pending, future: Any) -> None:
+        self._inflight.add(future)
+        entry.waiter.set_result(future)
+
+    def _send(self, client: Any, batch: Sequence[_Pending]) -> dict[str, Any]:
+        """One ``update-graph`` message for the whole batch, built as ``Client.submit``
+        builds its one-task graph; the per-key priorities travel as a key -> priority
+        function (a scheduler-side annotation)."""
+        from dask._expr import LLGExpr
+        from dask._task_spec import Task, parse_input
+
+        dsk = {e.key: Task(e.key, e.apply, parse_input(e.fn), parse_input(e.args),
+                           parse_input(e.kwargs)) for e in batch}
+        priorities = {e.key: e.priority for e in batch}
+        expr = LLGExpr(dsk, _determ_token=f"{self._token}-{next(self._seq)}")
+        futures: dict[str, Any] = client._graph_to_futures(
+            expr, list(dsk), span_metadata={"collections": [{"type": "Future"}]},
+            internal_priority=dict.fromkeys(dsk, 0),
+            user_priority=priorities.__getitem__ if any(priorities.values()) else 0,
+            fifo_timeout="100 ms")  # what submit() uses
+        return futures
+
+
+class _Pending:
+    """A submission waiting for the next flush."""
+
+    __slots__ = ("apply", "args", "fn", "key", "kwargs", "priority", "task_id", "waiter")
+
+    def __init__(self, task_id: str, key: str, apply: Callable[..., Any],
+                 fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                 priority: float, waiter: asyncio.Future[Any]) -> None:
+        self.task_id, self.key, self.apply, self.fn = task_id, key, apply, fn
+        self.args, self.kwargs, self.priority, self.waiter = args, kwargs, priority, waiter
+
+
+def _named(entry: _Pending, exc: Exception) -> Exception:
+    """Arguments made at run time (upstream outputs) may not pickle: say which task's."""
+    try:
+        _check_pickle(entry.task_id, "arguments", (entry.args, entry.kwargs))
+    except SerializationError as named:
+        return named
+    return exc
+
+
+@functools.cache
+def _can_batch() -> bool:
+    """Whether this dask.distributed has what :meth:`DaskExecutor._send` builds on (private
+    API, checked once per connection); without it each call is one ``Client.submit``."""
+    import inspect
+
+    try:
+        from dask._expr import LLGExpr  # noqa: F401
+        from dask._task_spec import Task, parse_input  # noqa: F401
+        from distributed import Client
+
+        params = inspect.signature(Client._graph_to_futures).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return False
+    return {"expr", "span_metadata", "internal_priority", "user_priority",
+            "fifo_timeout"} <= set(params)
+
+
+def _funcname(fn: Any) -> str:
+    from dask.utils import funcname
+
+    return str(funcname(fn))
 
 
 def _is_async(fn: Any) -> bool:

@@ -25,6 +25,7 @@ pytest.importorskip("distributed")
 
 import dask_tools as dt  # tests/ is on sys.path; workers get the tools by value
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 import flowdsl
 from flowdsl import SerializationError, TaskFailed, TaskStatus, ctx, tool
@@ -278,6 +279,68 @@ class TestCluster:
         assert r.ok, r.error
         assert r.outputs["b"] == os.getpid()
         assert os.getpid() not in (r.outputs["a"], r.outputs["c"])
+
+
+class GraphsSeen(SchedulerPlugin):
+    """Records every graph the scheduler receives: its keys and their priorities."""
+
+    name = "flowdsl-test-graphs"
+
+    def __init__(self) -> None:
+        self.graphs: list[dict[str, Any]] = []
+
+    def update_graph(self, scheduler: Any, *, keys: Any, priority: Any,
+                     **kwargs: Any) -> None:
+        self.graphs.append({k: priority[k] for k in keys})
+
+
+@pytest.fixture
+def graphs(cluster: LocalCluster) -> Iterator[list[dict[str, Any]]]:
+    """The graphs (key -> scheduler priority) submitted to the module's cluster meanwhile."""
+    seen = GraphsSeen()
+    cluster.scheduler.add_plugin(seen)
+    try:
+        yield seen.graphs
+    finally:
+        cluster.scheduler.remove_plugin(name=GraphsSeen.name)
+
+
+class TestBatching:
+    def test_released_together_sent_as_one_graph(self, ex: DaskExecutor,
+                                                 graphs: list[dict[str, Any]]) -> None:
+        """Tasks released in the same loop iteration reach the scheduler in one graph,
+        each with its own key (tool name first, task id last) and priority."""
+        tasks = [dt.inc(i).named(f"w{i}").with_options(priority=i) for i in range(8)]
+        r = run(flowdsl.parallel(*tasks), executor=ex)
+        assert r.ok, r.error
+        assert r.outputs == {f"w{i}": i + 1 for i in range(8)}
+        assert len(graphs) == 1 and len(graphs[0]) == 8
+        for key, prio in graphs[0].items():
+            assert key.startswith("inc-")  # the scheduler groups tasks by this prefix
+            i = int(key.rsplit("-w", 1)[1])
+            assert prio[0] == -i  # dask orders by (-priority, ...)
+
+    def test_chain_sends_one_graph_per_task(self, ex: DaskExecutor,
+                                            graphs: list[dict[str, Any]]) -> None:
+        """A task is submitted only once its upstream is done: a chain is one graph each."""
+        a = dt.inc(1).named("a")
+        r = run(a >> dt.inc(a).named("b") >> dt.inc(2).named("c"), executor=ex)
+        assert r.ok, r.error
+        assert [[k.rsplit("-", 1)[1] for k in g] for g in graphs] == [["a"], ["b"], ["c"]]
+
+    def test_unpicklable_argument_fails_only_its_task(self, ex: DaskExecutor,
+                                                      graphs: list[dict[str, Any]]) -> None:
+        """A batch holding one task whose run-time argument does not pickle still sends the
+        others; only that task fails, with SerializationError naming it."""
+        make = tool(dt.lock.fn, registry=False, executor="inline")
+        lock = make().named("lock")
+        flow = lock >> (dt.add(lock, 0).named("use") | dt.inc(1).named("good"))
+        r = run(flow, executor=ex, continue_on_error=True)
+        assert r.tasks["use"].status is S.FAILED
+        assert r.tasks["use"].error.type == "SerializationError"
+        assert r.tasks["good"].status is S.COMPLETED and r.outputs["good"] == 2
+        sent = [k.rsplit("-", 1)[1] for g in graphs for k in g]
+        assert sent == ["good"]
 
 
 class TestFaults:
