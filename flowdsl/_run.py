@@ -177,15 +177,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
             prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p)
-    obs = list(observers)
-    if progress:
-        from ._progress import progress as display
-
-        shown = display()
-        if shown is not None:
-            obs.append(shown)
-    if store is not None:
-        obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
+    obs = _observers(observers, store, p, store_outputs, progress)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep)
@@ -199,26 +191,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     if core.log:
         core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
     try:
-        try:
-            for ex in opened:
-                await ex.open()
-            with anyio.CancelScope() as scope:
-                core.scope = scope
-                if timeout is not None:
-                    scope.deadline = anyio.current_time() + timeout
-                await runner.run(core, p, item, options)
-            if scope.cancelled_caught and not core.stopped:
-                result.status = "timed_out"
-                result.error = result.error or TimeoutError(
-                    f"the run exceeded its {timeout:g}s timeout")
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    if core.remote:  # values on a cluster must come here before it closes
-                        await core.localize()
-                finally:
-                    for ex in opened:
-                        await ex.close()
+        await _drive(core, runner, p, item, options, opened, timeout)
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = "cancelled"
         with anyio.CancelScope(shield=True):
@@ -230,6 +203,47 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
         result.status = "failed" if result.errors else "completed"
     await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
     return result
+
+
+def _observers(given: Sequence[RunObserver], store: Any, p: Plan,
+               store_outputs: bool | None, progress: bool) -> list[RunObserver]:
+    obs = list(given)
+    if progress:
+        from ._progress import progress as display
+
+        shown = display()
+        if shown is not None:
+            obs.append(shown)
+    if store is not None:  # history first: it must see every event, whatever others do
+        obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
+    return obs
+
+
+async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options,
+                 opened: list[Executor], timeout: float | None) -> None:
+    """Open the executors, let the runner run under the run's cancel scope (its deadline is
+    the run timeout), then bring remote values home and close the executors, shielded."""
+    result = core.result
+    try:
+        for ex in opened:
+            await ex.open()
+        with anyio.CancelScope() as scope:
+            core.scope = scope
+            if timeout is not None:
+                scope.deadline = anyio.current_time() + timeout
+            await runner.run(core, p, item, options)
+        if scope.cancelled_caught and not core.stopped:
+            result.status = "timed_out"
+            result.error = result.error or TimeoutError(
+                f"the run exceeded its {timeout:g}s timeout")
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                if core.remote:  # values on a cluster must come here before it closes
+                    await core.localize()
+            finally:
+                for ex in opened:
+                    await ex.close()
 
 
 def _estimates(p: Plan, given: Mapping[str, float] | None, store: Any) -> dict[str, float]:
