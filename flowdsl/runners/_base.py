@@ -54,50 +54,53 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
     push, pop = heapq.heappush, heapq.heappop
     limit = max(1, min(workers, total))
     alive = 0
-    spawn: Callable[[int], None] = lambda k: None  # noqa: E731 -- set once the group exists
+    coming = 0  # workers started or woken that have not looked at the heap yet
+    spawn: Callable[[], None] = lambda: None  # noqa: E731 -- set once the group exists
 
     async def worker() -> None:
-        nonlocal done
-        while not core.stopped:
+        nonlocal done, coming
+        coming -= 1
+        while not core.stopped and done < total:
             if not ready:
-                if done == total:
-                    return
                 ev = anyio.Event()
                 idle.append(ev)
                 await ev.wait()
+                coming -= 1
                 continue
             tid = ranked[pop(ready)]
+            # Before this task can suspend, make sure one more worker is on its way to the
+            # next ready task: concurrency grows one worker per task that actually waits,
+            # and a flow of instant tasks runs on a single worker.
+            if ready and not coming:
+                if idle:
+                    idle.pop().set()
+                    coming += 1
+                else:
+                    spawn()
             await run_task(tid, item)
             done += 1
-            woke = 0
             for s in succs[tid]:
                 left = waiting[s] - 1
                 waiting[s] = left
                 if not left:
                     push(ready, rank[s])
-                    woke += 1
-            # This worker takes one of the newly ready tasks itself; a parked worker takes
-            # each of the others, a new one where none is parked; everyone wakes at the end.
-            extra = woke - 1
-            while idle and (extra > 0 or done == total):
+            if ready and not coming and idle:  # successors for a parked worker
                 idle.pop().set()
-                extra -= 1
-            if extra > 0:
-                spawn(extra)
-        while idle:
+                coming += 1
+        while idle:  # the work is done or the run stopped: let everyone out
             idle.pop().set()
 
     if limit == 1:
+        coming = 1
         await worker()
         return
     async with anyio.create_task_group() as tg:
 
-        def spawn(k: int) -> None:
-            # Workers start as concurrency is needed (a chain needs one), up to the limit.
-            nonlocal alive
-            while k > 0 and alive < limit:
+        def spawn() -> None:
+            nonlocal alive, coming
+            if alive < limit:
                 alive += 1
-                k -= 1
+                coming += 1
                 tg.start_soon(worker)
 
-        spawn(len(ready))
+        spawn()
