@@ -14,16 +14,15 @@ first, and the units go to the best of all of them — list scheduling, not firs
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
-import sniffio
 
 from ._errors import ResourceError
+from ._loop import call_soon
 
 __all__ = ["Pools", "ResourceManager"]
 
@@ -42,21 +41,6 @@ class _Waiter:
         self.event = anyio.Event()
         self.granted = False
         self.overtaken = 0
-
-
-def _call_soon(fn: Callable[[], None]) -> bool:
-    """Run ``fn`` on this event loop after the tasks already scheduled; False outside one."""
-    try:
-        lib = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    if lib == "trio":
-        import trio
-
-        trio.lowlevel.current_trio_token().run_sync_soon(fn)
-    else:
-        asyncio.get_running_loop().call_soon(fn)
-    return True
 
 
 class Pools:
@@ -161,7 +145,7 @@ class Pools:
         for p, n in demand.items():
             self._free[p] += n
         if self._waiters and not self._grant_pending:
-            self._grant_pending = _call_soon(self._deferred_grant)
+            self._grant_pending = call_soon(self._deferred_grant)
             if not self._grant_pending:  # no event loop here: serve them now
                 self._grant()
 
@@ -169,7 +153,7 @@ class Pools:
         # One more hop lets the workers woken by the same finish run their first step (and
         # queue their tasks) before the units are handed out.
         if hops:
-            _call_soon(lambda: self._deferred_grant(hops - 1))
+            call_soon(lambda: self._deferred_grant(hops - 1))
             return
         self._grant_pending = False
         self._grant()

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol
 import anyio
 
 from .._execute import Core, Item
+from .._loop import call_soon
 from .._planner import Plan
 
 __all__ = ["RunOptions", "Runner", "drive"]
@@ -55,10 +56,26 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
     limit = max(1, min(workers, total))
     alive = 0
     coming = 0  # workers started or woken that have not looked at the heap yet
-    spawn: Callable[[], None] = lambda: None  # noqa: E731 -- set once the group exists
+    topping = False
+    spawn: Callable[[int], None] = lambda k: None  # noqa: E731 -- set once the group exists
+
+    def top_up() -> None:
+        # Runs only once the worker that asked for it has actually waited: then every ready
+        # task nobody is on the way to gets a worker, all in the same scheduler tick (so a
+        # remote executor can batch what they submit). A flow of instant tasks never waits
+        # and runs on a single worker.
+        nonlocal topping, coming
+        topping = False
+        extra = len(ready) - coming
+        while idle and extra > 0:
+            idle.pop().set()
+            coming += 1
+            extra -= 1
+        if extra > 0 and not core.stopped:
+            spawn(extra)
 
     async def worker() -> None:
-        nonlocal done, coming
+        nonlocal done, coming, topping
         coming -= 1
         while not core.stopped and done < total:
             if not ready:
@@ -68,15 +85,8 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                 coming -= 1
                 continue
             tid = ranked[pop(ready)]
-            # Before this task can suspend, make sure one more worker is on its way to the
-            # next ready task: concurrency grows one worker per task that actually waits,
-            # and a flow of instant tasks runs on a single worker.
-            if ready and not coming:
-                if idle:
-                    idle.pop().set()
-                    coming += 1
-                else:
-                    spawn()
+            if ready and not topping:
+                topping = call_soon(top_up)
             await run_task(tid, item)
             done += 1
             for s in succs[tid]:
@@ -84,9 +94,6 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                 waiting[s] = left
                 if not left:
                     push(ready, rank[s])
-            if ready and not coming and idle:  # successors for a parked worker
-                idle.pop().set()
-                coming += 1
         while idle:  # the work is done or the run stopped: let everyone out
             idle.pop().set()
 
@@ -96,11 +103,12 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
         return
     async with anyio.create_task_group() as tg:
 
-        def spawn() -> None:
+        def spawn(k: int) -> None:
             nonlocal alive, coming
-            if alive < limit:
+            while k > 0 and alive < limit:
                 alive += 1
                 coming += 1
+                k -= 1
                 tg.start_soon(worker)
 
-        spawn()
+        spawn(len(ready))  # the first ready tasks start together (remote executors batch)
