@@ -438,6 +438,16 @@ class Core:
         if self.log:
             self.log.info(name, task=tid)
 
+    async def run_cleanup(self, item: Item) -> None:
+        """After a fail-fast stop, run the tasks whose trigger rule is meant for failures
+        (``all_done``, ``one_failed``: cleanup, notification) once all their upstream tasks
+        are final. Everything else that had not started stays pending."""
+        for tid in self.plan.order:
+            task = self.tasks[tid]
+            if (tid not in item.status and task.trigger in _AFTER_FAILURE
+                    and all(p in item.status for p in self.preds[tid])):
+                await self.run_task(tid, item)
+
     # -- compensation ------------------------------------------------------------------
     async def rollback(self) -> None:
         """Run the rollback of every completed task once, in reverse completion order,
@@ -466,6 +476,7 @@ class Core:
                         self.log.info("task_rolled_back", task=tid)
 
 
+_AFTER_FAILURE = frozenset({"all_done", "one_failed"})
 _EVENTS = {COMPLETED: "task_completed", FAILED: "task_failed",
            TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
            UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}

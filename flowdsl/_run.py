@@ -236,6 +236,8 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
             result.status = "timed_out"
             result.error = result.error or TimeoutError(
                 f"the run exceeded its {timeout:g}s timeout")
+        elif core.stopped and options.items is None:
+            await core.run_cleanup(item)
     finally:
         with anyio.CancelScope(shield=True):
             try:

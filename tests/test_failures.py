@@ -397,3 +397,46 @@ class TestProcessExecutor:
         assert r.tasks["cpu"].status is S.CANCELLED
         assert r.duration < 10
         assert _children() == []
+
+
+class TestCleanupAfterFailFast:
+    def test_all_done_join_runs_after_a_fail_fast_stop(self, mode: str) -> None:
+        """EP3 without continue_on_error: an all_done join still runs once its upstream
+        tasks are final and receives None for the failed one; the run reports the failure;
+        ordinary downstream tasks stay pending."""
+        seen: list[Any] = []
+
+        def boom() -> int:
+            raise ValueError("broken")
+
+        def join(a: Any, b: Any) -> str:
+            seen.append((a, b))
+            return "cleaned"
+
+        ok = tl(lambda: 1)().named("ok")
+        bad = tl(boom)().named("bad")
+        j = tl(join)(ok, bad).named("join").with_options(trigger="all_done")
+        after = tl(lambda x: x)(j).named("after")
+        r = run(ok >> bad >> j >> after, mode=mode)
+        assert r.status == "failed"
+        assert "broken" in str(r.error.__cause__)
+        assert r.tasks["join"].status is S.COMPLETED
+        assert seen == [(1, None)]
+        assert r.tasks["after"].status is S.PENDING
+
+    def test_one_failed_notifier_runs_and_all_success_task_does_not(self) -> None:
+        """A one_failed task (an alert) runs after a fail-fast stop; an all_success sibling
+        waiting on the same failure does not."""
+        calls: list[str] = []
+
+        def boom() -> None:
+            raise RuntimeError("down")
+
+        bad = tl(boom)().named("bad")
+        alert = tl(lambda _x: calls.append("alert"))(bad).named("alert").with_options(
+            trigger="one_failed")
+        normal = tl(lambda _x: calls.append("normal"))(bad).named("normal")
+        r = run(bad >> (alert | normal))
+        assert calls == ["alert"]
+        assert r.tasks["normal"].status is S.PENDING  # fail-fast: never started
+        assert not r.ok
