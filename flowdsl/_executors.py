@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import traceback
 from collections.abc import Callable
 from functools import partial
@@ -190,9 +191,11 @@ def _cpus() -> int:
 class ProcessExecutor(Executor):
     """CPU-bound sync functions in worker processes (real parallelism).
 
-    Workers are started on first use ("spawn", safe with threads) and reused within the run;
-    a worker whose call times out or is cancelled is killed and replaced. Tools must be
-    importable by the worker (defined at module level).
+    Workers are started on first use and reused within the run; a worker whose call times
+    out or is cancelled is killed and replaced. While the process has a single thread, all
+    workers are forked at once (milliseconds, with flowdsl and the tools' modules already
+    imported); otherwise they are spawned, which is safe with threads but re-imports. Tools
+    must be importable by the worker (defined at module level).
     """
 
     name = "process"
@@ -201,6 +204,9 @@ class ProcessExecutor(Executor):
 
         self.max_workers = max_workers or _cpus()
         self._ctx = multiprocessing.get_context("spawn")
+        # fork is only safe while no other thread could hold a lock at the moment of the fork
+        self._fork = ("fork" in multiprocessing.get_all_start_methods()
+                      and multiprocessing.get_context("fork"))
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._slots: anyio.Semaphore | None = None
@@ -221,8 +227,11 @@ class ProcessExecutor(Executor):
             raise SerializationError(msg, task_id=task_id) from exc
         if self._slots is None:
             self._slots = anyio.Semaphore(self.max_workers)
+        if not self._all and self._fork and threading.active_count() == 1:
+            for _ in range(self.max_workers):  # before this call's thread exists
+                self._idle.append(self._start(self._fork))
         async with self._slots:
-            worker = self._idle.pop() if self._idle else self._start()
+            worker = self._idle.pop() if self._idle else self._start(self._ctx)
             ok = False
             try:
                 worker.conn.send_bytes(payload)
@@ -237,8 +246,8 @@ class ProcessExecutor(Executor):
                     worker.kill()
         return self._unpack(reply, task_id)
 
-    def _start(self) -> _Worker:
-        w = _Worker(self._ctx)
+    def _start(self, ctx: Any) -> _Worker:
+        w = _Worker(ctx)
         self._all.add(w)
         return w
 

@@ -440,3 +440,28 @@ class TestCleanupAfterFailFast:
         assert calls == ["alert"]
         assert r.tasks["normal"].status is S.PENDING  # fail-fast: never started
         assert not r.ok
+
+
+class TestProcessWorkerStart:
+    def test_single_threaded_process_forks_all_workers_at_once(self) -> None:
+        """With no other thread alive, the process executor forks its workers up front (no
+        re-import), and they are all gone after the run."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, threading; sys.path.insert(0, 'tests')\n"
+            "import flowdsl, proc_tools\n"
+            "from flowdsl._executors import ProcessExecutor\n"
+            "ex = ProcessExecutor(max_workers=2)\n"
+            "import anyio\n"
+            "async def main():\n"
+            "    await ex.call(proc_tools.square.fn, (3,), {}, task_id='t')\n"
+            "    methods = {w.proc._start_method for w in ex._all}\n"
+            "    started = len(ex._all)\n"
+            "    await ex.close()\n"
+            "    print(len(methods) == 1 and methods.pop(), started, len(ex._all))\n"
+            "anyio.run(main)\n")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()
+        assert out == ["fork", "2", "0"]  # both workers forked at once, none left after
