@@ -191,9 +191,9 @@ class DaskExecutor(Executor):
 
     async def open(self) -> None:
         """Connect to the cluster (starting a LocalCluster first if none was given)."""
-        import sniffio
+        from ._loop import current_loop
 
-        if sniffio.current_async_library() != "asyncio":
+        if current_loop() != "asyncio":
             msg = ("executor='dask' runs on the asyncio backend only (dask's client is built "
                    "on asyncio): use run(..., backend='asyncio')")
             raise RuntimeError(msg)

@@ -1,26 +1,43 @@
-"""The one backend-specific helper: run a callback on the current event loop, soon."""
+"""The one backend-specific helper: which event loop runs this thread, and a callback on it.
+
+anyio hides the backend everywhere else; these two need it, and work without sniffio (anyio
+no longer depends on it).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
-import sniffio
+__all__ = ["call_soon", "current_loop"]
 
-__all__ = ["call_soon"]
+
+def current_loop() -> str | None:
+    """``"asyncio"`` or ``"trio"`` when an event loop runs in this thread, else ``None``."""
+    try:
+        asyncio.get_running_loop()
+        return "asyncio"
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")  # trio cannot be running if it was never imported
+    if trio is not None:
+        try:
+            trio.lowlevel.current_trio_token()
+            return "trio"
+        except RuntimeError:
+            pass
+    return None
 
 
 def call_soon(fn: Callable[[], None]) -> bool:
     """Run ``fn`` on this thread's event loop after the tasks already scheduled to run;
     returns False (and does nothing) outside an event loop."""
-    try:
-        lib = sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    if lib == "trio":
-        import trio
-
-        trio.lowlevel.current_trio_token().run_sync_soon(fn)
-    else:
+    loop = current_loop()
+    if loop == "asyncio":
         asyncio.get_running_loop().call_soon(fn)
+    elif loop == "trio":
+        sys.modules["trio"].lowlevel.current_trio_token().run_sync_soon(fn)
+    else:
+        return False
     return True

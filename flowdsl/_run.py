@@ -7,7 +7,6 @@ what happened into a :class:`RunResult` — also when the run fails, times out o
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import random
 import threading
@@ -18,7 +17,6 @@ from functools import partial
 from typing import Any
 
 import anyio
-import sniffio
 
 from ._errors import PlanError
 from ._execute import Core, Item
@@ -31,6 +29,7 @@ from ._executors import (
 )
 from ._graph import Flow
 from ._log import logging_enabled
+from ._loop import current_loop
 from ._planner import Plan, plan
 from ._resources import Pools
 from ._result import RunObserver, RunResult, TaskRecord, TaskStatus
@@ -355,16 +354,7 @@ def _in_notebook() -> bool:
 
 
 def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        pass
-    try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    return True
+    return current_loop() is not None
 
 
 def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
