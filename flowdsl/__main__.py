@@ -1,6 +1,17 @@
 """``python -m flowdsl``: the same command line as the ``flowdsl`` console script."""
 
-from ._cli import main
+from __future__ import annotations
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line; without the ``cli`` extra, say how to install it."""
+    try:
+        from ._cli import main as cli
+    except ImportError as exc:  # typer or rich missing
+        msg = f"the flowdsl command needs the cli extra: pip install 'flowdsl[cli]' ({exc})"
+        raise SystemExit(msg) from None
+    cli(argv)
+
 
 if __name__ == "__main__":
     main()
