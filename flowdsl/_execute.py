@@ -254,7 +254,7 @@ class Core:
         rec.status = RUNNING
         rec.started_at = started = self.now()
         if self.observers or self.log:
-            self._event("task_started", tid, rec)
+            self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
         n = 0
         while True:
@@ -431,12 +431,11 @@ class Core:
             self.abort()
         return status
 
-    def _event(self, name: str, tid: str, rec: TaskRecord) -> None:
-        if self.observers:
-            for ob in self.observers:
-                ob.task_started(self.result, rec)
+    def _started(self, tid: str, rec: TaskRecord) -> None:
+        for ob in self.observers:
+            ob.task_started(self.result, rec)
         if self.log:
-            self.log.info(name, task=tid)
+            self.log.info("task_started", task=tid)
 
     async def run_cleanup(self, item: Item) -> None:
         """After a fail-fast stop, run the tasks whose trigger rule is meant for failures

@@ -11,7 +11,7 @@ the same id in one flow are an error (:class:`~flowdsl.DuplicateTaskError`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._errors import CompositionError, DuplicateTaskError
@@ -649,7 +649,3 @@ def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
             lambda c: not predicate(c))
         paths.append(then(no, else_))
     return parallel(*paths)
-
-
-def as_items(values: Iterable[Any]) -> Sequence[Any]:
-    return list(values)
