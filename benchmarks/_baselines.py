@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 import flowdsl
-from flowdsl._graph import Ref
+from flowdsl._graph.task import Ref
 
 __all__ = ["asyncio_floor", "dask_threaded", "levels_seconds", "run_by_levels",
            "sleeping_floor"]

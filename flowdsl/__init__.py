@@ -4,7 +4,8 @@ Declare tools with ``@tool``, compose tasks with ``>>`` (then) and ``|`` (side b
 run the flow sequentially, in parallel, as a pipeline or conditionally.
 """
 
-from ._errors import (
+from ._base import hooks as _hooks
+from ._base.errors import (
     CompositionError,
     CycleError,
     DuplicateTaskError,
@@ -19,31 +20,52 @@ from ._errors import (
     TaskTimeout,
     ToolDefinitionError,
 )
-from ._graph import Flow, Fragment, Task, branch, chain, ctx, parallel
-from ._planner import DependencyResolver, Plan, plan
-from ._registry import ToolRegistry, default_registry
-from ._result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
-from ._tool import Backoff, Tool, tool
+from ._graph.builtins import branch
+from ._graph.registry import ToolRegistry, default_registry
+from ._graph.task import Flow, Fragment, Task, chain, ctx, parallel
+from ._graph.tool import Backoff, Tool, tool
+from ._plan.planner import DependencyResolver, Plan, plan
+from ._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
 
 __version__ = "0.1.0"
 
 # Heavier parts load on first use, so `import flowdsl` stays light (no sqlite, pydantic or
 # dask until a name that needs them is touched).
 _LAZY = {
-    "run": "._run", "arun": "._run", "Mode": "._run",
-    "Pools": "._resources", "ResourceManager": "._resources",
-    "Executor": "._executors",
-    "HistoryStore": "._history", "HistoryError": "._history", "RunNotFound": "._history",
-    "open_history": "._history",
-    "analyze": "._optimizer", "optimize": "._optimizer", "simulate": "._optimizer",
-    "WorkflowOptimizer": "._optimizer",
-    "load_flow": "._dataflow", "plan_schema": "._dataflow",
-    "Workflow": "._compat", "WorkflowTask": "._compat", "ExecutionMode": "._compat",
-    "WorkflowEngine": "._compat",
-    "DaskExecutor": "._dask",
-    "enable_logging": "._log",
-    "progress": "._progress", "save_timeline": "._timeline",
+    "run": "._run.api", "arun": "._run.api", "Mode": "._run.api",
+    "Pools": "._run.resources", "ResourceManager": "._run.resources",
+    "Executor": "._run.executors",
+    "HistoryStore": "._record.history", "HistoryError": "._record.history",
+    "RunNotFound": "._record.history", "open_history": "._record.history",
+    "analyze": "._record.optimizer", "optimize": "._record.optimizer",
+    "simulate": "._record.optimizer", "WorkflowOptimizer": "._record.optimizer",
+    "load_flow": "._data.documents", "plan_schema": "._data.documents",
+    "Workflow": "._data.compat", "WorkflowTask": "._data.compat",
+    "ExecutionMode": "._data.compat", "WorkflowEngine": "._data.compat",
+    "DaskExecutor": "._run.dask",
+    "enable_logging": "._base.log",
+    "progress": "._report.progress", "save_timeline": "._report.timeline",
 }
+
+# Methods that lower layers offer but higher layers implement (see flowdsl/_base/hooks.py):
+# this module sits above every layer, so it is the one place that wires them.
+for _name, _target in {
+    "plan": "flowdsl._plan.planner:plan",
+    "to_mermaid": "flowdsl._report.render:to_mermaid",
+    "to_dot": "flowdsl._report.render:to_dot",
+    "flow_mimebundle": "flowdsl._report.render:flow_mimebundle",
+    "plan_mimebundle": "flowdsl._report.render:plan_mimebundle",
+    "result_html": "flowdsl._report.render:result_html",
+    "save_timeline": "flowdsl._report.timeline:save_timeline",
+    "progress": "flowdsl._report.progress:progress",
+    "in_notebook": "flowdsl._report.progress:in_notebook",
+    "flow_to_dict": "flowdsl._data.documents:flow_to_dict",
+    "tool_schema": "flowdsl._data.schema:tool_schema",
+    "registry_schemas": "flowdsl._data.schema:registry_schemas",
+    "open_history": "flowdsl._record.history:open_history",
+}.items():
+    _hooks.provide(_name, _target)
+del _name, _target
 
 
 def __getattr__(name: str) -> object:

@@ -6,7 +6,7 @@ from __future__ import annotations
 def main(argv: list[str] | None = None) -> None:
     """Run the command line; without the ``cli`` extra, say how to install it."""
     try:
-        from ._cli import main as cli
+        from ._report.cli import main as cli
     except ImportError as exc:  # typer or rich missing
         msg = f"the flowdsl command needs the cli extra: pip install 'flowdsl[cli]' ({exc})"
         raise SystemExit(msg) from None

@@ -6,7 +6,7 @@ import anyio
 
 import flowdsl
 from flowdsl import TaskStatus, ToolRegistry, tool
-from flowdsl._compat import ExecutionMode, Workflow, WorkflowEngine, WorkflowTask
+from flowdsl._data.compat import ExecutionMode, Workflow, WorkflowEngine, WorkflowTask
 
 CALLS: list[str] = []
 REG = ToolRegistry()

@@ -29,7 +29,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 import flowdsl
 from flowdsl import SerializationError, TaskFailed, TaskStatus, ctx, tool
-from flowdsl._dask import DaskExecutor, DaskRemote
+from flowdsl._run.dask import DaskExecutor, DaskRemote
 
 S = TaskStatus
 MODES = ["sequential", "parallel", "pipeline", "conditional"]

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import flowdsl
 from flowdsl import CompositionError, PlanValidationError, ToolRegistry, tool
-from flowdsl._dataflow import flow_to_dict, load_flow, plan_schema
-from flowdsl._render import to_dot, to_mermaid
+from flowdsl._data.documents import flow_to_dict, load_flow, plan_schema
+from flowdsl._report.render import to_dot, to_mermaid
 
 CALLS: list[str] = []
 REG = ToolRegistry()

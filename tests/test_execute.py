@@ -18,7 +18,7 @@ from support import run, tl
 
 import flowdsl
 from flowdsl import Backoff, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx
-from flowdsl._resources import Pools
+from flowdsl._run.resources import Pools
 
 S = TaskStatus
 
@@ -594,7 +594,7 @@ class TestRetryPolicy:
 
     def test_executor_object_accepted(self) -> None:
         """An Executor object is a valid executor= value for a tool."""
-        from flowdsl._executors import InlineExecutor
+        from flowdsl._run.executors import InlineExecutor
 
         ex = InlineExecutor()
         t = tl(lambda: 41, executor=ex)

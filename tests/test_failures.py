@@ -18,7 +18,7 @@ from support import run, tl
 
 import flowdsl
 from flowdsl import SerializationError, TaskStatus, TaskTimeout
-from flowdsl._resources import Pools
+from flowdsl._run.resources import Pools
 
 S = TaskStatus
 
@@ -452,7 +452,7 @@ class TestProcessWorkerStart:
         code = (
             "import sys, threading; sys.path.insert(0, 'tests')\n"
             "import flowdsl, proc_tools\n"
-            "from flowdsl._executors import ProcessExecutor\n"
+            "from flowdsl._run.executors import ProcessExecutor\n"
             "ex = ProcessExecutor(max_workers=2)\n"
             "import anyio\n"
             "async def main():\n"

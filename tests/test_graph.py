@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import flowdsl
 from flowdsl import CompositionError, DuplicateTaskError, Flow, Fragment, Task, ctx, tool
-from flowdsl._graph import CtxRef, Ref, materialize
+from flowdsl._graph.task import CtxRef, Ref, materialize
 
 
 @tool(registry=False)

@@ -22,7 +22,7 @@ import pytest
 
 import flowdsl
 from flowdsl import Flow, tool
-from flowdsl._history import (
+from flowdsl._record.history import (
     SCHEMA_VERSION,
     HistoryError,
     HistoryStore,
@@ -31,7 +31,7 @@ from flowdsl._history import (
     default_path,
     open_history,
 )
-from flowdsl._result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
+from flowdsl._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -300,8 +300,8 @@ class TestRetention:
 class TestConcurrency:
     WRITER = textwrap.dedent("""
         import sys
-        from flowdsl._history import HistoryStore
-        from flowdsl._result import Attempt, RunResult, TaskRecord, TaskStatus
+        from flowdsl._record.history import HistoryStore
+        from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
         path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
         with HistoryStore(path) as store:
             for i in range(n):
@@ -358,7 +358,7 @@ KILLED = textwrap.dedent("""
     import sys, time, anyio
     import flowdsl
     from flowdsl import Flow, tool
-    from flowdsl._history import HistoryStore
+    from flowdsl._record.history import HistoryStore
 
     @tool(executor="async")
     async def step(n: int) -> dict:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 import flowdsl
 from flowdsl import Flow, parallel, tool
-from flowdsl._history import HistoryStore
-from flowdsl._optimizer import WorkflowOptimizer, analyze, optimize
-from flowdsl._result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
+from flowdsl._record.history import HistoryStore
+from flowdsl._record.optimizer import WorkflowOptimizer, analyze, optimize
+from flowdsl._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
 
 
 @tool(executor="async", registry=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from flowdsl import Flow, Task, tool
-from flowdsl._render import to_dot, to_mermaid
+from flowdsl._report.render import to_dot, to_mermaid
 
 
 @tool(registry=False)

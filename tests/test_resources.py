@@ -15,8 +15,8 @@ from support import run, tl
 
 import flowdsl
 from flowdsl import ResourceError, TaskStatus
-from flowdsl._graph import parallel
-from flowdsl._resources import Pools, ResourceManager
+from flowdsl._graph.task import parallel
+from flowdsl._run.resources import Pools, ResourceManager
 
 S = TaskStatus
 
@@ -561,7 +561,7 @@ class TestGrantOrder:
     @pytest.mark.anyio
     async def test_a_waiter_overtaken_too_often_goes_first(self) -> None:
         """Aging: a low-priority waiter is served once AGING later arrivals overtook it."""
-        from flowdsl._resources import AGING
+        from flowdsl._run.resources import AGING
 
         pools = Pools({"p": 1})
         await pools.acquire({"p": 1}, task_id="holder")

@@ -16,7 +16,7 @@ from support import run, tl
 
 import flowdsl
 from flowdsl import TaskFailed, TaskStatus, branch, ctx
-from flowdsl._run import Mode
+from flowdsl._run.api import Mode
 
 S = TaskStatus
 

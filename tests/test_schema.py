@@ -14,7 +14,7 @@ import pytest
 from typing_extensions import TypedDict
 
 from flowdsl import tool
-from flowdsl._schema import check_value, params, provider_schema
+from flowdsl._data.schema import check_value, params, provider_schema
 
 
 class Color(enum.Enum):
@@ -192,7 +192,7 @@ class TestOptionalExtra:
 
     def test_import_stays_light(self):
         """Importing flowdsl and its data-workflow modules does not import the extras."""
-        code = ("import sys, flowdsl, flowdsl._dataflow, flowdsl._schema, flowdsl._compat; "
+        code = ("import sys, flowdsl, flowdsl._data.documents, flowdsl._data.schema, flowdsl._data.compat; "
                 "bad = {'pydantic', 'docstring_parser', 'yaml'} & set(sys.modules); "
                 "assert not bad, bad")
         subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 import flowdsl
 from flowdsl import Flow, ResourceError, chain, parallel, tool
-from flowdsl._history import HistoryStore
-from flowdsl._result import Attempt, RunResult, TaskRecord, TaskStatus
-from flowdsl._simulate import simulate
+from flowdsl._record.history import HistoryStore
+from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
+from flowdsl._record.simulate import simulate
 
 
 @tool(executor="async", registry=False)

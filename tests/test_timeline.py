@@ -13,8 +13,8 @@ import pytest
 
 import flowdsl
 from flowdsl import Flow, tool
-from flowdsl._history import HistoryStore
-from flowdsl._timeline import (
+from flowdsl._record.history import HistoryStore
+from flowdsl._report.timeline import (
     Bar,
     from_history,
     from_result,
@@ -155,7 +155,7 @@ class TestFiles:
 
     def test_task_that_never_ran(self) -> None:
         """A task without times is listed with its reason instead of a bar."""
-        from flowdsl._timeline import Timeline
+        from flowdsl._report.timeline import Timeline
 
         tl = Timeline("t", "r1", "failed", 1.0, [Bar("x", "x", "upstream_failed", None, None,
                                                      reason="'a' failed")], [])
@@ -172,7 +172,7 @@ class TestReprs:
 
     def test_flow_and_plan_bundles(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Flow and Plan bundles hold mermaid and text; SVG only when graphviz is there."""
-        from flowdsl import _render
+        from flowdsl._report import render as _render
 
         monkeypatch.setattr(_render, "graphviz_available", lambda: False)
         bundle = _flow()._repr_mimebundle_()
@@ -183,7 +183,7 @@ class TestReprs:
 
     def test_flow_bundle_svg_with_graphviz(self) -> None:
         """With graphviz's dot on PATH the bundle has an SVG."""
-        from flowdsl import _render
+        from flowdsl._report import render as _render
 
         if not _render.graphviz_available():
             pytest.skip("graphviz is not installed")
@@ -195,7 +195,7 @@ class TestProgress:
         """LiveProgress draws counts and running tasks on a terminal console, then stops."""
         from rich.console import Console
 
-        from flowdsl._progress import LiveProgress
+        from flowdsl._report.progress import LiveProgress
 
         buf = io.StringIO()
         console = Console(file=buf, force_terminal=True, width=100)
@@ -210,7 +210,7 @@ class TestProgress:
         """progress() gives no display when output is not a terminal nor a notebook."""
         from rich.console import Console
 
-        from flowdsl._progress import progress
+        from flowdsl._report.progress import progress
 
         assert progress(console=Console(file=io.StringIO())) is None
 
@@ -218,7 +218,7 @@ class TestProgress:
         """The summary table lists every task with its status and error."""
         from rich.console import Console
 
-        from flowdsl._progress import summary_table
+        from flowdsl._report.progress import summary_table
 
         console = Console(file=io.StringIO(), width=140)
         console.print(summary_table(result))

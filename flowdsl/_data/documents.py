@@ -1,0 +1,618 @@
+"""Workflows as data: load a JSON/YAML document (an agent's plan) into an ordinary Flow.
+
+A document is untrusted input. It is read within size and nesting limits, then checked as a
+whole (every problem is collected, each with a JSON path, into one PlanValidationError), and
+only then turned into the same Flow a user could write with ``>>`` and ``|``: each task is
+``registry[tool](**args).named(id)``, ``{"$task": id}`` / ``{"$ctx": key}`` become Task / Ref
+/ ``ctx()`` arguments, ``depends_on`` becomes composition edges. Nothing in a document is ever
+evaluated, executed, unpickled or imported; conditions are a tiny declarative language or the
+name of a predicate the user registered (compiled in ``_conditions``). ``flow_to_dict`` writes a
+flow back as a document; the document's JSON Schema, ``plan_schema``, is in ``_plan_schema``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import unicodedata
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .._base.errors import CompositionError, CycleError, PlanValidationError, ToolDefinitionError
+from .._graph.registry import ToolRegistry, default_registry
+from .._graph.spec import TRIGGERS, _normalize
+from .._graph.task import _MISSING as _GRAPH_MISSING
+from .._graph.task import CtxRef, Flow, Ref, Task, chain, ctx, parallel
+from .._graph.tool import Tool
+from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
+from .plan_schema import MAX_ID_LENGTH, MODES, plan_schema
+
+__all__ = ["MODES", "Condition", "flow_to_dict", "load_flow", "plan_schema"]
+
+DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concurrency",
+              "tasks", "$schema")
+DOC_ALIASES = {"execution_mode": "mode", "input_context": "context"}
+TASK_FIELDS = ("id", "tool", "args", "depends_on", "when", "timeout", "retries", "backoff",
+               "resources", "priority", "trigger", "to_context")
+TASK_ALIASES = {"task_id": "id", "tool_id": "tool", "parameters": "args",
+                "timeout_seconds": "timeout", "max_retries": "retries",
+                "output_mapping": "to_context"}
+OPTIONS = ("timeout", "retries", "backoff", "resources", "priority")
+
+
+# -- reading and limits ----------------------------------------------------------------------
+
+
+def _text_depth(text: str) -> int:
+    """The bracket nesting of JSON text, found without parsing (json.loads recurses)."""
+    depth = top = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in "]}":
+            depth -= 1
+    return top
+
+
+def _read(doc: Any, max_bytes: int, max_depth: int) -> Any:
+    """The parsed document; raises PlanValidationError for unreadable or oversized input."""
+    def fail(message: str, code: str = "unreadable") -> PlanValidationError:
+        return PlanValidationError([{"path": "$", "code": code, "message": message}])
+
+    suffix = ""
+    if isinstance(doc, os.PathLike) or (
+            isinstance(doc, str) and not doc.lstrip().startswith(("{", "["))
+            and doc.rstrip().lower().endswith((".json", ".yaml", ".yml"))):
+        path = Path(doc)
+        suffix = path.suffix.lower()
+        try:
+            if path.stat().st_size > max_bytes:
+                raise fail(f"the file is larger than max_bytes={max_bytes}", "too_large")
+            doc = path.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read {str(path)!r}: {exc}") from None
+    if isinstance(doc, bytes):
+        doc = doc.decode("utf-8", errors="replace")
+    if not isinstance(doc, str):
+        return doc
+    size = len(doc.encode("utf-8"))
+    if size > max_bytes:
+        raise fail(f"the document is {size} bytes, over max_bytes={max_bytes}", "too_large")
+    if suffix in (".yaml", ".yml"):
+        yaml = _yaml()
+        try:
+            return yaml.safe_load(doc)  # safe_load: plain data only, never Python objects
+        except (yaml.YAMLError, RecursionError) as exc:
+            raise fail(f"invalid YAML: {exc}") from None
+    if _text_depth(doc) > max_depth:
+        raise fail(f"the document is nested deeper than max_depth={max_depth}", "too_deep")
+    try:
+        return json.loads(doc)
+    except (ValueError, RecursionError) as exc:
+        raise fail(f"invalid JSON: {exc}") from None
+
+
+def _yaml() -> Any:
+    from .schema import require
+
+    return require("yaml")
+
+
+def _check_size(data: Any, max_depth: int, max_nodes: int) -> None:
+    """Walk the parsed data iteratively; shared or self-containing values hit the node cap."""
+    stack = [(data, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            msg = f"the document has more than {max_nodes} values"
+            raise PlanValidationError([{"path": "$", "code": "too_large", "message": msg}])
+        if depth > max_depth:
+            msg = f"the document is nested deeper than max_depth={max_depth}"
+            raise PlanValidationError([{"path": "$", "code": "too_deep", "message": msg}])
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _TaskDoc:
+    index: int
+    id: str
+    tool: Tool | None
+    args: dict[str, Any]
+    deps: list[str]
+    condition: Condition | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    to_context: Any = None
+    refs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, task id)
+
+
+def _aliases(obj: dict[str, Any], aliases: Mapping[str, str], fields: tuple[str, ...],
+             base: str, out: Problems) -> dict[str, Any]:
+    obj = dict(obj)
+    for alias, canonical in aliases.items():
+        if alias in obj:
+            if canonical in obj:
+                _problem(out, _path(base, alias), "duplicate_field",
+                         f"both {canonical!r} and its alias {alias!r} are given")
+            obj.setdefault(canonical, obj.pop(alias))
+            obj.pop(alias, None)
+    for key in obj:
+        if key not in fields:
+            close = _did_you_mean(key, [*fields, *aliases])
+            _problem(out, _path(base, str(key)), "unknown_field",
+                     f"unknown field {key!r}{_hint(close)}")
+    return obj
+
+
+def _check_id(value: Any, where: str, out: Problems) -> bool:
+    if not isinstance(value, str):
+        _problem(out, where, "bad_id", f"a task id must be a string, got {type(value).__name__}")
+    elif not value or len(value) > MAX_ID_LENGTH:
+        _problem(out, where, "bad_id", f"a task id has 1 to {MAX_ID_LENGTH} characters")
+    elif any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+        # Control and line-break characters could forge lines in logs and reports.
+        _problem(out, where, "bad_id", f"task id {value!r} contains control characters")
+    else:
+        return True
+    return False
+
+
+def _scan_refs(value: Any, where: str, doc: _TaskDoc, out: Problems) -> bool:
+    """Check the reference objects inside an argument value; True if it holds any."""
+    found = False
+    stack = [(value, where)]
+    while stack:
+        v, w = stack.pop()
+        if isinstance(v, dict):
+            if "$literal" in v and len(v) == 1:
+                continue
+            if "$task" in v:
+                found = True
+                target, path = v["$task"], v.get("path", [])
+                if set(v) - {"$task", "path"} or not isinstance(target, str):
+                    _problem(out, w, "bad_reference",
+                             'a task reference is {"$task": "<id>", "path": [...]}')
+                elif not isinstance(path, list) or not all(
+                        isinstance(s, (str, int)) and not isinstance(s, bool) for s in path):
+                    _problem(out, _path(w, "path"), "bad_reference",
+                             "'path' is a list of keys and indexes")
+                else:
+                    doc.refs.append((w, target))
+                continue
+            if "$ctx" in v:
+                found = True
+                if set(v) - {"$ctx", "default"} or not isinstance(v["$ctx"], str):
+                    _problem(out, w, "bad_reference",
+                             'a context reference is {"$ctx": "<key>", "default": ...}')
+                continue
+            stack.extend((x, _path(w, str(k))) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, _path(w, k)) for k, x in enumerate(v))
+    return found
+
+
+def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Problems) -> None:
+    where = _path(base, "args")
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        _problem(out, where, "bad_args", "'args' is an object of argument name -> value")
+        return
+    doc.args = dict(args)
+    t = doc.tool
+    if t is None:  # unknown tool: still check references, not names or types
+        for k, v in args.items():
+            _scan_refs(v, _path(where, k), doc, out)
+        return
+    from .schema import check_value, params
+
+    plist, var_kw = params(t)
+    known = {p.name: p for p in plist}
+    for k, v in args.items():
+        p = known.get(k)
+        if p is None and not var_kw:
+            close = _did_you_mean(k, known)
+            _problem(out, _path(where, k), "unknown_argument",
+                     f"tool {tool_name!r} has no parameter {k!r}{_hint(close)}")
+            continue
+        has_refs = _scan_refs(v, _path(where, k), doc, out)
+        if p is None or has_refs or (isinstance(v, dict) and "$literal" in v):
+            continue
+        try:
+            v, errs = check_value(t, p, v)
+        except ImportError:  # without pydantic, names are checked but not types
+            errs = []
+        for loc, message in errs:
+            _problem(out, _path(where, k, *loc), "wrong_type", message)
+        doc.args[k] = v  # as the tool will receive it (a dict may become a dataclass)
+    for p in plist:
+        if p.required and p.name not in args:
+            _problem(out, _path(where, p.name), "missing_argument",
+                     f"missing required argument {p.name!r} of tool {tool_name!r}")
+
+
+def _check_options(doc: _TaskDoc, task: dict[str, Any], tool_name: str, base: str,
+                   pools: Mapping[str, int] | None, out: Problems) -> None:
+    is_async = doc.tool.spec.is_async if doc.tool is not None else False
+    for key in OPTIONS:
+        if key in task:
+            try:
+                doc.options.update(_normalize(tool_name, {key: task[key]}, is_async))
+            except ToolDefinitionError as exc:
+                _problem(out, _path(base, key), "bad_option", str(exc))
+    trigger = task.get("trigger")
+    if trigger is not None:
+        if trigger in TRIGGERS:
+            doc.options["trigger"] = trigger
+        else:
+            _problem(out, _path(base, "trigger"), "unknown_trigger",
+                     f"unknown trigger rule {trigger!r}; expected one of "
+                     + ", ".join(TRIGGERS))
+    demand = doc.options.get("resources", doc.tool.spec.resources if doc.tool else {})
+    for pool, amount in (demand or {}).items():
+        where = _path(base, "resources", pool)
+        if pools is None or pool not in pools:
+            known = ", ".join(map(repr, pools or ())) or "none"
+            _problem(out, where, "unknown_pool", f"unknown pool {pool!r} (pools: {known})")
+        elif isinstance(pools[pool], int) and amount > pools[pool]:  # bad ones: reported
+            _problem(out, where, "over_capacity",
+                     f"needs {amount} of pool {pool!r}, whose capacity is {pools[pool]}")
+    mapping = task.get("to_context")
+    if mapping is not None:
+        if isinstance(mapping, str) or (isinstance(mapping, dict) and all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items())):
+            doc.to_context = mapping
+        else:
+            _problem(out, _path(base, "to_context"), "bad_to_context",
+                     "'to_context' is a context key or an object of output key -> context key")
+
+
+def _check_task(raw: Any, i: int, registry: ToolRegistry, predicates: Mapping[str, Any],
+                pools: Mapping[str, int] | None, out: Problems) -> _TaskDoc | None:
+    base = f"tasks[{i}]"
+    if not isinstance(raw, dict):
+        _problem(out, base, "bad_task", f"a task is an object, got {type(raw).__name__}")
+        return None
+    task = _aliases(raw, TASK_ALIASES, TASK_FIELDS, base, out)
+    ok_id = "id" in task and _check_id(task["id"], _path(base, "id"), out)
+    if "id" not in task:
+        _problem(out, _path(base, "id"), "missing_field", "missing required field 'id'")
+    name = task.get("tool")
+    t: Tool | None = None
+    if not isinstance(name, str):
+        _problem(out, _path(base, "tool"), "missing_field", "'tool' must name a registered tool")
+    elif registry.is_ambiguous(name):
+        try:
+            registry[name]
+        except ToolDefinitionError as exc:
+            _problem(out, _path(base, "tool"), "ambiguous_tool", str(exc))
+    elif name not in registry:
+        close = registry.suggest(name)
+        _problem(out, _path(base, "tool"), "unknown_tool",
+                 f"unknown tool {name!r}{_hint(close)}", suggestions=close)
+    else:
+        t = registry[name]
+    deps = task.get("depends_on", [])
+    if not isinstance(deps, list):
+        _problem(out, _path(base, "depends_on"), "bad_depends_on", "'depends_on' is a list of ids")
+        deps = []
+    doc = _TaskDoc(i, task["id"] if ok_id else "", t, {}, [])
+    for k, d in enumerate(deps):
+        if _check_id(d, _path(base, "depends_on", k), out):
+            doc.deps.append(d)
+            doc.refs.append((_path(base, "depends_on", k), d))
+    _check_args(doc, task.get("args", {}), str(name), base, out)
+    if task.get("when") is not None:
+        fn = _compile(task["when"], _path(base, "when"), predicates, out)
+        doc.condition = None if fn is None else Condition(task["when"], fn)
+    _check_options(doc, task, str(name), base, pools, out)
+    return doc if ok_id else None
+
+
+def _check_header(doc: dict[str, Any], out: Problems) -> dict[str, Any]:
+    head: dict[str, Any] = {}
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        _problem(out, "name", "missing_field", "'name' must be a non-empty string")
+    head["name"] = name
+    mode = doc.get("mode")
+    if isinstance(mode, str):
+        mode = mode.lower()
+    if mode is not None and mode not in MODES:
+        _problem(out, "mode", "bad_mode", f"unknown mode {mode!r}; expected one of "
+                 + ", ".join(MODES))
+    head["mode"] = mode
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        _problem(out, "description", "bad_field", "'description' must be a string")
+    head["description"] = description if isinstance(description, str) else ""
+    context = doc.get("context")
+    if context is not None and not (isinstance(context, dict)
+                                    and all(isinstance(k, str) for k in context)):
+        _problem(out, "context", "bad_field", "'context' must be an object")
+    head["context"] = context
+    pools = doc.get("resources")
+    if pools is not None:
+        if not isinstance(pools, dict):
+            _problem(out, "resources", "bad_pool", "'resources' maps pool names to capacities")
+            pools = None
+        else:
+            for pool, cap in pools.items():
+                if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                    _problem(out, _path("resources", str(pool)), "bad_pool",
+                             f"pool {pool!r}: capacity must be an integer >= 1, got {cap!r}")
+    head["resources"] = pools
+    limit = doc.get("max_concurrency")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                              or limit < 1):
+        _problem(out, "max_concurrency", "bad_field", "'max_concurrency' is an integer >= 1")
+    head["max_concurrency"] = limit
+    return head
+
+
+def _check_graph(docs: list[_TaskDoc], out: Problems) -> list[str]:
+    """Duplicate ids, unknown references and cycles; returns a topological order of ids."""
+    from .._plan.planner import _order
+
+    first: dict[str, int] = {}
+    for d in docs:
+        if d.id in first:
+            _problem(out, f"tasks[{d.index}].id", "duplicate_id",
+                     f"duplicate task id {d.id!r} (first used by tasks[{first[d.id]}])")
+        else:
+            first[d.id] = d.index
+    preds: dict[str, dict[str, None]] = {i: {} for i in first}
+    for d in docs:
+        keep = first.get(d.id) == d.index  # a duplicate's edges are ambiguous: not kept
+        for where, target in d.refs:
+            if target in first:
+                if keep:
+                    preds[d.id][target] = None
+            else:
+                close = _did_you_mean(target, first)
+                _problem(out, where, "unknown_reference",
+                         f"reference to unknown task {target!r}{_hint(close)}",
+                         suggestions=close)
+    try:
+        order, _, _ = _order(list(first), preds)
+    except CycleError as exc:
+        _problem(out, "tasks", "cycle", str(exc), cycle=exc.cycle)
+        return []
+    return order
+
+
+def validate(data: Any, registry: ToolRegistry, predicates: Mapping[str, Any],
+             resources: Mapping[str, int] | None, max_tasks: int
+             ) -> tuple[dict[str, Any], list[_TaskDoc], list[str]]:
+    """Check a parsed document; raises PlanValidationError listing every problem."""
+    out: Problems = []
+    if not isinstance(data, dict):
+        _problem(out, "$", "bad_document",
+                 f"a workflow document is an object, got {type(data).__name__}")
+        raise PlanValidationError(out)
+    doc = _aliases(data, DOC_ALIASES, DOC_FIELDS, "", out)
+    head = _check_header(doc, out)
+    pools = {**(head["resources"] or {}), **(resources or {})}
+    tasks = doc.get("tasks")
+    docs: list[_TaskDoc] = []
+    if not isinstance(tasks, list) or not tasks:
+        _problem(out, "tasks", "missing_field", "'tasks' must be a non-empty list of tasks")
+    elif len(tasks) > max_tasks:
+        _problem(out, "tasks", "too_large",
+                 f"{len(tasks)} tasks, over max_tasks={max_tasks}")
+    else:
+        for i, raw in enumerate(tasks):
+            d = _check_task(raw, i, registry, predicates, pools if pools else None, out)
+            if d is not None:
+                docs.append(d)
+    order = _check_graph(docs, out)
+    if out:
+        raise PlanValidationError(out)
+    return head, docs, order
+
+
+# -- building --------------------------------------------------------------------------------
+
+
+def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
+    """Replace reference objects with Task / Ref / ctx() values (depth is already bounded)."""
+    if isinstance(value, dict):
+        if "$literal" in value and len(value) == 1:
+            return value["$literal"]
+        if "$task" in value:
+            t = built[value["$task"]]
+            path = tuple(value.get("path", ()))
+            return Ref(t, path) if path else t
+        if "$ctx" in value:
+            return ctx(value["$ctx"], value["default"]) if "default" in value else ctx(
+                value["$ctx"])
+        return {k: _resolve(v, built) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve(v, built) for v in value]
+    return value
+
+
+def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:
+    from .schema import params
+
+    assert d.tool is not None  # validated
+    positional = {p.name for p in params(d.tool)[0] if p.positional_only}
+    kwargs = {k: _resolve(v, built) for k, v in d.args.items()}
+    pos = [kwargs.pop(p) for p in list(kwargs) if p in positional]
+    task = d.tool(*pos, **kwargs).named(d.id)
+    if d.options:
+        task = task.with_options(**d.options)
+    if d.condition is not None:
+        task = task.when(d.condition)
+    if d.to_context is not None:
+        task = task.to_context(d.to_context)
+    return task
+
+
+def load_flow(doc: Any, registry: ToolRegistry | None = None, *,
+              predicates: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
+              resources: Mapping[str, int] | None = None, max_tasks: int = 1000,
+              max_depth: int = 32, max_bytes: int = 1_000_000) -> Flow:
+    """Load a workflow document (an agent's plan) as a :class:`~flowdsl.Flow`.
+
+    The whole document is checked before anything is built, so a tool is never called for a
+    document with problems.
+
+    Args:
+        doc: a dict, a JSON string, or a path to a ``.json`` / ``.yaml`` file.
+        registry: where tool names are looked up (default: the default registry). Pass an
+            explicit registry for untrusted documents, so they can only name those tools.
+        predicates: named conditions a task's ``when`` may name, on top of the registry's.
+        resources: pool capacities known besides the document's own ``resources``.
+        max_tasks, max_depth, max_bytes: limits for untrusted input.
+
+    Raises:
+        PlanValidationError: the document has problems; ``.problems`` lists every one, each
+            with ``path``, ``code`` and ``message``.
+    """
+    registry = default_registry if registry is None else registry
+    data = _read(doc, max_bytes, max_depth)
+    _check_size(data, max_depth, max(1000, max_bytes // 2))
+    preds = {**registry.predicates, **(predicates or {})}
+    head, docs, order = validate(data, registry, preds, resources, max_tasks)
+    by_id = {d.id: d for d in docs}
+    built: dict[str, Task] = {}
+    for i in order:  # dependencies first: a finished Task is what its users refer to
+        built[i] = _build_task(by_id[i], built)
+    parts = [chain(parallel(*(built[x] for x in dict.fromkeys(d.deps))), built[d.id])
+             if d.deps else parallel(built[d.id]) for d in docs]
+    return Flow(head["name"], parallel(*parts), head["description"], mode=head["mode"],
+                context=head["context"], resources=head["resources"],
+                max_concurrency=head["max_concurrency"])
+
+
+# -- writing back ----------------------------------------------------------------------------
+
+
+def _unwritable(task_id: str, what: str) -> CompositionError:
+    msg = f"task {task_id!r}: {what}, which a workflow document cannot express"
+    return CompositionError(msg)
+
+
+def _to_data(value: Any, task_id: str, where: str) -> Any:
+    """An argument value as document data (references as ``$task`` / ``$ctx`` objects)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Task):
+        return {"$task": value.id}
+    if isinstance(value, Ref):
+        return {"$task": value.task.id, "path": list(value.path)}
+    if isinstance(value, CtxRef):
+        out: dict[str, Any] = {"$ctx": value.key}
+        if value.default is not _GRAPH_MISSING:
+            out["default"] = _to_data(value.default, task_id, where)
+        return out
+    if isinstance(value, enum.Enum):
+        return _to_data(value.value, task_id, where)
+    if isinstance(value, (list, tuple)):
+        return [_to_data(v, task_id, f"{where}[{k}]") for k, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        data = {k: _to_data(v, task_id, _path(where, k)) for k, v in value.items()}
+        # A plain dict that looks like a reference is written quoted, so it loads as itself.
+        return {"$literal": data} if any(k.startswith("$") for k in data) else data
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_data(getattr(value, f.name), task_id, _path(where, f.name))
+                for f in dataclasses.fields(value)}
+    dump = getattr(type(value), "model_dump", None)  # a pydantic model
+    if callable(dump):
+        return dump(value, mode="json")
+    raise _unwritable(task_id, f"argument {where} is a {type(value).__name__}")
+
+
+def _condition_data(t: Task, names: Mapping[int, str]) -> Any:
+    cond = t.condition
+    if isinstance(cond, Condition):
+        return cond.spec
+    name = names.get(id(cond))
+    if name is None:
+        raise _unwritable(t.id, "its condition is a Python callable (register it with "
+                          "registry.predicate to name it)")
+    return name
+
+
+def _task_data(t: Task, preds: tuple[str, ...], registry: ToolRegistry,
+               names: Mapping[int, str]) -> dict[str, Any]:
+    from .schema import params
+
+    if t.stage_param is not None:
+        raise _unwritable(t.id, "it is a pipeline stage fed by the previous stage")
+    tool_name = next((k for k, v in registry.items() if v.fn is t.tool.fn), t.tool.name)
+    named = [p.name for p in params(t.tool)[0]]
+    if len(t.args) > len(named):
+        raise _unwritable(t.id, "it takes extra positional arguments (*args)")
+    args = {**dict(zip(named, t.args)), **t.kwargs}
+    out: dict[str, Any] = {"id": t.id, "tool": tool_name,
+                           "args": {k: _to_data(v, t.id, k) for k, v in args.items()}}
+    implied = {u.id for u in t.upstream}
+    deps = [p for p in preds if p not in implied]
+    if deps:
+        out["depends_on"] = deps
+    spec, base = t.spec, t.tool.spec
+    for key in ("retry_on", "rollback", "executor", "expected_duration"):
+        if getattr(spec, key) != getattr(base, key):
+            raise _unwritable(t.id, f"it overrides {key!r}")
+    for key in OPTIONS:
+        value = getattr(spec, key)
+        if value != getattr(base, key):
+            out[key] = (dataclasses.asdict(value) if key == "backoff" else
+                        dict(value) if key == "resources" else value)
+    if t.trigger != "all_success":
+        out["trigger"] = t.trigger
+    if t.condition is not None:
+        out["when"] = _condition_data(t, names)
+    if t.to_context_map is not None:
+        m = t.to_context_map
+        out["to_context"] = m if isinstance(m, str) else dict(m)
+    return out
+
+
+def flow_to_dict(flow: Any, registry: ToolRegistry | None = None) -> dict[str, Any]:
+    """Write a flow as a workflow document; ``load_flow`` of it gives back the same flow.
+
+    Tasks are written in a topological order; a tool is named by the key it is registered
+    under in ``registry`` (default: the default registry), else by its own name.
+
+    Raises:
+        CompositionError: a task holds something a document cannot express (a Python
+            condition not registered as a predicate, an argument that is not data, a
+            pipeline stage); the message names the task.
+    """
+    from .._plan.planner import plan
+
+    registry = default_registry if registry is None else registry
+    p = plan(flow)
+    names = {id(fn): k for k, fn in registry.predicates.items()}
+    doc: dict[str, Any] = {"name": getattr(flow, "name", None) or "flow"}
+    for key in ("description", "mode", "context", "resources", "max_concurrency"):
+        value = getattr(flow, key, None)
+        if value:
+            doc[key] = dict(value) if isinstance(value, Mapping) else value
+    if "context" in doc:
+        doc["context"] = {k: _to_data(v, "<context>", k) for k, v in doc["context"].items()}
+    doc["tasks"] = [_task_data(p.tasks[i], p.predecessors[i], registry, names)
+                    for i in p.order]
+    return doc

@@ -1,0 +1,166 @@
+"""Declare: ``@tool`` turns a function into a :class:`Tool`; calling a tool returns a Task.
+
+A Tool is a :class:`wrapt.ObjectProxy` over the user's function, so ``__name__``, ``__doc__``,
+``__wrapped__`` and :func:`inspect.signature` stay the function's. Its own state lives in
+``_self_*`` attributes (wrapt's convention) so nothing is written through to the function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any, overload
+
+import wrapt
+
+from .._base import hooks
+from .._base.errors import ToolDefinitionError
+from .spec import Backoff, ToolSpec
+from .task import Fragment, Task, _pair, then
+
+__all__ = ["Backoff", "Tool", "ToolSpec", "make_tool", "tool"]
+
+class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
+    """A declared tool: the user's function plus its options.
+
+    Calling a tool binds the arguments and returns a :class:`~flowdsl.Task`; nothing runs
+    until the flow is run. The raw function stays callable as ``tool.fn(...)``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], spec: ToolSpec) -> None:
+        super().__init__(fn)
+        self._self_spec = spec
+        self._self_signature = sig = inspect.signature(fn)
+        params = sig.parameters.values()
+        plain = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        # For plain parameters only (the common case), what the fast binder needs: the names,
+        # the same as a set, and how many come first without a default (Python puts those
+        # first, so they are exactly the required ones).
+        names = tuple(sig.parameters)
+        self._self_plain = (names, frozenset(names), sum(
+            p.default is p.empty for p in params)) if plain else None
+
+    @property
+    def spec(self) -> ToolSpec:
+        """The validated options."""
+        return self._self_spec
+
+    @property
+    def name(self) -> str:
+        """The tool's name (the function's, unless ``name=`` was given)."""
+        return self._self_spec.name
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        """The raw function, for unit tests and for executors."""
+        return self.__wrapped__
+
+    @property
+    def signature(self) -> inspect.Signature:
+        return self._self_signature
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Task:
+        return Task._bind(self, args, kwargs, partial=False)
+
+    def stage(self, *args: Any, **kwargs: Any) -> Task:
+        """A pipeline stage: binds what is given; the first free parameter receives the output
+        of the stage before it (or the run's ``input``)."""
+        return Task._bind(self, args, kwargs, partial=True)
+
+    def with_options(self, **options: Any) -> Tool:
+        """A new tool with some options changed; this one is left as it is."""
+        return Tool(self.__wrapped__, self._self_spec.evolve(**options))
+
+    def schema(self) -> dict[str, Any]:
+        """The tool's JSON description for LLM function calling (needs ``flowdsl[schema]``)."""
+        return hooks.get("tool_schema")(self)
+
+    # A bare tool composes as a pipeline stage. wrapt would forward these operators to the
+    # wrapped function (a confusing TypeError), so Tool states them; the composition itself
+    # is the task module's, shared with tasks and fragments.
+    _flowdsl_stage = True  # read by the task module's coercion: "make me a stage"
+
+    def __rshift__(self, other: Any) -> Fragment:
+        return then(self, other)
+
+    def __rrshift__(self, other: Any) -> Fragment:
+        return then(other, self)
+
+    def __or__(self, other: Any) -> Fragment:
+        return _pair("par", self, other)
+
+    def __ror__(self, other: Any) -> Fragment:
+        return _pair("par", other, self)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}{self._self_signature}>"
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Pickled by reference: a worker process re-imports the module and finds the tool.
+        fn = self.__wrapped__
+        return (_tool_by_reference, (fn.__module__, fn.__qualname__, self._self_spec.name))
+
+
+# The registry module sets this when it is imported (it sits above this module: it makes tools
+# by name); the graph package imports both, so a tool declared anywhere is registered.
+_default_registry: Any = None
+
+
+def _tool_by_reference(module: str, qualname: str, name: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(fn: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
+         **options: Any) -> Any:
+    """Declare a tool. Works bare (``@tool``) and with options (``@tool(retries=3)``).
+
+    Args:
+        fn: the function (sync or ``async def``).
+        registry: a :class:`~flowdsl.ToolRegistry` to register in (default: the default one;
+            ``False`` for none).
+        **options: ``name``, ``description``, ``timeout`` (seconds per attempt), ``retries``
+            (extra attempts), ``backoff`` (first delay, or a :class:`Backoff`), ``retry_on``
+            (exception types retried), ``give_up_on`` (types never retried), ``retry_if``
+            (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
+            all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
+            (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
+            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``.
+
+    Raises:
+        ToolDefinitionError: an option value is invalid; the message names tool, option, value.
+    """
+    if fn is None:
+        return lambda f: tool(f, registry=registry, **options)
+    return make_tool(fn, registry=registry, **options)
+
+
+def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool:
+    if isinstance(fn, Tool):
+        return fn.with_options(**options) if options else fn
+    if not callable(fn):
+        msg = f"@tool expects a function, got {type(fn).__name__} {fn!r}"
+        raise ToolDefinitionError(msg, value=fn)
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
+    name = options.pop("name", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    base = ToolSpec(name=name, description=inspect.getdoc(fn) or "", is_async=is_async,
+                    executor="async" if is_async else "thread")
+    spec = base.evolve(name=name, **options)
+    t = Tool(fn, spec)
+    if registry is None:
+        if _default_registry is not None:
+            _default_registry.register(t, replace_same_function=True)
+    elif registry is not False:
+        registry.register(t)
+    return t

@@ -1,0 +1,1 @@
+"""Report layer: mermaid/dot, timelines, live progress and the ``flowdsl`` command line."""

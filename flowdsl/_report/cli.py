@@ -1,0 +1,335 @@
+"""The ``flowdsl`` command line (also ``python -m flowdsl``): run, inspect and picture flows.
+
+Built on typer (arguments, help, shell completion) and rich (tables, live progress); both come
+with ``pip install 'flowdsl[cli]'`` and are imported only by this module, so ``import flowdsl``
+stays light. Every command goes through the public engine (plan, run, history, simulate,
+analyze, render, timeline), never around it. This module holds the app, target loading, the
+shared helpers and ``main``; the ``history`` commands and ``timeline`` are in ``_cli_history``.
+
+A TARGET is ``path/to/file.py:name`` or ``package.module:name`` (a Flow, a fragment, a Task or
+a zero-argument function returning one), or a ``.json``/``.yaml`` workflow document.
+
+Exit codes: 0 success, 1 the run failed, 2 usage or plan error, 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .cli_common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    GraphFormat,
+    JsonOpt,
+    Mode,
+    ResourcesOpt,
+    Target,
+    TargetError,
+    _err,
+    _fail,
+    _history,
+    _Interrupt,
+    _load,
+    _options,
+    _out,
+    _pairs,
+    _plan,
+    _print_json,
+    app,
+    load_target,
+)
+
+__all__ = ["TargetError", "app", "load_target", "main"]
+
+@app.command(epilog="Example: flowdsl run examples/reference_workflow.py:reference_flow "
+                    "-r http=3 -r api=2 -r db=1")
+def run(target: Target,
+        mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="How to run it "
+                                                  "(default: the flow's, else parallel).")] = None,
+        set_: Annotated[list[str] | None, typer.Option(
+            "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
+            "repeatable).")] = None,
+        context: Annotated[Path | None, typer.Option(
+            "--context", "-c", metavar="FILE.json", help="Initial context from a JSON "
+            "object file.")] = None,
+        resources: ResourcesOpt = None,
+        max_concurrency: Annotated[int | None, typer.Option(
+            "--max-concurrency", min=1, help="Most tasks running at once.")] = None,
+        continue_on_error: Annotated[bool, typer.Option(
+            "--continue-on-error", help="A failure stops only its downstream tasks.")] = False,
+        rollback: Annotated[bool, typer.Option(
+            "--rollback", help="Undo completed tasks if the run fails or is "
+            "cancelled.")] = False,
+        timeout: Annotated[float | None, typer.Option(
+            "--timeout", metavar="SECONDS",
+            help="Time limit for the whole run.")] = None,
+        as_json: JsonOpt = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no "
+                                            "summary; only the exit code.")] = False) -> None:
+    """Run a flow with live progress (on a terminal) and a summary table at the end.
+
+    Exit code 0 when it completed, 1 when it failed, timed out or was cancelled, 2 for a
+    usage or plan error, 130 after Ctrl-C (the first cancels cleanly, the second exits at
+    once).
+    """
+    flow = _load(target)
+    ctx: dict[str, Any] = {}
+    if context is not None:
+        try:
+            ctx = json.loads(context.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise _fail(f"--context {str(context)!r}: {exc}") from None
+        if not isinstance(ctx, dict):
+            raise _fail(f"--context {str(context)!r}: expected a JSON object")
+    ctx.update(_pairs(set_, "--set"))
+    out = _out()
+    live = None
+    if not (as_json or quiet):
+        from .progress import LiveProgress
+
+        if out.is_terminal and not out.is_dumb_terminal:
+            live = LiveProgress(out)
+    stop = _Interrupt()
+    result = _run(flow, stop, live, mode=mode.value if mode else None, context=ctx,
+                  resources=_pairs(resources, "--resources", integer=True) or None,
+                  max_concurrency=max_concurrency, continue_on_error=continue_on_error,
+                  rollback_on_failure=rollback, timeout=timeout, history=_options["history"])
+    interrupted = result is None
+    result = stop.result if result is None else result
+    if as_json and result is not None:
+        _print_json(result.to_dict())
+    elif not quiet and result is not None:
+        from .progress import summary_table
+
+        out.print(summary_table(result))
+        if not result.ok and result.error is not None:
+            _err().print(f"[bold red]{result.status}:[/] {type(result.error).__name__}: "
+                         f"{result.error}", soft_wrap=True)
+        out.print(f"[dim]timeline: flowdsl timeline {result.run_id} -o run.html[/]")
+    if interrupted:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
+
+
+def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
+    """Run with the progress display and SIGINT handling; ``None`` when interrupted."""
+    from .._base.errors import PlanError
+    from .._run.api import run as run_flow
+
+    observers = [stop] if live is None else [stop, live]
+    try:
+        with stop.installed():
+            return run_flow(flow, observers=observers, **options)
+    except PlanError as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # an option value run() refused
+        raise _fail(str(exc)) from None
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return None
+    finally:
+        if live is not None:
+            live.close()
+
+
+@app.command(epilog="Example: flowdsl plan flows.py:etl --json")
+def plan(target: Target, as_json: JsonOpt = False) -> None:
+    """Show a flow's plan: levels, width, critical path, lower bound and problems.
+
+    Durations come from history when it has them, else from declared estimates, else 1 s.
+    """
+    from .._base.errors import ResourceError
+
+    flow = _load(target)
+    p = _plan(flow)
+    store = _history()
+    durations = store.durations(p) if store is not None else {}
+    dur = p.durations(durations)
+    path, length = p.critical_path(dur)
+    caps = getattr(flow, "resources", None) or {}
+    problems = []
+    try:
+        p.check_resources(caps)
+    except ResourceError as exc:
+        problems.append(str(exc))
+    data = {"name": p.name, "tasks": len(p), "edges": len(p.edges), "width": p.width,
+            "levels": [list(lv) for lv in p.levels], "critical_path": path,
+            "critical_path_duration": length,
+            "lower_bound": p.lower_bound(dur, caps, getattr(flow, "max_concurrency", None)),
+            "durations": dur, "durations_from_history": sorted(durations),
+            "problems": problems}
+    if as_json:
+        _print_json(data)
+    else:
+        out = _out()
+        out.print(f"[bold]{p.name or 'flow'}[/]: {len(p)} tasks, {len(p.edges)} edges, "
+                  f"{len(p.levels)} levels, width {p.width}")
+        table = Table("level", "tasks", title="levels", title_justify="left")
+        for n, lv in enumerate(p.levels):
+            table.add_row(str(n), ", ".join(lv))
+        out.print(table)
+        known = f" ({len(durations)} from history)" if durations else ""
+        out.print(f"critical path{known}: {' -> '.join(path)} = {length:.3f}s")
+        out.print(f"lower bound: {data['lower_bound']:.3f}s")
+        for msg in problems:
+            _err().print(f"[bold red]problem:[/] {msg}", soft_wrap=True)
+        if not problems:
+            out.print("[green]no plan-time problems[/]")
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command(epilog="Example: flowdsl graph flows.py:etl --format svg -o etl.svg")
+def graph(target: Target,
+          fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="mermaid and dot "
+                                                   "are text; svg and png need graphviz."
+                                                   )] = GraphFormat.mermaid,
+          output: Annotated[Path | None, typer.Option(
+              "--output", "-o", metavar="FILE", help="Write here instead of stdout.")] = None,
+          ) -> None:
+    """Draw the DAG as mermaid or dot text, or as SVG/PNG through graphviz."""
+    from .render import render_graphviz, to_dot, to_mermaid
+
+    p = _plan(_load(target))
+    if fmt in (GraphFormat.mermaid, GraphFormat.dot):
+        text = to_mermaid(p) if fmt is GraphFormat.mermaid else to_dot(p)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return
+    if output is None and fmt is GraphFormat.png:
+        raise _fail("--format png needs -o FILE")
+    try:
+        data = render_graphviz(p, fmt.value)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    except RuntimeError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    if output is None:
+        sys.stdout.write(data.decode())
+    else:
+        output.write_bytes(data)
+
+
+@app.command(epilog="Example: flowdsl simulate flows.py:etl -r db=2 --mode parallel")
+def simulate(target: Target,
+             mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="Simulate this "
+                                                       "mode in detail (default: compare "
+                                                       "all).")] = None,
+             resources: ResourcesOpt = None,
+             max_concurrency: Annotated[int | None, typer.Option(
+                 "--max-concurrency", min=1)] = None,
+             as_json: JsonOpt = False) -> None:
+    """Predict the makespan of each mode without running any tool.
+
+    Durations come from history when it has them, else from declared estimates, else 1 s.
+    """
+    from .._base.errors import PlanError
+    from .._record.simulate import MODES
+    from .._record.simulate import simulate as sim
+
+    flow = _load(target)
+    store = _history()
+    caps = _pairs(resources, "--resources", integer=True) or None
+    modes = [mode.value] if mode else list(MODES)
+    try:
+        sims = {m: sim(flow, m, resources=caps, max_concurrency=max_concurrency,
+                       history=store) for m in modes}
+    except (PlanError, ValueError) as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        _print_json({m: dataclasses.asdict(s) for m, s in sims.items()})
+        return
+    out = _out()
+    table = Table("mode", "makespan", "lower bound", "critical path", title="simulation",
+                  title_justify="left")
+    for m, s in sims.items():
+        table.add_row(m, f"{s.makespan:.3f}s", f"{s.lower_bound:.3f}s",
+                      " -> ".join(s.critical_path))
+    out.print(table)
+    if mode:
+        s = sims[mode.value]
+        detail = Table("task", "start", "end", "duration", "source", title=f"{mode.value}",
+                       title_justify="left")
+        for tid, t in s.tasks.items():
+            detail.add_row(tid, f"{t.start:.3f}", f"{t.end:.3f}", f"{s.durations[tid]:.3f}",
+                           s.sources.get(tid, ""))
+        out.print(detail)
+
+
+@app.command(epilog="Example: flowdsl analyze flows.py:etl --json")
+def analyze(target: Target, as_json: JsonOpt = False) -> None:
+    """Find bottlenecks and suggest improvements from the flow's history."""
+    from .._base.errors import PlanError
+    from .._record.optimizer import analyze as analyze_flow
+
+    flow = _load(target)
+    try:
+        a = analyze_flow(flow, _history() or None)
+    except PlanError as exc:
+        raise _fail(f"{type(exc).__name__}: {exc}") from None
+    if as_json:
+        _print_json(a.to_dict())
+        return
+    out = _out()
+    cp = ("?" if a.critical_path_duration is None else f"{a.critical_path_duration:.3f}s")
+    out.print(f"[bold]{a.name or 'flow'}[/]: {a.total_tasks} tasks, {a.levels} levels, "
+              f"width {a.width}; critical path {' -> '.join(a.critical_path)} = {cp}")
+    out.print("predicted: " + ", ".join(f"{m} {v:.3f}s" for m, v in a.makespans.items()))
+    if a.bottlenecks:
+        table = Table("task", "tool", "estimate", "why", title="bottlenecks",
+                      title_justify="left")
+        for b in a.bottlenecks:
+            table.add_row(b.task_id, b.tool, "?" if b.estimate is None else
+                          f"{b.estimate:.3f}s", "; ".join(b.reasons))
+        out.print(table)
+    for s in a.suggestions:
+        out.print(f"• {s.message}", soft_wrap=True)
+    if not a.suggestions:
+        out.print("[green]no suggestions[/]")
+
+
+# `timeline` and the `history` group live in _cli_history; registered here, so that
+# `flowdsl --help` keeps listing timeline between analyze and bench.
+from .cli_history import (  # noqa: E402, F401 (re-exported)
+    history_app,
+    history_list,
+    history_show,
+    history_stats,
+    register,
+    timeline,
+)
+
+register(app)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             epilog="Example: flowdsl bench --quick --only reference")
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmarks harness (python -m benchmarks); needs a source checkout."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        harness = importlib.import_module("benchmarks.__main__")
+    except ImportError as exc:
+        raise _fail(f"flowdsl bench needs the benchmarks package of a flowdsl source "
+                    f"checkout; run it from the checkout's root ({exc})") from None
+    raise typer.Exit(harness.main(list(ctx.args)) or 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``flowdsl`` console script."""
+    app(args=argv, prog_name="flowdsl")

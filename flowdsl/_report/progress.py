@@ -1,0 +1,259 @@
+"""Report: live progress of a run, as a :class:`~flowdsl._result.RunObserver`.
+
+- :class:`LiveProgress`: a rich ``Live`` display for terminals (a bar of tasks done, counts
+  of running and failed tasks, elapsed time and the tasks running now), refreshed by rich's
+  own thread so the elapsed time moves while a long task runs.
+- :class:`NotebookProgress`: the same picture rendered by rich as HTML into one IPython
+  display that is updated in place, so it needs no widget library and stays in the saved
+  notebook.
+
+:func:`progress` picks the right one (or ``None`` when output is neither). The hooks run on
+the run's event loop (possibly another thread than the display's), so the state they share
+with the renderer is guarded by a lock.
+
+    result = flowdsl.run(flow, observers=[p] if (p := progress()) else [])
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any
+
+from .._run.result import RunResult, TaskRecord, TaskStatus
+
+__all__ = ["LiveProgress", "NotebookProgress", "in_notebook", "progress", "summary_table"]
+
+_STYLE = {
+    "completed": "green", "failed": "bold red", "timed_out": "red", "skipped": "dim",
+    "upstream_failed": "magenta", "cancelled": "yellow", "rolled_back": "cyan",
+    "running": "yellow", "pending": "dim",
+}
+_RUNNING_SHOWN = 8  # the most running tasks listed under the bar
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (IPython's ZMQ shell); never imports IPython itself."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()  # type: ignore[attr-defined]
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _State:
+    """What the display shows; written by the hooks, read by the renderer."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.name = "flow"
+        self.total = 0
+        self.started = time.monotonic()
+        self.running: dict[str, str] = {}  # task id -> tool
+        self.finished: dict[str, str] = {}  # task id -> final status
+        self.retries = 0
+        self.status: str | None = None
+
+    def run_started(self, result: RunResult, plan: Any) -> None:
+        with self.lock:
+            self.name = f"{result.flow_name or 'flow'} ({result.mode})"
+            self.total = len(plan)
+            self.started = time.monotonic()
+
+    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        with self.lock:
+            self.running[record.id] = record.tool
+
+    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+        with self.lock:
+            self.running.pop(record.id, None)
+            self.finished[record.id] = record.status.value
+            self.retries += max(len(record.attempts) - 1, 0)
+
+    def run_finished(self, result: RunResult) -> None:
+        with self.lock:
+            self.running.clear()
+            self.status = result.status
+
+    def renderable(self) -> Any:
+        """A rich renderable of the current state (a bar, a counts line, running tasks)."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        with self.lock:
+            done = len(self.finished)
+            failed = sum(1 for s in self.finished.values()
+                         if s in (TaskStatus.FAILED.value, TaskStatus.TIMED_OUT.value))
+            running = list(self.running.items())
+            total, name, status = self.total, self.name, self.status
+            elapsed = time.monotonic() - self.started
+            retries = self.retries
+        head = Table.grid(padding=(0, 1))
+        head.add_row(Text(name, style="bold"),
+                     ProgressBar(total=max(total, 1), completed=min(done, total), width=30),
+                     Text(f"{done}/{total} done", style="green"),
+                     Text(f"{len(running)} running", style="yellow"),
+                     Text(f"{failed} failed", style="bold red" if failed else "dim"),
+                     Text(f"{retries} retries", style="dim") if retries else Text(""),
+                     Text(f"{elapsed:6.1f}s", style="cyan"),
+                     Text(status or "", style=_STYLE.get(status or "", "bold")))
+        lines: list[Any] = [head]
+        for tid, tool in running[:_RUNNING_SHOWN]:
+            label = tid if tool == tid else f"{tid} ({tool})"
+            lines.append(Text(f"  ▸ {label}", style="yellow"))
+        if len(running) > _RUNNING_SHOWN:
+            lines.append(Text(f"  … and {len(running) - _RUNNING_SHOWN} more", style="dim"))
+        return Group(*lines)
+
+
+class LiveProgress:
+    """A terminal progress display (rich ``Live``) driven by a run's observer hooks.
+
+    Args:
+        console: the rich ``Console`` to draw on (default: a new one on stdout).
+        refresh_per_second: how often rich redraws (the elapsed time moves between events).
+        transient: erase the display when the run ends (the CLI prints a summary instead).
+    """
+
+    def __init__(self, console: Any = None, *, refresh_per_second: float = 8,
+                 transient: bool = True) -> None:
+        from rich.console import Console
+
+        self.console = console if console is not None else Console()
+        self._state = _State()
+        self._refresh = refresh_per_second
+        self._transient = transient
+        self._live: Any = None
+
+    def run_started(self, result: RunResult, plan: Any) -> None:
+        from rich.live import Live
+
+        self._state.run_started(result, plan)
+        if self._live is None:
+            # get_renderable: rich's refresh thread rebuilds the picture, so the elapsed time
+            # moves between events; redirects are off because tools may print from threads.
+            self._live = Live(console=self.console, get_renderable=self._state.renderable,
+                              refresh_per_second=self._refresh, transient=self._transient,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+
+    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        self._state.task_started(result, record)
+
+    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+        self._state.task_finished(result, record, output)
+
+    def run_finished(self, result: RunResult) -> None:
+        self._state.run_finished(result)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the display (idempotent; also safe when the run never started)."""
+        live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
+
+class NotebookProgress:
+    """A notebook progress display: rich renders the state as HTML into one IPython display,
+    updated in place at most ``1 / min_interval`` times a second.
+
+    Args:
+        min_interval: seconds between two updates (the last update is always shown).
+    """
+
+    def __init__(self, *, min_interval: float = 0.2) -> None:
+        self._state = _State()
+        self._interval = min_interval
+        self._last = 0.0
+        self._handle: Any = None
+
+    def _html(self) -> Any:
+        import io
+
+        from IPython.display import HTML
+        from rich.console import Console
+
+        console = Console(record=True, file=io.StringIO(), width=110, force_terminal=True,
+                          force_jupyter=False, color_system="truecolor")
+        console.print(self._state.renderable())
+        return HTML(console.export_html(inline_styles=True,
+                                        code_format="<pre style=\"font-size:12px;"
+                                        "line-height:1.3\">{code}</pre>"))
+
+    def _update(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self._interval:
+            return
+        self._last = now
+        if self._handle is None:
+            from IPython.display import display
+
+            self._handle = display(self._html(), display_id=True)
+        else:
+            self._handle.update(self._html())
+
+    def run_started(self, result: RunResult, plan: Any) -> None:
+        self._state.run_started(result, plan)
+        self._update(force=True)
+
+    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        self._state.task_started(result, record)
+        self._update()
+
+    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+        self._state.task_finished(result, record, output)
+        self._update()
+
+    def run_finished(self, result: RunResult) -> None:
+        self._state.run_finished(result)
+        self._update(force=True)
+
+    def close(self) -> None:
+        """Nothing to stop: the last picture stays in the notebook."""
+
+
+def progress(*, console: Any = None) -> LiveProgress | NotebookProgress | None:
+    """The progress observer that fits where output goes: a notebook display in Jupyter, a
+    live terminal display when stdout is a terminal, else ``None``.
+
+    Raises:
+        ImportError: rich is not installed (``pip install 'flowdsl[cli]'``).
+    """
+    try:
+        import rich  # noqa: F401
+    except ImportError as exc:
+        msg = "progress displays need rich: pip install 'flowdsl[cli]'"
+        raise ImportError(msg) from exc
+    if in_notebook():
+        return NotebookProgress()
+    from rich.console import Console
+
+    console = console if console is not None else Console()
+    if console.is_terminal and not console.is_dumb_terminal:
+        return LiveProgress(console)
+    return None
+
+
+def summary_table(result: RunResult) -> Any:
+    """A rich ``Table`` of a result: task, tool, status, attempts, duration, error."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{result.flow_name or 'flow'} ({result.mode}): {result.status} "
+                        f"in {result.duration:.3f}s — run {result.run_id}",
+                  title_justify="left")
+    for col, kw in (("task", {}), ("tool", {"style": "dim"}), ("status", {}),
+                    ("attempts", {"justify": "right"}), ("duration", {"justify": "right"}),
+                    ("error", {"overflow": "fold"})):
+        table.add_column(col, **kw)  # type: ignore[arg-type]
+    for rec in result.tasks.values():
+        status = rec.status.value
+        d = rec.duration
+        error = f"{rec.error.type}: {rec.error.message}" if rec.error else (rec.reason or "")
+        table.add_row(rec.id, rec.tool, Text(status, style=_STYLE.get(status, "")),
+                      str(len(rec.attempts)), "" if d is None else f"{d:.3f}s", error)
+    return table

@@ -1,0 +1,424 @@
+"""Report: a run's timeline as a Gantt chart (PNG/SVG through matplotlib) or a self-contained
+HTML page, from a :class:`~flowdsl.RunResult` or from a run kept in history.
+
+Both pictures are drawn from one :class:`Timeline` value: one :class:`Bar` per task with its
+attempts, status, error and swimlane (the pools it used), and the critical path. For a result
+the critical path comes from its plan and the measured durations; a history run keeps no edges,
+so without a plan its critical path is the chain of tasks that each started right as the one
+before ended (``critical_source = "timings"``).
+
+    from flowdsl._timeline import save_timeline
+    save_timeline(result, "run.html")          # or "run.png", "run.svg"
+    save_timeline("3f2a9c1b7e0d", "run.png")   # a run id from history
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Bar",
+    "Span",
+    "Timeline",
+    "from_history",
+    "from_result",
+    "save_timeline",
+    "timeline_fragment",
+    "timeline_html",
+]
+
+#: Fill colour of each final status (shared by the HTML page, the PNG and the result table).
+COLORS: Mapping[str, str] = {
+    "completed": "#4c9a5b", "failed": "#d0453f", "timed_out": "#e07b39",
+    "skipped": "#b8b8b8", "upstream_failed": "#c9a3a1", "cancelled": "#8c7fb8",
+    "rolled_back": "#5b8cc9", "running": "#e6c03b", "pending": "#dddddd",
+    "interrupted": "#8c7fb8",
+}
+CRITICAL = "#1f1f1f"
+NO_POOL = "no pool"
+FORMATS = (".html", ".png", ".svg")
+
+
+@dataclass(slots=True)
+class Span:
+    """One attempt of a task: seconds since the run started, its status and error text."""
+
+    number: int
+    start: float
+    end: float
+    status: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class Bar:
+    """One task on the timeline (``start``/``end`` are ``None`` for a task that never ran)."""
+
+    id: str
+    tool: str
+    status: str
+    start: float | None
+    end: float | None
+    attempts: list[Span] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None
+    lane: str = NO_POOL
+    critical: bool = False
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.start is None or self.end is None else self.end - self.start
+
+    @property
+    def retried(self) -> bool:
+        return len(self.attempts) > 1
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Everything a timeline picture shows, independent of how it is drawn."""
+
+    title: str
+    run_id: str
+    status: str
+    duration: float
+    bars: list[Bar]
+    critical_path: list[str]
+    critical_source: str = "plan"
+
+    @property
+    def lanes(self) -> list[str]:
+        """The swimlanes in first-use order; one lane when no task used a pool."""
+        seen = dict.fromkeys(b.lane for b in self.bars)
+        if NO_POOL in seen:  # tasks without a pool go last, below the pools' lanes
+            seen.pop(NO_POOL)
+            seen[NO_POOL] = None
+        return list(seen)
+
+    @property
+    def end(self) -> float:
+        """The right edge of the time axis: the run's duration or the last task's end."""
+        ends = [b.end for b in self.bars if b.end is not None]
+        return max([self.duration, *ends, 1e-9])
+
+    def rows(self) -> list[Bar]:
+        """Bars grouped by lane, each lane in start order (tasks that never ran last)."""
+        order = {lane: n for n, lane in enumerate(self.lanes)}
+        return sorted(self.bars, key=lambda b: (order[b.lane], b.start is None,
+                                                b.start or 0.0, b.id))
+
+
+def _lane(resources: Mapping[str, int] | None) -> str:
+    pools = sorted(p for p, n in (resources or {}).items() if n)
+    return " + ".join(pools) if pools else NO_POOL
+
+
+def _err(error: Any) -> str | None:
+    return None if error is None else f"{error.type}: {error.message}"
+
+
+def from_result(result: Any) -> Timeline:
+    """The timeline of a :class:`~flowdsl.RunResult`; the critical path is computed from its
+    plan with the measured durations (tasks that did not run count 0 s)."""
+    bars = []
+    for rec in result.tasks.values():
+        spans = [Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
+                      else a.started_at, str(a.status), _err(a.error)) for a in rec.attempts]
+        bars.append(Bar(rec.id, rec.tool, str(rec.status), rec.started_at, rec.ended_at, spans,
+                        _err(rec.error), rec.reason, _lane(rec.resources)))
+    path: list[str] = []
+    if result.plan is not None and bars:
+        durations = {b.id: b.duration or 0.0 for b in bars}
+        path = list(result.plan.critical_path(durations)[0])
+    return _mark(Timeline(f"{result.flow_name or 'flow'} ({result.mode})", result.run_id,
+                          result.status, result.duration, bars, path))
+
+
+def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
+    """The timeline of a run as :meth:`HistoryStore.get_run` returns it.
+
+    Args:
+        run: the run's mapping (with ``tasks`` and their ``attempts``).
+        plan: the flow's :class:`~flowdsl.Plan`, when known: its edges give the true
+            critical path and its tasks' pools the swimlanes.
+    """
+    bars = []
+    for t in run.get("tasks", []):
+        spans = [Span(a["number"], a["started_at"], a["ended_at"] if a["ended_at"] is not None
+                      else a["started_at"], a["status"],
+                      f"{a['error_type']}: {a['error_message']}" if a.get("error_type")
+                      else None) for a in t.get("attempts", []) if a["started_at"] is not None]
+        error = f"{t['error_type']}: {t['error_message']}" if t.get("error_type") else None
+        task = plan.tasks.get(t["task_id"]) if plan is not None else None
+        lane = _lane(getattr(getattr(task, "spec", None), "resources", None))
+        bars.append(Bar(t["task_id"], t["tool"] or "", t["status"], t["started_at"],
+                        t["ended_at"], spans, error, t.get("reason"), lane))
+    tl = Timeline(f"{run.get('flow') or 'flow'} ({run.get('mode') or '?'})", run["run_id"],
+                  run["status"], run.get("duration") or 0.0, bars, [])
+    if plan is not None and bars:
+        known = {b.id: b.duration or 0.0 for b in bars if b.id in plan.tasks}
+        tl.critical_path = list(plan.critical_path(
+            {i: known.get(i, 0.0) for i in plan.tasks})[0])
+    else:
+        tl.critical_path, tl.critical_source = _timing_chain(bars), "timings"
+    return _mark(tl)
+
+
+def _timing_chain(bars: Sequence[Bar]) -> list[str]:
+    """Without edges: from the task that ended last, walk back to the task that ended latest
+    before it started (within a small slack), until the run's start."""
+    ran = [b for b in bars if b.start is not None and b.end is not None]
+    if not ran:
+        return []
+    slack = 0.02 * max(b.end for b in ran) + 1e-3  # type: ignore[type-var]
+    cur = max(ran, key=lambda b: b.end)  # type: ignore[arg-type,return-value]
+    chain = [cur]
+    while True:
+        before = [b for b in ran if b.end <= cur.start + slack and b is not cur  # type: ignore
+                  and b not in chain and b.start < cur.start]  # type: ignore[operator]
+        if not before:
+            break
+        cur = max(before, key=lambda b: b.end)  # type: ignore[arg-type,return-value]
+        chain.append(cur)
+    return [b.id for b in reversed(chain)]
+
+
+def _mark(tl: Timeline) -> Timeline:
+    hot = set(tl.critical_path)
+    for b in tl.bars:
+        b.critical = b.id in hot
+    return tl
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+.fdt{font:12px/1.35 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#222;
+ max-width:1100px}
+.fdt h3{font-size:14px;margin:4px 0 8px}
+.fdt .row{display:flex;align-items:center;height:20px}
+.fdt .name{width:210px;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
+ padding-right:8px;text-align:right}
+.fdt .track{position:relative;flex:1;height:16px;background:#f6f6f6;border-radius:2px}
+.fdt .bar{position:absolute;top:1px;height:14px;border-radius:2px;min-width:2px;
+ box-sizing:border-box;cursor:default}
+.fdt .att{position:absolute;top:0;height:14px;border-right:1px solid #fff;
+ box-sizing:border-box}
+.fdt .att.failed,.fdt .att.timed_out{background:repeating-linear-gradient(45deg,#d0453f,
+ #d0453f 3px,#f0a09c 3px,#f0a09c 6px)}
+.fdt .crit{outline:2px solid #1f1f1f;outline-offset:0}
+.fdt .tip{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
+ border:1px solid #999;padding:4px 6px;white-space:pre;font-size:11px;
+ box-shadow:0 2px 6px rgba(0,0,0,.2);pointer-events:none}
+.fdt .bar:hover .tip{display:block}
+.fdt .lane{margin:6px 0 2px 210px;font-weight:600;color:#555;border-bottom:1px solid #ddd}
+.fdt .axis{position:relative;margin-left:218px;height:16px;color:#777;font-size:10px}
+.fdt .axis span{position:absolute;transform:translateX(-50%)}
+.fdt .legend span{display:inline-block;margin-right:10px}
+.fdt .legend i{display:inline-block;width:10px;height:10px;margin-right:3px;
+ vertical-align:-1px;border-radius:2px}
+"""
+
+
+def _tip(b: Bar) -> str:
+    lines = [f"{b.id}  (tool {b.tool})", f"status: {b.status}"]
+    if b.duration is not None:
+        lines.append(f"{b.start:.3f}s → {b.end:.3f}s ({b.duration:.3f}s)")
+    if b.retried:
+        lines.append(f"attempts: {len(b.attempts)}")
+        lines += [f"  #{a.number} {a.status} {a.end - a.start:.3f}s"
+                  + (f" — {a.error}" if a.error else "") for a in b.attempts]
+    if b.error:
+        lines.append(f"error: {b.error}")
+    if b.reason:
+        lines.append(f"reason: {b.reason}")
+    if b.lane != NO_POOL:
+        lines.append(f"pools: {b.lane}")
+    if b.critical:
+        lines.append("on the critical path")
+    return "\n".join(lines)
+
+
+def _pct(x: float, end: float) -> str:
+    return f"{100.0 * x / end:.3f}%"
+
+
+def _bar_html(b: Bar, end: float) -> str:
+    name = html.escape(b.id)
+    if b.start is None or b.end is None:
+        why = html.escape(b.reason or b.status)
+        return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
+                f'<div class="track"><span style="color:#888;padding-left:4px">'
+                f"{html.escape(b.status)}: {why}</span></div></div>")
+    left, width = _pct(b.start, end), _pct(max(b.end - b.start, 0.0), end)
+    span = max(b.end - b.start, 1e-9)
+    inner = "".join(
+        f'<div class="att {html.escape(a.status)}" style="left:{_pct(a.start - b.start, span)};'
+        f'width:{_pct(max(a.end - a.start, 0.0), span)}"></div>'
+        for a in b.attempts if b.retried)
+    cls = "bar crit" if b.critical else "bar"
+    color = COLORS.get(b.status, "#999")
+    tip = html.escape(_tip(b))
+    return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
+            f'<div class="track"><div class="{cls}" style="left:{left};width:{width};'
+            f'background:{color}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
+            "</div></div>")
+
+
+def _ticks(end: float, n: int = 6) -> list[float]:
+    import math
+
+    raw = end / n
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    return [k * step for k in range(int(end / step) + 1)]
+
+
+def timeline_fragment(tl: Timeline) -> str:
+    """The timeline as an HTML fragment (rows of bars, lanes, axis and legend) with a scoped
+    style sheet; embeddable in a notebook output or a page."""
+    end = tl.end
+    parts = [f"<style>{_CSS}</style>", '<div class="fdt">']
+    lanes = tl.lanes
+    current = None
+    for b in tl.rows():
+        if len(lanes) > 1 and b.lane != current:
+            current = b.lane
+            parts.append(f'<div class="lane">{html.escape(current)}</div>')
+        parts.append(_bar_html(b, end))
+    parts.append('<div class="axis">' + "".join(
+        f'<span style="left:{_pct(t, end)}">{t:g}s</span>' for t in _ticks(end)) + "</div>")
+    used = dict.fromkeys(b.status for b in tl.bars)
+    legend = "".join(f'<span><i style="background:{COLORS.get(s, "#999")}"></i>'
+                     f"{html.escape(s)}</span>" for s in used)
+    crit = ("critical path" if tl.critical_source == "plan"
+            else "critical chain (from timings)")
+    legend += (f'<span><i style="background:#fff;outline:2px solid {CRITICAL}"></i>{crit}'
+               '</span><span><i class="att failed" style="position:static"></i>'
+               "failed attempt (retried)</span>")
+    parts.append(f'<div class="legend">{legend}</div></div>')
+    return "".join(parts)
+
+
+def timeline_html(tl: Timeline) -> str:
+    """A complete, self-contained HTML page (no scripts, no network) for the timeline."""
+    title = html.escape(f"{tl.title} — run {tl.run_id}")
+    head = html.escape(f"{tl.title}: {tl.status} in {tl.duration:.3f}s (run {tl.run_id})")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{title}</title></head><body>"
+            f'<div class="fdt"><h3>{head}</h3></div>{timeline_fragment(tl)}'
+            "</body></html>\n")
+
+
+# -- matplotlib --------------------------------------------------------------------------------
+
+
+def _figure_class() -> Any:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        msg = ("timeline images need matplotlib: pip install 'flowdsl[plot]' "
+               "(or write an .html timeline, which needs nothing)")
+        raise ImportError(msg) from exc
+    return Figure
+
+
+def draw(tl: Timeline) -> Any:
+    """The timeline as a matplotlib ``Figure`` (no pyplot, so no GUI backend is touched)."""
+    from matplotlib.patches import Patch
+
+    rows = tl.rows()
+    fig = _figure_class()(figsize=(11, 1.4 + 0.28 * max(len(rows), 1)))
+    ax = fig.add_subplot()
+    end = tl.end
+    lanes = tl.lanes
+    lane_of = None
+    for y, b in enumerate(rows):
+        if len(lanes) > 1 and b.lane != lane_of:
+            lane_of = b.lane
+            ax.axhline(y - 0.5, color="0.75", linewidth=0.8)
+            ax.text(end * 1.005, y - 0.45, b.lane, fontsize=7, color="0.35", va="top")
+        if b.start is None or b.end is None:
+            ax.text(0, y, f"  {b.status}", va="center", fontsize=7, color="0.5")
+            continue
+        edge = {"edgecolor": CRITICAL, "linewidth": 1.8} if b.critical else {"linewidth": 0}
+        ax.barh(y, max(b.end - b.start, end * 0.002), left=b.start, height=0.7,
+                color=COLORS.get(b.status, "#999999"), **edge)
+        for a in b.attempts if b.retried else ():
+            if a.status in ("failed", "timed_out"):
+                ax.barh(y, max(a.end - a.start, end * 0.002), left=a.start, height=0.7,
+                        color="#f0a09c", hatch="////", edgecolor="#d0453f", linewidth=0)
+    ax.set_yticks(range(len(rows)), [b.id for b in rows], fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlim(0, end * 1.08)
+    ax.set_xlabel("seconds since the run started")
+    ax.set_title(f"{tl.title}: {tl.status} in {tl.duration:.2f}s (run {tl.run_id})",
+                 fontsize=10, loc="left")
+    handles = [Patch(color=COLORS.get(s, "#999999"), label=s)
+               for s in dict.fromkeys(b.status for b in tl.bars)]
+    handles.append(Patch(facecolor="white", edgecolor=CRITICAL, linewidth=1.8,
+                         label="critical path" if tl.critical_source == "plan"
+                         else "critical chain"))
+    if any(b.retried for b in tl.bars):
+        handles.append(Patch(facecolor="#f0a09c", hatch="////", edgecolor="#d0453f",
+                             label="failed attempt"))
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(axis="x", color="0.9")
+    ax.set_axisbelow(True)
+    fig.tight_layout()
+    return fig
+
+
+def save_timeline(source: Any, path: str | os.PathLike[str], *, history: Any = None,
+                  plan: Any = None) -> Path:
+    """Write the timeline of a run to ``path``; the suffix picks the format.
+
+    Args:
+        source: a :class:`~flowdsl.RunResult`, a :class:`Timeline`, or a run id kept in
+            history.
+        path: ``.html`` (self-contained page), ``.png`` or ``.svg`` (matplotlib).
+        history: where to look a run id up (``None``: the default store, or a path or
+            :class:`~flowdsl.HistoryStore`).
+        plan: for a run id, the flow's plan (true critical path and pool lanes).
+
+    Returns:
+        the path written.
+
+    Raises:
+        ValueError: the suffix is not one of ``.html``, ``.png``, ``.svg``.
+        ImportError: a PNG/SVG was asked for and matplotlib is not installed.
+        RunNotFound: the run id is not in history.
+    """
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix not in FORMATS:
+        msg = f"timeline file {str(out)!r}: expected a name ending in {', '.join(FORMATS)}"
+        raise ValueError(msg)
+    tl = _timeline_of(source, history, plan)
+    if suffix != ".html":
+        _figure_class()  # fail before creating any file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".html":
+        out.write_text(timeline_html(tl), encoding="utf-8")
+    else:
+        draw(tl).savefig(out, dpi=110)
+    return out
+
+
+def _timeline_of(source: Any, history: Any, plan: Any) -> Timeline:
+    if isinstance(source, Timeline):
+        return source
+    if isinstance(source, str):
+        from .._record.history import open_history
+
+        store = open_history(history)
+        if store is None:
+            msg = f"run {source!r}: history is off (FLOWDSL_HISTORY=off); nothing to look up"
+            raise ValueError(msg)
+        return from_history(store.get_run(source), plan)
+    return from_result(source)

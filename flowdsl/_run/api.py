@@ -1,0 +1,414 @@
+"""The entry points: ``run`` (blocking) and ``arun`` (async, asyncio or trio through anyio).
+
+``arun`` plans the flow (plan-time problems raise before any tool is called), sets up pools,
+executors, history and the execution core, hands the plan to the mode's runner, and turns
+what happened into a :class:`RunResult` — also when the run fails, times out or is cancelled.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+
+from .._base import hooks
+from .._base.errors import PlanError
+from .._base.log import logging_enabled
+from .._base.loop import current_loop
+from .._graph.task import Flow
+from .._plan.planner import Plan, plan
+from .core import Core, Item
+from .executors import (
+    AsyncExecutor,
+    Executor,
+    InlineExecutor,
+    ProcessExecutor,
+    ThreadExecutor,
+)
+from .resources import Pools
+from .result import RunObserver, RunResult, TaskRecord, TaskStatus
+from .runners import RUNNERS
+
+__all__ = ["Mode", "arun", "run"]
+
+
+class Mode(str, enum.Enum):
+    """The four ways to run a flow (plain strings work too)."""
+
+    SEQUENTIAL = "sequential"
+    PARALLEL = "parallel"
+    PIPELINE = "pipeline"
+    CONDITIONAL = "conditional"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(slots=True)
+class _Options:
+    max_concurrency: int | None
+    items: Iterable[Any] | None
+    buffer: int
+
+
+def _mode(value: Any) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        modes = ", ".join(m.value for m in Mode)
+        msg = f"unknown mode {value!r}: expected one of {modes}"
+        raise ValueError(msg) from None
+
+
+def _positive(name: str, value: Any, *, integer: bool = False) -> None:
+    if value is None:
+        return
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        msg = f"run(): {name}={value!r} is invalid: expected a {'whole ' if integer else ''}" \
+              "number > 0 or None"
+        raise ValueError(msg)
+
+
+def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Executor]]:
+    """The executor of each task, and the executors to open and close for this run."""
+    shared: dict[Any, Executor] = {}
+    by_spec: dict[int, Executor] = {}  # tasks of one tool share its spec: decide once
+    per_task: dict[str, Executor] = {}
+    remote = _remote_executor(override) if override is not None else None
+    # A cluster runs coroutine tools too (dask workers await them); a local override only
+    # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
+    takes = (("thread", "process", "dask", "async") if getattr(remote, "remote", False)
+             else ("thread", "process", "dask"))
+    for tid, task in p.tasks.items():
+        spec = task.spec  # type: ignore[attr-defined]
+        ex = by_spec.get(id(spec))
+        if ex is None:
+            ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
+        per_task[tid] = ex
+    opened = list({id(e): e for e in per_task.values()}.values())
+    return per_task, opened
+
+
+def _pick(kind: Any, remote: Executor | None, takes: tuple[str, ...],
+          shared: dict[Any, Executor]) -> Executor:
+    if remote is not None and kind in takes:
+        return remote
+    if kind == "dask":  # one cluster for every per-task 'dask' of the run
+        if "dask" not in shared:
+            shared["dask"] = _remote_executor("dask")
+        return shared["dask"]
+    if isinstance(kind, Executor):
+        return shared.setdefault(id(kind), kind)
+    ex = shared.get(kind)
+    if ex is None:
+        ex = shared[kind] = _LOCAL[kind]()
+    return ex
+
+
+def _remote_executor(spec: Any) -> Executor:
+    if isinstance(spec, Executor):
+        return spec
+    if spec == "dask":
+        from .dask import DaskExecutor
+
+        return DaskExecutor()  # type: ignore[no-any-return]
+    msg = f"run(): executor={spec!r} is invalid: expected 'dask' or an Executor object"
+    raise ValueError(msg)
+
+
+_LOCAL: dict[str, Callable[[], Executor]] = {
+    "async": AsyncExecutor, "inline": InlineExecutor, "thread": ThreadExecutor,
+    "process": ProcessExecutor,
+}
+
+
+def _history(spec: Any) -> Any:
+    if spec is False:
+        return None
+    return hooks.get("open_history")(spec)
+
+
+async def arun(flow: Any, *, mode: str | Mode | None = None,
+               context: Mapping[str, Any] | None = None, input: Any = None,
+               items: Iterable[Any] | None = None, continue_on_error: bool = False,
+               rollback_on_failure: bool = False, timeout: float | None = None,
+               max_concurrency: int | None = None,
+               resources: Mapping[str, int] | Pools | None = None, history: Any = None,
+               resume: str | None = None, executor: Any = None,
+               observers: Sequence[RunObserver] = (),
+               durations: Mapping[str, float] | None = None,
+               rng: random.Random | None = None,
+               sleep: Callable[[float], Awaitable[Any]] | None = None,
+               log: bool | None = None, buffer: int = 2,
+               store_outputs: bool | None = None, progress: bool = False) -> RunResult:
+    """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
+    p = flow if isinstance(flow, Plan) else plan(flow)
+    fl = flow if isinstance(flow, Flow) else p.flow if isinstance(p.flow, Flow) else None
+    m = _mode(mode or (fl.mode if fl is not None else None) or Mode.PARALLEL)
+    _positive("timeout", timeout)
+    _positive("max_concurrency", max_concurrency, integer=True)
+    max_concurrency = max_concurrency or (fl.max_concurrency if fl is not None else None)
+    if items is not None and m is not Mode.PIPELINE:
+        msg = f"run(): items= streams data through a pipeline; use mode='pipeline' (got {m})"
+        raise ValueError(msg)
+    pools = resources if isinstance(resources, Pools) else Pools(
+        resources if resources is not None else (fl.resources if fl is not None else None))
+    p.check_resources(pools.capacities)
+    per_task, opened = _executors(p, executor)
+    store = _history(history)
+    ctx = dict(fl.context or {}) if fl is not None else {}
+    ctx.update(context or {})
+    remaining = p.remaining(_estimates(p, durations, store))
+    priorities = {t: (task.spec.priority if task.spec.priority is not None  # type: ignore
+                      else remaining[t]) for t, task in p.tasks.items()}
+    for ex in opened:  # remote executors check tasks and take priorities before any runs
+        prepare = getattr(ex, "prepare", None)
+        if prepare is not None:
+            prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
+    result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
+                       context=ctx, plan=p)
+    obs = _observers(observers, store, p, store_outputs, progress)
+    core = Core(p, result, context=ctx, executors=per_task, pools=pools,
+                priorities=priorities, continue_on_error=continue_on_error, observers=obs,
+                log=logging_enabled() if log is None else log, rng=rng, sleep=sleep)
+    item = core.new_item(-1, input) if items is None else Item(-1, None, {})
+    if resume is not None:
+        _reuse(store, resume, p, item, core)
+    runner = RUNNERS[m.value]()
+    options = _Options(max_concurrency, items, buffer)
+    for ob in obs:
+        ob.run_started(result, p)
+    if core.log:
+        core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
+    try:
+        await _drive(core, runner, p, item, options, opened, timeout)
+    except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
+        result.status = "cancelled"
+        with anyio.CancelScope(shield=True):
+            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            result.error = result.error or exc
+        raise
+    if result.status == "running":
+        result.status = "failed" if result.errors else "completed"
+    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
+    return result
+
+
+def _observers(given: Sequence[RunObserver], store: Any, p: Plan,
+               store_outputs: bool | None, progress: bool) -> list[RunObserver]:
+    obs = list(given)
+    if progress:
+        shown = hooks.get("progress")()
+        if shown is not None:
+            obs.append(shown)
+    if store is not None:  # history first: it must see every event, whatever others do
+        obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
+    return obs
+
+
+async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options,
+                 opened: list[Executor], timeout: float | None) -> None:
+    """Open the executors, let the runner run under the run's cancel scope (its deadline is
+    the run timeout), then bring remote values home and close the executors, shielded."""
+    result = core.result
+    try:
+        for ex in opened:
+            await ex.open()
+        with anyio.CancelScope() as scope:
+            core.scope = scope
+            if timeout is not None:
+                scope.deadline = anyio.current_time() + timeout
+            await runner.run(core, p, item, options)
+        if scope.cancelled_caught and not core.stopped:
+            result.status = "timed_out"
+            result.error = result.error or TimeoutError(
+                f"the run exceeded its {timeout:g}s timeout")
+        elif core.stopped and options.items is None:
+            await core.run_cleanup(item)
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                if core.remote:  # values on a cluster must come here before it closes
+                    await core.localize()
+            finally:
+                for ex in opened:
+                    await ex.close()
+
+
+def _estimates(p: Plan, given: Mapping[str, float] | None, store: Any) -> dict[str, float]:
+    """Durations for priorities: given, else the task's declared estimate, else its tool's
+    history, else 1."""
+    out = dict(store.durations(p)) if store is not None else {}
+    for tid, task in p.tasks.items():
+        declared = task.spec.expected_duration  # type: ignore[attr-defined]
+        if declared is not None:
+            out[tid] = declared
+    out.update(given or {})
+    return out
+
+
+def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
+    if store is None:
+        msg = "run(resume=...) needs a history store (history=False was given)"
+        raise PlanError(msg)
+    for tid, out in store.load_outputs(run_id).items():
+        if tid in p.tasks:
+            item.outputs[tid] = out
+            item.status[tid] = TaskStatus.COMPLETED
+            item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,  # type: ignore
+                                           status=TaskStatus.COMPLETED,
+                                           reason=f"reused from run {run_id}")
+
+
+async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,
+                  obs: Sequence[RunObserver], streamed: bool) -> None:
+    if rollback and result.status != "completed":
+        await core.rollback()
+    result.duration = core.now()
+    if streamed:  # a pipeline over items (maybe none)
+        sinks = p.sinks
+        result.tasks = _merge_records(p, core.items)
+        result.outputs = {t: [it.outputs.get(t) for it in core.items] for t in p.order}
+        per_item = [[it.outputs.get(s) for s in sinks] for it in core.items]
+        result.output = [o[0] if len(o) == 1 else o for o in per_item]
+    else:
+        records = item.records
+        result.tasks = {t: records.get(t) or TaskRecord(t, p.tasks[t].tool.name)  # type: ignore
+                        for t in p.order}
+        result.outputs = item.outputs
+        outs = [item.outputs.get(s) for s in p.sinks]
+        result.output = outs[0] if len(outs) == 1 else outs
+    for ob in obs:
+        ob.run_finished(result)
+    if core.log:
+        core.log.info("run_finished", flow=p.name, status=result.status,
+                      duration=result.duration,
+                      error=repr(result.error) if result.error is not None else None)
+
+
+_SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
+             TaskStatus.UPSTREAM_FAILED, TaskStatus.ROLLED_BACK, TaskStatus.RUNNING,
+             TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.COMPLETED]
+
+
+def _merge_records(p: Plan, items: list[Item]) -> dict[str, TaskRecord]:
+    """One record per task over all items: the worst status, every attempt, the first
+    error, the earliest start and the latest end."""
+    merged: dict[str, TaskRecord] = {}
+    rank = {s: n for n, s in enumerate(_SEVERITY)}
+    for t in p.order:
+        rec = TaskRecord(t, p.tasks[t].tool.name)  # type: ignore[attr-defined]
+        recs = [it.records[t] for it in items if t in it.records]
+        if recs:
+            rec.status = min((r.status for r in recs), key=rank.__getitem__)
+            rec.attempts = [a for r in recs for a in r.attempts]
+            starts = [r.started_at for r in recs if r.started_at is not None]
+            ends = [r.ended_at for r in recs if r.ended_at is not None]
+            rec.started_at = min(starts) if starts else None
+            rec.ended_at = max(ends) if ends else None
+            rec.error = next((r.error for r in recs if r.error), None)
+            rec.reason = next((r.reason for r in recs if r.reason), None)
+            rec.resources = recs[0].resources
+        merged[t] = rec
+    return merged
+
+
+class _Box:
+    """Carries the result out of the event loop. asyncio formats the repr of its main task's
+    result when it restores the SIGINT handler; a result's repr scans every task, so the
+    result travels in a box whose repr costs nothing."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: RunResult) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<RunResult box>"
+
+
+async def _boxed(flow: Any, options: dict[str, Any]) -> _Box:
+    return _Box(await arun(flow, **options))
+
+
+def _in_notebook() -> bool:
+    import sys
+
+    if "IPython" not in sys.modules:  # cheap check first: no IPython, no notebook
+        return False
+    return hooks.get("in_notebook")()  # type: ignore[no-any-return]
+
+
+def _loop_running() -> bool:
+    return current_loop() is not None
+
+
+def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
+    """Run ``flow`` and block until it ends; returns its :class:`RunResult`.
+
+    Works from plain code and from a thread whose event loop is already running (a notebook
+    cell): then the run gets its own thread and event loop.
+
+    Args:
+        flow: a Flow, Fragment, Task, Tool or list (or a Plan).
+        backend: ``"asyncio"`` or ``"trio"``.
+        mode: ``"sequential"``, ``"parallel"`` (default), ``"pipeline"`` or
+            ``"conditional"`` (or a :class:`Mode`).
+        context: initial context (copied, never mutated).
+        input: the value the first pipeline stages receive.
+        items: values to stream through a pipeline (``mode="pipeline"``).
+        continue_on_error: a failed task fails only its downstream tasks
+            (``upstream_failed``); independent branches go on.
+        rollback_on_failure: if the run fails, is cancelled or times out, undo completed
+            tasks (their tools' ``rollback``) in reverse completion order.
+        timeout: seconds for the whole run.
+        max_concurrency: most tasks running at once (parallel default 1000).
+        resources: pool capacities (``{"db": 2}``) or a shared :class:`Pools`.
+        history: ``None`` default store, ``False`` none, a path or a HistoryStore.
+        resume: an earlier run's id: reuse its stored outputs, run only the rest.
+        executor: ``"dask"`` or an Executor object: runs the sync tools there (a cluster
+            runs coroutine tools too; ``inline`` tools always stay on the event loop).
+        observers: hooks called as tasks start and finish.
+        durations: task id -> seconds, for critical-path priority.
+        rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
+        log: emit structlog events (default: :func:`flowdsl.enable_logging`).
+        buffer: pipeline buffer size between stages.
+        progress: show live progress (a terminal display, or a bar in a notebook, where
+            ``run`` turns it on by default; needs ``flowdsl[cli]``).
+        store_outputs: store task outputs (JSON) in history, so the run can be resumed
+            (default: the store's setting, off unless the store was opened with it).
+
+    Raises:
+        PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.
+        ValueError: an option value is invalid.
+    """
+    if options.get("progress") is None and _in_notebook():
+        options["progress"] = True  # long notebook runs show a progress bar by default
+    call = partial(_boxed, flow, options)
+    if not _loop_running():
+        return anyio.run(call, backend=backend).value
+    # An event loop is running in this thread (a Jupyter cell): it cannot be re-entered, so
+    # the run gets a thread and an event loop of its own.
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = anyio.run(call, backend=backend).value
+        except BaseException as exc:
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="flowdsl-run")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]

@@ -1,0 +1,500 @@
+"""The one task-execution core every runner calls.
+
+``Core.run_task(task_id, item)`` is the only code that knows about trigger rules, conditions,
+argument resolution, resources, executors, timeouts, retries with backoff, output mapping,
+events and rollback. Runners only decide *when* to call it and how many calls overlap.
+
+State: an :class:`Item` is one pass of data through the flow (a plain run has one; a pipeline
+over ``items`` has one per item) and holds each task's status, output and record. The core
+writes statuses only through ``_finish`` so the records, observers and events agree.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+
+from .._base.errors import TaskFailed, TaskTimeout
+from .._base.log import get_logger
+from .._graph.task import _MISSING, CtxRef, Ref, Task
+from .._plan.planner import Plan
+from .executors import Executor, Remote
+from .resources import Pools
+from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+
+__all__ = ["Core", "Item"]
+
+_ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+COMPLETED = TaskStatus.COMPLETED
+SKIPPED = TaskStatus.SKIPPED
+UPSTREAM_FAILED = TaskStatus.UPSTREAM_FAILED
+RUNNING = TaskStatus.RUNNING
+FAILED = TaskStatus.FAILED
+TIMED_OUT = TaskStatus.TIMED_OUT
+CANCELLED = TaskStatus.CANCELLED
+
+
+class Item:
+    """One pass of data through the flow: statuses, outputs and records per task."""
+
+    __slots__ = ("index", "input", "outputs", "records", "status")
+
+    def __init__(self, index: int, input: Any, records: dict[str, TaskRecord]) -> None:
+        self.index = index
+        self.input = input
+        self.outputs: dict[str, Any] = {}
+        self.status: dict[str, TaskStatus] = {}
+        self.records = records
+
+
+class _TaskError(Exception):
+    """A task failed for a reason that is not worth retrying (inputs, condition, mapping)."""
+
+
+class Core:
+    """Runs one task at a time on behalf of a runner; see the module docstring."""
+
+    def __init__(self, plan: Plan, result: RunResult, *, context: dict[str, Any],
+                 executors: Mapping[str, Executor], pools: Pools,
+                 priorities: Mapping[str, float], continue_on_error: bool = False,
+                 observers: Sequence[RunObserver] = (), log: bool = False,
+                 rng: random.Random | None = None,
+                 sleep: Callable[[float], Awaitable[Any]] | None = None) -> None:
+        self.plan = plan
+        self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
+        self.preds = plan.predecessors
+        self.result = result
+        self.context = context
+        self._ctx_view = MappingProxyType(context)
+        self.executors = executors
+        self.pools = pools
+        self.priorities = priorities
+        self.continue_on_error = continue_on_error
+        self.observers = tuple(observers)
+        self.log = get_logger(run_id=result.run_id) if log else None
+        self.rng = rng or random.Random()
+        self.sleep = sleep or anyio.sleep
+        # Whether any task runs remotely (dask): computed once, so local runs pay one bool
+        # test per task for remote handles and nothing more.
+        self.remote = any(getattr(ex, "remote", False) for ex in executors.values())
+        self._fetch_for: dict[str, tuple[str, ...]] = {}
+        self.stopped = False
+        self.scope: anyio.CancelScope | None = None
+        self.completed: list[tuple[str, Item]] = []
+        self.items: list[Item] = []
+        self._t0 = time.perf_counter()
+        # A stage receives the outputs of its composition predecessors, not of the tasks
+        # its arguments already refer to.
+        self._stage_from = {
+            i: tuple(p for p in plan.predecessors[i] if p not in {u.id for u in t.upstream})
+            for i, t in self.tasks.items() if t.stage_param is not None}
+
+    def new_item(self, index: int, value: Any) -> Item:
+        """A new pass of data through the flow (pipelines over items make one per item)."""
+        it = Item(index, value, {})
+        self.items.append(it)
+        return it
+
+    def now(self) -> float:
+        """Seconds since the run started (the one clock of records and timelines)."""
+        return time.perf_counter() - self._t0
+
+    def abort(self) -> None:
+        """Stop the run: nothing new starts, and running tasks are cancelled."""
+        self.stopped = True
+        if self.scope is not None:
+            self.scope.cancel()
+
+    # -- the one path every task takes -------------------------------------------------
+    async def run_task(self, tid: str, item: Item) -> TaskStatus:
+        """Run task ``tid`` for ``item`` once all its predecessors are final; returns its
+        final status. Cancellation propagates (the task is recorded as cancelled)."""
+        if tid in item.status:  # reused from an earlier run (resume)
+            return item.status[tid]
+        task = self.tasks[tid]
+        preds = self.preds[tid]
+        if preds:
+            status = item.status
+            for p in preds:
+                if status[p] is not COMPLETED:
+                    verdict = self._verdict(task, preds, status)
+                    if verdict is not None:
+                        return self._finish(tid, item, None, verdict[0], reason=verdict[1])
+                    break
+            else:  # every predecessor completed: only one_failed refuses to run then
+                if task.trigger == "one_failed":
+                    return self._finish(tid, item, None, SKIPPED,
+                                        reason="no upstream task failed")
+        rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
+        item.records[tid] = rec
+        try:
+            if task.condition is not None and not self._condition(task):
+                return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
+            if task.dynamic or task.stage_param is not None:
+                if self.remote:
+                    await self._localize_inputs(task, item)
+                args, kwargs = self._inputs(task, item)
+            else:
+                args, kwargs = task.args, task.kwargs
+        except _TaskError as exc:
+            return self._failed(tid, item, rec, exc, 0)
+        demand = task.spec.resources
+        if demand:
+            rec.reason = "waiting for resources"
+            try:
+                await self.pools.acquire(demand, self.priorities.get(tid, 0.0), tid)
+            except BaseException:  # the run stopped while this task waited for its pools
+                self._finish(tid, item, rec, CANCELLED,
+                             reason="the run stopped while it waited for resources")
+                raise
+            rec.reason = None
+        try:
+            return await self._attempts(tid, task, item, rec, args, kwargs)
+        finally:
+            if demand:
+                self.pools.release(demand)
+
+    def _verdict(self, task: Task, preds: Sequence[str], status: Mapping[str, TaskStatus]
+                 ) -> tuple[TaskStatus, str] | None:
+        """Apply the task's trigger rule to its predecessors' statuses: None means run."""
+        ok = [p for p in preds if status[p] is COMPLETED]
+        skipped = [p for p in preds if status[p] is SKIPPED]
+        bad = [p for p in preds if status[p] is not COMPLETED and status[p] is not SKIPPED]
+        rule = task.trigger
+        if rule == "all_done":
+            return None
+        if rule == "none_failed":
+            return None if not bad else (UPSTREAM_FAILED, _why(bad, status))
+        if rule == "one_success":
+            if ok:
+                return None
+            return (UPSTREAM_FAILED, _why(bad, status)) if bad else (
+                SKIPPED, f"no upstream task succeeded (skipped: {', '.join(skipped)})")
+        if rule == "one_failed":
+            return None if bad else (SKIPPED, "no upstream task failed")
+        if bad:  # all_success
+            return UPSTREAM_FAILED, _why(bad, status)
+        return SKIPPED, f"upstream task {skipped[0]!r} was skipped"
+
+    def _condition(self, task: Task) -> bool:
+        try:
+            return bool(task.condition(self._ctx_view))  # type: ignore[misc]
+        except Exception as exc:
+            msg = f"the condition of task {task.id!r} raised {type(exc).__name__}: {exc}"
+            raise _TaskError(msg) from exc
+
+    def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args, kwargs = task.args, task.kwargs
+        if task.dynamic:
+            resolve = self._resolve
+            if args:
+                args = tuple([resolve(a, task, item) for a in args])
+            kwargs = {k: resolve(v, task, item) for k, v in kwargs.items()}
+        if task.stage_param is not None:
+            src = self._stage_from[task.id]
+            out = item.outputs
+            value = (item.input if not src else out.get(src[0]) if len(src) == 1
+                     else [out.get(p) for p in src])
+            kwargs = {**kwargs, task.stage_param: value}
+        return args, kwargs
+
+    def _resolve(self, value: Any, task: Task, item: Item) -> Any:
+        cls = value.__class__
+        if cls is Task:
+            return item.outputs.get(value.id)
+        if cls in _ATOMS:
+            return value
+        if cls is list:  # the common `after=[a, b]` shape, without a generator per call
+            return [self._resolve(v, task, item) for v in value]
+        if isinstance(value, Ref):
+            return self._project(value, task, item)
+        if isinstance(value, CtxRef):
+            return self._ctx_value(value, task)
+        if isinstance(value, (list, tuple)):
+            return type(value)([self._resolve(v, task, item) for v in value])
+        if isinstance(value, dict):
+            return {k: self._resolve(v, task, item) for k, v in value.items()}
+        if isinstance(value, Task):
+            return item.outputs.get(value.id)
+        return value
+
+    @staticmethod
+    def _project(ref: Ref, task: Task, item: Item) -> Any:
+        out = item.outputs.get(ref.task.id)
+        for key in ref.path:
+            try:
+                out = out[key]
+            except (KeyError, IndexError, TypeError) as exc:
+                msg = (f"task {task.id!r} takes {ref!r}, but the output of "
+                       f"{ref.task.id!r} has no {key!r} ({type(exc).__name__})")
+                raise _TaskError(msg) from exc
+        return out
+
+    def _ctx_value(self, ref: CtxRef, task: Task) -> Any:
+        if ref.key in self.context:
+            return self.context[ref.key]
+        if ref.default is not _MISSING:
+            return ref.default
+        keys = ", ".join(sorted(map(str, self.context))) or "none"
+        msg = (f"task {task.id!r} reads ctx({ref.key!r}), which the run context does "
+               f"not have (keys: {keys})")
+        raise _TaskError(msg)
+
+    async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        spec = task.spec
+        ex = self.executors[tid]
+        fn = task.tool.fn
+        rec.status = RUNNING
+        rec.started_at = started = self.now()
+        if self.observers or self.log:
+            self._started(tid, rec)
+        deadline_at = None if spec.deadline is None else started + spec.deadline
+        n = 0
+        while True:
+            n += 1
+            att = Attempt(n, started if n == 1 else self.now())
+            rec.attempts.append(att)
+            limit, kind = spec.timeout, "attempt"
+            if deadline_at is not None:
+                left = deadline_at - att.started_at
+                if limit is None or left < limit:
+                    limit, kind = left, "deadline"
+            try:
+                if limit is None:
+                    out = await ex.call(fn, args, kwargs, task_id=tid)
+                else:
+                    with anyio.move_on_after(limit) as scope:
+                        out = await ex.call(fn, args, kwargs, task_id=tid)
+                    if scope.cancelled_caught:
+                        if ex.abandons:
+                            rec.reason = ("its thread could not be interrupted and was "
+                                          "abandoned; a late result is discarded")
+                        raise self._timeout(tid, spec, n, kind)
+            except Exception as exc:
+                att.ended_at = self.now()
+                att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
+                att.error = ErrorInfo.from_exception(exc)
+                if self._retryable(spec, exc, n, rec):
+                    delay = spec.backoff.delay(n, self.rng)
+                    if deadline_at is not None and att.ended_at + delay >= deadline_at:
+                        # No attempt may start after the deadline: give up now, not later.
+                        late = self._timeout(tid, spec, n, "deadline")
+                        late.__cause__ = exc
+                        return self._failed(tid, item, rec, late, n)
+                    if self.log:
+                        self.log.info("task_retrying", task=tid, attempt=n, delay=delay,
+                                      error=repr(exc))
+                    await self.sleep(delay)
+                    continue
+                return self._failed(tid, item, rec, exc, n)
+            except BaseException:  # cancellation, KeyboardInterrupt: never retried
+                att.ended_at = self.now()
+                att.status = CANCELLED
+                self._finish(tid, item, rec, CANCELLED, reason="the run stopped")
+                raise
+            att.ended_at = ended = self.now()
+            att.status = COMPLETED
+            break
+        if task.to_context_map is not None:
+            try:
+                if self.remote and isinstance(out, Remote):  # the context lives here
+                    out = await out.fetch()
+                self._map_output(task, out)
+            except Exception as exc:
+                return self._failed(tid, item, rec, exc, n)
+        item.outputs[tid] = out
+        self.completed.append((tid, item))
+        return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
+
+    async def _localize_inputs(self, task: Task, item: Item) -> None:
+        """Fetch the remote outputs this task needs here: every upstream output for a task
+        on a local executor, only the projected ones (``task["k"]``) for a remote task (the
+        others travel between workers as handles)."""
+        need = self._fetch_for.get(task.id)
+        if need is None:
+            local = not getattr(self.executors[task.id], "remote", False)
+            need = self.preds[task.id] if local else tuple(_projected(task))
+            self._fetch_for[task.id] = need
+        outs = item.outputs
+        for p in need:
+            value = outs.get(p)
+            if isinstance(value, Remote):
+                try:
+                    outs[p] = await value.fetch()
+                except Exception as exc:
+                    msg = (f"task {task.id!r} needs the output of {p!r} here, but fetching "
+                           f"it failed: {type(exc).__name__}: {exc}")
+                    raise _TaskError(msg) from exc
+
+    async def localize(self) -> None:
+        """Replace every remote handle among the outputs by its value, before the
+        executors close: results, history and rollback see plain values."""
+        found = [(it, t, v) for it in self.items for t, v in it.outputs.items()
+                 if isinstance(v, Remote)]
+        by_type: dict[type, list[tuple[Item, str, Remote]]] = {}
+        for entry in found:
+            by_type.setdefault(type(entry[2]), []).append(entry)
+        for kind, entries in by_type.items():
+            many = getattr(kind, "fetch_all", None)  # one round trip where the handle can
+            handles = [v for _, _, v in entries]
+            values = (await many(handles) if many is not None
+                      else [await h.fetch() for h in handles])
+            for (it, t, _), value in zip(entries, values):
+                it.outputs[t] = value
+
+    def _retryable(self, spec: Any, exc: Exception, n: int, rec: TaskRecord) -> bool:
+        """Whether attempt ``n``'s error earns another attempt."""
+        if n > spec.retries or self.stopped or not isinstance(exc, spec.retry_on):
+            return False
+        if isinstance(exc, spec.give_up_on):
+            return False
+        if isinstance(exc, TaskTimeout) and exc.kind == "deadline":
+            return False
+        if spec.retry_if is None:
+            return True
+        try:
+            return bool(spec.retry_if(exc))
+        except Exception as bad:  # a broken predicate must not hide the task's own error
+            rec.reason = f"retry_if raised {type(bad).__name__}: {bad}; not retried"
+            if self.log:
+                self.log.info("task_retry_predicate_failed", task=rec.id, error=repr(bad))
+            return False
+
+    @staticmethod
+    def _timeout(tid: str, spec: Any, n: int, kind: str) -> TaskTimeout:
+        if kind == "deadline":
+            msg = f"task {tid!r} ran past its {spec.deadline:g}s deadline ({n} attempt(s))"
+        else:
+            msg = f"task {tid!r} exceeded its {spec.timeout:g}s timeout (attempt {n})"
+        return TaskTimeout(msg, task_id=tid, attempts=n, kind=kind)
+
+    def _map_output(self, task: Task, out: Any) -> None:
+        mapping = task.to_context_map
+        if isinstance(mapping, str):
+            self.context[mapping] = out
+            return
+        for key, ctx_key in mapping.items():  # type: ignore[union-attr]
+            try:
+                self.context[ctx_key] = out[key]
+            except (KeyError, IndexError, TypeError) as exc:
+                keys = f" (keys: {', '.join(map(str, out))})" if isinstance(out, dict) else ""
+                msg = (f"task {task.id!r}: to_context maps output key {key!r}, but its "
+                       f"output ({type(out).__name__}) has no such key{keys}")
+                raise _TaskError(msg) from exc
+
+    # -- recording ---------------------------------------------------------------------
+    def _finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
+                *, reason: str | None = None, output: Any = None,
+                ended: float | None = None) -> TaskStatus:
+        if rec is None:
+            rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
+        rec.status = status
+        if reason is not None:
+            rec.reason = reason
+        if rec.started_at is not None:
+            rec.ended_at = self.now() if ended is None else ended
+        item.status[tid] = status
+        if self.observers:
+            for ob in self.observers:
+                ob.task_finished(self.result, rec, output)
+        if self.log:
+            self.log.info(_EVENTS.get(status, "task_finished"), task=tid,
+                          status=status.value, reason=rec.reason,
+                          duration=rec.duration, attempts=len(rec.attempts))
+        return status
+
+    def _failed(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
+                attempts: int) -> TaskStatus:
+        status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
+        rec.error = ErrorInfo.from_exception(exc)
+        if isinstance(exc, TaskFailed):
+            err: BaseException = exc
+        else:
+            what = f"after {attempts} attempt(s)" if attempts else "before it could run"
+            msg = f"task {tid!r} failed {what}: {type(exc).__name__}: {exc}"
+            err = TaskFailed(msg, task_id=tid, attempts=attempts)
+            err.__cause__ = exc
+        self.result.errors.append(err)
+        if self.result.error is None:
+            self.result.error = err
+        if item.index >= 0:
+            self.result.item_errors[item.index] = rec.error
+        self._finish(tid, item, rec, status)
+        if not self.continue_on_error:
+            self.abort()
+        return status
+
+    def _started(self, tid: str, rec: TaskRecord) -> None:
+        for ob in self.observers:
+            ob.task_started(self.result, rec)
+        if self.log:
+            self.log.info("task_started", task=tid)
+
+    async def run_cleanup(self, item: Item) -> None:
+        """After a fail-fast stop, run the tasks whose trigger rule is meant for failures
+        (``all_done``, ``one_failed``: cleanup, notification) once all their upstream tasks
+        are final. Everything else that had not started stays pending."""
+        for tid in self.plan.order:
+            task = self.tasks[tid]
+            if (tid not in item.status and task.trigger in _AFTER_FAILURE
+                    and all(p in item.status for p in self.preds[tid])):
+                await self.run_task(tid, item)
+
+    # -- compensation ------------------------------------------------------------------
+    async def rollback(self) -> None:
+        """Run the rollback of every completed task once, in reverse completion order,
+        shielded from cancellation. A rollback that raises is recorded; the rest still run."""
+        with anyio.CancelScope(shield=True):
+            for tid, item in reversed(self.completed):
+                undo = self.tasks[tid].spec.rollback
+                rec = item.records[tid]
+                if undo is None:
+                    if self.log:
+                        self.log.info("task_rollback_skipped", task=tid, reason="no rollback")
+                    continue
+                try:
+                    outcome = undo(item.outputs.get(tid))
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:
+                    rec.rollback_error = ErrorInfo.from_exception(exc)
+                    self.result.rollback_errors.append(exc)
+                    if self.log:
+                        self.log.info("task_rollback_failed", task=tid, error=repr(exc))
+                else:
+                    rec.status = TaskStatus.ROLLED_BACK
+                    item.status[tid] = TaskStatus.ROLLED_BACK
+                    if self.log:
+                        self.log.info("task_rolled_back", task=tid)
+
+
+_AFTER_FAILURE = frozenset({"all_done", "one_failed"})
+_EVENTS = {COMPLETED: "task_completed", FAILED: "task_failed",
+           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
+           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+
+
+def _projected(task: Task) -> set[str]:
+    """Ids of the upstream tasks whose outputs ``task`` projects (``task["k"]``)."""
+    found: set[str] = set()
+    todo: list[Any] = [*task.args, *task.kwargs.values()]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Ref):
+            found.add(v.task.id)
+        elif isinstance(v, (list, tuple)):
+            todo.extend(v)
+        elif isinstance(v, dict):
+            todo.extend(v.values())
+    return found
+
+
+def _why(bad: list[str], status: Mapping[str, TaskStatus]) -> str:
+    return f"upstream task {bad[0]!r} {status[bad[0]].value.replace('_', ' ')}"

@@ -1,0 +1,279 @@
+"""Where a call runs: on the event loop, in a worker thread, or in a worker process.
+
+Every executor is one small interface, :meth:`Executor.call`, awaited by the execution core
+inside its timeout scope. Cancelling that await stops the call as hard as the place allows:
+a coroutine is cancelled, a thread is abandoned (threads cannot be killed; its late result is
+discarded), a worker process is terminated and reaped.
+"""
+
+from __future__ import annotations
+
+import abc
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .._base.errors import SerializationError
+
+__all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
+           "ThreadExecutor"]
+
+
+class Remote(abc.ABC):
+    """A handle to a value that lives elsewhere (a cluster); ``fetch`` brings it here."""
+
+    @abc.abstractmethod
+    async def fetch(self) -> Any: ...
+
+
+class Executor(abc.ABC):
+    """A place to run a tool's function. Opened once per run, closed at its end."""
+
+    name: str = "executor"
+    #: True when a timed-out call may keep running out of reach (a thread).
+    abandons: bool = False
+
+    async def open(self) -> None:
+        """Prepare for a run (start workers, connect)."""
+
+    async def close(self) -> None:
+        """Release everything started by :meth:`open` or :meth:`call`."""
+
+    @abc.abstractmethod
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], *, task_id: str) -> Any:
+        """Run ``fn(*args, **kwargs)`` and return its result (or raise its exception).
+
+        The core only awaits what ``call`` returns, so a plain method returning an awaitable
+        is as good as a coroutine method.
+        """
+
+
+class AsyncExecutor(Executor):
+    """Coroutine functions, awaited on the event loop."""
+
+    name = "async"
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],  # type: ignore[override]
+             kwargs: dict[str, Any], *, task_id: str) -> Any:
+        # The tool's own coroutine is the awaitable: no wrapper frame on the hot path.
+        return fn(*args, **kwargs)
+
+
+class InlineExecutor(Executor):
+    """Cheap sync functions called directly on the event loop (no thread hop)."""
+
+    name = "inline"
+
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], *, task_id: str) -> Any:
+        return fn(*args, **kwargs)
+
+
+class ThreadExecutor(Executor):
+    """Sync functions in worker threads, at most ``max_workers`` at a time."""
+
+    name = "thread"
+    abandons = True
+
+    def __init__(self, max_workers: int = 32) -> None:
+        self.max_workers = max_workers
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], *, task_id: str) -> Any:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.max_workers)
+        # abandon_on_cancel: a timeout or a failed run must not wait for a thread that cannot
+        # be interrupted; the core records that it was abandoned.
+        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs),
+                                              abandon_on_cancel=True, limiter=self._limiter)
+
+
+def _worker_main(conn: Any) -> None:
+    """A worker process: receive pickled calls, send back ("ok", value) or ("err", ...)."""
+    if hasattr(os, "setsid"):
+        # Lead a process group of our own, so that killing the worker also kills the
+        # subprocesses a tool started (and a terminal's Ctrl-C reaches only the parent).
+        try:
+            os.setsid()
+        except OSError:
+            pass
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not payload:
+            return
+        try:
+            module, qualname, args, kwargs = pickle.loads(payload)
+            fn = _by_reference(module, qualname)
+            result = fn(*args, **kwargs)
+            reply = pickle.dumps(("ok", result))
+        except BaseException as exc:  # sent back to the parent, which re-raises it
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            try:
+                reply = pickle.dumps(("err", exc, tb))
+            except Exception:
+                reply = pickle.dumps(("err", RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+        try:
+            conn.send_bytes(reply)
+        except (OSError, ValueError):
+            return
+
+
+def _by_reference(module: str, qualname: str) -> Callable[..., Any]:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    # The module attribute is usually the Tool proxy around the function; call the function.
+    return obj.fn if hasattr(type(obj), "fn") else obj
+
+
+class _Worker:
+    __slots__ = ("conn", "proc")
+
+    def __init__(self, ctx: Any) -> None:
+        parent, child = ctx.Pipe()
+        self.conn = parent
+        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                                name="flowdsl-worker")
+        self.proc.start()
+        child.close()
+
+    def kill(self) -> None:
+        # SIGTERM to the worker's process group first, SIGKILL if it lingers; join reaps
+        # the worker so no zombie is left, and a last SIGKILL ends what its tools started.
+        pid = self.proc.pid
+        if self.proc.is_alive():
+            if not _signal_group(pid, signal.SIGTERM):
+                self.proc.terminate()
+            self.proc.join(0.5)
+            if self.proc.is_alive() and not _signal_group(pid, signal.SIGKILL):
+                self.proc.kill()
+        self.proc.join()
+        _signal_group(pid, signal.SIGKILL)
+        self.conn.close()
+        self.proc.close()
+
+
+def _signal_group(pid: int | None, sig: int) -> bool:
+    """Signal the process group led by worker ``pid``; False if there is none."""
+    if pid is None or not hasattr(os, "killpg"):
+        return False
+    try:
+        os.killpg(pid, sig)  # the group's id is the worker's pid once it called setsid
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _cpus() -> int:
+    import os
+
+    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ProcessExecutor(Executor):
+    """CPU-bound sync functions in worker processes (real parallelism).
+
+    Workers are started on first use and reused within the run; a worker whose call times
+    out or is cancelled is killed and replaced. While the process has a single thread, all
+    workers are forked at once (milliseconds, with flowdsl and the tools' modules already
+    imported); otherwise they are spawned, which is safe with threads but re-imports. Tools
+    must be importable by the worker (defined at module level).
+    """
+
+    name = "process"
+
+    def __init__(self, max_workers: int | None = None) -> None:
+
+        self.max_workers = max_workers or _cpus()
+        self._ctx = multiprocessing.get_context("spawn")
+        # fork is only safe while no other thread could hold a lock at the moment of the fork
+        self._fork = ("fork" in multiprocessing.get_all_start_methods()
+                      and multiprocessing.get_context("fork"))
+        self._idle: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._slots: anyio.Semaphore | None = None
+
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any], *, task_id: str) -> Any:
+        module = getattr(fn, "__module__", None)
+        qualname = getattr(fn, "__qualname__", "")
+        if module is None or "<locals>" in qualname or "<lambda>" in qualname:
+            msg = (f"task {task_id!r}: executor='process' needs a tool defined at module level "
+                   f"(got {qualname or fn!r}), so a worker process can import it")
+            raise SerializationError(msg, task_id=task_id)
+        try:
+            payload = pickle.dumps((module, qualname, args, kwargs))
+        except Exception as exc:
+            msg = (f"task {task_id!r}: its arguments cannot be sent to a worker process "
+                   f"({type(exc).__name__}: {exc})")
+            raise SerializationError(msg, task_id=task_id) from exc
+        if self._slots is None:
+            self._slots = anyio.Semaphore(self.max_workers)
+        if not self._all and self._fork and threading.active_count() == 1:
+            for _ in range(self.max_workers):  # before this call's thread exists
+                self._idle.append(self._start(self._fork))
+        async with self._slots:
+            worker = self._idle.pop() if self._idle else self._start(self._ctx)
+            ok = False
+            try:
+                worker.conn.send_bytes(payload)
+                reply = await anyio.to_thread.run_sync(worker.conn.recv_bytes,
+                                                       abandon_on_cancel=True)
+                ok = True
+            finally:
+                if ok:
+                    self._idle.append(worker)
+                else:  # cancelled or broken: the worker may be mid-call, so it goes
+                    self._all.discard(worker)
+                    worker.kill()
+        return self._unpack(reply, task_id)
+
+    def _start(self, ctx: Any) -> _Worker:
+        w = _Worker(ctx)
+        self._all.add(w)
+        return w
+
+    @staticmethod
+    def _unpack(reply: bytes, task_id: str) -> Any:
+        try:
+            status, *rest = pickle.loads(reply)
+        except Exception as exc:
+            msg = f"task {task_id!r}: the worker's reply could not be unpickled ({exc})"
+            raise SerializationError(msg, task_id=task_id) from exc
+        if status == "ok":
+            return rest[0]
+        exc, tb = rest
+        if isinstance(exc, pickle.PicklingError) or "pickle" in str(exc).lower():
+            msg = f"task {task_id!r}: its result cannot be sent back from the worker: {exc}"
+            raise SerializationError(msg, task_id=task_id) from exc
+        exc.__flowdsl_traceback__ = tb  # the worker's traceback text, kept for the record
+        raise exc
+
+    async def close(self) -> None:
+        workers, self._all, self._idle = list(self._all), set(), []
+        for w in workers:
+            try:
+                w.conn.send_bytes(b"")
+            except OSError:
+                pass
+        for w in workers:
+            w.proc.join(2.0)
+            w.kill()

@@ -1,0 +1,239 @@
+"""Record: what a run did — per-task statuses, attempts, times, errors — and its outcome.
+
+Times on records are seconds since the run started (one monotonic clock, so the timeline, the
+simulator and the Gantt chart agree); ``RunResult.started_at`` anchors them to wall time.
+"""
+
+from __future__ import annotations
+
+import enum
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .._base import hooks
+from .._base.errors import RunFailed
+
+__all__ = ["Attempt", "ErrorInfo", "RunObserver", "RunResult", "TaskRecord", "TaskStatus"]
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task stands; every status but PENDING and RUNNING is final."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    UPSTREAM_FAILED = "upstream_failed"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def failed(self) -> bool:
+        """True for the statuses that count as a failure of the task."""
+        return self in (TaskStatus.FAILED, TaskStatus.TIMED_OUT)
+
+
+@dataclass(slots=True)
+class ErrorInfo:
+    """An error as data: type name, message and traceback text (the exception itself is kept
+    in ``exception`` for callers in the same process; it is never stored)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        remote = getattr(exc, "__flowdsl_traceback__", None)  # from a worker process
+        if remote:
+            tb = f"{remote}\nRe-raised in the parent:\n{tb}"
+        return cls(type(exc).__qualname__, str(exc), tb, exc)
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call of a tool: its number (1-based), times, outcome and error."""
+
+    number: int
+    started_at: float
+    ended_at: float | None = None
+    status: TaskStatus = TaskStatus.RUNNING
+    error: ErrorInfo | None = None
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended_at is None else self.ended_at - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "started_at": self.started_at,
+                "ended_at": self.ended_at, "status": self.status.value,
+                "error": self.error.to_dict() if self.error else None}
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """What happened to one task in one run."""
+
+    id: str
+    tool: str
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: list[Attempt] = field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: ErrorInfo | None = None
+    reason: str | None = None
+    rollback_error: ErrorInfo | None = None
+    resources: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the task's end (None if it never ran)."""
+        if self.started_at is None or self.ended_at is None:
+            return None
+        return self.ended_at - self.started_at
+
+    def __repr__(self) -> str:
+        d = self.duration
+        extra = f" in {d:.3f}s" if d is not None else ""
+        extra += f", {len(self.attempts)} attempt(s)" if len(self.attempts) > 1 else ""
+        extra += f": {self.reason}" if self.reason else ""
+        extra += f" ({self.error.type}: {self.error.message})" if self.error else ""
+        return f"<TaskRecord {self.id!r} {self.status.value}{extra}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "tool": self.tool, "status": self.status.value,
+                "attempts": [a.to_dict() for a in self.attempts],
+                "started_at": self.started_at, "ended_at": self.ended_at,
+                "duration": self.duration, "reason": self.reason,
+                "error": self.error.to_dict() if self.error else None,
+                "rollback_error": self.rollback_error.to_dict() if self.rollback_error
+                else None, "resources": dict(self.resources)}
+
+
+@dataclass(slots=True)
+class RunResult:
+    """The outcome of a run. A failed run still returns its result; call
+    :meth:`raise_for_error` to turn failure into an exception.
+
+    Attributes:
+        run_id: unique id of the run (used by history).
+        flow_name: the flow's name, or ``None``.
+        mode: the mode it ran in.
+        status: ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"timed_out"``.
+        context: the final context (the caller's dict was copied, never mutated).
+        outputs: task id -> output, for completed tasks.
+        output: for pipelines, the last stage's output (or the per-item outputs).
+        tasks: task id -> :class:`TaskRecord`, in plan order.
+        started_at: wall-clock start; task times are seconds after it.
+        duration: seconds the run took.
+        error: the first error (an exception), or ``None``.
+        errors: every task error, in the order they happened.
+        item_errors: for pipelines over items with ``continue_on_error``: item index -> error.
+    """
+
+    run_id: str
+    flow_name: str | None
+    mode: str
+    status: str = "running"
+    context: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    tasks: dict[str, TaskRecord] = field(default_factory=dict)
+    started_at: datetime = field(default_factory=datetime.now)
+    duration: float = 0.0
+    error: BaseException | None = None
+    errors: list[BaseException] = field(default_factory=list)
+    item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
+    rollback_errors: list[BaseException] = field(default_factory=list)
+    plan: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the run completed without a task failing."""
+        return self.status == "completed"
+
+    def raise_for_error(self) -> RunResult:
+        """Return self if the run succeeded; else raise :class:`RunFailed` from the first error.
+
+        Raises:
+            RunFailed: with ``.result`` set to this result.
+        """
+        if self.ok:
+            return self
+        failed = [r.id for r in self.tasks.values() if r.status.failed]
+        msg = f"run {self.run_id} of {self.flow_name or 'flow'} {self.status}"
+        if failed:
+            msg += ": failed task(s) " + ", ".join(failed)
+        if self.error is not None:
+            msg += f" ({type(self.error).__name__}: {self.error})"
+        raise RunFailed(msg, self) from self.error
+
+    def summary(self) -> dict[str, int]:
+        """How many tasks ended in each status."""
+        out: dict[str, int] = {}
+        for r in self.tasks.values():
+            out[r.status.value] = out.get(r.status.value, 0) + 1
+        return out
+
+    def to_dict(self, *, outputs: bool = True) -> dict[str, Any]:
+        """The result as JSON-friendly data (outputs that are not JSON are given as repr)."""
+        return {
+            "run_id": self.run_id, "flow": self.flow_name, "mode": self.mode,
+            "status": self.status, "ok": self.ok, "started_at": self.started_at.isoformat(),
+            "duration": self.duration, "summary": self.summary(),
+            "error": ErrorInfo.from_exception(self.error).to_dict() if self.error else None,
+            "tasks": {k: r.to_dict() for k, r in self.tasks.items()},
+            "outputs": {k: _jsonable(v) for k, v in self.outputs.items()} if outputs else None,
+            "output": _jsonable(self.output) if outputs else None,
+            "context": {k: _jsonable(v) for k, v in self.context.items()} if outputs else None,
+        }
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in self.summary().items())
+        return (f"<RunResult {self.flow_name or 'flow'} {self.mode} {self.status} in "
+                f"{self.duration:.3f}s: {counts}>")
+
+    def gantt(self, path: str) -> Any:
+        """Write this run's timeline (a Gantt chart, critical path highlighted) to ``path``:
+        ``.png``/``.svg`` need ``flowdsl[plot]``, ``.html`` is self-contained. Returns the
+        path written."""
+        return hooks.get("save_timeline")(self, path)
+
+    def _repr_html_(self) -> str:
+        return hooks.get("result_html")(self)  # type: ignore[no-any-return]
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+class RunObserver(Protocol):
+    """Hooks a run calls as it goes (history, progress displays). Calls must be cheap and must
+    not raise; they run on the event loop."""
+
+    def run_started(self, result: RunResult, plan: Any) -> None: ...
+
+    def task_started(self, result: RunResult, record: TaskRecord) -> None: ...
+
+    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None: ...
+
+    def run_finished(self, result: RunResult) -> None: ...
