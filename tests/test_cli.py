@@ -19,8 +19,8 @@ import pytest
 
 typer_testing = pytest.importorskip("typer.testing")
 
-from flowdsl._report import cli as _cli  # noqa: E402
 from flowdsl._record.history import close_cached, open_history  # noqa: E402
+from flowdsl._report import cli as _cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ESC = "\x1b"

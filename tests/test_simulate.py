@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import flowdsl
 from flowdsl import Flow, ResourceError, chain, parallel, tool
 from flowdsl._record.history import HistoryStore
-from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
 from flowdsl._record.simulate import simulate
+from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
 
 
 @tool(executor="async", registry=False)
