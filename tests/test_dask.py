@@ -26,6 +26,7 @@ pytest.importorskip("distributed")
 import dask_tools as dt  # tests/ is on sys.path; workers get the tools by value
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import SchedulerPlugin
+from support import run
 
 import flowdsl
 from flowdsl import SerializationError, TaskFailed, TaskStatus, ctx, tool
@@ -81,11 +82,6 @@ def cluster(_module_leaks: None) -> Iterator[LocalCluster]:
 def ex(cluster: LocalCluster) -> DaskExecutor:
     """An executor on the module's cluster (its own client per run)."""
     return DaskExecutor(cluster)
-
-
-def run(flow: Any, **options: Any) -> flowdsl.RunResult:
-    options.setdefault("history", False)
-    return flowdsl.run(flow, **options)
 
 
 def keys_left(cluster: LocalCluster, timeout: float = 5.0) -> list[str]:

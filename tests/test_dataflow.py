@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import run
 
 import flowdsl
 from flowdsl import CompositionError, PlanValidationError, ToolRegistry, tool
@@ -71,10 +72,6 @@ def problems(doc, **kw) -> list[dict]:
     assert CALLS == []
     assert info.value.problems
     return info.value.problems
-
-
-def run(flow, **kw):
-    return flowdsl.run(flow, history=False, **kw)
 
 
 class TestLoad:

@@ -27,6 +27,7 @@ from .._graph.spec import TRIGGERS, _normalize
 from .._graph.task import _MISSING as _GRAPH_MISSING
 from .._graph.task import CtxRef, Flow, Ref, Task, chain, ctx, parallel
 from .._graph.tool import Tool
+from .._graph.walk import KEEP, transform
 from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
 from .plan_schema import MAX_ID_LENGTH, MODES, plan_schema
 
@@ -434,21 +435,21 @@ def validate(data: Any, registry: ToolRegistry, predicates: Mapping[str, Any],
 
 
 def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
-    """Replace reference objects with Task / Ref / ctx() values (depth is already bounded)."""
-    if isinstance(value, dict):
-        if "$literal" in value and len(value) == 1:
-            return value["$literal"]
-        if "$task" in value:
-            t = built[value["$task"]]
-            path = tuple(value.get("path", ()))
-            return Ref(t, path) if path else t
-        if "$ctx" in value:
-            return ctx(value["$ctx"], value["default"]) if "default" in value else ctx(
-                value["$ctx"])
-        return {k: _resolve(v, built) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, built) for v in value]
-    return value
+    """Replace reference objects with Task / Ref / ctx() values (``$literal`` values are
+    taken as they are, not looked into)."""
+    def visit(v: Any) -> Any:
+        if isinstance(v, dict):
+            if "$literal" in v and len(v) == 1:
+                return v["$literal"]
+            if "$task" in v:
+                t = built[v["$task"]]
+                path = tuple(v.get("path", ()))
+                return Ref(t, path) if path else t
+            if "$ctx" in v:
+                return ctx(v["$ctx"], v["default"]) if "default" in v else ctx(v["$ctx"])
+        return KEEP
+
+    return transform(value, visit)
 
 
 def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:

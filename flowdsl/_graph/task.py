@@ -17,6 +17,7 @@ from typing import Any
 from .._base import hooks
 from .._base.errors import CompositionError, DuplicateTaskError
 from .spec import TRIGGERS, ToolLike, ToolSpec
+from .walk import nodes
 
 __all__ = ["CtxRef", "Flow", "Fragment", "Ref", "Task", "chain", "ctx", "materialize", "parallel"]
 
@@ -75,15 +76,11 @@ def ctx(key: str, default: Any = _MISSING) -> CtxRef:
 
 
 def _scan(value: Any, out: list[Task]) -> bool:
-    """Collect, left to right, the tasks ``value`` refers to (also inside lists, tuples,
-    sets and dicts, iteratively); True if it holds any reference at all."""
+    """Collect, left to right, the tasks ``value`` refers to (inside any containers the
+    argument walker knows); True if it holds any reference at all."""
     found = False
-    stack = [value]
-    while stack:
-        v = stack.pop()
+    for v in nodes(value):
         cls = v.__class__
-        if cls in _ATOMS:
-            continue
         if cls is Task or isinstance(v, Task):
             out.append(v)
             found = True
@@ -92,12 +89,6 @@ def _scan(value: Any, out: list[Task]) -> bool:
             found = True
         elif cls is CtxRef:
             found = True
-        elif isinstance(v, dict):
-            stack.extend(reversed(v.values()))
-        elif isinstance(v, (list, tuple)):
-            stack.extend(reversed(v))
-        elif isinstance(v, (set, frozenset)):
-            stack.extend(v)
     return found
 
 

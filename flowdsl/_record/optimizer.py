@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .._graph.task import Flow, Fragment, Ref, Task, _coerce
+from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan, plan
 from .simulate import _capacities, _history_store, simulate
 
@@ -337,21 +338,15 @@ def _rebuild(flow: Any, p: Plan, tuned: Mapping[str, Task], mode: str) -> Any:
 
 
 def _swap(value: Any, new: Mapping[str, Task]) -> Any:
-    """``value`` with every Task and Ref pointing at the rebuilt tasks (argument nesting is
-    shallow, so plain recursion is fine here)."""
-    if isinstance(value, Task):
-        return new.get(value.id, value)
-    if isinstance(value, Ref):
-        return Ref(new.get(value.task.id, value.task), value.path)
-    if isinstance(value, list):
-        return [_swap(v, new) for v in value]
-    if isinstance(value, tuple):
-        return tuple(_swap(v, new) for v in value)
-    if isinstance(value, dict):
-        return {k: _swap(v, new) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        return type(value)(_swap(v, new) for v in value)
-    return value
+    """``value`` with every Task and Ref pointing at the rebuilt tasks."""
+    def visit(v: Any) -> Any:
+        if isinstance(v, Task):
+            return new.get(v.id, v)
+        if isinstance(v, Ref):
+            return Ref(new.get(v.task.id, v.task), v.path)
+        return KEEP
+
+    return transform(value, visit)
 
 
 class WorkflowOptimizer:

@@ -23,6 +23,7 @@ import anyio
 from .._base.errors import TaskFailed, TaskTimeout
 from .._base.log import get_logger
 from .._graph.task import _MISSING, CtxRef, Ref, Task
+from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan
 from .executors import Executor, Remote
 from .resources import Pools
@@ -210,19 +211,17 @@ class Core:
             return item.outputs.get(value.id)
         if cls in _ATOMS:
             return value
-        if cls is list:  # the common `after=[a, b]` shape, without a generator per call
-            return [self._resolve(v, task, item) for v in value]
-        if isinstance(value, Ref):
-            return self._project(value, task, item)
-        if isinstance(value, CtxRef):
-            return self._ctx_value(value, task)
-        if isinstance(value, (list, tuple)):
-            return type(value)([self._resolve(v, task, item) for v in value])
-        if isinstance(value, dict):
-            return {k: self._resolve(v, task, item) for k, v in value.items()}
-        if isinstance(value, Task):
-            return item.outputs.get(value.id)
-        return value
+
+        def swap(v: Any) -> Any:
+            if isinstance(v, Task):
+                return item.outputs.get(v.id)
+            if isinstance(v, Ref):
+                return self._project(v, task, item)
+            if isinstance(v, CtxRef):
+                return self._ctx_value(v, task)
+            return KEEP
+
+        return transform(value, swap)
 
     @staticmethod
     def _project(ref: Ref, task: Task, item: Item) -> Any:

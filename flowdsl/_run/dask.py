@@ -35,6 +35,7 @@ import anyio
 
 from .._base.errors import SerializationError
 from .._graph.task import CtxRef, Ref, Task
+from .._graph.walk import KEEP, transform
 from .executors import Executor, Remote
 
 __all__ = ["DaskExecutor", "DaskRemote"]
@@ -86,15 +87,9 @@ class DaskRemote(Remote):
 
 
 def _unwrap(value: Any) -> Any:
-    """Replace handles by their futures (also inside lists, tuples and dicts), so dask
-    resolves them on the workers instead of here."""
-    if isinstance(value, DaskRemote):
-        return value.future
-    if isinstance(value, (list, tuple)):
-        return type(value)(_unwrap(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    return value
+    """Replace handles by their futures (inside any argument containers), so dask resolves
+    them on the workers instead of here."""
+    return transform(value, lambda v: v.future if isinstance(v, DaskRemote) else KEEP)
 
 
 def _check_pickle(task_id: str, what: str, obj: Any) -> None:
