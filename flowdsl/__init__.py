@@ -11,10 +11,13 @@ from ._base.errors import (
     DuplicateTaskError,
     ExecutionError,
     FlowError,
+    HistoryError,
     PlanError,
     PlanValidationError,
     ResourceError,
     RunFailed,
+    RunNotFound,
+    RunTimeout,
     SerializationError,
     TaskFailed,
     TaskTimeout,
@@ -25,7 +28,7 @@ from ._graph.registry import ToolRegistry, default_registry
 from ._graph.task import Flow, Fragment, Task, chain, ctx, parallel
 from ._graph.tool import Backoff, Tool, tool
 from ._plan.planner import DependencyResolver, Plan, plan
-from ._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
+from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
 
 __version__ = "0.1.0"
 
@@ -35,8 +38,7 @@ _LAZY = {
     "run": "._run.api", "arun": "._run.api", "Mode": "._run.api",
     "Pools": "._run.resources", "ResourceManager": "._run.resources",
     "Executor": "._run.executors",
-    "HistoryStore": "._record.history", "HistoryError": "._record.history",
-    "RunNotFound": "._record.history", "open_history": "._record.history",
+    "HistoryStore": "._record.history", "open_history": "._record.history",
     "analyze": "._record.optimizer", "optimize": "._record.optimizer",
     "simulate": "._record.optimizer", "WorkflowOptimizer": "._record.optimizer",
     "load_flow": "._data.documents", "plan_schema": "._data.documents",
@@ -95,12 +97,16 @@ __all__ = [
     "Flow",
     "FlowError",
     "Fragment",
+    "HistoryError",
     "Plan",
     "PlanError",
     "PlanValidationError",
     "ResourceError",
     "RunFailed",
+    "RunNotFound",
     "RunResult",
+    "RunStatus",
+    "RunTimeout",
     "SerializationError",
     "Task",
     "TaskFailed",

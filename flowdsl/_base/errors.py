@@ -16,10 +16,13 @@ __all__ = [
     "DuplicateTaskError",
     "ExecutionError",
     "FlowError",
+    "HistoryError",
     "PlanError",
     "PlanValidationError",
     "ResourceError",
     "RunFailed",
+    "RunNotFound",
+    "RunTimeout",
     "SerializationError",
     "TaskFailed",
     "TaskTimeout",
@@ -144,6 +147,19 @@ class SerializationError(TaskFailed, TypeError):
     """A value could not be pickled to or from a worker process."""
 
 
+class RunTimeout(ExecutionError, TimeoutError):
+    """The whole run ran past ``run(timeout=...)``; its unfinished tasks were cancelled.
+    Both a :class:`FlowError` and a :class:`TimeoutError`.
+
+    Attributes:
+        timeout: the run's timeout in seconds.
+    """
+
+    def __init__(self, msg: str, *, timeout: float) -> None:
+        super().__init__(msg)
+        self.timeout = timeout
+
+
 class RunFailed(ExecutionError):
     """Raised by :meth:`RunResult.raise_for_error` when a run did not succeed.
 
@@ -154,3 +170,20 @@ class RunFailed(ExecutionError):
     def __init__(self, msg: str, result: Any) -> None:
         super().__init__(msg)
         self.result = result
+
+
+class HistoryError(FlowError, ValueError):
+    """Raised when a history file cannot be used (written by a newer schema, corrupt rows,
+    a path that cannot be opened)."""
+
+
+class RunNotFound(HistoryError, LookupError):
+    """Raised when a run id is not in the history.
+
+    Attributes:
+        run_id: the id asked for.
+    """
+
+    def __init__(self, msg: str, run_id: str) -> None:
+        super().__init__(msg)
+        self.run_id = run_id

@@ -52,6 +52,29 @@ def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
     return order, succs, bounds
 
 
+def _longest_path(order: Iterable[str], preds: Mapping[str, Iterable[str]],
+                  dur: Mapping[str, float]) -> tuple[list[str], float]:
+    """The longest path through a DAG given in topological ``order``, and its length."""
+    dist: dict[str, float] = {}
+    best: dict[str, str | None] = {}
+    for i in order:
+        top, arg = 0.0, None
+        for p in preds[i]:
+            if dist[p] > top:
+                top, arg = dist[p], p
+        dist[i] = top + dur[i]
+        best[i] = arg
+    if not dist:
+        return [], 0.0
+    end: str | None = max(dist, key=dist.__getitem__)
+    length = dist[end]  # type: ignore[index]
+    path = []
+    while end is not None:
+        path.append(end)
+        end = best[end]
+    return path[::-1], length
+
+
 def _find_cycle(ids: list[str], preds: Mapping[str, Iterable[str]],
                 indeg: dict[str, int]) -> list[str]:
     # Every task Kahn left behind has a predecessor that was also left behind, so walking
@@ -87,12 +110,22 @@ class Plan:
     __slots__ = ("_index", "flow", "levels", "name", "order", "predecessors", "sinks",
                  "sources", "successors", "tasks")
 
+    name: str | None
+    flow: Any
+    tasks: Mapping[str, Task]
+    order: tuple[str, ...]
+    levels: tuple[tuple[str, ...], ...]
+    predecessors: Mapping[str, tuple[str, ...]]
+    successors: Mapping[str, tuple[str, ...]]
+    sources: tuple[str, ...]
+    sinks: tuple[str, ...]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
         raise TypeError(msg)
 
     @classmethod
-    def _build(cls, tasks: Mapping[str, Any], preds: Mapping[str, Iterable[str]],
+    def _build(cls, tasks: Mapping[str, Task], preds: Mapping[str, Iterable[str]],
                name: str | None = None, flow: Any = None) -> Plan:
         ids = list(tasks)
         order, succs, bounds = _order(ids, preds)
@@ -148,7 +181,7 @@ class Plan:
         out = {}
         for i, t in self.tasks.items():
             d = given.get(i)
-            if d is None and isinstance(t, Task):
+            if d is None:
                 d = t.spec.expected_duration
             out[i] = default if d is None else float(d)
         return out
@@ -157,25 +190,7 @@ class Plan:
                       ) -> tuple[list[str], float]:
         """The longest path through the DAG and its length, for ``durations`` (id -> seconds;
         missing ids use their declared estimate, else 1)."""
-        dur = self.durations(durations)
-        dist: dict[str, float] = {}
-        best: dict[str, str | None] = {}
-        for i in self.order:
-            top, arg = 0.0, None
-            for p in self.predecessors[i]:
-                if dist[p] > top:
-                    top, arg = dist[p], p
-            dist[i] = top + dur[i]
-            best[i] = arg
-        if not dist:
-            return [], 0.0
-        end: str | None = max(self.order, key=dist.__getitem__)
-        length = dist[end]  # type: ignore[index]
-        path = []
-        while end is not None:
-            path.append(end)
-            end = best[end]
-        return path[::-1], length
+        return _longest_path(self.order, self.predecessors, self.durations(durations))
 
     def remaining(self, durations: Mapping[str, float] | None = None) -> dict[str, float]:
         """Each task's longest remaining path to the end of the flow, its own duration
@@ -270,23 +285,23 @@ class DependencyResolver:
         self.add_task(depends_on)
         self._preds.setdefault(task_id, {})[depends_on] = None
 
-    def _plan(self) -> Plan:
-        return Plan._build(dict.fromkeys(self._preds), self._preds)
+    def _order(self) -> list[str]:
+        return _order(list(self._preds), self._preds)[0]
 
     def detect_cycles(self) -> list[list[str]]:
         """The cycle found, as ``[[a, b, a]]``, or ``[]``."""
         try:
-            self._plan()
+            self._order()
         except CycleError as exc:
             return [exc.cycle]
         return []
 
     def topological_sort(self) -> list[str]:
         """Ids in an order that respects every dependency; raises CycleError."""
-        return list(self._plan().order)
+        return self._order()
 
     def find_critical_path(self, task_durations: Mapping[str, float]
                            ) -> tuple[list[str], float]:
         """The longest path for ``task_durations`` (missing ids count 0)."""
         dur = {i: task_durations.get(i, 0.0) for i in self._preds}
-        return self._plan().critical_path(dur)
+        return _longest_path(self._order(), self._preds, dur)

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._base.errors import FlowError
+from .._base.errors import HistoryError, RunNotFound
 from .._run.result import RunResult, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
@@ -84,22 +84,6 @@ _FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=? "
     "WHERE run_id=?")
 _FAILED = (TaskStatus.FAILED.value, TaskStatus.TIMED_OUT.value)
-
-
-class HistoryError(FlowError, ValueError):
-    """Raised when a history file cannot be used (written by a newer schema, corrupt rows)."""
-
-
-class RunNotFound(HistoryError, LookupError):
-    """Raised when a run id is not in the history.
-
-    Attributes:
-        run_id: the id asked for.
-    """
-
-    def __init__(self, msg: str, run_id: str) -> None:
-        super().__init__(msg)
-        self.run_id = run_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from .._base import hooks
-from .._base.errors import PlanError
+from .._base.errors import PlanError, RunTimeout
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._graph.task import Flow
@@ -33,7 +33,7 @@ from .executors import (
     ThreadExecutor,
 )
 from .resources import Pools
-from .result import RunObserver, RunResult, TaskRecord, TaskStatus
+from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
 
 __all__ = ["Mode", "arun", "run"]
@@ -85,7 +85,7 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     remote = _remote_executor(override) if override is not None else None
     # A cluster runs coroutine tools too (dask workers await them); a local override only
     # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
-    takes = (("thread", "process", "dask", "async") if getattr(remote, "remote", False)
+    takes = (("thread", "process", "dask", "async") if remote is not None and remote.remote
              else ("thread", "process", "dask"))
     for tid, task in p.tasks.items():
         spec = task.spec  # type: ignore[attr-defined]
@@ -170,9 +170,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     priorities = {t: (task.spec.priority if task.spec.priority is not None  # type: ignore
                       else remaining[t]) for t, task in p.tasks.items()}
     for ex in opened:  # remote executors check tasks and take priorities before any runs
-        prepare = getattr(ex, "prepare", None)
-        if prepare is not None:
-            prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
+        if type(ex).prepare is not Executor.prepare:
+            ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p)
     obs = _observers(observers, store, p, store_outputs, progress)
@@ -191,14 +190,14 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     try:
         await _drive(core, runner, p, item, options, opened, timeout)
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
-        result.status = "cancelled"
+        result.status = RunStatus.CANCELLED
         with anyio.CancelScope(shield=True):
             await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             result.error = result.error or exc
         raise
-    if result.status == "running":
-        result.status = "failed" if result.errors else "completed"
+    if result.status is RunStatus.RUNNING:
+        result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
     await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
     return result
 
@@ -229,9 +228,9 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
                 scope.deadline = anyio.current_time() + timeout
             await runner.run(core, p, item, options)
         if scope.cancelled_caught and not core.stopped:
-            result.status = "timed_out"
-            result.error = result.error or TimeoutError(
-                f"the run exceeded its {timeout:g}s timeout")
+            result.status = RunStatus.TIMED_OUT
+            result.error = result.error or RunTimeout(
+                f"the run exceeded its {timeout:g}s timeout", timeout=timeout)
         elif core.stopped and options.items is None:
             await core.run_cleanup(item)
     finally:
@@ -271,7 +270,7 @@ def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
 
 async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,
                   obs: Sequence[RunObserver], streamed: bool) -> None:
-    if rollback and result.status != "completed":
+    if rollback and result.status is not RunStatus.COMPLETED:
         await core.rollback()
     result.duration = core.now()
     if streamed:  # a pipeline over items (maybe none)

@@ -83,7 +83,7 @@ class Core:
         self.sleep = sleep or anyio.sleep
         # Whether any task runs remotely (dask): computed once, so local runs pay one bool
         # test per task for remote handles and nothing more.
-        self.remote = any(getattr(ex, "remote", False) for ex in executors.values())
+        self.remote = any(ex.remote for ex in executors.values())
         self._fetch_for: dict[str, tuple[str, ...]] = {}
         self.stopped = False
         self.scope: anyio.CancelScope | None = None
@@ -318,7 +318,7 @@ class Core:
         others travel between workers as handles)."""
         need = self._fetch_for.get(task.id)
         if need is None:
-            local = not getattr(self.executors[task.id], "remote", False)
+            local = not self.executors[task.id].remote
             need = self.preds[task.id] if local else tuple(_projected(task))
             self._fetch_for[task.id] = need
         outs = item.outputs

@@ -15,7 +15,7 @@ import pickle
 import signal
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -23,6 +23,7 @@ import anyio
 import anyio.to_thread
 
 from .._base.errors import SerializationError
+from .._graph.task import Task
 
 __all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
            "ThreadExecutor"]
@@ -41,6 +42,13 @@ class Executor(abc.ABC):
     name: str = "executor"
     #: True when a timed-out call may keep running out of reach (a thread).
     abandons: bool = False
+    #: True when calls return :class:`Remote` handles whose values stay on a cluster until
+    #: a local consumer needs them.
+    remote: bool = False
+
+    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+        """Before any task runs: see the tasks this executor will run (id -> Task) and their
+        scheduling priorities, e.g. to refuse what cannot be sent to a worker."""
 
     async def open(self) -> None:
         """Prepare for a run (start workers, connect)."""

@@ -16,7 +16,22 @@ from typing import Any, Protocol
 from .._base import hooks
 from .._base.errors import RunFailed
 
-__all__ = ["Attempt", "ErrorInfo", "RunObserver", "RunResult", "TaskRecord", "TaskStatus"]
+__all__ = ["Attempt", "ErrorInfo", "RunObserver", "RunResult", "RunStatus", "TaskRecord",
+           "TaskStatus"]
+
+
+class RunStatus(str, enum.Enum):
+    """How a run ended (``RUNNING`` while it goes on). A str enum: ``status == "completed"``
+    keeps working, and it is written out as its value."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class TaskStatus(str, enum.Enum):
@@ -132,7 +147,8 @@ class RunResult:
         run_id: unique id of the run (used by history).
         flow_name: the flow's name, or ``None``.
         mode: the mode it ran in.
-        status: ``"completed"``, ``"failed"``, ``"cancelled"`` or ``"timed_out"``.
+        status: a :class:`RunStatus` (``completed``, ``failed``, ``cancelled``,
+            ``timed_out``); it compares equal to those strings.
         context: the final context (the caller's dict was copied, never mutated).
         outputs: task id -> output, for completed tasks.
         output: for pipelines, the last stage's output (or the per-item outputs).
@@ -147,7 +163,7 @@ class RunResult:
     run_id: str
     flow_name: str | None
     mode: str
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     context: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
     output: Any = None
@@ -163,7 +179,7 @@ class RunResult:
     @property
     def ok(self) -> bool:
         """True when the run completed without a task failing."""
-        return self.status == "completed"
+        return self.status is RunStatus.COMPLETED
 
     def raise_for_error(self) -> RunResult:
         """Return self if the run succeeded; else raise :class:`RunFailed` from the first error.
