@@ -5,8 +5,15 @@ from __future__ import annotations
 import anyio
 
 import flowdsl
-from flowdsl import TaskStatus, ToolRegistry, tool
-from flowdsl._data.compat import ExecutionMode, Workflow, WorkflowEngine, WorkflowTask
+from flowdsl import (
+    ExecutionMode,
+    TaskStatus,
+    ToolRegistry,
+    Workflow,
+    WorkflowEngine,
+    WorkflowTask,
+    tool,
+)
 
 CALLS: list[str] = []
 REG = ToolRegistry()

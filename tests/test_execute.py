@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from support import run, tl
 
 import flowdsl
-from flowdsl import Backoff, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx
-from flowdsl._run.resources import Pools
+from flowdsl import Backoff, Pools, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx
 
 S = TaskStatus
 

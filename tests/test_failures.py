@@ -17,8 +17,7 @@ import structlog
 from support import run, tl
 
 import flowdsl
-from flowdsl import SerializationError, TaskStatus, TaskTimeout
-from flowdsl._run.resources import Pools
+from flowdsl import Pools, SerializationError, TaskStatus, TaskTimeout
 
 S = TaskStatus
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import flowdsl
-from flowdsl import Flow, tool
+from flowdsl import Attempt, ErrorInfo, Flow, RunResult, TaskRecord, TaskStatus, tool
 from flowdsl._record.history import (
     SCHEMA_VERSION,
     HistoryError,
@@ -31,7 +31,6 @@ from flowdsl._record.history import (
     default_path,
     open_history,
 )
-from flowdsl._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -300,8 +299,7 @@ class TestRetention:
 class TestConcurrency:
     WRITER = textwrap.dedent("""
         import sys
-        from flowdsl._record.history import HistoryStore
-        from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
+        from flowdsl import Attempt, HistoryStore, RunResult, TaskRecord, TaskStatus
         path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
         with HistoryStore(path) as store:
             for i in range(n):

@@ -11,10 +11,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowdsl
-from flowdsl import Flow, parallel, tool
-from flowdsl._record.history import HistoryStore
-from flowdsl._record.optimizer import WorkflowOptimizer, analyze, optimize
-from flowdsl._run.result import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus
+from flowdsl import (
+    Attempt,
+    ErrorInfo,
+    Flow,
+    HistoryStore,
+    RunResult,
+    TaskRecord,
+    TaskStatus,
+    WorkflowOptimizer,
+    analyze,
+    optimize,
+    parallel,
+    tool,
+)
 
 
 @tool(executor="async", registry=False)

@@ -14,9 +14,7 @@ from hypothesis import strategies as st
 from support import run, tl
 
 import flowdsl
-from flowdsl import ResourceError, TaskStatus
-from flowdsl._graph.task import parallel
-from flowdsl._run.resources import Pools, ResourceManager
+from flowdsl import Pools, ResourceError, ResourceManager, TaskStatus, parallel
 
 S = TaskStatus
 

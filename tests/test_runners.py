@@ -15,8 +15,7 @@ import trio
 from support import run, tl
 
 import flowdsl
-from flowdsl import TaskFailed, TaskStatus, branch, ctx
-from flowdsl._run.api import Mode
+from flowdsl import Mode, TaskFailed, TaskStatus, branch, ctx
 
 S = TaskStatus
 

@@ -10,10 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import flowdsl
-from flowdsl import Flow, ResourceError, chain, parallel, tool
-from flowdsl._record.history import HistoryStore
-from flowdsl._record.simulate import simulate
-from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
+from flowdsl import (
+    Attempt,
+    Flow,
+    HistoryStore,
+    ResourceError,
+    RunResult,
+    TaskRecord,
+    TaskStatus,
+    chain,
+    parallel,
+    simulate,
+    tool,
+)
 
 
 @tool(executor="async", registry=False)

@@ -12,8 +12,7 @@ import anyio
 import pytest
 
 import flowdsl
-from flowdsl import Flow, tool
-from flowdsl._record.history import HistoryStore
+from flowdsl import Flow, HistoryStore, tool
 from flowdsl._report.timeline import (
     Bar,
     from_history,
