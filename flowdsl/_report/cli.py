@@ -315,6 +315,11 @@ from .cli_history import (  # noqa: E402, F401 (re-exported)
 
 register(app)
 
+# `ui` (the run browser) lives in cli_ui.
+from .cli_ui import register as register_ui  # noqa: E402
+
+register_ui(app)
+
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog="Example: flowdsl bench --quick --only reference")
