@@ -89,6 +89,18 @@ class TestLayout:
         assert width > height
 
 
+    def test_a_deep_flow_is_drawn_top_to_bottom(self) -> None:
+        """Too many layers for the page's width: layers become rows, edges run downwards."""
+        ids = [f"t{i}" for i in range(12)]
+        tasks = [{"task_id": t, "tool": "t", "status": "completed"} for t in ids]
+        svg = graph_svg(tasks, list(itertools.pairwise(ids)))
+        height = int(re.search(r'height="(\d+)"', svg).group(1))
+        width = int(re.search(r'width="(\d+)"', svg).group(1))
+        assert height > width
+        ys = [int(y) for y in re.findall(r'<rect class="box" x="\d+" y="(\d+)"', svg)]
+        assert ys == sorted(ys) and len(set(ys)) == len(ids)
+
+
 class TestRunsPage:
     def test_newest_first_with_links(self, base: str,
                                      history: tuple[Path, dict[str, Any]]) -> None:
@@ -209,6 +221,7 @@ class _FakeStore:
 
     def __init__(self) -> None:
         self.status = "running"
+        self.edges: list[list[str]] | None = None
 
     def runs(self, limit: int = 20, *, flow: str | None = None,
              status: str | None = None) -> list[dict[str, Any]]:
@@ -221,7 +234,9 @@ class _FakeStore:
                 "ended_at": None, "duration": None, "attempts": [], "error_type": None,
                 "error_message": None, "reason": None,
                 "logs": ["plain <line>", {"level": "warning", "event": "slow", "n": 3}]}
-        return {**self.runs()[0], "tasks": [task]}
+        other = {**task, "task_id": "u", "status": "pending", "logs": [], "started_at": None}
+        return {**self.runs()[0], "tasks": [task, other],
+                **({"edges": self.edges} if self.edges is not None else {})}
 
     def tool_stats(self) -> dict[str, Any]:
         return {}
@@ -242,6 +257,14 @@ class TestLive:
             headers = get(f"{url}/runs/r1", {"X-Flowdsl-Partial": "1"})[1]
             assert headers["x-flowdsl-live"] == "0"
             assert headers["cache-control"] == "no-store"
+
+    def test_edges_kept_in_the_record_are_drawn(self) -> None:
+        """A history record that keeps the run's edges gets them drawn, with no note."""
+        store = _FakeStore()
+        store.edges = [["t", "u"]]
+        with served(create_app(store)) as url:
+            body = get(f"{url}/runs/r1")[2]
+        assert body.count('class="edge"') == 1 and "--flow TARGET" not in body
 
     def test_kept_log_lines_are_shown_escaped(self) -> None:
         """A task's kept log lines (text or structured events) appear under it."""

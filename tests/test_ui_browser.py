@@ -67,6 +67,15 @@ def _wait(drv: Any, cond: Any, timeout: float = 20.0) -> Any:
     return WebDriverWait(drv, timeout, poll_frequency=0.1).until(cond)
 
 
+def _js(drv: Any, script: str) -> Any:
+    """Read the page in one script call: the live view may swap the elements at any moment,
+    so element handles held across calls can go stale."""
+    return drv.execute_script(script)
+
+
+_STATUS = "return document.getElementById('run-status').textContent"
+
+
 def test_runs_page_links_to_a_run(driver: Any, history: tuple[Path, dict[str, Any]]) -> None:
     """The runs page lists every run; following the failed run's link opens its page, with
     the graph and a row per task."""
@@ -144,18 +153,19 @@ def test_a_running_run_turns_completed(driver: Any, tmp_path: Path) -> None:
         run_id = running[0]["run_id"]
         with served(create_app(path)) as url:
             driver.get(f"{url}/runs/{run_id}")
-            assert driver.find_element(By.ID, "run-status").text == "running"
+            assert _js(driver, _STATUS) == "running"
             driver.execute_script("window.__sameDocument = true")
             # the slow task's row appears as running once the writer flushes it
-            _wait(driver, lambda d: d.find_elements(
-                By.CSS_SELECTOR, 'tr.task.running[data-task="slow"]'))
+            _wait(driver, lambda d: _js(
+                d, "return !!document.querySelector('tr.task.running[data-task=\"slow\"]')"))
             _gate.set()
-            _wait(driver, lambda d: d.find_element(By.ID, "run-status").text == "completed")
-            assert driver.execute_script("return window.__sameDocument") is True
-            assert driver.find_elements(By.CSS_SELECTOR, 'tr.task.completed[data-task="slow"]')
+            _wait(driver, lambda d: _js(d, _STATUS) == "completed")
+            assert _js(driver, "return window.__sameDocument") is True
+            assert _js(driver, "return !!document.querySelector("
+                               "'tr.task.completed[data-task=\"slow\"]')")
             # once the run is over the page stops polling
-            _wait(driver, lambda d: d.execute_script(
-                "return document.getElementById('content').dataset.live") == "0")
+            _wait(driver, lambda d: _js(
+                d, "return document.getElementById('content').dataset.live") == "0")
     finally:
         _gate.set()
         runner.join(30)
