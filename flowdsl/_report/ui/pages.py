@@ -205,6 +205,8 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
              ("tasks", " ".join(f"{_badge(s)}&nbsp;{n}" for s, n in counts.most_common()))]
     if run.get("error_type"):
         facts.append(("error", f'<span class="err">{_E(_error(run))}</span>'))
+    if run.get("history_error"):  # some of the run's rows never reached the file
+        facts.append(("history", f'<span class="err">{_E(str(run["history_error"]))}</span>'))
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in facts)
     graph_edges = _edges_of(run, plan, edges)
     if tasks:
@@ -249,8 +251,10 @@ def tools_body(stats: Mapping[str, Any]) -> Page:
         bar = ("" if rate is None else
                f'<span class="rate"><i style="width:{100 * rate:.0f}%"></i></span>'
                f"{100 * rate:.0f}%")
+        short = getattr(s, "name", "") or s.tool
+        label = _E(short) if short == s.tool else f'{_E(short)} <small>{_E(s.tool)}</small>'
         rows.append(
-            f'<tr id="{_E(quote(s.tool, safe=""))}"><td><code>{_E(s.tool)}</code></td>'
+            f'<tr id="{_E(quote(s.tool, safe=""))}"><td><code>{label}</code></td>'
             f"<td class=num>{s.count}</td><td class=num>{s.completed}</td>"
             f"<td class=num>{s.failed}</td><td>{bar}</td><td class=num>{s.attempts}</td>"
             f"<td class=num>{s.timeouts}</td>"
