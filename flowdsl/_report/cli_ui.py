@@ -27,10 +27,10 @@ def ui(history: Annotated[Path | None, typer.Option(
            "global --history, $FLOWDSL_HISTORY, else ~/.local/state/flowdsl/history.db).")]
        = None,
        host: Annotated[str, typer.Option(
-           "--host", help="Address to listen on. The default keeps the browser on this "
-           "machine; another address shows your history to anyone who can reach it.")]
+           "--host", metavar="HOST", help="Address to listen on. The default keeps the browser "
+           "on this machine; another address shows your history to anyone who can reach it.")]
        = "127.0.0.1",
-       port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535,
+       port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, metavar="PORT",
                                          help="TCP port (0 picks a free one).")] = 8765,
        no_browser: Annotated[bool, typer.Option(
            "--no-browser", help="Do not open a web browser; just print the address.")]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -52,18 +53,20 @@ class _Source:
         self._spec = history
         self._store: Any = None if isinstance(history, (str, os.PathLike)) else history
         self._owned = self._store is None
+        self._lock = threading.Lock()  # two first requests in two worker threads open once
         self.label = (os.fspath(history) if self._owned
                       else str(getattr(history, "path", "history")))
 
     def _open(self) -> Any:
-        if self._store is None:
-            path = Path(os.fspath(self._spec)).expanduser()
-            if not path.is_file():
-                msg = (f"no history file at {path}: run a flow with history on first, or "
-                       "pass --history PATH")
-                raise HistoryError(msg)
-            self._store = HistoryStore(path)
-        return self._store
+        with self._lock:
+            if self._store is None:
+                path = Path(os.fspath(self._spec)).expanduser()
+                if not path.is_file():
+                    msg = (f"no history file at {path}: run a flow with history on first, "
+                           "or pass --history PATH")
+                    raise HistoryError(msg)
+                self._store = HistoryStore(path)
+            return self._store
 
     async def call(self, fn: Callable[[Any], _T]) -> _T:
         return await anyio.to_thread.run_sync(lambda: fn(self._open()))

@@ -153,7 +153,7 @@ def _log_line(entry: Any) -> str:
 def _attempts(t: Mapping[str, Any]) -> str:
     attempts = t.get("attempts") or []
     if len(attempts) <= 1:
-        return str(len(attempts) or t.get("attempts_count") or "")
+        return str(len(attempts)) if attempts else ""
     items = "".join(
         f"<li>#{a['number']} {_badge(a['status'])} {_secs(a.get('duration'))}"
         + (f' <span class="err">{_E(_error(a))}</span>' if a.get("error_type") else "")

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import webbrowser
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..._base.errors import FlowError
@@ -61,7 +61,7 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(history: str | os.PathLike[str] | Any, *, host: str = "127.0.0.1", port: int = 8765,
           open_browser: bool = True, plans: Mapping[str, Any] | None = None,
-          on_ready: Any = None) -> None:
+          on_ready: Callable[[str], None] | None = None) -> None:
     """Serve the run browser until interrupted (Ctrl-C).
 
     Args:
