@@ -23,9 +23,9 @@ from ._base.errors import (
     TaskTimeout,
     ToolDefinitionError,
 )
-from ._graph.builtins import branch
+from ._graph.builtins import branch, switch
 from ._graph.registry import ToolRegistry, default_registry
-from ._graph.task import Flow, Fragment, Task, chain, ctx, parallel
+from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel
 from ._graph.tool import Backoff, Tool, tool
 from ._plan.planner import DependencyResolver, Plan, plan
 from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
@@ -120,8 +120,10 @@ __all__ = [
     "chain",
     "ctx",
     "default_registry",
+    "each",
     "parallel",
     "plan",
+    "switch",
     "tool",
     *_LAZY,
 ]

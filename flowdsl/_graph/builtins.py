@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .task import Fragment, _auto_id, parallel, then
+from .._base.errors import CompositionError
+from .task import Fragment, Guard, Ref, Task, _auto_id, parallel, then
 from .tool import tool
 
-__all__ = ["branch", "gate"]
+__all__ = ["branch", "gate", "switch"]
 
 
 @tool(executor="inline", registry=False, name="gate")
@@ -31,4 +32,43 @@ def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
         no = gate.stage(label=f"else {name}").named(_auto_id(f"{name}_else")).when(
             lambda c: not predicate(c))
         paths.append(then(no, else_))
+    return parallel(*paths)
+
+
+def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
+           name: str = "switch") -> Fragment:
+    """Pick one of several paths by a value computed at run time.
+
+    ``on`` is a Task or a projection (``route["kind"]``); ``cases`` maps values to what runs
+    for them (a Task, Fragment, Flow or list). Exactly the case whose key equals the value
+    runs; the other cases' tasks end ``skipped`` with the reason "switch on 'route' chose
+    'b'". With no match, ``default`` runs if given, else every case is skipped. Join the
+    paths with a task whose trigger is ``none_failed_min_one_success``.
+
+    Each case starts after a tiny gate task (``switch[b]``) that passes ``on``'s value on, so
+    a case made of pipeline stages receives it, and the choice shows in the graph.
+    """
+    if not isinstance(on, (Task, Ref)):
+        msg = (f"switch(on=...) expects a Task or a projection task['key'], got "
+               f"{type(on).__name__} {on!r}"[:200])
+        raise CompositionError(msg)
+    if not isinstance(cases, Mapping) or not cases:
+        msg = f"switch(cases=...) expects a non-empty mapping of value -> path, got {cases!r}"
+        raise CompositionError(msg)
+    base = _auto_id(name)
+    keys = list(cases)
+
+    def why(on_name: str, value: Any) -> str:
+        if any(value == k for k in keys):
+            return f"switch on {on_name} chose {value!r}"[:200]
+        return f"switch on {on_name} matched no case (got {value!r})"[:200]
+
+    def case(label: str, test: Callable[[Any], Any], path: Any) -> Fragment:
+        g = gate(on, label=label).named(label)._guarded(Guard(on, test, why, inherit=True))
+        return then(g, path)
+
+    paths = [case(f"{base}[{key!r}]", lambda v, k=key: v == k, path)
+             for key, path in cases.items()]
+    if default is not None:
+        paths.append(case(f"{base}[default]", lambda v: all(v != k for k in keys), default))
     return parallel(*paths)

@@ -18,7 +18,8 @@ from .._base.errors import ToolDefinitionError
 __all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "ToolLike", "ToolSpec"]
 
 EXECUTORS = ("async", "thread", "process", "inline", "dask")
-TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed")
+TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed",
+            "none_failed_min_one_success")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 

@@ -19,7 +19,8 @@ from .._base.errors import CompositionError, DuplicateTaskError
 from .spec import TRIGGERS, ToolLike, ToolSpec
 from .walk import nodes
 
-__all__ = ["CtxRef", "Flow", "Fragment", "Ref", "Task", "chain", "ctx", "materialize", "parallel"]
+__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "chain", "ctx",
+           "each", "materialize", "parallel"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _id_counts: dict[str, itertools.count[int]] = {}
@@ -75,6 +76,70 @@ def ctx(key: str, default: Any = _MISSING) -> CtxRef:
     return CtxRef(key, default)
 
 
+class Each:
+    """An argument of :meth:`Tool.map <flowdsl.Tool.map>` that is mapped element by element
+    (see :func:`each`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"each({self.value!r})"
+
+
+def each(values: Any) -> Each:
+    """Mark a keyword argument of ``tool.map(...)`` as mapped too: child *i* receives element
+    *i* of ``values`` (zipped with the mapped values; unequal lengths fail the mapped task)."""
+    return Each(values)
+
+
+DEFAULT_MAP_LIMIT = 10_000
+
+
+class MapSpec:
+    """How a mapped task fans out: the parameters that take one element per child (the
+    first is the tool's first parameter), whether that one was bound by position, the most
+    children running at once, and the most children allowed."""
+
+    __slots__ = ("limit", "max_parallel", "params", "positional")
+
+    def __init__(self, params: tuple[str, ...], positional: bool,
+                 max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT) -> None:
+        self.params = params
+        self.positional = positional
+        self.max_parallel = max_parallel
+        self.limit = limit
+
+    def evolve(self, task_id: str, **changes: Any) -> MapSpec:
+        for key, value in changes.items():
+            if (value is None and key == "max_parallel") or (
+                    isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                continue
+            msg = (f"task {task_id!r}: option {key}={value!r} is invalid: expected an "
+                   "integer >= 1" + (" or None" if key == "max_parallel" else ""))
+            raise CompositionError(msg)
+        return MapSpec(self.params, self.positional,
+                       changes.get("max_parallel", self.max_parallel),
+                       changes.get("max_children", self.limit))
+
+
+class Guard:
+    """A condition on another task's output (``.when(on=task, ...)``, :func:`switch`): the
+    task runs only if ``test(value of on)`` is true; else it is skipped with the reason
+    ``reason(name of on, value)``."""
+
+    __slots__ = ("inherit", "on", "reason", "test")
+
+    def __init__(self, on: Task | Ref, test: Callable[[Any], Any],
+                 reason: Callable[[str, Any], str], *, inherit: bool = False) -> None:
+        self.on = on
+        self.test = test
+        self.reason = reason
+        self.inherit = inherit  # the tasks skipped downstream repeat the reason
+
+
 def _scan(value: Any, out: list[Task]) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
     argument walker knows); True if it holds any reference at all."""
@@ -89,6 +154,10 @@ def _scan(value: Any, out: list[Task]) -> bool:
             found = True
         elif cls is CtxRef:
             found = True
+        elif cls is Each:
+            msg = (f"{v!r} marks a mapped argument of tool.map(...); it cannot be used in a "
+                   "plain tool call or inside another value")
+            raise CompositionError(msg)
     return found
 
 
@@ -177,8 +246,8 @@ class Task(_Composable):
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
     returns a new Task with the same id."""
 
-    __slots__ = ("args", "condition", "dynamic", "id", "kwargs", "spec", "stage_param",
-                 "to_context_map", "tool", "trigger", "upstream")
+    __slots__ = ("args", "condition", "dynamic", "fan", "guards", "id", "kwargs", "spec",
+                 "stage_param", "to_context_map", "tool", "trigger", "upstream")
 
     id: str
     tool: ToolLike
@@ -191,6 +260,8 @@ class Task(_Composable):
     condition: Callable[[Mapping[str, Any]], Any] | None
     to_context_map: Mapping[str, str] | str | None
     trigger: str
+    fan: MapSpec | None
+    guards: tuple[Guard, ...]
 
     @classmethod
     def _bind(cls, tool: ToolLike, args: tuple[Any, ...], kwargs: dict[str, Any], *,
@@ -218,6 +289,8 @@ class Task(_Composable):
         t.condition = None
         t.to_context_map = None
         t.trigger = "all_success"
+        t.fan = None
+        t.guards = ()
         t.upstream = tuple(dict.fromkeys(refs)) if refs else ()
         t.__class__ = Task  # sealed from here on: Task.__setattr__ refuses changes
         return t
@@ -240,15 +313,48 @@ class Task(_Composable):
             raise CompositionError(msg)
         return self._replace(id=task_id)
 
-    def when(self, predicate: Callable[[Mapping[str, Any]], Any]) -> Task:
-        """Run only if ``predicate(context)`` is true when the task is ready; else skip it
-        (and, by default, the tasks downstream of it)."""
-        if not callable(predicate):
-            msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
+    def when(self, predicate: Callable[..., Any] | None = None, *,
+             on: Task | Ref | None = None, equals: Any = _MISSING) -> Task:
+        """Run only if the condition holds when the task is ready; else skip it (and, by
+        default, the tasks downstream of it).
+
+        ``.when(predicate)`` tests ``predicate(context)``; ``.when(predicate, on=task)`` tests
+        ``predicate(output of task)``; ``.when(on=task, equals=value)`` tests
+        ``output == value``. A task named by ``on`` runs before this one.
+        """
+        if on is None:
+            if equals is not _MISSING:
+                msg = f"task {self.id!r}: .when(equals=...) needs on=<the task to compare>"
+                raise CompositionError(msg)
+            if not callable(predicate):
+                msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
+                raise CompositionError(msg)
+            old = self.condition
+            cond = predicate if old is None else (lambda c: old(c) and predicate(c))
+            return self._replace(condition=cond)
+        if not isinstance(on, (Task, Ref)):
+            msg = (f"task {self.id!r}: .when(on=...) expects a Task or a projection "
+                   f"task['key'], got {type(on).__name__} {on!r}"[:200])
             raise CompositionError(msg)
-        old = self.condition
-        cond = predicate if old is None else (lambda c: old(c) and predicate(c))
-        return self._replace(condition=cond)
+        if (predicate is None) == (equals is _MISSING):
+            msg = (f"task {self.id!r}: .when(on=...) takes either a predicate or equals=, "
+                   "exactly one of them")
+            raise CompositionError(msg)
+        if predicate is not None:
+            if not callable(predicate):
+                msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
+                raise CompositionError(msg)
+            guard = Guard(on, predicate,
+                          lambda name, v: f"its condition on {name} was false (got {v!r})")
+        else:
+            guard = Guard(on, lambda v: v == equals,
+                          lambda name, v: f"{name} gave {v!r}, not {equals!r}")
+        return self._guarded(guard)
+
+    def _guarded(self, guard: Guard) -> Task:
+        up = guard.on if isinstance(guard.on, Task) else guard.on.task
+        upstream = self.upstream if up in self.upstream else (*self.upstream, up)
+        return self._replace(guards=(*self.guards, guard), upstream=upstream)
 
     def to_context(self, mapping: str | Mapping[str, str]) -> Task:
         """Store the output in the run context: all of it under a key (``"key"``), or some of
@@ -265,11 +371,22 @@ class Task(_Composable):
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
         ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
-        ``rollback``) and set its ``trigger`` rule."""
+        ``rollback``) and set its ``trigger`` rule. A mapped task also takes
+        ``max_parallel`` (most children running at once) and ``max_children`` (the fan-out
+        limit, default 10,000)."""
         if "name" in options or "description" in options:
             msg = f"task {self.id!r}: use .named() to rename a task"
             raise CompositionError(msg)
-        changes: dict[str, Any] = {"spec": self.spec.evolve(**options)} if options else {}
+        changes: dict[str, Any] = {}
+        fan_opts = {k: options.pop(k) for k in _FAN_OPTIONS if k in options}
+        if fan_opts:
+            if self.fan is None:
+                msg = (f"task {self.id!r}: {', '.join(fan_opts)} applies to a mapped task "
+                       "(tool.map(...)) only")
+                raise CompositionError(msg)
+            changes["fan"] = self.fan.evolve(self.id, **fan_opts)
+        if options:
+            changes["spec"] = self.spec.evolve(**options)
         if trigger is not None:
             if trigger not in TRIGGERS:
                 msg = (f"task {self.id!r}: unknown trigger rule {trigger!r}; expected one of "
@@ -278,12 +395,40 @@ class Task(_Composable):
             changes["trigger"] = trigger
         return self._replace(**changes)
 
+    @classmethod
+    def _map(cls, tool: ToolLike, values: Any, kwargs: dict[str, Any]) -> Task:
+        """``tool.map(values, **kwargs)``: one task that runs the tool once per element."""
+        params = tool.signature.parameters
+        first = next(iter(params.values()), None)
+        if first is None or first.kind in (first.VAR_KEYWORD, first.KEYWORD_ONLY):
+            msg = (f"cannot map tool {tool.name!r}: it has no positional parameter to "
+                   "receive each element")
+            raise CompositionError(msg)
+        if isinstance(values, (str, bytes, Mapping, Each)):
+            msg = (f"cannot map tool {tool.name!r} over {type(values).__name__} "
+                   f"{values!r}"[:200] + ": expected a Task, a projection task['k'] or a list")
+            raise CompositionError(msg)
+        mapped = [first.name]
+        plain: dict[str, Any] = {}
+        for k, v in kwargs.items():
+            if v.__class__ is Each:
+                mapped.append(k)
+                plain[k] = v.value
+            else:
+                plain[k] = v
+        t = cls._bind(tool, (values,), plain, partial=False)
+        return t._replace(fan=MapSpec(tuple(mapped), bool(t.args)))
+
     def __getitem__(self, key: Any) -> Ref:
         return Ref(self, (key,))
 
     def __repr__(self) -> str:
         deps = ", ".join(t.id for t in self.upstream)
-        return f"<Task {self.id!r} tool={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
+        kind = "mapped tool" if self.fan is not None else "tool"
+        return f"<Task {self.id!r} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
+
+
+_FAN_OPTIONS = ("max_parallel", "max_children")
 
 
 class _NewTask(Task):

@@ -68,6 +68,17 @@ class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
         of the stage before it (or the run's ``input``)."""
         return Task._bind(self, args, kwargs, partial=True)
 
+    def map(self, values: Any, /, **kwargs: Any) -> Task:
+        """One task that runs this tool once per element of ``values`` (a Task, a
+        projection ``task["k"]``, another mapped task or a list), the element going to the
+        first parameter. Keyword arguments wrapped in :func:`flowdsl.each` are mapped too
+        (zipped); the others go unchanged to every child. Its output is the list of the
+        children's outputs, in input order. Children run as ``name[0]``, ``name[1]``, ...
+        with this tool's options; ``.with_options(max_parallel=N)`` bounds how many run at
+        once and ``max_children`` (default 10,000) how many there may be.
+        """
+        return Task._map(self, values, kwargs)
+
     def with_options(self, **options: Any) -> Tool:
         """A new tool with some options changed; this one is left as it is."""
         return Tool(self.__wrapped__, self._self_spec.evolve(**options))

@@ -275,7 +275,7 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
     result.duration = core.now()
     if streamed:  # a pipeline over items (maybe none)
         sinks = p.sinks
-        result.tasks = _merge_records(p, core.items)
+        result.tasks = _merge_records(p, core.items, core.children)
         result.outputs = {t: [it.outputs.get(t) for it in core.items] for t in p.order}
         per_item = [[it.outputs.get(s) for s in sinks] for it in core.items]
         result.output = [o[0] if len(o) == 1 else o for o in per_item]
@@ -283,6 +283,8 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
         records = item.records
         result.tasks = {t: records.get(t) or TaskRecord(t, p.tasks[t].tool.name)  # type: ignore
                         for t in p.order}
+        if core.children:  # a mapped task's children follow it
+            result.tasks = _with_children(result.tasks, core.children, records)
         result.outputs = item.outputs
         outs = [item.outputs.get(s) for s in p.sinks]
         result.output = outs[0] if len(outs) == 1 else outs
@@ -297,28 +299,47 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
 _SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
              TaskStatus.UPSTREAM_FAILED, TaskStatus.ROLLED_BACK, TaskStatus.RUNNING,
              TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.COMPLETED]
+_RANK = {s: n for n, s in enumerate(_SEVERITY)}
 
 
-def _merge_records(p: Plan, items: list[Item]) -> dict[str, TaskRecord]:
+def _merge_records(p: Plan, items: list[Item], children: Mapping[str, list[str]]
+                   ) -> dict[str, TaskRecord]:
     """One record per task over all items: the worst status, every attempt, the first
-    error, the earliest start and the latest end."""
+    error, the earliest start and the latest end. A mapped task's children follow it."""
     merged: dict[str, TaskRecord] = {}
-    rank = {s: n for n, s in enumerate(_SEVERITY)}
     for t in p.order:
-        rec = TaskRecord(t, p.tasks[t].tool.name)  # type: ignore[attr-defined]
-        recs = [it.records[t] for it in items if t in it.records]
-        if recs:
-            rec.status = min((r.status for r in recs), key=rank.__getitem__)
-            rec.attempts = [a for r in recs for a in r.attempts]
-            starts = [r.started_at for r in recs if r.started_at is not None]
-            ends = [r.ended_at for r in recs if r.ended_at is not None]
-            rec.started_at = min(starts) if starts else None
-            rec.ended_at = max(ends) if ends else None
-            rec.error = next((r.error for r in recs if r.error), None)
-            rec.reason = next((r.reason for r in recs if r.reason), None)
-            rec.resources = recs[0].resources
-        merged[t] = rec
+        rec = merged[t] = TaskRecord(t, p.tasks[t].tool.name)  # type: ignore[attr-defined]
+        _merge_into(rec, [it.records[t] for it in items if t in it.records])
+        for c in children.get(t, ()):  # one record per child over all items
+            kid = merged[c] = TaskRecord(c, rec.tool, parent=t)
+            _merge_into(kid, [it.records[c] for it in items if c in it.records])
     return merged
+
+
+def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str]],
+                   records: Mapping[str, TaskRecord]) -> dict[str, TaskRecord]:
+    out: dict[str, TaskRecord] = {}
+    for t, rec in tasks.items():
+        out[t] = rec
+        for c in children.get(t, ()):
+            if c in records:
+                out[c] = records[c]
+    return out
+
+
+def _merge_into(rec: TaskRecord, recs: list[TaskRecord]) -> None:
+    """Fold one task's records over several items into ``rec``."""
+    if not recs:
+        return
+    rec.status = min((r.status for r in recs), key=_RANK.__getitem__)
+    rec.attempts = [a for r in recs for a in r.attempts]
+    starts = [r.started_at for r in recs if r.started_at is not None]
+    ends = [r.ended_at for r in recs if r.ended_at is not None]
+    rec.started_at = min(starts) if starts else None
+    rec.ended_at = max(ends) if ends else None
+    rec.error = next((r.error for r in recs if r.error), None)
+    rec.reason = next((r.reason for r in recs if r.reason), None)
+    rec.resources = recs[0].resources
 
 
 class _Box:

@@ -26,6 +26,8 @@ from .._graph.task import _MISSING, CtxRef, Ref, Task
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan
 from .executors import Executor, Remote
+from .fanout import TaskInputError as _TaskError
+from .fanout import run_map
 from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
 
@@ -52,10 +54,6 @@ class Item:
         self.outputs: dict[str, Any] = {}
         self.status: dict[str, TaskStatus] = {}
         self.records = records
-
-
-class _TaskError(Exception):
-    """A task failed for a reason that is not worth retrying (inputs, condition, mapping)."""
 
 
 class Core:
@@ -86,6 +84,11 @@ class Core:
         self.remote = any(ex.remote for ex in executors.values())
         self._fetch_for: dict[str, tuple[str, ...]] = {}
         self.stopped = False
+        # The most children of one mapped task running at once; the runner sets it from the
+        # mode's concurrency (sequential: 1).
+        self.child_limit = 1
+        self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
+        self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
         self.scope: anyio.CancelScope | None = None
         self.completed: list[tuple[str, Item]] = []
         self.items: list[Item] = []
@@ -124,7 +127,7 @@ class Core:
             status = item.status
             for p in preds:
                 if status[p] is not COMPLETED:
-                    verdict = self._verdict(task, preds, status)
+                    verdict = self._verdict(task, preds, item)
                     if verdict is not None:
                         return self._finish(tid, item, None, verdict[0], reason=verdict[1])
                     break
@@ -137,6 +140,10 @@ class Core:
         try:
             if task.condition is not None and not self._condition(task):
                 return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
+            if task.guards:
+                why = await self._guards(task, item)
+                if why is not None:
+                    return self._finish(tid, item, rec, SKIPPED, reason=why)
             if task.dynamic or task.stage_param is not None:
                 if self.remote:
                     await self._localize_inputs(task, item)
@@ -145,11 +152,19 @@ class Core:
                 args, kwargs = task.args, task.kwargs
         except _TaskError as exc:
             return self._failed(tid, item, rec, exc, 0)
+        if task.fan is not None:
+            return await run_map(self, tid, task, item, rec, args, kwargs)
+        return await self._pooled(tid, task, item, rec, args, kwargs)
+
+    async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        """Acquire the task's pools, run its attempts, release the pools (a task or one
+        child of a mapped task)."""
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
             try:
-                await self.pools.acquire(demand, self.priorities.get(tid, 0.0), tid)
+                await self.pools.acquire(demand, self.priorities.get(task.id, 0.0), tid)
             except BaseException:  # the run stopped while this task waited for its pools
                 self._finish(tid, item, rec, CANCELLED,
                              reason="the run stopped while it waited for resources")
@@ -161,9 +176,10 @@ class Core:
             if demand:
                 self.pools.release(demand)
 
-    def _verdict(self, task: Task, preds: Sequence[str], status: Mapping[str, TaskStatus]
+    def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
         """Apply the task's trigger rule to its predecessors' statuses: None means run."""
+        status = item.status
         ok = [p for p in preds if status[p] is COMPLETED]
         skipped = [p for p in preds if status[p] is SKIPPED]
         bad = [p for p in preds if status[p] is not COMPLETED and status[p] is not SKIPPED]
@@ -179,9 +195,38 @@ class Core:
                 SKIPPED, f"no upstream task succeeded (skipped: {', '.join(skipped)})")
         if rule == "one_failed":
             return None if bad else (SKIPPED, "no upstream task failed")
+        if rule == "none_failed_min_one_success":  # the join after a switch or branch
+            if bad:
+                return UPSTREAM_FAILED, _why(bad, status)
+            return None if ok else (
+                SKIPPED, f"no upstream task succeeded (skipped: {', '.join(skipped)})")
         if bad:  # all_success
             return UPSTREAM_FAILED, _why(bad, status)
-        return SKIPPED, f"upstream task {skipped[0]!r} was skipped"
+        why = item.records[skipped[0]].reason
+        # A switch's skip reads the same on every task of the case it did not choose.
+        return SKIPPED, why if isinstance(why, _Inherited) else (
+            f"upstream task {skipped[0]!r} was skipped")
+
+    async def _guards(self, task: Task, item: Item) -> str | None:
+        """Test the task's conditions on other tasks' outputs (``.when(on=...)``, switch):
+        None if they all hold, else why the task is skipped."""
+        for g in task.guards:
+            on = g.on
+            src = on if isinstance(on, Task) else on.task
+            if self.remote and isinstance(item.outputs.get(src.id), Remote):
+                item.outputs[src.id] = await item.outputs[src.id].fetch()
+            value = self._resolve(on, task, item)
+            try:
+                ok = g.test(value)
+            except Exception as exc:
+                msg = (f"the condition of task {task.id!r} on {on!r} raised "
+                       f"{type(exc).__name__}: {exc}")
+                raise _TaskError(msg) from exc
+            if not ok:
+                name = repr(on.id if isinstance(on, Task) else repr(on))
+                why = g.reason(name, value)[:300]
+                return _Inherited(why) if g.inherit else why
+        return None
 
     def _condition(self, task: Task) -> bool:
         try:
@@ -248,7 +293,7 @@ class Core:
     async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         spec = task.spec
-        ex = self.executors[tid]
+        ex = self.executors[task.id]  # a mapped task's children run on its executor
         fn = task.tool.fn
         rec.status = RUNNING
         rec.started_at = started = self.now()
@@ -296,12 +341,14 @@ class Core:
             except BaseException:  # cancellation, KeyboardInterrupt: never retried
                 att.ended_at = self.now()
                 att.status = CANCELLED
-                self._finish(tid, item, rec, CANCELLED, reason="the run stopped")
+                why = self._halted.get(rec.parent, "the run stopped") if rec.parent else (
+                    "the run stopped")
+                self._finish(tid, item, rec, CANCELLED, reason=why)
                 raise
             att.ended_at = ended = self.now()
             att.status = COMPLETED
             break
-        if task.to_context_map is not None:
+        if task.to_context_map is not None and rec.parent is None:  # a map maps its list
             try:
                 if self.remote and isinstance(out, Remote):  # the context lives here
                     out = await out.fetch()
@@ -318,7 +365,8 @@ class Core:
         others travel between workers as handles)."""
         need = self._fetch_for.get(task.id)
         if need is None:
-            local = not self.executors[task.id].remote
+            # A mapped task iterates over its inputs here, whatever runs its children.
+            local = task.fan is not None or not self.executors[task.id].remote
             need = self.preds[task.id] if local else tuple(_projected(task))
             self._fetch_for[task.id] = need
         outs = item.outputs
@@ -411,6 +459,8 @@ class Core:
 
     def _failed(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
                 attempts: int) -> TaskStatus:
+        """Record a failure; unless ``continue_on_error``, stop the run (a failed child of
+        a mapped task stops only its siblings: its parent fails once they are final)."""
         status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
         rec.error = ErrorInfo.from_exception(exc)
         if isinstance(exc, TaskFailed):
@@ -426,7 +476,7 @@ class Core:
         if item.index >= 0:
             self.result.item_errors[item.index] = rec.error
         self._finish(tid, item, rec, status)
-        if not self.continue_on_error:
+        if not self.continue_on_error and rec.parent is None:
             self.abort()
         return status
 
@@ -452,7 +502,7 @@ class Core:
         shielded from cancellation. A rollback that raises is recorded; the rest still run."""
         with anyio.CancelScope(shield=True):
             for tid, item in reversed(self.completed):
-                undo = self.tasks[tid].spec.rollback
+                undo = self._task_of(tid).spec.rollback
                 rec = item.records[tid]
                 if undo is None:
                     if self.log:
@@ -472,6 +522,18 @@ class Core:
                     item.status[tid] = TaskStatus.ROLLED_BACK
                     if self.log:
                         self.log.info("task_rolled_back", task=tid)
+
+
+    def _task_of(self, tid: str) -> Task:
+        """The task of ``tid``, or of the mapped task ``tid`` (``name[i]``) is a child of."""
+        task = self.tasks.get(tid)
+        return task if task is not None else self.tasks[tid.rpartition("[")[0]]
+
+
+class _Inherited(str):
+    """A skip reason that the tasks skipped downstream of it repeat (a switch's choice)."""
+
+    __slots__ = ()
 
 
 _AFTER_FAILURE = frozenset({"all_done", "one_failed"})

@@ -112,6 +112,7 @@ class TaskRecord:
     reason: str | None = None
     rollback_error: ErrorInfo | None = None
     resources: Mapping[str, int] = field(default_factory=dict)
+    parent: str | None = None  # the mapped task this record is a child of
 
     @property
     def duration(self) -> float | None:
@@ -135,7 +136,8 @@ class TaskRecord:
                 "duration": self.duration, "reason": self.reason,
                 "error": self.error.to_dict() if self.error else None,
                 "rollback_error": self.rollback_error.to_dict() if self.rollback_error
-                else None, "resources": dict(self.resources)}
+                else None, "resources": dict(self.resources),
+                **({"parent": self.parent} if self.parent is not None else {})}
 
 
 @dataclass(slots=True)

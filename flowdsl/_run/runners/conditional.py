@@ -18,4 +18,5 @@ class ConditionalRunner:
     mode: ClassVar[str] = "conditional"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        await drive(core, plan, item, workers=options.max_concurrency or 1, ranked=plan.order)
+        core.child_limit = options.max_concurrency or 1
+        await drive(core, plan, item, workers=core.child_limit, ranked=plan.order)

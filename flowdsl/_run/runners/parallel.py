@@ -19,8 +19,8 @@ class ParallelRunner:
     mode: ClassVar[str] = "parallel"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        await drive(core, plan, item,
-                    workers=options.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+        core.child_limit = options.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        await drive(core, plan, item, workers=core.child_limit,
                     ranked=by_priority(core, plan))
 
 

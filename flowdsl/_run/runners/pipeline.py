@@ -27,6 +27,7 @@ class PipelineRunner:
     mode: ClassVar[str] = "pipeline"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
+        core.child_limit = options.max_concurrency or DEFAULT_MAX_CONCURRENCY
         if options.items is None:
             await drive(core, plan, item,
                         workers=options.max_concurrency or DEFAULT_MAX_CONCURRENCY,

@@ -13,6 +13,7 @@ class SequentialRunner:
     mode: ClassVar[str] = "sequential"
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
+        core.child_limit = 1  # a mapped task's children too run one at a time
         for tid in plan.order:
             if core.stopped:
                 return

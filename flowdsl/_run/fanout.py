@@ -1,0 +1,193 @@
+"""Mapped tasks (``tool.map(values)``): the core's fan-out at run time, without re-planning.
+
+The planner keeps a mapped task as one node, and the runner gives it one slot like any task.
+When the core runs it, the mapped values are resolved here and the task expands into one child
+per element (``fetch[0]``, ``fetch[1]``, ...). The children run under the mapped task's slot
+on a few lanes (at most ``max_parallel``, and the mode's concurrency: one in sequential mode),
+each child through the core's one path for pools, executor, timeout, retries and rollback, with
+its own record. No coroutine is made per child, so a wide map costs about what the same tasks
+written statically cost.
+
+A failed child stops its siblings (they end ``cancelled``), unless the run continues on
+errors; the mapped task fails once every sibling is final. Its output is the list of the
+children's outputs in input order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import anyio
+
+from .._base.errors import TaskFailed
+from .._graph.task import Task
+from .executors import Remote
+from .result import RunResult, TaskRecord, TaskStatus
+
+__all__ = ["TaskInputError", "run_map"]
+
+COMPLETED = TaskStatus.COMPLETED
+CANCELLED = TaskStatus.CANCELLED
+RUNNING = TaskStatus.RUNNING
+
+
+class TaskInputError(Exception):
+    """A task failed for a reason that is not worth retrying (inputs, condition, mapping)."""
+
+
+class _Item(Protocol):
+    outputs: dict[str, Any]
+    status: dict[str, TaskStatus]
+    records: dict[str, TaskRecord]
+
+
+class _Core(Protocol):
+    """What the fan-out needs of the core (see ``core.Core``)."""
+
+    result: RunResult
+    child_limit: int
+    continue_on_error: bool
+    remote: bool
+    children: dict[str, list[str]]
+    _halted: dict[str, str]
+    observers: tuple[Any, ...]
+    log: Any
+
+    def now(self) -> float: ...
+    def _started(self, tid: str, rec: TaskRecord) -> None: ...
+    def _finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
+                reason: str | None = None, output: Any = None) -> TaskStatus: ...
+    def _failed(self, tid: str, item: Any, rec: TaskRecord, exc: BaseException,
+                attempts: int) -> TaskStatus: ...
+    def _map_output(self, task: Task, out: Any) -> None: ...
+    async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
+                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
+
+
+def columns(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[list[Any]]:
+    """The resolved mapped arguments, one list per mapped parameter, checked: each is a
+    list-like value, all have the same length, and there are no more than the limit."""
+    fan = task.fan
+    assert fan is not None
+    cols: list[list[Any]] = []
+    for j, name in enumerate(fan.params):
+        value = args[0] if j == 0 and fan.positional else kwargs[name]
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+            msg = (f"mapped task {task.id!r} needs a list for its parameter {name!r}, got "
+                   f"{type(value).__name__} {value!r}"[:300])
+            raise TaskInputError(msg)
+        cols.append(value if isinstance(value, list) else list(value))
+    n = len(cols[0])
+    for name, col in zip(fan.params[1:], cols[1:]):
+        if len(col) != n:
+            msg = (f"mapped task {task.id!r}: each({name}) has {len(col)} elements but "
+                   f"{fan.params[0]!r} has {n}; mapped arguments are zipped and must have "
+                   "the same length")
+            raise TaskInputError(msg)
+    if n > fan.limit:
+        msg = (f"mapped task {task.id!r} would fan out to {n} children, over its limit of "
+               f"{fan.limit}; raise it with .with_options(max_children=N) if that many is "
+               "intended")
+        raise TaskInputError(msg)
+    return cols
+
+
+async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord,
+                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+    """Run mapped task ``tid``: its children, then its own final status (see module doc)."""
+    fan = task.fan
+    assert fan is not None
+    try:
+        cols = columns(task, args, kwargs)
+    except TaskInputError as exc:
+        return core._failed(tid, item, rec, exc, 0)
+    n = len(cols[0])
+    rec.status = RUNNING
+    rec.started_at = core.now()
+    if core.observers or core.log:
+        core._started(tid, rec)
+    ids = [f"{tid}[{i}]" for i in range(n)]
+    known = core.children.get(tid)
+    if known is None or len(known) < n:  # over pipeline items: the widest fan-out
+        core.children[tid] = ids
+    first, rest = cols[0], list(zip(fan.params[1:], cols[1:]))
+    failed: list[int] = []
+    nxt = 0
+    name = task.tool.name
+
+    async def lane(scope: anyio.CancelScope) -> None:
+        nonlocal nxt
+        while nxt < n and not scope.cancel_called:
+            i = nxt
+            nxt += 1
+            if fan.positional:
+                a, k = (first[i], *args[1:]), kwargs
+                if rest:
+                    k = {**kwargs, **{p: c[i] for p, c in rest}}
+            else:
+                a, k = args, {**kwargs, fan.params[0]: first[i]}
+                for p, c in rest:
+                    k[p] = c[i]
+            cid = ids[i]
+            child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
+                                                   parent=tid)
+            status = await core._pooled(cid, task, item, child, a, k)
+            if status is not COMPLETED:
+                failed.append(i)
+                if not core.continue_on_error:
+                    core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
+                    scope.cancel()
+
+    width = min(n, fan.max_parallel or n, core.child_limit)
+    try:
+        with anyio.CancelScope() as scope:
+            if width <= 1:
+                await lane(scope)
+            else:
+                async with anyio.create_task_group() as tg:
+                    for _ in range(width):
+                        tg.start_soon(lane, scope)
+    except BaseException:  # the run stopped: the children already recorded themselves
+        core._finish(tid, item, rec, CANCELLED, reason="the run stopped")
+        raise
+    if failed:
+        return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt)
+    outs = [item.outputs[c] for c in ids]
+    if core.remote and any(isinstance(o, Remote) for o in outs):
+        outs = await _fetch(outs)
+    try:
+        if task.to_context_map is not None:
+            core._map_output(task, outs)
+    except Exception as exc:
+        return core._failed(tid, item, rec, exc, 0)
+    item.outputs[tid] = outs
+    return core._finish(tid, item, rec, COMPLETED, output=outs)
+
+
+def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: list[str],
+          failed: list[int], started: int) -> TaskStatus:
+    """Fail mapped task ``tid`` once its children are final; children that never started
+    (the siblings of a failure) are recorded as cancelled."""
+    why = f"not started: a sibling, {ids[failed[0]]!r}, failed"
+    for cid in ids[started:]:
+        child = item.records[cid] = TaskRecord(cid, task.tool.name, parent=tid)
+        core._finish(cid, item, child, CANCELLED, reason=why)
+    bad = item.records[ids[failed[0]]]
+    err = bad.error
+    detail = f"{err.type}: {err.message}" if err is not None else bad.status.value
+    msg = (f"mapped task {tid!r} failed: {len(failed)} of {len(ids)} children failed "
+           f"(first: {ids[failed[0]]!r}, {detail})")
+    exc = TaskFailed(msg, task_id=tid, attempts=0)
+    if err is not None and err.exception is not None:
+        exc.__cause__ = err.exception
+    return core._failed(tid, item, rec, exc, 0)
+
+
+async def _fetch(outs: list[Any]) -> list[Any]:
+    """Bring the children's remote outputs here in one round trip where the handle can."""
+    handles = [o for o in outs if isinstance(o, Remote)]
+    many = getattr(type(handles[0]), "fetch_all", None)
+    values = await many(handles) if many is not None else [await h.fetch() for h in handles]
+    it = iter(values)
+    return [next(it) if isinstance(o, Remote) else o for o in outs]
