@@ -45,8 +45,9 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
     'b'". With no match, ``default`` runs if given, else every case is skipped. Join the
     paths with a task whose trigger is ``none_failed_min_one_success``.
 
-    Each case starts after a tiny gate task (``switch[b]``) that passes ``on``'s value on, so
-    a case made of pipeline stages receives it, and the choice shows in the graph.
+    Each case starts after a tiny gate task (``switch['b']``, or ``<name>['b']`` given
+    ``name``) that passes ``on``'s value on, so a case made of pipeline stages receives it,
+    and the choice shows in the graph.
     """
     if not isinstance(on, (Task, Ref)):
         msg = (f"switch(on=...) expects a Task or a projection task['key'], got "
@@ -55,7 +56,7 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
     if not isinstance(cases, Mapping) or not cases:
         msg = f"switch(cases=...) expects a non-empty mapping of value -> path, got {cases!r}"
         raise CompositionError(msg)
-    base = _auto_id(name)
+    base = _auto_id(name) if name == "switch" else name  # a given name is used as it is
     keys = list(cases)
 
     def why(on_name: str, value: Any) -> str:

@@ -63,10 +63,15 @@ class _State:
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
         with self.lock:
+            if record.parent is not None and record.id not in self.finished:
+                self.total += 1  # a mapped task's child: the plan counted only its parent
             self.running[record.id] = record.tool
 
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         with self.lock:
+            if (record.parent is not None and record.id not in self.running
+                    and record.id not in self.finished):
+                self.total += 1  # a child that never started (cancelled with its siblings)
             self.running.pop(record.id, None)
             self.finished[record.id] = record.status.value
             self.retries += max(len(record.attempts) - 1, 0)

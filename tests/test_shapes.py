@@ -1,0 +1,405 @@
+"""Shapes decided at run time: mapped tasks (``tool.map``) and switches (``flowdsl.switch``,
+``.when(on=...)``, the ``none_failed_min_one_success`` join), in every mode."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import anyio
+import pytest
+from support import MODES, run, tl
+
+import flowdsl
+from flowdsl import CompositionError, TaskStatus, each, switch
+
+S = TaskStatus
+
+
+@tl
+def search(q: str, n: int = 4) -> list[str]:
+    return [f"{q}/{i}" for i in range(n)]
+
+
+@tl
+def fetch(url: str, suffix: str = "") -> str:
+    return url.upper() + suffix
+
+
+@tl
+def join(pages: list[Any]) -> str:
+    return ",".join(map(str, pages))
+
+
+class Overlap:
+    """Async tools that record how many calls are open at once."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    def tool(self, **options: Any) -> Any:
+        async def nap(x: Any) -> Any:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            await anyio.sleep(0.03)
+            self.now -= 1
+            return x
+
+        return tl(nap, **options)
+
+
+def search_then_fetch() -> Any:
+    s = search("q").named("search")
+    f = fetch.map(s, suffix="!").named("fetch")
+    return s >> f >> join(f).named("join")
+
+
+class TestMap:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_search_then_fetch_each(self, mode: str) -> None:
+        """Children run per element; downstream gets their outputs in input order; every
+        child has a record (after its parent) in every mode."""
+        r = run(search_then_fetch(), mode=mode)
+        assert r.ok, r.error
+        assert r.outputs["fetch"] == ["Q/0!", "Q/1!", "Q/2!", "Q/3!"]
+        assert r.output == "Q/0!,Q/1!,Q/2!,Q/3!"
+        assert list(r.tasks) == ["search", "fetch", "fetch[0]", "fetch[1]", "fetch[2]",
+                                 "fetch[3]", "join"]
+        kids = [r.tasks[f"fetch[{i}]"] for i in range(4)]
+        assert all(k.status is S.COMPLETED and k.parent == "fetch" and k.tool == "fetch"
+                   for k in kids)
+        assert r.tasks["fetch"].parent is None
+
+    def test_planner_keeps_one_node(self) -> None:
+        """The plan has the mapped task once, whatever it expands into."""
+        p = flowdsl.plan(search_then_fetch())
+        assert list(p.order) == ["search", "fetch", "join"]
+
+    def test_plain_list_and_projection(self) -> None:
+        """A plain list, and a projection of an output, can be mapped over."""
+        lst = fetch.map(["a", "b"]).named("lst")
+        src = tl(lambda: {"urls": ["x", "y", "z"]})().named("src")
+        proj = fetch.map(src["urls"]).named("proj")
+        r = run(lst | (src >> proj))
+        assert r.outputs["lst"] == ["A", "B"] and r.outputs["proj"] == ["X", "Y", "Z"]
+
+    def test_map_over_a_mapped_task(self) -> None:
+        """The output of one map is the list another maps over, element by element."""
+        s = search("a", n=3).named("search")
+        up = fetch.map(s).named("up")
+        twice = fetch.map(up, suffix="?").named("twice")
+        r = run(s >> up >> twice)
+        assert r.outputs["twice"] == ["A/0?", "A/1?", "A/2?"]
+        assert "twice[2]" in r.tasks
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_empty_list_completes_with_empty_list(self, mode: str) -> None:
+        """No element: the mapped task completes with [] and downstream runs."""
+        s = search("q", n=0).named("search")
+        f = fetch.map(s).named("fetch")
+        r = run(s >> f >> join(f).named("join"), mode=mode)
+        assert r.ok and r.outputs["fetch"] == [] and r.output == ""
+        assert list(r.tasks) == ["search", "fetch", "join"]
+
+    def test_each_zips_keyword_arguments(self) -> None:
+        """each(...) keywords are zipped with the mapped values; others go to every child."""
+        pair = tl(lambda a, b, c="": f"{a}{b}{c}")
+        r = run(pair.map([1, 2, 3], b=each(["x", "y", "z"]), c="."))
+        assert r.output == ["1x.", "2y.", "3z."]
+
+    def test_each_lengths_must_match(self) -> None:
+        """Unequal mapped lengths fail the mapped task with both lengths."""
+        pair = tl(lambda a, b: a)
+        r = run(pair.map([1, 2, 3], b=each(["x"])).named("pair"))
+        rec = r.tasks["pair"]
+        assert rec.status is S.FAILED
+        assert "each(b) has 1 elements but 'a' has 3" in rec.error.message
+
+    def test_each_outside_map_is_refused(self) -> None:
+        """each() in a plain call is a composition error, not a silent value."""
+        with pytest.raises(CompositionError, match=r"tool\.map"):
+            fetch(each(["a"]))
+
+    def test_map_over_a_string_is_refused(self) -> None:
+        """A string given at composition time is not a list of elements."""
+        with pytest.raises(CompositionError, match="cannot map tool 'fetch' over str"):
+            fetch.map("abc")
+
+    def test_runtime_value_that_is_not_a_list(self) -> None:
+        """A non-list output fails the mapped task, naming it and the parameter."""
+        src = tl(lambda: "text")().named("src")
+        r = run(src >> fetch.map(src).named("f"))
+        assert r.tasks["f"].status is S.FAILED
+        assert "mapped task 'f' needs a list for its parameter 'url'" in r.tasks[
+            "f"].error.message
+
+    def test_fan_out_limit(self) -> None:
+        """More children than max_children fails the task before any child runs."""
+        f = fetch.map([str(i) for i in range(5)]).named("f").with_options(max_children=3)
+        r = run(f)
+        assert r.tasks["f"].status is S.FAILED
+        assert "would fan out to 5 children, over its limit of 3" in r.tasks["f"].error.message
+        assert "f[0]" not in r.tasks
+
+    def test_default_fan_out_limit_is_10000(self) -> None:
+        """The default limit stops a runaway fan-out."""
+        r = run(fetch.map(["x"] * 10_001).named("f"))
+        assert "over its limit of 10000" in r.tasks["f"].error.message
+
+    def test_map_options_only_on_mapped_tasks(self) -> None:
+        """max_parallel on a plain task is a composition error naming the task."""
+        with pytest.raises(CompositionError, match=r"'fetch'.*mapped task"):
+            fetch("a").named("fetch").with_options(max_parallel=2)
+        with pytest.raises(CompositionError, match="max_parallel=0"):
+            fetch.map(["a"]).with_options(max_parallel=0)
+
+    def test_failed_child_fails_the_map_and_stops_siblings(self) -> None:
+        """Fail-fast: a failing child cancels its siblings, then its parent fails."""
+        started: list[int] = []
+
+        async def maybe(x: int) -> int:
+            started.append(x)
+            if x == 1:
+                raise ValueError("bad element")
+            await anyio.sleep(0.5)
+            return x
+
+        f = tl(maybe).map([0, 1, 2, 3]).named("m").with_options(max_parallel=2)
+        after = tl(lambda xs: xs)(f).named("after")
+        r = run(f >> after)
+        assert r.status == "failed"
+        assert r.tasks["m"].status is S.FAILED
+        assert "1 of 4 children failed (first: 'm[1]', ValueError: bad element)" in r.tasks[
+            "m"].error.message
+        assert r.tasks["m[1]"].status is S.FAILED
+        assert r.tasks["m[0]"].status is S.CANCELLED
+        assert r.tasks["m[0]"].reason == "a sibling, 'm[1]', failed"
+        assert r.tasks["m[3]"].status is S.CANCELLED
+        assert r.tasks["m[3]"].reason.startswith("not started")
+        assert 3 not in started
+        assert r.tasks["after"].status is S.PENDING
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_continue_on_error_runs_every_sibling(self, mode: str) -> None:
+        """With continue_on_error the siblings finish; the map fails; downstream is
+        upstream_failed unless its trigger rule says otherwise."""
+        def maybe(x: int) -> int:
+            if x == 1:
+                raise ValueError("bad")
+            return x
+
+        f = tl(maybe).map([0, 1, 2]).named("m")
+        after = tl(lambda xs: xs)(f).named("after")
+        cleanup = tl(lambda: "ok")().named("cleanup").with_options(trigger="all_done")
+        r = run(f >> (after | cleanup), mode=mode, continue_on_error=True)
+        assert [r.tasks[f"m[{i}]"].status for i in range(3)] == [S.COMPLETED, S.FAILED,
+                                                                  S.COMPLETED]
+        assert r.tasks["m"].status is S.FAILED
+        assert r.tasks["after"].status is S.UPSTREAM_FAILED
+        assert r.outputs["cleanup"] == "ok"
+
+    def test_max_parallel_bounds_one_map(self) -> None:
+        """max_parallel=2: never more than two children at once."""
+        o = Overlap()
+        r = run(o.tool().map(list(range(6))).with_options(max_parallel=2))
+        assert r.ok and o.most == 2
+
+    @pytest.mark.parametrize(("mode", "most"), [("parallel", 6), ("sequential", 1),
+                                                ("conditional", 1)])
+    def test_mode_concurrency_applies_to_children(self, mode: str, most: int) -> None:
+        """Children overlap in parallel mode, one at a time in sequential/conditional."""
+        o = Overlap()
+        r = run(o.tool().map(list(range(6))), mode=mode)
+        assert r.ok and o.most == most
+
+    def test_run_max_concurrency_bounds_children(self) -> None:
+        """The run's max_concurrency bounds a map's children too."""
+        o = Overlap()
+        r = run(o.tool().map(list(range(6))), max_concurrency=3)
+        assert r.ok and o.most == 3
+
+    def test_pools_apply_per_child(self) -> None:
+        """A child holds its tool's pool while it runs: a pool of 1 serializes them."""
+        o = Overlap()
+        r = run(o.tool(resources={"db": 1}).map(list(range(4))), resources={"db": 1})
+        assert r.ok and o.most == 1
+
+    def test_children_retry_and_time_out(self) -> None:
+        """Each child gets the tool's retries and timeout on its own."""
+        tries: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def flaky(x: int) -> int:
+            with lock:
+                tries[x] = tries.get(x, 0) + 1
+            if x == 0 and tries[x] == 1:
+                raise OSError("transient")
+            if x == 2:
+                time.sleep(0.3)
+            return x
+
+        f = tl(flaky, retries=1, timeout=0.1, backoff=0).map([0, 1, 2]).named("f")
+        r = run(f, continue_on_error=True)
+        assert len(r.tasks["f[0]"].attempts) == 2 and r.tasks["f[0]"].status is S.COMPLETED
+        assert len(r.tasks["f[1]"].attempts) == 1
+        assert r.tasks["f[2]"].status is S.TIMED_OUT
+
+    def test_rollback_per_child(self) -> None:
+        """On a failed run each completed child is rolled back with its own output."""
+        undone: list[Any] = []
+        f = tl(lambda x: x * 10, rollback=undone.append).map([1, 2]).named("f")
+        boom = tl(lambda xs: 1 / 0)(f).named("boom")
+        r = run(f >> boom, rollback_on_failure=True, mode="sequential")
+        assert sorted(undone) == [10, 20]
+        assert r.tasks["f[0]"].status is S.ROLLED_BACK
+
+    def test_run_timeout_cancels_children(self) -> None:
+        """The run's timeout cancels running children and their parent."""
+        async def slow(x: int) -> int:
+            await anyio.sleep(5)
+            return x
+
+        r = run(tl(slow).map([1, 2]).named("s"), timeout=0.2)
+        assert r.status == "timed_out"
+        assert r.tasks["s"].status is S.CANCELLED
+        assert r.tasks["s[0]"].status is S.CANCELLED
+
+    def test_to_context_maps_the_list(self) -> None:
+        """to_context on a mapped task stores the list of outputs."""
+        r = run(fetch.map(["a", "b"]).named("f").to_context("pages"))
+        assert r.context["pages"] == ["A", "B"]
+
+    def test_pipeline_over_items_maps_per_item(self) -> None:
+        """In a pipeline over items, each item's mapped stage expands on its own."""
+        split = tl(lambda s: list(s)).stage().named("split")
+        flow = split >> fetch.map(split).named("up")
+        r = run(flow, mode="pipeline", items=["ab", "cde"])
+        assert r.outputs["up"] == [["A", "B"], ["C", "D", "E"]]
+        assert r.tasks["up[2]"].parent == "up"
+
+    def test_history_timeline_and_progress_show_children(self, tmp_path: Any) -> None:
+        """Every child is a row in history, a bar in the timeline and a count in progress."""
+        from flowdsl._report.progress import _State
+        from flowdsl._report.timeline import from_result
+
+        state = _State()
+        store = flowdsl.open_history(tmp_path / "h.db")
+        r = flowdsl.run(search_then_fetch(), history=store, observers=[state])
+        rows = {t["task_id"]: t for t in store.get_run(r.run_id)["tasks"]}
+        assert {"fetch[0]", "fetch[3]"} <= set(rows)
+        assert rows["fetch[1]"]["status"] == "completed"
+        assert [b.id for b in from_result(r).bars][:3] == ["search", "fetch", "fetch[0]"]
+        assert state.total == 7 and len(state.finished) == 7
+        store.close()
+
+
+class TestSwitch:
+    @staticmethod
+    def flow(choice: int, *, default: Any = None) -> Any:
+        route = tl(lambda i: "abcz"[i])(choice).named("route")
+        work = tl(lambda label: label)
+        cases = {"a": work("A").named("A"),
+                 "b": work("B").named("B") >> work("B2").named("B2"),
+                 "c": work("C").named("C")}
+        joined = tl(lambda: "joined")().named("join").with_options(
+            trigger="none_failed_min_one_success")
+        return route >> switch(route, cases, default=default, name="sw") >> joined
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_one_of_three_with_a_join(self, mode: str) -> None:
+        """Exactly the matching case runs; the others' tasks are skipped with the switch's
+        reason; the join runs."""
+        r = run(self.flow(1), mode=mode)
+        assert r.ok, r.error
+        assert r.outputs["B2"] == "B2" and r.output == "joined"
+        for t in ("A", "C", "sw['a']", "sw['c']"):
+            assert r.tasks[t].status is S.SKIPPED
+            assert r.tasks[t].reason == "switch on 'route' chose 'b'"
+        assert r.tasks["sw['b']"].status is S.COMPLETED
+
+    def test_no_match_without_default_skips_everything(self) -> None:
+        """No case matches: every case and the join are skipped."""
+        r = run(self.flow(3))
+        assert r.ok
+        assert r.tasks["B2"].reason == "switch on 'route' matched no case (got 'z')"
+        assert r.tasks["join"].status is S.SKIPPED
+
+    def test_default_runs_when_nothing_matches(self) -> None:
+        """The default path runs when no case matches, and only then."""
+        other = tl(lambda: "other")().named("other")
+        r = run(self.flow(3, default=other))
+        assert r.outputs["other"] == "other" and r.output == "joined"
+        r = run(self.flow(0, default=tl(lambda: "other")().named("other")))
+        assert r.tasks["other"].status is S.SKIPPED and r.outputs["A"] == "A"
+
+    def test_switch_on_a_projection_passes_the_value(self) -> None:
+        """on= may be a projection; the chosen case's stage receives the value."""
+        src = tl(lambda: {"kind": "x"})().named("src")
+        shout = tl(lambda v: v.upper())
+        r = run(src >> switch(src["kind"], {"x": shout.stage().named("X"),
+                                            "y": shout.stage().named("Y")}))
+        assert r.outputs["X"] == "X" and r.tasks["Y"].status is S.SKIPPED
+
+    def test_switch_arguments_are_checked(self) -> None:
+        """A non-task on= or an empty case mapping is refused at composition."""
+        with pytest.raises(CompositionError, match=r"switch\(on=\.\.\.\) expects a Task"):
+            switch("route", {"a": fetch("x")})
+        with pytest.raises(CompositionError, match="non-empty mapping"):
+            switch(fetch("x"), {})
+
+    def test_join_is_upstream_failed_after_a_failure(self) -> None:
+        """none_failed_min_one_success: a failed case fails the join's inputs."""
+        route = tl(lambda: "a")().named("route")
+        bad = tl(lambda: 1 / 0)().named("bad")
+        joined = tl(lambda: 1)().named("join").with_options(
+            trigger="none_failed_min_one_success")
+        r = run(route >> switch(route, {"a": bad, "b": fetch("x")}) >> joined,
+                continue_on_error=True)
+        assert r.tasks["join"].status is S.UPSTREAM_FAILED
+
+
+class TestWhenOn:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_equals_in_a_loop_binds_each_value(self, mode: str) -> None:
+        """.when(on=, equals=) built in a loop keeps each value (no late binding)."""
+        route = tl(lambda: "b")().named("route")
+        paths = [fetch(v).named(v).when(on=route, equals=v) for v in ("a", "b", "c")]
+        r = run(route >> paths, mode=mode)
+        assert [r.tasks[v].status for v in "abc"] == [S.SKIPPED, S.COMPLETED, S.SKIPPED]
+        assert r.tasks["a"].reason == "'route' gave 'b', not 'a'"
+
+    def test_predicate_receives_the_output(self) -> None:
+        """.when(predicate, on=task): the predicate gets that task's output, no context."""
+        n = tl(lambda: 7)().named("n")
+        big = fetch("big").named("big").when(lambda v: v > 5, on=n)
+        small = fetch("small").named("small").when(lambda v: v <= 5, on=n)
+        r = run(n >> (big | small))
+        assert r.tasks["big"].status is S.COMPLETED
+        assert r.tasks["small"].reason == "its condition on 'n' was false (got 7)"
+
+    def test_on_orders_the_task_after_its_source(self) -> None:
+        """on= alone is a dependency: the guarded task waits for it."""
+        n = tl(lambda: 1)().named("n")
+        t = fetch("x").named("t").when(on=n, equals=1)
+        p = flowdsl.plan(t)
+        assert p.predecessors["t"] == ("n",)
+
+    def test_raising_predicate_fails_the_task(self) -> None:
+        """A predicate that raises fails the task, naming it and the source."""
+        n = tl(lambda: 1)().named("n")
+        t = fetch("x").named("t").when(lambda v: v["k"], on=n)
+        r = run(n >> t)
+        assert r.tasks["t"].status is S.FAILED
+        assert "condition of task 't' on <Task 'n'" in r.tasks["t"].error.message
+
+    def test_misuse_is_refused(self) -> None:
+        """equals= needs on=; on= takes a task; predicate and equals= are exclusive."""
+        n = fetch("n")
+        with pytest.raises(CompositionError, match="needs on="):
+            fetch("x").when(equals=1)
+        with pytest.raises(CompositionError, match="expects a Task or a projection"):
+            fetch("x").when(on="n", equals=1)
+        with pytest.raises(CompositionError, match="exactly one"):
+            fetch("x").when(lambda v: v, on=n, equals=1)
