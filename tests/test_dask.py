@@ -143,6 +143,28 @@ class TestSameResults:
         assert r.outputs["n"] == {"x": 1}
         assert r.outputs["p"] != os.getpid()
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mapped_children_run_on_the_cluster(self, ex: DaskExecutor, mode: str) -> None:
+        """A mapped task's children go to the workers; downstream gets plain values in
+        input order, the same as locally."""
+        src = dt.add(0, 3).named("src")
+        flow = src >> dt.pid.map([1, 2, 3]).named("pids") >> dt.inc.map(
+            dt.add.map([10, 20, 30], b=flowdsl.each([1, 2, 3])).named("sums")).named("incs")
+        remote = run(flow, mode=mode, executor=ex)
+        local = run(flow, mode=mode)
+        assert remote.ok, remote.error
+        assert remote.outputs["incs"] == local.outputs["incs"] == [12, 23, 34]
+        assert os.getpid() not in remote.outputs["pids"]
+        assert len(remote.outputs["pids"]) == 3
+        assert not any(isinstance(v, DaskRemote) for v in remote.outputs["sums"])
+        assert remote.tasks["sums[2]"].status is S.COMPLETED
+
+    def test_a_failed_child_on_the_cluster_fails_the_map(self, ex: DaskExecutor) -> None:
+        """A child raising on a worker fails its mapped task with the worker's error."""
+        r = run(dt.boom.map(["x", "y"]).named("b"), executor=ex, continue_on_error=True)
+        assert r.tasks["b"].status is S.FAILED
+        assert "ValueError: x" in r.tasks["b"].error.message
+
     def test_no_handles_reach_the_caller(self, ex: DaskExecutor) -> None:
         """outputs, output and context hold plain values, never remote handles."""
         r = run(sample(), executor=ex)
