@@ -403,3 +403,54 @@ class TestWhenOn:
             fetch("x").when(on="n", equals=1)
         with pytest.raises(CompositionError, match="exactly one"):
             fetch("x").when(lambda v: v, on=n, equals=1)
+
+
+class TestDocuments:
+    @staticmethod
+    def registry() -> flowdsl.ToolRegistry:
+        reg = flowdsl.ToolRegistry()
+        reg.register(search)
+        reg.register(fetch)
+        return reg
+
+    DOC: dict[str, Any] = {"name": "m", "tasks": [
+        {"id": "search", "tool": "search", "args": {"q": "a", "n": 2}},
+        {"id": "fetch", "tool": "fetch", "map": {"$task": "search"},
+         "args": {"suffix": "!"}, "max_parallel": 2}]}
+
+    def test_map_in_a_document_runs_and_writes_back(self) -> None:
+        """"map": {"$task": ...} loads as a mapped task; to_dict writes it back the same."""
+        from flowdsl._data.documents import flow_to_dict
+
+        reg = self.registry()
+        flow = flowdsl.load_flow(self.DOC, reg)
+        r = run(flow)
+        assert r.outputs["fetch"] == ["A/0!", "A/1!"]
+        again = flow_to_dict(flow, reg)
+        assert again["tasks"][1] == self.DOC["tasks"][1]
+        assert run(flowdsl.load_flow(again, reg)).outputs["fetch"] == ["A/0!", "A/1!"]
+
+    def test_bad_map_fields_are_reported(self) -> None:
+        """A string map, a bad max_parallel, the mapped parameter given twice and
+        max_parallel without map are each reported with their path."""
+        reg = self.registry()
+        doc = {"name": "m", "tasks": [
+            {"id": "a", "tool": "fetch", "map": "abc", "max_parallel": 0},
+            {"id": "b", "tool": "fetch", "map": ["x"], "args": {"url": "y"}},
+            {"id": "c", "tool": "fetch", "args": {"url": "y"}, "max_children": 3}]}
+        with pytest.raises(flowdsl.PlanValidationError) as info:
+            flowdsl.load_flow(doc, reg)
+        found = {(p["path"], p["code"]) for p in info.value.problems}
+        assert found == {("tasks[0].map", "bad_map"), ("tasks[0].max_parallel", "bad_option"),
+                         ("tasks[1].args.url", "bad_map"),
+                         ("tasks[2].max_children", "not_mapped")}
+
+    def test_schema_accepts_map_and_still_requires_arguments(self) -> None:
+        """The JSON Schema takes "map" in place of the first argument, not in place of
+        the others."""
+        jsonschema = pytest.importorskip("jsonschema")
+        schema = flowdsl.plan_schema(self.registry())
+        jsonschema.validate(self.DOC, schema)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "m", "tasks": [
+                {"id": "f", "tool": "fetch", "args": {}}]}, schema)

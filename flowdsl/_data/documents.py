@@ -25,7 +25,7 @@ from .._base.errors import CompositionError, CycleError, PlanValidationError, To
 from .._graph.registry import ToolRegistry, default_registry
 from .._graph.spec import TRIGGERS, _normalize
 from .._graph.task import _MISSING as _GRAPH_MISSING
-from .._graph.task import CtxRef, Flow, Ref, Task, chain, ctx, parallel
+from .._graph.task import DEFAULT_MAP_LIMIT, CtxRef, Flow, Ref, Task, chain, ctx, parallel
 from .._graph.tool import Tool
 from .._graph.walk import KEEP, transform
 from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
@@ -37,7 +37,8 @@ DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concur
               "tasks", "$schema")
 DOC_ALIASES = {"execution_mode": "mode", "input_context": "context"}
 TASK_FIELDS = ("id", "tool", "args", "depends_on", "when", "timeout", "retries", "backoff",
-               "resources", "priority", "trigger", "to_context")
+               "resources", "priority", "trigger", "to_context", "map", "max_parallel",
+               "max_children")
 TASK_ALIASES = {"task_id": "id", "tool_id": "tool", "parameters": "args",
                 "timeout_seconds": "timeout", "max_retries": "retries",
                 "output_mapping": "to_context"}
@@ -145,6 +146,8 @@ class _TaskDoc:
     condition: Condition | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     to_context: Any = None
+    map: Any = _GRAPH_MISSING  # the values a mapped task runs its tool over
+    fan: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_parallel, ...
     refs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, task id)
 
 
@@ -213,7 +216,48 @@ def _scan_refs(value: Any, where: str, doc: _TaskDoc, out: Problems) -> bool:
     return found
 
 
-def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Problems) -> None:
+def _check_map(doc: _TaskDoc, task: dict[str, Any], tool_name: str, base: str,
+               out: Problems) -> str | None:
+    """Check a mapped task's ``map`` (a list or a ``$task`` reference) and its options;
+    the name of the parameter each element goes to, or None."""
+    if "map" not in task:
+        for key in _FAN_FIELDS:
+            if key in task:
+                _problem(out, _path(base, key), "not_mapped",
+                         f"{key!r} applies to a mapped task (one with 'map') only")
+        return None
+    value, where = task["map"], _path(base, "map")
+    if not (isinstance(value, list) or (isinstance(value, dict) and (
+            "$task" in value or "$ctx" in value))):
+        _problem(out, where, "bad_map", 'a mapped task\'s "map" is a list or a reference '
+                 '({"$task": "<id>", "path": [...]} or {"$ctx": "<key>"})')
+    else:
+        _scan_refs(value, where, doc, out)
+        doc.map = value
+    for key in _FAN_FIELDS:
+        v = task.get(key)
+        if key in task and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            _problem(out, _path(base, key), "bad_option", f"{key!r} is an integer >= 1")
+        elif key in task:
+            doc.fan[key] = v
+    if doc.tool is None:
+        return None
+    first = next(iter(doc.tool.signature.parameters.values()), None)
+    if first is None or first.kind in (first.VAR_KEYWORD, first.KEYWORD_ONLY):
+        _problem(out, where, "bad_map",
+                 f"tool {tool_name!r} has no positional parameter to receive each element")
+        return None
+    if first.name in task.get("args", {}):
+        _problem(out, _path(base, "args", first.name), "bad_map",
+                 f"{first.name!r} receives each element of 'map'; do not also give it")
+    return first.name
+
+
+_FAN_FIELDS = ("max_parallel", "max_children")
+
+
+def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Problems,
+                mapped: str | None = None) -> None:
     where = _path(base, "args")
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
         _problem(out, where, "bad_args", "'args' is an object of argument name -> value")
@@ -246,7 +290,7 @@ def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Proble
             _problem(out, _path(where, k, *loc), "wrong_type", message)
         doc.args[k] = v  # as the tool will receive it (a dict may become a dataclass)
     for p in plist:
-        if p.required and p.name not in args:
+        if p.required and p.name not in args and p.name != mapped:
             _problem(out, _path(where, p.name), "missing_argument",
                      f"missing required argument {p.name!r} of tool {tool_name!r}")
 
@@ -321,7 +365,8 @@ def _check_task(raw: Any, i: int, registry: ToolRegistry, predicates: Mapping[st
         if _check_id(d, _path(base, "depends_on", k), out):
             doc.deps.append(d)
             doc.refs.append((_path(base, "depends_on", k), d))
-    _check_args(doc, task.get("args", {}), str(name), base, out)
+    mapped = _check_map(doc, task, str(name), base, out)
+    _check_args(doc, task.get("args", {}), str(name), base, out, mapped)
     if task.get("when") is not None:
         fn = _compile(task["when"], _path(base, "when"), predicates, out)
         doc.condition = None if fn is None else Condition(task["when"], fn)
@@ -459,9 +504,12 @@ def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:
     positional = {p.name for p in params(d.tool)[0] if p.positional_only}
     kwargs = {k: _resolve(v, built) for k, v in d.args.items()}
     pos = [kwargs.pop(p) for p in list(kwargs) if p in positional]
-    task = d.tool(*pos, **kwargs).named(d.id)
-    if d.options:
-        task = task.with_options(**d.options)
+    if d.map is not _GRAPH_MISSING:
+        task = d.tool.map(_resolve(d.map, built), **kwargs).named(d.id)
+    else:
+        task = d.tool(*pos, **kwargs).named(d.id)
+    if d.options or d.fan:
+        task = task.with_options(**d.options, **d.fan)
     if d.condition is not None:
         task = task.when(d.condition)
     if d.to_context is not None:
@@ -566,8 +614,18 @@ def _task_data(t: Task, preds: tuple[str, ...], registry: ToolRegistry,
     if len(t.args) > len(named):
         raise _unwritable(t.id, "it takes extra positional arguments (*args)")
     args = {**dict(zip(named, t.args)), **t.kwargs}
+    fan = t.fan
+    mapped = args.pop(fan.params[0]) if fan is not None else None
+    if fan is not None and len(fan.params) > 1:
+        raise _unwritable(t.id, "it maps keyword arguments with each()")
     out: dict[str, Any] = {"id": t.id, "tool": tool_name,
                            "args": {k: _to_data(v, t.id, k) for k, v in args.items()}}
+    if fan is not None:
+        out["map"] = _to_data(mapped, t.id, "map")
+        if fan.max_parallel is not None:
+            out["max_parallel"] = fan.max_parallel
+        if fan.limit != DEFAULT_MAP_LIMIT:
+            out["max_children"] = fan.limit
     implied = {u.id for u in t.upstream}
     deps = [p for p in preds if p not in implied]
     if deps:

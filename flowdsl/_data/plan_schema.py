@@ -107,10 +107,24 @@ def _task_variant(name: str, t: Tool) -> tuple[dict[str, Any], dict[str, Any]]:
         "priority": {"type": "number"}, "trigger": {"enum": list(TRIGGERS)},
         "to_context": {"anyOf": [{"type": "string"}, {"type": "object",
                                   "additionalProperties": {"type": "string"}}]},
+        # A mapped task: the tool runs once per element, which goes to its first parameter.
+        "map": {"anyOf": [{"type": "array"}, {"$ref": "#/$defs/reference"}]},
+        "max_parallel": {"type": "integer", "minimum": 1},
+        "max_children": {"type": "integer", "minimum": 1},
     }
-    required = ["id", "tool"] + (["args"] if parameters.get("required") else [])
-    return ({"type": "object", "required": required, "additionalProperties": False,
-             "properties": props}, defs)
+    need = parameters.pop("required", [])
+    first = next(iter(t.signature.parameters), None)
+    rest = [n for n in need if n != first]
+
+    def args_needing(names: list[str]) -> dict[str, Any]:
+        return ({"required": ["args"], "properties": {"args": {"required": names}}}
+                if names else {})
+
+    variant = {"type": "object", "required": ["id", "tool"], "additionalProperties": False,
+               "properties": props,
+               "if": {"required": ["map"]}, "then": args_needing(rest),
+               "else": args_needing(need)}
+    return variant, defs
 
 
 def plan_schema(registry: ToolRegistry | None = None) -> dict[str, Any]:
