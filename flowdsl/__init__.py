@@ -6,6 +6,7 @@ run the flow sequentially, in parallel, as a pipeline or conditionally.
 
 from ._base import hooks as _hooks
 from ._base.errors import (
+    CacheKeyError,
     CompositionError,
     CycleError,
     DuplicateTaskError,
@@ -25,6 +26,7 @@ from ._base.errors import (
 )
 from ._graph.builtins import branch, switch
 from ._graph.registry import ToolRegistry, default_registry
+from ._graph.spec import Cache
 from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel
 from ._graph.tool import Backoff, Tool, tool
 from ._plan.planner import DependencyResolver, Plan, plan
@@ -65,6 +67,7 @@ for _name, _target in {
     "tool_schema": "flowdsl._data.schema:tool_schema",
     "registry_schemas": "flowdsl._data.schema:registry_schemas",
     "open_history": "flowdsl._record.history:open_history",
+    "open_cache": "flowdsl._record.cache:open_cache",
 }.items():
     _hooks.provide(_name, _target)
 del _name, _target
@@ -88,6 +91,8 @@ def __dir__() -> list[str]:
 __all__ = [
     "Attempt",
     "Backoff",
+    "Cache",
+    "CacheKeyError",
     "CompositionError",
     "CycleError",
     "DependencyResolver",

@@ -476,10 +476,10 @@ class TestRecords:
         assert ok.raise_for_error() is ok
 
     def test_status_is_string_enum(self) -> None:
-        """Statuses are a string-valued enum with the nine documented values."""
+        """Statuses are a string-valued enum with the ten documented values."""
         assert {s.value for s in S} == {
             "pending", "running", "completed", "failed", "timed_out", "skipped",
-            "upstream_failed", "cancelled", "rolled_back"}
+            "upstream_failed", "cancelled", "rolled_back", "cached"}
         assert S.COMPLETED == "completed"
 
 

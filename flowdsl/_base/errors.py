@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "CacheKeyError",
     "CompositionError",
     "CycleError",
     "DuplicateTaskError",
@@ -57,6 +58,11 @@ class CompositionError(FlowError, TypeError):
 
 class PlanError(FlowError, ValueError):
     """Raised when a flow cannot be planned; nothing has run."""
+
+
+class CacheKeyError(PlanError, TypeError):
+    """Raised when a cached task's arguments cannot be hashed canonically (give the tool's
+    ``Cache(key=...)``); for arguments known before the run, nothing has run."""
 
 
 class DuplicateTaskError(PlanError):

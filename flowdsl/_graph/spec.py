@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 
 from .._base.errors import ToolDefinitionError
 
-__all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "ToolLike", "ToolSpec"]
+__all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "Cache", "ToolLike", "ToolSpec"]
 
 EXECUTORS = ("async", "thread", "process", "inline", "dask")
 TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed",
@@ -52,6 +52,31 @@ class Backoff:
 
 
 @dataclass(frozen=True, slots=True)
+class Cache:
+    """Cache a tool's output by its inputs: ``@tool(cache=Cache(...))`` (``cache=True`` is
+    ``Cache()``).
+
+    The key is the tool's module-qualified name, a version and a canonical hash of the
+    argument values; a later call with the same key returns the stored output without
+    calling the tool (the task ends ``cached``). Entries live in the history file.
+
+    Args:
+        key: a function receiving the bound arguments by name and returning what identifies
+            the call (JSON data); for arguments that cannot be hashed canonically.
+        ttl: seconds an entry stays valid (``None``: until cleared).
+        version: the code version; default: a hash of the tool's source, so an edited tool
+            recomputes.
+        serializer: ``"json"`` (default; outputs must be JSON data) or ``"pickle"`` (any
+            picklable output; unpickling runs code, so only for a cache file you trust).
+    """
+
+    key: Callable[..., Any] | None = None
+    ttl: float | None = None
+    version: str | None = None
+    serializer: Literal["json", "pickle"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
 class ToolSpec:
     """The validated options of a tool (or of one task, after per-task overrides)."""
 
@@ -70,6 +95,7 @@ class ToolSpec:
     priority: float | None = None
     expected_duration: float | None = None
     is_async: bool = False
+    cache: Cache | None = None
 
     def evolve(self, **changes: Any) -> ToolSpec:
         """A copy with ``changes`` validated and applied."""
@@ -118,6 +144,8 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
             out[key] = value
         elif key == "executor":
             out[key] = _executor(name, value, is_async)
+        elif key == "cache":
+            out[key] = _cache(name, value)
         elif key == "priority":
             out[key] = None if value is None else _signed(name, key, value)
         elif key in ("description", "name"):
@@ -128,6 +156,23 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
             msg = f"tool {name!r}: unknown option {key!r}"
             raise ToolDefinitionError(msg, tool=name, option=key, value=value)
     return out
+
+
+def _cache(name: str, value: Any) -> Cache | None:
+    if value is None or value is False:
+        return None
+    c = Cache() if value is True else value
+    if not isinstance(c, Cache):
+        raise _bad(name, "cache", value, "True, False or a flowdsl.Cache")
+    if c.key is not None and not callable(c.key):
+        raise _bad(name, "cache.key", c.key, "a callable receiving the arguments by name")
+    if c.ttl is not None:
+        _number(name, "cache.ttl", c.ttl, positive=True)
+    if c.version is not None and not isinstance(c.version, str):
+        raise _bad(name, "cache.version", c.version, "a string")
+    if c.serializer not in ("json", "pickle"):
+        raise _bad(name, "cache.serializer", c.serializer, "'json' or 'pickle'")
+    return c
 
 
 def _signed(name: str, option: str, value: Any) -> float:

@@ -147,7 +147,8 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
             (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
             all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
             (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
-            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``.
+            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``, ``cache``
+            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs).
 
     Raises:
         ToolDefinitionError: an option value is invalid; the message names tool, option, value.

@@ -320,6 +320,11 @@ from .cli_ui import register as register_ui  # noqa: E402
 
 register_ui(app)
 
+# `cache list|clear` lives in cli_cache.
+from .cli_cache import register as register_cache  # noqa: E402
+
+register_cache(app)
+
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              epilog="Example: flowdsl bench --quick --only reference")

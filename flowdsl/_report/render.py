@@ -115,7 +115,8 @@ def plan_mimebundle(plan: Plan, text: str | None = None) -> dict[str, Any]:
 
 _STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "timed_out": "#d84315",
                   "skipped": "#757575", "upstream_failed": "#8e24aa", "cancelled": "#6a1b9a",
-                  "rolled_back": "#1565c0", "running": "#f9a825", "pending": "#9e9e9e"}
+                  "rolled_back": "#1565c0", "running": "#f9a825", "pending": "#9e9e9e",
+                  "cached": "#66bb6a"}
 
 
 def result_html(result: Any) -> str:

@@ -37,7 +37,7 @@ COLORS: Mapping[str, str] = {
     "completed": "#4c9a5b", "failed": "#d0453f", "timed_out": "#e07b39",
     "skipped": "#b8b8b8", "upstream_failed": "#c9a3a1", "cancelled": "#8c7fb8",
     "rolled_back": "#5b8cc9", "running": "#e6c03b", "pending": "#dddddd",
-    "interrupted": "#8c7fb8",
+    "interrupted": "#8c7fb8", "cached": "#9cc7a4",
 }
 CRITICAL = "#1f1f1f"
 NO_POOL = "no pool"

@@ -24,6 +24,7 @@ from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._graph.task import Flow
 from .._plan.planner import Plan, plan
+from .caching import RunCache
 from .core import Core, Item
 from .executors import (
     AsyncExecutor,
@@ -148,7 +149,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                rng: random.Random | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
                log: bool | None = None, buffer: int = 2,
-               store_outputs: bool | None = None, progress: bool = False) -> RunResult:
+               store_outputs: bool | None = None, progress: bool = False,
+               cache: bool | None = None) -> RunResult:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     p = flow if isinstance(flow, Plan) else plan(flow)
     fl = flow if isinstance(flow, Flow) else p.flow if isinstance(p.flow, Flow) else None
@@ -164,6 +166,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
     store = _history(history)
+    results_cache = _run_cache(p, history, cache)
     ctx = dict(fl.context or {}) if fl is not None else {}
     ctx.update(context or {})
     remaining = p.remaining(_estimates(p, durations, store))
@@ -177,7 +180,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     obs = _observers(observers, store, p, store_outputs, progress)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
-                log=logging_enabled() if log is None else log, rng=rng, sleep=sleep)
+                log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
+                cache=results_cache)
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
         _reuse(store, resume, p, item, core)
@@ -222,6 +226,8 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
     try:
         for ex in opened:
             await ex.open()
+        if core.cache is not None:
+            await core.cache.open()
         with anyio.CancelScope() as scope:
             core.scope = scope
             if timeout is not None:
@@ -236,11 +242,28 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
     finally:
         with anyio.CancelScope(shield=True):
             try:
+                if core.cache is not None:  # what the run computed, also when it failed
+                    await core.cache.flush()
                 if core.remote:  # values on a cluster must come here before it closes
                     await core.localize()
             finally:
                 for ex in opened:
                     await ex.close()
+
+
+def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
+    """The result cache of this run, or None when no task of it is cached (then caching
+    costs nothing)."""
+    if cache is not None and not isinstance(cache, bool):
+        msg = f"run(): cache={cache!r} is invalid: expected True, False or None"
+        raise ValueError(msg)
+    if not RunCache.wanted(p.tasks, cache is True):  # type: ignore[arg-type]
+        return None
+    backend = hooks.get("open_cache")(history)
+    if backend is None:  # history is off: there is no file to keep entries in
+        return None
+    return RunCache(backend, p.tasks, read=cache is not False,  # type: ignore[arg-type]
+                    every=cache is True)
 
 
 def _estimates(p: Plan, given: Mapping[str, float] | None, store: Any) -> dict[str, float]:
@@ -298,7 +321,7 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
 
 _SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
              TaskStatus.UPSTREAM_FAILED, TaskStatus.ROLLED_BACK, TaskStatus.RUNNING,
-             TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.COMPLETED]
+             TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.COMPLETED, TaskStatus.CACHED]
 _RANK = {s: n for n, s in enumerate(_SEVERITY)}
 
 
@@ -406,6 +429,10 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
             ``run`` turns it on by default; needs ``flowdsl[cli]``).
         store_outputs: store task outputs (JSON) in history, so the run can be resumed
             (default: the store's setting, off unless the store was opened with it).
+        cache: ``None`` (default) uses the result cache of the tools declared with
+            ``cache=``; ``True`` caches every task of the run whose arguments can be hashed;
+            ``False`` does not read the cache (results are still written). Entries live in
+            the history file (``history=``, else the default one).
 
     Raises:
         PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.

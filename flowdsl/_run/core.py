@@ -20,11 +20,12 @@ from typing import Any
 
 import anyio
 
-from .._base.errors import TaskFailed, TaskTimeout
+from .._base.errors import CacheKeyError, TaskFailed, TaskTimeout
 from .._base.log import get_logger
 from .._graph.task import _MISSING, CtxRef, Ref, Task
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan
+from .caching import RunCache
 from .executors import Executor, Remote
 from .fanout import TaskInputError as _TaskError
 from .fanout import run_map
@@ -41,6 +42,7 @@ RUNNING = TaskStatus.RUNNING
 FAILED = TaskStatus.FAILED
 TIMED_OUT = TaskStatus.TIMED_OUT
 CANCELLED = TaskStatus.CANCELLED
+CACHED = TaskStatus.CACHED
 
 
 class Item:
@@ -64,8 +66,10 @@ class Core:
                  priorities: Mapping[str, float], continue_on_error: bool = False,
                  observers: Sequence[RunObserver] = (), log: bool = False,
                  rng: random.Random | None = None,
-                 sleep: Callable[[float], Awaitable[Any]] | None = None) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] | None = None,
+                 cache: RunCache | None = None) -> None:
         self.plan = plan
+        self.cache = cache  # None unless some task of the run is cached
         self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
         self.preds = plan.predecessors
         self.result = result
@@ -159,7 +163,17 @@ class Core:
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Acquire the task's pools, run its attempts, release the pools (a task or one
-        child of a mapped task)."""
+        child of a mapped task); a cache hit skips all of that."""
+        key = None
+        if self.cache is not None and task.id in self.cache.policies:
+            try:
+                key = self.cache.key(tid, task, args, kwargs)
+                if key is not None:
+                    found, value = self.cache.get(key)
+                    if found:
+                        return self._cached(tid, task, item, rec, value)
+            except (_TaskError, CacheKeyError) as exc:
+                return self._failed(tid, item, rec, exc, 0)
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
@@ -171,10 +185,38 @@ class Core:
                 raise
             rec.reason = None
         try:
-            return await self._attempts(tid, task, item, rec, args, kwargs)
+            status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
             if demand:
                 self.pools.release(demand)
+        if key is not None and status is COMPLETED:
+            await self._remember(key, task, item.outputs[tid], rec)
+        return status
+
+    def _cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                value: Any) -> TaskStatus:
+        """End ``tid`` with a cached output: the tool is not called and nothing is rolled
+        back; downstream sees a completed task."""
+        rec.started_at = self.now()
+        rec.reason = "output restored from the result cache"
+        if task.to_context_map is not None and rec.parent is None:
+            try:
+                self._map_output(task, value)
+            except _TaskError as exc:
+                return self._failed(tid, item, rec, exc, 0)
+        item.outputs[tid] = value
+        return self._finish(tid, item, rec, CACHED, output=value)
+
+    async def _remember(self, key: str, task: Task, out: Any, rec: TaskRecord) -> None:
+        if self.remote and isinstance(out, Remote):  # the cache file is here
+            try:
+                out = await out.fetch()
+            except Exception as exc:
+                rec.reason = f"not cached: fetching its output failed ({exc!r})"
+                return
+        why = self.cache.put(key, task, out)  # type: ignore[union-attr]
+        if why is not None:
+            rec.reason = why
 
     def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
@@ -447,7 +489,8 @@ class Core:
             rec.reason = reason
         if rec.started_at is not None:
             rec.ended_at = self.now() if ended is None else ended
-        item.status[tid] = status
+        # A cached task counts as completed for everything downstream.
+        item.status[tid] = COMPLETED if status is CACHED else status
         if self.observers:
             for ob in self.observers:
                 ob.task_finished(self.result, rec, output)

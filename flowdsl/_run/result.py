@@ -46,6 +46,7 @@ class TaskStatus(str, enum.Enum):
     UPSTREAM_FAILED = "upstream_failed"
     CANCELLED = "cancelled"
     ROLLED_BACK = "rolled_back"
+    CACHED = "cached"  # completed from the result cache: the tool was not called
 
     def __str__(self) -> str:
         return self.value

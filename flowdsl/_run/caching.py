@@ -1,0 +1,199 @@
+"""The result cache as one run sees it: which tasks are cached, their keys, hits and writes.
+
+Entries are kept by a :class:`CacheBackend` (the record layer's SQLite table, next to the run
+history). The run talks to it twice, both times in a worker thread, never on the event loop:
+once before the first task starts, to load the live entries of the run's cached tools, and
+once at the end (also when the run fails or is cancelled), to write the new ones. In between,
+a hit is a dict lookup.
+
+A key is the SHA-256 of the tool's module-qualified name, its version (the hash of its source
+unless ``Cache(version=...)`` is given) and a canonical JSON text of the bound arguments (or
+of what ``Cache(key=...)`` returns for them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+
+from .._base.errors import CacheKeyError
+from .._graph.spec import Cache
+from .._graph.task import Task
+
+__all__ = ["CacheBackend", "Entry", "RunCache"]
+
+_EVERY = Cache()  # the policy of a task cached only because of run(cache=True)
+
+#: (key, tool name, qualified name, created_at, expires_at, serializer, payload)
+Entry = tuple[str, str, str, float, "float | None", str, bytes]
+
+
+class CacheBackend(Protocol):
+    """Where cache entries live. Both methods block; the run calls them in a worker thread."""
+
+    def load(self, tools: Sequence[str], now: float) -> dict[str, Any]:
+        """The decoded values of the live entries of ``tools``, by key."""
+
+    def save(self, entries: Sequence[Entry]) -> None:
+        """Insert or replace ``entries`` (a concurrent writer of the same key may win)."""
+
+
+class _NotData(Exception):
+    """A value has no canonical JSON form."""
+
+
+def _refuse(value: Any) -> Any:
+    raise _NotData(type(value).__name__)
+
+
+def _canonical(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                          default=_refuse)
+    except (TypeError, ValueError) as exc:  # mixed dict keys, NaN
+        raise _NotData(str(exc)) from None
+
+
+_versions: dict[Any, str] = {}
+
+
+def _version(fn: Any) -> str:
+    """A hash of the function's source, computed once per function object (an edited and
+    re-run notebook cell makes a new object, so a new version)."""
+    v = _versions.get(fn)
+    if v is None:
+        try:
+            text = inspect.getsource(fn).encode()
+        except (OSError, TypeError):  # no source file (built at run time): hash the code
+            code = getattr(fn, "__code__", None)
+            text = code.co_code + repr(code.co_consts).encode() if code else repr(fn).encode()
+        v = _versions[fn] = hashlib.sha256(text).hexdigest()[:16]
+    return v
+
+
+class RunCache:
+    """The cache of one run (see the module docstring).
+
+    Args:
+        backend: where entries live.
+        tasks: the plan's tasks.
+        read: look entries up (``run(cache=False)`` only writes).
+        every: cache every task that can be (``run(cache=True)``), not just the tools
+            declared with ``cache=``.
+    """
+
+    def __init__(self, backend: CacheBackend, tasks: Mapping[str, Task], *, read: bool,
+                 every: bool) -> None:
+        self.backend = backend
+        self.read = read
+        self.policies: dict[str, Cache] = {}
+        self._declared: set[str] = set()
+        for tid, task in tasks.items():
+            c = task.spec.cache
+            if c is not None:
+                self.policies[tid] = c
+                self._declared.add(tid)
+            elif every:
+                self.policies[tid] = _EVERY
+        self.entries: dict[str, Any] = {}
+        self.pending: list[Entry] = []
+        self._qualnames: dict[str, str] = {}
+        # Arguments known now are checked now: a bad one fails before anything runs.
+        for tid in list(self.policies):
+            task = tasks[tid]
+            if not task.dynamic and task.stage_param is None:
+                try:
+                    self.key(tid, task, task.args, task.kwargs)
+                except CacheKeyError:
+                    if tid in self._declared:
+                        raise
+                    del self.policies[tid]  # run(cache=True): cache what can be cached
+        self.tools = sorted({tasks[tid].tool.name for tid in self.policies})
+
+    @staticmethod
+    def wanted(tasks: Mapping[str, Task], every: bool) -> bool:
+        """Whether a run of ``tasks`` needs the cache at all."""
+        return every or any(t.spec.cache is not None for t in tasks.values())
+
+    def key(self, tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> str | None:
+        """The key of a call of ``task`` with these arguments; None when the task is only
+        cached run-wide and its arguments cannot be hashed.
+
+        Raises:
+            CacheKeyError: for a tool declared with ``cache=``, an argument has no
+                canonical form; the message names it and suggests ``Cache(key=...)``.
+        """
+        policy = self.policies[task.id]
+        fn = task.tool.fn
+        bound = task.tool.signature.bind_partial(*args, **kwargs).arguments
+        if policy.key is not None:
+            try:
+                ident = _canonical(policy.key(**bound))
+            except _NotData as exc:
+                msg = (f"task {tid!r}: the cache key function of tool {task.tool.name!r} "
+                       f"returned something that is not JSON data ({exc})")
+                raise CacheKeyError(msg) from None
+        else:
+            parts = []
+            for name, value in bound.items():
+                try:
+                    parts.append(f"{json.dumps(name)}:{_canonical(value)}")
+                except _NotData as exc:
+                    if task.id not in self._declared:
+                        return None
+                    msg = (f"task {tid!r}: argument {name!r} of cached tool "
+                           f"{task.tool.name!r} cannot be hashed canonically ({exc}); give "
+                           "the tool cache=flowdsl.Cache(key=lambda **args: ...) returning "
+                           "JSON data that identifies the call")
+                    raise CacheKeyError(msg) from None
+            ident = "{" + ",".join(parts) + "}"
+        qual = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', task.tool.name)}"
+        self._qualnames[task.tool.name] = qual
+        text = f"{qual}\0{policy.version or _version(fn)}\0{ident}"
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """``(True, output)`` on a live hit, else ``(False, None)``."""
+        if not self.read or key not in self.entries:
+            return False, None
+        return True, self.entries[key]
+
+    def put(self, key: str, task: Task, value: Any) -> str | None:
+        """Queue ``value`` under ``key``; a reason when it cannot be stored."""
+        policy = self.policies[task.id]
+        try:
+            if policy.serializer == "pickle":
+                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            else:
+                payload = json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+        except Exception as exc:
+            return (f"not cached: its output is not JSON data ({type(exc).__name__}); use "
+                    "cache=flowdsl.Cache(serializer='pickle') for trusted data")
+        now = time.time()
+        expires = None if policy.ttl is None else now + policy.ttl
+        name = task.tool.name
+        self.pending.append((key, name, self._qualnames.get(name, name), now, expires,
+                             policy.serializer, payload))
+        self.entries[key] = value
+        return None
+
+    async def open(self) -> None:
+        """Load the live entries of the run's cached tools (in a worker thread)."""
+        if not self.read or not self.policies:
+            return
+        self.entries = await anyio.to_thread.run_sync(self.backend.load, self.tools,
+                                                      time.time())
+
+    async def flush(self) -> None:
+        """Write the new entries (in a worker thread); called once, at the run's end."""
+        if self.pending:
+            entries, self.pending = self.pending, []
+            await anyio.to_thread.run_sync(self.backend.save, entries)
