@@ -18,8 +18,8 @@ import anyio
 
 from flowdsl import tool
 
-__all__ = ["add", "attempt", "boom", "count", "flaky", "inc", "lock", "nap", "pair", "pid",
-           "priority", "span", "suicide_once", "total"]
+__all__ = ["add", "attempt", "boom", "cached_pid", "count", "flaky", "inc", "lock", "nap",
+           "pair", "pid", "priority", "span", "suicide_once", "total"]
 
 
 @tool(registry=False)
@@ -126,3 +126,9 @@ def suicide_once(counter: str) -> int:
 def lock() -> Any:
     """A value that cannot be pickled."""
     return threading.Lock()
+
+
+@tool(registry=False, cache=True)
+def cached_pid(x: int) -> dict[str, int]:
+    """Cached: which process computed ``x`` (a hit returns the first run's pid)."""
+    return {"x": x, "pid": os.getpid()}

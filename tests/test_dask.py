@@ -165,6 +165,20 @@ class TestSameResults:
         assert r.tasks["b"].status is S.FAILED
         assert "ValueError: x" in r.tasks["b"].error.message
 
+    def test_cache_hits_skip_the_cluster(self, cluster: LocalCluster) -> None:
+        """A cached tool computed on a worker is restored by the next run (its output is
+        the first run's, so nothing was recomputed), as plain values; mapped children too."""
+        def flow() -> Any:
+            return dt.cached_pid.map([1, 2]).named("m") >> dt.cached_pid(3).named("one")
+
+        first = run(flow(), executor=DaskExecutor(cluster), history=None)
+        second = run(flow(), executor=DaskExecutor(cluster), history=None)
+        assert first.ok and second.ok, (first.error, second.error)
+        assert os.getpid() not in [o["pid"] for o in first.outputs["m"]]
+        assert second.outputs["m"] == first.outputs["m"]
+        assert second.outputs["one"] == first.outputs["one"]
+        assert [second.tasks[t].status for t in ("m[0]", "m[1]", "one")] == [S.CACHED] * 3
+
     def test_no_handles_reach_the_caller(self, ex: DaskExecutor) -> None:
         """outputs, output and context hold plain values, never remote handles."""
         r = run(sample(), executor=ex)

@@ -157,7 +157,8 @@ class RunCache:
             ident = "{" + ",".join(parts) + "}"
         qual = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', task.tool.name)}"
         self._qualnames[task.tool.name] = qual
-        text = f"{qual}\0{policy.version or _version(fn)}\0{ident}"
+        # The tool's name too: two lambdas of one module share a qualified name.
+        text = f"{qual}\0{task.tool.name}\0{policy.version or _version(fn)}\0{ident}"
         return hashlib.sha256(text.encode()).hexdigest()
 
     def get(self, key: str) -> tuple[bool, Any]:

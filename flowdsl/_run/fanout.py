@@ -133,7 +133,7 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
             child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
                                                    parent=tid)
             status = await core._pooled(cid, task, item, child, a, k)
-            if status is not COMPLETED:
+            if status.failed:
                 failed.append(i)
                 if not core.continue_on_error:
                     core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
