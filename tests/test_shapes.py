@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -454,3 +458,38 @@ class TestDocuments:
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"name": "m", "tasks": [
                 {"id": "f", "tool": "fetch", "args": {}}]}, schema)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _section_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Shapes decided at run time")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path) -> None:
+    """Each code block of the README's "Shapes decided at run time" section runs in a fresh
+    process and prints exactly the values its `# ...` comments promise."""
+    code = _section_blocks()[index]
+    expected = [line.split("#", 1)[1].strip() for line in code.splitlines()
+                if line.startswith("print(") and "#" in line]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == expected
+
+
+def test_example_program_uses_every_part() -> None:
+    """examples/shapes.py maps, switches, joins and hits its cache on the second run."""
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "shapes.py")],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "fetched 4 pages as ['fetch[0]', 'fetch[1]', 'fetch[2]', 'fetch[3]']" in out
+    assert "'classify': 'cached'" in out.split("run 2:")[1]
+    assert "switch on 'classify' chose 'long'" in out
+    assert "classify was called 1 time(s) over two runs" in out
