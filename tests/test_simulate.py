@@ -129,8 +129,8 @@ class TestModes:
 
 class TestDurations:
     def test_sources_in_order_of_precedence(self) -> None:
-        """Given durations beat history (of the task, else of its tool), history beats
-        declared, declared beats 1 s."""
+        """The run's precedence: given durations beat declared estimates, declared beat
+        history (of the task, else of its tool), history beats 1 s."""
         store = HistoryStore()
         result = RunResult("r", "d", "parallel")
         obs = store.observer("d")
@@ -141,13 +141,22 @@ class TestDurations:
         obs.task_finished(result, rec, None)
         result.status = "completed"
         obs.run_finished(result)
-        f = Flow("d", [job("g", 5), job("h", 5), work().named("none"),
+        f = Flow("d", [job("g", 5), job("h", 5), nap().named("hist"), work().named("none"),
                        work().named("decl").with_options(expected_duration=3)])
         sim = simulate(f, durations={"g": 2}, history=store)
         store.close()
-        assert sim.durations == {"g": 2, "h": 7, "decl": 3, "none": 1}
-        assert sim.sources == {"g": "given", "h": "history", "decl": "declared",
-                               "none": "default"}
+        assert sim.durations == {"g": 2, "h": 5, "hist": 7, "decl": 3, "none": 1}
+        assert sim.sources == {"g": "given", "h": "declared", "hist": "history",
+                               "decl": "declared", "none": "default"}
+
+    def test_history_none_is_the_default_store_and_false_is_none(self) -> None:
+        """As in run(): history=None reads the default store, history=False reads none."""
+        f = Flow("dflt", nap(seconds=0.03).named("slow"))
+        assert flowdsl.run(f).ok  # recorded in the default store (FLOWDSL_HISTORY)
+        by_default = simulate(f)
+        assert by_default.sources == {"slow": "history"}
+        assert 0.03 <= by_default.durations["slow"] < 1
+        assert simulate(f, history=False).sources == {"slow": "default"}
 
 
 @st.composite

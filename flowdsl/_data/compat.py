@@ -9,7 +9,6 @@ lesson's dict shape and the lesson's per-task status fields.
 
 from __future__ import annotations
 
-import enum
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,18 +18,14 @@ from typing import Any
 from .._base.errors import FlowError, PlanValidationError
 from .._graph.registry import ToolRegistry
 from .._graph.task import Flow
+from .._plan.policy import Mode
 from .._run.result import RunResult, TaskStatus
 
 __all__ = ["ExecutionMode", "Workflow", "WorkflowEngine", "WorkflowTask"]
 
 
-class ExecutionMode(str, enum.Enum):
-    """How a workflow runs; the values are :func:`flowdsl.run`'s mode names."""
-
-    SEQUENTIAL = "sequential"
-    PARALLEL = "parallel"
-    CONDITIONAL = "conditional"
-    PIPELINE = "pipeline"
+#: How a workflow runs: the lesson's name for :class:`flowdsl.Mode` (the same members).
+ExecutionMode = Mode
 
 
 @dataclass

@@ -13,11 +13,12 @@ from typing import Any
 from .._graph.registry import ToolRegistry, default_registry
 from .._graph.spec import TRIGGERS
 from .._graph.tool import Tool
+from .._plan.policy import Mode
 from .conditions import _BINARY, _UNARY
 
 __all__ = ["MAX_ID_LENGTH", "MODES", "plan_schema"]
 
-MODES = ("sequential", "parallel", "pipeline", "conditional")
+MODES = tuple(m.value for m in Mode)  # the policy lists the modes once
 MAX_ID_LENGTH = 200
 
 

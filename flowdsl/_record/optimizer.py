@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from .._graph.task import Flow, Fragment, Ref, Task, _coerce
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan, plan
+from .._plan.policy import estimate_durations
 from .simulate import _capacities, _history_store, simulate
 
 __all__ = ["Analysis", "Bottleneck", "Change", "Optimization", "Suggestion", "WorkflowOptimizer",
@@ -99,8 +101,9 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
 
     Args:
         flow: a Flow, Fragment, Task or list.
-        history: a :class:`~flowdsl.HistoryStore` or a path (``True``: the default store;
-            ``None``: no history, only declared ``expected_duration`` estimates).
+        history: as in :func:`flowdsl.run`: ``None`` the default store, ``False`` none
+            (only declared ``expected_duration`` estimates), a path or a
+            :class:`~flowdsl.HistoryStore`.
         mode: the mode the flow runs in now (default: the Flow's, else unknown).
         resources, max_concurrency: the pools and worker limit it runs with (default: the
             Flow's).
@@ -112,14 +115,12 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
     p = flow if isinstance(flow, Plan) else plan(flow)
     store = _history_store(history)
     stats = store.tool_stats() if store is not None else {}
-    hist = store.durations(p) if store is not None else {}
-    estimates: dict[str, float | None] = {}
-    sources: dict[str, str] = {}
-    for i, t in p.tasks.items():
-        declared = t.spec.expected_duration
-        value, src = ((hist[i], "history") if i in hist else (declared, "declared")
-                      if declared is not None else (None, "unknown"))
-        estimates[i], sources[i] = value, src
+    # The run's precedence (declared > history); a task with neither is "unknown" here.
+    dur0, sources = estimate_durations(p, None, None if store is None
+                                       else partial(store.durations, p))
+    estimates: dict[str, float | None] = {i: None if sources[i] == "default" else v
+                                          for i, v in dur0.items()}
+    sources = {i: "unknown" if s == "default" else s for i, s in sources.items()}
     known = sorted(v for v in estimates.values() if v is not None)
     filler = known[len(known) // 2] if known else 1.0  # unknown tasks weigh a typical task
     dur = {i: filler if v is None else v for i, v in estimates.items()}
@@ -354,7 +355,8 @@ class WorkflowOptimizer:
     :func:`optimize` over one history.
 
     Args:
-        history: a :class:`~flowdsl.HistoryStore` or a path (``None``: no history).
+        history: a :class:`~flowdsl.HistoryStore`, a path, ``None`` (the default store) or
+            ``False`` (none).
         **options: passed to :func:`optimize` (``k``, ``floor``, ``ceiling``, ...).
     """
 

@@ -1,49 +1,43 @@
 """Predict: a discrete-event simulation of the runners' scheduling policy, running no tool.
 
-Each mode is simulated with the policy its runner uses:
+The rules are not copied here: durations, priorities, the order of ready tasks, Flow
+defaults, worker and executor limits and the pool grant all come from
+:mod:`flowdsl._plan.policy`, the module the runner calls. What this module adds is time:
+an event loop over task ends instead of real sleeps. Each mode is simulated as its runner
+drives it:
 
 - sequential: one task at a time, in ``plan.order``.
 - conditional: one task at a time from a ready queue, lowest plan position first (every task
   is assumed to run: a condition cannot be evaluated without running its upstream).
 - parallel (and pipeline without items): list scheduling. A task is ready when all of its
-  predecessors ended; ready tasks are considered highest priority first (``spec.priority``
-  if set, else the longest remaining path, its own duration included; ties by plan
-  position), and each one starts as soon as a worker slot (``max_concurrency``) and all of
-  its pool amounts are free, granted in priority order (a waiter blocks its pools for those
-  behind it), then a slot of its executor; a worker holds its task while it waits.
+  predecessors ended; ready tasks are taken best first (:func:`~flowdsl._plan.policy.ranked`)
+  by free workers (:func:`~flowdsl._plan.policy.worker_limit`); a worker holds its task while
+  it waits for its pools (:class:`~flowdsl._plan.policy.Grants`, as :class:`~flowdsl.Pools`)
+  and then for a slot of its executor. As in a run, units released by the tasks ending at
+  one instant are granted after the tasks those ends made ready have queued.
 - pipeline with N items: each task is a stage handling items one at a time, in order; item
   ``i`` enters stage ``s`` when it left every predecessor stage and item ``i-1`` left ``s``.
 
-State of the event loop: ``ready`` (a heap keyed like the runner's), ``waiting`` (id -> count
-of unfinished predecessors), ``slots`` (free workers) and, in :class:`_Engine`, ``running``
-(a heap of (end, seq, id)), ``free`` (pool -> free amount), ``waiters`` (pool requests in
-(-priority, arrival) order) and ``ex_free``/``ex_wait`` (executor slots and their FIFO).
+State of the event loop: ``ready`` (a heap of ranks), ``waiting`` (id -> count of unfinished
+predecessors), ``slots`` (free workers) and, in :class:`_Engine`, ``running`` (a heap of
+(end, seq, id)), ``grants`` (the pools' free units and waiters) and ``ex_free``/``ex_wait``
+(executor slots and their FIFO).
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._graph.task import Flow, Task
+from .._graph.task import Task
+from .._plan import policy
 from .._plan.planner import Plan, plan
+from .._plan.policy import Grants, Mode
 
-__all__ = ["MODES", "SimTask", "Simulation", "resolve_durations", "simulate"]
-
-MODES = ("sequential", "parallel", "pipeline", "conditional")
-# The runners' defaults: runners.parallel.DEFAULT_MAX_CONCURRENCY workers, and the executors'
-# own limits (ThreadExecutor(max_workers=32), ProcessExecutor: one worker per usable CPU).
-DEFAULT_WORKERS = 1000
-
-
-def _default_limits() -> dict[str, int]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"thread": 32, "process": cpus or 1}
+__all__ = ["SimTask", "Simulation", "resolve_durations", "simulate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +62,8 @@ class Simulation:
         makespan: the predicted wall time of the run, in seconds.
         tasks: task id -> :class:`SimTask`, in plan order.
         durations: the duration assumed for each task.
-        sources: where each duration came from (``"given"``, ``"history"``, ``"declared"``
-            or ``"default"``).
+        sources: where each duration came from (``"given"``, ``"declared"``, ``"history"``
+            or ``"default"``, in that order of precedence).
         lower_bound: no schedule can be shorter (critical path, pool and worker bounds).
         critical_path: the longest path through the flow for these durations.
         items: the number of pipeline items simulated (``None`` otherwise).
@@ -108,9 +102,8 @@ class Simulation:
 
 
 def _history_store(history: Any) -> Any:
-    """``history`` as a store: None -> none, True -> the default one, a path or a store."""
-    if history is None or history is False:
-        return None
+    """``history`` as a store, as :func:`flowdsl.run` reads it: ``None`` (or ``True``) the
+    default store, ``False`` none, a path or a :class:`~flowdsl.HistoryStore`."""
     from .history import open_history
 
     return open_history(None if history is True else history)
@@ -118,21 +111,16 @@ def _history_store(history: Any) -> Any:
 
 def resolve_durations(p: Plan, durations: Mapping[str, float] | None = None,
                       history: Any = None) -> tuple[dict[str, float], dict[str, str]]:
-    """Each task's duration and its source: given ``durations``, else history (the median of
-    the task's completed runs), else the declared ``expected_duration``, else 1 second."""
-    given = dict(durations or {})
-    store = _history_store(history)
-    hist = store.durations(p) if store is not None else {}
-    out: dict[str, float] = {}
-    src: dict[str, str] = {}
-    for i, t in p.tasks.items():
-        declared = t.spec.expected_duration if isinstance(t, Task) else None
-        for source, value in (("given", given.get(i)), ("history", hist.get(i)),
-                              ("declared", declared), ("default", 1.0)):
-            if value is not None:
-                out[i], src[i] = float(value), source
-                break
-    return out, src
+    """Each task's duration and its source, by the run's precedence
+    (:func:`~flowdsl._plan.policy.estimate_durations`): given ``durations``, else the declared
+    ``expected_duration``, else history (the median of the task's completed runs), else 1 s.
+    The history store is opened only when some task needs it."""
+
+    def recorded() -> Mapping[str, float]:
+        store = _history_store(history)
+        return store.durations(p) if store is not None else {}
+
+    return policy.estimate_durations(p, durations, recorded)
 
 
 def _capacities(resources: Any) -> dict[str, int] | None:
@@ -155,13 +143,15 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
 
     Args:
         flow: a Flow, Fragment, Task, list or :class:`~flowdsl.Plan`. A Flow's own mode,
-            resources and max_concurrency are used when not given here.
-        mode: ``"sequential"``, ``"parallel"`` (default), ``"pipeline"`` or ``"conditional"``.
+            resources and max_concurrency are used when not given here (as in a run).
+        mode: ``"sequential"``, ``"parallel"`` (default), ``"pipeline"`` or ``"conditional"``
+            (or a :class:`~flowdsl.Mode`).
         resources: pool -> capacity (pools not given are unbounded).
         max_concurrency: worker slots for parallel mode (``None``: unbounded).
-        durations: task id -> seconds; wins over history and declared estimates.
-        history: a :class:`~flowdsl.HistoryStore` or path to take durations from (``True``
-            for the default store; ``None`` for none).
+        durations: task id -> seconds; wins over declared estimates and history.
+        history: where durations of tasks with no declared estimate come from, as in
+            :func:`flowdsl.run`: ``None`` the default store, ``False`` none, a path or a
+            :class:`~flowdsl.HistoryStore`.
         items: for pipelines, the items (or their number) streamed through the stages.
         executor_limits: executor name -> calls at once (default: what a run uses, 32
             threads and one process per CPU).
@@ -170,57 +160,33 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
         ValueError: an unknown mode or a bad ``max_concurrency``.
         ResourceError: a task needs a pool not in ``resources`` or more than its capacity.
     """
-    if isinstance(flow, Flow):
-        mode = mode or flow.mode
-        resources = flow.resources if resources is None else resources
-        max_concurrency = flow.max_concurrency if max_concurrency is None else max_concurrency
-    mode = mode or "parallel"
-    if mode not in MODES:
-        msg = f"simulate(mode={mode!r}): expected one of {', '.join(MODES)}"
-        raise ValueError(msg)
-    if max_concurrency is not None and (isinstance(max_concurrency, bool)
-                                        or not isinstance(max_concurrency, int)
-                                        or max_concurrency < 1):
-        msg = f"simulate(max_concurrency={max_concurrency!r}): expected an integer >= 1"
-        raise ValueError(msg)
     p = flow if isinstance(flow, Plan) else plan(flow)
-    caps = _capacities(resources)
+    settings = policy.resolve_settings(flow, p, mode=mode, resources=resources,
+                                       max_concurrency=max_concurrency, where="simulate()")
+    m, mc = settings.mode, settings.max_concurrency
+    caps = _capacities(settings.resources)
     if caps is not None:
         p.check_resources(caps)
     dur, src = resolve_durations(p, durations, history)
     n_items = None if items is None else (items if isinstance(items, int) else len(items))
     spans: dict[str, list[tuple[float, float]]] = {}
-    if mode == "sequential":
+    workers = policy.worker_limit(m, mc)
+    if m is Mode.SEQUENTIAL:
         times = _sequential(p, dur)
-    elif mode == "pipeline" and n_items is not None:
+    elif m is Mode.PIPELINE and n_items is not None:
         times, spans = _pipeline(p, dur, n_items)
     else:
-        prio = _priorities(p, dur)
-        if mode == "conditional":
-            key: dict[str, Any] = {i: n for n, i in enumerate(p.order)}
-            workers = max_concurrency or 1
-        else:
-            key = {i: (-prio[i], n) for n, i in enumerate(p.order)}
-            workers = max_concurrency or DEFAULT_WORKERS
-        limits = executor_limits if executor_limits is not None else _default_limits()
-        times = _list_schedule(p, dur, key, prio, workers, caps, limits)
+        prio = policy.priorities(p, dur)
+        limits = executor_limits if executor_limits is not None else policy.executor_limits()
+        eng = _Engine(p, dur, prio, caps, limits)
+        times = eng.schedule(policy.ranked(p, m, prio), workers)
     tasks = {i: SimTask(i, *times[i]) for i in p.order}
     makespan = max((t.end for t in tasks.values()), default=0.0)
     path, _ = p.critical_path(dur)
-    limit = {"sequential": 1, "conditional": max_concurrency or 1}.get(mode, max_concurrency)
-    bound = p.lower_bound(dur, caps, limit)
+    bound = p.lower_bound(dur, caps, None if workers >= len(p) else workers)
     if n_items:
         bound = max(bound, _pipeline_bound(p, dur, n_items))
-    return Simulation(mode, makespan, tasks, dur, src, bound, path, n_items, spans)
-
-
-def _priorities(p: Plan, dur: Mapping[str, float]) -> dict[str, float]:
-    rem = p.remaining(dur)
-    out = {}
-    for i, t in p.tasks.items():
-        explicit = t.spec.priority if isinstance(t, Task) else None
-        out[i] = rem[i] if explicit is None else explicit
-    return out
+    return Simulation(m.value, makespan, tasks, dur, src, bound, path, n_items, spans)
 
 
 def _sequential(p: Plan, dur: Mapping[str, float]) -> dict[str, tuple[float, float]]:
@@ -245,22 +211,20 @@ def _needs(p: Plan, caps: Mapping[str, int] | None) -> dict[str, dict[str, int]]
 
 
 class _Engine:
-    """The runners' drive loop as events: ``workers`` take the best ready task and hold it
-    while it waits for its pools (granted in (-priority, arrival) order; a waiter that cannot
-    be served blocks its pools for those behind it, as :class:`~flowdsl.Pools` does), then
-    for a slot of its executor (FIFO), then run it."""
+    """The runners' drive loop as events: a worker takes the best ready task and holds it
+    while it waits for its pools (the policy's :class:`~flowdsl._plan.policy.Grants`, as in
+    :class:`~flowdsl.Pools`), then for a slot of its executor (FIFO), then runs it."""
 
     def __init__(self, p: Plan, dur: Mapping[str, float], prio: Mapping[str, float],
                  caps: Mapping[str, int] | None, limits: Mapping[str, int]) -> None:
         self.p, self.dur, self.prio = p, dur, prio
         self.needs = _needs(p, caps)
-        self.free = dict(caps or {})
+        self.grants: Grants[str] = Grants(caps)
         self.kind = {i: t.spec.executor for i, t in p.tasks.items()
                      if isinstance(t, Task) and isinstance(t.spec.executor, str)
                      and t.spec.executor in limits}
         self.ex_free = dict(limits)
         self.ex_wait: dict[str, deque[str]] = {k: deque() for k in limits}
-        self.waiters: list[tuple[tuple[float, int], str]] = []
         self.running: list[tuple[float, int, str]] = []
         self.out: dict[str, tuple[float, float]] = {}
         self.now = 0.0
@@ -282,40 +246,23 @@ class _Engine:
         else:
             self.ex_wait[kind].append(i)
 
-    def _fits(self, need: Mapping[str, int]) -> bool:
-        return all(self.free[k] >= v for k, v in need.items())
-
-    def _take(self, need: Mapping[str, int]) -> None:
-        for k, v in need.items():
-            self.free[k] -= v
-
     def acquire(self, i: str) -> None:
+        """What :meth:`Pools.acquire` does: take at once if nobody waits and it fits, else
+        queue and grant."""
         need = self.needs.get(i)
-        if not need:
+        if not need or self.grants.take_now(need):
             self._to_executor(i)
-        elif self._fits(need) and not any(k in self.needs[w] for _, w in self.waiters
-                                          for k in need):
-            self._take(need)
-            self._to_executor(i)
-        else:
-            self.seq += 1
-            bisect.insort(self.waiters, ((-self.prio[i], self.seq), i))
+            return
+        self.grants.enqueue(need, self.prio[i], i)
+        self.grant()
 
-    def _grant(self) -> None:
-        blocked: set[str] = set()
-        kept = []
-        for entry in self.waiters:
-            need = self.needs[entry[1]]
-            if blocked.isdisjoint(need) and self._fits(need):
-                self._take(need)
-                self._to_executor(entry[1])
-            else:
-                blocked.update(need)
-                kept.append(entry)
-        self.waiters = kept
+    def grant(self) -> None:
+        for w in self.grants.grant():
+            self._to_executor(w.token)
 
     def finish_next(self) -> list[str]:
-        """Advance to the next end; end every task ending then; return them."""
+        """Advance to the next end; end every task ending then, giving back its executor
+        slot and pool units (granted by the caller, once the ready tasks queued)."""
         self.now = self.running[0][0]
         ended = []
         while self.running and self.running[0][0] == self.now:
@@ -329,33 +276,33 @@ class _Engine:
                     self.ex_free[kind] += 1
             need = self.needs.get(i)
             if need:
-                for k, v in need.items():
-                    self.free[k] += v
-                self._grant()
+                self.grants.release(need)
         return ended
 
-
-def _list_schedule(p: Plan, dur: Mapping[str, float], key: Mapping[str, Any],
-                   prio: Mapping[str, float], workers: int, caps: Mapping[str, int] | None,
-                   limits: Mapping[str, int]) -> dict[str, tuple[float, float]]:
-    eng = _Engine(p, dur, prio, caps, limits)
-    waiting = {i: len(p.predecessors[i]) for i in p.order}
-    ready = [(key[i], i) for i in p.order if not waiting[i]]
-    heapq.heapify(ready)
-    slots = workers
-    while ready or eng.running:
-        while ready and slots > 0:
-            slots -= 1
-            eng.acquire(heapq.heappop(ready)[1])
-        if not eng.running:
-            break  # cannot happen after check_resources: every demand fits an empty pool
-        for i in eng.finish_next():
-            slots += 1
-            for s in p.successors[i]:
-                waiting[s] -= 1
-                if not waiting[s]:
-                    heapq.heappush(ready, (key[s], s))
-    return eng.out
+    def schedule(self, ranked: list[str], workers: int) -> dict[str, tuple[float, float]]:
+        """Run the drive loop with ``workers`` workers, ready tasks taken in ``ranked``
+        order; returns task id -> (start, end)."""
+        p = self.p
+        rank = {t: r for r, t in enumerate(ranked)}
+        waiting = {i: len(p.predecessors[i]) for i in p.order}
+        ready = [rank[i] for i in p.order if not waiting[i]]
+        heapq.heapify(ready)
+        slots = workers
+        while True:
+            while ready and slots > 0:
+                slots -= 1
+                self.acquire(ranked[heapq.heappop(ready)])
+            if self.grants.waiters:
+                self.grant()  # the units the last ends released (Pools: two ticks later)
+            if not self.running:
+                break  # all done (check_resources: every demand fits an empty pool)
+            for i in self.finish_next():
+                slots += 1
+                for s in p.successors[i]:
+                    waiting[s] -= 1
+                    if not waiting[s]:
+                        heapq.heappush(ready, rank[s])
+        return self.out
 
 
 def _pipeline_bound(p: Plan, dur: Mapping[str, float], n: int) -> float:

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from .._plan.policy import Mode
 from .cli_common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -34,7 +35,6 @@ from .cli_common import (
     EXIT_USAGE,
     GraphFormat,
     JsonOpt,
-    Mode,
     ResourcesOpt,
     Target,
     TargetError,
@@ -148,15 +148,15 @@ def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
 def plan(target: Target, as_json: JsonOpt = False) -> None:
     """Show a flow's plan: levels, width, critical path, lower bound and problems.
 
-    Durations come from history when it has them, else from declared estimates, else 1 s.
+    Durations are declared estimates, else history, else 1 s (as a run ranks tasks).
     """
     from .._base.errors import ResourceError
+    from .._record.simulate import resolve_durations
 
     flow = _load(target)
     p = _plan(flow)
-    store = _history()
-    durations = store.durations(p) if store is not None else {}
-    dur = p.durations(durations)
+    dur, sources = resolve_durations(p, history=_history() or False)
+    durations = sorted(i for i, s in sources.items() if s == "history")
     path, length = p.critical_path(dur)
     caps = getattr(flow, "resources", None) or {}
     problems = []
@@ -168,7 +168,7 @@ def plan(target: Target, as_json: JsonOpt = False) -> None:
             "levels": [list(lv) for lv in p.levels], "critical_path": path,
             "critical_path_duration": length,
             "lower_bound": p.lower_bound(dur, caps, getattr(flow, "max_concurrency", None)),
-            "durations": dur, "durations_from_history": sorted(durations),
+            "durations": dur, "durations_from_history": durations,
             "problems": problems}
     if as_json:
         _print_json(data)
@@ -235,16 +235,15 @@ def simulate(target: Target,
              as_json: JsonOpt = False) -> None:
     """Predict the makespan of each mode without running any tool.
 
-    Durations come from history when it has them, else from declared estimates, else 1 s.
+    Durations are declared estimates, else history, else 1 s (as a run ranks tasks).
     """
     from .._base.errors import PlanError
-    from .._record.simulate import MODES
     from .._record.simulate import simulate as sim
 
     flow = _load(target)
-    store = _history()
+    store = _history() or False
     caps = _pairs(resources, "--resources", integer=True) or None
-    modes = [mode.value] if mode else list(MODES)
+    modes = [mode.value] if mode else [m.value for m in Mode]
     try:
         sims = {m: sim(flow, m, resources=caps, max_concurrency=max_concurrency,
                        history=store) for m in modes}
@@ -278,7 +277,7 @@ def analyze(target: Target, as_json: JsonOpt = False) -> None:
 
     flow = _load(target)
     try:
-        a = analyze_flow(flow, _history() or None)
+        a = analyze_flow(flow, _history() or False)
     except PlanError as exc:
         raise _fail(f"{type(exc).__name__}: {exc}") from None
     if as_json:

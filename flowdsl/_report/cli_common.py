@@ -30,13 +30,6 @@ app = typer.Typer(name="flowdsl", no_args_is_help=True, rich_markup_mode="rich",
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
-class Mode(str, enum.Enum):
-    sequential = "sequential"
-    parallel = "parallel"
-    pipeline = "pipeline"
-    conditional = "conditional"
-
-
 class GraphFormat(str, enum.Enum):
     mermaid = "mermaid"
     dot = "dot"

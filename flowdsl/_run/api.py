@@ -7,7 +7,6 @@ what happened into a :class:`RunResult` — also when the run fails, times out o
 
 from __future__ import annotations
 
-import enum
 import random
 import threading
 import uuid
@@ -22,8 +21,9 @@ from .._base import hooks
 from .._base.errors import PlanError, RunTimeout
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
-from .._graph.task import Flow
+from .._plan import policy
 from .._plan.planner import Plan, plan
+from .._plan.policy import Mode
 from .caching import RunCache
 from .core import Core, Item
 from .executors import (
@@ -40,18 +40,6 @@ from .runners import RUNNERS
 __all__ = ["Mode", "arun", "run"]
 
 
-class Mode(str, enum.Enum):
-    """The four ways to run a flow (plain strings work too)."""
-
-    SEQUENTIAL = "sequential"
-    PARALLEL = "parallel"
-    PIPELINE = "pipeline"
-    CONDITIONAL = "conditional"
-
-    def __str__(self) -> str:
-        return self.value
-
-
 @dataclass(slots=True)
 class _Options:
     max_concurrency: int | None
@@ -59,22 +47,11 @@ class _Options:
     buffer: int
 
 
-def _mode(value: Any) -> Mode:
-    try:
-        return Mode(value)
-    except ValueError:
-        modes = ", ".join(m.value for m in Mode)
-        msg = f"unknown mode {value!r}: expected one of {modes}"
-        raise ValueError(msg) from None
-
-
-def _positive(name: str, value: Any, *, integer: bool = False) -> None:
+def _positive(name: str, value: Any) -> None:
     if value is None:
         return
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
-        msg = f"run(): {name}={value!r} is invalid: expected a {'whole ' if integer else ''}" \
-              "number > 0 or None"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        msg = f"run(): {name}={value!r} is invalid: expected a number > 0 or None"
         raise ValueError(msg)
 
 
@@ -153,25 +130,22 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                cache: bool | None = None) -> RunResult:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     p = flow if isinstance(flow, Plan) else plan(flow)
-    fl = flow if isinstance(flow, Flow) else p.flow if isinstance(p.flow, Flow) else None
-    m = _mode(mode or (fl.mode if fl is not None else None) or Mode.PARALLEL)
     _positive("timeout", timeout)
-    _positive("max_concurrency", max_concurrency, integer=True)
-    max_concurrency = max_concurrency or (fl.max_concurrency if fl is not None else None)
+    settings = policy.resolve_settings(flow, p, mode=mode, context=context, resources=resources,
+                                       max_concurrency=max_concurrency)
+    m, ctx, max_concurrency = settings.mode, settings.context, settings.max_concurrency
+    resources = settings.resources
     if items is not None and m is not Mode.PIPELINE:
         msg = f"run(): items= streams data through a pipeline; use mode='pipeline' (got {m})"
         raise ValueError(msg)
-    pools = resources if isinstance(resources, Pools) else Pools(
-        resources if resources is not None else (fl.resources if fl is not None else None))
+    pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
     store = _history(history)
     results_cache = _run_cache(p, history, cache)
-    ctx = dict(fl.context or {}) if fl is not None else {}
-    ctx.update(context or {})
-    remaining = p.remaining(_estimates(p, durations, store))
-    priorities = {t: (task.spec.priority if task.spec.priority is not None  # type: ignore
-                      else remaining[t]) for t, task in p.tasks.items()}
+    estimates, _ = policy.estimate_durations(
+        p, durations, None if store is None else partial(store.durations, p))
+    priorities = policy.priorities(p, estimates)
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
@@ -264,18 +238,6 @@ def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
         return None
     return RunCache(backend, p.tasks, read=cache is not False,  # type: ignore[arg-type]
                     every=cache is True)
-
-
-def _estimates(p: Plan, given: Mapping[str, float] | None, store: Any) -> dict[str, float]:
-    """Durations for priorities: given, else the task's declared estimate, else its tool's
-    history, else 1."""
-    out = dict(store.durations(p)) if store is not None else {}
-    for tid, task in p.tasks.items():
-        declared = task.spec.expected_duration  # type: ignore[attr-defined]
-        if declared is not None:
-            out[tid] = declared
-    out.update(given or {})
-    return out
 
 
 def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:

@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from .._base.errors import SerializationError
 from .._graph.task import Task
+from .._plan.policy import THREAD_WORKERS, cpus
 
 __all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
            "ThreadExecutor"]
@@ -93,7 +94,7 @@ class ThreadExecutor(Executor):
     name = "thread"
     abandons = True
 
-    def __init__(self, max_workers: int = 32) -> None:
+    def __init__(self, max_workers: int = THREAD_WORKERS) -> None:
         self.max_workers = max_workers
         self._limiter: anyio.CapacityLimiter | None = None
 
@@ -188,14 +189,6 @@ def _signal_group(pid: int | None, sig: int) -> bool:
     return True
 
 
-def _cpus() -> int:
-    import os
-
-    if hasattr(os, "sched_getaffinity"):  # the CPUs this process may use (Linux)
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 class ProcessExecutor(Executor):
     """CPU-bound sync functions in worker processes (real parallelism).
 
@@ -210,7 +203,7 @@ class ProcessExecutor(Executor):
 
     def __init__(self, max_workers: int | None = None) -> None:
 
-        self.max_workers = max_workers or _cpus()
+        self.max_workers = max_workers or cpus()  # what the simulator assumes too
         self._ctx = multiprocessing.get_context("spawn")
         # fork is only safe while no other thread could hold a lock at the moment of the fork
         self._fork = ("fork" in multiprocessing.get_all_start_methods()

@@ -1,11 +1,9 @@
 """Named resource pools with capacities: atomic multi-pool acquisition with real, fair waiting.
 
-State: ``_free[pool]`` units are free; ``_waiters`` is kept sorted by (−priority, arrival).
-A demand is granted all at once or not at all, so tasks needing {A, B} and {B, A} can never
-deadlock holding one each. Granting walks the waiters in order and, once a waiter cannot be
-served, blocks its pools for everyone behind it (lower-priority work still flows through
-other pools). A waiter overtaken ``AGING`` times by later arrivals moves to the front, so no
-task waits forever even under a stream of higher-priority work.
+Who gets units, and when a waiter is passed over, is decided by the scheduling policy's
+:class:`~flowdsl._plan.policy.Grants` (all or nothing per demand, (aged, -priority, arrival)
+order, head-of-line blocking per pool, aging) — the same object the simulator uses. This
+module adds the waiting: an event per waiter, cancellation, and when to grant.
 
 Units released by a finishing task are granted two scheduler ticks later, not at once: the
 tasks that the finish made ready (often the next ones on the critical path) get to queue
@@ -14,33 +12,26 @@ first, and the units go to the best of all of them — list scheduling, not firs
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
-from .._base.errors import ResourceError
 from .._base.loop import call_soon
+from .._plan.policy import AGING, Grants
 
-__all__ = ["Pools", "ResourceManager"]
-
-#: How many later arrivals may be served before a waiter goes to the front of the queue.
-AGING = 64
+__all__ = ["AGING", "Pools", "ResourceManager"]
 
 
-class _Waiter:
-    __slots__ = ("demand", "event", "granted", "key", "overtaken", "task_id")
+class _Ticket:
+    """What a waiting acquire holds: its event and whether it was served."""
 
-    def __init__(self, demand: Mapping[str, int], key: tuple[int, float, int],
-                 task_id: str | None) -> None:
-        self.demand = demand
-        self.key = key
+    __slots__ = ("event", "granted", "task_id")
+
+    def __init__(self, task_id: str | None) -> None:
         self.task_id = task_id
         self.event = anyio.Event()
         self.granted = False
-        self.overtaken = 0
 
 
 class Pools:
@@ -51,69 +42,36 @@ class Pools:
     """
 
     def __init__(self, capacities: Mapping[str, int] | None = None) -> None:
-        self._cap: dict[str, int] = {}
-        self._free: dict[str, int] = {}
-        self._waiters: list[_Waiter] = []
-        self._seq = itertools.count()
+        self._grants: Grants[_Ticket] = Grants()
+        self._free = self._grants.free  # the policy's own dict: read here on the hot path
         self._grant_pending = False
         for name, cap in (capacities or {}).items():
             self.add(name, cap)
 
     def add(self, name: str, capacity: int) -> None:
         """Define (or resize) pool ``name``."""
-        if not isinstance(name, str) or not name:
-            msg = f"pool names must be non-empty strings, got {name!r}"
-            raise ResourceError(msg, pool=str(name))
-        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-            msg = f"pool {name!r}: capacity must be an integer >= 1, got {capacity!r}"
-            raise ResourceError(msg, pool=name)
-        used = self._cap.get(name, 0) - self._free.get(name, 0)
-        self._cap[name] = capacity
-        self._free[name] = capacity - used
+        self._grants.resize(name, capacity)
         self._grant()
 
     @property
     def capacities(self) -> dict[str, int]:
-        return dict(self._cap)
+        return dict(self._grants.cap)
 
     def available(self, pool: str) -> int:
         """Free units of ``pool`` now."""
         return self._free[pool]
 
     def in_use(self) -> dict[str, int]:
-        return {p: self._cap[p] - self._free[p] for p in self._cap}
+        return self._grants.in_use()
 
     def waiting(self) -> list[str | None]:
         """Task ids waiting, in the order they will be served."""
-        return [w.task_id for w in self._waiters]
-
-    def _check(self, demand: Mapping[str, int], task_id: str | None) -> None:
-        for pool, amount in demand.items():
-            cap = self._cap.get(pool)
-            if cap is None:
-                msg = f"task {task_id!r} needs unknown pool {pool!r}"
-                raise ResourceError(msg, task_id=task_id, pool=pool)
-            if amount > cap:
-                msg = f"task {task_id!r} needs {amount} of pool {pool!r} (capacity {cap})"
-                raise ResourceError(msg, task_id=task_id, pool=pool)
-
-    def _fits(self, demand: Mapping[str, int]) -> bool:
-        free = self._free
-        return all(free[p] >= n for p, n in demand.items())
-
-    def _take(self, demand: Mapping[str, int]) -> None:
-        for p, n in demand.items():
-            self._free[p] -= n
+        return [w.token.task_id for w in self._grants.waiters]
 
     def try_acquire(self, demand: Mapping[str, int], task_id: str | None = None) -> bool:
         """Take ``demand`` now if it fits and no waiter is queued for those pools."""
-        self._check(demand, task_id)
-        if any(p in w.demand for w in self._waiters for p in demand):
-            return False
-        if not self._fits(demand):
-            return False
-        self._take(demand)
-        return True
+        self._grants.check(demand, task_id)
+        return self._grants.try_take(demand)
 
     async def acquire(self, demand: Mapping[str, int], priority: float = 0.0,
                       task_id: str | None = None) -> None:
@@ -121,30 +79,29 @@ class Pools:
 
         Higher ``priority`` is served first; equal priorities in arrival order.
         """
-        self._check(demand, task_id)
-        if not self._waiters and self._fits(demand):
-            self._take(demand)
+        grants = self._grants
+        grants.check(demand, task_id)
+        if grants.take_now(demand):
             return
-        w = _Waiter(demand, (1, -priority, next(self._seq)), task_id)
-        bisect.insort(self._waiters, w, key=lambda x: x.key)
+        ticket = _Ticket(task_id)
+        w = grants.enqueue(demand, priority, ticket)
         self._grant()
-        if w.granted:
+        if ticket.granted:
             return
         try:
-            await w.event.wait()
+            await ticket.event.wait()
         except BaseException:
-            if w.granted:  # granted and cancelled in the same instant: hand it back
+            if ticket.granted:  # granted and cancelled in the same instant: hand it back
                 self.release(demand)
             else:
-                self._waiters.remove(w)
+                grants.withdraw(w)
                 self._grant()
             raise
 
     def release(self, demand: Mapping[str, int]) -> None:
         """Give ``demand`` back; the waiters it lets through are served on the next tick."""
-        for p, n in demand.items():
-            self._free[p] += n
-        if self._waiters and not self._grant_pending:
+        self._grants.release(demand)
+        if self._grants.waiters and not self._grant_pending:
             self._grant_pending = call_soon(self._deferred_grant)
             if not self._grant_pending:  # no event loop here: serve them now
                 self._grant()
@@ -159,36 +116,17 @@ class Pools:
         self._grant()
 
     def _grant(self) -> None:
-        blocked: set[str] = set()
-        kept: list[_Waiter] = []
-        served: list[_Waiter] = []
-        for w in self._waiters:
-            if blocked.isdisjoint(w.demand) and self._fits(w.demand):
-                self._take(w.demand)
-                w.granted = True
-                w.event.set()
-                served.append(w)
-            else:
-                blocked.update(w.demand)
-                kept.append(w)
-        aged = False
-        for w in served:  # count who was overtaken by a later arrival on a shared pool
-            for old in kept:
-                if old.key[2] < w.key[2] and not old.demand.keys().isdisjoint(w.demand):
-                    old.overtaken += 1
-                    if old.overtaken >= AGING and old.key[0]:
-                        old.key = (0, *old.key[1:])  # to the front from now on
-                        aged = True
-        if aged:
-            kept.sort(key=lambda x: x.key)
-        self._waiters = kept
+        for w in self._grants.grant():
+            ticket = w.token
+            ticket.granted = True
+            ticket.event.set()
 
     def statistics(self) -> dict[str, Any]:
         return {"capacity": self.capacities, "in_use": self.in_use(),
-                "waiting": len(self._waiters)}
+                "waiting": len(self._grants.waiters)}
 
     def __repr__(self) -> str:
-        pools = ", ".join(f"{p}={self._free[p]}/{c}" for p, c in self._cap.items())
+        pools = ", ".join(f"{p}={self._free[p]}/{c}" for p, c in self._grants.cap.items())
         return f"<Pools {pools}>"
 
 

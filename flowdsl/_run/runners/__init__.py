@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..._plan.policy import Mode
 from .base import Runner
 from .conditional import ConditionalRunner
 from .parallel import ParallelRunner
@@ -12,8 +13,8 @@ __all__ = ["RUNNERS", "ConditionalRunner", "ParallelRunner", "PipelineRunner", "
            "SequentialRunner"]
 
 RUNNERS: dict[str, type[Runner]] = {
-    "sequential": SequentialRunner,
-    "parallel": ParallelRunner,
-    "pipeline": PipelineRunner,
-    "conditional": ConditionalRunner,
+    Mode.SEQUENTIAL.value: SequentialRunner,
+    Mode.PARALLEL.value: ParallelRunner,
+    Mode.PIPELINE.value: PipelineRunner,
+    Mode.CONDITIONAL.value: ConditionalRunner,
 }

@@ -18,20 +18,19 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..._plan.planner import Plan
+from ..._plan.policy import Mode, ranked, worker_limit
 from ..core import Core, Item
 from .base import RunOptions, drive
-from .parallel import DEFAULT_MAX_CONCURRENCY, by_priority
 
 
 class PipelineRunner:
-    mode: ClassVar[str] = "pipeline"
+    mode: ClassVar[str] = Mode.PIPELINE.value
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        core.child_limit = options.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        core.child_limit = worker_limit(Mode.PIPELINE, options.max_concurrency)
         if options.items is None:
-            await drive(core, plan, item,
-                        workers=options.max_concurrency or DEFAULT_MAX_CONCURRENCY,
-                        ranked=by_priority(core, plan))
+            await drive(core, plan, item, workers=core.child_limit,
+                        ranked=ranked(plan, Mode.PIPELINE, core.priorities))
             return
         await _stream(core, plan, options)
 
