@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Callable
 
-__all__ = ["call_soon", "current_loop"]
+__all__ = ["call_soon", "current_loop", "loop_clock"]
 
 
 def current_loop() -> str | None:
@@ -41,3 +42,14 @@ def call_soon(fn: Callable[[], None]) -> bool:
     else:
         return False
     return True
+
+
+def loop_clock() -> Callable[[], float]:
+    """The clock of this thread's event loop (seconds; the loop's own, so a virtual clock
+    such as trio's ``MockClock`` is honoured), else :func:`time.perf_counter`."""
+    loop = current_loop()
+    if loop == "asyncio":
+        return asyncio.get_running_loop().time
+    if loop == "trio":
+        return sys.modules["trio"].current_time  # type: ignore[no-any-return]
+    return time.perf_counter

@@ -293,7 +293,7 @@ class _Engine:
                 slots -= 1
                 self.acquire(ranked[heapq.heappop(ready)])
             if self.grants.waiters:
-                self.grant()  # the units the last ends released (Pools: two ticks later)
+                self.grant()  # the units the last ends released (Pools: a few ticks later)
             if not self.running:
                 break  # all done (check_resources: every demand fits an empty pool)
             for i in self.finish_next():

@@ -5,7 +5,7 @@ Who gets units, and when a waiter is passed over, is decided by the scheduling p
 order, head-of-line blocking per pool, aging) — the same object the simulator uses. This
 module adds the waiting: an event per waiter, cancellation, and when to grant.
 
-Units released by a finishing task are granted two scheduler ticks later, not at once: the
+Units released by a finishing task are granted three scheduler ticks later, not at once: the
 tasks that the finish made ready (often the next ones on the critical path) get to queue
 first, and the units go to the best of all of them — list scheduling, not first come.
 """
@@ -99,16 +99,19 @@ class Pools:
             raise
 
     def release(self, demand: Mapping[str, int]) -> None:
-        """Give ``demand`` back; the waiters it lets through are served on the next tick."""
+        """Give ``demand`` back; the waiters it lets through are served a few ticks later."""
         self._grants.release(demand)
         if self._grants.waiters and not self._grant_pending:
             self._grant_pending = call_soon(self._deferred_grant)
             if not self._grant_pending:  # no event loop here: serve them now
                 self._grant()
 
-    def _deferred_grant(self, hops: int = 1) -> None:
-        # One more hop lets the workers woken by the same finish run their first step (and
-        # queue their tasks) before the units are handed out.
+    def _deferred_grant(self, hops: int = 2) -> None:
+        # The ticks after a finish: (0) the finishing worker releases, takes the best ready
+        # task and schedules this; (1) the drive loop wakes or starts a worker for each other
+        # ready task; (2) those workers take their tasks and queue them; (3) grant, to the
+        # best of all of them — what the simulator assumes. Granting at (2) gave the units
+        # to an older waiter ahead of a better task the same finish made ready.
         if hops:
             call_soon(lambda: self._deferred_grant(hops - 1))
             return
