@@ -49,7 +49,10 @@ def loop_clock() -> Callable[[], float]:
     such as trio's ``MockClock`` is honoured), else :func:`time.perf_counter`."""
     loop = current_loop()
     if loop == "asyncio":
-        return asyncio.get_running_loop().time
+        running = asyncio.get_running_loop()
+        if type(running).time is asyncio.BaseEventLoop.time:
+            return time.monotonic  # what the standard loops read, without their extra frame
+        return running.time
     if loop == "trio":
         return sys.modules["trio"].current_time  # type: ignore[no-any-return]
     return time.perf_counter

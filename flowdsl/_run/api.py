@@ -143,9 +143,10 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     per_task, opened = _executors(p, executor)
     store = _history(history)
     results_cache = _run_cache(p, history, cache)
-    estimates, _ = policy.estimate_durations(
-        p, durations, None if store is None else partial(store.durations, p))
+    estimates = policy.estimate_durations(  # the sources are not kept: memory per task
+        p, durations, None if store is None else partial(store.durations, p))[0]
     priorities = policy.priorities(p, estimates)
+    del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
