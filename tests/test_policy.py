@@ -12,10 +12,9 @@ import anyio
 import pytest
 
 import flowdsl
-from flowdsl import Flow, ResourceError, parallel, tool
+from flowdsl import Flow, ResourceError, parallel, simulate, tool
 from flowdsl._plan import policy
 from flowdsl._plan.policy import AGING, Grants, Mode
-from flowdsl._record.simulate import simulate
 
 
 @tool(executor="async", registry=False)
@@ -34,11 +33,10 @@ class TestMode:
     def test_listed_once(self) -> None:
         """flowdsl.Mode, the runners, the document schema and compat all use the policy's
         enum."""
-        from flowdsl._data.compat import ExecutionMode
         from flowdsl._data.plan_schema import MODES
         from flowdsl._run.runners import RUNNERS
 
-        assert flowdsl.Mode is Mode is ExecutionMode
+        assert flowdsl.Mode is Mode is flowdsl.ExecutionMode
         assert MODES == tuple(RUNNERS) == tuple(m.value for m in Mode)
 
     def test_parse_names_the_call(self) -> None:
