@@ -1,7 +1,8 @@
 """Shapes decided at run time, in one flow: a search whose results are fetched one task per
-result (``tool.map``), a classifier that picks one of three paths (``flowdsl.switch``) joined
-by a ``none_failed_min_one_success`` task, and a cached tool whose output is reused by the
-second run (status ``cached``; entries live in the history file, here a temporary one).
+result (``tool.map``), inside a sub-flow run as one unit (a time bound for the group, and its
+own context defaults); a classifier that picks one of several paths (``flowdsl.switch``)
+joined by a ``none_failed_min_one_success`` task; and a cached tool whose output is reused by
+the second run (status ``cached``; entries live in the history file, here a temporary one).
 
 Run it: ``python examples/shapes.py``.
 """
@@ -12,7 +13,7 @@ import os
 import tempfile
 
 import flowdsl
-from flowdsl import Cache, switch, tool
+from flowdsl import Cache, ctx, switch, tool
 
 CALLS: list[str] = []
 
@@ -47,14 +48,16 @@ def publish(note: str = "") -> str:
 
 
 def build() -> flowdsl.Fragment:
-    found = search("flowdsl").named("search")
+    found = search(ctx("query")).named("search")
     pages = fetch.map(found).named("fetch").with_options(max_parallel=2)
+    research = flowdsl.Flow("research", found >> pages,
+                            context={"query": "flowdsl"}).with_options(timeout=30)
     kind = classify(pages).named("classify")
     paths = switch(kind, {"long": write("long", pages).named("long"),
                           "short": write("short", pages).named("short")},
                    default=write("odd", pages).named("odd"), name="by_length")
     done = publish().named("publish").with_options(trigger="none_failed_min_one_success")
-    return found >> pages >> kind >> paths >> done
+    return research >> kind >> paths >> done
 
 
 def main() -> None:
@@ -67,6 +70,7 @@ def main() -> None:
                   f"{[t for t in r.tasks if t.startswith('fetch[')]}")
             print(f"  {statuses}; {r.outputs['long']!r}; {r.output}")
             print(f"  'short' skipped because: {r.tasks['short'].reason}")
+            print(f"  context: {r.context}")
         print(f"classify was called {len(CALLS)} time(s) over two runs")
 
 

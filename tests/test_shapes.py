@@ -470,7 +470,7 @@ def _section_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
 
 
-@pytest.mark.parametrize("index", range(3))
+@pytest.mark.parametrize("index", range(4))
 def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path) -> None:
     """Each code block of the README's "Shapes decided at run time" section runs in a fresh
     process and prints exactly the values its `# ...` comments promise."""
@@ -484,7 +484,8 @@ def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path)
 
 
 def test_example_program_uses_every_part() -> None:
-    """examples/shapes.py maps, switches, joins and hits its cache on the second run."""
+    """examples/shapes.py maps inside a sub-flow unit, switches, joins and hits its cache
+    on the second run."""
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "shapes.py")],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -493,3 +494,115 @@ def test_example_program_uses_every_part() -> None:
     assert "'classify': 'cached'" in out.split("run 2:")[1]
     assert "switch on 'classify' chose 'long'" in out
     assert "classify was called 1 time(s) over two runs" in out
+    assert "context: {'query': 'flowdsl'}" in out  # the sub-flow's context default
+
+
+def _steps(*names: str) -> list[Any]:
+    return [tl(lambda n=n: n, name=n)().named(n) for n in names]
+
+
+class TestUnits:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_when_skips_the_whole_group(self, mode: str) -> None:
+        """A false condition on a fragment skips every task of it (and, by default, what
+        follows), each with the group's reason; a true one runs them all."""
+        a, b, c, d = _steps("a", "b", "c", "d")
+        flow = a >> (b >> c).when(lambda ctx: ctx.get("go")).with_options(name="bc") >> d
+        r = run(flow, mode=mode)
+        why = "group 'bc' was skipped: its condition was false"
+        assert [r.tasks[t].reason for t in "bcd"] == [why] * 3
+        assert r.tasks["a"].status is S.COMPLETED
+        r = run(flow, mode=mode, context={"go": True})
+        assert r.ok and r.output == "d"
+
+    def test_when_on_an_output_for_an_embedded_flow(self) -> None:
+        """An embedded Flow's .when(on=..., equals=...) waits for that task and tests its
+        output; the flow's name is the group's."""
+        a, b, c = _steps("a", "b", "c")
+        sub = flowdsl.Flow("sub", b >> c).when(on=a, equals="x")
+        r = run(sub)
+        assert r.tasks["b"].reason == "group 'sub' was skipped: 'a' gave 'a', not 'x'"
+        assert flowdsl.plan(sub).predecessors["b"] == ("a",)
+
+    def test_a_raising_group_condition_fails_the_member(self) -> None:
+        """A group condition that raises fails the task that tested it, naming the group."""
+        b, = _steps("b")
+        r = run((b | _steps("c")[0]).when(lambda ctx: ctx["missing"]).with_options(name="g"))
+        assert r.tasks["b"].status is S.FAILED
+        assert "the condition of group 'g' raised KeyError" in r.tasks["b"].error.message
+
+    @pytest.mark.parametrize("mode", ["sequential", "parallel"])
+    def test_timeout_bounds_the_group(self, mode: str) -> None:
+        """The group's wall time is bounded: its running tasks are cut off and end timed
+        out; a member not yet started when the time is up does not start."""
+        async def slow() -> None:
+            await anyio.sleep(5)
+
+        a, after = _steps("a", "after")
+        s1 = tl(slow, name="s1")().named("s1")
+        s2 = tl(slow, name="s2")().named("s2")
+        group = (s1 >> s2).with_options(timeout=0.2, name="slow pair")
+        t0 = time.perf_counter()
+        r = run(a >> group >> after, mode=mode, continue_on_error=True)
+        assert time.perf_counter() - t0 < 3
+        assert r.tasks["s1"].status is S.TIMED_OUT
+        assert r.tasks["s1"].error.message == (
+            "task 's1' was cut off: group 'slow pair' ran past its 0.2s timeout")
+        assert r.tasks["s2"].status is S.UPSTREAM_FAILED
+        assert r.tasks["after"].status is S.UPSTREAM_FAILED
+        assert isinstance(r.errors[0], flowdsl.TaskTimeout) and r.errors[0].kind == "group"
+
+    def test_timeout_of_parallel_members(self) -> None:
+        """Members side by side are all cut off at the group's deadline, not each after
+        its own."""
+        async def slow() -> None:
+            await anyio.sleep(5)
+
+        group = flowdsl.parallel(*[tl(slow, name=f"p{i}")().named(f"p{i}")
+                                   for i in range(3)]).with_options(timeout=0.2)
+        r = run(group, continue_on_error=True)
+        assert all(r.tasks[f"p{i}"].status is S.TIMED_OUT for i in range(3))
+        assert r.duration < 2
+
+    def test_trigger_applies_to_the_group_entry(self) -> None:
+        """A group's trigger rule decides whether it starts after failed tasks."""
+        bad = tl(lambda: 1 / 0, name="bad")().named("bad")
+        b, c = _steps("b", "c")
+        cleanup = (b >> c).with_options(trigger="all_done", name="cleanup")
+        r = run(bad >> cleanup, continue_on_error=True)
+        assert r.tasks["b"].status is S.COMPLETED and r.tasks["c"].status is S.COMPLETED
+
+    def test_embedded_flow_context_is_a_default(self) -> None:
+        """An embedded Flow's context fills keys the run does not give; the run's win."""
+        need = tl(lambda k, j: (k, j), name="need")
+        inner = flowdsl.Flow("inner", need(flowdsl.ctx("k"), flowdsl.ctx("j")).named("need"),
+                             context={"k": 5, "j": 1})
+        a, = _steps("a")
+        r = run(a >> inner, context={"j": 2})
+        assert r.outputs["need"] == (5, 2)
+        assert r.context == {"k": 5, "j": 2}
+
+    def test_group_options_are_checked(self) -> None:
+        """Bad group options are refused at composition, naming the group."""
+        b, c = _steps("b", "c")
+        with pytest.raises(CompositionError, match="timeout=0 is invalid"):
+            (b >> c).with_options(timeout=0)
+        with pytest.raises(CompositionError, match="unknown trigger rule 'sometimes'"):
+            (b >> c).with_options(trigger="sometimes")
+        with pytest.raises(CompositionError, match="got retries"):
+            flowdsl.Flow("f", b >> c).with_options(retries=2)
+        with pytest.raises(CompositionError, match=r"\.when\(\) expects a callable"):
+            (b | c).when(3)
+
+    def test_flow_as_an_argument_is_refused_clearly(self) -> None:
+        """Passing a Flow (not its task) as an argument is a composition error."""
+        b, = _steps("b")
+        with pytest.raises(CompositionError, match="pass the task whose output you want"):
+            fetch(flowdsl.Flow("f", b))
+
+    def test_group_is_not_a_node(self) -> None:
+        """A unit adds no task: the plan is its tasks and their edges."""
+        a, b, c = _steps("a", "b", "c")
+        p = flowdsl.plan(a >> (b | c).when(lambda ctx: True))
+        assert list(p.order) == ["a", "b", "c"] and len(p.groups) == 1
+        assert p.groups[0].members == ("b", "c")

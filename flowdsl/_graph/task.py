@@ -140,6 +140,34 @@ class Guard:
         self.inherit = inherit  # the tasks skipped downstream repeat the reason
 
 
+def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
+               equals: Any) -> Guard | None:
+    """Check the arguments of ``.when()``; the guard for ``on=``, or None for a condition
+    on the context (``predicate`` itself)."""
+    if on is None:
+        if equals is not _MISSING:
+            msg = f"{owner}: .when(equals=...) needs on=<the task to compare>"
+            raise CompositionError(msg)
+        if not callable(predicate):
+            msg = f"{owner}: .when() expects a callable, got {predicate!r}"
+            raise CompositionError(msg)
+        return None
+    if not isinstance(on, (Task, Ref)):
+        msg = (f"{owner}: .when(on=...) expects a Task or a projection task['key'], got "
+               f"{type(on).__name__} {on!r}"[:200])
+        raise CompositionError(msg)
+    if (predicate is None) == (equals is _MISSING):
+        msg = f"{owner}: .when(on=...) takes either a predicate or equals=, exactly one of them"
+        raise CompositionError(msg)
+    if predicate is not None:
+        if not callable(predicate):
+            msg = f"{owner}: .when() expects a callable, got {predicate!r}"
+            raise CompositionError(msg)
+        return Guard(on, predicate,
+                     lambda name, v: f"its condition on {name} was false (got {v!r})")
+    return Guard(on, lambda v: v == equals, lambda name, v: f"{name} gave {v!r}, not {equals!r}")
+
+
 def _scan(value: Any, out: list[Task]) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
     argument walker knows); True if it holds any reference at all."""
@@ -157,6 +185,10 @@ def _scan(value: Any, out: list[Task]) -> bool:
         elif cls is Each:
             msg = (f"{v!r} marks a mapped argument of tool.map(...); it cannot be used in a "
                    "plain tool call or inside another value")
+            raise CompositionError(msg)
+        elif cls is Flow or cls is Fragment:
+            msg = (f"{v!r} was passed as an argument; pass the task whose output you want "
+                   "(a flow's last task), and compose the flow with >>")
             raise CompositionError(msg)
     return found
 
@@ -322,34 +354,12 @@ class Task(_Composable):
         ``predicate(output of task)``; ``.when(on=task, equals=value)`` tests
         ``output == value``. A task named by ``on`` runs before this one.
         """
-        if on is None:
-            if equals is not _MISSING:
-                msg = f"task {self.id!r}: .when(equals=...) needs on=<the task to compare>"
-                raise CompositionError(msg)
-            if not callable(predicate):
-                msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
-                raise CompositionError(msg)
-            old = self.condition
-            cond = predicate if old is None else (lambda c: old(c) and predicate(c))
-            return self._replace(condition=cond)
-        if not isinstance(on, (Task, Ref)):
-            msg = (f"task {self.id!r}: .when(on=...) expects a Task or a projection "
-                   f"task['key'], got {type(on).__name__} {on!r}"[:200])
-            raise CompositionError(msg)
-        if (predicate is None) == (equals is _MISSING):
-            msg = (f"task {self.id!r}: .when(on=...) takes either a predicate or equals=, "
-                   "exactly one of them")
-            raise CompositionError(msg)
-        if predicate is not None:
-            if not callable(predicate):
-                msg = f"task {self.id!r}: .when() expects a callable, got {predicate!r}"
-                raise CompositionError(msg)
-            guard = Guard(on, predicate,
-                          lambda name, v: f"its condition on {name} was false (got {v!r})")
-        else:
-            guard = Guard(on, lambda v: v == equals,
-                          lambda name, v: f"{name} gave {v!r}, not {equals!r}")
-        return self._guarded(guard)
+        guard = _condition(f"task {self.id!r}", predicate, on, equals)
+        if guard is not None:
+            return self._guarded(guard)
+        old = self.condition
+        cond = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
+        return self._replace(condition=cond)
 
     def _guarded(self, guard: Guard) -> Task:
         up = guard.on if isinstance(guard.on, Task) else guard.on.task
@@ -388,11 +398,7 @@ class Task(_Composable):
         if options:
             changes["spec"] = self.spec.evolve(**options)
         if trigger is not None:
-            if trigger not in TRIGGERS:
-                msg = (f"task {self.id!r}: unknown trigger rule {trigger!r}; expected one of "
-                       + ", ".join(TRIGGERS))
-                raise CompositionError(msg)
-            changes["trigger"] = trigger
+            changes["trigger"] = _trigger(f"task {self.id!r}", trigger)
         return self._replace(**changes)
 
     @classmethod
@@ -431,6 +437,13 @@ class Task(_Composable):
 _FAN_OPTIONS = ("max_parallel", "max_children")
 
 
+def _trigger(owner: str, trigger: Any) -> str:
+    if trigger not in TRIGGERS:
+        msg = f"{owner}: unknown trigger rule {trigger!r}; expected one of " + ", ".join(TRIGGERS)
+        raise CompositionError(msg)
+    return str(trigger)
+
+
 class _NewTask(Task):
     """A Task under construction; its class becomes Task once every slot is set."""
 
@@ -440,15 +453,112 @@ class _NewTask(Task):
 
 
 
-class Fragment(_Composable):
-    """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``)."""
+class Unit:
+    """What makes a group of tasks one unit (``.when()``/``.with_options()`` on a Fragment or
+    an embedded Flow): a condition on the context, conditions on other tasks' outputs, a
+    timeout on the group's wall time, a trigger rule for its entry, and context defaults."""
 
-    __slots__ = ("_graph", "kind", "parts")
+    __slots__ = ("condition", "context", "guards", "name", "timeout", "trigger")
 
-    def __init__(self, kind: str, parts: tuple[Task | Fragment, ...]) -> None:
+    def __init__(self, name: str, condition: Callable[[Mapping[str, Any]], Any] | None = None,
+                 guards: tuple[Guard, ...] = (), timeout: float | None = None,
+                 trigger: str | None = None,
+                 context: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.condition = condition
+        self.guards = guards
+        self.timeout = timeout
+        self.trigger = trigger
+        self.context = context
+
+    def evolve(self, **changes: Any) -> Unit:
+        u = object.__new__(Unit)
+        for slot in Unit.__slots__:
+            setattr(u, slot, changes.get(slot, getattr(self, slot)))
+        return u
+
+
+class Group:
+    """A unit as materialized: its options, its member task ids and its entry tasks (those
+    the tasks before the group link to)."""
+
+    __slots__ = ("members", "sources", "unit")
+
+    def __init__(self, unit: Unit, members: tuple[str, ...], sources: tuple[str, ...]) -> None:
+        self.unit = unit
+        self.members = members
+        self.sources = sources
+
+
+class _Grouped:
+    """``.when()`` and ``.with_options()`` for a group of tasks (a Fragment or a Flow)."""
+
+    __slots__ = ()
+
+    def _unit(self) -> Unit:
+        raise NotImplementedError
+
+    def _with_unit(self, unit: Unit) -> Any:
+        raise NotImplementedError
+
+    def when(self, predicate: Callable[..., Any] | None = None, *,
+             on: Task | Ref | None = None, equals: Any = _MISSING) -> Any:
+        """Run the group only if the condition holds when its first task is ready; else every
+        task of it is skipped. Same forms as :meth:`Task.when`."""
+        unit = self._unit()
+        guard = _condition(f"group {unit.name!r}", predicate, on, equals)
+        if guard is not None:
+            return self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
+        old = unit.condition
+        both = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
+        return self._with_unit(unit.evolve(condition=both))
+
+    def with_options(self, *, timeout: float | None = None, trigger: str | None = None,
+                     name: str | None = None, **options: Any) -> Any:
+        """Options of the group as a unit: ``timeout`` (seconds for the group's wall time,
+        from its first task's start; its running tasks are cancelled and end
+        ``timed_out``), ``trigger`` (the rule its entry tasks apply to the tasks before the
+        group) and ``name`` (shown in reasons)."""
+        unit = self._unit()
+        if options:
+            msg = (f"group {unit.name!r}: with_options() takes timeout, trigger and name; "
+                   f"got {', '.join(options)} (set per-task options on the tasks)")
+            raise CompositionError(msg)
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            if not ok or not 0 < timeout < float("inf"):
+                msg = f"group {unit.name!r}: timeout={timeout!r} is invalid: expected seconds > 0"
+                raise CompositionError(msg)
+            changes["timeout"] = float(timeout)
+        if trigger is not None:
+            changes["trigger"] = _trigger(f"group {unit.name!r}", trigger)
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                msg = f"group name must be a non-empty string, got {name!r}"
+                raise CompositionError(msg)
+            changes["name"] = name
+        return self._with_unit(unit.evolve(**changes))
+
+
+class Fragment(_Composable, _Grouped):
+    """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``); with
+    ``.when()``/``.with_options()`` the group runs as one unit."""
+
+    __slots__ = ("_graph", "kind", "parts", "unit")
+
+    def __init__(self, kind: str, parts: tuple[Task | Fragment, ...],
+                 unit: Unit | None = None) -> None:
         self.kind = kind
         self.parts = parts
+        self.unit = unit
         self._graph: Graph | None = None
+
+    def _unit(self) -> Unit:
+        return self.unit or Unit(f"({_expr(self, 4)})")
+
+    def _with_unit(self, unit: Unit) -> Fragment:
+        return Fragment(self.kind, self.parts, unit)
 
     def __repr__(self) -> str:
         return f"<Fragment {_expr(self)}: {_counts(self)}>"
@@ -500,7 +610,7 @@ def _coerce(item: Any, other: Any = None) -> Task | Fragment:
     if isinstance(item, (Task, Fragment)):
         return item
     if isinstance(item, Flow):
-        return item.fragment
+        return item._part()
     if getattr(type(item), "_flowdsl_stage", False):  # a Tool: a pipeline stage
         return item.stage()
     if isinstance(item, (list, tuple)):
@@ -550,8 +660,12 @@ def _nary(kind: str, items: tuple[Any, ...]) -> Fragment:
 _NODES = frozenset({Task, Fragment})
 
 
-class Flow(_Composable):
+class Flow(_Composable, _Grouped):
     """A named workflow around a composition; it can itself be embedded in a larger one.
+
+    Embedded, its ``context`` gives defaults merged under the run's context (the run's
+    values win), and ``.when()``/``.with_options()`` make it one unit (see
+    :class:`Fragment`).
 
     Args:
         name: the flow's name (used by history and reports).
@@ -560,8 +674,8 @@ class Flow(_Composable):
         mode, context, resources, max_concurrency: defaults for :func:`flowdsl.run`.
     """
 
-    __slots__ = ("context", "description", "fragment", "max_concurrency", "mode", "name",
-                 "resources")
+    __slots__ = ("_as_part", "context", "description", "fragment", "max_concurrency", "mode",
+                 "name", "resources", "unit")
 
     def __init__(self, name: str, fragment: Any, description: str = "", *,
                  mode: str | None = None, context: Mapping[str, Any] | None = None,
@@ -577,6 +691,29 @@ class Flow(_Composable):
         self.context = dict(context) if context else None
         self.resources = dict(resources) if resources else None
         self.max_concurrency = max_concurrency
+        self.unit: Unit | None = None
+        self._as_part: Task | Fragment | None = None
+
+    def _unit(self) -> Unit:
+        return self.unit or Unit(self.name)
+
+    def _with_unit(self, unit: Unit) -> Flow:
+        f = object.__new__(Flow)
+        for slot in Flow.__slots__:
+            object.__setattr__(f, slot, getattr(self, slot))
+        f.unit = unit
+        f._as_part = None
+        return f
+
+    def _part(self) -> Task | Fragment:
+        """What the flow is inside a composition: its fragment, wrapped as a group when it
+        is a unit or brings context defaults (built once: a Fragment caches its graph)."""
+        if self.unit is None and not self.context:
+            return self.fragment
+        if self._as_part is None:
+            unit = (self.unit or Unit(self.name)).evolve(context=self.context)
+            self._as_part = Fragment("then", (self.fragment,), unit)
+        return self._as_part
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {_counts(self)}>"
@@ -600,12 +737,13 @@ class Graph:
             to); computed on first use, as planning does not need them.
     """
 
-    __slots__ = ("_ropes", "_sinks", "_sources", "preds", "tasks")
+    __slots__ = ("_ropes", "_sinks", "_sources", "groups", "preds", "tasks")
 
     def __init__(self, tasks: dict[str, Task], preds: dict[str, dict[str, None]],
-                 src: Any, snk: Any) -> None:
+                 src: Any, snk: Any, groups: tuple[Group, ...] = ()) -> None:
         self.tasks = tasks
         self.preds = preds
+        self.groups = groups  # the units (Fragments and Flows with unit options), inner first
         self._ropes = (src, snk)
         self._sources: list[str] | None = None
         self._sinks: list[str] | None = None
@@ -692,6 +830,30 @@ def _link(left: Any, right: Any, preds: dict[str, dict[str, None]]) -> None:
             pb[a] = None
 
 
+def _group(frag: Fragment, sources: Any, tasks: dict[str, Task],
+           preds: dict[str, dict[str, None]]) -> Group:
+    """The group of a unit fragment whose parts are all materialized: its members (every task
+    composed inside it), its entry tasks, and edges from the tasks its conditions read."""
+    unit = frag.unit
+    assert unit is not None
+    members: dict[str, None] = {}
+    stack: list[Any] = [frag]
+    while stack:
+        node = stack.pop()
+        if node.__class__ is Task:
+            members[node.id] = None
+        else:
+            stack.extend(reversed(node.parts))
+    entry = tuple(dict.fromkeys(t.id for t in _flat(sources)))
+    for g in unit.guards:  # the group waits for the tasks its conditions read
+        on = g.on if isinstance(g.on, Task) else g.on.task
+        _add(on, tasks, preds)
+        for s in entry:
+            if s != on.id:
+                preds[s][on.id] = None
+    return Group(unit, tuple(members), entry)
+
+
 def materialize(item: Any) -> Graph:
     """Flatten a composition into tasks and edges, iteratively, in O(tasks + edges).
 
@@ -707,6 +869,7 @@ def materialize(item: Any) -> Graph:
     tasks: dict[str, Task] = {}
     preds: dict[str, dict[str, None]] = {}
     ends: dict[int, tuple[Any, Any]] = {}  # id(fragment) -> (sources rope, sinks rope)
+    groups: list[Group] = []
     stack: list[Any] = [root]
     pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
@@ -740,12 +903,14 @@ def materialize(item: Any) -> Graph:
             else:
                 pairs = [(p, p) if p.__class__ is Task else ends[id(p)] for p in parts]
                 ends[id(frag)] = (tuple([s for s, _ in pairs]), tuple([s for _, s in pairs]))
+            if frag.unit is not None:
+                groups.append(_group(frag, ends[id(frag)][0], tasks, preds))
         elif id(node) not in ends:  # a fragment is never inside itself: no cycle check
             push(node)
             push(_EXIT)
             extend(node.parts[::-1])
     src, snk = (root, root) if root.__class__ is Task else ends[id(root)]
-    g = Graph(tasks, preds, src, snk)
+    g = Graph(tasks, preds, src, snk, tuple(groups))
     if root.__class__ is Fragment:
         root._graph = g
     return g

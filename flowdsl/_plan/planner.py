@@ -107,8 +107,8 @@ class Plan:
         sources / sinks: ids with no predecessors / no successors.
     """
 
-    __slots__ = ("_index", "flow", "levels", "name", "order", "predecessors", "sinks",
-                 "sources", "successors", "tasks")
+    __slots__ = ("_index", "flow", "groups", "levels", "name", "order", "predecessors",
+                 "sinks", "sources", "successors", "tasks")
 
     name: str | None
     flow: Any
@@ -126,13 +126,15 @@ class Plan:
 
     @classmethod
     def _build(cls, tasks: Mapping[str, Task], preds: Mapping[str, Iterable[str]],
-               name: str | None = None, flow: Any = None) -> Plan:
+               name: str | None = None, flow: Any = None, groups: tuple[Any, ...] = ()
+               ) -> Plan:
         ids = list(tasks)
         order, succs, bounds = _order(ids, preds)
         p = object.__new__(cls)
         s = object.__setattr__
         s(p, "name", name)
         s(p, "flow", flow)
+        s(p, "groups", groups)  # units: groups of tasks run as one (see flowdsl.Fragment)
         s(p, "tasks", MappingProxyType(dict(tasks)))
         s(p, "order", order_t := tuple(order))
         s(p, "levels", tuple([order_t[a:b] for a, b in itertools.pairwise(bounds)]))
@@ -254,7 +256,7 @@ def plan(flow: Any) -> Plan:
     with _gc_paused():
         g = materialize(flow)
         name = flow.name if isinstance(flow, Flow) else None
-        return Plan._build(g.tasks, g.preds, name, flow)
+        return Plan._build(g.tasks, g.preds, name, flow, g.groups)
 
 
 @contextlib.contextmanager

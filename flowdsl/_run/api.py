@@ -36,6 +36,7 @@ from .executors import (
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
+from .units import context_defaults
 
 __all__ = ["Mode", "arun", "run"]
 
@@ -143,6 +144,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     per_task, opened = _executors(p, executor)
     store = _history(history)
     results_cache = _run_cache(p, history, cache)
+    if p.groups:  # embedded flows' context defaults, under the flow's and the run's
+        ctx = {**context_defaults(p.groups), **ctx}
     estimates = policy.estimate_durations(  # the sources are not kept: memory per task
         p, durations, None if store is None else partial(store.durations, p))[0]
     priorities = policy.priorities(p, estimates)

@@ -22,7 +22,7 @@ import anyio
 from .._base.errors import CacheKeyError, TaskFailed, TaskTimeout
 from .._base.log import get_logger
 from .._base.loop import loop_clock
-from .._graph.task import _MISSING, CtxRef, Ref, Task
+from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan
 from .caching import RunCache
@@ -31,6 +31,7 @@ from .fanout import TaskInputError as _TaskError
 from .fanout import run_map
 from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+from .units import Units, group_timeout
 
 __all__ = ["Core", "Item"]
 
@@ -48,7 +49,7 @@ CACHED = TaskStatus.CACHED
 class Item:
     """One pass of data through the flow: statuses, outputs and records per task."""
 
-    __slots__ = ("index", "input", "outputs", "records", "status")
+    __slots__ = ("index", "input", "outputs", "records", "status", "units")
 
     def __init__(self, index: int, input: Any, records: dict[str, TaskRecord]) -> None:
         self.index = index
@@ -56,6 +57,7 @@ class Item:
         self.outputs: dict[str, Any] = {}
         self.status: dict[str, TaskStatus] = {}
         self.records = records
+        self.units: dict[Any, Any] = {}  # per group: its condition's verdict, its deadline
 
 
 class Core:
@@ -70,6 +72,10 @@ class Core:
                  cache: RunCache | None = None) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
+        active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
+                  or g.unit.timeout is not None or g.unit.trigger is not None]
+        self.units = Units(active, plan.tasks) if active else None  # type: ignore[arg-type]
+        self._cut: dict[int, tuple[float, str, float]] = {}  # id(record) -> group deadline
         self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
         self.preds = plan.predecessors
         self.result = result
@@ -140,16 +146,23 @@ class Core:
                         return self._finish(tid, item, None, verdict[0], reason=verdict[1])
                     break
             else:  # every predecessor completed: only one_failed refuses to run then
-                if task.trigger == "one_failed":
+                if task.trigger == "one_failed" or (
+                        self.units is not None and self._rule(task) == "one_failed"):
                     return self._finish(tid, item, None, SKIPPED,
                                         reason="no upstream task failed")
         rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
         item.records[tid] = rec
+        units = self.units
         try:
+            if units is not None and tid in units.gated:
+                why = await units.gate(tid, item.units, self._ctx_view,
+                                       lambda guards, owner: self._guards(guards, owner, item))
+                if why is not None:  # the members downstream repeat the group's reason
+                    return self._finish(tid, item, rec, SKIPPED, reason=_Inherited(why))
             if task.condition is not None and not self._condition(task):
                 return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
             if task.guards:
-                why = await self._guards(task, item)
+                why = await self._guards(task.guards, f"task {tid!r}", item)
                 if why is not None:
                     return self._finish(tid, item, rec, SKIPPED, reason=why)
             if task.dynamic or task.stage_param is not None:
@@ -160,9 +173,37 @@ class Core:
                 args, kwargs = task.args, task.kwargs
         except _TaskError as exc:
             return self._failed(tid, item, rec, exc, 0)
+        if units is not None and tid in units.timed:
+            return await self._bounded(tid, task, item, rec, args, kwargs)
         if task.fan is not None:
             return await run_map(self, tid, task, item, rec, args, kwargs)
         return await self._pooled(tid, task, item, rec, args, kwargs)
+
+    async def _bounded(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        """Run a member of a group with a timeout under the group's deadline."""
+        at, name, timeout = self.units.deadline(tid, item.units)  # type: ignore[union-attr]
+        if anyio.current_time() >= at:
+            return self._failed(tid, item, rec, group_timeout(tid, name, timeout, False, 0), 0)
+        self._cut[id(rec)] = (at, name, timeout)
+        try:
+            with anyio.CancelScope(deadline=at):
+                if task.fan is not None:
+                    return await run_map(self, tid, task, item, rec, args, kwargs)
+                return await self._pooled(tid, task, item, rec, args, kwargs)
+        finally:
+            del self._cut[id(rec)]
+        return item.status[tid]  # cut off: _stopped recorded it timed out
+
+    def _stopped(self, tid: str, item: Item, rec: TaskRecord, why: str, attempts: int) -> None:
+        """Record a task whose await was cancelled: timed out when its group's deadline
+        passed, else cancelled with ``why``."""
+        cut = self._cut.get(id(rec)) if self._cut else None
+        if cut is not None and anyio.current_time() >= cut[0]:
+            self._failed(tid, item, rec, group_timeout(tid, cut[1], cut[2], True, attempts),
+                         attempts)
+            return
+        self._finish(tid, item, rec, CANCELLED, reason=why)
 
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
@@ -184,8 +225,7 @@ class Core:
             try:
                 await self.pools.acquire(demand, self.priorities.get(task.id, 0.0), tid)
             except BaseException:  # the run stopped while this task waited for its pools
-                self._finish(tid, item, rec, CANCELLED,
-                             reason="the run stopped while it waited for resources")
+                self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
         try:
@@ -229,7 +269,7 @@ class Core:
         ok = [p for p in preds if status[p] is COMPLETED]
         skipped = [p for p in preds if status[p] is SKIPPED]
         bad = [p for p in preds if status[p] is not COMPLETED and status[p] is not SKIPPED]
-        rule = task.trigger
+        rule = self._rule(task)
         if rule == "all_done":
             return None
         if rule == "none_failed":
@@ -253,19 +293,26 @@ class Core:
         return SKIPPED, why if isinstance(why, _Inherited) else (
             f"upstream task {skipped[0]!r} was skipped")
 
-    async def _guards(self, task: Task, item: Item) -> str | None:
-        """Test the task's conditions on other tasks' outputs (``.when(on=...)``, switch):
-        None if they all hold, else why the task is skipped."""
-        for g in task.guards:
+    async def _guards(self, guards: Sequence[Guard], owner: str, item: Item) -> str | None:
+        """Test conditions on other tasks' outputs (``.when(on=...)``, switch) for a task or
+        a group (``owner``): None if they all hold, else why it is skipped."""
+        for g in guards:
             on = g.on
             src = on if isinstance(on, Task) else on.task
             if self.remote and isinstance(item.outputs.get(src.id), Remote):
                 item.outputs[src.id] = await item.outputs[src.id].fetch()
-            value = self._resolve(on, task, item)
+            value = item.outputs.get(src.id)
+            for key in () if on is src else on.path:  # type: ignore[union-attr]
+                try:
+                    value = value[key]
+                except (KeyError, IndexError, TypeError) as exc:
+                    msg = (f"the condition of {owner} reads {on!r}, but the output of "
+                           f"{src.id!r} has no {key!r} ({type(exc).__name__})")
+                    raise _TaskError(msg) from exc
             try:
                 ok = g.test(value)
             except Exception as exc:
-                msg = (f"the condition of task {task.id!r} on {on!r} raised "
+                msg = (f"the condition of {owner} on {on!r} raised "
                        f"{type(exc).__name__}: {exc}")
                 raise _TaskError(msg) from exc
             if not ok:
@@ -273,6 +320,12 @@ class Core:
                 why = g.reason(name, value)[:300]
                 return _Inherited(why) if g.inherit else why
         return None
+
+    def _rule(self, task: Task) -> str:
+        """The task's trigger rule: its own, or its group's for a group's entry task."""
+        if self.units is None:
+            return task.trigger
+        return self.units.trigger.get(task.id, task.trigger)
 
     def _condition(self, task: Task) -> bool:
         try:
@@ -389,7 +442,7 @@ class Core:
                 att.status = CANCELLED
                 why = self._halted.get(rec.parent, "the run stopped") if rec.parent else (
                     "the run stopped")
-                self._finish(tid, item, rec, CANCELLED, reason=why)
+                self._stopped(tid, item, rec, why, n)
                 raise
             att.ended_at = ended = self.now()
             att.status = COMPLETED
