@@ -30,11 +30,13 @@ from rich.table import Table
 from .._plan.policy import Mode
 from .cli_common import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
     GraphFormat,
+    ImportOpt,
     JsonOpt,
+    MaxConcurrencyOpt,
+    ParamOpt,
     ResourcesOpt,
     Target,
     TargetError,
@@ -46,10 +48,14 @@ from .cli_common import (
     _options,
     _out,
     _pairs,
+    _pipe_closed,
     _plan,
+    _plan_error,
     _print_json,
+    _resources,
     app,
     load_target,
+    tidy_help,
 )
 
 __all__ = ["TargetError", "app", "load_target", "main"]
@@ -58,16 +64,24 @@ __all__ = ["TargetError", "app", "load_target", "main"]
                     "-r http=3 -r api=2 -r db=1")
 def run(target: Target,
         mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="How to run it "
-                                                  "(default: the flow's, else parallel).")] = None,
+                                                  "(default: the flow's, else parallel; "
+                                                  "pipeline with --items).")] = None,
         set_: Annotated[list[str] | None, typer.Option(
             "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
             "repeatable).")] = None,
         context: Annotated[Path | None, typer.Option(
             "--context", "-c", metavar="FILE.json", help="Initial context from a JSON "
             "object file.")] = None,
+        imports: ImportOpt = None,
+        params: ParamOpt = None,
+        input_: Annotated[str | None, typer.Option(
+            "--input", metavar="JSON", help="The value the first pipeline stages receive "
+            "(JSON or text).")] = None,
+        items: Annotated[str | None, typer.Option(
+            "--items", metavar="FILE|-", help="Values to stream through a pipeline: a JSON "
+            "array, or one JSON value (or text) per line; - reads stdin.")] = None,
         resources: ResourcesOpt = None,
-        max_concurrency: Annotated[int | None, typer.Option(
-            "--max-concurrency", min=1, help="Most tasks running at once.")] = None,
+        max_concurrency: MaxConcurrencyOpt = None,
         continue_on_error: Annotated[bool, typer.Option(
             "--continue-on-error", help="A failure stops only its downstream tasks.")] = False,
         rollback: Annotated[bool, typer.Option(
@@ -77,15 +91,18 @@ def run(target: Target,
             "--timeout", metavar="SECONDS",
             help="Time limit for the whole run.")] = None,
         as_json: JsonOpt = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="The full table of "
+                                              "tasks instead of the compact summary.")
+                           ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no "
                                             "summary; only the exit code.")] = False) -> None:
-    """Run a flow with live progress (on a terminal) and a summary table at the end.
+    """Run a flow with live progress (on a terminal), then a summary and the flow's output.
 
     Exit code 0 when it completed, 1 when it failed, timed out or was cancelled, 2 for a
-    usage or plan error, 130 after Ctrl-C (the first cancels cleanly, the second exits at
-    once).
+    usage or plan error, 130 after Ctrl-C and 143 after SIGTERM (the first cancels cleanly:
+    rollbacks and history; the second exits at once).
     """
-    flow = _load(target)
+    flow = _load(target, imports, params)
     ctx: dict[str, Any] = {}
     if context is not None:
         try:
@@ -95,6 +112,12 @@ def run(target: Target,
         if not isinstance(ctx, dict):
             raise _fail(f"--context {str(context)!r}: expected a JSON object")
     ctx.update(_pairs(set_, "--set"))
+    values = _read_items(items) if items is not None else None
+    if values is not None and mode not in (None, Mode.PIPELINE):
+        raise _fail(f"--items streams values through a pipeline; use --mode pipeline "
+                    f"(got --mode {mode.value})")
+    chosen = Mode.PIPELINE.value if values is not None and mode is None else (
+        mode.value if mode else None)
     out = _out()
     live = None
     if not (as_json or quiet):
@@ -102,30 +125,75 @@ def run(target: Target,
 
         if out.is_terminal and not out.is_dumb_terminal:
             live = LiveProgress(out)
-    stop = _Interrupt()
-    result = _run(flow, stop, live, mode=mode.value if mode else None, context=ctx,
-                  resources=_pairs(resources, "--resources", integer=True) or None,
-                  max_concurrency=max_concurrency, continue_on_error=continue_on_error,
-                  rollback_on_failure=rollback, timeout=timeout, history=_options["history"])
+    stop = _Interrupt(live)
+    history = _options["history"]
+    result = _run(flow, stop, live, mode=chosen, context=ctx,
+                  input=None if input_ is None else _value(input_), items=values,
+                  resources=_resources(flow, resources), max_concurrency=max_concurrency,
+                  continue_on_error=continue_on_error, rollback_on_failure=rollback,
+                  timeout=timeout, history=history)
     interrupted = result is None
     result = stop.result if result is None else result
-    if as_json and result is not None:
-        _print_json(result.to_dict())
-    elif not quiet and result is not None:
-        from .progress import summary_table
+    code = stop.exit_code if interrupted else EXIT_OK if result.ok else EXIT_FAILED
+    try:
+        if as_json and result is not None:
+            _print_json(result.to_dict())
+        elif not quiet and result is not None:
+            _report(out, result, verbose=verbose, history_on=_history_on(history))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `flowdsl run ... | head -1`: the reader has had enough
+        _pipe_closed()
+    raise typer.Exit(code)
 
-        out.print(summary_table(result))
-        if not result.ok and result.error is not None:
-            _err().print(f"[bold red]{result.status}:[/] {type(result.error).__name__}: "
-                         f"{result.error}", soft_wrap=True)
+
+def _value(raw: str) -> Any:
+    try:
+        return json.loads(raw)  # numbers, objects, lists... else the text itself
+    except ValueError:
+        return raw
+
+
+def _read_items(source: str) -> list[Any]:
+    """The --items values: a JSON array, else one JSON value (or text) per non-blank line.
+    Read whole before the run starts, so no file I/O happens on the event loop."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"--items {source!r}: {exc.strerror or exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise _fail(f"--items {source!r}: not a valid JSON array ({exc})") from None
+        return list(data)
+    return [_value(line) for line in text.splitlines() if line.strip()]
+
+
+def _history_on(spec: str | None) -> bool:
+    if spec is not None:
+        return spec.lower() != "off"
+    return os.environ.get("FLOWDSL_HISTORY", "").lower() != "off"
+
+
+def _report(out: Any, result: Any, *, verbose: bool, history_on: bool) -> None:
+    """The summary (compact, or the full table), the error, the output and the hint."""
+    from .progress import compact_summary, output_preview, summary_table
+
+    out.print(summary_table(result) if verbose else compact_summary(result))
+    if not result.ok and result.error is not None:
+        _err().print(f"[bold red]{result.status}:[/] {type(result.error).__name__}: "
+                     f"{result.error}", soft_wrap=True, markup=True)
+    shown = result.output
+    if shown is not None and not (isinstance(shown, list) and all(v is None for v in shown)):
+        out.print("[bold]output:[/]", markup=True)
+        out.print(output_preview(result.output))
+    if history_on:
         out.print(f"[dim]timeline: flowdsl timeline {result.run_id} -o run.html[/]")
-    if interrupted:
-        raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(EXIT_OK if result.ok else EXIT_FAILED)
 
 
 def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
-    """Run with the progress display and SIGINT handling; ``None`` when interrupted."""
+    """Run with the progress display and SIGINT/SIGTERM handling; ``None`` when
+    interrupted."""
     from .._base.errors import PlanError
     from .._run.api import run as run_flow
 
@@ -134,7 +202,7 @@ def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
         with stop.installed():
             return run_flow(flow, observers=observers, **options)
     except PlanError as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
+        raise _fail(_plan_error(exc)) from None
     except ValueError as exc:  # an option value run() refused
         raise _fail(str(exc)) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -145,7 +213,8 @@ def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
 
 
 @app.command(epilog="Example: flowdsl plan flows.py:etl --json")
-def plan(target: Target, as_json: JsonOpt = False) -> None:
+def plan(target: Target, imports: ImportOpt = None, params: ParamOpt = None,
+         as_json: JsonOpt = False) -> None:
     """Show a flow's plan: levels, width, critical path, lower bound and problems.
 
     Durations are declared estimates, else history, else 1 s (as a run ranks tasks).
@@ -153,7 +222,7 @@ def plan(target: Target, as_json: JsonOpt = False) -> None:
     from .._base.errors import ResourceError
     from .._record.simulate import resolve_durations
 
-    flow = _load(target)
+    flow = _load(target, imports, params)
     p = _plan(flow)
     dur, sources = resolve_durations(p, history=_history() or False)
     durations = sorted(i for i, s in sources.items() if s == "history")
@@ -192,7 +261,7 @@ def plan(target: Target, as_json: JsonOpt = False) -> None:
 
 
 @app.command(epilog="Example: flowdsl graph flows.py:etl --format svg -o etl.svg")
-def graph(target: Target,
+def graph(target: Target, imports: ImportOpt = None, params: ParamOpt = None,
           fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="mermaid and dot "
                                                    "are text; svg and png need graphviz."
                                                    )] = GraphFormat.mermaid,
@@ -202,7 +271,7 @@ def graph(target: Target,
     """Draw the DAG as mermaid or dot text, or as SVG/PNG through graphviz."""
     from .render import render_graphviz, to_dot, to_mermaid
 
-    p = _plan(_load(target))
+    p = _plan(_load(target, imports, params))
     if fmt in (GraphFormat.mermaid, GraphFormat.dot):
         text = to_mermaid(p) if fmt is GraphFormat.mermaid else to_dot(p)
         if output is None:
@@ -230,8 +299,8 @@ def simulate(target: Target,
                                                        "mode in detail (default: compare "
                                                        "all).")] = None,
              resources: ResourcesOpt = None,
-             max_concurrency: Annotated[int | None, typer.Option(
-                 "--max-concurrency", min=1)] = None,
+             max_concurrency: MaxConcurrencyOpt = None,
+             imports: ImportOpt = None, params: ParamOpt = None,
              as_json: JsonOpt = False) -> None:
     """Predict the makespan of each mode without running any tool.
 
@@ -240,15 +309,15 @@ def simulate(target: Target,
     from .._base.errors import PlanError
     from .._record.simulate import simulate as sim
 
-    flow = _load(target)
+    flow = _load(target, imports, params)
     store = _history() or False
-    caps = _pairs(resources, "--resources", integer=True) or None
+    caps = _resources(flow, resources)
     modes = [mode.value] if mode else [m.value for m in Mode]
     try:
         sims = {m: sim(flow, m, resources=caps, max_concurrency=max_concurrency,
                        history=store) for m in modes}
     except (PlanError, ValueError) as exc:
-        raise _fail(f"{type(exc).__name__}: {exc}") from None
+        raise _fail(_plan_error(exc)) from None
     if as_json:
         _print_json({m: dataclasses.asdict(s) for m, s in sims.items()})
         return
@@ -270,12 +339,13 @@ def simulate(target: Target,
 
 
 @app.command(epilog="Example: flowdsl analyze flows.py:etl --json")
-def analyze(target: Target, as_json: JsonOpt = False) -> None:
+def analyze(target: Target, imports: ImportOpt = None, params: ParamOpt = None,
+            as_json: JsonOpt = False) -> None:
     """Find bottlenecks and suggest improvements from the flow's history."""
     from .._base.errors import PlanError
     from .._record.optimizer import analyze as analyze_flow
 
-    flow = _load(target)
+    flow = _load(target, imports, params)
     try:
         a = analyze_flow(flow, _history() or False)
     except PlanError as exc:
@@ -341,4 +411,4 @@ def bench(ctx: typer.Context) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``flowdsl`` console script."""
-    app(args=argv, prog_name="flowdsl")
+    tidy_help(typer.main.get_command(app))(args=argv, prog_name="flowdsl")

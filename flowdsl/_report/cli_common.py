@@ -23,6 +23,7 @@ from rich.console import Console
 __all__ = ["JsonOpt", "Target", "TargetError", "app", "load_target"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the shell's code for a SIGTERM
 DOC_SUFFIXES = (".json", ".yaml", ".yml")
 
 app = typer.Typer(name="flowdsl", no_args_is_help=True, rich_markup_mode="rich",
@@ -46,8 +47,17 @@ class TargetError(Exception):
 _options: dict[str, Any] = {"history": None}
 
 
+class _Console(Console):
+    """rich's Console, except that a closed pipe is left to the command: rich would exit 1
+    at once, but `flowdsl run ... | head -1` must end with the run's own exit code."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more to write
+        raise BrokenPipeError
+
+
 def _out() -> Console:
-    console = Console(highlight=False)
+    console = _Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 120  # files and pipes: rich's 80 columns would fold the tables
     return console
@@ -73,12 +83,13 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def load_target(spec: str) -> Any:
-    """Load what a TARGET names: a Flow, fragment, Task or Tool (a zero-argument function is
-    called), or a workflow document through :func:`flowdsl.load_flow`.
+def load_target(spec: str, params: dict[str, Any] | None = None) -> Any:
+    """Load what a TARGET names: a Flow, fragment, Task or Tool (a function is called with
+    ``params`` as keyword arguments), or a workflow document through
+    :func:`flowdsl.load_flow`.
 
     Raises:
-        TargetError: the target cannot be found or is not a flow.
+        TargetError: the target cannot be found, is not a flow, or does not take ``params``.
         PlanValidationError: a workflow document has problems.
     """
     from .._graph.task import Flow, Fragment, Task
@@ -88,6 +99,10 @@ def load_target(spec: str) -> Any:
     if path.suffix.lower() in DOC_SUFFIXES:
         if not path.is_file():
             msg = f"workflow document {spec!r} not found"
+            raise TargetError(msg)
+        if params:
+            msg = (f"--param is for a flow factory (module:function); {spec!r} is a workflow "
+                   "document: use --set KEY=VALUE for its context")
             raise TargetError(msg)
         from .._data.documents import load_flow
 
@@ -106,12 +121,53 @@ def load_target(spec: str) -> Any:
         obj = getattr(obj, part)
     kinds = (Flow, Fragment, Task, Tool, list, tuple)
     if callable(obj) and not isinstance(obj, kinds):
-        obj = obj()  # a factory: build the flow now
+        obj = _call_factory(spec, obj, params or {})  # a factory: build the flow now
+    elif params:
+        msg = (f"--param {', '.join(params)}: target {spec!r} is a {type(obj).__name__}, "
+               "not a function; --param passes keyword arguments to a flow factory")
+        raise TargetError(msg)
     if not isinstance(obj, kinds):
         msg = (f"target {spec!r} is a {type(obj).__name__}: expected a Flow, fragment, Task "
                "or a function returning one")
         raise TargetError(msg)
     return obj
+
+
+def _call_factory(spec: str, factory: Any, params: dict[str, Any]) -> Any:
+    """Call a flow factory with the --param values, checking them against its signature
+    first, so a wrong name reads as a CLI error and not as the factory's own TypeError."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**params)
+    except TypeError as exc:
+        given = ", ".join(f"{k}=" for k in params) or "no --param"
+        msg = f"target {spec!r} cannot be called with {given}: {exc}"
+        raise TargetError(msg) from None
+    except ValueError:  # no signature to check (a builtin): let the call speak
+        pass
+    return factory(**params)
+
+
+def import_modules(names: list[str] | None) -> None:
+    """Import the ``--import`` modules, so the tools they register are known to workflow
+    documents. Only modules named on the command line are imported, never one a document
+    names.
+
+    Raises:
+        TargetError: a module cannot be imported.
+    """
+    for name in names or ():
+        if name.endswith(".py") or "/" in name or os.sep in name:
+            _import(name)
+            continue
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            msg = f"--import {name!r}: the module cannot be imported ({exc})"
+            raise TargetError(msg) from exc
 
 
 def _import(where: str) -> Any:
@@ -143,12 +199,15 @@ def _import(where: str) -> Any:
         raise TargetError(msg) from exc
 
 
-def _load(spec: str) -> Any:
-    """load_target for commands: problems become a readable message and exit code 2."""
+def _load(spec: str, imports: list[str] | None = None,
+          params: list[str] | None = None) -> Any:
+    """load_target for commands (after the ``--import`` modules, with the ``--param``
+    values): problems become a readable message and exit code 2."""
     from .._base.errors import FlowError, PlanValidationError
 
     try:
-        return load_target(spec)
+        import_modules(imports)
+        return load_target(spec, _pairs(params, "--param") or None)
     except PlanValidationError as exc:
         raise _problems(exc) from None
     except (TargetError, FlowError) as exc:
@@ -192,19 +251,50 @@ def _pairs(values: list[str] | None, what: str, *, integer: bool = False) -> dic
     return out
 
 
-# -- Ctrl-C ---------------------------------------------------------------------------------------
+def _resources(flow: Any, values: list[str] | None) -> dict[str, int] | None:
+    """The pools of a run: the flow's own, with each ``-r pool=N`` overriding that pool."""
+    given = _pairs(values, "--resources", integer=True)
+    own = getattr(flow, "resources", None) or {}
+    return {**own, **given} if (own or given) else None
+
+
+def _plan_error(exc: Exception) -> str:
+    """A plan-time error in command-line terms: a pool problem names the ``-r`` to add."""
+    from .._base.errors import ResourceError
+
+    if isinstance(exc, ResourceError) and exc.pool is not None and exc.task_id is not None:
+        if "not defined" in str(exc):
+            return (f"task {exc.task_id!r} needs pool {exc.pool!r}, which neither the flow "
+                    f"nor the command line defines: add -r {exc.pool}=N")
+        return f"{exc}: raise it with -r {exc.pool}=N"
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
 
 
 class _Interrupt:
-    """A RunObserver that remembers the run's event loop and task, so the first SIGINT can
-    cancel the run (rollbacks run, history records it cancelled) and the second exits at
-    once."""
+    """A RunObserver that remembers the run's event loop and task, so the first SIGINT or
+    SIGTERM can cancel the run (rollbacks run, history records it cancelled) and the second
+    exits at once.
 
-    def __init__(self) -> None:
+    Args:
+        live: the progress display, stopped before any message is written so that no
+            stale progress lines stay on the terminal.
+    """
+
+    def __init__(self, live: Any = None) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.result: Any = None
+        self.live = live
         self.count = 0
+        self.signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """130 after SIGINT, 143 after SIGTERM (128 + the signal, as shells report it)."""
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
 
     def run_started(self, result: Any, plan: Any) -> None:
         self.result = result
@@ -224,30 +314,68 @@ class _Interrupt:
 
     def handle(self, signum: int, frame: Any) -> None:
         self.count += 1
+        self.signum = self.signum or signum
         if self.count > 1:
-            os._exit(EXIT_INTERRUPTED)  # the user insists: no cleanup, no waiting
+            os._exit(self.exit_code)  # the user insists: no cleanup, no waiting
         if self.task is None or self.loop is None:
             raise KeyboardInterrupt  # nothing is running yet (or any more) to roll back
-        self.loop.call_soon_threadsafe(self.task.cancel)
-        sys.stderr.write("\ncancelling the run (rollbacks and history first); "
-                         "press Ctrl-C again to exit at once\n")
+        self.loop.call_soon_threadsafe(self._cancel, signal.Signals(signum).name)
+
+    def _cancel(self, name: str) -> None:
+        # On the run's loop: the display goes first (it erases itself), then the message,
+        # so the terminal keeps no half-drawn progress lines.
+        if self.live is not None:
+            self.live.close()
+        again = "press Ctrl-C" if name == "SIGINT" else "send it"
+        sys.stderr.write(f"\n{name}: cancelling the run (rollbacks and history first); "
+                         f"{again} again to exit at once\n")
+        if self.task is not None:
+            self.task.cancel()
 
     @contextmanager
     def installed(self) -> Iterator[None]:
         if sys.platform == "win32" or not _main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self.handle)
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+def _pipe_closed() -> None:
+    """stdout's reader went away (``flowdsl run ... | head -1``): send the rest of our output,
+    and the interpreter's final flush, to /dev/null, so the command ends quietly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (a test's captured stdout)
+        pass
+    finally:
+        os.close(devnull)
+
+
+def tidy_help(command: Any) -> Any:
+    """Drop the ``<bool>`` type label typer shows next to every flag (``--json <bool>``),
+    on every command and group, their help options included; returns ``command``."""
+    todo = [command]
+    while todo:
+        cmd = todo.pop()
+        # typer may bring its own copy of click: use the command's classes, not click's
+        ctx = cmd.context_class(cmd, info_name=cmd.name, help_option_names=["-h", "--help"])
+        for param in [*cmd.params, cmd.get_help_option(ctx)]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        todo.extend(getattr(cmd, "commands", {}).values())
+    return command
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -269,6 +397,15 @@ Target = Annotated[str, typer.Argument(help="file.py:name, package.module:name, 
                                             ".json/.yaml workflow document")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 ResourcesOpt = Annotated[list[str] | None, typer.Option(
-    "--resources", "-r", metavar="POOL=N", help="Pool capacity (repeatable).")]
+    "--resources", "-r", metavar="POOL=N", help="Pool capacity; overrides that pool of the "
+    "flow and keeps its others (repeatable).")]
+ImportOpt = Annotated[list[str] | None, typer.Option(
+    "--import", "-i", metavar="MODULE", help="Import this module (or file.py) first, so the "
+    "tools it defines are known to a workflow document (repeatable).")]
+ParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", "-p", metavar="KEY=VALUE", help="Keyword argument for a flow factory "
+    "module:function (JSON or text; repeatable).")]
+MaxConcurrencyOpt = Annotated[int | None, typer.Option(
+    "--max-concurrency", min=1, metavar="N", help="Most tasks running at once.")]
 
 

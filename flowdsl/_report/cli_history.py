@@ -64,9 +64,13 @@ def _history_default(ctx: typer.Context) -> None:
 
 
 @history_app.command("list", epilog="Example: flowdsl history list --limit 5 --json")
-def history_list(limit: Annotated[int, typer.Option("--limit", "-n", min=1)] = 20,
-                 flow: Annotated[str | None, typer.Option("--flow")] = None,
-                 status: Annotated[str | None, typer.Option("--status")] = None,
+def history_list(limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N",
+                                                   help="Show at most N runs.")] = 20,
+                 flow: Annotated[str | None, typer.Option(
+                     "--flow", metavar="NAME", help="Only the runs of this flow.")] = None,
+                 status: Annotated[str | None, typer.Option(
+                     "--status", metavar="STATUS", help="Only runs that ended so "
+                     "(completed, failed, cancelled, timed_out).")] = None,
                  as_json: JsonOpt = False) -> None:
     """The newest runs first."""
     import datetime as dt

@@ -23,7 +23,8 @@ from typing import Any
 
 from .._run.result import RunResult, TaskRecord, TaskStatus
 
-__all__ = ["LiveProgress", "NotebookProgress", "in_notebook", "progress", "summary_table"]
+__all__ = ["LiveProgress", "NotebookProgress", "compact_summary", "in_notebook", "output_preview",
+           "progress", "summary_table"]
 
 _STYLE = {
     "completed": "green", "failed": "bold red", "timed_out": "red", "skipped": "dim",
@@ -262,3 +263,50 @@ def summary_table(result: RunResult) -> Any:
         table.add_row(rec.id, rec.tool, Text(status, style=_STYLE.get(status, "")),
                       str(len(rec.attempts)), "" if d is None else f"{d:.3f}s", error)
     return table
+
+
+_LISTED = 10  # the most tasks named per status group in the compact summary
+
+
+def compact_summary(result: RunResult) -> Any:
+    """A short rich summary of a result: a header line, the count of tasks per status, and
+    the tasks that failed or did not run with their errors and reasons (a few per group).
+    Tasks left ``pending`` by a stop are only counted."""
+    from rich.console import Group
+    from rich.text import Text
+
+    head = Text()
+    head.append(f"{result.flow_name or 'flow'} ({result.mode}): ", style="bold")
+    head.append(result.status, style=_STYLE.get(result.status, "bold"))
+    head.append(f" in {result.duration:.3f}s — run {result.run_id}")
+    counts = Text("  ")
+    for n, (status, count) in enumerate(result.summary().items()):
+        counts.append(", " if n else "")
+        counts.append(f"{count} {status}", style=_STYLE.get(status, ""))
+    lines: list[Any] = [head, counts]
+    groups: dict[str, list[TaskRecord]] = {}
+    for rec in result.tasks.values():
+        if rec.status in (TaskStatus.COMPLETED, TaskStatus.PENDING):
+            continue
+        groups.setdefault(rec.status.value, []).append(rec)
+    for status, recs in groups.items():
+        for rec in recs[:_LISTED]:
+            why = (f"{rec.error.type}: {rec.error.message}" if rec.error
+                   else rec.reason or "")
+            line = Text(f"  {status} ", style=_STYLE.get(status, ""))
+            line.append(rec.id, style="bold")
+            line.append(f" — {why}" if why else "")
+            lines.append(line)
+        if len(recs) > _LISTED:
+            lines.append(Text(f"  … and {len(recs) - _LISTED} more {status}", style="dim"))
+    return Group(*lines)
+
+
+def output_preview(value: Any, *, max_length: int = 20, max_string: int = 300,
+                   max_depth: int = 4) -> Any:
+    """A flow's output for a terminal: pretty-printed, with long containers, strings and
+    deep nesting cut short (``--json`` prints it whole)."""
+    from rich.pretty import Pretty
+
+    return Pretty(value, max_length=max_length, max_string=max_string, max_depth=max_depth,
+                  indent_guides=False)
