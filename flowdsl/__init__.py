@@ -49,6 +49,7 @@ _LAZY = {
     "DaskExecutor": "._run.dask",
     "enable_logging": "._base.log",
     "progress": "._report.progress", "save_timeline": "._report.timeline",
+    "benchmark": "._report.benchmark", "BenchmarkResult": "._report.benchmark",
 }
 
 # Methods that lower layers offer but higher layers implement (see flowdsl/_base/hooks.py):

@@ -396,17 +396,86 @@ register_cache(app)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-             epilog="Example: flowdsl bench --quick --only reference")
-def bench(ctx: typer.Context) -> None:
-    """Run the benchmarks harness (python -m benchmarks); needs a source checkout."""
+             epilog="Example: flowdsl bench examples/reference_workflow.py:reference_flow "
+                    "--repeat 3 -r http=3 -r api=2 -r db=1 --gantt run.html")
+def bench(ctx: typer.Context,
+          target: Annotated[str | None, typer.Argument(
+              help="The flow to benchmark (as for run); omit it with --harness.")] = None,
+          modes: Annotated[list[Mode] | None, typer.Option(
+              "--modes", "--mode", "-m", help="A mode to measure (repeatable; default: "
+              "sequential and parallel).")] = None,
+          repeat: Annotated[int, typer.Option("--repeat", "-n", min=1, metavar="N",
+                                              help="Measured runs per mode.")] = 5,
+          warmup: Annotated[int, typer.Option("--warmup", min=0, metavar="N",
+                                              help="Runs per mode made first and not "
+                                              "counted.")] = 1,
+          resources: ResourcesOpt = None,
+          max_concurrency: MaxConcurrencyOpt = None,
+          set_: Annotated[list[str] | None, typer.Option(
+              "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
+              "repeatable).")] = None,
+          imports: ImportOpt = None, params: ParamOpt = None,
+          json_file: Annotated[Path | None, typer.Option(
+              "--json", metavar="FILE", help="Write the figures as JSON to FILE.")] = None,
+          gantt: Annotated[Path | None, typer.Option(
+              "--gantt", metavar="FILE", help="Timeline of the last run of the last mode "
+              "(.html, .png or .svg).")] = None,
+          harness: Annotated[bool, typer.Option(
+              "--harness", help="Run the project's own benchmarks (python -m benchmarks) "
+              "with the remaining arguments; needs a source checkout.")] = False) -> None:
+    """Benchmark a flow: median makespan of each mode over repeated runs, its spread, the
+    speedup over sequential and the efficiency against the lower bound.
+
+    Runs keep no history, so every repeat does the whole work again.
+    """
+    legacy = bool(target is None and ctx.args) or (target or "").startswith("-")
+    if harness or legacy:  # `flowdsl bench --quick` still reaches the harness
+        raise typer.Exit(_harness([*([target] if target else []), *ctx.args]))
+    if target is None:
+        raise _fail("bench needs a TARGET (or --harness for the project's benchmarks)")
+    if ctx.args:
+        raise _fail(f"bench: unexpected argument(s) {' '.join(ctx.args)}")
+    from .._base.errors import PlanError, RunFailed
+    from .benchmark import benchmark
+
+    flow = _load(target, imports, params)
+    chosen = [m.value for m in modes] if modes else ["sequential", "parallel"]
+    try:
+        result = benchmark(flow, chosen, repeat=repeat, warmup=warmup,
+                           resources=_resources(flow, resources),
+                           max_concurrency=max_concurrency, context=_pairs(set_, "--set"))
+    except PlanError as exc:
+        raise _fail(_plan_error(exc)) from None
+    except RunFailed as exc:
+        raise _fail(f"a benchmark run did not complete: {exc}", EXIT_FAILED) from None
+    out = _out()
+    table = Table("mode", "median", "range", "speedup", "efficiency",
+                  title=f"{result.name or 'flow'}: {repeat} run(s) per mode after {warmup} "
+                        "warm-up", title_justify="left")
+    for row in result.rows():
+        table.add_row(*row)
+    out.print(table)
+    out.print(f"lower bound {result.lower_bound:.3f}s; critical path "
+              f"{' -> '.join(result.critical_path)} = {result.critical_path_duration:.3f}s")
+    if json_file is not None:
+        json_file.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        out.print(f"wrote {json_file}")
+    if gantt is not None:
+        try:
+            out.print(f"wrote {result.gantt(gantt)}")
+        except (ValueError, ImportError) as exc:
+            raise _fail(str(exc)) from None
+
+
+def _harness(args: list[str]) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         harness = importlib.import_module("benchmarks.__main__")
     except ImportError as exc:
-        raise _fail(f"flowdsl bench needs the benchmarks package of a flowdsl source "
-                    f"checkout; run it from the checkout's root ({exc})") from None
-    raise typer.Exit(harness.main(list(ctx.args)) or 0)
+        raise _fail(f"flowdsl bench --harness needs the benchmarks package of a flowdsl "
+                    f"source checkout; run it from the checkout's root ({exc})") from None
+    return int(harness.main(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> None:
