@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import flowdsl
 from flowdsl import ToolDefinitionError, ToolRegistry, default_registry, tool
 
 
@@ -146,9 +147,10 @@ class TestSchemas:
         assert plain[0]["name"] == "search.web"
         assert plain[0]["description"] == "Search the web."
         openai = reg.schemas("openai")[0]
-        assert openai == {"type": "function", "function": plain[0]}
+        # providers reject dots in names: the published name is mapped (and mapped back)
+        assert openai == {"type": "function", "function": {**plain[0], "name": "search__web"}}
         anthropic = reg.schemas("anthropic")[0]
-        assert anthropic == {"name": "search.web", "description": "Search the web.",
+        assert anthropic == {"name": "search__web", "description": "Search the web.",
                              "input_schema": plain[0]["parameters"]}
 
     def test_unknown_style(self):
@@ -156,3 +158,93 @@ class TestSchemas:
         reg = ToolRegistry([tool(_fn("f", "m"), registry=False)])
         with pytest.raises(ValueError, match="openai"):
             reg.schemas("gemini")
+
+
+class TestFunctionNames:
+    """Function-calling names: provider-valid, mapped back on the way in, collisions
+    reported."""
+
+    # The providers' documented tool-name patterns.
+    PATTERNS = {"openai": r"^[a-zA-Z0-9_-]{1,64}$",   # platform.openai.com: function name
+                "anthropic": r"^[a-zA-Z0-9_-]{1,64}$"}  # docs.anthropic.com: tool name
+
+    NAMES = ["search.web", "plain_name", "with-dash", "a b/c:d", "ünïcode.tool",
+             "x." * 40 + "end", "ns.sub.deep.name", "1.2"]
+
+    def _registry(self) -> ToolRegistry:
+        reg = ToolRegistry()
+        for n, name in enumerate(self.NAMES):
+            tool(_fn(f"f{n}", "m"), registry=reg, name=name)
+        return reg
+
+    def test_every_emitted_name_matches_each_provider_pattern(self):
+        """schemas("openai"/"anthropic") emit only names the provider accepts, all
+        distinct, and names that were already valid are unchanged."""
+        import re
+
+        reg = self._registry()
+        for style, pattern in self.PATTERNS.items():
+            schemas = reg.schemas(style)
+            names = [s["function"]["name"] if style == "openai" else s["name"]
+                     for s in schemas]
+            assert len(names) == len(self.NAMES) == len(set(names))
+            for name in names:
+                assert re.fullmatch(pattern, name), (style, name)
+            assert "plain_name" in names and "with-dash" in names and "search__web" in names
+
+    def test_mapped_names_lead_back_to_the_tool(self):
+        """from_function_name, [] and get find a tool by its published name."""
+        from flowdsl._graph.registry import function_name
+
+        reg = self._registry()
+        for name in self.NAMES:
+            published = function_name(name)
+            assert reg.from_function_name(published) == name
+            assert reg[published] is reg[name] and reg.get(published) is reg[name]
+            assert published in reg
+        assert reg.from_function_name("nothing_here") is None
+        assert reg.get("nothing_here", 7) == 7
+        long = function_name("x." * 40 + "end")
+        assert len(long) == 64 and long != function_name("x." * 40 + "end2")
+
+    def test_collisions_are_reported(self):
+        """Two registry names publishing one function name: provider schemas and a lookup
+        by that name raise, naming both; the plain style still works."""
+        reg = ToolRegistry()
+        tool(_fn("a", "m"), registry=reg, name="search.web")
+        tool(_fn("b", "m"), registry=reg, name="search__web")
+        assert reg["search__web"] is not reg["search.web"]  # exact names win
+        tool(_fn("c", "m"), registry=reg, name="x.y")
+        tool(_fn("d", "m"), registry=reg, name="x y")  # -> x_y, no clash with x__y
+        with pytest.raises(ToolDefinitionError,
+                           match=r"'search\.web' and 'search__web'.*'search__web'"):
+            reg.schemas("openai")
+        assert len(reg.schemas()) == 4
+        reg2 = ToolRegistry()
+        tool(_fn("a", "m"), registry=reg2, name="a:b")
+        tool(_fn("b", "m"), registry=reg2, name="a/b")
+        with pytest.raises(ToolDefinitionError, match="'a:b' and 'a/b'"):
+            reg2["a_b"]
+
+    def test_documents_and_the_engine_accept_published_names(self):
+        """An agent's plan naming tools by their function names loads and runs, through
+        load_flow and through WorkflowEngine."""
+        import anyio
+
+        from flowdsl import load_flow
+        from flowdsl._data.compat import Workflow, WorkflowEngine, WorkflowTask
+
+        reg = ToolRegistry()
+
+        @tool(registry=reg, name="text.upper", executor="inline")
+        def upper(text: str) -> str:
+            return text.upper()
+
+        doc = {"name": "agent", "tasks": [{"id": "u", "tool": "text__upper",
+                                           "args": {"text": "hi"}}]}
+        flow = load_flow(doc, reg)
+        assert flowdsl.run(flow, history=False).output == "HI"
+        engine = WorkflowEngine(reg, history=False)
+        wf = Workflow("w", "agent", "", [WorkflowTask("u", "text__upper", {"text": "yo"})])
+        out = anyio.run(engine.execute_workflow, wf, {})
+        assert out["success"] is True and out["results"] == {"u": "YO"}

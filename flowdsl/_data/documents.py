@@ -355,7 +355,10 @@ def _check_task(raw: Any, i: int, registry: ToolRegistry, predicates: Mapping[st
         _problem(out, _path(base, "tool"), "unknown_tool",
                  f"unknown tool {name!r}{_hint(close)}", suggestions=close)
     else:
-        t = registry[name]
+        try:
+            t = registry[name]
+        except ToolDefinitionError as exc:  # a function name two registry names map to
+            _problem(out, _path(base, "tool"), "ambiguous_tool", str(exc))
     deps = task.get("depends_on", [])
     if not isinstance(deps, list):
         _problem(out, _path(base, "depends_on"), "bad_depends_on", "'depends_on' is a list of ids")

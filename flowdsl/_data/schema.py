@@ -14,9 +14,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from .._graph.registry import FUNCTION_NAME, function_name
 from .._graph.tool import Tool
 
-__all__ = ["ParamInfo", "check_value", "params", "provider_schema", "tool_schema"]
+__all__ = ["FUNCTION_NAME", "ParamInfo", "check_value", "function_name", "params",
+           "provider_schema", "tool_schema"]
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 STYLES = ("plain", "openai", "anthropic")
@@ -218,6 +220,10 @@ def tool_schema(t: Tool, *, name: str | None = None) -> dict[str, Any]:
 def provider_schema(schema: dict[str, Any], style: str = "plain") -> dict[str, Any]:
     """A tool schema in a provider's shape.
 
+    Both providers accept only names matching ``^[a-zA-Z0-9_-]{1,64}$``, so their shapes
+    carry :func:`function_name` of the tool's name (``search.web`` -> ``search__web``); a
+    registry maps such a name back when the agent's call or plan arrives.
+
     Args:
         schema: what :func:`tool_schema` returned.
         style: ``"plain"`` (as is), ``"openai"`` (``{"type": "function", "function":
@@ -229,14 +235,21 @@ def provider_schema(schema: dict[str, Any], style: str = "plain") -> dict[str, A
     if style == "plain":
         return schema
     if style == "openai":
-        return {"type": "function", "function": dict(schema)}
+        return {"type": "function", "function": {**schema,
+                                                 "name": function_name(schema["name"])}}
     if style == "anthropic":
-        return {"name": schema["name"], "description": schema["description"],
+        return {"name": function_name(schema["name"]), "description": schema["description"],
                 "input_schema": schema["parameters"]}
     msg = f"unknown schema style {style!r}; expected one of {', '.join(map(repr, STYLES))}"
     raise ValueError(msg)
 
 
 def registry_schemas(registry: Any, style: str = "plain") -> list[dict[str, Any]]:
-    """Every tool of ``registry`` as a function-calling description (``registry.schemas()``)."""
+    """Every tool of ``registry`` as a function-calling description (``registry.schemas()``).
+
+    Raises:
+        ToolDefinitionError: for a provider style, two tools map to one function name.
+    """
+    if style != "plain":
+        registry.function_names()  # collisions are reported before anything is emitted
     return [provider_schema(tool_schema(t, name=key), style) for key, t in registry.items()]

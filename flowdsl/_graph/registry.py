@@ -7,6 +7,8 @@ and run a function the user registered, never code taken from the document itsel
 from __future__ import annotations
 
 import difflib
+import hashlib
+import re
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -16,9 +18,28 @@ from .._base.errors import ToolDefinitionError
 from . import tool as _tool_module
 from .tool import Tool, make_tool, tool
 
-__all__ = ["ToolRegistry", "default_registry"]
+__all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name"]
 
 Predicate = Callable[[Mapping[str, Any]], Any]
+
+#: What OpenAI and Anthropic accept as a function (tool) name.
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_INVALID = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def function_name(name: str) -> str:
+    """The registry name ``name`` as a function-calling name providers accept
+    (``^[a-zA-Z0-9_-]{1,64}$``): a dot becomes ``__`` (``search.web`` -> ``search__web``),
+    any other character outside the pattern ``_``, and a name still longer than 64 keeps its
+    first 55 characters plus ``_`` and 8 hex digits of its hash. Valid names are unchanged.
+    """
+    if FUNCTION_NAME.match(name):
+        return name
+    out = _INVALID.sub("_", name.replace(".", "__")) or "_"
+    if len(out) > 64:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        out = f"{out[:55]}_{digest}"
+    return out
 
 
 def _origin(t: Tool) -> str:
@@ -30,6 +51,12 @@ def _conflict(key: str, origins: list[str]) -> ToolDefinitionError:
     msg = (f"two different tools are registered as {key!r}: {' and '.join(origins)}; "
            "pass name= to tell them apart")
     return ToolDefinitionError(msg, tool=key, option="name", value=key)
+
+
+def _collision(alias: str, keys: list[str]) -> ToolDefinitionError:
+    msg = (f"tools {' and '.join(map(repr, keys))} would both be published as function name "
+           f"{alias!r}; rename one of them (name=...)")
+    return ToolDefinitionError(msg, tool=keys[0], option="name", value=alias)
 
 
 class ToolRegistry:
@@ -56,6 +83,7 @@ class ToolRegistry:
         self._strict = strict
         self._ambiguous: dict[str, list[str]] = {}
         self._predicates: dict[str, Predicate] = {}
+        self._aliases: dict[str, list[str]] | None = None  # function name -> registry names
         if isinstance(tools, Mapping):
             for key, t in tools.items():
                 self.register(t, name=key)
@@ -94,6 +122,7 @@ class ToolRegistry:
                     raise _conflict(key, [_origin(old), _origin(t)])
                 self._ambiguous.setdefault(key, [_origin(old)]).append(_origin(t))
         self._tools[key] = t
+        self._aliases = None
         return t
 
     def tool(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -108,14 +137,58 @@ class ToolRegistry:
         try:
             return self._tools[name]
         except (KeyError, TypeError):
+            key = self.from_function_name(name) if isinstance(name, str) else None
+            if key is not None:  # an agent called the tool by its function-calling name
+                return self[key]
             close = self.suggest(name) if isinstance(name, str) else []
             hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
             msg = f"no tool named {name!r} in the registry{hint}"
             raise KeyError(msg) from None
 
     def get(self, name: str, default: Any = None) -> Any:
-        """The tool registered as ``name``, or ``default``."""
-        return self._tools.get(name, default)
+        """The tool registered as ``name`` (or under that function-calling name), or
+        ``default``."""
+        found = self._tools.get(name)
+        if found is None and isinstance(name, str):
+            key = self.from_function_name(name)
+            found = None if key is None else self._tools.get(key)
+        return default if found is None else found
+
+    def function_names(self) -> dict[str, str]:
+        """Registry name -> the function-calling name published for it
+        (:func:`function_name`).
+
+        Raises:
+            ToolDefinitionError: two registry names map to one function name.
+        """
+        for alias, keys in self._alias_index().items():
+            if len(keys) > 1:
+                raise _collision(alias, keys)
+        return {key: function_name(key) for key in self._tools}
+
+    def from_function_name(self, name: str) -> str | None:
+        """The registry name published as function name ``name`` (``search__web`` ->
+        ``search.web``), ``None`` when no tool has it.
+
+        Raises:
+            ToolDefinitionError: several registry names map to ``name``.
+        """
+        if name in self._tools:
+            return name
+        keys = self._alias_index().get(name)
+        if not keys:
+            return None
+        if len(keys) > 1:
+            raise _collision(name, keys)
+        return keys[0]
+
+    def _alias_index(self) -> dict[str, list[str]]:
+        if self._aliases is None:  # rebuilt after a registration, on the next lookup
+            index: dict[str, list[str]] = {}
+            for key in self._tools:
+                index.setdefault(function_name(key), []).append(key)
+            self._aliases = index
+        return self._aliases
 
     def is_ambiguous(self, name: str) -> bool:
         """True when several functions claimed ``name`` in a non-strict registry."""
@@ -126,7 +199,9 @@ class ToolRegistry:
         return difflib.get_close_matches(name, list(self._tools), n=n, cutoff=0.6)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._tools
+        if name in self._tools:
+            return True
+        return isinstance(name, str) and name in self._alias_index()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._tools)
