@@ -47,7 +47,7 @@ _LAZY = {
     "Workflow": "._data.compat", "WorkflowTask": "._data.compat",
     "ExecutionMode": "._data.compat", "WorkflowEngine": "._data.compat",
     "DaskExecutor": "._run.dask",
-    "enable_logging": "._base.log",
+    "enable_logging": "._base.log", "get_logger": "._base.log",
     "progress": "._report.progress", "save_timeline": "._report.timeline",
     "benchmark": "._report.benchmark", "BenchmarkResult": "._report.benchmark",
 }

@@ -11,10 +11,9 @@ from typing import Any
 
 import anyio
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import run, tl
+from support import capture_events, run, tl
 
 import flowdsl
 from flowdsl import Backoff, Pools, RunFailed, TaskFailed, TaskStatus, TaskTimeout, ctx
@@ -338,7 +337,7 @@ class TestRetries:
     def test_retrying_event(self) -> None:
         """Each retry emits task_retrying with the attempt and its delay."""
         t = tl(lambda: 1 / 0, retries=2, backoff=Backoff(initial=1, factor=3))
-        with structlog.testing.capture_logs() as logs:
+        with capture_events() as logs:
             run(t().named("x"), sleep=Sleeps(), log=True)
         retries = [e for e in logs if e["event"] == "task_retrying"]
         assert [(e["attempt"], e["delay"]) for e in retries] == [(1, 1), (2, 3)]
@@ -494,7 +493,7 @@ class TestEvents:
 
     def test_events_when_logging_on(self) -> None:
         """log=True emits run/task events bound with the run id and the task id."""
-        with structlog.testing.capture_logs() as logs:
+        with capture_events() as logs:
             r = run(self._flow(), log=True)
         names = [e["event"] for e in logs]
         assert names[0] == "run_started" and names[-1] == "run_finished"
@@ -509,7 +508,7 @@ class TestEvents:
 
     def test_silent_without_logging(self) -> None:
         """Without log=True (and logging not enabled) a run emits no event at all."""
-        with structlog.testing.capture_logs() as logs:
+        with capture_events() as logs:
             run(self._flow())
         assert logs == []
 

@@ -13,8 +13,7 @@ import anyio
 import proc_tools
 import psutil
 import pytest
-import structlog
-from support import run, tl
+from support import capture_events, run, tl
 
 import flowdsl
 from flowdsl import Pools, SerializationError, TaskStatus, TaskTimeout
@@ -168,7 +167,7 @@ class TestRollback:
         undone: list[str] = []
         plain = tl(lambda: 1)().named("plain")
         flow = undoable("a", undone) >> plain >> undoable("c", undone, fail=True)
-        with structlog.testing.capture_logs() as logs:
+        with capture_events() as logs:
             r = run(flow, rollback_on_failure=True, log=True)
         assert undone == ["a:out-a"]
         assert r.tasks["plain"].status is S.COMPLETED

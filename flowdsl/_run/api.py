@@ -280,7 +280,9 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
     for ob in obs:
         ob.run_finished(result)
     if core.log:
-        core.log.info("run_finished", flow=p.name, status=result.status,
+        level = "info" if result.status is RunStatus.COMPLETED else (
+            "warning" if result.status is RunStatus.CANCELLED else "error")
+        getattr(core.log, level)("run_finished", flow=p.name, status=result.status,
                       duration=result.duration,
                       error=repr(result.error) if result.error is not None else None)
 
@@ -329,6 +331,8 @@ def _merge_into(rec: TaskRecord, recs: list[TaskRecord]) -> None:
     rec.error = next((r.error for r in recs if r.error), None)
     rec.reason = next((r.reason for r in recs if r.reason), None)
     rec.resources = recs[0].resources
+    logs = [line for r in recs if r.logs for line in r.logs]
+    rec.logs = logs or None
 
 
 class _Box:

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from .._base.errors import CacheKeyError, TaskFailed, TaskTimeout
-from .._base.log import get_logger
+from .._base.log import end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
 from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task
 from .._graph.walk import KEEP, transform
@@ -86,7 +86,7 @@ class Core:
         self.priorities = priorities
         self.continue_on_error = continue_on_error
         self.observers = tuple(observers)
-        self.log = get_logger(run_id=result.run_id) if log else None
+        self.log = engine_logger(run_id=result.run_id) if log else None
         self.rng = rng or random.Random()
         self.sleep = sleep or anyio.sleep
         # Whether any task runs remotely (dask): computed once, so local runs pay one bool
@@ -228,9 +228,13 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
+        # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
+        scope = task_scope(self.result.run_id, rec, self.now) if self.log else None
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
+            if scope is not None:
+                end_task_scope(scope)
             if demand:
                 self.pools.release(demand)
         if key is not None and status is COMPLETED:
@@ -432,7 +436,7 @@ class Core:
                         late.__cause__ = exc
                         return self._failed(tid, item, rec, late, n)
                     if self.log:
-                        self.log.info("task_retrying", task=tid, attempt=n, delay=delay,
+                        self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=repr(exc))
                     await self.sleep(delay)
                     continue
@@ -510,7 +514,7 @@ class Core:
         except Exception as bad:  # a broken predicate must not hide the task's own error
             rec.reason = f"retry_if raised {type(bad).__name__}: {bad}; not retried"
             if self.log:
-                self.log.info("task_retry_predicate_failed", task=rec.id, error=repr(bad))
+                self.log.warning("task_retry_predicate_failed", task=rec.id, error=repr(bad))
             return False
 
     @staticmethod
@@ -552,9 +556,9 @@ class Core:
             for ob in self.observers:
                 ob.task_finished(self.result, rec, output)
         if self.log:
-            self.log.info(_EVENTS.get(status, "task_finished"), task=tid,
-                          status=status.value, reason=rec.reason,
-                          duration=rec.duration, attempts=len(rec.attempts))
+            getattr(self.log, _LEVELS.get(status, "info"))(
+                _EVENTS.get(status, "task_finished"), task=tid, status=status.value,
+                reason=rec.reason, duration=rec.duration, attempts=len(rec.attempts))
         return status
 
     def _failed(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
@@ -584,7 +588,7 @@ class Core:
         for ob in self.observers:
             ob.task_started(self.result, rec)
         if self.log:
-            self.log.info("task_started", task=tid)
+            self.log.debug("task_started", task=tid)
 
     async def run_cleanup(self, item: Item) -> None:
         """After a fail-fast stop, run the tasks whose trigger rule is meant for failures
@@ -616,7 +620,7 @@ class Core:
                     rec.rollback_error = ErrorInfo.from_exception(exc)
                     self.result.rollback_errors.append(exc)
                     if self.log:
-                        self.log.info("task_rollback_failed", task=tid, error=repr(exc))
+                        self.log.error("task_rollback_failed", task=tid, error=repr(exc))
                 else:
                     rec.status = TaskStatus.ROLLED_BACK
                     item.status[tid] = TaskStatus.ROLLED_BACK
@@ -637,7 +641,8 @@ class _Inherited(str):
 
 
 _AFTER_FAILURE = frozenset({"all_done", "one_failed"})
-_EVENTS = {COMPLETED: "task_completed", FAILED: "task_failed",
+_LEVELS = {FAILED: "error", TIMED_OUT: "error", CANCELLED: "warning"}
+_EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
            TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
            UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
 

@@ -114,6 +114,9 @@ class TaskRecord:
     rollback_error: ErrorInfo | None = None
     resources: Mapping[str, int] = field(default_factory=dict)
     parent: str | None = None  # the mapped task this record is a child of
+    #: Lines the tool logged through ``flowdsl.get_logger()`` while logging was on (dicts
+    #: with time, level, event and the bound values; capped); ``None`` when there were none.
+    logs: list[dict[str, Any]] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -137,7 +140,7 @@ class TaskRecord:
                 "duration": self.duration, "reason": self.reason,
                 "error": self.error.to_dict() if self.error else None,
                 "rollback_error": self.rollback_error.to_dict() if self.rollback_error
-                else None, "resources": dict(self.resources),
+                else None, "resources": dict(self.resources), "logs": list(self.logs or ()),
                 **({"parent": self.parent} if self.parent is not None else {})}
 
 
