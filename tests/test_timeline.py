@@ -119,7 +119,7 @@ class TestFiles:
         assert tags[0] == "html" and "script" not in tags and "http" not in page
         assert "&lt;no&gt; &amp;" in page and "<no>" not in page
         assert 'class="bar crit"' in page and "attempts: 2" in page
-        assert 'class="lane">db<' in page
+        assert 'class="lane">pool db<' in page
 
     @pytest.mark.parametrize("suffix", [".png", ".svg"])
     def test_images(self, result: flowdsl.RunResult, tmp_path: Path, suffix: str) -> None:
@@ -223,3 +223,146 @@ class TestProgress:
         console.print(summary_table(result))
         text = console.file.getvalue()  # type: ignore[attr-defined]
         assert "flaky" in text and "RuntimeError" in text and "\x1b" not in text
+
+
+# -- one palette, waits, long charts, lanes, legends ------------------------------------------
+
+
+@tool(registry=False, retries=2, backoff=flowdsl.Backoff(initial=0.05))
+async def flaky_wait(x: int) -> int:
+    """Fail on the first call, then wait 0.05 s before the next."""
+    calls["flaky"] += 1
+    if calls["flaky"] == 1:
+        msg = "first call fails"
+        raise ValueError(msg)
+    await anyio.sleep(0.01)
+    return x
+
+
+@tool(registry=False)
+async def quick(x: int) -> int:
+    """Return at once."""
+    return x
+
+
+class TestPalette:
+    def test_one_palette_for_every_picture(self) -> None:
+        """The timeline colours, the notebook table and the terminal styles all come from
+        STATUS_COLORS, which covers every task and run status with distinct colours."""
+        from flowdsl._report import progress, render, timeline
+        from flowdsl._run.result import STATUS_COLORS, RunStatus, TaskStatus
+
+        assert timeline.COLORS is STATUS_COLORS
+        for s in [*TaskStatus, *RunStatus, "interrupted"]:
+            assert str(s) in STATUS_COLORS, s
+        assert len(set(STATUS_COLORS.values())) == len(STATUS_COLORS)
+        for status, color in STATUS_COLORS.items():
+            assert progress._STYLE[status].split()[-1] == color
+        r = flowdsl.run(broken(1).named("b"), history=False)
+        assert f'color:{STATUS_COLORS["failed"]}' in render.result_html(r)
+
+    def test_no_other_status_colour_table(self) -> None:
+        """No module but the palette's own maps a status name to a colour."""
+        import re
+
+        root = Path(flowdsl.__file__).parent
+        pattern = re.compile(r"[\"']upstream_failed[\"']\s*:\s*[\"'](#|[a-z])")
+        owners = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+                  if pattern.search(p.read_text(encoding="utf-8"))]
+        assert owners == ["_run/result.py"]
+
+
+def _waited_result() -> flowdsl.RunResult:
+    calls["flaky"] = 0
+    return flowdsl.run(quick(1).named("q") >> flaky_wait(2).named("fw"), history=False)
+
+
+class TestPictures:
+    def test_waits_are_drawn_as_waits_in_html(self) -> None:
+        """A retried bar is a pale dashed wait with each attempt painted over it in its own
+        status; the attempts do not cover the backoff between them."""
+        r = _waited_result()
+        bar = next(b for b in from_result(r).bars if b.id == "fw")
+        (w_start, w_end), = bar.waits()
+        assert w_end - w_start >= 0.04  # the 0.05 s backoff
+        page = timeline_html(from_result(r))
+        assert 'class="bar waited' in page
+        assert 'class="att failed"' in page and 'class="att completed"' in page
+        assert "waited between attempts:" in page and "wait between attempts" in page
+
+    def test_waits_are_drawn_as_waits_in_png(self) -> None:
+        """In the PNG too: the wait colour spans the bar, attempts cover only their time."""
+        pytest.importorskip("matplotlib")
+        from matplotlib.colors import to_hex
+
+        from flowdsl._report.timeline import draw
+        from flowdsl._run.result import STATUS_COLORS, WAIT_COLOR
+
+        tl = from_result(_waited_result())
+        bar = next(b for b in tl.bars if b.id == "fw")
+        ax = draw(tl).axes[0]
+        rects = [(to_hex(p.get_facecolor()), p.get_x(), p.get_x() + p.get_width())
+                 for p in ax.patches]
+        waits = [r for r in rects if r[0] == WAIT_COLOR]
+        assert len(waits) == 1 and waits[0][1] == pytest.approx(bar.start)
+        done = [r for r in rects if r[0] == STATUS_COLORS["completed"]]
+        first_fail = [r for r in rects if r[0] == STATUS_COLORS["failed"]]
+        # the failed attempt is drawn where it ran and ends before the next attempt starts
+        assert first_fail and first_fail[0][1] == pytest.approx(bar.attempts[0].start)
+        assert first_fail[0][2] < bar.waits()[0][1]
+        assert any(r[1] >= bar.waits()[0][1] - 1e-6 for r in done)
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["completed", "critical path", "failed attempt (retried)",
+                          "wait between attempts"]
+
+    def test_long_timelines_keep_an_axis_in_view(self) -> None:
+        """Past LONG rows the HTML axis sticks to the top and repeats below; the PNG puts
+        tick labels at the top as well; short charts keep one axis."""
+        from flowdsl._report.timeline import LONG, Span, Timeline, draw
+
+        def tl(n: int) -> Timeline:
+            bars = [Bar(f"t{i}", "t", "completed", i * 0.1, i * 0.1 + 0.1,
+                        [Span(1, i * 0.1, i * 0.1 + 0.1, "completed")]) for i in range(n)]
+            return Timeline("long", "r1", "completed", n * 0.1, bars, [])
+
+        long_page, short_page = timeline_html(tl(LONG + 15)), timeline_html(tl(5))
+        assert long_page.count('class="axis') == 2 and 'class="axis top"' in long_page
+        assert "position:sticky" in long_page
+        assert short_page.count('class="axis') == 1
+        pytest.importorskip("matplotlib")
+        ax = draw(tl(LONG + 15)).axes[0]
+        assert any(t.label2.get_visible() for t in ax.xaxis.get_major_ticks())
+        ax = draw(tl(5)).axes[0]
+        assert not any(t.label2.get_visible() for t in ax.xaxis.get_major_ticks())
+
+    def test_pool_lane_labels_are_readable(self, result: flowdsl.RunResult) -> None:
+        """Lanes are named "pool X" in bold type of at least 9 points."""
+        pytest.importorskip("matplotlib")
+        from flowdsl._report.timeline import draw
+
+        ax = draw(from_result(result)).axes[0]
+        lane = next(t for t in ax.texts if t.get_text() == "pool db")
+        assert lane.get_fontsize() >= 9 and lane.get_fontweight() == "bold"
+
+    def test_legend_lists_only_what_is_shown(self) -> None:
+        """A run where everything completed on the first try has two legend entries."""
+        from flowdsl._report.timeline import legend_items
+
+        r = flowdsl.run(quick(1).named("a") >> quick(2).named("b"), history=False)
+        tl = from_result(r)
+        assert [k for k, _ in legend_items(tl)] == ["completed", "critical"]
+        page = timeline_html(tl)
+        legend = page.split('class="legend"')[1]
+        for absent in ("failed", "skipped", "pending", "wait", "attempt"):
+            assert absent not in legend
+
+    def test_task_log_lines_in_the_tooltip(self) -> None:
+        """Lines a tool logged (logging on) are listed in its bar's details."""
+        @tool(registry=False)
+        def noisy(x: int) -> int:
+            flowdsl.get_logger().info("step done", rows=x)
+            return x
+
+        r = flowdsl.run(noisy(7).named("n"), history=False, log=True)
+        page = timeline_html(from_result(r))
+        assert "log (1 line(s)):" in page and "[info] step done rows=7" in page

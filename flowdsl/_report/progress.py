@@ -21,16 +21,14 @@ import threading
 import time
 from typing import Any
 
-from .._run.result import RunResult, TaskRecord, TaskStatus
+from .._run.result import STATUS_COLORS, RunResult, TaskRecord, TaskStatus
 
 __all__ = ["LiveProgress", "NotebookProgress", "compact_summary", "in_notebook", "output_preview",
            "progress", "summary_table"]
 
-_STYLE = {
-    "completed": "green", "failed": "bold red", "timed_out": "red", "skipped": "dim",
-    "upstream_failed": "magenta", "cancelled": "yellow", "rolled_back": "cyan",
-    "running": "yellow", "pending": "dim",
-}
+# Terminal styles from the one status palette; failures are also bold.
+_STYLE = {k: f"bold {v}" if k in ("failed", "timed_out") else v
+          for k, v in STATUS_COLORS.items()}
 _RUNNING_SHOWN = 8  # the most running tasks listed under the bar
 
 
@@ -100,16 +98,16 @@ class _State:
         head = Table.grid(padding=(0, 1))
         head.add_row(Text(name, style="bold"),
                      ProgressBar(total=max(total, 1), completed=min(done, total), width=30),
-                     Text(f"{done}/{total} done", style="green"),
-                     Text(f"{len(running)} running", style="yellow"),
-                     Text(f"{failed} failed", style="bold red" if failed else "dim"),
+                     Text(f"{done}/{total} done", style=_STYLE["completed"]),
+                     Text(f"{len(running)} running", style=_STYLE["running"]),
+                     Text(f"{failed} failed", style=_STYLE["failed"] if failed else "dim"),
                      Text(f"{retries} retries", style="dim") if retries else Text(""),
                      Text(f"{elapsed:6.1f}s", style="cyan"),
                      Text(status or "", style=_STYLE.get(status or "", "bold")))
         lines: list[Any] = [head]
         for tid, tool in running[:_RUNNING_SHOWN]:
             label = tid if tool == tid else f"{tid} ({tool})"
-            lines.append(Text(f"  ▸ {label}", style="yellow"))
+            lines.append(Text(f"  ▸ {label}", style=_STYLE["running"]))
         if len(running) > _RUNNING_SHOWN:
             lines.append(Text(f"  … and {len(running) - _RUNNING_SHOWN} more", style="dim"))
         return Group(*lines)

@@ -10,6 +10,7 @@ import html
 from typing import Any
 
 from .._plan.planner import Plan
+from .._run.result import STATUS_COLORS
 
 __all__ = ["flow_mimebundle", "graphviz_available", "plan_mimebundle", "render_graphviz",
            "result_html", "to_dot", "to_mermaid"]
@@ -113,19 +114,13 @@ def plan_mimebundle(plan: Plan, text: str | None = None) -> dict[str, Any]:
     return bundle
 
 
-_STATUS_COLORS = {"completed": "#2e7d32", "failed": "#c62828", "timed_out": "#d84315",
-                  "skipped": "#757575", "upstream_failed": "#8e24aa", "cancelled": "#6a1b9a",
-                  "rolled_back": "#1565c0", "running": "#f9a825", "pending": "#9e9e9e",
-                  "cached": "#66bb6a"}
-
-
 def result_html(result: Any) -> str:
     """A RunResult as HTML: a header line, a table of tasks (status, attempts, duration,
     error) and a small timeline."""
     from .timeline import from_result, timeline_fragment
 
     esc = html.escape
-    color = _STATUS_COLORS.get(result.status, "#333")
+    color = STATUS_COLORS.get(result.status, "#333")
     head = (f"<b>{esc(result.flow_name or 'flow')}</b> ({esc(result.mode)}): "
             f'<b style="color:{color}">{esc(result.status)}</b> in {result.duration:.3f}s '
             f"&middot; run <code>{esc(result.run_id)}</code>")
@@ -133,7 +128,7 @@ def result_html(result: Any) -> str:
     for rec in result.tasks.values():
         d = rec.duration
         err = f"{rec.error.type}: {rec.error.message}" if rec.error else (rec.reason or "")
-        c = _STATUS_COLORS.get(rec.status.value, "#333")
+        c = STATUS_COLORS.get(rec.status.value, "#333")
         rows.append(f"<tr><td>{esc(rec.id)}</td><td>{esc(rec.tool)}</td>"
                     f'<td style="color:{c}">{esc(rec.status.value)}</td>'
                     f"<td>{len(rec.attempts)}</td>"

@@ -21,24 +21,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._run.result import STATUS_COLORS, WAIT_COLOR
+
 __all__ = [
     "Bar",
     "Span",
     "Timeline",
     "from_history",
     "from_result",
+    "legend_items",
     "save_timeline",
     "timeline_fragment",
     "timeline_html",
 ]
 
-#: Fill colour of each final status (shared by the HTML page, the PNG and the result table).
-COLORS: Mapping[str, str] = {
-    "completed": "#4c9a5b", "failed": "#d0453f", "timed_out": "#e07b39",
-    "skipped": "#b8b8b8", "upstream_failed": "#c9a3a1", "cancelled": "#8c7fb8",
-    "rolled_back": "#5b8cc9", "running": "#e6c03b", "pending": "#dddddd",
-    "interrupted": "#8c7fb8", "cached": "#9cc7a4",
-}
+#: Fill colour of each status: the one palette (``flowdsl._run.result.STATUS_COLORS``).
+COLORS: Mapping[str, str] = STATUS_COLORS
 CRITICAL = "#1f1f1f"
 NO_POOL = "no pool"
 FORMATS = (".html", ".png", ".svg")
@@ -69,6 +67,7 @@ class Bar:
     reason: str | None = None
     lane: str = NO_POOL
     critical: bool = False
+    logs: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float | None:
@@ -77,6 +76,11 @@ class Bar:
     @property
     def retried(self) -> bool:
         return len(self.attempts) > 1
+
+    def waits(self) -> list[tuple[float, float]]:
+        """The gaps between attempts (a retry's backoff): time waited, not worked."""
+        return [(a.end, b.start) for a, b in zip(self.attempts, self.attempts[1:])
+                if b.start > a.end]
 
 
 @dataclass(slots=True)
@@ -122,6 +126,17 @@ def _err(error: Any) -> str | None:
     return None if error is None else f"{error.type}: {error.message}"
 
 
+def _log_lines(logs: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """A task's kept log lines as text: ``[level] event key=value ...``."""
+    out = []
+    for line in logs or ():
+        rest = " ".join(f"{k}={v}" for k, v in line.items()
+                        if k not in ("time", "level", "event"))
+        out.append(f"[{line.get('level', '')}] {line.get('event', '')}"
+                   + (f" {rest}" if rest else ""))
+    return out
+
+
 def from_result(result: Any) -> Timeline:
     """The timeline of a :class:`~flowdsl.RunResult`; the critical path is computed from its
     plan with the measured durations (tasks that did not run count 0 s)."""
@@ -130,7 +145,8 @@ def from_result(result: Any) -> Timeline:
         spans = [Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
                       else a.started_at, str(a.status), _err(a.error)) for a in rec.attempts]
         bars.append(Bar(rec.id, rec.tool, str(rec.status), rec.started_at, rec.ended_at, spans,
-                        _err(rec.error), rec.reason, _lane(rec.resources)))
+                        _err(rec.error), rec.reason, _lane(rec.resources),
+                        logs=_log_lines(rec.logs)))
     path: list[str] = []
     if result.plan is not None and bars:
         durations = {b.id: b.duration or 0.0 for b in bars}
@@ -157,7 +173,8 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
         task = plan.tasks.get(t["task_id"]) if plan is not None else None
         lane = _lane(getattr(getattr(task, "spec", None), "resources", None))
         bars.append(Bar(t["task_id"], t["tool"] or "", t["status"], t["started_at"],
-                        t["ended_at"], spans, error, t.get("reason"), lane))
+                        t["ended_at"], spans, error, t.get("reason"), lane,
+                        logs=_log_lines(t.get("logs"))))
     tl = Timeline(f"{run.get('flow') or 'flow'} ({run.get('mode') or '?'})", run["run_id"],
                   run["status"], run.get("duration") or 0.0, bars, [])
     if plan is not None and bars:
@@ -197,32 +214,42 @@ def _mark(tl: Timeline) -> Timeline:
 
 # -- HTML ------------------------------------------------------------------------------------
 
-_CSS = """
-.fdt{font:12px/1.35 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#222;
- max-width:1100px}
-.fdt h3{font-size:14px;margin:4px 0 8px}
-.fdt .row{display:flex;align-items:center;height:20px}
-.fdt .name{width:210px;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
- padding-right:8px;text-align:right}
-.fdt .track{position:relative;flex:1;height:16px;background:#f6f6f6;border-radius:2px}
-.fdt .bar{position:absolute;top:1px;height:14px;border-radius:2px;min-width:2px;
- box-sizing:border-box;cursor:default}
-.fdt .att{position:absolute;top:0;height:14px;border-right:1px solid #fff;
- box-sizing:border-box}
-.fdt .att.failed,.fdt .att.timed_out{background:repeating-linear-gradient(45deg,#d0453f,
- #d0453f 3px,#f0a09c 3px,#f0a09c 6px)}
-.fdt .crit{outline:2px solid #1f1f1f;outline-offset:0}
-.fdt .tip{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
+_FAILED, _TIMED_OUT = STATUS_COLORS["failed"], STATUS_COLORS["timed_out"]
+_CSS = f"""
+.fdt{{font:12px/1.35 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;color:#222;
+ max-width:1100px}}
+.fdt h3{{font-size:14px;margin:4px 0 8px}}
+.fdt .row{{display:flex;align-items:center;height:20px}}
+.fdt .name{{width:210px;flex:none;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;
+ padding-right:8px;text-align:right}}
+.fdt .track{{position:relative;flex:1;height:16px;background:#f6f6f6;border-radius:2px}}
+.fdt .bar{{position:absolute;top:1px;height:14px;border-radius:2px;min-width:2px;
+ box-sizing:border-box;cursor:default}}
+.fdt .bar.waited{{background:repeating-linear-gradient(90deg,{WAIT_COLOR},{WAIT_COLOR} 2px,
+ #fff 2px,#fff 4px);border:1px dashed #aaa}}
+.fdt .att{{position:absolute;top:0;height:100%;box-sizing:border-box}}
+.fdt .att.failed{{background:repeating-linear-gradient(45deg,{_FAILED},{_FAILED} 3px,
+ #f0a09c 3px,#f0a09c 6px)}}
+.fdt .att.timed_out{{background:repeating-linear-gradient(45deg,{_TIMED_OUT},{_TIMED_OUT} 3px,
+ #f5c39e 3px,#f5c39e 6px)}}
+.fdt .crit{{outline:2px solid {CRITICAL};outline-offset:0}}
+.fdt .tip{{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
  border:1px solid #999;padding:4px 6px;white-space:pre;font-size:11px;
- box-shadow:0 2px 6px rgba(0,0,0,.2);pointer-events:none}
-.fdt .bar:hover .tip{display:block}
-.fdt .lane{margin:6px 0 2px 210px;font-weight:600;color:#555;border-bottom:1px solid #ddd}
-.fdt .axis{position:relative;margin-left:218px;height:16px;color:#777;font-size:10px}
-.fdt .axis span{position:absolute;transform:translateX(-50%)}
-.fdt .legend span{display:inline-block;margin-right:10px}
-.fdt .legend i{display:inline-block;width:10px;height:10px;margin-right:3px;
- vertical-align:-1px;border-radius:2px}
+ box-shadow:0 2px 6px rgba(0,0,0,.2);pointer-events:none}}
+.fdt .bar:hover .tip{{display:block}}
+.fdt .lane{{margin:8px 0 2px 0;padding:2px 6px;font-size:13px;font-weight:700;color:#333;
+ background:#f0f0f0;border-left:4px solid #888;border-radius:2px}}
+.fdt .axis{{position:relative;margin-left:218px;height:16px;color:#555;font-size:10px;
+ background:#fff}}
+.fdt .axis.top{{position:sticky;top:0;z-index:4;border-bottom:1px solid #ddd}}
+.fdt .axis span{{position:absolute;transform:translateX(-50%)}}
+.fdt .legend span{{display:inline-block;margin-right:10px}}
+.fdt .legend i{{display:inline-block;width:10px;height:10px;margin-right:3px;
+ vertical-align:-1px;border-radius:2px}}
 """
+#: Rows above which the time axis is drawn at the bottom as well as (sticky) at the top.
+LONG = 25
+_TIP_LOGS = 8  # the most log lines shown in a bar's tooltip
 
 
 def _tip(b: Bar) -> str:
@@ -233,6 +260,9 @@ def _tip(b: Bar) -> str:
         lines.append(f"attempts: {len(b.attempts)}")
         lines += [f"  #{a.number} {a.status} {a.end - a.start:.3f}s"
                   + (f" — {a.error}" if a.error else "") for a in b.attempts]
+        waited = sum(e - s for s, e in b.waits())
+        if waited:
+            lines.append(f"waited between attempts: {waited:.3f}s")
     if b.error:
         lines.append(f"error: {b.error}")
     if b.reason:
@@ -241,6 +271,9 @@ def _tip(b: Bar) -> str:
         lines.append(f"pools: {b.lane}")
     if b.critical:
         lines.append("on the critical path")
+    if b.logs:
+        lines.append(f"log ({len(b.logs)} line(s)):")
+        lines += [f"  {line}" for line in b.logs[-_TIP_LOGS:]]
     return "\n".join(lines)
 
 
@@ -257,16 +290,19 @@ def _bar_html(b: Bar, end: float) -> str:
                 f"{html.escape(b.status)}: {why}</span></div></div>")
     left, width = _pct(b.start, end), _pct(max(b.end - b.start, 0.0), end)
     span = max(b.end - b.start, 1e-9)
+    # A retried task: each attempt in its own status's colour over a pale, dashed bar, so
+    # the waits between attempts (backoff) read as waiting, not as work.
     inner = "".join(
         f'<div class="att {html.escape(a.status)}" style="left:{_pct(a.start - b.start, span)};'
-        f'width:{_pct(max(a.end - a.start, 0.0), span)}"></div>'
-        for a in b.attempts if b.retried)
-    cls = "bar crit" if b.critical else "bar"
-    color = COLORS.get(b.status, "#999")
+        f"width:{_pct(max(a.end - a.start, 0.0), span)};"
+        f'background-color:{COLORS.get(a.status, "#999")}"></div>'
+        for a in b.attempts) if b.retried else ""
+    cls = "bar" + (" waited" if b.retried else "") + (" crit" if b.critical else "")
+    style = "" if b.retried else f"background:{COLORS.get(b.status, '#999')}"
     tip = html.escape(_tip(b))
     return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
             f'<div class="track"><div class="{cls}" style="left:{left};width:{width};'
-            f'background:{color}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
+            f'{style}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
             "</div></div>")
 
 
@@ -279,29 +315,53 @@ def _ticks(end: float, n: int = 6) -> list[float]:
     return [k * step for k in range(int(end / step) + 1)]
 
 
+def legend_items(tl: Timeline) -> list[tuple[str, str]]:
+    """What a legend lists, as ``(kind, label)``: the statuses present (in the palette's
+    order), then the critical path, failed attempts and waits when the picture shows them.
+    ``kind`` is a status, ``"critical"``, ``"failed_attempt"`` or ``"wait"``."""
+    present = {b.status for b in tl.bars}
+    items = [(s, s) for s in COLORS if s in present]
+    items += [(s, s) for s in sorted(present - set(COLORS))]
+    if tl.critical_path:
+        items.append(("critical", "critical path" if tl.critical_source == "plan"
+                      else "critical chain (from timings)"))
+    if any(b.retried and any(a.status in ("failed", "timed_out") for a in b.attempts)
+           for b in tl.bars):
+        items.append(("failed_attempt", "failed attempt (retried)"))
+    if any(b.waits() for b in tl.bars):
+        items.append(("wait", "wait between attempts"))
+    return items
+
+
+def _legend_html(tl: Timeline) -> str:
+    swatch = {"critical": f"background:#fff;outline:2px solid {CRITICAL}",
+              "failed_attempt": f"background:repeating-linear-gradient(45deg,{_FAILED},"
+                                f"{_FAILED} 2px,#f0a09c 2px,#f0a09c 4px)",
+              "wait": f"background:{WAIT_COLOR};outline:1px dashed #aaa"}
+    return "".join(f'<span><i style="{swatch.get(kind, "background:" + COLORS.get(kind, "#999"))}'
+                   f'"></i>{html.escape(label)}</span>' for kind, label in legend_items(tl))
+
+
 def timeline_fragment(tl: Timeline) -> str:
     """The timeline as an HTML fragment (rows of bars, lanes, axis and legend) with a scoped
-    style sheet; embeddable in a notebook output or a page."""
+    style sheet; embeddable in a notebook output or a page. The time axis sticks to the top
+    of the window while a long timeline scrolls, and is repeated below it."""
     end = tl.end
-    parts = [f"<style>{_CSS}</style>", '<div class="fdt">']
+    axis = "".join(f'<span style="left:{_pct(t, end)}">{t:g}s</span>' for t in _ticks(end))
+    parts = [f"<style>{_CSS}</style>", '<div class="fdt">',
+             f'<div class="axis top">{axis}</div>']
     lanes = tl.lanes
     current = None
-    for b in tl.rows():
+    rows = tl.rows()
+    for b in rows:
         if len(lanes) > 1 and b.lane != current:
             current = b.lane
-            parts.append(f'<div class="lane">{html.escape(current)}</div>')
+            label = current if current == NO_POOL else f"pool {current}"
+            parts.append(f'<div class="lane">{html.escape(label)}</div>')
         parts.append(_bar_html(b, end))
-    parts.append('<div class="axis">' + "".join(
-        f'<span style="left:{_pct(t, end)}">{t:g}s</span>' for t in _ticks(end)) + "</div>")
-    used = dict.fromkeys(b.status for b in tl.bars)
-    legend = "".join(f'<span><i style="background:{COLORS.get(s, "#999")}"></i>'
-                     f"{html.escape(s)}</span>" for s in used)
-    crit = ("critical path" if tl.critical_source == "plan"
-            else "critical chain (from timings)")
-    legend += (f'<span><i style="background:#fff;outline:2px solid {CRITICAL}"></i>{crit}'
-               '</span><span><i class="att failed" style="position:static"></i>'
-               "failed attempt (retried)</span>")
-    parts.append(f'<div class="legend">{legend}</div></div>')
+    if len(rows) > LONG:
+        parts.append(f'<div class="axis">{axis}</div>')
+    parts.append(f'<div class="legend">{_legend_html(tl)}</div></div>')
     return "".join(parts)
 
 
@@ -330,48 +390,64 @@ def _figure_class() -> Any:
 
 def draw(tl: Timeline) -> Any:
     """The timeline as a matplotlib ``Figure`` (no pyplot, so no GUI backend is touched)."""
-    from matplotlib.patches import Patch
-
     rows = tl.rows()
-    fig = _figure_class()(figsize=(11, 1.4 + 0.28 * max(len(rows), 1)))
+    fig = _figure_class()(figsize=(11, 1.6 + 0.26 * max(len(rows), 1)))
     ax = fig.add_subplot()
     end = tl.end
     lanes = tl.lanes
     lane_of = None
+    tiny = end * 0.002
     for y, b in enumerate(rows):
         if len(lanes) > 1 and b.lane != lane_of:
             lane_of = b.lane
-            ax.axhline(y - 0.5, color="0.75", linewidth=0.8)
-            ax.text(end * 1.005, y - 0.45, b.lane, fontsize=7, color="0.35", va="top")
+            ax.axhline(y - 0.5, color="0.6", linewidth=1.0)
+            label = lane_of if lane_of == NO_POOL else f"pool {lane_of}"
+            ax.text(end * 0.998, y - 0.42, label, fontsize=9, fontweight="bold",
+                    color="0.2", va="top", ha="right",
+                    bbox={"facecolor": "white", "edgecolor": "0.6", "boxstyle": "round,pad=0.2"})
         if b.start is None or b.end is None:
             ax.text(0, y, f"  {b.status}", va="center", fontsize=7, color="0.5")
             continue
         edge = {"edgecolor": CRITICAL, "linewidth": 1.8} if b.critical else {"linewidth": 0}
-        ax.barh(y, max(b.end - b.start, end * 0.002), left=b.start, height=0.7,
-                color=COLORS.get(b.status, "#999999"), **edge)
-        for a in b.attempts if b.retried else ():
-            if a.status in ("failed", "timed_out"):
-                ax.barh(y, max(a.end - a.start, end * 0.002), left=a.start, height=0.7,
-                        color="#f0a09c", hatch="////", edgecolor="#d0453f", linewidth=0)
+        if not b.retried:
+            ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7,
+                    color=COLORS.get(b.status, "#999999"), **edge)
+            continue
+        # Retried: the span is a pale wait, each attempt is painted in its own status.
+        ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7, color=WAIT_COLOR,
+                hatch="..", **(edge if b.critical else {"edgecolor": "0.7", "linewidth": 0}))
+        for a in b.attempts:
+            failed = a.status in ("failed", "timed_out")
+            ax.barh(y, max(a.end - a.start, tiny), left=a.start, height=0.7,
+                    color=COLORS.get(a.status, "#999999"), hatch="////" if failed else None,
+                    edgecolor="white" if failed else None, linewidth=0)
     ax.set_yticks(range(len(rows)), [b.id for b in rows], fontsize=7)
     ax.set_ylim(len(rows) - 0.5, -0.5)
-    ax.set_xlim(0, end * 1.08)
+    ax.set_xlim(0, end * 1.02)
     ax.set_xlabel("seconds since the run started")
+    if len(rows) > LONG:  # a long chart: the time axis at the top too, near the first rows
+        ax.tick_params(axis="x", top=True, labeltop=True)
     ax.set_title(f"{tl.title}: {tl.status} in {tl.duration:.2f}s (run {tl.run_id})",
-                 fontsize=10, loc="left")
-    handles = [Patch(color=COLORS.get(s, "#999999"), label=s)
-               for s in dict.fromkeys(b.status for b in tl.bars)]
-    handles.append(Patch(facecolor="white", edgecolor=CRITICAL, linewidth=1.8,
-                         label="critical path" if tl.critical_source == "plan"
-                         else "critical chain"))
-    if any(b.retried for b in tl.bars):
-        handles.append(Patch(facecolor="#f0a09c", hatch="////", edgecolor="#d0453f",
-                             label="failed attempt"))
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+                 fontsize=10, loc="left", pad=18 if len(rows) > LONG else 6)
+    ax.legend(handles=_legend_patches(tl), fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", color="0.9")
     ax.set_axisbelow(True)
     fig.tight_layout()
     return fig
+
+
+def _legend_patches(tl: Timeline) -> list[Any]:
+    from matplotlib.patches import Patch
+
+    special = {
+        "critical": {"facecolor": "white", "edgecolor": CRITICAL, "linewidth": 1.8},
+        "failed_attempt": {"facecolor": COLORS["failed"], "hatch": "////",
+                           "edgecolor": "white"},
+        "wait": {"facecolor": WAIT_COLOR, "hatch": "..", "edgecolor": "0.7"},
+    }
+    return [Patch(label=label, **special.get(kind, {"color": COLORS.get(kind, "#999999")}))
+            for kind, label in legend_items(tl)]
 
 
 def save_timeline(source: Any, path: str | os.PathLike[str], *, history: Any = None,
