@@ -265,7 +265,7 @@ class TestRun:
         (["missing.py:flow"], "not found"),
         (["cli_flows"], "expected path/to/file.py:name"),
         (["cli_flows.py:ok", "-r", "db"], "expected key=value"),
-        (["cli_flows.py:ok", "--timeout", "-1"], "timeout"),
+        (["cli_flows.py:ok", "--timeout", "-1"], "--timeout -1.0 is invalid"),
         (["cli_flows.py:MARKS"], "expected a Flow"),
     ])
     def test_usage_errors_exit_2(self, flows: Path, args: list[str], message: str) -> None:

@@ -191,6 +191,18 @@ def _report(out: Any, result: Any, *, verbose: bool, history_on: bool) -> None:
         out.print(f"[dim]timeline: flowdsl timeline {result.run_id} -o run.html[/]")
 
 
+def _option_error(message: str) -> str:
+    """run()'s words for a bad option value, in the command line's: `run(): timeout=-1 is
+    invalid: ...` becomes `--timeout -1 is invalid: ...`."""
+    import re
+
+    m = re.match(r"run\(\): (\w+)=(\S+) is invalid: (.*)", message, re.S)
+    if m is None:
+        return message
+    name, value, why = m.groups()
+    return f"--{name.replace('_', '-')} {value} is invalid: {why}"
+
+
 def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
     """Run with the progress display and SIGINT/SIGTERM handling; ``None`` when
     interrupted."""
@@ -204,7 +216,7 @@ def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
     except PlanError as exc:
         raise _fail(_plan_error(exc)) from None
     except ValueError as exc:  # an option value run() refused
-        raise _fail(str(exc)) from None
+        raise _fail(_option_error(str(exc))) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         return None
     finally:
