@@ -366,3 +366,9 @@ class TestPictures:
         r = flowdsl.run(noisy(7).named("n"), history=False, log=True)
         page = timeline_html(from_result(r))
         assert "log (1 line(s)):" in page and "[info] step done rows=7" in page
+        run = {"run_id": "r", "status": "completed", "tasks": [
+            {"task_id": "n", "tool": "noisy", "status": "completed", "started_at": 0.0,
+             "ended_at": 0.1, "logs": ["plain text line", {"level": "warning",
+                                                           "event": "kept", "n": 1}]}]}
+        page = timeline_html(from_history(run))
+        assert "plain text line" in page and "[warning] kept n=1" in page

@@ -126,10 +126,14 @@ def _err(error: Any) -> str | None:
     return None if error is None else f"{error.type}: {error.message}"
 
 
-def _log_lines(logs: Sequence[Mapping[str, Any]] | None) -> list[str]:
-    """A task's kept log lines as text: ``[level] event key=value ...``."""
+def _log_lines(logs: Sequence[Mapping[str, Any] | str] | None) -> list[str]:
+    """A task's kept log lines as text: ``[level] event key=value ...`` (a line that is
+    already text is kept as it is)."""
     out = []
     for line in logs or ():
+        if not isinstance(line, Mapping):
+            out.append(str(line))
+            continue
         rest = " ".join(f"{k}={v}" for k, v in line.items()
                         if k not in ("time", "level", "event"))
         out.append(f"[{line.get('level', '')}] {line.get('event', '')}"
