@@ -284,7 +284,7 @@ def compact_summary(result: RunResult) -> Any:
     lines: list[Any] = [head, counts]
     groups: dict[str, list[TaskRecord]] = {}
     for rec in result.tasks.values():
-        if rec.status in (TaskStatus.COMPLETED, TaskStatus.PENDING):
+        if rec.status in (TaskStatus.COMPLETED, TaskStatus.CACHED, TaskStatus.PENDING):
             continue
         groups.setdefault(rec.status.value, []).append(rec)
     for status, recs in groups.items():
