@@ -1,5 +1,6 @@
 """Shapes decided at run time, in one flow: a search whose results are fetched one task per
-result (``tool.map``), inside a sub-flow run as one unit (a time bound for the group, and its
+result (``tool.map``), inside a sub-flow run as one unit (a time bound and a retry for the
+group, and its
 own context defaults); a classifier that picks one of several paths (``flowdsl.switch``)
 joined by a ``none_failed_min_one_success`` task; and a cached tool whose output is reused by
 the second run (status ``cached``; entries live in the history file, here a temporary one).
@@ -51,7 +52,7 @@ def build() -> flowdsl.Fragment:
     found = search(ctx("query")).named("search")
     pages = fetch.map(found).named("fetch").with_options(max_parallel=2)
     research = flowdsl.Flow("research", found >> pages,
-                            context={"query": "flowdsl"}).with_options(timeout=30)
+                            context={"query": "flowdsl"}).with_options(timeout=30, retries=1)
     kind = classify(pages).named("classify")
     paths = switch(kind, {"long": write("long", pages).named("long"),
                           "short": write("short", pages).named("short")},

@@ -470,7 +470,7 @@ def _section_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path) -> None:
     """Each code block of the README's "Shapes decided at run time" section runs in a fresh
     process and prints exactly the values its `# ...` comments promise."""
@@ -589,8 +589,10 @@ class TestUnits:
             (b >> c).with_options(timeout=0)
         with pytest.raises(CompositionError, match="unknown trigger rule 'sometimes'"):
             (b >> c).with_options(trigger="sometimes")
-        with pytest.raises(CompositionError, match="got retries"):
-            flowdsl.Flow("f", b >> c).with_options(retries=2)
+        with pytest.raises(CompositionError, match="retries=-1 is invalid"):
+            flowdsl.Flow("f", b >> c).with_options(retries=-1)
+        with pytest.raises(CompositionError, match="got executor"):
+            flowdsl.Flow("f", b >> c).with_options(executor="thread")
         with pytest.raises(CompositionError, match=r"\.when\(\) expects a callable"):
             (b | c).when(3)
 
@@ -606,3 +608,77 @@ class TestUnits:
         p = flowdsl.plan(a >> (b | c).when(lambda ctx: True))
         assert list(p.order) == ["a", "b", "c"] and len(p.groups) == 1
         assert p.groups[0].members == ("b", "c")
+
+
+
+class Flaky:
+    """Tools that fail their first ``fails`` calls, counting calls per name."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, fails: int = 0, *, seconds: float = 0.0,
+                 slow_calls: int = 0, **options: Any) -> Any:
+        async def fn(x: Any = None) -> str:
+            with self.lock:
+                self.calls[name] = n = self.calls.get(name, 0) + 1
+            if n <= slow_calls:
+                await anyio.sleep(seconds)
+            if n <= fails:
+                raise OSError(f"{name} flaked")
+            return name
+
+        return tl(fn, name=name, **options)
+
+
+class TestGroupRetries:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_only_the_failed_part_runs_again(self, mode: str) -> None:
+        """A flaky task in a retried group runs again with what depends on it inside the
+        group; the completed tasks before it are kept; the run never hears of the failure."""
+        f = Flaky()
+        a, b, c, d, e = (f(n, fails=1 if n == "c" else 0)().named(n) for n in "abcde")
+        group = (b >> c >> d).with_options(retries=2, name="grp")
+        r = run(a >> group >> e, mode=mode)
+        assert r.ok and r.errors == [], r.errors
+        assert f.calls == {"a": 1, "b": 1, "c": 2, "d": 1, "e": 1}
+        assert all(rec.status is S.COMPLETED for rec in r.tasks.values())
+
+    def test_retries_run_out(self) -> None:
+        """Past its retries the group fails as usual: the last attempt's error is the run's,
+        and fail-fast stops the run."""
+        f = Flaky()
+        a, b, c, e = (f(n, fails=9 if n == "c" else 0)().named(n) for n in "abce")
+        r = run(a >> (b >> c).with_options(retries=2) >> e)
+        assert f.calls["c"] == 3 and f.calls["b"] == 1
+        assert r.status == "failed" and len(r.errors) == 1
+        assert r.tasks["c"].status is S.FAILED and r.tasks["e"].status is S.PENDING
+
+    def test_side_by_side_members_and_outside_inputs(self) -> None:
+        """Members side by side, one taking an input from outside the group: the group
+        starts once all its inputs are ready, and only the failed member is re-run."""
+        f = Flaky()
+        src = f("src")().named("src")
+        other = f("other")().named("other")
+        left = f("left")(src).named("left")
+        right = f("right", fails=1)(other).named("right")
+        group = (left | right).with_options(retries=1, name="pair")
+        r = run(src >> group, mode="parallel")
+        assert r.ok, r.errors
+        assert f.calls == {"src": 1, "other": 1, "left": 1, "right": 2}
+        assert flowdsl.plan(src >> group).predecessors["left"] == ("src", "other")
+
+    @pytest.mark.parametrize("mode", ["sequential", "parallel"])
+    def test_timed_out_attempt_is_retried_with_a_fresh_clock(self, mode: str) -> None:
+        """A group attempt cut off by its timeout is retried, and the timeout counts again
+        from the retry's start."""
+        f = Flaky()
+        slow = f("slow", seconds=5, slow_calls=1)().named("slow")
+        after = f("after")(slow).named("after")
+        group = flowdsl.Flow("sub", slow >> after).with_options(timeout=0.3, retries=1)
+        t0 = time.perf_counter()
+        r = run(group, mode=mode)
+        assert r.ok, r.errors
+        assert time.perf_counter() - t0 < 3
+        assert f.calls == {"slow": 2, "after": 1}

@@ -458,13 +458,14 @@ class Unit:
     an embedded Flow): a condition on the context, conditions on other tasks' outputs, a
     timeout on the group's wall time, a trigger rule for its entry, and context defaults."""
 
-    __slots__ = ("condition", "context", "guards", "name", "timeout", "trigger")
+    __slots__ = ("condition", "context", "guards", "name", "retries", "timeout", "trigger")
 
     def __init__(self, name: str, condition: Callable[[Mapping[str, Any]], Any] | None = None,
                  guards: tuple[Guard, ...] = (), timeout: float | None = None,
                  trigger: str | None = None,
-                 context: Mapping[str, Any] | None = None) -> None:
+                 context: Mapping[str, Any] | None = None, retries: int = 0) -> None:
         self.name = name
+        self.retries = retries
         self.condition = condition
         self.guards = guards
         self.timeout = timeout
@@ -513,18 +514,26 @@ class _Grouped:
         both = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
         return self._with_unit(unit.evolve(condition=both))
 
-    def with_options(self, *, timeout: float | None = None, trigger: str | None = None,
-                     name: str | None = None, **options: Any) -> Any:
-        """Options of the group as a unit: ``timeout`` (seconds for the group's wall time,
-        from its first task's start; its running tasks are cancelled and end
-        ``timed_out``), ``trigger`` (the rule its entry tasks apply to the tasks before the
-        group) and ``name`` (shown in reasons)."""
+    def with_options(self, *, timeout: float | None = None, retries: int | None = None,
+                     trigger: str | None = None, name: str | None = None,
+                     **options: Any) -> Any:
+        """Options of the group as a unit: ``timeout`` (seconds for the group's wall time per
+        attempt, from its first task's start; its running tasks are cancelled and end
+        ``timed_out``), ``retries`` (re-runs of the group's failed part: its failed,
+        timed-out and cancelled tasks and what depends on them inside the group; its
+        completed tasks are kept), ``trigger`` (the rule its entry tasks apply to the tasks
+        before the group) and ``name`` (shown in reasons)."""
         unit = self._unit()
         if options:
-            msg = (f"group {unit.name!r}: with_options() takes timeout, trigger and name; "
-                   f"got {', '.join(options)} (set per-task options on the tasks)")
+            msg = (f"group {unit.name!r}: with_options() takes timeout, retries, trigger and "
+                   f"name; got {', '.join(options)} (set per-task options on the tasks)")
             raise CompositionError(msg)
         changes: dict[str, Any] = {}
+        if retries is not None:
+            if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+                msg = f"group {unit.name!r}: retries={retries!r} is invalid: expected an int >= 0"
+                raise CompositionError(msg)
+            changes["retries"] = retries
         if timeout is not None:
             ok = isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
             if not ok or not 0 < timeout < float("inf"):
@@ -851,6 +860,14 @@ def _group(frag: Fragment, sources: Any, tasks: dict[str, Task],
         for s in entry:
             if s != on.id:
                 preds[s][on.id] = None
+    if unit.retries:
+        # A retried group runs as one piece once it is entered, so every input it takes
+        # from outside must be ready by then: its entry tasks wait for all of them. (The
+        # tasks `>>` links to the group later are linked to every entry task anyway.)
+        outside = [p for m in members for p in preds[m] if p not in members]
+        for s in entry:
+            for p in outside:
+                preds[s][p] = None
     return Group(unit, tuple(members), entry)
 
 

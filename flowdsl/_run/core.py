@@ -31,7 +31,7 @@ from .fanout import TaskInputError as _TaskError
 from .fanout import run_map
 from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
-from .units import Units, group_timeout
+from .units import Units, group_timeout, group_turn
 
 __all__ = ["Core", "Item"]
 
@@ -73,8 +73,12 @@ class Core:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
-                  or g.unit.timeout is not None or g.unit.trigger is not None]
+                  or g.unit.timeout is not None or g.unit.trigger is not None
+                  or g.unit.retries]
         self.units = Units(active, plan.tasks) if active else None  # type: ignore[arg-type]
+        self._retried = self.units.retried if self.units is not None else {}
+        # (member, item) -> its failures while its retried group may still mend them
+        self.held: dict[tuple[str, int], list[BaseException]] = {}
         self._cut: dict[int, tuple[float, str, float]] = {}  # id(record) -> group deadline
         self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
         self.preds = plan.predecessors
@@ -130,11 +134,14 @@ class Core:
             self.scope.cancel()
 
     # -- the one path every task takes -------------------------------------------------
-    async def run_task(self, tid: str, item: Item) -> TaskStatus:
+    async def run_task(self, tid: str, item: Item, driven: bool = False) -> TaskStatus:
         """Run task ``tid`` for ``item`` once all its predecessors are final; returns its
-        final status. Cancellation propagates (the task is recorded as cancelled)."""
-        if tid in item.status:  # reused from an earlier run (resume)
+        final status. Cancellation propagates (the task is recorded as cancelled). A member
+        of a retried group runs when its group's driver says so (``driven``)."""
+        if tid in item.status:  # reused from an earlier run (resume), or run by its group
             return item.status[tid]
+        if self._retried and not driven and tid in self._retried:
+            return await group_turn(self, tid, item)
         task = self.tasks[tid]
         preds = self.preds[tid]
         if preds:
@@ -574,15 +581,29 @@ class Core:
             msg = f"task {tid!r} failed {what}: {type(exc).__name__}: {exc}"
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
+        held = self.held.get((tid, item.index)) if self.held else None
+        if held is not None:  # its group will run it again: not the run's error (yet)
+            held.append(err)
+            self._finish(tid, item, rec, status)
+            return status
+        self._count_error(tid, item, rec, err)
+        return status
+
+    def release(self, errors: list[tuple[str, Item, BaseException]]) -> None:
+        """Count failures a retried group held back, once its last attempt is over."""
+        for tid, item, err in errors:
+            self._count_error(tid, item, item.records[tid], err)
+
+    def _count_error(self, tid: str, item: Item, rec: TaskRecord, err: BaseException) -> None:
         self.result.errors.append(err)
         if self.result.error is None:
             self.result.error = err
         if item.index >= 0:
             self.result.item_errors[item.index] = rec.error
-        self._finish(tid, item, rec, status)
+        if item.status.get(tid) is None:
+            self._finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
         if not self.continue_on_error and rec.parent is None:
             self.abort()
-        return status
 
     def _started(self, tid: str, rec: TaskRecord) -> None:
         for ob in self.observers:

@@ -12,6 +12,13 @@ each group's members and entry tasks. At run time:
   passes ends ``timed_out`` with a :class:`~flowdsl.TaskTimeout` of kind ``"group"``.
 - *trigger*: the group's entry tasks apply the group's trigger rule (unless they set their
   own) to the tasks before the group.
+- *retries*: the first of its members the runner hands to the core drives the whole group
+  (every input it takes from outside is ready then: materialize made its entry tasks wait
+  for all of them); the other members' turns wait for it and find their tasks final. After
+  an attempt, the failed part (failed, timed-out and cancelled tasks and what depends on
+  them inside the group) is reset and run again; the completed tasks are kept. Until the
+  last attempt, a failure neither stops the run nor counts among its errors. Nested retried
+  groups: the outermost one's retries apply.
 
 Only groups with a condition or a timeout cost anything per task, and only for their members.
 """
@@ -19,15 +26,17 @@ Only groups with a condition or a timeout cost anything per task, and only for t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from .._base.errors import TaskTimeout
 from .._graph.task import Group, Task
 from .fanout import TaskInputError
+from .result import TaskStatus
 
-__all__ = ["Units", "context_defaults", "group_timeout"]
+__all__ = ["Units", "context_defaults", "group_timeout", "group_turn"]
 
 
 def context_defaults(groups: Sequence[Group]) -> dict[str, Any]:
@@ -48,6 +57,7 @@ class Units:
         self.gated: dict[str, tuple[int, ...]] = {}  # member -> its conditioned groups
         self.timed: dict[str, tuple[int, ...]] = {}  # member -> its timed groups
         self.trigger: dict[str, str] = {}  # entry task -> the group's trigger rule
+        self.retried: dict[str, int] = {}  # member -> its outermost retried group
         gated: dict[str, list[int]] = {}
         timed: dict[str, list[int]] = {}
         for n in range(len(self.groups) - 1, -1, -1):  # outer groups first
@@ -59,6 +69,9 @@ class Units:
             if u.timeout is not None:
                 for m in g.members:
                     timed.setdefault(m, []).append(n)
+            if u.retries:
+                for m in g.members:
+                    self.retried.setdefault(m, n)
             if u.trigger is not None:
                 for s in g.sources:
                     if tasks[s].trigger == "all_success":  # a task's own rule wins
@@ -116,3 +129,106 @@ def group_timeout(tid: str, name: str, timeout: float, started: bool,
     what = "was cut off" if started else "could not start"
     msg = f"task {tid!r} {what}: group {name!r} ran past its {timeout:g}s timeout"
     return TaskTimeout(msg, task_id=tid, attempts=attempts, kind="group")
+
+
+_AGAIN = frozenset({TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
+                    TaskStatus.UPSTREAM_FAILED})
+
+
+class _Core(Protocol):
+    """What the group driver needs of the core (see ``core.Core``)."""
+
+    units: Units | None
+    child_limit: int
+    stopped: bool
+    held: dict[tuple[str, int], list[BaseException]]
+    preds: Mapping[str, tuple[str, ...]]
+    plan: Any
+
+    async def run_task(self, tid: str, item: Any, driven: bool = False) -> TaskStatus: ...
+    def release(self, errors: list[tuple[str, Any, BaseException]]) -> None: ...
+
+
+async def group_turn(core: _Core, tid: str, item: Any) -> TaskStatus:
+    """The runner's turn for member ``tid`` of a retried group: the first turn drives the
+    group, the others wait for it; then the member is final (or the run stopped)."""
+    units = core.units
+    assert units is not None
+    key = ("run", units.retried[tid])
+    done = item.units.get(key)
+    if done is None:
+        done = item.units[key] = anyio.Event()
+        try:
+            await _drive(core, units.retried[tid], item)
+        finally:
+            done.set()
+    else:
+        await done.wait()
+    return item.status.get(tid, TaskStatus.PENDING)  # type: ignore[no-any-return]
+
+
+async def _drive(core: _Core, n: int, item: Any) -> None:
+    """Run group ``n``'s members, then its failed part again while retries are left."""
+    units = core.units
+    assert units is not None
+    group = units.groups[n]
+    inside = set(group.members)
+    todo = [t for t in core.plan.order if t in inside]  # topological
+    tries = group.unit.retries + 1
+    for attempt in range(1, tries + 1):
+        last = attempt == tries
+        if not last:  # failures are held back: a retry may still mend them
+            for t in todo:
+                core.held[(t, item.index)] = []
+        try:
+            await _run_members(core, todo, inside, item)
+        finally:
+            held = [(t, item, e) for t in todo
+                    for e in core.held.pop((t, item.index), [])] if not last else []
+        again = _failed_part(core, todo, inside, item)
+        if not again or last or core.stopped:
+            core.release(held)  # these failures stand: the run hears of them now
+            return
+        for t in again:  # reset: run these again; the group's clocks start over
+            item.status.pop(t, None)
+            item.outputs.pop(t, None)
+        for k in [k for k in item.units if k[0] == "deadline"]:
+            del item.units[k]
+        todo = again
+
+
+def _failed_part(core: _Core, todo: Sequence[str], inside: set[str], item: Any) -> list[str]:
+    """The members to run again: those that failed, timed out or were cancelled, and every
+    member downstream of them (in topological order)."""
+    again: set[str] = set()
+    for t in todo:
+        if item.status.get(t) in _AGAIN or any(p in again for p in core.preds[t]):
+            again.add(t)
+    return [t for t in todo if t in again]
+
+
+async def _run_members(core: _Core, todo: Sequence[str], inside: set[str],
+                       item: Any) -> None:
+    """Run ``todo`` (members, topological) as their dependencies inside the group finish,
+    at most ``core.child_limit`` at once."""
+    pending = set(todo)
+    waiting = {t: sum(1 for p in core.preds[t] if p in pending) for t in todo}
+    succs: dict[str, list[str]] = {t: [] for t in todo}
+    for t in todo:
+        for p in core.preds[t]:
+            if p in pending:
+                succs[p].append(t)
+    limiter = anyio.CapacityLimiter(max(1, core.child_limit))
+
+    async def one(t: str, tg: anyio.abc.TaskGroup) -> None:
+        async with limiter:
+            await core.run_task(t, item, True)
+        for s in succs[t]:
+            waiting[s] -= 1
+            if not waiting[s]:
+                tg.start_soon(one, s, tg)
+
+    async with anyio.create_task_group() as tg:
+        for t in todo:
+            if not waiting[t]:
+                tg.start_soon(one, t, tg)
