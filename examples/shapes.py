@@ -1,8 +1,9 @@
 """Shapes decided at run time, in one flow: a search whose results are fetched one task per
 result (``tool.map``), inside a sub-flow run as one unit (a time bound and a retry for the
-group, and its own context defaults); a classifier that picks one of several paths (``flowdsl.switch``)
-joined by a ``none_failed_min_one_success`` task; and a cached tool whose output is reused by
-the second run (status ``cached``; entries live in the history file, here a temporary one).
+group, and its own context defaults); a classifier that picks one of several paths
+(``flowdsl.switch``) joined by a ``none_failed_min_one_success`` task; and a cached tool
+whose output is reused by the second run (status ``cached``; entries live in the history
+file, here a temporary one).
 
 Run it: ``python examples/shapes.py``.
 """
