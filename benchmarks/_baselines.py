@@ -44,12 +44,12 @@ class _Pool:
             self.cond.notify_all()
 
 
-def _resolve(value: Any, outputs: Mapping[str, Any]) -> Any:
+def _resolve(value: Any, outputs: Mapping[flowdsl.Task, Any]) -> Any:
     """Replace Task/Ref arguments with the outputs they stand for."""
     if isinstance(value, flowdsl.Task):
-        return outputs[value.id]
+        return outputs[value]
     if isinstance(value, Ref):
-        out = outputs[value.task.id]
+        out = outputs[value.task]
         for key in value.path:
             out = out[key]
         return out
@@ -60,7 +60,7 @@ def _resolve(value: Any, outputs: Mapping[str, Any]) -> Any:
     return value
 
 
-async def _call(task: flowdsl.Task, outputs: dict[str, Any], pools: dict[str, _Pool],
+async def _call(task: flowdsl.Task, outputs: dict[flowdsl.Task, Any], pools: dict[str, _Pool],
                 limiter: anyio.CapacityLimiter | None) -> None:
     need = sorted(task.spec.resources.items())  # one global order: no deadlock between tasks
     if limiter is not None:
@@ -72,7 +72,7 @@ async def _call(task: flowdsl.Task, outputs: dict[str, Any], pools: dict[str, _P
             args = _resolve(task.args, outputs)
             kwargs = _resolve(task.kwargs, outputs)
             result = task.tool.fn(*args, **kwargs)
-            outputs[task.id] = await result if inspect.isawaitable(result) else result
+            outputs[task] = await result if inspect.isawaitable(result) else result
         finally:
             for pool, amount in need:
                 await pools[pool].release(amount)
@@ -92,7 +92,7 @@ async def run_by_levels(flow: Any, capacities: Mapping[str, int] | None = None,
     remaining = plan.remaining()
     pools = {name: _Pool(cap) for name, cap in (capacities or {}).items()}
     limiter = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
-    outputs: dict[str, Any] = {}
+    outputs: dict[flowdsl.Task, Any] = {}  # keyed by the Task objects arguments refer to
     start = time.perf_counter()
     for level in plan.levels:
         async with anyio.create_task_group() as tg:

@@ -100,7 +100,7 @@ class TestThen:
         first, second = g.tasks.values()
         assert (first.tool.name, second.tool.name) == ("step", "other")
         assert (first.stage_param, second.stage_param) == ("x", "x")
-        assert g.preds[second.id] == {first.id: None}
+        assert g.preds[g.ids[second]] == {g.ids[first]: None}
 
     def test_tool_parallel_stages(self) -> None:
         """load >> (score_a | score_b) fans a pipeline out."""
@@ -247,10 +247,12 @@ class TestTruth:
 
 class TestIds:
     def test_automatic_ids_unique_and_readable(self) -> None:
-        """Automatic ids derive from the tool name and never repeat."""
-        ids = [other().id for _ in range(5)]
-        assert len(set(ids)) == 5
-        assert all(i == "other" or i.startswith("other_") for i in ids)
+        """Automatic ids derive from the tool name, are unique in a flow, and a task holds
+        none itself (its flow gives it one)."""
+        tasks = [other() for _ in range(5)]
+        assert all(t.id is None for t in tasks)
+        assert list(materialize(flowdsl.parallel(*tasks)).tasks) == [
+            "other", "other_2", "other_3", "other_4", "other_5"]
 
     def test_explicit_id(self) -> None:
         """.named() sets the id."""
@@ -292,7 +294,7 @@ class TestReferences:
         a = step().named("a")
         b = other(a).named("b")
         g = materialize(b)
-        assert list(g.tasks) == ["b", "a"]
+        assert list(g.tasks) == ["a", "b"]  # what an argument refers to comes first
         assert g.preds["b"] == {"a": None}
         assert b.upstream == (a,)
 
@@ -423,11 +425,13 @@ class TestFlow:
         assert repr(f) == "<Flow 'etl': 2 tasks, 1 edges>"
 
     def test_flow_embedded(self) -> None:
-        """A Flow composes into a larger flow like its fragment."""
+        """A Flow composes into a larger flow like its fragment; its tasks' ids get its name
+        as a prefix."""
         a, b, c = _nodes("a", "b", "c")
         inner = Flow("inner", a | b)
-        assert _edges(inner >> c) == {("a", "c"), ("b", "c")}
+        assert _edges(inner >> c) == {("inner.a", "c"), ("inner.b", "c")}
         assert _edges(Flow("outer", [c, inner])) == set()
+        assert list(materialize(Flow("outer", [c, inner])).tasks) == ["c", "inner.a", "inner.b"]
 
     def test_flow_name_required(self) -> None:
         """A Flow needs a non-empty name."""

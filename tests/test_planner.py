@@ -248,7 +248,7 @@ class TestCycles:
         b = work(a).named("b")
         with pytest.raises(CycleError) as info:
             plan(b >> a)
-        assert info.value.cycle == ["b", "a", "b"]
+        assert info.value.cycle == ["a", "b", "a"]  # a, referred to by b, is placed first
 
     def test_no_cycle_resolver(self) -> None:
         """An acyclic resolver graph has no cycles and sorts."""

@@ -18,6 +18,7 @@ __all__ = [
     "ExecutionError",
     "FlowError",
     "HistoryError",
+    "MissingContextError",
     "PlanError",
     "PlanValidationError",
     "ResourceError",
@@ -26,6 +27,7 @@ __all__ = [
     "RunTimeout",
     "SerializationError",
     "TaskFailed",
+    "TaskInputError",
     "TaskTimeout",
     "ToolDefinitionError",
 ]
@@ -107,6 +109,19 @@ class ResourceError(PlanError):
         self.pool = pool
 
 
+class MissingContextError(PlanError):
+    """Raised when a run starts without context keys that tasks read with ``ctx(key)`` and no
+    default (and that no task's ``to_context`` writes); nothing has run.
+
+    Attributes:
+        missing: each missing key -> the ids of the tasks that read it.
+    """
+
+    def __init__(self, msg: str, missing: dict[str, list[str]]) -> None:
+        super().__init__(msg)
+        self.missing = missing
+
+
 class PlanValidationError(PlanError):
     """Raised when a workflow document has problems; ``.problems`` lists every one of them.
 
@@ -137,6 +152,14 @@ class TaskFailed(ExecutionError):
         super().__init__(msg)
         self.task_id = task_id
         self.attempts = attempts
+
+
+class TaskInputError(ExecutionError):
+    """Raised inside a run when a task cannot be given its inputs or cannot store its output:
+    a projection ``task["k"]`` finds no such key, ``ctx("k")`` finds no such context key, its
+    condition raised, or ``to_context`` maps a key the output lacks. It is a problem of the
+    flow's wiring, so it is never retried; the task's :class:`TaskFailed` has it as
+    ``__cause__``."""
 
 
 class TaskTimeout(TaskFailed, TimeoutError):

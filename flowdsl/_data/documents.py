@@ -565,29 +565,30 @@ def _unwritable(task_id: str, what: str) -> CompositionError:
     return CompositionError(msg)
 
 
-def _to_data(value: Any, task_id: str, where: str) -> Any:
-    """An argument value as document data (references as ``$task`` / ``$ctx`` objects)."""
+def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task, str]) -> Any:
+    """An argument value as document data (references as ``$task`` / ``$ctx`` objects, by
+    the ids of the plan, ``ids``)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Task):
-        return {"$task": value.id}
+        return {"$task": ids[value]}
     if isinstance(value, Ref):
-        return {"$task": value.task.id, "path": list(value.path)}
+        return {"$task": ids[value.task], "path": list(value.path)}
     if isinstance(value, CtxRef):
         out: dict[str, Any] = {"$ctx": value.key}
         if value.default is not _GRAPH_MISSING:
-            out["default"] = _to_data(value.default, task_id, where)
+            out["default"] = _to_data(value.default, task_id, where, ids)
         return out
     if isinstance(value, enum.Enum):
-        return _to_data(value.value, task_id, where)
+        return _to_data(value.value, task_id, where, ids)
     if isinstance(value, (list, tuple)):
-        return [_to_data(v, task_id, f"{where}[{k}]") for k, v in enumerate(value)]
+        return [_to_data(v, task_id, f"{where}[{k}]", ids) for k, v in enumerate(value)]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        data = {k: _to_data(v, task_id, _path(where, k)) for k, v in value.items()}
+        data = {k: _to_data(v, task_id, _path(where, k), ids) for k, v in value.items()}
         # A plain dict that looks like a reference is written quoted, so it loads as itself.
         return {"$literal": data} if any(k.startswith("$") for k in data) else data
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_data(getattr(value, f.name), task_id, _path(where, f.name))
+        return {f.name: _to_data(getattr(value, f.name), task_id, _path(where, f.name), ids)
                 for f in dataclasses.fields(value)}
     dump = getattr(type(value), "model_dump", None)  # a pydantic model
     if callable(dump):
@@ -595,48 +596,48 @@ def _to_data(value: Any, task_id: str, where: str) -> Any:
     raise _unwritable(task_id, f"argument {where} is a {type(value).__name__}")
 
 
-def _condition_data(t: Task, names: Mapping[int, str]) -> Any:
+def _condition_data(t: Task, tid: str, names: Mapping[int, str]) -> Any:
     cond = t.condition
     if isinstance(cond, Condition):
         return cond.spec
     name = names.get(id(cond))
     if name is None:
-        raise _unwritable(t.id, "its condition is a Python callable (register it with "
+        raise _unwritable(tid, "its condition is a Python callable (register it with "
                           "registry.predicate to name it)")
     return name
 
 
-def _task_data(t: Task, preds: tuple[str, ...], registry: ToolRegistry,
-               names: Mapping[int, str]) -> dict[str, Any]:
+def _task_data(tid: str, t: Task, preds: tuple[str, ...], registry: ToolRegistry,
+               names: Mapping[int, str], ids: Mapping[Task, str]) -> dict[str, Any]:
     from .schema import params
 
     if t.stage_param is not None:
-        raise _unwritable(t.id, "it is a pipeline stage fed by the previous stage")
+        raise _unwritable(tid, "it is a pipeline stage fed by the previous stage")
     tool_name = next((k for k, v in registry.items() if v.fn is t.tool.fn), t.tool.name)
     named = [p.name for p in params(t.tool)[0]]
     if len(t.args) > len(named):
-        raise _unwritable(t.id, "it takes extra positional arguments (*args)")
+        raise _unwritable(tid, "it takes extra positional arguments (*args)")
     args = {**dict(zip(named, t.args)), **t.kwargs}
     fan = t.fan
     mapped = args.pop(fan.params[0]) if fan is not None else None
     if fan is not None and len(fan.params) > 1:
-        raise _unwritable(t.id, "it maps keyword arguments with each()")
-    out: dict[str, Any] = {"id": t.id, "tool": tool_name,
-                           "args": {k: _to_data(v, t.id, k) for k, v in args.items()}}
+        raise _unwritable(tid, "it maps keyword arguments with each()")
+    out: dict[str, Any] = {"id": tid, "tool": tool_name,
+                           "args": {k: _to_data(v, tid, k, ids) for k, v in args.items()}}
     if fan is not None:
-        out["map"] = _to_data(mapped, t.id, "map")
+        out["map"] = _to_data(mapped, tid, "map", ids)
         if fan.max_parallel is not None:
             out["max_parallel"] = fan.max_parallel
         if fan.limit != DEFAULT_MAP_LIMIT:
             out["max_children"] = fan.limit
-    implied = {u.id for u in t.upstream}
+    implied = {ids[u] for u in t.upstream}
     deps = [p for p in preds if p not in implied]
     if deps:
         out["depends_on"] = deps
     spec, base = t.spec, t.tool.spec
     for key in ("retry_on", "rollback", "executor", "expected_duration"):
         if getattr(spec, key) != getattr(base, key):
-            raise _unwritable(t.id, f"it overrides {key!r}")
+            raise _unwritable(tid, f"it overrides {key!r}")
     for key in OPTIONS:
         value = getattr(spec, key)
         if value != getattr(base, key):
@@ -645,7 +646,7 @@ def _task_data(t: Task, preds: tuple[str, ...], registry: ToolRegistry,
     if t.trigger != "all_success":
         out["trigger"] = t.trigger
     if t.condition is not None:
-        out["when"] = _condition_data(t, names)
+        out["when"] = _condition_data(t, tid, names)
     if t.to_context_map is not None:
         m = t.to_context_map
         out["to_context"] = m if isinstance(m, str) else dict(m)
@@ -674,7 +675,8 @@ def flow_to_dict(flow: Any, registry: ToolRegistry | None = None) -> dict[str, A
         if value:
             doc[key] = dict(value) if isinstance(value, Mapping) else value
     if "context" in doc:
-        doc["context"] = {k: _to_data(v, "<context>", k) for k, v in doc["context"].items()}
-    doc["tasks"] = [_task_data(p.tasks[i], p.predecessors[i], registry, names)
+        doc["context"] = {k: _to_data(v, "<context>", k, p.ids)
+                          for k, v in doc["context"].items()}
+    doc["tasks"] = [_task_data(i, p.tasks[i], p.predecessors[i], registry, names, p.ids)
                     for i in p.order]
     return doc

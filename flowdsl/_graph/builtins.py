@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._base.errors import CompositionError
-from .task import Fragment, Guard, Ref, Task, _auto_id, parallel, then
+from .task import Fragment, Guard, Ref, Task, parallel, then
 from .tool import tool
 
 __all__ = ["branch", "gate", "switch"]
@@ -24,12 +24,13 @@ def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
     branch is reached, ``else_`` otherwise; the path not taken is skipped.
 
     Both paths start after a tiny gate task, so the skip propagates through the usual trigger
-    rules and shows in the graph.
+    rules and shows in the graph. The gates get automatic ids made from ``name``
+    (``branch_if``, ``branch_else``; numbered like any id when a flow has several).
     """
-    yes = gate.stage(label=f"if {name}").named(_auto_id(f"{name}_if")).when(predicate)
+    yes = gate.stage(label=f"if {name}")._replace(stem=f"{name}_if").when(predicate)
     paths: list[Any] = [then(yes, then_)]
     if else_ is not None:
-        no = gate.stage(label=f"else {name}").named(_auto_id(f"{name}_else")).when(
+        no = gate.stage(label=f"else {name}")._replace(stem=f"{name}_else").when(
             lambda c: not predicate(c))
         paths.append(then(no, else_))
     return parallel(*paths)
@@ -56,7 +57,6 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
     if not isinstance(cases, Mapping) or not cases:
         msg = f"switch(cases=...) expects a non-empty mapping of value -> path, got {cases!r}"
         raise CompositionError(msg)
-    base = _auto_id(name) if name == "switch" else name  # a given name is used as it is
     keys = list(cases)
 
     def why(on_name: str, value: Any) -> str:
@@ -65,11 +65,14 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
         return f"switch on {on_name} matched no case (got {value!r})"[:200]
 
     def case(label: str, test: Callable[[Any], Any], path: Any) -> Fragment:
-        g = gate(on, label=label).named(label)._guarded(Guard(on, test, why, inherit=True))
-        return then(g, path)
+        g = gate(on, label=label)
+        # A given name is used as it is; the default one is an automatic id, numbered by the
+        # flow (switch['b'], then switch['b']_2 for a second switch).
+        g = g._replace(stem=label) if name == "switch" else g.named(label)
+        return then(g._guarded(Guard(on, test, why, inherit=True)), path)
 
-    paths = [case(f"{base}[{key!r}]", lambda v, k=key: v == k, path)
+    paths = [case(f"{name}[{key!r}]", lambda v, k=key: v == k, path)
              for key, path in cases.items()]
     if default is not None:
-        paths.append(case(f"{base}[default]", lambda v: all(v != k for k in keys), default))
+        paths.append(case(f"{name}[default]", lambda v: all(v != k for k in keys), default))
     return parallel(*paths)

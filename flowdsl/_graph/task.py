@@ -5,14 +5,20 @@ Composition is O(1) per operator: a Fragment is an immutable tree over its parts
 edges only when needed (:func:`materialize`), iteratively, so a deep tree needs no recursion.
 
 Node identity: the same Task object used twice is one node; two different Task objects with
-the same id in one flow are an error (:class:`~flowdsl.DuplicateTaskError`).
+the same explicit id in one flow are an error (:class:`~flowdsl.DuplicateTaskError`).
+
+Ids: a Task holds only the id given with ``.named()`` (else ``None``); a Task is immutable and
+may sit in several flows, so the id of an unnamed task is the flow's business. It is given when
+the flow is materialized, from the flow's structure alone: the tool's name, numbered among the
+tasks of that name in the order a walk of the expression first meets them (``fetch``,
+``fetch_2``), skipping every explicit id; tasks inside an embedded :class:`Flow` get its name as
+a prefix (``ingest.fetch``). The same flow built again, in any process, gets the same ids.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Generic, NoReturn, TypeVar
 
 from .._base import hooks
 from .._base.errors import CompositionError, DuplicateTaskError
@@ -23,15 +29,83 @@ __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Tas
            "each", "materialize", "parallel"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
-_id_counts: dict[str, itertools.count[int]] = {}
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
+R_co = TypeVar("R_co", covariant=True)
 
 
-def _auto_id(name: str) -> str:
-    # next() on an itertools.count is atomic, so ids stay unique across threads.
-    counter = _id_counts.get(name) or _id_counts.setdefault(name, itertools.count(1))
-    n = next(counter)
-    return name if n == 1 else f"{name}_{n}"
+# -- guard rails: a Task or a projection stands for a value that exists only at run time ------
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "matmul": "@", "truediv": "/",
+           "floordiv": "//", "mod": "%", "divmod": "divmod()", "pow": "**", "lshift": "<<",
+           "and": "&", "xor": "^"}
+_UNARY = {"neg": "unary -", "pos": "unary +", "abs": "abs()", "invert": "~", "int": "int()",
+          "float": "float()", "complex": "complex()", "index": "an index", "round": "round()"}
+_ORDER = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+
+
+def _describe(value: Any) -> str:
+    what = f"the projection {value!r}" if isinstance(value, Ref) else f"task {value._label!r}"
+    return f"{what} stands for a value that exists only when the flow runs"
+
+
+def _expr_of(value: Any) -> str:
+    return repr(value) if isinstance(value, Ref) else value._label
+
+
+def _refuse_op(symbol: str) -> Callable[..., NoReturn]:
+    def refuse(self: Any, *other: Any) -> NoReturn:
+        msg = (f"cannot use {symbol} on a flowdsl placeholder: {_describe(self)}. Write a "
+               "tool that computes with the value and pass the task to it: "
+               f"compute({_expr_of(self)}) runs compute on the value once it exists")
+        raise CompositionError(msg)
+
+    return refuse
+
+
+def _refuse_order(symbol: str) -> Callable[..., NoReturn]:
+    def refuse(self: Any, other: Any) -> NoReturn:
+        msg = (f"cannot compare with {symbol}: {_describe(self)}. To decide at run time, put "
+               ".when(...) on the task that should depend on it, or write a tool that "
+               f"compares and pass the task to it: check({_expr_of(self)})")
+        raise CompositionError(msg)
+
+    return refuse
+
+
+def _no_iter(self: Any) -> NoReturn:
+    msg = (f"cannot iterate: {_describe(self)}. To run a tool on each element, map it: "
+           f"the_tool.map({_expr_of(self)}); to work on the whole list, write a tool that "
+           f"takes it: the_tool({_expr_of(self)})")
+    raise CompositionError(msg)
+
+
+def _no_len(self: Any) -> NoReturn:
+    msg = (f"len() is not known yet: {_describe(self)}. Write a tool that takes the value "
+           f"(count({_expr_of(self)}) with @tool def count(rows): return len(rows)), or map "
+           f"over it: the_tool.map({_expr_of(self)})")
+    raise CompositionError(msg)
+
+
+def _no_format(self: Any, spec: str) -> NoReturn:
+    msg = (f"cannot format into a string (f-string or format()): {_describe(self)}. Pass the "
+           "task to a tool that builds the text: "
+           f"greet({_expr_of(self)}) with @tool def greet(name): return f'hello {{name}}'")
+    raise CompositionError(msg)
+
+
+def _guard(cls: type, binary: Mapping[str, str]) -> None:
+    """Give ``cls`` the operators a user may try on a value (arithmetic, ordering, iteration,
+    ``len``, formatting), each raising at once with what to write instead. ``==``, ``!=`` and
+    hashing keep their identity meaning: sets and dicts of tasks rely on them."""
+    for name, symbol in binary.items():
+        setattr(cls, f"__{name}__", _refuse_op(symbol))
+        setattr(cls, f"__r{name}__", _refuse_op(symbol))
+    for name, symbol in _UNARY.items():
+        setattr(cls, f"__{name}__", _refuse_op(symbol))
+    for name, symbol in _ORDER.items():
+        setattr(cls, f"__{name}__", _refuse_order(symbol))
+    cls.__iter__ = _no_iter  # type: ignore[attr-defined]
+    cls.__len__ = _no_len  # type: ignore[attr-defined]
+    cls.__format__ = _no_format  # type: ignore[method-assign]
 
 
 class Ref:
@@ -47,7 +121,7 @@ class Ref:
         return Ref(self.task, (*self.path, key))
 
     def __repr__(self) -> str:
-        return self.task.id + "".join(f"[{k!r}]" for k in self.path)
+        return self.task._label + "".join(f"[{k!r}]" for k in self.path)
 
     def __bool__(self) -> bool:
         msg = "a flowdsl reference has no truth value; use .when() for conditions"
@@ -168,9 +242,10 @@ def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
     return Guard(on, lambda v: v == equals, lambda name, v: f"{name} gave {v!r}, not {equals!r}")
 
 
-def _scan(value: Any, out: list[Task]) -> bool:
+def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any]) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
-    argument walker knows); True if it holds any reference at all."""
+    argument walker knows), the context keys it reads without a default, and any Tool passed
+    uncalled; True if it holds any reference at all."""
     found = False
     for v in nodes(value):
         cls = v.__class__
@@ -182,6 +257,8 @@ def _scan(value: Any, out: list[Task]) -> bool:
             found = True
         elif cls is CtxRef:
             found = True
+            if v.default is _MISSING:
+                needs.append(v.key)
         elif cls is Each:
             msg = (f"{v!r} marks a mapped argument of tool.map(...); it cannot be used in a "
                    "plain tool call or inside another value")
@@ -190,7 +267,40 @@ def _scan(value: Any, out: list[Task]) -> bool:
             msg = (f"{v!r} was passed as an argument; pass the task whose output you want "
                    "(a flow's last task), and compose the flow with >>")
             raise CompositionError(msg)
+        elif type(v) is not cls and getattr(type(v), "_flowdsl_stage", False):
+            tools.append(v)  # a proxy (a Tool) reports its function's class: only they differ
     return found
+
+
+def _callable_param(tool: ToolLike, param: str) -> bool:
+    """Whether ``param`` of ``tool`` is annotated as taking a callable (then a Tool is a fine
+    argument value: the function itself is wanted)."""
+    p = tool.signature.parameters.get(param)
+    if p is None or p.annotation is p.empty:
+        return False
+    try:
+        import typing
+
+        hint: Any = typing.get_type_hints(tool.fn).get(param, p.annotation)
+    except Exception:  # an annotation that does not evaluate: read its text
+        hint = p.annotation
+    return "Callable" in str(hint) or hint is callable
+
+
+def _refuse_tools(tool: ToolLike, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Raise for a Tool passed uncalled as an argument, unless its parameter takes a callable
+    (only reached when one was found, so binding again here costs nothing in the usual case)."""
+    bound = tool.signature.bind_partial(*args, **kwargs).arguments
+    for param, value in bound.items():
+        found: list[Any] = []
+        _scan(value, [], [], found)
+        if found and not _callable_param(tool, param):
+            name = found[0].name
+            msg = (f"cannot call tool {tool.name!r}: argument {param!r} is the tool {name!r} "
+                   f"itself, not a task; did you mean {name}()? A tool runs only when called "
+                   f"({name}(...) makes a task whose output is passed in); to pass the function "
+                   f"itself, annotate {param!r} as a Callable")
+            raise CompositionError(msg)
 
 
 def _bind_plain(tool: ToolLike, plain: tuple[tuple[str, ...], frozenset[str], int],
@@ -235,6 +345,14 @@ def _bind_inspect(tool: ToolLike, args: tuple[Any, ...], kwargs: dict[str, Any],
                    "to receive the previous stage's output")
             raise CompositionError(msg)
         stage_param = free[0].name
+        rest = [p.name for p in free[1:] if p.default is p.empty]
+        if rest:
+            every = ", ".join(f"{n}=..." for n in (stage_param, *rest))
+            msg = (f"tool {tool.name!r} used as a pipeline stage receives one value (the "
+                   f"previous stage's output, as {stage_param!r}) but also needs "
+                   f"{', '.join(rest)}; call it: {tool.name}({every}), or bind the rest and "
+                   f"keep it a stage: {tool.name}.stage({', '.join(f'{n}=...' for n in rest)})")
+            raise CompositionError(msg)
     return ba.args, ba.kwargs, stage_param
 
 
@@ -274,14 +392,21 @@ class _Composable:
         return hooks.get("to_dot")(self.plan())
 
 
-class Task(_Composable):
+class Task(_Composable, Generic[R_co]):
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
-    returns a new Task with the same id."""
+    returns a new Task (with the same explicit id, if it has one).
 
-    __slots__ = ("args", "condition", "dynamic", "fan", "guards", "id", "kwargs", "spec",
-                 "stage_param", "to_context_map", "tool", "trigger", "upstream")
+    ``id`` is the id given with :meth:`named`, else ``None``: the id of an unnamed task is
+    given by the flow it is planned in (see the module docstring); ``plan.id_of(task)`` and
+    ``result.id_of(task)`` tell it.
+    """
 
-    id: str
+    __slots__ = ("args", "condition", "dynamic", "fan", "guards", "id", "kwargs", "needs", "spec",
+                 "stage_param", "stem", "to_context_map", "tool", "trigger", "upstream")
+
+    id: str | None
+    stem: str  # what an automatic id is made from: the tool's name
+    needs: tuple[str, ...]  # context keys the arguments read with no default
     tool: ToolLike
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -297,7 +422,7 @@ class Task(_Composable):
 
     @classmethod
     def _bind(cls, tool: ToolLike, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-              partial: bool) -> Task:
+              partial: bool) -> Task[Any]:
         plain = tool._self_plain  # set when the signature has only plain parameters
         if plain is not None and not partial:
             bound = _bind_plain(tool, plain, args, kwargs)
@@ -305,14 +430,20 @@ class Task(_Composable):
         else:
             args, kwargs, stage_param = _bind_inspect(tool, args, kwargs, partial)
         refs: list[Task] = []
-        dynamic = _scan(args, refs) if args else False
+        needs: list[str] = []
+        tools: list[Any] = []
+        dynamic = _scan(args, refs, needs, tools) if args else False
         for v in kwargs.values():
             if v.__class__ not in _ATOMS:  # only then can it hold a reference: scan it all
-                dynamic = _scan(kwargs, refs) or dynamic
+                dynamic = _scan(kwargs, refs, needs, tools) or dynamic
                 break
+        if tools:
+            _refuse_tools(tool, args, kwargs)
         t = object.__new__(_NewTask)
         t.spec = spec = tool._self_spec
-        t.id = _auto_id(spec.name)
+        t.id = None
+        t.stem = spec.name
+        t.needs = tuple(dict.fromkeys(needs)) if needs else ()
         t.tool = tool
         t.args = args
         t.kwargs = kwargs
@@ -327,18 +458,24 @@ class Task(_Composable):
         t.__class__ = Task  # sealed from here on: Task.__setattr__ refuses changes
         return t
 
-    def _replace(self, **changes: Any) -> Task:
+    def _replace(self, **changes: Any) -> Task[R_co]:
         t = object.__new__(_NewTask)
         for slot in Task.__slots__:
             setattr(t, slot, changes.get(slot, getattr(self, slot)))
         t.__class__ = Task
-        return t
+        return t  # type: ignore[return-value]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        msg = f"Task {self.id!r} is immutable; use .named(), .when() or .with_options()"
+        msg = f"Task {self._label!r} is immutable; use .named(), .when() or .with_options()"
         raise AttributeError(msg)
 
-    def named(self, task_id: str) -> Task:
+    @property
+    def _label(self) -> str:
+        """The explicit id, else the tool's name: how messages name a task before it has a
+        flow (and so an id)."""
+        return self.id if self.id is not None else self.stem
+
+    def named(self, task_id: str) -> Task[R_co]:
         """The same task under the id ``task_id``."""
         if not isinstance(task_id, str) or not task_id:
             msg = f"task id must be a non-empty string, got {task_id!r}"
@@ -346,7 +483,7 @@ class Task(_Composable):
         return self._replace(id=task_id)
 
     def when(self, predicate: Callable[..., Any] | None = None, *,
-             on: Task | Ref | None = None, equals: Any = _MISSING) -> Task:
+             on: Task | Ref | None = None, equals: Any = _MISSING) -> Task[R_co]:
         """Run only if the condition holds when the task is ready; else skip it (and, by
         default, the tasks downstream of it).
 
@@ -354,19 +491,19 @@ class Task(_Composable):
         ``predicate(output of task)``; ``.when(on=task, equals=value)`` tests
         ``output == value``. A task named by ``on`` runs before this one.
         """
-        guard = _condition(f"task {self.id!r}", predicate, on, equals)
+        guard = _condition(f"task {self._label!r}", predicate, on, equals)
         if guard is not None:
             return self._guarded(guard)
         old = self.condition
         cond = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
         return self._replace(condition=cond)
 
-    def _guarded(self, guard: Guard) -> Task:
+    def _guarded(self, guard: Guard) -> Task[R_co]:
         up = guard.on if isinstance(guard.on, Task) else guard.on.task
         upstream = self.upstream if up in self.upstream else (*self.upstream, up)
         return self._replace(guards=(*self.guards, guard), upstream=upstream)
 
-    def to_context(self, mapping: str | Mapping[str, str]) -> Task:
+    def to_context(self, mapping: str | Mapping[str, str]) -> Task[R_co]:
         """Store the output in the run context: all of it under a key (``"key"``), or some of
         its keys (``{"output_key": "context_key"}``)."""
         if isinstance(mapping, str):
@@ -374,35 +511,35 @@ class Task(_Composable):
         if isinstance(mapping, Mapping) and all(isinstance(k, str) and isinstance(v, str)
                                                 for k, v in mapping.items()):
             return self._replace(to_context_map=dict(mapping))
-        msg = (f"task {self.id!r}: .to_context() expects a key or a mapping of output key -> "
+        msg = (f"task {self._label!r}: .to_context() expects a key or a mapping of output key -> "
                f"context key, got {mapping!r}")
         raise CompositionError(msg)
 
-    def with_options(self, *, trigger: str | None = None, **options: Any) -> Task:
+    def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
         ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
         ``rollback``) and set its ``trigger`` rule. A mapped task also takes
         ``max_parallel`` (most children running at once) and ``max_children`` (the fan-out
         limit, default 10,000)."""
         if "name" in options or "description" in options:
-            msg = f"task {self.id!r}: use .named() to rename a task"
+            msg = f"task {self._label!r}: use .named() to rename a task"
             raise CompositionError(msg)
         changes: dict[str, Any] = {}
         fan_opts = {k: options.pop(k) for k in _FAN_OPTIONS if k in options}
         if fan_opts:
             if self.fan is None:
-                msg = (f"task {self.id!r}: {', '.join(fan_opts)} applies to a mapped task "
+                msg = (f"task {self._label!r}: {', '.join(fan_opts)} applies to a mapped task "
                        "(tool.map(...)) only")
                 raise CompositionError(msg)
-            changes["fan"] = self.fan.evolve(self.id, **fan_opts)
+            changes["fan"] = self.fan.evolve(self._label, **fan_opts)
         if options:
             changes["spec"] = self.spec.evolve(**options)
         if trigger is not None:
-            changes["trigger"] = _trigger(f"task {self.id!r}", trigger)
+            changes["trigger"] = _trigger(f"task {self._label!r}", trigger)
         return self._replace(**changes)
 
     @classmethod
-    def _map(cls, tool: ToolLike, values: Any, kwargs: dict[str, Any]) -> Task:
+    def _map(cls, tool: ToolLike, values: Any, kwargs: dict[str, Any]) -> Task[Any]:
         """``tool.map(values, **kwargs)``: one task that runs the tool once per element."""
         params = tool.signature.parameters
         first = next(iter(params.values()), None)
@@ -429,9 +566,10 @@ class Task(_Composable):
         return Ref(self, (key,))
 
     def __repr__(self) -> str:
-        deps = ", ".join(t.id for t in self.upstream)
+        deps = ", ".join(t._label for t in self.upstream)
+        name = repr(self.id) if self.id is not None else "(automatic id)"
         kind = "mapped tool" if self.fan is not None else "tool"
-        return f"<Task {self.id!r} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
+        return f"<Task {name} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
 
 
 _FAN_OPTIONS = ("max_parallel", "max_children")
@@ -444,13 +582,15 @@ def _trigger(owner: str, trigger: Any) -> str:
     return str(trigger)
 
 
-class _NewTask(Task):
+class _NewTask(Task[Any]):
     """A Task under construction; its class becomes Task once every slot is set."""
 
     __slots__ = ()
     __setattr__ = object.__setattr__
 
 
+_guard(Task, _BINARY)
+_guard(Ref, {**_BINARY, "rshift": ">>", "or": "|"})  # a projection is an argument, not a stage
 
 
 class Unit:
@@ -554,10 +694,11 @@ class Fragment(_Composable, _Grouped):
     """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``); with
     ``.when()``/``.with_options()`` the group runs as one unit."""
 
-    __slots__ = ("_graph", "kind", "parts", "unit")
+    __slots__ = ("_graph", "kind", "ns", "parts", "unit")
 
     def __init__(self, kind: str, parts: tuple[Task | Fragment, ...],
-                 unit: Unit | None = None) -> None:
+                 unit: Unit | None = None, ns: str | None = None) -> None:
+        self.ns = ns  # an embedded Flow's name: its tasks' ids get it as a prefix
         self.kind = kind
         self.parts = parts
         self.unit = unit
@@ -567,7 +708,7 @@ class Fragment(_Composable, _Grouped):
         return self.unit or Unit(f"({_expr(self, 4)})")
 
     def _with_unit(self, unit: Unit) -> Fragment:
-        return Fragment(self.kind, self.parts, unit)
+        return Fragment(self.kind, self.parts, unit, self.ns)
 
     def __repr__(self) -> str:
         return f"<Fragment {_expr(self)}: {_counts(self)}>"
@@ -595,7 +736,7 @@ def _expr(root: Task | Fragment, limit: int = 12) -> str:
         item, parent, first = entry
         if isinstance(item, Task):
             shown += 1
-            out.append(item.id if shown <= limit else "")
+            out.append(item._label if shown <= limit else "")
             if shown == limit + 1:
                 out.append("...")
             continue
@@ -714,14 +855,14 @@ class Flow(_Composable, _Grouped):
         f._as_part = None
         return f
 
-    def _part(self) -> Task | Fragment:
-        """What the flow is inside a composition: its fragment, wrapped as a group when it
-        is a unit or brings context defaults (built once: a Fragment caches its graph)."""
-        if self.unit is None and not self.context:
-            return self.fragment
+    def _part(self) -> Fragment:
+        """What the flow is inside a composition: its fragment wrapped with its name (the
+        prefix of its tasks' ids, when embedded), as a group when it is a unit or brings
+        context defaults (built once: a Fragment caches its graph)."""
         if self._as_part is None:
-            unit = (self.unit or Unit(self.name)).evolve(context=self.context)
-            self._as_part = Fragment("then", (self.fragment,), unit)
+            unit = (None if self.unit is None and not self.context else
+                    (self.unit or Unit(self.name)).evolve(context=self.context))
+            self._as_part = Fragment("then", (self.fragment,), unit, self.name)
         return self._as_part
 
     def __repr__(self) -> str:
@@ -739,18 +880,22 @@ class Graph:
     """A flattened composition: tasks in insertion order and each task's predecessors.
 
     Attributes:
-        tasks: id -> Task, in the order the tasks appear in the expression.
+        tasks: id -> Task, dependencies before the tasks whose arguments refer to them, else
+            in the order the tasks appear in the expression.
+        ids: Task -> its id in this graph (the inverse of ``tasks``).
         preds: id -> predecessor ids (argument references first, then ``>>`` edges, each in
             the order it was written).
         sources / sinks: the ids of the composition's first / last tasks (those ``>>`` links
             to); computed on first use, as planning does not need them.
     """
 
-    __slots__ = ("_ropes", "_sinks", "_sources", "groups", "preds", "tasks")
+    __slots__ = ("_ropes", "_sinks", "_sources", "groups", "ids", "preds", "tasks")
 
-    def __init__(self, tasks: dict[str, Task], preds: dict[str, dict[str, None]],
-                 src: Any, snk: Any, groups: tuple[Group, ...] = ()) -> None:
+    def __init__(self, tasks: dict[str, Task], ids: dict[Task, str],
+                 preds: dict[str, dict[str, None]], src: Any, snk: Any,
+                 groups: tuple[Group, ...] = ()) -> None:
         self.tasks = tasks
+        self.ids = ids
         self.preds = preds
         self.groups = groups  # the units (Fragments and Flows with unit options), inner first
         self._ropes = (src, snk)
@@ -760,13 +905,15 @@ class Graph:
     @property
     def sources(self) -> list[str]:
         if self._sources is None:
-            self._sources = list(dict.fromkeys([t.id for t in _flat(self._ropes[0])]))
+            ids = self.ids
+            self._sources = list(dict.fromkeys([ids[t] for t in _flat(self._ropes[0])]))
         return self._sources
 
     @property
     def sinks(self) -> list[str]:
         if self._sinks is None:
-            self._sinks = list(dict.fromkeys([t.id for t in _flat(self._ropes[1])]))
+            ids = self.ids
+            self._sinks = list(dict.fromkeys([ids[t] for t in _flat(self._ropes[1])]))
         return self._sinks
 
 
@@ -774,6 +921,7 @@ class Graph:
 # left unflattened so that ``|`` over a big group costs O(1) (see materialize).
 Rope = Any
 _EXIT: Any = object()  # marks, on materialize's stack, that the fragment below it is complete
+_LEAVE: Any = object()  # marks, on materialize's stack, that the embedded flow below is complete
 
 
 def _flat(rope: Any) -> list[Task]:
@@ -810,94 +958,173 @@ def _who(t: Task) -> str:
     return f"{t.tool.name} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
 
 
-def _add(task: Task, tasks: dict[str, Task], preds: dict[str, dict[str, None]]) -> None:
-    """Add ``task`` and, iteratively, the tasks its arguments refer to."""
-    todo = [task]
-    while todo:
-        t = todo.pop()
-        seen = tasks.get(t.id)
-        if seen is t:
-            continue
-        if seen is not None:
-            msg = (f"two different tasks in one flow are named {t.id!r}: tools {_who(seen)} "
-                   f"and {_who(t)}; use .named() to tell them apart")
-            raise DuplicateTaskError(msg, t.id)
-        tasks[t.id] = t
-        if t.upstream:
-            preds[t.id] = dict.fromkeys([up.id for up in t.upstream])
-            todo.extend(reversed(t.upstream))
+class _Clash(Exception):
+    """An explicit id met after an automatic id took it: materialize again, reserving it."""
+
+
+class _Builder:
+    """One walk of a composition: gives each task its id and records the edges.
+
+    Ids come from the walk alone (never from what else the process built): an explicit id
+    as given, an automatic one the stem numbered by first appearance, skipping ``reserved``
+    (the explicit ids of the flow, known after a walk met one too late) and every id taken.
+    """
+
+    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "preds", "reserved", "tasks")
+
+    def __init__(self, reserved: frozenset[str]) -> None:
+        self.tasks: dict[str, Task] = {}
+        self.ids: dict[Task, str] = {}
+        self.preds: dict[str, dict[str, None]] = {}
+        self.counts: dict[str, int] = {}  # stem -> the last number given to it
+        self.flows: dict[str, int] = {}  # the same for the names of embedded flows
+        self.explicit: set[str] = set()  # the explicit ids met
+        self.clashed = False
+        self.reserved = reserved
+
+    def place(self, t: Task, prefix: str) -> str:
+        """Give ``t`` (not yet in the graph) its id and add it."""
+        tasks = self.tasks
+        key = t.id
+        if key is None:
+            stem = prefix + t.stem if prefix else t.stem
+            n = self.counts.get(stem)
+            if n is None and stem not in tasks and stem not in self.reserved:
+                key, n = stem, 1
+            else:
+                n = n or 1
+                while True:
+                    n += 1
+                    key = f"{stem}_{n}"
+                    if key not in tasks and key not in self.reserved:
+                        break
+            self.counts[stem] = n
         else:
-            preds[t.id] = {}
+            if prefix:
+                key = prefix + key
+            self.explicit.add(key)
+            held = tasks.get(key)
+            if held is not None:
+                if held.id is not None:
+                    msg = (f"two different tasks in one flow are named {key!r}: tools "
+                           f"{_who(held)} and {_who(t)}; use .named() to tell them apart")
+                    raise DuplicateTaskError(msg, key)
+                # An automatic id took it, but explicit ids win: this walk will be redone
+                # with every explicit id reserved; go on to learn them all.
+                self.clashed = True
+                key = f"{key}\0{len(tasks)}"
+        tasks[key] = t
+        self.ids[t] = key
+        return key
 
+    def add(self, task: Task, prefix: str) -> None:
+        """Add ``task`` and, first, the tasks its arguments refer to (iteratively)."""
+        ids = self.ids
+        todo: list[tuple[Task, bool]] = [(task, False)]
+        while todo:
+            t, ready = todo.pop()
+            if t in ids:
+                continue
+            if not ready:  # its references go first, so they are numbered first too
+                todo.append((t, True))
+                todo.extend([(u, False) for u in reversed(t.upstream) if u not in ids])
+                continue
+            key = self.place(t, prefix)
+            self.preds[key] = dict.fromkeys([ids[u] for u in t.upstream])
 
-def _link(left: Any, right: Any, preds: dict[str, dict[str, None]]) -> None:
-    """Edges from every task of rope ``left`` to every task of rope ``right``."""
-    lefts = [a.id for a in _flat(left)]
-    for b in _flat(right):
-        pb = preds[b.id]
-        for a in lefts:
-            pb[a] = None
+    def namespace(self, name: str, prefix: str) -> str:
+        """The prefix of the tasks inside an embedded flow: its name, numbered like an id
+        when another embedded flow of that name came first."""
+        base = prefix + name
+        n = self.flows.get(base, 0) + 1
+        self.flows[base] = n
+        return f"{base}." if n == 1 else f"{base}_{n}."
 
+    def group(self, frag: Fragment, sources: Any, prefix: str) -> Group:
+        """The group of a unit fragment whose parts are all materialized: its members (every
+        task composed inside it), its entry tasks, and edges from the tasks its conditions
+        read."""
+        unit = frag.unit
+        assert unit is not None
+        ids, preds = self.ids, self.preds
+        members: dict[str, None] = {}
+        stack: list[Any] = [frag]
+        while stack:
+            node = stack.pop()
+            if node.__class__ is Task:
+                members[ids[node]] = None
+            else:
+                stack.extend(reversed(node.parts))
+        entry = tuple(dict.fromkeys(ids[t] for t in _flat(sources)))
+        for g in unit.guards:  # the group waits for the tasks its conditions read
+            on = g.on if isinstance(g.on, Task) else g.on.task
+            self.add(on, prefix)
+            for s in entry:
+                if s != ids[on]:
+                    preds[s][ids[on]] = None
+        if unit.retries:
+            # A retried group runs as one piece once it is entered, so every input it takes
+            # from outside must be ready by then: its entry tasks wait for all of them. (The
+            # tasks `>>` links to the group later are linked to every entry task anyway.)
+            outside = [p for m in members for p in preds[m] if p not in members]
+            for s in entry:
+                for p in outside:
+                    preds[s][p] = None
+        return Group(unit, tuple(members), entry)
 
-def _group(frag: Fragment, sources: Any, tasks: dict[str, Task],
-           preds: dict[str, dict[str, None]]) -> Group:
-    """The group of a unit fragment whose parts are all materialized: its members (every task
-    composed inside it), its entry tasks, and edges from the tasks its conditions read."""
-    unit = frag.unit
-    assert unit is not None
-    members: dict[str, None] = {}
-    stack: list[Any] = [frag]
-    while stack:
-        node = stack.pop()
-        if node.__class__ is Task:
-            members[node.id] = None
-        else:
-            stack.extend(reversed(node.parts))
-    entry = tuple(dict.fromkeys(t.id for t in _flat(sources)))
-    for g in unit.guards:  # the group waits for the tasks its conditions read
-        on = g.on if isinstance(g.on, Task) else g.on.task
-        _add(on, tasks, preds)
-        for s in entry:
-            if s != on.id:
-                preds[s][on.id] = None
-    if unit.retries:
-        # A retried group runs as one piece once it is entered, so every input it takes
-        # from outside must be ready by then: its entry tasks wait for all of them. (The
-        # tasks `>>` links to the group later are linked to every entry task anyway.)
-        outside = [p for m in members for p in preds[m] if p not in members]
-        for s in entry:
-            for p in outside:
-                preds[s][p] = None
-    return Group(unit, tuple(members), entry)
+    def link(self, left: Any, right: Any) -> None:
+        """Edges from every task of rope ``left`` to every task of rope ``right``."""
+        ids, preds = self.ids, self.preds
+        lefts = [ids[a] for a in _flat(left)]
+        for b in _flat(right):
+            pb = preds[ids[b]]
+            for a in lefts:
+                pb[a] = None
 
 
 def materialize(item: Any) -> Graph:
     """Flatten a composition into tasks and edges, iteratively, in O(tasks + edges).
 
     One depth-first walk, left to right, adds the tasks in the order they appear in the
-    expression and links each ``>>`` once all of its parts are complete. The sources and
-    sinks of a ``|`` group are kept as ropes (tuples of its parts' ropes) rather than
-    concatenated lists, so a loop of ``flow = flow | t`` stays linear. A fragment used in
-    several places is walked once, and nothing in it is mutated.
+    expression (the tasks an argument refers to before the task itself) and links each ``>>``
+    once all of its parts are complete. The sources and sinks of a ``|`` group are kept as
+    ropes (tuples of its parts' ropes) rather than concatenated lists, so a loop of
+    ``flow = flow | t`` stays linear. A fragment used in several places is walked once, and
+    nothing in it is mutated.
+
+    Ids are given on the way (see the module docstring). Only when an explicit id turns up
+    after an automatic id took it is the walk done once more, with every explicit id reserved.
     """
     root = _coerce(item)
     if root.__class__ is Fragment and root._graph is not None:
         return root._graph
-    tasks: dict[str, Task] = {}
-    preds: dict[str, dict[str, None]] = {}
+    try:
+        g = _walk(root, frozenset())
+    except _Clash as clash:
+        g = _walk(root, frozenset(clash.args[0]))
+    if root.__class__ is Fragment:
+        root._graph = g
+    return g
+
+
+def _walk(root: Any, reserved: frozenset[str]) -> Graph:
+    b = _Builder(reserved)
+    tasks, ids, preds, place = b.tasks, b.ids, b.preds, b.place
     ends: dict[int, tuple[Any, Any]] = {}  # id(fragment) -> (sources rope, sinks rope)
     groups: list[Group] = []
+    prefix = ""
     stack: list[Any] = [root]
     pop, push, extend = stack.pop, stack.append, stack.extend
     while stack:
         node = pop()
-        if node.__class__ is Task:
-            seen = tasks.get(node.id)
-            if seen is None and not node.upstream:  # the common case, inlined
-                tasks[node.id] = node
-                preds[node.id] = {}
-            elif seen is not node:
-                _add(node, tasks, preds)
+        cls = node.__class__
+        if cls is Task:
+            if node in ids:
+                continue
+            if node.upstream:
+                b.add(node, prefix)
+            else:  # the common case, inlined
+                preds[place(node, prefix)] = {}
         elif node is _EXIT:  # every part of the fragment below is complete
             frag = pop()
             parts = frag.parts
@@ -908,9 +1135,9 @@ def materialize(item: Any) -> Graph:
                     p = parts[k]
                     src, snk = (p, p) if p.__class__ is Task else ends[id(p)]
                     if left.__class__ is Task and src.__class__ is Task:
-                        preds[src.id][left.id] = None
+                        preds[ids[src]][ids[left]] = None
                     else:
-                        _link(left, src, preds)
+                        b.link(left, src)
                     left = snk
                 ends[id(frag)] = (first, left)
             elif len(parts) == 2:
@@ -921,13 +1148,20 @@ def materialize(item: Any) -> Graph:
                 pairs = [(p, p) if p.__class__ is Task else ends[id(p)] for p in parts]
                 ends[id(frag)] = (tuple([s for s, _ in pairs]), tuple([s for _, s in pairs]))
             if frag.unit is not None:
-                groups.append(_group(frag, ends[id(frag)][0], tasks, preds))
-        elif id(node) not in ends:  # a fragment is never inside itself: no cycle check
+                groups.append(b.group(frag, ends[id(frag)][0], prefix))
+        elif node is _LEAVE:  # an embedded flow is complete: back to the enclosing prefix
+            prefix = pop()
+        elif id(node) in ends:  # walked already: a fragment is never inside itself
+            continue
+        else:
+            if node.ns is not None and node is not root:  # an embedded flow: a prefix
+                push(prefix)
+                push(_LEAVE)
+                prefix = b.namespace(node.ns, prefix)
             push(node)
             push(_EXIT)
             extend(node.parts[::-1])
+    if b.clashed:
+        raise _Clash(b.explicit)
     src, snk = (root, root) if root.__class__ is Task else ends[id(root)]
-    g = Graph(tasks, preds, src, snk, tuple(groups))
-    if root.__class__ is Fragment:
-        root._graph = g
-    return g
+    return Graph(tasks, ids, preds, src, snk, tuple(groups))

@@ -100,6 +100,8 @@ class Plan:
     Attributes:
         name: the flow's name (``None`` for an unnamed composition).
         tasks: task id -> Task, in insertion order.
+        ids: Task -> its id in this plan (automatic ids are given by the flow's structure;
+            see :meth:`id_of`).
         order: a topological order of the ids.
         levels: ids grouped by level; a task's level is 1 + the highest level of its
             dependencies.
@@ -107,7 +109,7 @@ class Plan:
         sources / sinks: ids with no predecessors / no successors.
     """
 
-    __slots__ = ("_index", "flow", "groups", "levels", "name", "order", "predecessors",
+    __slots__ = ("_index", "flow", "groups", "ids", "levels", "name", "order", "predecessors",
                  "sinks", "sources", "successors", "tasks")
 
     name: str | None
@@ -119,6 +121,7 @@ class Plan:
     successors: Mapping[str, tuple[str, ...]]
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
+    ids: Mapping[Task, str]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
@@ -126,8 +129,8 @@ class Plan:
 
     @classmethod
     def _build(cls, tasks: Mapping[str, Task], preds: Mapping[str, Iterable[str]],
-               name: str | None = None, flow: Any = None, groups: tuple[Any, ...] = ()
-               ) -> Plan:
+               name: str | None = None, flow: Any = None, groups: tuple[Any, ...] = (),
+               task_ids: Mapping[Task, str] | None = None) -> Plan:
         ids = list(tasks)
         order, succs, bounds = _order(ids, preds)
         p = object.__new__(cls)
@@ -136,6 +139,7 @@ class Plan:
         s(p, "flow", flow)
         s(p, "groups", groups)  # units: groups of tasks run as one (see flowdsl.Fragment)
         s(p, "tasks", MappingProxyType(dict(tasks)))
+        s(p, "ids", MappingProxyType(task_ids if task_ids is not None else {}))
         s(p, "order", order_t := tuple(order))
         s(p, "levels", tuple([order_t[a:b] for a, b in itertools.pairwise(bounds)]))
         # `preds` is keyed in the order of `tasks` when materialize built it: map in C then.
@@ -168,6 +172,20 @@ class Plan:
     @property
     def edges(self) -> list[tuple[str, str]]:
         return [(p, i) for i in self.order for p in self.predecessors[i]]
+
+    def id_of(self, task: Task[Any]) -> str:
+        """The id ``task`` has in this plan (its explicit id, or the automatic one the flow's
+        structure gave it).
+
+        Raises:
+            KeyError: ``task`` is not in this flow; the message names it.
+        """
+        try:
+            return self.ids[task]
+        except (KeyError, TypeError):
+            msg = (f"{task!r} is not a task of {self.name or 'this flow'!r} (a copy made by "
+                   ".named(), .when() or .with_options() is another task)")
+            raise KeyError(msg) from None
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""
@@ -256,7 +274,7 @@ def plan(flow: Any) -> Plan:
     with _gc_paused():
         g = materialize(flow)
         name = flow.name if isinstance(flow, Flow) else None
-        return Plan._build(g.tasks, g.preds, name, flow, g.groups)
+        return Plan._build(g.tasks, g.preds, name, flow, g.groups, g.ids)
 
 
 @contextlib.contextmanager

@@ -306,45 +306,50 @@ def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1
 
 def _rebuild(flow: Any, p: Plan, tuned: Mapping[str, Task], mode: str) -> Any:
     """The composition of ``flow`` with ``tuned`` tasks swapped in (and every task that
-    refers to a swapped one through its arguments rebuilt to refer to the new one)."""
-    new: dict[str, Task] = {}
+    refers to a swapped one through its arguments rebuilt to refer to the new one). A new
+    task takes the old one's place in the expression, so it gets the same id."""
+    new: dict[Task, Task] = {}  # old task object -> its replacement (itself if unchanged)
     for i in p.order:  # topological: argument references are rebuilt before their users
-        t = tuned.get(i, p.tasks[i])
-        if any(new[u.id] is not u for u in t.upstream):
+        old = p.tasks[i]
+        t = tuned.get(i, old)
+        if any(new[u] is not u for u in t.upstream):
             t = t._replace(args=_swap(t.args, new), kwargs=_swap(t.kwargs, new),
-                           upstream=tuple(new[u.id] for u in t.upstream))
-        new[i] = t
+                           upstream=tuple(new[u] for u in t.upstream))
+        new[old] = t
     root = flow.fragment if isinstance(flow, Flow) else _coerce(flow)
-    memo: dict[int, Task | Fragment] = {}
-    stack: list[Task | Fragment] = [root]
+    memo: dict[int, Any] = {}
+    stack: list[Any] = [root]
     while stack:  # post-order over the tree, iteratively; shared sub-trees rebuilt once
         node = stack[-1]
         if isinstance(node, Task):
-            memo[id(node)] = new.get(node.id, node)
+            memo[id(node)] = new.get(node, node)
             stack.pop()
             continue
         todo = [q for q in node.parts if id(q) not in memo]
         if todo:
             stack.extend(todo)
             continue
-        parts = tuple(memo[id(q)] for q in node.parts)
-        changed = any(a is not b for a, b in zip(parts, node.parts))
-        memo[id(node)] = Fragment(node.kind, parts) if changed else node
+        done = tuple(memo[id(q)] for q in node.parts)
+        changed = any(a is not b for a, b in zip(done, node.parts))
+        # An embedded flow is a fragment carrying its name and unit: both are kept.
+        memo[id(node)] = Fragment(node.kind, done, node.unit, node.ns) if changed else node
         stack.pop()
     out = memo[id(root)]
-    if isinstance(flow, Flow):
-        return Flow(flow.name, out, flow.description, mode=mode, context=flow.context,
-                    resources=flow.resources, max_concurrency=flow.max_concurrency)
-    return out
+    return _reflow(flow, out, mode) if isinstance(flow, Flow) else out
 
 
-def _swap(value: Any, new: Mapping[str, Task]) -> Any:
+def _reflow(flow: Flow, fragment: Any, mode: str | None) -> Flow:
+    return Flow(flow.name, fragment, flow.description, mode=mode, context=flow.context,
+                resources=flow.resources, max_concurrency=flow.max_concurrency)
+
+
+def _swap(value: Any, new: Mapping[Task, Task]) -> Any:
     """``value`` with every Task and Ref pointing at the rebuilt tasks."""
     def visit(v: Any) -> Any:
         if isinstance(v, Task):
-            return new.get(v.id, v)
+            return new.get(v, v)
         if isinstance(v, Ref):
-            return Ref(new.get(v.task.id, v.task), v.path)
+            return Ref(new.get(v.task, v.task), v.path)
         return KEEP
 
     return transform(value, visit)

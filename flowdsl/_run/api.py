@@ -160,9 +160,10 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
                 cache=results_cache)
+    core.check_start(input_given=input is not None or items is not None)
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
-        _reuse(store, resume, p, item, core)
+        await _reuse(store, resume, p, item)
     runner = RUNNERS[m.value]()
     options = _Options(max_concurrency, items, buffer)
     for ob in obs:
@@ -240,21 +241,31 @@ def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
     backend = hooks.get("open_cache")(history)
     if backend is None:  # history is off: there is no file to keep entries in
         return None
-    return RunCache(backend, p.tasks, read=cache is not False,  # type: ignore[arg-type]
+    return RunCache(backend, p.tasks, p.ids, read=cache is not False,  # type: ignore[arg-type]
                     every=cache is True)
 
 
-def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
+async def _reuse(store: Any, run_id: str, p: Plan, item: Item) -> None:
+    """Take the stored outputs of run ``run_id`` for the tasks of ``p`` with the same ids
+    (ids come from the flow's structure, so a rebuilt flow finds its tasks again)."""
     if store is None:
         msg = "run(resume=...) needs a history store (history=False was given)"
         raise PlanError(msg)
-    for tid, out in store.load_outputs(run_id).items():
-        if tid in p.tasks:
-            item.outputs[tid] = out
-            item.status[tid] = TaskStatus.COMPLETED
-            item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,  # type: ignore
-                                           status=TaskStatus.COMPLETED,
-                                           reason=f"reused from run {run_id}")
+    stored = await anyio.to_thread.run_sync(store.load_outputs, run_id)  # SQLite: off the loop
+    found = [tid for tid in stored if tid in p.tasks]
+    if stored and not found:
+        theirs = ", ".join(sorted(stored)[:10]) + (" ..." if len(stored) > 10 else "")
+        ours = ", ".join(list(p.tasks)[:10]) + (" ..." if len(p.tasks) > 10 else "")
+        msg = (f"run(resume={run_id!r}): none of that run's stored tasks ({theirs}) is in this "
+               f"flow (its tasks: {ours}); was the run made by another flow, or were its "
+               "tasks renamed?")
+        raise PlanError(msg)
+    for tid in found:
+        item.outputs[tid] = stored[tid]
+        item.status[tid] = TaskStatus.COMPLETED
+        item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,  # type: ignore
+                                       status=TaskStatus.COMPLETED,
+                                       reason=f"reused from run {run_id}")
 
 
 async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,

@@ -84,14 +84,16 @@ class RunCache:
     Args:
         backend: where entries live.
         tasks: the plan's tasks.
+        ids: the plan's Task -> id (a mapped task's children share their task's policy).
         read: look entries up (``run(cache=False)`` only writes).
         every: cache every task that can be (``run(cache=True)``), not just the tools
             declared with ``cache=``.
     """
 
-    def __init__(self, backend: CacheBackend, tasks: Mapping[str, Task], *, read: bool,
-                 every: bool) -> None:
+    def __init__(self, backend: CacheBackend, tasks: Mapping[str, Task],
+                 ids: Mapping[Task, str], *, read: bool, every: bool) -> None:
         self.backend = backend
+        self.ids = ids
         self.read = read
         self.policies: dict[str, Cache] = {}
         self._declared: set[str] = set()
@@ -131,7 +133,7 @@ class RunCache:
             CacheKeyError: for a tool declared with ``cache=``, an argument has no
                 canonical form; the message names it and suggests ``Cache(key=...)``.
         """
-        policy = self.policies[task.id]
+        policy = self.policies[self.ids[task]]
         fn = task.tool.fn
         bound = task.tool.signature.bind_partial(*args, **kwargs).arguments
         if policy.key is not None:
@@ -147,7 +149,7 @@ class RunCache:
                 try:
                     parts.append(f"{json.dumps(name)}:{_canonical(value)}")
                 except _NotData as exc:
-                    if task.id not in self._declared:
+                    if self.ids[task] not in self._declared:
                         return None
                     msg = (f"task {tid!r}: argument {name!r} of cached tool "
                            f"{task.tool.name!r} cannot be hashed canonically ({exc}); give "
@@ -169,7 +171,7 @@ class RunCache:
 
     def put(self, key: str, task: Task, value: Any) -> str | None:
         """Queue ``value`` under ``key``; a reason when it cannot be stored."""
-        policy = self.policies[task.id]
+        policy = self.policies[self.ids[task]]
         try:
             if policy.serializer == "pickle":
                 payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)

@@ -19,15 +19,21 @@ from typing import Any
 
 import anyio
 
-from .._base.errors import CacheKeyError, TaskFailed, TaskTimeout
+from .._base.errors import (
+    CacheKeyError,
+    CompositionError,
+    MissingContextError,
+    TaskFailed,
+    TaskInputError,
+    TaskTimeout,
+)
 from .._base.log import end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
 from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task
-from .._graph.walk import KEEP, transform
+from .._graph.walk import KEEP, nodes, transform
 from .._plan.planner import Plan
 from .caching import RunCache
 from .executors import Executor, Remote
-from .fanout import TaskInputError as _TaskError
 from .fanout import run_map
 from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
@@ -81,6 +87,7 @@ class Core:
         self.held: dict[tuple[str, int], list[BaseException]] = {}
         self._cut: dict[int, tuple[float, str, float]] = {}  # id(record) -> group deadline
         self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
+        self.ids: Mapping[Task, str] = plan.ids  # a referenced Task object -> its id here
         self.preds = plan.predecessors
         self.result = result
         self.context = context
@@ -114,8 +121,46 @@ class Core:
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
         self._stage_from = {
-            i: tuple(p for p in plan.predecessors[i] if p not in {u.id for u in t.upstream})
+            i: tuple(p for p in plan.predecessors[i] if p not in {self.ids[u] for u in t.upstream})
             for i, t in self.tasks.items() if t.stage_param is not None}
+
+    def check_start(self, *, input_given: bool) -> None:
+        """Refuse, before any task runs, a run bound to fail on its inputs: a pipeline stage
+        with nothing before it and no run ``input`` for a parameter it needs, or ``ctx(key)``
+        arguments (no default) whose keys neither the run context nor any task's
+        ``to_context`` provides (one error listing every missing key)."""
+        if not input_given:
+            for tid, src in self._stage_from.items():
+                task = self.tasks[tid]
+                param = task.stage_param
+                p = task.tool.signature.parameters.get(param)  # type: ignore[arg-type]
+                if not src and p is not None and p.default is p.empty:
+                    name = task.tool.name
+                    msg = (f"tool {name!r} needs {param}; call it: {name}({param}=...) (task "
+                           f"{tid!r} is a pipeline stage with no stage before it, and run() got "
+                           "no input=)")
+                    raise CompositionError(msg)
+        needs = [(tid, t.needs) for tid, t in self.tasks.items() if t.needs]
+        if not needs:
+            return
+        written: set[str] = set()
+        for t in self.tasks.values():
+            m = t.to_context_map
+            if m is not None:
+                written.update((m,) if isinstance(m, str) else m.values())
+        missing: dict[str, list[str]] = {}
+        for tid, keys in needs:
+            for k in keys:
+                if k not in self.context and k not in written:
+                    missing.setdefault(k, []).append(tid)
+        if missing:
+            have = ", ".join(sorted(map(str, self.context))) or "none"
+            lines = "; ".join(f"ctx({k!r}) read by {', '.join(map(repr, ts))}"
+                              for k, ts in missing.items())
+            msg = (f"the run context lacks {len(missing)} key(s) that tasks read with no "
+                   f"default: {lines} (context keys: {have}); pass them in run(context=...), "
+                   "in Flow(context=...), or give ctx() a default")
+            raise MissingContextError(msg, missing)
 
     def new_item(self, index: int, value: Any) -> Item:
         """A new pass of data through the flow (pipelines over items make one per item)."""
@@ -178,7 +223,7 @@ class Core:
                 args, kwargs = self._inputs(task, item)
             else:
                 args, kwargs = task.args, task.kwargs
-        except _TaskError as exc:
+        except TaskInputError as exc:
             return self._failed(tid, item, rec, exc, 0)
         if units is not None and tid in units.timed:
             return await self._bounded(tid, task, item, rec, args, kwargs)
@@ -217,20 +262,20 @@ class Core:
         """Acquire the task's pools, run its attempts, release the pools (a task or one
         child of a mapped task); a cache hit skips all of that."""
         key = None
-        if self.cache is not None and task.id in self.cache.policies:
+        if self.cache is not None and self.ids[task] in self.cache.policies:
             try:
                 key = self.cache.key(tid, task, args, kwargs)
                 if key is not None:
                     found, value = self.cache.get(key)
                     if found:
                         return self._cached(tid, task, item, rec, value)
-            except (_TaskError, CacheKeyError) as exc:
+            except (TaskInputError, CacheKeyError) as exc:
                 return self._failed(tid, item, rec, exc, 0)
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
             try:
-                await self.pools.acquire(demand, self.priorities.get(task.id, 0.0), tid)
+                await self.pools.acquire(demand, self.priorities.get(self.ids[task], 0.0), tid)
             except BaseException:  # the run stopped while this task waited for its pools
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
@@ -257,7 +302,7 @@ class Core:
         if task.to_context_map is not None and rec.parent is None:
             try:
                 self._map_output(task, value)
-            except _TaskError as exc:
+            except TaskInputError as exc:
                 return self._failed(tid, item, rec, exc, 0)
         item.outputs[tid] = value
         return self._finish(tid, item, rec, CACHED, output=value)
@@ -309,25 +354,26 @@ class Core:
         a group (``owner``): None if they all hold, else why it is skipped."""
         for g in guards:
             on = g.on
-            src = on if isinstance(on, Task) else on.task
-            if self.remote and isinstance(item.outputs.get(src.id), Remote):
-                item.outputs[src.id] = await item.outputs[src.id].fetch()
-            value = item.outputs.get(src.id)
-            for key in () if on is src else on.path:  # type: ignore[union-attr]
+            src = self.ids[on if isinstance(on, Task) else on.task]
+            if self.remote and isinstance(item.outputs.get(src), Remote):
+                item.outputs[src] = await item.outputs[src].fetch()
+            value = item.outputs.get(src)
+            name = src if isinstance(on, Task) else src + "".join(f"[{k!r}]" for k in on.path)
+            for key in () if isinstance(on, Task) else on.path:
                 try:
                     value = value[key]
                 except (KeyError, IndexError, TypeError) as exc:
-                    msg = (f"the condition of {owner} reads {on!r}, but the output of "
-                           f"{src.id!r} has no {key!r} ({type(exc).__name__})")
-                    raise _TaskError(msg) from exc
+                    msg = (f"the condition of {owner} reads {name}, but the output of "
+                           f"{src!r} has no {key!r} ({type(exc).__name__})")
+                    raise TaskInputError(msg) from exc
             try:
                 ok = g.test(value)
             except Exception as exc:
-                msg = (f"the condition of {owner} on {on!r} raised "
+                msg = (f"the condition of {owner} on {name!r} raised "
                        f"{type(exc).__name__}: {exc}")
-                raise _TaskError(msg) from exc
+                raise TaskInputError(msg) from exc
             if not ok:
-                name = repr(on.id if isinstance(on, Task) else repr(on))
+                name = repr(name)
                 why = g.reason(name, value)[:300]
                 return _Inherited(why) if g.inherit else why
         return None
@@ -336,14 +382,14 @@ class Core:
         """The task's trigger rule: its own, or its group's for a group's entry task."""
         if self.units is None:
             return task.trigger
-        return self.units.trigger.get(task.id, task.trigger)
+        return self.units.trigger.get(self.ids[task], task.trigger)
 
     def _condition(self, task: Task) -> bool:
         try:
             return bool(task.condition(self._ctx_view))  # type: ignore[misc]
         except Exception as exc:
-            msg = f"the condition of task {task.id!r} raised {type(exc).__name__}: {exc}"
-            raise _TaskError(msg) from exc
+            msg = f"the condition of task {self.ids[task]!r} raised {type(exc).__name__}: {exc}"
+            raise TaskInputError(msg) from exc
 
     def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = task.args, task.kwargs
@@ -353,7 +399,7 @@ class Core:
                 args = tuple([resolve(a, task, item) for a in args])
             kwargs = {k: resolve(v, task, item) for k, v in kwargs.items()}
         if task.stage_param is not None:
-            src = self._stage_from[task.id]
+            src = self._stage_from[self.ids[task]]
             out = item.outputs
             value = (item.input if not src else out.get(src[0]) if len(src) == 1
                      else [out.get(p) for p in src])
@@ -362,14 +408,15 @@ class Core:
 
     def _resolve(self, value: Any, task: Task, item: Item) -> Any:
         cls = value.__class__
+        ids = self.ids
         if cls is Task:
-            return item.outputs.get(value.id)
+            return item.outputs.get(ids[value])
         if cls in _ATOMS:
             return value
 
         def swap(v: Any) -> Any:
             if isinstance(v, Task):
-                return item.outputs.get(v.id)
+                return item.outputs.get(ids[v])
             if isinstance(v, Ref):
                 return self._project(v, task, item)
             if isinstance(v, CtxRef):
@@ -378,16 +425,17 @@ class Core:
 
         return transform(value, swap)
 
-    @staticmethod
-    def _project(ref: Ref, task: Task, item: Item) -> Any:
-        out = item.outputs.get(ref.task.id)
+    def _project(self, ref: Ref, task: Task, item: Item) -> Any:
+        src = self.ids[ref.task]
+        out = item.outputs.get(src)
         for key in ref.path:
             try:
                 out = out[key]
             except (KeyError, IndexError, TypeError) as exc:
-                msg = (f"task {task.id!r} takes {ref!r}, but the output of "
-                       f"{ref.task.id!r} has no {key!r} ({type(exc).__name__})")
-                raise _TaskError(msg) from exc
+                where = src + "".join(f"[{k!r}]" for k in ref.path)
+                msg = (f"task {self.ids[task]!r} takes {where}, but the output of "
+                       f"{src!r} has no {key!r} ({type(exc).__name__})")
+                raise TaskInputError(msg) from exc
         return out
 
     def _ctx_value(self, ref: CtxRef, task: Task) -> Any:
@@ -396,14 +444,14 @@ class Core:
         if ref.default is not _MISSING:
             return ref.default
         keys = ", ".join(sorted(map(str, self.context))) or "none"
-        msg = (f"task {task.id!r} reads ctx({ref.key!r}), which the run context does "
+        msg = (f"task {self.ids[task]!r} reads ctx({ref.key!r}), which the run context does "
                f"not have (keys: {keys})")
-        raise _TaskError(msg)
+        raise TaskInputError(msg)
 
     async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         spec = task.spec
-        ex = self.executors[task.id]  # a mapped task's children run on its executor
+        ex = self.executors[self.ids[task]]  # a mapped task's children run on its executor
         fn = task.tool.fn
         rec.status = RUNNING
         rec.started_at = started = self.now()
@@ -473,12 +521,13 @@ class Core:
         """Fetch the remote outputs this task needs here: every upstream output for a task
         on a local executor, only the projected ones (``task["k"]``) for a remote task (the
         others travel between workers as handles)."""
-        need = self._fetch_for.get(task.id)
+        tid = self.ids[task]
+        need = self._fetch_for.get(tid)
         if need is None:
             # A mapped task iterates over its inputs here, whatever runs its children.
-            local = task.fan is not None or not self.executors[task.id].remote
-            need = self.preds[task.id] if local else tuple(_projected(task))
-            self._fetch_for[task.id] = need
+            local = task.fan is not None or not self.executors[tid].remote
+            need = self.preds[tid] if local else tuple(_projected(task, self.ids))
+            self._fetch_for[tid] = need
         outs = item.outputs
         for p in need:
             value = outs.get(p)
@@ -486,9 +535,9 @@ class Core:
                 try:
                     outs[p] = await value.fetch()
                 except Exception as exc:
-                    msg = (f"task {task.id!r} needs the output of {p!r} here, but fetching "
+                    msg = (f"task {tid!r} needs the output of {p!r} here, but fetching "
                            f"it failed: {type(exc).__name__}: {exc}")
-                    raise _TaskError(msg) from exc
+                    raise TaskInputError(msg) from exc
 
     async def localize(self) -> None:
         """Replace every remote handle among the outputs by its value, before the
@@ -542,9 +591,9 @@ class Core:
                 self.context[ctx_key] = out[key]
             except (KeyError, IndexError, TypeError) as exc:
                 keys = f" (keys: {', '.join(map(str, out))})" if isinstance(out, dict) else ""
-                msg = (f"task {task.id!r}: to_context maps output key {key!r}, but its "
+                msg = (f"task {self.ids[task]!r}: to_context maps output key {key!r}, but its "
                        f"output ({type(out).__name__}) has no such key{keys}")
-                raise _TaskError(msg) from exc
+                raise TaskInputError(msg) from exc
 
     # -- recording ---------------------------------------------------------------------
     def _finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
@@ -578,7 +627,10 @@ class Core:
             err: BaseException = exc
         else:
             what = f"after {attempts} attempt(s)" if attempts else "before it could run"
-            msg = f"task {tid!r} failed {what}: {type(exc).__name__}: {exc}"
+            # A wiring problem already names the task and says what is wrong; any other error
+            # is the tool's own, shown with its type.
+            why = str(exc) if isinstance(exc, TaskInputError) else f"{type(exc).__name__}: {exc}"
+            msg = f"task {tid!r} failed {what}: {why}"
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
         held = self.held.get((tid, item.index)) if self.held else None
@@ -668,19 +720,9 @@ _EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_fai
            UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
 
 
-def _projected(task: Task) -> set[str]:
+def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:
     """Ids of the upstream tasks whose outputs ``task`` projects (``task["k"]``)."""
-    found: set[str] = set()
-    todo: list[Any] = [*task.args, *task.kwargs.values()]
-    while todo:
-        v = todo.pop()
-        if isinstance(v, Ref):
-            found.add(v.task.id)
-        elif isinstance(v, (list, tuple)):
-            todo.extend(v)
-        elif isinstance(v, dict):
-            todo.extend(v.values())
-    return found
+    return {ids[v.task] for v in nodes((task.args, task.kwargs)) if isinstance(v, Ref)}
 
 
 def _why(bad: list[str], status: Mapping[str, TaskStatus]) -> str:

@@ -20,20 +20,16 @@ from typing import Any, Protocol
 
 import anyio
 
-from .._base.errors import TaskFailed
+from .._base.errors import TaskFailed, TaskInputError
 from .._graph.task import Task
 from .executors import Remote
 from .result import RunResult, TaskRecord, TaskStatus
 
-__all__ = ["TaskInputError", "run_map"]
+__all__ = ["run_map"]
 
 COMPLETED = TaskStatus.COMPLETED
 CANCELLED = TaskStatus.CANCELLED
 RUNNING = TaskStatus.RUNNING
-
-
-class TaskInputError(Exception):
-    """A task failed for a reason that is not worth retrying (inputs, condition, mapping)."""
 
 
 class _Item(Protocol):
@@ -65,7 +61,8 @@ class _Core(Protocol):
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
 
 
-def columns(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[list[Any]]:
+def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> list[list[Any]]:
     """The resolved mapped arguments, one list per mapped parameter, checked: each is a
     list-like value, all have the same length, and there are no more than the limit."""
     fan = task.fan
@@ -74,19 +71,19 @@ def columns(task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[l
     for j, name in enumerate(fan.params):
         value = args[0] if j == 0 and fan.positional else kwargs[name]
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
-            msg = (f"mapped task {task.id!r} needs a list for its parameter {name!r}, got "
+            msg = (f"mapped task {tid!r} needs a list for its parameter {name!r}, got "
                    f"{type(value).__name__} {value!r}"[:300])
             raise TaskInputError(msg)
         cols.append(value if isinstance(value, list) else list(value))
     n = len(cols[0])
     for name, col in zip(fan.params[1:], cols[1:]):
         if len(col) != n:
-            msg = (f"mapped task {task.id!r}: each({name}) has {len(col)} elements but "
+            msg = (f"mapped task {tid!r}: each({name}) has {len(col)} elements but "
                    f"{fan.params[0]!r} has {n}; mapped arguments are zipped and must have "
                    "the same length")
             raise TaskInputError(msg)
     if n > fan.limit:
-        msg = (f"mapped task {task.id!r} would fan out to {n} children, over its limit of "
+        msg = (f"mapped task {tid!r} would fan out to {n} children, over its limit of "
                f"{fan.limit}; raise it with .with_options(max_children=N) if that many is "
                "intended")
         raise TaskInputError(msg)
@@ -99,7 +96,7 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     fan = task.fan
     assert fan is not None
     try:
-        cols = columns(task, args, kwargs)
+        cols = columns(tid, task, args, kwargs)
     except TaskInputError as exc:
         return core._failed(tid, item, rec, exc, 0)
     n = len(cols[0])
