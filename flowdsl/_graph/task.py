@@ -78,6 +78,10 @@ def _no_iter(self: Any) -> NoReturn:
     raise CompositionError(msg)
 
 
+def _no_contains(self: Any, item: Any) -> NoReturn:
+    _no_iter(self)  # `in` would fall back to iterating, and Python would reword our message
+
+
 def _no_len(self: Any) -> NoReturn:
     msg = (f"len() is not known yet: {_describe(self)}. Write a tool that takes the value "
            f"(count({_expr_of(self)}) with @tool def count(rows): return len(rows)), or map "
@@ -104,6 +108,7 @@ def _guard(cls: type, binary: Mapping[str, str]) -> None:
     for name, symbol in _ORDER.items():
         setattr(cls, f"__{name}__", _refuse_order(symbol))
     cls.__iter__ = _no_iter  # type: ignore[attr-defined]
+    cls.__contains__ = _no_contains  # type: ignore[attr-defined]
     cls.__len__ = _no_len  # type: ignore[attr-defined]
     cls.__format__ = _no_format  # type: ignore[method-assign]
 

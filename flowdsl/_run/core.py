@@ -104,6 +104,7 @@ class Core:
         # test per task for remote handles and nothing more.
         self.remote = any(ex.remote for ex in executors.values())
         self._fetch_for: dict[str, tuple[str, ...]] = {}
+        self.fed = True  # whether first pipeline stages get the run's input (check_start)
         self.stopped = False
         # The most children of one mapped task running at once; the runner sets it from the
         # mode's concurrency (sequential: 1).
@@ -129,6 +130,7 @@ class Core:
         with nothing before it and no run ``input`` for a parameter it needs, or ``ctx(key)``
         arguments (no default) whose keys neither the run context nor any task's
         ``to_context`` provides (one error listing every missing key)."""
+        self.fed = input_given
         if not input_given:
             for tid, src in self._stage_from.items():
                 task = self.tasks[tid]
@@ -400,10 +402,11 @@ class Core:
             kwargs = {k: resolve(v, task, item) for k, v in kwargs.items()}
         if task.stage_param is not None:
             src = self._stage_from[self.ids[task]]
-            out = item.outputs
-            value = (item.input if not src else out.get(src[0]) if len(src) == 1
-                     else [out.get(p) for p in src])
-            kwargs = {**kwargs, task.stage_param: value}
+            if src or self.fed:  # a first stage of a run with no input keeps its default
+                out = item.outputs
+                value = (item.input if not src else out.get(src[0]) if len(src) == 1
+                         else [out.get(p) for p in src])
+                kwargs = {**kwargs, task.stage_param: value}
         return args, kwargs
 
     def _resolve(self, value: Any, task: Task, item: Item) -> Any:
