@@ -4,6 +4,8 @@ Declare tools with ``@tool``, compose tasks with ``>>`` (then) and ``|`` (side b
 run the flow sequentially, in parallel, as a pipeline or conditionally.
 """
 
+from typing import TYPE_CHECKING
+
 from ._base import hooks as _hooks
 from ._base.errors import (
     CacheKeyError,
@@ -35,6 +37,30 @@ from ._plan.planner import DependencyResolver, Plan, plan
 from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers (never run)
+    from ._base.log import enable_logging as enable_logging
+    from ._data.compat import ExecutionMode as ExecutionMode
+    from ._data.compat import Workflow as Workflow
+    from ._data.compat import WorkflowEngine as WorkflowEngine
+    from ._data.compat import WorkflowTask as WorkflowTask
+    from ._data.documents import load_flow as load_flow
+    from ._data.documents import plan_schema as plan_schema
+    from ._record.history import HistoryStore as HistoryStore
+    from ._record.history import open_history as open_history
+    from ._record.optimizer import WorkflowOptimizer as WorkflowOptimizer
+    from ._record.optimizer import analyze as analyze
+    from ._record.optimizer import optimize as optimize
+    from ._record.optimizer import simulate as simulate
+    from ._report.progress import progress as progress
+    from ._report.timeline import save_timeline as save_timeline
+    from ._run.api import Mode as Mode
+    from ._run.api import arun as arun
+    from ._run.api import run as run
+    from ._run.dask import DaskExecutor as DaskExecutor
+    from ._run.executors import Executor as Executor
+    from ._run.resources import Pools as Pools
+    from ._run.resources import ResourceManager as ResourceManager
 
 # Heavier parts load on first use, so `import flowdsl` stays light (no sqlite, pydantic or
 # dask until a name that needs them is touched).

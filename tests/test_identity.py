@@ -348,3 +348,70 @@ class TestPublicErrors:
         r = run(flows[0])
         assert isinstance(r.errors[0].__cause__, TaskInputError)
         assert r.errors[0].__cause__.__class__ is flowdsl.TaskInputError
+
+
+TYPED = '''
+from typing_extensions import assert_type
+
+import flowdsl
+from flowdsl import Flow, RunResult, Task, ctx, run, tool
+
+
+@tool
+def fetch(url: str) -> str:
+    return url
+
+
+@tool(retries=2)
+async def size(page: str) -> int:
+    return len(page)
+
+
+page = fetch("https://example.org")
+assert_type(page, Task[str])
+assert_type(size(page), Task[int])        # a Task stands for its value as an argument
+assert_type(size(page["body"]), Task[int])
+assert_type(size(ctx("page")), Task[int])
+assert_type(fetch.fn("x"), str)            # the raw function keeps its signature
+assert_type(run(size(page)), RunResult[int])
+assert_type(run(page >> size(page)).output, int | None)
+assert_type(run(Flow("f", page >> size(page))).output, int | None)
+assert_type(flowdsl.plan(page).id_of(page), str)
+fetch(123)  # a str parameter given an int
+'''
+
+
+class TestTyping:
+    def test_mypy_strict_on_a_typed_example(self, tmp_path: Path) -> None:
+        """mypy --strict on a small typed example: the lazily loaded run is callable, a
+        tool call is checked against the function's signature (fetch(123) is reported),
+        calling a tool gives a Task of its return type (an async tool's awaited type), and
+        result.output of a flow ending in one task is typed."""
+        (tmp_path / "typed_example.py").write_text(TYPED)
+        env = {**os.environ, "MYPYPATH": str(ROOT)}
+        proc = subprocess.run(
+            [sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+             "--no-error-summary", "--cache-dir", str(tmp_path / ".mypy_cache"),
+             "typed_example.py"],
+            capture_output=True, text=True, timeout=110, cwd=tmp_path, env=env, check=False)
+        errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
+        line = TYPED.splitlines().index("fetch(123)  # a str parameter given an int") + 1
+        assert errors == [f'typed_example.py:{line}: error: Argument 1 to "__call__" of "Tool" '
+                          'has incompatible type "int"; expected "str"  [arg-type]'], proc.stdout
+
+    def test_lazy_names_declared_for_type_checkers(self) -> None:
+        """Every lazily loaded name is imported, from the same module, in the package's
+        TYPE_CHECKING block (so type checkers see it), and importing flowdsl loads none."""
+        import ast
+
+        tree = ast.parse((ROOT / "flowdsl" / "__init__.py").read_text())
+        block = next(n for n in tree.body if isinstance(n, ast.If)
+                     and getattr(n.test, "id", None) == "TYPE_CHECKING")
+        declared = {a.asname or a.name: "." + (imp.module or "") for imp in block.body
+                    if isinstance(imp, ast.ImportFrom) for a in imp.names}
+        assert declared == flowdsl._LAZY
+        code = ("import sys, flowdsl; print(sorted(m for m in ('sqlite3', 'flowdsl._run.api', "
+                "'flowdsl._record.history') if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+        assert out.stdout.strip() == "[]"

@@ -18,7 +18,7 @@ a prefix (``ingest.fetch``). The same flow built again, in any process, gets the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import CompositionError, DuplicateTaskError
@@ -31,6 +31,15 @@ __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Tas
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
 R_co = TypeVar("R_co", covariant=True)
+S = TypeVar("S")
+
+if TYPE_CHECKING:
+    # For type checkers, a Task, a projection or a ctx() reference stands for its value: it is
+    # accepted for a parameter of any type (a tool's own arguments are still checked).
+    _Placeholder = Any
+else:
+    class _Placeholder:
+        __slots__ = ()
 
 
 # -- guard rails: a Task or a projection stands for a value that exists only at run time ------
@@ -113,7 +122,7 @@ def _guard(cls: type, binary: Mapping[str, str]) -> None:
     cls.__format__ = _no_format  # type: ignore[method-assign]
 
 
-class Ref:
+class Ref(_Placeholder):
     """A projection of a task's output (``task["key"]``, ``task["a"][0]``) used as an argument."""
 
     __slots__ = ("path", "task")
@@ -133,7 +142,7 @@ class Ref:
         raise TypeError(msg)
 
 
-class CtxRef:
+class CtxRef(_Placeholder):
     """A value read from the run context at run time (see :func:`ctx`)."""
 
     __slots__ = ("default", "key")
@@ -366,16 +375,24 @@ class _Composable:
 
     __slots__ = ()
 
-    def __rshift__(self, other: Any) -> Fragment:
+    # A Task is accepted wherever its value is for type checkers: it gets an overload alone.
+    @overload
+    def __rshift__(self, other: Task[S]) -> Fragment[S]: ...
+    @overload
+    def __rshift__(self, other: Fragment[S] | Flow[S]) -> Fragment[S]: ...
+    @overload
+    def __rshift__(self, other: Any) -> Fragment[Any]: ...
+
+    def __rshift__(self, other: Any) -> Fragment[Any]:
         return then(self, other)
 
-    def __rrshift__(self, other: Any) -> Fragment:
+    def __rrshift__(self, other: Any) -> Fragment[Any]:
         return then(other, self)
 
-    def __or__(self, other: Any) -> Fragment:
+    def __or__(self, other: Any) -> Fragment[list[Any]]:
         return _pair("par", self, other)
 
-    def __ror__(self, other: Any) -> Fragment:
+    def __ror__(self, other: Any) -> Fragment[list[Any]]:
         return _pair("par", other, self)
 
     def __bool__(self) -> bool:
@@ -397,7 +414,7 @@ class _Composable:
         return hooks.get("to_dot")(self.plan())
 
 
-class Task(_Composable, Generic[R_co]):
+class Task(_Composable, _Placeholder, Generic[R_co]):
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
     returns a new Task (with the same explicit id, if it has one).
 
@@ -695,9 +712,10 @@ class _Grouped:
         return self._with_unit(unit.evolve(**changes))
 
 
-class Fragment(_Composable, _Grouped):
+class Fragment(_Composable, _Grouped, Generic[R_co]):
     """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``); with
-    ``.when()``/``.with_options()`` the group runs as one unit."""
+    ``.when()``/``.with_options()`` the group runs as one unit. For type checkers, ``R_co``
+    is the type of the run's ``output``: the last task's for ``a >> b``."""
 
     __slots__ = ("_graph", "kind", "ns", "parts", "unit")
 
@@ -815,7 +833,7 @@ def _nary(kind: str, items: tuple[Any, ...]) -> Fragment:
 _NODES = frozenset({Task, Fragment})
 
 
-class Flow(_Composable, _Grouped):
+class Flow(_Composable, _Grouped, Generic[R_co]):
     """A named workflow around a composition; it can itself be embedded in a larger one.
 
     Embedded, its ``context`` gives defaults merged under the run's context (the run's
@@ -832,6 +850,23 @@ class Flow(_Composable, _Grouped):
     __slots__ = ("_as_part", "context", "description", "fragment", "max_concurrency", "mode",
                  "name", "resources", "unit")
 
+    @overload
+    def __init__(self: Flow[S], name: str, fragment: Task[S], description: str = "", *,
+                 mode: str | None = None, context: Mapping[str, Any] | None = None,
+                 resources: Mapping[str, int] | None = None,
+                 max_concurrency: int | None = None) -> None: ...
+    @overload
+    def __init__(self: Flow[S], name: str, fragment: Fragment[S] | Flow[S],
+                 description: str = "", *, mode: str | None = None,
+                 context: Mapping[str, Any] | None = None,
+                 resources: Mapping[str, int] | None = None,
+                 max_concurrency: int | None = None) -> None: ...
+    @overload
+    def __init__(self: Flow[Any], name: str, fragment: Any, description: str = "", *,
+                 mode: str | None = None, context: Mapping[str, Any] | None = None,
+                 resources: Mapping[str, int] | None = None,
+                 max_concurrency: int | None = None) -> None: ...
+
     def __init__(self, name: str, fragment: Any, description: str = "", *,
                  mode: str | None = None, context: Mapping[str, Any] | None = None,
                  resources: Mapping[str, int] | None = None,
@@ -840,7 +875,7 @@ class Flow(_Composable, _Grouped):
             msg = f"Flow name must be a non-empty string, got {name!r}"
             raise CompositionError(msg)
         self.name = name
-        self.fragment: Task | Fragment = _coerce(fragment)
+        self.fragment: Task[Any] | Fragment[Any] = _coerce(fragment)
         self.description = description
         self.mode = mode
         self.context = dict(context) if context else None

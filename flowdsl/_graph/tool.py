@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
-from typing import Any, overload
+from collections.abc import Callable, Coroutine
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
 
@@ -21,14 +21,23 @@ from .task import Fragment, Task, _pair, then
 
 __all__ = ["Backoff", "Tool", "ToolSpec", "make_tool", "tool"]
 
-class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Tool(wrapt.ObjectProxy, Generic[P, R]):  # type: ignore[misc]
     """A declared tool: the user's function plus its options.
 
     Calling a tool binds the arguments and returns a :class:`~flowdsl.Task`; nothing runs
     until the flow is run. The raw function stays callable as ``tool.fn(...)``.
+
+    For type checkers a tool is generic over the function's parameters and return type:
+    ``tool(fetch)(123)`` is reported when ``url`` is a ``str``, and calling it gives a
+    ``Task[R]`` (``Task[T]`` for an ``async def`` returning ``T``).
     """
 
-    def __init__(self, fn: Callable[..., Any], spec: ToolSpec) -> None:
+    def __init__(self, fn: Callable[P, R], spec: ToolSpec) -> None:
         super().__init__(fn)
         self._self_spec = spec
         self._self_signature = sig = inspect.signature(fn)
@@ -52,23 +61,35 @@ class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
         return self._self_spec.name
 
     @property
-    def fn(self) -> Callable[..., Any]:
+    def fn(self) -> Callable[P, R]:
         """The raw function, for unit tests and for executors."""
-        return self.__wrapped__
+        return self.__wrapped__  # type: ignore[no-any-return]
 
     @property
     def signature(self) -> inspect.Signature:
         return self._self_signature
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Task:
+    @overload
+    def __call__(self: Tool[P, Coroutine[Any, Any, T]], *args: P.args,
+                 **kwargs: P.kwargs) -> Task[T]: ...
+    @overload
+    def __call__(self: Tool[P, T], *args: P.args, **kwargs: P.kwargs) -> Task[T]: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Task[Any]:
         return Task._bind(self, args, kwargs, partial=False)
 
-    def stage(self, *args: Any, **kwargs: Any) -> Task:
+    def stage(self, *args: Any, **kwargs: Any) -> Task[Any]:
         """A pipeline stage: binds what is given; the first free parameter receives the output
         of the stage before it (or the run's ``input``)."""
         return Task._bind(self, args, kwargs, partial=True)
 
-    def map(self, values: Any, /, **kwargs: Any) -> Task:
+    @overload
+    def map(self: Tool[P, Coroutine[Any, Any, T]], values: Any, /,
+            **kwargs: Any) -> Task[list[T]]: ...
+    @overload
+    def map(self: Tool[P, T], values: Any, /, **kwargs: Any) -> Task[list[T]]: ...
+
+    def map(self, values: Any, /, **kwargs: Any) -> Task[Any]:
         """One task that runs this tool once per element of ``values`` (a Task, a
         projection ``task["k"]``, another mapped task or a list), the element going to the
         first parameter. Keyword arguments wrapped in :func:`flowdsl.each` are mapped too
@@ -79,7 +100,7 @@ class Tool(wrapt.ObjectProxy):  # type: ignore[misc]
         """
         return Task._map(self, values, kwargs)
 
-    def with_options(self, **options: Any) -> Tool:
+    def with_options(self, **options: Any) -> Tool[P, R]:
         """A new tool with some options changed; this one is left as it is."""
         return Tool(self.__wrapped__, self._self_spec.evolve(**options))
 
@@ -128,9 +149,10 @@ def _tool_by_reference(module: str, qualname: str, name: str) -> Any:
 
 
 @overload
-def tool(fn: Callable[..., Any], /) -> Tool: ...
+def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
 @overload
-def tool(fn: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], Tool]: ...
+def tool(fn: None = None, /, *, registry: Any = None,
+         **options: Any) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
 def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
@@ -158,7 +180,7 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
     return make_tool(fn, registry=registry, **options)
 
 
-def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool:
+def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool[Any, Any]:
     if isinstance(fn, Tool):
         return fn.with_options(**options) if options else fn
     if not callable(fn):

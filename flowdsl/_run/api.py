@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import anyio
 
@@ -21,6 +21,7 @@ from .._base import hooks
 from .._base.errors import PlanError, RunTimeout
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
+from .._graph.task import Flow, Fragment, Task
 from .._plan import policy
 from .._plan.planner import Plan, plan
 from .._plan.policy import Mode
@@ -39,6 +40,8 @@ from .runners import RUNNERS
 from .units import context_defaults
 
 __all__ = ["Mode", "arun", "run"]
+
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -128,7 +131,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
                log: bool | None = None, buffer: int = 2,
                store_outputs: bool | None = None, progress: bool = False,
-               cache: bool | None = None) -> RunResult:
+               cache: bool | None = None) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     p = flow if isinstance(flow, Plan) else plan(flow)
     _positive("timeout", timeout)
@@ -376,7 +379,17 @@ def _loop_running() -> bool:
     return current_loop() is not None
 
 
-def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult:
+# A Task is accepted wherever its value is for type checkers, so it gets an overload of its own.
+@overload
+def run(flow: Task[R], *, backend: str = "asyncio", **options: Any) -> RunResult[R]: ...
+@overload
+def run(flow: Fragment[R] | Flow[R], *, backend: str = "asyncio",
+        **options: Any) -> RunResult[R]: ...
+@overload
+def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any]: ...
+
+
+def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any]:
     """Run ``flow`` and block until it ends; returns its :class:`RunResult`.
 
     Works from plain code and from a thread whose event loop is already running (a notebook

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._base import hooks
 from .._base.errors import RunFailed
@@ -165,8 +165,11 @@ class TaskRecord:
                 **({"parent": self.parent} if self.parent is not None else {})}
 
 
+R = TypeVar("R")
+
+
 @dataclass(slots=True)
-class RunResult:
+class RunResult(Generic[R]):
     """The outcome of a run. A failed run still returns its result; call
     :meth:`raise_for_error` to turn failure into an exception.
 
@@ -178,7 +181,9 @@ class RunResult:
             ``timed_out``); it compares equal to those strings.
         context: the final context (the caller's dict was copied, never mutated).
         outputs: task id -> output, for completed tasks.
-        output: for pipelines, the last stage's output (or the per-item outputs).
+        output: the output of the flow's last task (a list when it ends in several; with
+            ``items=``, one per item); ``None`` if it did not complete. Type checkers see
+            the last task's return type for a flow that ends in one task.
         tasks: task id -> :class:`TaskRecord`, in plan order.
         started_at: wall-clock start; task times are seconds after it.
         duration: seconds the run took.
@@ -193,7 +198,7 @@ class RunResult:
     status: RunStatus = RunStatus.RUNNING
     context: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
-    output: Any = None
+    output: R | None = None
     tasks: dict[str, TaskRecord] = field(default_factory=dict)
     started_at: datetime = field(default_factory=datetime.now)
     duration: float = 0.0
@@ -202,6 +207,14 @@ class RunResult:
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
     plan: Any = field(default=None, repr=False, compare=False)
+
+    def id_of(self, task: Any) -> str:
+        """The id ``task`` had in this run (see :meth:`flowdsl.Plan.id_of`): the key of its
+        record in :attr:`tasks` and of its output in :attr:`outputs`."""
+        if self.plan is None:
+            msg = "this RunResult has no plan: it was not made by flowdsl.run()"
+            raise KeyError(msg)
+        return self.plan.id_of(task)  # type: ignore[no-any-return]
 
     @property
     def ok(self) -> bool:
