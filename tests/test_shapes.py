@@ -396,7 +396,7 @@ class TestWhenOn:
         t = fetch("x").named("t").when(lambda v: v["k"], on=n)
         r = run(n >> t)
         assert r.tasks["t"].status is S.FAILED
-        assert "condition of task 't' on <Task 'n'" in r.tasks["t"].error.message
+        assert "condition of task 't' on 'n' raised" in r.tasks["t"].error.message
 
     def test_misuse_is_refused(self) -> None:
         """equals= needs on=; on= takes a task; predicate and equals= are exclusive."""
