@@ -147,6 +147,16 @@ class TestDeterministicIds:
         assert list(flowdsl.plan(b1 | b2).tasks) == [
             "branch_if", "inc", "branch_if_2", "fetch", "branch_else", "inc_2"]
 
+    def test_switch_gates_numbered(self) -> None:
+        """A switch's gates get automatic ids; a second switch's are numbered before the
+        case (switch_2['a']); a named switch's are used as given."""
+        route = fetch("r")
+        first = flowdsl.switch(route, {"a": inc(), "b": inc()})
+        second = flowdsl.switch(route, {"a": add(1, 2)})
+        named = flowdsl.switch(route, {"a": add(3, 4)}, name="kind")
+        gates = [i for i in flowdsl.plan(first | second | named).tasks if "[" in i]
+        assert gates == ["switch['a']", "switch['b']", "switch_2['a']", "kind['a']"]
+
     def test_id_of_unknown_task(self) -> None:
         """plan.id_of() of a task not in the flow raises KeyError saying so."""
         p = flowdsl.plan(inc())

@@ -1033,9 +1033,12 @@ class _Builder:
                 key, n = stem, 1
             else:
                 n = n or 1
+                # The number goes before a trailing [...] (a switch's gate: switch_2['a']).
+                cut = len(stem) - len(t.stem) + t.stem.find("[") if stem[-1] == "]" else -1
+                head, tail = (stem[:cut], stem[cut:]) if cut >= 0 else (stem, "")
                 while True:
                     n += 1
-                    key = f"{stem}_{n}"
+                    key = f"{head}_{n}{tail}"
                     if key not in tasks and key not in self.reserved:
                         break
             self.counts[stem] = n
