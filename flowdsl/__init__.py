@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what the lazy names below are, for type checkers (never run)
     from ._base.log import enable_logging as enable_logging
+    from ._base.log import get_logger as get_logger
     from ._data.compat import ExecutionMode as ExecutionMode
     from ._data.compat import Workflow as Workflow
     from ._data.compat import WorkflowEngine as WorkflowEngine
@@ -52,6 +53,8 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (never run
     from ._record.optimizer import analyze as analyze
     from ._record.optimizer import optimize as optimize
     from ._record.optimizer import simulate as simulate
+    from ._report.benchmark import BenchmarkResult as BenchmarkResult
+    from ._report.benchmark import benchmark as benchmark
     from ._report.progress import progress as progress
     from ._report.timeline import save_timeline as save_timeline
     from ._run.api import Mode as Mode

@@ -425,13 +425,14 @@ class TestFlow:
         assert repr(f) == "<Flow 'etl': 2 tasks, 1 edges>"
 
     def test_flow_embedded(self) -> None:
-        """A Flow composes into a larger flow like its fragment; its tasks' ids get its name
-        as a prefix."""
+        """A Flow composes into a larger flow like its fragment (explicit ids stay as given;
+        automatic ones get the flow's name as a prefix)."""
         a, b, c = _nodes("a", "b", "c")
         inner = Flow("inner", a | b)
-        assert _edges(inner >> c) == {("inner.a", "c"), ("inner.b", "c")}
+        assert _edges(inner >> c) == {("a", "c"), ("b", "c")}
         assert _edges(Flow("outer", [c, inner])) == set()
-        assert list(materialize(Flow("outer", [c, inner])).tasks) == ["c", "inner.a", "inner.b"]
+        assert list(materialize(Flow("outer", [c, inner, Flow("x", other())])).tasks) == [
+            "c", "a", "b", "x.other"]
 
     def test_flow_name_required(self) -> None:
         """A Flow needs a non-empty name."""

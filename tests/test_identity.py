@@ -115,17 +115,26 @@ class TestDeterministicIds:
             flowdsl.plan(fetch("a").named("x") | inc().named("x"))
 
     def test_embedded_flows_namespace_their_tasks(self) -> None:
-        """Tasks inside an embedded Flow get its name as a prefix; two copies of one
-        sub-flow never clash; the flow being planned adds no prefix of its own."""
+        """Automatic ids inside an embedded Flow get its name as a prefix, so two copies of
+        one sub-flow never clash; the flow being planned adds no prefix of its own; an
+        explicit id stays as given (two copies of it clash, saying so)."""
         def ingest() -> Flow:
-            return Flow("ingest", fetch("u") >> inc().named("count"))
+            return Flow("ingest", fetch("u") >> inc())
 
         outer = Flow("site", [ingest(), ingest()] >> add(1, 2))
-        assert _ids(outer) == ["ingest.fetch", "ingest_2.fetch", "ingest.count",
-                               "ingest_2.count", "add"]
+        assert _ids(outer) == ["ingest.fetch", "ingest_2.fetch", "ingest.inc",
+                               "ingest_2.inc", "add"]
         nested = Flow("top", Flow("outer", Flow("inner", fetch("v"))) >> inc())
         assert _ids(nested) == ["outer.inner.fetch", "inc"]
-        assert _ids(ingest()) == ["fetch", "count"]
+        assert _ids(ingest()) == ["fetch", "inc"]
+        named = Flow("n", fetch("u") >> inc().named("count"))
+        assert _ids(Flow("site", named >> add(1, 2))) == ["n.fetch", "count", "add"]
+
+        def named_copy() -> Flow:
+            return Flow("n", fetch("u") >> inc().named("count"))
+
+        with pytest.raises(DuplicateTaskError, match=r"named 'count'.*sub-flow used twice"):
+            flowdsl.plan([named_copy(), named_copy()])
 
     def test_same_flow_object_twice_is_one_copy(self) -> None:
         """The same Flow (like the same Task) used twice is one set of nodes."""

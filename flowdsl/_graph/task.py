@@ -11,8 +11,9 @@ Ids: a Task holds only the id given with ``.named()`` (else ``None``); a Task is
 may sit in several flows, so the id of an unnamed task is the flow's business. It is given when
 the flow is materialized, from the flow's structure alone: the tool's name, numbered among the
 tasks of that name in the order a walk of the expression first meets them (``fetch``,
-``fetch_2``), skipping every explicit id; tasks inside an embedded :class:`Flow` get its name as
-a prefix (``ingest.fetch``). The same flow built again, in any process, gets the same ids.
+``fetch_2``), skipping every explicit id; automatic ids inside an embedded :class:`Flow` get
+its name as a prefix (``ingest.fetch``), explicit ones stay as given. The same flow built
+again, in any process, gets the same ids.
 """
 
 from __future__ import annotations
@@ -1042,15 +1043,15 @@ class _Builder:
                     if key not in tasks and key not in self.reserved:
                         break
             self.counts[stem] = n
-        else:
-            if prefix:
-                key = prefix + key
+        else:  # an explicit id is used as given, also inside an embedded flow
             self.explicit.add(key)
             held = tasks.get(key)
             if held is not None:
                 if held.id is not None:
                     msg = (f"two different tasks in one flow are named {key!r}: tools "
-                           f"{_who(held)} and {_who(t)}; use .named() to tell them apart")
+                           f"{_who(held)} and {_who(t)}; use .named() to tell them apart (an "
+                           "explicit id is not prefixed by an embedded flow's name: a sub-flow "
+                           "used twice needs distinct ids, or automatic ones)")
                     raise DuplicateTaskError(msg, key)
                 # An automatic id took it, but explicit ids win: this walk will be redone
                 # with every explicit id reserved; go on to learn them all.
