@@ -72,3 +72,9 @@ def spawn_and_spin(pid_file: str) -> None:
         fh.write(str(child.pid))
     while True:
         time.sleep(0.01)
+
+
+@tool(executor="process", registry=False)
+def pid_and(x: int) -> tuple[int, int]:
+    """``(x, pid of the worker process that ran the call)``."""
+    return x, os.getpid()

@@ -270,6 +270,20 @@ class TestMap:
         assert r.tasks["s"].status is S.CANCELLED
         assert r.tasks["s[0]"].status is S.CANCELLED
 
+    def test_children_run_in_worker_processes(self) -> None:
+        """On the process executor each child is a call in a worker process; the outputs
+        come back in input order."""
+        import os
+
+        import proc_tools
+
+        r = run(proc_tools.pid_and.map([3, 1, 2]).named("p") >> proc_tools.square.map(
+            [4, 5]).named("sq"))
+        assert r.ok, r.error
+        assert [x for x, _ in r.outputs["p"]] == [3, 1, 2]
+        assert os.getpid() not in {pid for _, pid in r.outputs["p"]}
+        assert r.outputs["sq"] == [16, 25]
+
     def test_to_context_maps_the_list(self) -> None:
         """to_context on a mapped task stores the list of outputs."""
         r = run(fetch.map(["a", "b"]).named("f").to_context("pages"))
