@@ -81,6 +81,30 @@ class TestMap:
         p = flowdsl.plan(search_then_fetch())
         assert list(p.order) == ["search", "fetch", "join"]
 
+    def test_estimates_are_child_duration_times_expected_count(self, tmp_path: Any) -> None:
+        """simulate (and a run's priorities) take a mapped task's duration as one child's
+        times its last recorded count, else 1, and say how many children they assumed."""
+        store = flowdsl.open_history(tmp_path / "h.db")
+
+        def nap(x: int) -> int:
+            time.sleep(0.03)
+            return x
+
+        src = tl(lambda: list(range(5)), name="src")().named("src")
+        naps = tl(nap, name="nap", expected_duration=0.5).map(src).named("nap")
+        flow = flowdsl.Flow("mapped", src >> naps.with_options(max_parallel=1))
+        before = flowdsl.simulate(flow, history=store)
+        assert before.children == {"nap": 1} and before.durations["nap"] == 0.5
+        assert run(flow, history=store).ok
+        declared = flowdsl.simulate(flow, history=store)
+        assert declared.children == {"nap": 5} and declared.durations["nap"] == 2.5
+        assert declared.to_dict()["tasks"]["nap"]["children"] == 5
+        plain = flowdsl.Flow("mapped", src >> tl(nap, name="nap").map(src).named("nap"))
+        recorded = flowdsl.simulate(plain, history=store)
+        assert recorded.sources["nap"] == "history"
+        assert 5 * 0.03 <= recorded.durations["nap"] < 5 * 0.03 + 0.1  # one child's x 5
+        store.close()
+
     def test_plain_list_and_projection(self) -> None:
         """A plain list, and a projection of an output, can be mapped over."""
         lst = fetch.map(["a", "b"]).named("lst")

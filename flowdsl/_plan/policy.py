@@ -39,6 +39,7 @@ from .planner import Plan
 
 __all__ = ["AGING", "DEFAULT_MAX_CONCURRENCY", "DURATION_SOURCES", "THREAD_WORKERS", "Grants",
            "Mode", "Settings", "Waiter", "cpus", "estimate_durations", "executor_limits",
+           "expected_children",
            "flow_of", "priorities", "ranked", "resolve_settings", "worker_limit"]
 
 
@@ -141,12 +142,26 @@ def resolve_settings(flow: Any, p: Plan, *, mode: Any = None,
     return Settings(Mode.parse(mode or Mode.PARALLEL, where), ctx, resources, max_concurrency)
 
 
+def expected_children(p: Plan, counts: Callable[[], Mapping[str, int]] | None = None
+                      ) -> dict[str, int]:
+    """Each mapped task's expected number of children: its last recorded count
+    (``counts()``, called only when the plan has a mapped task), else 1."""
+    mapped = [i for i, t in p.tasks.items() if getattr(t, "fan", None) is not None]
+    if not mapped:
+        return {}
+    recorded = counts() if counts is not None else {}
+    return {i: max(1, int(recorded.get(i, 1))) for i in mapped}
+
+
 def estimate_durations(p: Plan, given: Mapping[str, float] | None = None,
-                       history: Callable[[], Mapping[str, float]] | None = None
+                       history: Callable[[], Mapping[str, float]] | None = None,
+                       counts: Callable[[], Mapping[str, int]] | None = None
                        ) -> tuple[dict[str, float], dict[str, str]]:
     """Each task's expected duration and its source (one of :data:`DURATION_SOURCES`):
     ``given``, else the declared ``expected_duration``, else ``history()`` (called only
-    when a task has neither), else 1 second."""
+    when a task has neither), else 1 second. For a mapped task, a declared, recorded or
+    default duration is one child's: it is multiplied by the expected number of children
+    (:func:`expected_children`); a given one is the whole task's."""
     given = given or {}
     out: dict[str, float] = {}
     src: dict[str, str] = {}
@@ -165,6 +180,9 @@ def estimate_durations(p: Plan, given: Mapping[str, float] | None = None,
     for i in unknown:
         value = recorded.get(i)
         out[i], src[i] = (1.0, "default") if value is None else (float(value), "history")
+    for i, n in expected_children(p, counts).items():
+        if src[i] != "given":
+            out[i] *= n
     return out, src
 
 

@@ -561,7 +561,8 @@ class HistoryStore:
     def durations(self, plan: Plan, stat: str = "p50") -> dict[str, float]:
         """Each task's expected duration from history: the median (``stat="p50"``) or mean
         (``"mean"``) of its completed runs in flows of the same name, else of its tool's
-        completed tasks anywhere. Tasks with no history are left out."""
+        completed tasks anywhere. Tasks with no history are left out. For a mapped task it
+        is the duration of one child (see :meth:`map_counts` for how many)."""
         if stat not in ("p50", "mean"):
             msg = f"durations(stat={stat!r}): expected 'p50' or 'mean'"
             raise ValueError(msg)
@@ -571,9 +572,13 @@ class HistoryStore:
             (TaskStatus.COMPLETED.value,))
         by_task: dict[str, list[float]] = {}
         by_tool: dict[str, list[float]] = {}
+        by_parent: dict[str, list[float]] = {}  # a mapped task -> its children's durations
         for r in rows:
             if plan.name is not None and r["flow"] == plan.name:
                 by_task.setdefault(r["task_id"], []).append(r["duration"])
+                if r["task_id"].endswith("]"):
+                    by_parent.setdefault(r["task_id"].rpartition("[")[0], []).append(
+                        r["duration"])
             by_tool.setdefault(r["tool"], []).append(r["duration"])
 
         def pick(values: list[float]) -> float:
@@ -583,9 +588,27 @@ class HistoryStore:
 
         out: dict[str, float] = {}
         for task_id, task in plan.tasks.items():
-            values = by_task.get(task_id) or by_tool.get(getattr(task.tool, "name", ""))
+            own = by_parent if getattr(task, "fan", None) is not None else by_task
+            values = own.get(task_id) or by_tool.get(getattr(task.tool, "name", ""))
             if values:
                 out[task_id] = pick(values)
+        return out
+
+    def map_counts(self, plan: Plan) -> dict[str, int]:
+        """For each mapped task of ``plan``, how many children it had in the latest run of
+        a flow of the same name that ran it. Mapped tasks never recorded are left out."""
+        mapped = {t for t, task in plan.tasks.items() if getattr(task, "fan", None) is not None}
+        if not mapped or plan.name is None:
+            return {}
+        rows = self._query(
+            "SELECT t.run_id, t.task_id FROM tasks t JOIN runs r USING (run_id) WHERE "
+            "r.flow = ? AND t.task_id LIKE '%]' ORDER BY r.seq DESC", (plan.name,))
+        latest: dict[str, str] = {}  # mapped task -> the run whose children count
+        out: dict[str, int] = {}
+        for r in rows:
+            parent = r["task_id"].rpartition("[")[0]
+            if parent in mapped and latest.setdefault(parent, r["run_id"]) == r["run_id"]:
+                out[parent] = out.get(parent, 0) + 1
         return out
 
     def integrity_check(self) -> str:

@@ -30,6 +30,7 @@ import heapq
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .._graph.task import Task
@@ -68,6 +69,8 @@ class Simulation:
         critical_path: the longest path through the flow for these durations.
         items: the number of pipeline items simulated (``None`` otherwise).
         item_spans: for pipelines over items, task id -> [(start, end)] per item.
+        children: mapped task id -> the number of children assumed (its last recorded
+            count, else 1); its duration is one child's times that.
     """
 
     mode: str
@@ -79,6 +82,7 @@ class Simulation:
     critical_path: list[str]
     items: int | None = None
     item_spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    children: dict[str, int] = field(default_factory=dict)
 
     @property
     def start(self) -> dict[str, float]:
@@ -94,7 +98,9 @@ class Simulation:
         return {"mode": self.mode, "makespan": self.makespan, "lower_bound": self.lower_bound,
                 "critical_path": list(self.critical_path), "items": self.items,
                 "tasks": {i: {"start": t.start, "end": t.end, "duration": self.durations[i],
-                              "source": self.sources[i]} for i, t in self.tasks.items()}}
+                              "source": self.sources[i],
+                              **({"children": self.children[i]} if i in self.children
+                                 else {})} for i, t in self.tasks.items()}}
 
     def __repr__(self) -> str:
         return (f"<Simulation {self.mode}: makespan {self.makespan:.3f}s for "
@@ -120,7 +126,12 @@ def resolve_durations(p: Plan, durations: Mapping[str, float] | None = None,
         store = _history_store(history)
         return store.durations(p) if store is not None else {}
 
-    return policy.estimate_durations(p, durations, recorded)
+    return policy.estimate_durations(p, durations, recorded, partial(_counts, p, history))
+
+
+def _counts(p: Plan, history: Any) -> Mapping[str, int]:
+    store = _history_store(history)
+    return store.map_counts(p) if store is not None else {}
 
 
 def _capacities(resources: Any) -> dict[str, int] | None:
@@ -186,7 +197,9 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
     bound = p.lower_bound(dur, caps, None if workers >= len(p) else workers)
     if n_items:
         bound = max(bound, _pipeline_bound(p, dur, n_items))
-    return Simulation(m.value, makespan, tasks, dur, src, bound, path, n_items, spans)
+    children = policy.expected_children(p, partial(_counts, p, history))
+    return Simulation(m.value, makespan, tasks, dur, src, bound, path, n_items, spans,
+                      children)
 
 
 def _sequential(p: Plan, dur: Mapping[str, float]) -> dict[str, tuple[float, float]]:

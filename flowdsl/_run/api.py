@@ -150,7 +150,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
     estimates = policy.estimate_durations(  # the sources are not kept: memory per task
-        p, durations, None if store is None else partial(store.durations, p))[0]
+        p, durations, None if store is None else partial(store.durations, p),
+        None if store is None else partial(store.map_counts, p))[0]
     priorities = policy.priorities(p, estimates)
     del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
