@@ -839,8 +839,7 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
 
     Embedded, its ``context`` gives defaults merged under the run's context (the run's
     values win), and ``.when()``/``.with_options()`` make it one unit (see
-    :class:`Fragment`). Passed as a tool's argument, it joins the flow whole and the argument
-    receives its output (its last task's, or a dict by id for several).
+    :class:`Fragment`).
 
     Args:
         name: the flow's name (used by history and reports).
