@@ -1029,20 +1029,22 @@ class _Builder:
         key = t.id
         if key is None:
             stem = prefix + t.stem if prefix else t.stem
-            n = self.counts.get(stem)
-            if n is None and stem not in tasks and stem not in self.reserved:
+            counts, reserved = self.counts, self.reserved
+            n = counts.get(stem)
+            if n is None and stem not in tasks and stem not in reserved:
                 key, n = stem, 1
             else:
                 n = n or 1
-                # The number goes before a trailing [...] (a switch's gate: switch_2['a']).
-                cut = len(stem) - len(t.stem) + t.stem.find("[") if stem[-1] == "]" else -1
-                head, tail = (stem[:cut], stem[cut:]) if cut >= 0 else (stem, "")
+                head, tail = stem, ""
+                if stem[-1] == "]":  # the number goes before it: a switch's gate switch_2['a']
+                    cut = len(stem) - len(t.stem) + t.stem.find("[")
+                    head, tail = stem[:cut], stem[cut:]
                 while True:
                     n += 1
                     key = f"{head}_{n}{tail}"
-                    if key not in tasks and key not in self.reserved:
+                    if key not in tasks and key not in reserved:
                         break
-            self.counts[stem] = n
+            counts[stem] = n
         else:  # an explicit id is used as given, also inside an embedded flow
             self.explicit.add(key)
             held = tasks.get(key)
