@@ -436,3 +436,21 @@ class TestTyping:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
         assert out.stdout.strip() == "[]"
+
+
+def test_readme_id_and_guard_rail_examples_run(tmp_path: Path) -> None:
+    """The runnable blocks of the README's "Guard rails" and "Per-task settings and ids"
+    sections run in a fresh process and print what their comments say."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Guard rails"):text.index("### Planning")]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S)
+              if b.startswith("import flowdsl")]
+    assert len(blocks) == 2
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    outs = [subprocess.run([sys.executable, "-c", b], capture_output=True, text=True,
+                           cwd=tmp_path, env=env, timeout=60, check=True).stdout
+            for b in blocks]
+    assert outs[0].startswith("cannot iterate: task 'listing' stands for a value")
+    assert "the_tool.map(listing)" in outs[0]
+    assert outs[1].strip() == ("['fetch_2', 'count', 'ingest.fetch', 'ingest.count', "
+                               "'ingest_2.fetch', 'ingest_2.count', 'fetch']")
