@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 from ._base import hooks as _hooks
 from ._base.errors import (
     CacheKeyError,
+    CompensationError,
     CompositionError,
     CycleError,
     DuplicateTaskError,
     ExecutionError,
     FlowError,
+    GraphTooLargeError,
     HistoryError,
     MissingContextError,
     PlanError,
@@ -27,6 +29,7 @@ from ._base.errors import (
     TaskInputError,
     TaskTimeout,
     ToolDefinitionError,
+    WorkerLost,
 )
 from ._graph.builtins import branch, switch
 from ._graph.registry import ToolRegistry, default_registry
@@ -125,6 +128,7 @@ __all__ = [
     "Backoff",
     "Cache",
     "CacheKeyError",
+    "CompensationError",
     "CompositionError",
     "CycleError",
     "DependencyResolver",
@@ -134,6 +138,7 @@ __all__ = [
     "Flow",
     "FlowError",
     "Fragment",
+    "GraphTooLargeError",
     "HistoryError",
     "MissingContextError",
     "Plan",
@@ -155,6 +160,7 @@ __all__ = [
     "Tool",
     "ToolDefinitionError",
     "ToolRegistry",
+    "WorkerLost",
     "branch",
     "chain",
     "ctx",

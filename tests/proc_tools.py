@@ -78,3 +78,32 @@ def spawn_and_spin(pid_file: str) -> None:
 def pid_and(x: int) -> tuple[int, int]:
     """``(x, pid of the worker process that ran the call)``."""
     return x, os.getpid()
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` and ``repr()`` both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@tool(executor="process", registry=False)
+def raises_unprintable() -> None:
+    """Raise an exception that cannot be printed."""
+    raise Unprintable()
+
+
+@tool(executor="process", registry=False)
+def exits(code: int) -> None:
+    """End the worker process at once, as a crash would (no reply is sent)."""
+    os._exit(code)
+
+
+@tool(executor="process", registry=False)
+def kills_itself(sig: int) -> None:
+    """Kill the worker process with signal ``sig`` (SIGSEGV: as a segfault would)."""
+    os.kill(os.getpid(), sig)
+    time.sleep(5)

@@ -7,16 +7,22 @@ act on it without parsing messages.
 from __future__ import annotations
 
 import graphlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
+    from exceptiongroup import ExceptionGroup
+
 __all__ = [
     "CacheKeyError",
+    "CompensationError",
     "CompositionError",
     "CycleError",
     "DuplicateTaskError",
     "ExecutionError",
     "FlowError",
+    "GraphTooLargeError",
     "HistoryError",
     "MissingContextError",
     "PlanError",
@@ -30,6 +36,9 @@ __all__ = [
     "TaskInputError",
     "TaskTimeout",
     "ToolDefinitionError",
+    "WorkerLost",
+    "exc_repr",
+    "exc_text",
 ]
 
 
@@ -93,6 +102,23 @@ class CycleError(PlanError, graphlib.CycleError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class GraphTooLargeError(PlanError):
+    """Raised when a flow has more tasks or edges than the ``max_nodes``/``max_edges`` given
+    to ``plan()`` or ``run()``; nothing has run.
+
+    Attributes:
+        what: ``"tasks"`` or ``"edges"``.
+        limit: the limit that was given.
+        size: the flow's actual count.
+    """
+
+    def __init__(self, msg: str, *, what: str, limit: int, size: int) -> None:
+        super().__init__(msg)
+        self.what = what
+        self.limit = limit
+        self.size = size
 
 
 class ResourceError(PlanError):
@@ -187,6 +213,37 @@ class RunTimeout(ExecutionError, TimeoutError):
     def __init__(self, msg: str, *, timeout: float) -> None:
         super().__init__(msg)
         self.timeout = timeout
+class WorkerLost(ExecutionError):
+    """The process or cluster running a task went away before it answered (a worker process
+    killed by a signal or ``os._exit``, a Dask cluster closed or unreachable).
+
+    Attributes:
+        task_id: the task whose call was lost.
+        exitcode: the worker process's exit code (negative: killed by that signal), if known.
+    """
+
+    def __init__(self, msg: str, *, task_id: str, exitcode: int | None = None) -> None:
+        super().__init__(msg)
+        self.task_id = task_id
+        self.exitcode = exitcode
+
+
+class CompensationError(ExecutionError, ExceptionGroup):  # type: ignore[misc]
+    """The rollbacks that raised after a failed run, as an exception group; the run's status
+    is ``rollback_failed``. ``original`` is the failure that started the rollback."""
+
+    def __new__(cls, msg: str, errors: Sequence[BaseException],
+                original: BaseException | None = None) -> CompensationError:
+        self = super().__new__(cls, msg, list(errors))
+        self.original = original
+        return self
+
+    def __init__(self, msg: str, errors: Sequence[BaseException],
+                 original: BaseException | None = None) -> None:
+        super().__init__(msg, list(errors))
+
+    def derive(self, excs: Sequence[BaseException]) -> CompensationError:  # type: ignore
+        return CompensationError(self.message, excs, self.original)
 
 
 class RunFailed(ExecutionError):
@@ -216,3 +273,22 @@ class RunNotFound(HistoryError, LookupError):
     def __init__(self, msg: str, run_id: str) -> None:
         super().__init__(msg)
         self.run_id = run_id
+def exc_text(exc: BaseException) -> str:
+    """``str(exc)``, best effort: an exception whose ``__str__`` (or ``__repr__``) raises must
+    still end as a failed task with a message, never as a second error."""
+    try:
+        return str(exc)
+    except Exception:
+        pass
+    try:
+        return f"<unprintable {type(exc).__name__}: {exc!r}>"
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def exc_repr(exc: BaseException) -> str:
+    """``repr(exc)``, best effort (see :func:`exc_text`)."""
+    try:
+        return repr(exc)
+    except Exception:
+        return f"{type(exc).__name__}({exc_text(exc)!r})"

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 import anyio
 
 from .._base import hooks
-from .._base.errors import PlanError, RunTimeout
+from .._base.errors import PlanError, RunTimeout, exc_repr
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._graph.task import Flow, Fragment, Task
@@ -299,7 +299,7 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
             "warning" if result.status is RunStatus.CANCELLED else "error")
         getattr(core.log, level)("run_finished", flow=p.name, status=result.status,
                       duration=result.duration,
-                      error=repr(result.error) if result.error is not None else None)
+                      error=exc_repr(result.error) if result.error is not None else None)
 
 
 _SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,

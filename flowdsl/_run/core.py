@@ -26,6 +26,8 @@ from .._base.errors import (
     TaskFailed,
     TaskInputError,
     TaskTimeout,
+    exc_repr,
+    exc_text,
 )
 from .._base.log import end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
@@ -390,7 +392,8 @@ class Core:
         try:
             return bool(task.condition(self._ctx_view))  # type: ignore[misc]
         except Exception as exc:
-            msg = f"the condition of task {self.ids[task]!r} raised {type(exc).__name__}: {exc}"
+            msg = (f"the condition of task {self.ids[task]!r} raised {type(exc).__name__}: "
+                   f"{exc_text(exc)}")
             raise TaskInputError(msg) from exc
 
     def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -495,7 +498,7 @@ class Core:
                         return self._failed(tid, item, rec, late, n)
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
-                                      error=repr(exc))
+                                      error=exc_repr(exc))
                     await self.sleep(delay)
                     continue
                 return self._failed(tid, item, rec, exc, n)
@@ -539,7 +542,7 @@ class Core:
                     outs[p] = await value.fetch()
                 except Exception as exc:
                     msg = (f"task {tid!r} needs the output of {p!r} here, but fetching "
-                           f"it failed: {type(exc).__name__}: {exc}")
+                           f"it failed: {type(exc).__name__}: {exc_text(exc)}")
                     raise TaskInputError(msg) from exc
 
     async def localize(self) -> None:
@@ -571,9 +574,9 @@ class Core:
         try:
             return bool(spec.retry_if(exc))
         except Exception as bad:  # a broken predicate must not hide the task's own error
-            rec.reason = f"retry_if raised {type(bad).__name__}: {bad}; not retried"
+            rec.reason = f"retry_if raised {type(bad).__name__}: {exc_text(bad)}; not retried"
             if self.log:
-                self.log.warning("task_retry_predicate_failed", task=rec.id, error=repr(bad))
+                self.log.warning("task_retry_predicate_failed", task=rec.id, error=exc_repr(bad))
             return False
 
     @staticmethod
@@ -632,7 +635,8 @@ class Core:
             what = f"after {attempts} attempt(s)" if attempts else "before it could run"
             # A wiring problem already names the task and says what is wrong; any other error
             # is the tool's own, shown with its type.
-            why = str(exc) if isinstance(exc, TaskInputError) else f"{type(exc).__name__}: {exc}"
+            why = (exc_text(exc) if isinstance(exc, TaskInputError)
+                   else f"{type(exc).__name__}: {exc_text(exc)}")
             msg = f"task {tid!r} failed {what}: {why}"
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
@@ -696,7 +700,7 @@ class Core:
                     rec.rollback_error = ErrorInfo.from_exception(exc)
                     self.result.rollback_errors.append(exc)
                     if self.log:
-                        self.log.error("task_rollback_failed", task=tid, error=repr(exc))
+                        self.log.error("task_rollback_failed", task=tid, error=exc_repr(exc))
                 else:
                     rec.status = TaskStatus.ROLLED_BACK
                     item.status[tid] = TaskStatus.ROLLED_BACK

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._base.errors import SerializationError
+from .._base.errors import SerializationError, exc_text
 from .._graph.task import Task
 from .._plan.policy import THREAD_WORKERS, cpus
 
@@ -134,7 +134,8 @@ def _worker_main(conn: Any) -> None:
             try:
                 reply = pickle.dumps(("err", exc, tb))
             except Exception:
-                reply = pickle.dumps(("err", RuntimeError(f"{type(exc).__name__}: {exc}"), tb))
+                text = f"{type(exc).__name__}: {exc_text(exc)}"
+                reply = pickle.dumps(("err", RuntimeError(text), tb))
         try:
             conn.send_bytes(reply)
         except (OSError, ValueError):
@@ -262,7 +263,7 @@ class ProcessExecutor(Executor):
         if status == "ok":
             return rest[0]
         exc, tb = rest
-        if isinstance(exc, pickle.PicklingError) or "pickle" in str(exc).lower():
+        if isinstance(exc, pickle.PicklingError) or "pickle" in exc_text(exc).lower():
             msg = f"task {task_id!r}: its result cannot be sent back from the worker: {exc}"
             raise SerializationError(msg, task_id=task_id) from exc
         exc.__flowdsl_traceback__ = tb  # the worker's traceback text, kept for the record

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from .._base import hooks
-from .._base.errors import RunFailed
+from .._base.errors import RunFailed, exc_text
 
 __all__ = ["STATUS_COLORS", "WAIT_COLOR", "Attempt", "ErrorInfo", "RunObserver", "RunResult",
            "RunStatus", "TaskRecord", "TaskStatus"]
@@ -94,7 +94,7 @@ class ErrorInfo:
         remote = getattr(exc, "__flowdsl_traceback__", None)  # from a worker process
         if remote:
             tb = f"{remote}\nRe-raised in the parent:\n{tb}"
-        return cls(type(exc).__qualname__, str(exc), tb, exc)
+        return cls(type(exc).__qualname__, exc_text(exc), tb, exc)
 
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
@@ -234,7 +234,7 @@ class RunResult(Generic[R]):
         if failed:
             msg += ": failed task(s) " + ", ".join(failed)
         if self.error is not None:
-            msg += f" ({type(self.error).__name__}: {self.error})"
+            msg += f" ({type(self.error).__name__}: {exc_text(self.error)})"
         raise RunFailed(msg, self) from self.error
 
     def summary(self) -> dict[str, int]:
