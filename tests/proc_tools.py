@@ -105,5 +105,8 @@ def exits(code: int) -> None:
 @tool(executor="process", registry=False)
 def kills_itself(sig: int) -> None:
     """Kill the worker process with signal ``sig`` (SIGSEGV: as a segfault would)."""
+    import faulthandler
+
+    faulthandler.disable()  # pytest's handler, inherited by a forked worker, would print
     os.kill(os.getpid(), sig)
     time.sleep(5)

@@ -58,3 +58,27 @@ class TestUnprintableErrors:
         r = flowdsl.run(pt.raises_unprintable(), history=False)
         assert r.tasks["raises_unprintable"].status is S.FAILED
         assert r.tasks["raises_unprintable"].error is not None
+
+
+class TestDeadProcessWorker:
+    """Issue 16 item 5: a worker process that dies fails its task and says how it died."""
+
+    def test_os_exit(self) -> None:
+        """os._exit(3) in the tool: WorkerLost with the exit code, the run goes on."""
+        r = flowdsl.run([pt.exits(3), pt.square(4)], continue_on_error=True, history=False)
+        rec = r.tasks["exits"]
+        assert rec.status is S.FAILED
+        assert rec.error is not None and rec.error.type == "WorkerLost"
+        assert "worker process died (exit code 3)" in rec.error.message
+        assert isinstance(r.error.__cause__, WorkerLost)
+        assert r.error.__cause__.exitcode == 3
+        assert r.outputs["square"] == 16
+
+    def test_segfault(self) -> None:
+        """A worker killed by SIGSEGV: the message names the signal; a retry gets a new worker."""
+        r = flowdsl.run(pt.kills_itself(int(signal.SIGSEGV)).with_options(retries=1),
+                        history=False)
+        rec = r.tasks["kills_itself"]
+        assert rec.status is S.FAILED and len(rec.attempts) == 2
+        assert rec.error is not None
+        assert "worker process died (signal SIGSEGV)" in rec.error.message

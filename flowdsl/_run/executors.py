@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._base.errors import SerializationError, exc_text
+from .._base.errors import SerializationError, WorkerLost, exc_text
 from .._graph.task import Task
 from .._plan.policy import THREAD_WORKERS, cpus
 
@@ -163,6 +163,15 @@ class _Worker:
         self.proc.start()
         child.close()
 
+    def receive(self) -> bytes | None:
+        """The reply to the call sent (in a thread); None when the worker died first, once
+        it has been reaped, so that its exit code is known."""
+        try:
+            return self.conn.recv_bytes()  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            self.proc.join(5.0)
+            return None
+
     def kill(self) -> None:
         # SIGTERM to the worker's process group first, SIGKILL if it lingers; join reaps
         # the worker so no zombie is left, and a last SIGKILL ends what its tools started.
@@ -177,6 +186,21 @@ class _Worker:
         _signal_group(pid, signal.SIGKILL)
         self.conn.close()
         self.proc.close()
+
+
+def _died(task_id: str, code: int | None) -> WorkerLost:
+    if code is None:
+        how = "no exit code"
+    elif code < 0:
+        try:
+            how = f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"signal {-code}"
+    else:
+        how = f"exit code {code}"
+    msg = (f"task {task_id!r}: worker process died ({how}) before it answered; a crash "
+           "in native code, os._exit() or the OOM killer can end a worker")
+    return WorkerLost(msg, task_id=task_id, exitcode=code)
 
 
 def _signal_group(pid: int | None, sig: int) -> bool:
@@ -235,17 +259,20 @@ class ProcessExecutor(Executor):
         async with self._slots:
             worker = self._idle.pop() if self._idle else self._start(self._ctx)
             ok = False
+            code: int | None = None
             try:
                 worker.conn.send_bytes(payload)
-                reply = await anyio.to_thread.run_sync(worker.conn.recv_bytes,
-                                                       abandon_on_cancel=True)
-                ok = True
+                reply = await anyio.to_thread.run_sync(worker.receive, abandon_on_cancel=True)
+                ok = reply is not None
             finally:
                 if ok:
                     self._idle.append(worker)
-                else:  # cancelled or broken: the worker may be mid-call, so it goes
+                else:  # cancelled, broken or dead: the worker may be mid-call, so it goes
+                    code = worker.proc.exitcode
                     self._all.discard(worker)
                     worker.kill()
+        if reply is None:
+            raise _died(task_id, code)
         return self._unpack(reply, task_id)
 
     def _start(self, ctx: Any) -> _Worker:
