@@ -31,6 +31,8 @@ from ._base.errors import (
     ToolDefinitionError,
     WorkerLost,
 )
+from ._base.limits import Limits, limits, set_limits
+from ._base.secrets import Secret
 from ._graph.builtins import branch, switch
 from ._graph.registry import ToolRegistry, default_registry
 from ._graph.spec import Cache
@@ -140,6 +142,7 @@ __all__ = [
     "Fragment",
     "GraphTooLargeError",
     "HistoryError",
+    "Limits",
     "MissingContextError",
     "Plan",
     "PlanError",
@@ -150,6 +153,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "RunTimeout",
+    "Secret",
     "SerializationError",
     "Task",
     "TaskFailed",
@@ -166,8 +170,10 @@ __all__ = [
     "ctx",
     "default_registry",
     "each",
+    "limits",
     "parallel",
     "plan",
+    "set_limits",
     "switch",
     "tool",
     *_LAZY,

@@ -4,7 +4,10 @@ join/rollback cases of the reliability catalogue (docs/RELIABILITY.md lists them
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+from pathlib import Path
 
 import proc_tools as pt  # tests/ is on sys.path: worker processes import the tools
 import pytest
@@ -55,7 +58,7 @@ class TestUnprintableErrors:
 
     def test_process_worker(self) -> None:
         """An unprintable exception raised in a worker process fails its task too."""
-        r = flowdsl.run(pt.raises_unprintable(), history=False)
+        r = flowdsl.run(pt.raises_unprintable().named("raises_unprintable"), history=False)
         assert r.tasks["raises_unprintable"].status is S.FAILED
         assert r.tasks["raises_unprintable"].error is not None
 
@@ -65,7 +68,8 @@ class TestDeadProcessWorker:
 
     def test_os_exit(self) -> None:
         """os._exit(3) in the tool: WorkerLost with the exit code, the run goes on."""
-        r = flowdsl.run([pt.exits(3), pt.square(4)], continue_on_error=True, history=False)
+        r = flowdsl.run([pt.exits(3).named("exits"), pt.square(4).named("square")],
+                        continue_on_error=True, history=False)
         rec = r.tasks["exits"]
         assert rec.status is S.FAILED
         assert rec.error is not None and rec.error.type == "WorkerLost"
@@ -76,9 +80,262 @@ class TestDeadProcessWorker:
 
     def test_segfault(self) -> None:
         """A worker killed by SIGSEGV: the message names the signal; a retry gets a new worker."""
-        r = flowdsl.run(pt.kills_itself(int(signal.SIGSEGV)).with_options(retries=1),
-                        history=False)
+        task = pt.kills_itself(int(signal.SIGSEGV)).named("kills_itself")
+        r = flowdsl.run(task.with_options(retries=1), history=False)
         rec = r.tasks["kills_itself"]
         assert rec.status is S.FAILED and len(rec.attempts) == 2
         assert rec.error is not None
         assert "worker process died (signal SIGSEGV)" in rec.error.message
+
+
+class TestUnencodableIds:
+    """Issue 16 item 1 (ids): a lone surrogate in an id is refused where the flow is built."""
+
+    def test_task_id(self) -> None:
+        """.named() refuses an id UTF-8 cannot encode, and names it."""
+        @tool(registry=False)
+        def f() -> None: ...
+
+        with pytest.raises(flowdsl.CompositionError, match=r"report-\\udcff"):
+            f().named(os.fsdecode(b"report-\xff"))
+
+    def test_tool_and_flow_names(self) -> None:
+        """A tool name or flow name with a lone surrogate is refused too."""
+        with pytest.raises(flowdsl.ToolDefinitionError, match="surrogate"):
+            tool(name="a\ud800", registry=False)(lambda: None)
+
+        @tool(registry=False)
+        def f() -> None: ...
+
+        with pytest.raises(flowdsl.CompositionError, match="surrogate"):
+            flowdsl.Flow("flow\ud800", f())
+
+    def test_document_id_and_name(self) -> None:
+        """A document's task id or name with "\\ud800" is a validation problem at its path."""
+        @tool(registry=False)
+        def f() -> None: ...
+
+        reg = flowdsl.ToolRegistry()
+        reg.register(f)
+        doc = '{"name": "n\\ud800", "tasks": [{"id": "a\\ud800", "tool": "f"}]}'
+        with pytest.raises(flowdsl.PlanValidationError) as info:
+            flowdsl.load_flow(doc, reg)
+        paths = {p["path"]: p["message"] for p in info.value.problems}
+        assert "surrogate" in paths["name"]
+        assert "surrogate" in paths["tasks[0].id"]
+
+
+class TestLimits:
+    """Issue 16 item 9: ceilings for retries, timeouts, document size and stored outputs."""
+
+    def test_retries_and_timeouts_have_ceilings(self) -> None:
+        """retries over 100 and timeouts over a week are refused, naming the option."""
+        def f() -> None: ...
+
+        with pytest.raises(flowdsl.ToolDefinitionError, match=r"retries=10000000000.*at most 100"):
+            tool(retries=10_000_000_000, registry=False)(f)
+        for option in ("timeout", "deadline"):
+            with pytest.raises(flowdsl.ToolDefinitionError, match=f"{option}=1e\\+300"):
+                tool(registry=False, **{option: 1e300})(f)
+        tool(retries=100, timeout=7 * 24 * 3600, registry=False)(f)  # the limits themselves
+        with pytest.raises(ValueError, match="timeout=1e\\+300"):
+            flowdsl.run(tool(registry=False)(f)(), timeout=1e300, history=False)
+
+    def test_limits_are_settable(self) -> None:
+        """set_limits raises the ceilings and returns the previous ones to restore."""
+        def f() -> None: ...
+
+        before = flowdsl.set_limits(max_retries=1000, max_timeout=1e7)
+        try:
+            assert flowdsl.limits().max_retries == 1000
+            assert tool(retries=500, timeout=9e6, registry=False)(f).spec.retries == 500
+        finally:
+            flowdsl.set_limits(max_retries=before.max_retries, max_timeout=before.max_timeout)
+        assert flowdsl.limits() == before
+        with pytest.raises(ValueError, match="max_retries=0"):
+            flowdsl.set_limits(max_retries=0)
+
+    def test_document_limits(self) -> None:
+        """A document's retries and timeout go through the same ceilings."""
+        @tool(registry=False)
+        def f() -> None: ...
+
+        reg = flowdsl.ToolRegistry()
+        reg.register(f)
+        doc = {"name": "n", "tasks": [{"id": "a", "tool": "f", "retries": 10_000_000_000,
+                                       "timeout": 1e300}]}
+        with pytest.raises(flowdsl.PlanValidationError) as info:
+            flowdsl.load_flow(doc, reg)
+        assert {p["path"] for p in info.value.problems} == {"tasks[0].retries",
+                                                            "tasks[0].timeout"}
+
+    @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+    def test_load_flow_refuses_fifos_and_devices(self, tmp_path: Path) -> None:
+        """A FIFO or a symlink to /dev/zero is refused at once, never read without end."""
+        fifo = tmp_path / "flow.json"
+        os.mkfifo(fifo)
+        with pytest.raises(flowdsl.PlanValidationError, match="not a regular file"):
+            flowdsl.load_flow(fifo)
+        if os.path.exists("/dev/zero"):
+            link = tmp_path / "zero.json"
+            link.symlink_to("/dev/zero")
+            with pytest.raises(flowdsl.PlanValidationError, match="not a regular file"):
+                flowdsl.load_flow(link)
+
+    def test_load_flow_limit_is_enforced_by_reading(self, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """The size limit holds even when stat lies (reads stop at max_bytes + 1)."""
+        path = tmp_path / "flow.json"
+        path.write_text('{"name": "n", "tasks": []}' + " " * 5000)
+        real_stat = os.stat
+
+        class _Small:
+            def __init__(self, st: os.stat_result) -> None:
+                self._st = st
+
+            def __getattr__(self, name: str) -> object:
+                return 10 if name == "st_size" else getattr(self._st, name)
+
+        monkeypatch.setattr(os, "stat", lambda *a, **k: _Small(real_stat(*a, **k)))
+        monkeypatch.setattr(os, "fstat", lambda fd: _Small(real_stat(fd)))
+        with pytest.raises(flowdsl.PlanValidationError, match="larger than max_bytes=1000"):
+            flowdsl.load_flow(path, max_bytes=1000)
+
+    def test_stored_output_cap(self, tmp_path: Path) -> None:
+        """An output over max_stored_output stays in the result, history stores a marker."""
+        @tool(registry=False)
+        def big() -> str:
+            return "x" * 5000
+
+        before = flowdsl.set_limits(max_stored_output=1000)
+        try:
+            with flowdsl.open_history(tmp_path / "h.db") as store:
+                with pytest.warns(RuntimeWarning, match="over the 1000-byte cap"):
+                    r = flowdsl.run(big(), history=store, store_outputs=True)
+                store.flush()
+                stored = store.load_outputs(r.run_id)
+        finally:
+            flowdsl.set_limits(max_stored_output=before.max_stored_output)
+        assert r.output == "x" * 5000
+        assert "__flowdsl_omitted__" in stored["big"]
+
+
+CANARY = "canary-7f3a"
+CANARY_CTX = "canary-ctx-91b2"
+
+FLOW_FILE = '''
+import flowdsl
+from flowdsl import Secret, ctx, tool
+
+
+@tool(registry=False)
+def login(token: Secret, user: str) -> dict:
+    """Use the secret; the output holds the value as a plain string."""
+    return {{"session": "for " + token.get(), "user": user}}
+
+
+@tool(registry=False)
+def call_api(key: Secret, after: object = None) -> None:
+    """Fail with the value in the message."""
+    raise PermissionError("key " + key.get() + " was refused")
+
+
+def make():
+    a = login(Secret({canary!r}), "bob").named("login")
+    b = call_api(ctx("api_key"), after=a).named("call_api")
+    return flowdsl.Flow("secrets", a >> b, context={{"api_key": Secret({ctx!r})}})
+
+
+flow = make()
+'''
+
+
+class TestSecrets:
+    """Issue 16 item 6 (catalogue SE1): a Secret's value never leaves the run in clear."""
+
+    def _flow(self, tmp_path: Path) -> flowdsl.Flow:
+        (tmp_path / "secret_flow.py").write_text(FLOW_FILE.format(canary=CANARY, ctx=CANARY_CTX))
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("secret_flow", tmp_path / "secret_flow.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.flow  # type: ignore[no-any-return]
+
+    def test_secret_type(self) -> None:
+        """repr/str hide the value, .get() reads it, JSON refuses it."""
+        s = flowdsl.Secret(CANARY)
+        assert repr(s) == str(s) == "Secret('***')"
+        assert s.get() == CANARY
+        with pytest.raises(TypeError):
+            json.dumps(s)
+        import pickle
+
+        assert pickle.loads(pickle.dumps(s)).get() == CANARY  # to worker processes
+
+    def test_canary_absent_from_every_channel(self, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+        """The values (an argument, a context entry) reappear as plain strings in an output
+        and in an exception, and still show up nowhere flowdsl writes."""
+        from structlog.testing import capture_logs
+
+        flow = self._flow(tmp_path)
+        db = tmp_path / "h.db"
+        with flowdsl.open_history(db) as store, capture_logs() as logs:
+            r = flowdsl.run(flow, history=store, store_outputs=True, log=True)
+            store.flush()
+            shown = store.get_run(r.run_id)
+        assert r.status == "failed"
+        assert CANARY in r.outputs["login"]["session"]  # the tool's own value is untouched
+        channels = {
+            "logs": repr(logs),
+            "to_dict": json.dumps(r.to_dict()),
+            "repr": repr(r) + repr(r.tasks) + repr(r.context),
+            "errors": "".join(f"{rec.error.message}{rec.error.traceback}"
+                              for rec in r.tasks.values() if rec.error),
+            "run error": str(r.error),
+            "history": json.dumps(shown, default=str),
+        }
+        with pytest.raises(flowdsl.RunFailed) as info:
+            r.raise_for_error()
+        channels["raise_for_error"] = str(info.value)
+        timeline = tmp_path / "t.html"
+        flowdsl.save_timeline(r, str(timeline))
+        channels["timeline"] = timeline.read_text()
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("h.db*"))
+        channels["database file"] = raw.decode("latin-1")
+        for name, text in channels.items():
+            assert CANARY not in text, f"the argument's secret leaked into {name}"
+            assert CANARY_CTX not in text, f"the context's secret leaked into {name}"
+        assert "***" in channels["errors"] and "***" in channels["history"]
+        assert "key *** was refused" in r.tasks["call_api"].error.message
+
+    def test_cli_json_and_table(self, tmp_path: Path) -> None:
+        """`flowdsl run file.py:flow` (--json and the summary table) masks them too."""
+        import subprocess
+        import sys
+
+        self._flow(tmp_path)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        for extra in (["--json"], []):
+            done = subprocess.run(
+                [sys.executable, "-m", "flowdsl", "run", str(tmp_path / "secret_flow.py:flow"),
+                 *extra], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+            assert done.returncode == 1, done.stderr
+            out = done.stdout + done.stderr
+            assert "was refused" in out
+            assert CANARY not in out and CANARY_CTX not in out
+        raw = b"".join(p.read_bytes() for p in Path(os.environ["FLOWDSL_HISTORY"]).parent.glob(
+            "*.db*"))
+        assert CANARY.encode() not in raw and CANARY_CTX.encode() not in raw
+
+    def test_no_secret_no_masker(self) -> None:
+        """A run without Secrets has no masker (nothing is scanned or rewritten)."""
+        @tool(registry=False)
+        def echo(x: str) -> str:
+            return x
+
+        r = flowdsl.run(echo(CANARY), history=False)
+        assert r.masker is None
+        assert CANARY in json.dumps(r.to_dict())

@@ -16,12 +16,14 @@ import dataclasses
 import enum
 import json
 import os
+import stat
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .._base.errors import CompositionError, CycleError, PlanValidationError, ToolDefinitionError
+from .._base.limits import encodable
 from .._graph.registry import ToolRegistry, default_registry
 from .._graph.spec import TRIGGERS, _normalize
 from .._graph.task import _MISSING as _GRAPH_MISSING
@@ -82,11 +84,13 @@ def _read(doc: Any, max_bytes: int, max_depth: int) -> Any:
         path = Path(doc)
         suffix = path.suffix.lower()
         try:
-            if path.stat().st_size > max_bytes:
-                raise fail(f"the file is larger than max_bytes={max_bytes}", "too_large")
-            doc = path.read_bytes().decode("utf-8")
+            raw = _read_file(path, max_bytes)
+            doc = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise fail(f"cannot read {str(path)!r}: {exc}") from None
+        if len(raw) > max_bytes:
+            raise fail(f"the file {str(path)!r} is larger than max_bytes={max_bytes}",
+                       "too_large")
     if isinstance(doc, bytes):
         doc = doc.decode("utf-8", errors="replace")
     if not isinstance(doc, str):
@@ -106,6 +110,30 @@ def _read(doc: Any, max_bytes: int, max_depth: int) -> Any:
         return json.loads(doc)
     except (ValueError, RecursionError) as exc:
         raise fail(f"invalid JSON: {exc}") from None
+
+
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    """At most ``max_bytes`` + 1 bytes of a regular file. The limit is enforced by reading,
+    not by trusting stat (a /proc file or a growing file says nothing true about its size),
+    and anything that is not a regular file (a FIFO, a device such as /dev/zero, through a
+    symlink or not) is refused: it could block or never end."""
+    # O_NONBLOCK: opening a FIFO with no writer would otherwise block forever.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            msg = "not a regular file (a FIFO, device or directory); refused"
+            raise OSError(msg)
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _yaml() -> Any:
@@ -174,6 +202,10 @@ def _check_id(value: Any, where: str, out: Problems) -> bool:
         _problem(out, where, "bad_id", f"a task id must be a string, got {type(value).__name__}")
     elif not value or len(value) > MAX_ID_LENGTH:
         _problem(out, where, "bad_id", f"a task id has 1 to {MAX_ID_LENGTH} characters")
+    elif not encodable(value):
+        # A lone surrogate (JSON "\ud800") cannot be written to history, logs or reports.
+        _problem(out, where, "bad_id", f"task id {value!r} has a character UTF-8 cannot "
+                 "encode (a lone surrogate)")
     elif any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
         # Control and line-break characters could forge lines in logs and reports.
         _problem(out, where, "bad_id", f"task id {value!r} contains control characters")
@@ -382,6 +414,9 @@ def _check_header(doc: dict[str, Any], out: Problems) -> dict[str, Any]:
     name = doc.get("name")
     if not isinstance(name, str) or not name:
         _problem(out, "name", "missing_field", "'name' must be a non-empty string")
+    elif not encodable(name):
+        _problem(out, "name", "bad_name", f"the name {name!r} has a character UTF-8 cannot "
+                 "encode (a lone surrogate)")
     head["name"] = name
     mode = doc.get("mode")
     if isinstance(mode, str):

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from .._base.errors import ToolDefinitionError
+from .._base.limits import encodable, limits
 
 __all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "Cache", "ToolLike", "ToolSpec"]
 
@@ -114,15 +115,30 @@ def _number(name: str, option: str, value: Any, *, positive: bool) -> float:
     return float(value)
 
 
+def _seconds(name: str, option: str, value: Any) -> float:
+    seconds = _number(name, option, value, positive=True)
+    most = limits().max_timeout
+    if seconds > most:
+        raise _bad(name, option, value, f"at most {most:g} seconds (the limit is "
+                   "flowdsl.set_limits(max_timeout=...))")
+    return seconds
+
+
 def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any]:
     """Validate option values one by one; every message names the tool, option and value."""
     out: dict[str, Any] = {}
     for key, value in opts.items():
-        if key in ("timeout", "expected_duration", "deadline"):
+        if key in ("timeout", "deadline"):
+            out[key] = None if value is None else _seconds(name, key, value)
+        elif key == "expected_duration":
             out[key] = None if value is None else _number(name, key, value, positive=True)
         elif key == "retries":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise _bad(name, key, value, "an integer >= 0")
+            most = limits().max_retries
+            if value > most:
+                raise _bad(name, key, value, f"at most {most} (the limit is "
+                           "flowdsl.set_limits(max_retries=...))")
             out[key] = value
         elif key == "backoff":
             out[key] = _backoff(name, value)
@@ -151,6 +167,8 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
         elif key in ("description", "name"):
             if not isinstance(value, str) or (key == "name" and not value):
                 raise _bad(name, key, value, "a non-empty string")
+            if key == "name" and not encodable(value):
+                raise _bad(name, key, value, "text that UTF-8 can encode (no lone surrogates)")
             out[key] = value
         else:
             msg = f"tool {name!r}: unknown option {key!r}"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import CompositionError, DuplicateTaskError
+from .._base.limits import encodable
 from .spec import TRIGGERS, ToolLike, ToolSpec
 from .walk import nodes
 
@@ -500,8 +501,9 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
 
     def named(self, task_id: str) -> Task[R_co]:
         """The same task under the id ``task_id``."""
-        if not isinstance(task_id, str) or not task_id:
-            msg = f"task id must be a non-empty string, got {task_id!r}"
+        if not isinstance(task_id, str) or not task_id or not encodable(task_id):
+            msg = (f"task id must be a non-empty string that UTF-8 can encode (no lone "
+                   f"surrogates), got {task_id!r}")
             raise CompositionError(msg)
         return self._replace(id=task_id)
 
@@ -872,8 +874,9 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
                  mode: str | None = None, context: Mapping[str, Any] | None = None,
                  resources: Mapping[str, int] | None = None,
                  max_concurrency: int | None = None) -> None:
-        if not isinstance(name, str) or not name:
-            msg = f"Flow name must be a non-empty string, got {name!r}"
+        if not isinstance(name, str) or not name or not encodable(name):
+            msg = (f"Flow name must be a non-empty string that UTF-8 can encode (no lone "
+                   f"surrogates), got {name!r}")
             raise CompositionError(msg)
         self.name = name
         self.fragment: Task[Any] | Fragment[Any] = _coerce(fragment)

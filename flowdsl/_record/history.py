@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._base.errors import HistoryError, RunNotFound
+from .._base.limits import stored_json
 from .._run.result import RunResult, TaskRecord, TaskStatus
 
 if TYPE_CHECKING:
@@ -675,7 +676,7 @@ class HistoryObserver:
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         encoded = None
         if self._outputs and record.status is TaskStatus.COMPLETED:
-            encoded = _to_json(output)
+            encoded = stored_json(output, result.masker, task_id=record.id)
         store = self._store
         store._enqueue(_UPSERT_TASK, [_task_row(result.run_id, record, encoded)])
         if record.attempts:
@@ -691,7 +692,8 @@ class HistoryObserver:
         if rest:
             # Tasks reused by a resume keep their stored output, so a resumed run can be
             # resumed in turn.
-            rows = [_task_row(result.run_id, r, _to_json(result.outputs[r.id])
+            rows = [_task_row(result.run_id, r, stored_json(result.outputs[r.id],
+                                                            result.masker, task_id=r.id)
                               if self._outputs and r.status is TaskStatus.COMPLETED
                               and r.id in result.outputs else None) for r in rest]
             store._enqueue(_UPSERT_TASK, rows)
@@ -719,12 +721,3 @@ def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
         rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
                      a.status.value, etype, emsg))
     return rows
-
-
-def _to_json(value: Any) -> str | None:
-    """JSON text of ``value``, or ``None`` when it is not plain JSON data (never pickled)."""
-    try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return None
-

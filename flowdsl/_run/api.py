@@ -17,10 +17,12 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from .._base import hooks
+from .._base import hooks, secrets
 from .._base.errors import PlanError, RunTimeout, exc_repr
+from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
+from .._base.secrets import Masker
 from .._graph.task import Flow, Fragment, Task
 from .._plan import policy
 from .._plan.planner import Plan, plan
@@ -56,6 +58,11 @@ def _positive(name: str, value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         msg = f"run(): {name}={value!r} is invalid: expected a number > 0 or None"
+        raise ValueError(msg)
+    most = limits().max_timeout
+    if value > most:
+        msg = (f"run(): {name}={value!r} is invalid: expected at most {most:g} seconds (the "
+               "limit is flowdsl.set_limits(max_timeout=...))")
         raise ValueError(msg)
 
 
@@ -158,7 +165,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
         if type(ex).prepare is not Executor.prepare:
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
-                       context=ctx, plan=p)
+                       context=ctx, plan=p, masker=_secrets(p, ctx, input))
     obs = _observers(observers, store, p, store_outputs, progress)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
@@ -187,6 +194,15 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
         result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
     await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
     return result
+
+
+def _secrets(p: Plan, ctx: Mapping[str, Any], input: Any) -> Masker | None:
+    """The run's masker: the Secrets among its tasks' arguments, its context and its input
+    (not looked for at all unless a Secret was ever made)."""
+    if not secrets.in_use():
+        return None
+    args = [(t.args, t.kwargs) for t in p.tasks.values()]  # type: ignore[attr-defined]
+    return secrets.collect(args, ctx, input)
 
 
 def _observers(given: Sequence[RunObserver], store: Any, p: Plan,

@@ -31,6 +31,7 @@ from .._base.errors import (
 )
 from .._base.log import end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
+from .._base.secrets import MaskedLogger
 from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task
 from .._graph.walk import KEEP, nodes, transform
 from .._plan.planner import Plan
@@ -99,7 +100,11 @@ class Core:
         self.priorities = priorities
         self.continue_on_error = continue_on_error
         self.observers = tuple(observers)
+        # The run's secrets (see flowdsl/_base/secrets.py): None, and free, without any.
+        self.masker = masker = result.masker
         self.log = engine_logger(run_id=result.run_id) if log else None
+        if self.log is not None and masker is not None:
+            self.log = MaskedLogger(self.log, masker)
         self.rng = rng or random.Random()
         self.sleep = sleep or anyio.sleep
         # Whether any task runs remotely (dask): computed once, so local runs pay one bool
@@ -374,7 +379,7 @@ class Core:
                 ok = g.test(value)
             except Exception as exc:
                 msg = (f"the condition of {owner} on {name!r} raised "
-                       f"{type(exc).__name__}: {exc}")
+                       f"{type(exc).__name__}: {exc_text(exc)}")
                 raise TaskInputError(msg) from exc
             if not ok:
                 name = repr(name)
@@ -488,7 +493,7 @@ class Core:
             except Exception as exc:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
-                att.error = ErrorInfo.from_exception(exc)
+                att.error = ErrorInfo.from_exception(exc, self.masker)
                 if self._retryable(spec, exc, n, rec):
                     delay = spec.backoff.delay(n, self.rng)
                     if deadline_at is not None and att.ended_at + delay >= deadline_at:
@@ -610,6 +615,8 @@ class Core:
         rec.status = status
         if reason is not None:
             rec.reason = reason
+        if self.masker is not None and rec.reason:
+            rec.reason = self.masker.text(rec.reason)
         if rec.started_at is not None:
             rec.ended_at = self.now() if ended is None else ended
         # A cached task counts as completed for everything downstream.
@@ -628,7 +635,7 @@ class Core:
         """Record a failure; unless ``continue_on_error``, stop the run (a failed child of
         a mapped task stops only its siblings: its parent fails once they are final)."""
         status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
-        rec.error = ErrorInfo.from_exception(exc)
+        rec.error = ErrorInfo.from_exception(exc, self.masker)
         if isinstance(exc, TaskFailed):
             err: BaseException = exc
         else:
@@ -638,6 +645,8 @@ class Core:
             why = (exc_text(exc) if isinstance(exc, TaskInputError)
                    else f"{type(exc).__name__}: {exc_text(exc)}")
             msg = f"task {tid!r} failed {what}: {why}"
+            if self.masker is not None:
+                msg = self.masker.text(msg)
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
         held = self.held.get((tid, item.index)) if self.held else None
@@ -697,7 +706,7 @@ class Core:
                     if inspect.isawaitable(outcome):
                         await outcome
                 except Exception as exc:
-                    rec.rollback_error = ErrorInfo.from_exception(exc)
+                    rec.rollback_error = ErrorInfo.from_exception(exc, self.masker)
                     self.result.rollback_errors.append(exc)
                     if self.log:
                         self.log.error("task_rollback_failed", task=tid, error=exc_repr(exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import signal
@@ -169,10 +170,12 @@ class _Worker:
         try:
             return self.conn.recv_bytes()  # type: ignore[no-any-return]
         except (EOFError, OSError):
-            self.proc.join(5.0)
+            # Wait for the exit itself (the pipe closes a moment before), without reaping:
+            # kill() reaps, on one thread only, and reads the exit code.
+            multiprocessing.connection.wait([self.proc.sentinel], 5.0)
             return None
 
-    def kill(self) -> None:
+    def kill(self) -> int | None:
         # SIGTERM to the worker's process group first, SIGKILL if it lingers; join reaps
         # the worker so no zombie is left, and a last SIGKILL ends what its tools started.
         pid = self.proc.pid
@@ -183,9 +186,11 @@ class _Worker:
             if self.proc.is_alive() and not _signal_group(pid, signal.SIGKILL):
                 self.proc.kill()
         self.proc.join()
+        code = self.proc.exitcode
         _signal_group(pid, signal.SIGKILL)
         self.conn.close()
         self.proc.close()
+        return code
 
 
 def _died(task_id: str, code: int | None) -> WorkerLost:
@@ -268,9 +273,8 @@ class ProcessExecutor(Executor):
                 if ok:
                     self._idle.append(worker)
                 else:  # cancelled, broken or dead: the worker may be mid-call, so it goes
-                    code = worker.proc.exitcode
                     self._all.discard(worker)
-                    worker.kill()
+                    code = worker.kill()
         if reply is None:
             raise _died(task_id, code)
         return self._unpack(reply, task_id)

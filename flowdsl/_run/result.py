@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from .._base import hooks
 from .._base.errors import RunFailed, exc_text
+from .._base.secrets import Masker
 
 __all__ = ["STATUS_COLORS", "WAIT_COLOR", "Attempt", "ErrorInfo", "RunObserver", "RunResult",
            "RunStatus", "TaskRecord", "TaskStatus"]
@@ -89,12 +90,17 @@ class ErrorInfo:
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+    def from_exception(cls, exc: BaseException, masker: Masker | None = None) -> ErrorInfo:
+        """The error as data; with a run's ``masker``, its secrets masked in the message and
+        the traceback."""
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         remote = getattr(exc, "__flowdsl_traceback__", None)  # from a worker process
         if remote:
             tb = f"{remote}\nRe-raised in the parent:\n{tb}"
-        return cls(type(exc).__qualname__, exc_text(exc), tb, exc)
+        message = exc_text(exc)
+        if masker is not None:
+            message, tb = masker.text(message), masker.text(tb)
+        return cls(type(exc).__qualname__, message, tb, exc)
 
     def to_dict(self) -> dict[str, str]:
         return {"type": self.type, "message": self.message, "traceback": self.traceback}
@@ -207,6 +213,9 @@ class RunResult(Generic[R]):
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
     plan: Any = field(default=None, repr=False, compare=False)
+    #: The run's secrets (None when it holds no :class:`~flowdsl.Secret`): whatever text
+    #: leaves the run passes through it.
+    masker: Masker | None = field(default=None, repr=False, compare=False)
 
     def id_of(self, task: Any) -> str:
         """The id ``task`` had in this run (see :meth:`flowdsl.Plan.id_of`): the key of its
@@ -235,6 +244,8 @@ class RunResult(Generic[R]):
             msg += ": failed task(s) " + ", ".join(failed)
         if self.error is not None:
             msg += f" ({type(self.error).__name__}: {exc_text(self.error)})"
+        if self.masker is not None:
+            msg = self.masker.text(msg)
         raise RunFailed(msg, self) from self.error
 
     def summary(self) -> dict[str, int]:
@@ -246,7 +257,7 @@ class RunResult(Generic[R]):
 
     def to_dict(self, *, outputs: bool = True) -> dict[str, Any]:
         """The result as JSON-friendly data (outputs that are not JSON are given as repr)."""
-        return {
+        out = {
             "run_id": self.run_id, "flow": self.flow_name, "mode": self.mode,
             "status": self.status, "ok": self.ok, "started_at": self.started_at.isoformat(),
             "duration": self.duration, "summary": self.summary(),
@@ -256,6 +267,7 @@ class RunResult(Generic[R]):
             "output": _jsonable(self.output) if outputs else None,
             "context": {k: _jsonable(v) for k, v in self.context.items()} if outputs else None,
         }
+        return out if self.masker is None else self.masker.data(out)  # type: ignore
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.summary().items())

@@ -1,0 +1,147 @@
+"""Secrets: values a run uses but never writes.
+
+Wrap a value in :class:`Secret` where a run receives it (a tool argument, a context entry, the
+pipeline ``input``). When a run starts, every Secret it holds is registered in that run's
+:class:`Masker`, and each place where text leaves the engine (error records and tracebacks, log
+events, ``RunResult.to_dict``, history rows and stored outputs) passes through it, so the value
+is replaced by ``***`` even where it reappears as a plain string (in an exception message, in
+an output). A run without a Secret has no masker and pays nothing: the check is one ``None``
+test at those few exits, and the run does not even look for Secrets unless one was ever made.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["MASK", "MIN_LENGTH", "MaskedLogger", "Masker", "Secret", "collect", "in_use"]
+
+MASK = "***"
+#: Shorter values are not masked: masking every "a" or "10" would garble the text (Airflow
+#: draws the same line).
+MIN_LENGTH = 4
+
+_T = TypeVar("_T")
+_made = False  # whether any Secret was ever made in this process
+
+
+class Secret(Generic[_T]):
+    """A value to keep out of logs, history, results and reports.
+
+    ``repr()`` and ``str()`` show ``Secret('***')``; :meth:`get` returns the value. A tool
+    receives the Secret itself and calls ``.get()`` where it needs the value. Any text flowdsl
+    writes for a run holding the Secret has the value replaced by ``***`` (values shorter than
+    4 characters are not masked).
+
+    Example:
+        >>> token = Secret("canary-7f3a")
+        >>> token
+        Secret('***')
+        >>> token.get()
+        'canary-7f3a'
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: _T) -> None:
+        global _made
+        _made = True
+        self._value = value
+
+    def get(self) -> _T:
+        """The wrapped value."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{MASK}')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a worker process receives a Secret too
+        return (Secret, (self._value,))
+
+
+class Masker:
+    """Replaces the registered secret values in text and in JSON-like data."""
+
+    __slots__ = ("_pattern", "values")
+
+    def __init__(self, values: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for v in values:
+            # The value as written, and as repr() and json.dumps() escape it inside quotes.
+            for form in (v, repr(v)[1:-1], json.dumps(v)[1:-1]):
+                if len(form) >= MIN_LENGTH:
+                    forms.add(form)
+        self.values = frozenset(forms)
+        # Longest first, so a value that contains another is masked whole.
+        alternatives = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, alternatives)))
+
+    def text(self, s: str) -> str:
+        """``s`` with every registered value replaced by ``***``."""
+        return self._pattern.sub(MASK, s) if s else s
+
+    def data(self, value: Any) -> Any:
+        """A copy of JSON-like ``value`` with every string (keys too) masked; other values
+        are returned as they are."""
+        cls = value.__class__
+        if cls is str:
+            return self.text(value)
+        if cls is list or cls is tuple:
+            return cls(self.data(v) for v in value)
+        if cls is dict:
+            return {self.text(k) if isinstance(k, str) else k: self.data(v)
+                    for k, v in value.items()}
+        if isinstance(value, str):
+            return self.text(str(value))
+        return value
+
+
+def in_use() -> bool:
+    """Whether any :class:`Secret` was made in this process (else no run needs to look)."""
+    return _made
+
+
+def collect(*roots: Any) -> Masker | None:
+    """A masker for the Secrets found in ``roots`` (also inside lists, tuples, sets, dicts and
+    task argument lists, walked iteratively), or ``None`` when there are none."""
+    found: list[str] = []
+    stack = list(roots)
+    seen: set[int] = set()
+    while stack:
+        v = stack.pop()
+        if isinstance(v, Secret):
+            found.append(_as_text(v.get()))
+        elif isinstance(v, (list, tuple, set, frozenset, dict)) and id(v) not in seen:
+            seen.add(id(v))
+            stack.extend(v.values() if isinstance(v, dict) else v)
+    values = [f for f in found if len(f) >= MIN_LENGTH]
+    return Masker(values) if values else None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else str(value)
+
+
+class MaskedLogger:
+    """A structlog logger whose events have the run's secrets masked in every string value."""
+
+    __slots__ = ("_log", "_masker")
+
+    def __init__(self, log: Any, masker: Masker) -> None:
+        self._log = log
+        self._masker = masker
+
+    def __getattr__(self, level: str) -> Any:
+        emit = getattr(self._log, level)
+        mask = self._masker.data
+
+        def masked(event: str, **kw: Any) -> Any:
+            return emit(event, **{k: mask(v) for k, v in kw.items()})
+
+        return masked
