@@ -36,7 +36,7 @@ from ._base.secrets import Secret
 from ._graph.builtins import branch, switch
 from ._graph.registry import ToolRegistry, default_registry
 from ._graph.spec import Cache
-from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel
+from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel, upstream
 from ._graph.tool import Backoff, Tool, tool
 from ._plan.planner import DependencyResolver, Plan, plan
 from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
@@ -176,5 +176,6 @@ __all__ = [
     "set_limits",
     "switch",
     "tool",
+    "upstream",
     *_LAZY,
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import proc_tools as pt  # tests/ is on sys.path: worker processes import the tools
@@ -14,6 +15,9 @@ import pytest
 
 import flowdsl
 from flowdsl import TaskStatus, WorkerLost, tool
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 S = TaskStatus
 
@@ -339,3 +343,131 @@ class TestSecrets:
         r = flowdsl.run(echo(CANARY), history=False)
         assert r.masker is None
         assert CANARY in json.dumps(r.to_dict())
+
+
+class TestJoinsAndRollback:
+    """Issue 16 item 8: joins read upstream states; rollback statuses, grouping and bound;
+    graph size limits."""
+
+    def test_all_done_join_receives_upstream_states(self, mode: str) -> None:
+        """EP3: an all_done join gets {task id: final status} of its upstream tasks."""
+        @tool(registry=False)
+        def ok() -> int:
+            return 1
+
+        @tool(registry=False)
+        def bad() -> None:
+            raise ValueError("boom")
+
+        @tool(registry=False)
+        def report(states: dict[str, TaskStatus]) -> dict[str, str]:
+            return {k: str(v) for k, v in states.items()}
+
+        join = report(flowdsl.upstream()).named("report").with_options(trigger="all_done")
+        flow = [ok().named("ok"), bad().named("bad")] >> join
+        r = flowdsl.run(flow, mode=mode, history=False)
+        assert r.status == "failed"
+        assert r.outputs["report"] == {"ok": "completed", "bad": "failed"}
+
+    def test_one_failed_join_sees_which_failed(self) -> None:
+        """A one_failed cleanup task learns which upstream task failed, also after a stop."""
+        @tool(registry=False)
+        def bad() -> None:
+            raise ValueError("boom")
+
+        @tool(registry=False)
+        def cleanup(states: dict[str, TaskStatus]) -> list[str]:
+            return sorted(k for k, v in states.items() if v.failed)
+
+        join = cleanup(states=flowdsl.upstream()).named("cleanup").with_options(
+            trigger="one_failed")
+        r = flowdsl.run(bad().named("bad") >> join, history=False)
+        assert r.outputs["cleanup"] == ["bad"]
+
+    @staticmethod
+    def _undoable(name: str, undone: list[str], *, undo_fails: bool = False,
+                  fail: bool = False, undo_sleeps: float = 0.0) -> flowdsl.Task:
+        import time
+
+        def undo(out: object) -> None:
+            if undo_sleeps:
+                time.sleep(undo_sleeps)
+            undone.append(name)
+            if undo_fails:
+                raise OSError(f"cannot undo {name}")
+
+        def fn() -> str:
+            if fail:
+                raise RuntimeError(f"{name} failed")
+            return name
+
+        fn.__name__ = name
+        return tool(fn, registry=False, rollback=undo, executor="inline")().named(name)
+
+    def test_rolled_back_status(self) -> None:
+        """A failed run whose rollbacks all succeed ends rolled_back."""
+        undone: list[str] = []
+        r = flowdsl.run(self._undoable("a", undone) >> self._undoable("b", undone, fail=True),
+                        rollback_on_failure=True, history=False)
+        assert r.status == "rolled_back" and not r.ok
+        assert r.compensation_error is None
+        assert undone == ["a"]
+
+    def test_rollback_failed_groups_errors(self) -> None:
+        """CP3: failing rollbacks give rollback_failed and a CompensationError group that
+        keeps the original failure; the other rollbacks still ran."""
+        undone: list[str] = []
+        u = self._undoable
+        flow = (u("a", undone, undo_fails=True) >> u("b", undone)
+                >> u("c", undone, undo_fails=True) >> u("d", undone, fail=True))
+        r = flowdsl.run(flow, rollback_on_failure=True, history=False)
+        assert undone == ["c", "b", "a"]
+        assert r.status == "rollback_failed"
+        group = r.compensation_error
+        assert isinstance(group, flowdsl.CompensationError)
+        assert isinstance(group, ExceptionGroup)
+        assert [str(e) for e in group.exceptions] == ["cannot undo c", "cannot undo a"]
+        assert group.original is r.error and "d failed" in str(group.original)
+        with pytest.raises(flowdsl.RunFailed) as info:
+            r.raise_for_error()
+        assert info.value.__cause__ is group
+
+    def test_compensation_timeout_bounds_each_rollback(self) -> None:
+        """CP4: a rollback past compensation_timeout is abandoned and recorded; the next one
+        still runs, and the run does not wait for the slow one."""
+        import time
+
+        undone: list[str] = []
+        u = self._undoable
+        flow = u("a", undone) >> u("slow", undone, undo_sleeps=2.0) >> u("c", undone, fail=True)
+        start = time.perf_counter()
+        r = flowdsl.run(flow, rollback_on_failure=True, compensation_timeout=0.2,
+                        history=False)
+        assert time.perf_counter() - start < 1.5
+        assert r.status == "rollback_failed"
+        assert "a" in undone
+        err = r.tasks["slow"].rollback_error
+        assert err is not None and err.type == "TimeoutError"
+        assert "compensation_timeout=0.2s" in err.message
+        with pytest.raises(ValueError, match="compensation_timeout=-1"):
+            flowdsl.run(flow, compensation_timeout=-1)
+
+    def test_max_nodes_and_edges(self) -> None:
+        """GR7: plan() and run() refuse a flow over max_nodes/max_edges, before running it."""
+        calls: list[int] = []
+
+        @tool(registry=False, executor="inline")
+        def step(x: int = 0) -> int:
+            calls.append(x)
+            return x
+
+        flow = flowdsl.chain(*[step(i).named(f"s{i}") for i in range(10)])
+        with pytest.raises(flowdsl.GraphTooLargeError, match="10 tasks, over max_nodes=5") as e:
+            flowdsl.plan(flow, max_nodes=5)
+        assert (e.value.limit, e.value.size, e.value.what) == (5, 10, "tasks")
+        with pytest.raises(flowdsl.GraphTooLargeError, match="9 edges, over max_edges=8"):
+            flowdsl.run(flow, max_edges=8, history=False)
+        with pytest.raises(flowdsl.GraphTooLargeError, match="max_nodes=9"):
+            flowdsl.run(flowdsl.plan(flow), max_nodes=9, history=False)
+        assert calls == []
+        assert flowdsl.run(flow, max_nodes=10, max_edges=9, history=False).ok

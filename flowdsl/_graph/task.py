@@ -27,8 +27,8 @@ from .._base.limits import encodable
 from .spec import TRIGGERS, ToolLike, ToolSpec
 from .walk import nodes
 
-__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "chain", "ctx",
-           "each", "materialize", "parallel"]
+__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
+           "chain", "ctx", "each", "materialize", "parallel", "upstream"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
@@ -258,6 +258,29 @@ def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
     return Guard(on, lambda v: v == equals, lambda name, v: f"{name} gave {v!r}, not {equals!r}")
 
 
+class UpstreamRef:
+    """The final statuses of a task's upstream tasks, read when it starts (see
+    :func:`upstream`)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "upstream()"
+
+
+_UPSTREAM = UpstreamRef()
+
+
+def upstream() -> UpstreamRef:
+    """Refer to the final statuses of the task's upstream tasks: the tool receives a dict of
+    task id -> :class:`~flowdsl.TaskStatus` (a str enum: ``"completed"``, ``"failed"``, ...).
+    Meant for joins that run after failures (``trigger="all_done"`` or ``"one_failed"``):
+
+        report(states=upstream()).with_options(trigger="all_done")
+    """
+    return _UPSTREAM
+
+
 def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any]) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
     argument walker knows), the context keys it reads without a default, and any Tool passed
@@ -275,6 +298,8 @@ def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any]) -> bo
             found = True
             if v.default is _MISSING:
                 needs.append(v.key)
+        elif cls is UpstreamRef:
+            found = True
         elif cls is Each:
             msg = (f"{v!r} marks a mapped argument of tool.map(...); it cannot be used in a "
                    "plain tool call or inside another value")

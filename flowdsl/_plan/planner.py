@@ -16,10 +16,10 @@ from types import MappingProxyType
 from typing import Any
 
 from .._base import hooks
-from .._base.errors import CycleError, ResourceError
+from .._base.errors import CycleError, GraphTooLargeError, ResourceError
 from .._graph.task import Flow, Task, materialize
 
-__all__ = ["DependencyResolver", "Plan", "plan"]
+__all__ = ["DependencyResolver", "Plan", "check_size", "plan"]
 
 
 def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
@@ -263,16 +263,38 @@ class Plan:
                     raise ResourceError(msg, task_id=i, pool=pool)
 
 
-def plan(flow: Any) -> Plan:
+def check_size(nodes: int, edges: int, max_nodes: int | None, max_edges: int | None) -> None:
+    """Raise :class:`GraphTooLargeError` when a graph is over the limits given (ValueError
+    for a limit that is no whole number > 0)."""
+    for what, size, limit in (("tasks", nodes, max_nodes), ("edges", edges, max_edges)):
+        option = "max_nodes" if what == "tasks" else "max_edges"
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit <= 0):
+            msg = f"{option}={limit!r} is invalid: expected a whole number > 0 or None"
+            raise ValueError(msg)
+        if limit is not None and size > limit:
+            msg = f"the flow has {size} {what}, over {option}={limit}; nothing ran"
+            raise GraphTooLargeError(msg, what=what, limit=limit, size=size)
+
+
+def plan(flow: Any, *, max_nodes: int | None = None, max_edges: int | None = None) -> Plan:
     """Validate ``flow`` (a Flow, Fragment, Task, Tool or list) and return its :class:`Plan`.
 
+    Args:
+        flow: what to plan.
+        max_nodes, max_edges: refuse a flow with more tasks or edges than this (for flows
+            built from untrusted input), before its order is computed.
+
     Raises:
+        GraphTooLargeError: the flow is over ``max_nodes`` or ``max_edges``.
         CycleError: the tasks form a cycle; ``.cycle`` lists it.
         DuplicateTaskError: two different tasks share an id.
         CompositionError: ``flow`` is not something that can be planned.
     """
     with _gc_paused():
         g = materialize(flow)
+        if max_nodes is not None or max_edges is not None:
+            check_size(len(g.tasks), sum(map(len, g.preds.values())), max_nodes, max_edges)
         name = flow.name if isinstance(flow, Flow) else None
         return Plan._build(g.tasks, g.preds, name, flow, g.groups, g.ids)
 

@@ -18,14 +18,14 @@ from typing import Any, TypeVar, overload
 import anyio
 
 from .._base import hooks, secrets
-from .._base.errors import PlanError, RunTimeout, exc_repr
+from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
 from .._graph.task import Flow, Fragment, Task
 from .._plan import policy
-from .._plan.planner import Plan, plan
+from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import RunCache
 from .core import Core, Item
@@ -138,10 +138,16 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
                log: bool | None = None, buffer: int = 2,
                store_outputs: bool | None = None, progress: bool = False,
-               cache: bool | None = None) -> RunResult[Any]:
+               cache: bool | None = None, compensation_timeout: float | None = None,
+               max_nodes: int | None = None, max_edges: int | None = None) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
-    p = flow if isinstance(flow, Plan) else plan(flow)
+    if isinstance(flow, Plan):
+        p = flow
+        check_size(len(p.order), sum(map(len, p.predecessors.values())), max_nodes, max_edges)
+    else:
+        p = plan(flow, max_nodes=max_nodes, max_edges=max_edges)
     _positive("timeout", timeout)
+    _positive("compensation_timeout", compensation_timeout)
     settings = policy.resolve_settings(flow, p, mode=mode, context=context, resources=resources,
                                        max_concurrency=max_concurrency)
     m, ctx, max_concurrency = settings.mode, settings.context, settings.max_concurrency
@@ -186,13 +192,15 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = RunStatus.CANCELLED
         with anyio.CancelScope(shield=True):
-            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
+            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
+                  compensation_timeout)
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             result.error = result.error or exc
         raise
     if result.status is RunStatus.RUNNING:
         result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
-    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None)
+    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
+                  compensation_timeout)
     return result
 
 
@@ -289,9 +297,18 @@ async def _reuse(store: Any, run_id: str, p: Plan, item: Item) -> None:
 
 
 async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,
-                  obs: Sequence[RunObserver], streamed: bool) -> None:
+                  obs: Sequence[RunObserver], streamed: bool,
+                  compensation_timeout: float | None) -> None:
     if rollback and result.status is not RunStatus.COMPLETED:
-        await core.rollback()
+        undone = await core.rollback(compensation_timeout)
+        if result.rollback_errors:
+            n = len(result.rollback_errors)
+            msg = f"the rollback of {n} task(s) failed after the run {result.status}"
+            result.compensation_error = CompensationError(msg, result.rollback_errors,
+                                                          result.error)
+            result.status = RunStatus.ROLLBACK_FAILED
+        elif undone and result.status is RunStatus.FAILED:
+            result.status = RunStatus.ROLLED_BACK
     result.duration = core.now()
     if streamed:  # a pipeline over items (maybe none)
         sinks = p.sinks
@@ -423,7 +440,13 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         continue_on_error: a failed task fails only its downstream tasks
             (``upstream_failed``); independent branches go on.
         rollback_on_failure: if the run fails, is cancelled or times out, undo completed
-            tasks (their tools' ``rollback``) in reverse completion order.
+            tasks (their tools' ``rollback``) in reverse completion order. A failed run whose
+            rollbacks all succeeded ends ``rolled_back``; one where a rollback raised ends
+            ``rollback_failed``, with ``result.compensation_error`` grouping those errors.
+        compensation_timeout: seconds each rollback may take (a late one is abandoned and
+            recorded as a rollback error).
+        max_nodes, max_edges: refuse a flow with more tasks or edges
+            (:class:`~flowdsl.GraphTooLargeError`) before anything runs.
         timeout: seconds for the whole run.
         max_concurrency: most tasks running at once (parallel default 1000).
         resources: pool capacities (``{"db": 2}``) or a shared :class:`Pools`.

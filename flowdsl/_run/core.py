@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from .._base.errors import (
     CacheKeyError,
@@ -32,7 +33,7 @@ from .._base.errors import (
 from .._base.log import end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
-from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task
+from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task, UpstreamRef
 from .._graph.walk import KEEP, nodes, transform
 from .._plan.planner import Plan
 from .caching import RunCache
@@ -53,6 +54,7 @@ FAILED = TaskStatus.FAILED
 TIMED_OUT = TaskStatus.TIMED_OUT
 CANCELLED = TaskStatus.CANCELLED
 CACHED = TaskStatus.CACHED
+PENDING = TaskStatus.PENDING
 
 
 class Item:
@@ -432,6 +434,8 @@ class Core:
                 return self._project(v, task, item)
             if isinstance(v, CtxRef):
                 return self._ctx_value(v, task)
+            if isinstance(v, UpstreamRef):  # a join reading how its upstream tasks ended
+                return {p: item.status.get(p, PENDING) for p in self.preds[task.id]}
             return KEEP
 
         return transform(value, swap)
@@ -690,9 +694,12 @@ class Core:
                 await self.run_task(tid, item)
 
     # -- compensation ------------------------------------------------------------------
-    async def rollback(self) -> None:
+    async def rollback(self, timeout: float | None = None) -> int:
         """Run the rollback of every completed task once, in reverse completion order,
-        shielded from cancellation. A rollback that raises is recorded; the rest still run."""
+        shielded from cancellation, each within ``timeout`` seconds (a sync rollback then runs
+        in a thread, abandoned when late). A rollback that raises or times out is recorded;
+        the rest still run. Returns how many tasks were rolled back."""
+        done = 0
         with anyio.CancelScope(shield=True):
             for tid, item in reversed(self.completed):
                 undo = self._task_of(tid).spec.rollback
@@ -702,19 +709,39 @@ class Core:
                         self.log.info("task_rollback_skipped", task=tid, reason="no rollback")
                     continue
                 try:
-                    outcome = undo(item.outputs.get(tid))
-                    if inspect.isawaitable(outcome):
-                        await outcome
+                    await self._undo(tid, undo, item.outputs.get(tid), timeout)
                 except Exception as exc:
                     rec.rollback_error = ErrorInfo.from_exception(exc, self.masker)
                     self.result.rollback_errors.append(exc)
                     if self.log:
                         self.log.error("task_rollback_failed", task=tid, error=exc_repr(exc))
                 else:
+                    done += 1
                     rec.status = TaskStatus.ROLLED_BACK
                     item.status[tid] = TaskStatus.ROLLED_BACK
                     if self.log:
                         self.log.info("task_rolled_back", task=tid)
+        return done
+
+    @staticmethod
+    async def _undo(tid: str, undo: Callable[..., Any], output: Any,
+                    timeout: float | None) -> None:
+        if timeout is None:
+            outcome = undo(output)
+            if inspect.isawaitable(outcome):
+                await outcome
+            return
+        with anyio.move_on_after(timeout) as scope:
+            if inspect.iscoroutinefunction(undo):
+                await undo(output)
+            else:  # a sync rollback that blocks must not hold the run past the bound
+                outcome = await anyio.to_thread.run_sync(undo, output, abandon_on_cancel=True)
+                if inspect.isawaitable(outcome):
+                    await outcome
+        if scope.cancelled_caught:
+            msg = (f"the rollback of task {tid!r} ran past compensation_timeout={timeout:g}s "
+                   "and was abandoned")
+            raise TimeoutError(msg)
 
 
     def _task_of(self, tid: str) -> Task:

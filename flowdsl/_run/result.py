@@ -30,6 +30,11 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    #: The run failed and ``rollback_on_failure`` undid its completed tasks.
+    ROLLED_BACK = "rolled_back"
+    #: A rollback raised or ran past ``compensation_timeout``: see
+    #: ``RunResult.compensation_error``.
+    ROLLBACK_FAILED = "rollback_failed"
 
     def __str__(self) -> str:
         return self.value
@@ -184,7 +189,8 @@ class RunResult(Generic[R]):
         flow_name: the flow's name, or ``None``.
         mode: the mode it ran in.
         status: a :class:`RunStatus` (``completed``, ``failed``, ``cancelled``,
-            ``timed_out``); it compares equal to those strings.
+            ``timed_out``, and after ``rollback_on_failure``: ``rolled_back`` or
+            ``rollback_failed``); it compares equal to those strings.
         context: the final context (the caller's dict was copied, never mutated).
         outputs: task id -> output, for completed tasks.
         output: the output of the flow's last task (a list when it ends in several; with
@@ -213,6 +219,9 @@ class RunResult(Generic[R]):
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
     plan: Any = field(default=None, repr=False, compare=False)
+    #: The rollback errors as one exception group (status ``rollback_failed``), with the
+    #: run's original error in ``.original``.
+    compensation_error: BaseException | None = None
     #: The run's secrets (None when it holds no :class:`~flowdsl.Secret`): whatever text
     #: leaves the run passes through it.
     masker: Masker | None = field(default=None, repr=False, compare=False)
@@ -246,7 +255,7 @@ class RunResult(Generic[R]):
             msg += f" ({type(self.error).__name__}: {exc_text(self.error)})"
         if self.masker is not None:
             msg = self.masker.text(msg)
-        raise RunFailed(msg, self) from self.error
+        raise RunFailed(msg, self) from (self.compensation_error or self.error)
 
     def summary(self) -> dict[str, int]:
         """How many tasks ended in each status."""
