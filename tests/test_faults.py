@@ -471,3 +471,49 @@ class TestJoinsAndRollback:
             flowdsl.run(flowdsl.plan(flow), max_nodes=9, history=False)
         assert calls == []
         assert flowdsl.run(flow, max_nodes=10, max_edges=9, history=False).ok
+
+
+class TestPipelineMemory:
+    """Issue 16 item 7 (catalogue PL1): a pipeline releases each item once it is done."""
+
+    @staticmethod
+    def _measure(n: int, **options: object) -> tuple[flowdsl.RunResult, int, int]:
+        import gc
+        import tracemalloc
+
+        @tool(registry=False, executor="inline")
+        def inc(x: int) -> int:
+            return x + 1
+
+        @tool(registry=False, executor="inline")
+        def double(x: int) -> int:
+            return x * 2
+
+        flow = inc.stage().named("inc") >> double.stage().named("double")
+        flowdsl.run(flow, mode="pipeline", items=range(10), history=False)  # warm caches
+        gc.collect()
+        tracemalloc.start()
+        try:
+            r = flowdsl.run(flow, mode="pipeline", items=range(n), history=False, **options)
+            current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        return r, current, peak
+
+    @pytest.mark.slow
+    def test_100k_items_without_outputs_stay_flat(self) -> None:
+        """100,000 items with keep_outputs=False: memory does not grow with the item count
+        (before the fix: +34 MB kept, +166 MB at the peak)."""
+        r, current, peak = self._measure(100_000, keep_outputs=False)
+        assert r.ok and r.output == []
+        assert r.tasks["double"].status is S.COMPLETED
+        assert len(r.tasks["double"].attempts) <= 1000  # the summary keeps a bounded sample
+        assert current < 2_000_000, f"{current / 1e6:.1f} MB kept after the run"
+        assert peak < 5_000_000, f"{peak / 1e6:.1f} MB at the peak"
+
+    def test_sink_outputs_are_kept_by_default(self) -> None:
+        """By default only the sinks' outputs are kept, in item order."""
+        r, current, _ = self._measure(5000)
+        assert r.output == [(i + 1) * 2 for i in range(5000)]
+        assert set(r.outputs) == {"double"}
+        assert current < 120 * 5000, f"{current / 5000:.0f} bytes per item"

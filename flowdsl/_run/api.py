@@ -139,7 +139,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                log: bool | None = None, buffer: int = 2,
                store_outputs: bool | None = None, progress: bool = False,
                cache: bool | None = None, compensation_timeout: float | None = None,
-               max_nodes: int | None = None, max_edges: int | None = None) -> RunResult[Any]:
+               max_nodes: int | None = None, max_edges: int | None = None,
+               keep_outputs: bool = True) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     if isinstance(flow, Plan):
         p = flow
@@ -176,7 +177,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
-                cache=results_cache)
+                cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs)
     core.check_start(input_given=input is not None or items is not None)
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
@@ -310,11 +311,14 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
         elif undone and result.status is RunStatus.FAILED:
             result.status = RunStatus.ROLLED_BACK
     result.duration = core.now()
-    if streamed:  # a pipeline over items (maybe none)
-        sinks = p.sinks
-        result.tasks = _merge_records(p, core.items, core.children)
-        result.outputs = {t: [it.outputs.get(t) for it in core.items] for t in p.order}
-        per_item = [[it.outputs.get(s) for s in sinks] for it in core.items]
+    if streamed:  # a pipeline over items (maybe none): items were released as they ended
+        result.tasks = core.summary()
+        kept = core.kept
+        for it in core.items.values():  # what a stopped run left unfinished
+            if it.index >= 0 and core.keep_outputs:
+                kept[it.index] = [it.outputs.get(s) for s in p.sinks]
+        per_item = [kept[i] for i in sorted(kept)]
+        result.outputs = {s: [o[n] for o in per_item] for n, s in enumerate(p.sinks)}
         result.output = [o[0] if len(o) == 1 else o for o in per_item]
     else:
         records = item.records
@@ -335,26 +339,6 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
                       error=exc_repr(result.error) if result.error is not None else None)
 
 
-_SEVERITY = [TaskStatus.FAILED, TaskStatus.TIMED_OUT, TaskStatus.CANCELLED,
-             TaskStatus.UPSTREAM_FAILED, TaskStatus.ROLLED_BACK, TaskStatus.RUNNING,
-             TaskStatus.PENDING, TaskStatus.SKIPPED, TaskStatus.COMPLETED, TaskStatus.CACHED]
-_RANK = {s: n for n, s in enumerate(_SEVERITY)}
-
-
-def _merge_records(p: Plan, items: list[Item], children: Mapping[str, list[str]]
-                   ) -> dict[str, TaskRecord]:
-    """One record per task over all items: the worst status, every attempt, the first
-    error, the earliest start and the latest end. A mapped task's children follow it."""
-    merged: dict[str, TaskRecord] = {}
-    for t in p.order:
-        rec = merged[t] = TaskRecord(t, p.tasks[t].tool.name)  # type: ignore[attr-defined]
-        _merge_into(rec, [it.records[t] for it in items if t in it.records])
-        for c in children.get(t, ()):  # one record per child over all items
-            kid = merged[c] = TaskRecord(c, rec.tool, parent=t)
-            _merge_into(kid, [it.records[c] for it in items if c in it.records])
-    return merged
-
-
 def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str]],
                    records: Mapping[str, TaskRecord]) -> dict[str, TaskRecord]:
     out: dict[str, TaskRecord] = {}
@@ -364,23 +348,6 @@ def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str
             if c in records:
                 out[c] = records[c]
     return out
-
-
-def _merge_into(rec: TaskRecord, recs: list[TaskRecord]) -> None:
-    """Fold one task's records over several items into ``rec``."""
-    if not recs:
-        return
-    rec.status = min((r.status for r in recs), key=_RANK.__getitem__)
-    rec.attempts = [a for r in recs for a in r.attempts]
-    starts = [r.started_at for r in recs if r.started_at is not None]
-    ends = [r.ended_at for r in recs if r.ended_at is not None]
-    rec.started_at = min(starts) if starts else None
-    rec.ended_at = max(ends) if ends else None
-    rec.error = next((r.error for r in recs if r.error), None)
-    rec.reason = next((r.reason for r in recs if r.reason), None)
-    rec.resources = recs[0].resources
-    logs = [line for r in recs if r.logs for line in r.logs]
-    rec.logs = logs or None
 
 
 class _Box:
@@ -459,6 +426,10 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).
         buffer: pipeline buffer size between stages.
+        keep_outputs: for a pipeline over ``items``: keep each item's sink outputs in the
+            result (``output``, ``outputs``; the default) or none (``False``). Either way an
+            item's other outputs and its state are released once every task finished it,
+            so memory stays flat however many items stream through.
         progress: show live progress (a terminal display, or a bar in a notebook, where
             ``run`` turns it on by default; needs ``flowdsl[cli]``).
         store_outputs: store task outputs (JSON) in history, so the run can be resumed

@@ -30,7 +30,7 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import end_task_scope, engine_logger, task_scope
+from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
 from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task, UpstreamRef
@@ -43,7 +43,7 @@ from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
 from .units import Units, group_timeout, group_turn
 
-__all__ = ["Core", "Item"]
+__all__ = ["MAX_KEPT_ATTEMPTS", "Core", "Item", "fold"]
 
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
 COMPLETED = TaskStatus.COMPLETED
@@ -60,7 +60,7 @@ PENDING = TaskStatus.PENDING
 class Item:
     """One pass of data through the flow: statuses, outputs and records per task."""
 
-    __slots__ = ("index", "input", "outputs", "records", "status", "units")
+    __slots__ = ("index", "input", "left", "outputs", "records", "status", "units")
 
     def __init__(self, index: int, input: Any, records: dict[str, TaskRecord]) -> None:
         self.index = index
@@ -69,6 +69,7 @@ class Item:
         self.status: dict[str, TaskStatus] = {}
         self.records = records
         self.units: dict[Any, Any] = {}  # per group: its condition's verdict, its deadline
+        self.left = 0  # pipelines: tasks still to finish this item (see Core.release)
 
 
 class Core:
@@ -80,7 +81,8 @@ class Core:
                  observers: Sequence[RunObserver] = (), log: bool = False,
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
-                 cache: RunCache | None = None) -> None:
+                 cache: RunCache | None = None, rollback: bool = False,
+                 keep_outputs: bool = True) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
@@ -121,8 +123,16 @@ class Core:
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
         self.scope: anyio.CancelScope | None = None
+        # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
+        # since they hold every item of a pipeline alive.
         self.completed: list[tuple[str, Item]] = []
-        self.items: list[Item] = []
+        self.track_completed = rollback
+        # Items in flight (a pipeline releases each one once every task has finished it:
+        # its records are folded into `merged`, its sinks' outputs moved to `kept`).
+        self.items: dict[int, Item] = {}
+        self.merged: dict[str, TaskRecord] = {}
+        self.kept: dict[int, list[Any]] = {}  # item index -> its sinks' outputs
+        self.keep_outputs = keep_outputs
         # The event loop's clock: the one timeouts use, and a virtual one under trio's
         # MockClock, where a run takes exactly the time its sleeps say (tests compare runs
         # with simulations that way, free of machine noise).
@@ -176,8 +186,35 @@ class Core:
     def new_item(self, index: int, value: Any) -> Item:
         """A new pass of data through the flow (pipelines over items make one per item)."""
         it = Item(index, value, {})
-        self.items.append(it)
+        it.left = len(self.plan.order)
+        self.items[index] = it
         return it
+
+    def release(self, item: Item) -> None:
+        """Every task has finished ``item`` (a pipeline item): fold its records into the
+        per-task summary, keep its sinks' outputs (unless ``keep_outputs=False``) and let the
+        rest go, so memory stays flat however many items stream through."""
+        merged = self.merged
+        for tid, rec in item.records.items():
+            fold(merged, tid, rec)
+        if self.keep_outputs:
+            out = item.outputs
+            self.kept[item.index] = [out.get(s) for s in self.plan.sinks]
+        del self.items[item.index]
+
+    def summary(self) -> dict[str, TaskRecord]:
+        """One record per task over every item of a pipeline (see :func:`fold`)."""
+        for it in list(self.items.values()):  # items a stopped run left unfinished
+            if it.index >= 0:
+                for tid, rec in it.records.items():
+                    fold(self.merged, tid, rec)
+        out: dict[str, TaskRecord] = {}
+        for t in self.plan.order:
+            out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
+            for c in self.children.get(t, ()):  # a mapped task's children follow it
+                if c in self.merged:
+                    out[c] = self.merged[c]
+        return out
 
     def now(self) -> float:
         """Seconds since the run started (the one clock of records and timelines)."""
@@ -529,7 +566,8 @@ class Core:
             except Exception as exc:
                 return self._failed(tid, item, rec, exc, n)
         item.outputs[tid] = out
-        self.completed.append((tid, item))
+        if self.track_completed:
+            self.completed.append((tid, item))
         return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task, item: Item) -> None:
@@ -557,9 +595,12 @@ class Core:
     async def localize(self) -> None:
         """Replace every remote handle among the outputs by its value, before the
         executors close: results, history and rollback see plain values."""
-        found = [(it, t, v) for it in self.items for t, v in it.outputs.items()
-                 if isinstance(v, Remote)]
-        by_type: dict[type, list[tuple[Item, str, Remote]]] = {}
+        found: list[tuple[Any, Any, Remote]] = [
+            (it.outputs, t, v) for it in self.items.values() for t, v in it.outputs.items()
+            if isinstance(v, Remote)]
+        found += [(out, n, v) for out in self.kept.values() for n, v in enumerate(out)
+                  if isinstance(v, Remote)]
+        by_type: dict[type, list[tuple[Any, Any, Remote]]] = {}
         for entry in found:
             by_type.setdefault(type(entry[2]), []).append(entry)
         for kind, entries in by_type.items():
@@ -567,8 +608,8 @@ class Core:
             handles = [v for _, _, v in entries]
             values = (await many(handles) if many is not None
                       else [await h.fetch() for h in handles])
-            for (it, t, _), value in zip(entries, values):
-                it.outputs[t] = value
+            for (out, t, _), value in zip(entries, values):
+                out[t] = value
 
     def _retryable(self, spec: Any, exc: Exception, n: int, rec: TaskRecord) -> bool:
         """Whether attempt ``n``'s error earns another attempt."""
@@ -758,6 +799,43 @@ class _Inherited(str):
 
 _AFTER_FAILURE = frozenset({"all_done", "one_failed"})
 _LEVELS = {FAILED: "error", TIMED_OUT: "error", CANCELLED: "warning"}
+_SEVERITY = {s: n for n, s in enumerate([
+    FAILED, TIMED_OUT, CANCELLED, UPSTREAM_FAILED, TaskStatus.ROLLED_BACK, RUNNING, PENDING,
+    SKIPPED, COMPLETED, CACHED])}
+#: A pipeline task's summary keeps this many attempts (over all items); more would grow
+#: with the item count.
+MAX_KEPT_ATTEMPTS = 1000
+
+
+def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
+    """Fold one item's record of task ``tid`` into its summary: the worst status, the
+    attempts (up to MAX_KEPT_ATTEMPTS), the first error and reason, the earliest start and
+    the latest end."""
+    m = merged.get(tid)
+    if m is None:
+        m = merged[tid] = TaskRecord(tid, rec.tool, status=rec.status,
+                                     resources=rec.resources, parent=rec.parent)
+    elif _SEVERITY[rec.status] < _SEVERITY[m.status]:
+        m.status = rec.status
+    room = MAX_KEPT_ATTEMPTS - len(m.attempts)
+    if room > 0 and rec.attempts:
+        m.attempts.extend(rec.attempts[:room])
+    if rec.started_at is not None and (m.started_at is None or rec.started_at < m.started_at):
+        m.started_at = rec.started_at
+    if rec.ended_at is not None and (m.ended_at is None or rec.ended_at > m.ended_at):
+        m.ended_at = rec.ended_at
+    if m.error is None:
+        m.error = rec.error
+    if m.reason is None:
+        m.reason = rec.reason
+    if rec.logs:  # a tool's log lines, bounded as on one record
+        if m.logs is None:
+            m.logs = []
+        room = MAX_TASK_LOGS - len(m.logs)
+        if room > 0:
+            m.logs.extend(rec.logs[:room])
+
+
 _EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
            TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
            UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}

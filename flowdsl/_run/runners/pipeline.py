@@ -5,7 +5,9 @@ outputs, as in every mode). With items, every task is a stage that takes items o
 in order, from a bounded inbox: item *i* enters a stage once every predecessor stage has
 finished it, and a full inbox makes the stages before it wait (backpressure). N items through
 S equal stages take about N + S - 1 stage-times instead of N x S. Items are pulled lazily;
-once the run stops, no further item is pulled.
+once the run stops, no further item is pulled. Once every task has finished an item, the core
+releases it (its records folded into a per-task summary, only its sinks' outputs kept), so
+memory stays flat over any number of items.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
                     else:  # max_concurrency bounds the item-stages working at once
                         async with limiter:
                             await core.run_task(tid, current)
+                    current.left -= 1
+                    if not current.left:  # every task has finished this item
+                        core.release(current)
                     for s in outs:
                         await s.send(current)
                     nxt += 1
