@@ -481,3 +481,31 @@ class TestOptionalExtra:
         monkeypatch.setitem(sys.modules, "distributed", None)
         with pytest.raises(ImportError, match=r"pip install flowdsl\[dask\]"):
             DaskExecutor()
+
+
+class TestClusterLost:
+    def test_cluster_closed_mid_run_fails_the_run(self, _module_leaks: None) -> None:
+        """Issue 16 item 5: a cluster closed mid-run ends the run as failed, promptly: the
+        running task fails naming the cluster, its downstream does not run, the finished
+        task's lost output is reported, and run() raises nothing (it used to raise
+        FutureCancelledError)."""
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                          dashboard_address=None,
+                          scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"}) as c:
+            address = c.scheduler_address
+            flow = (dt.span(0.05, "a").named("a") >> dt.span(5.0, "b").named("b")
+                    >> dt.span(0.05, "c").named("c"))
+            closer = threading.Timer(1.0, c.close)
+            closer.start()
+            start = time.perf_counter()
+            r = flowdsl.run(flow, executor=DaskExecutor(c), history=False)
+            took = time.perf_counter() - start
+            closer.join()
+        assert took < 15, f"{took:.1f}s"
+        assert r.status == "failed"
+        b = r.tasks["b"]
+        assert b.status is S.FAILED and b.error is not None and b.error.type == "WorkerLost"
+        assert f"the Dask cluster at {address} was closed or lost" in b.error.message
+        assert r.tasks["c"].status in (S.PENDING, S.UPSTREAM_FAILED)
+        assert r.tasks["a"].status is S.COMPLETED
+        assert any(isinstance(e, flowdsl.WorkerLost) and "'a'" in str(e) for e in r.errors)

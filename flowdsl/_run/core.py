@@ -27,6 +27,7 @@ from .._base.errors import (
     TaskFailed,
     TaskInputError,
     TaskTimeout,
+    WorkerLost,
     exc_repr,
     exc_text,
 )
@@ -606,10 +607,35 @@ class Core:
         for kind, entries in by_type.items():
             many = getattr(kind, "fetch_all", None)  # one round trip where the handle can
             handles = [v for _, _, v in entries]
-            values = (await many(handles) if many is not None
-                      else [await h.fetch() for h in handles])
+            try:
+                values = (await many(handles) if many is not None
+                          else [await h.fetch() for h in handles])
+            except Exception as exc:  # the cluster went away with the outputs on it
+                self._outputs_lost(entries, exc)
+                continue
             for (out, t, _), value in zip(entries, values):
                 out[t] = value
+
+    def _outputs_lost(self, entries: list[tuple[Any, Any, Remote]], exc: Exception) -> None:
+        """Remote outputs that cannot be fetched any more: they become None, and the run
+        fails with the reason (the tasks themselves did complete)."""
+        for out, key, _ in entries:
+            out[key] = None
+        lost = sorted({k for out, k, _ in entries if isinstance(k, str)})
+        msg = (f"the output(s) of {', '.join(map(repr, lost)) or 'the pipeline sinks'} could "
+               f"not be fetched: {type(exc).__name__}: {exc_text(exc)}")
+        if self.masker is not None:
+            msg = self.masker.text(msg)
+        err = WorkerLost(msg, task_id=lost[0] if lost else "")
+        err.__cause__ = exc
+        self.result.errors.append(err)
+        if self.result.error is None:
+            self.result.error = err
+        for it in self.items.values():
+            for tid in lost:
+                rec = it.records.get(tid)
+                if rec is not None and tid in it.outputs:
+                    rec.reason = "its output was lost with the cluster"
 
     def _retryable(self, spec: Any, exc: Exception, n: int, rec: TaskRecord) -> bool:
         """Whether attempt ``n``'s error earns another attempt."""

@@ -18,13 +18,17 @@ never polled. Faults: a timeout or a stopped run cancels the future (dask
 cannot interrupt a function already running on a worker: its late result is discarded); a
 worker that dies mid-task is rescheduled by dask itself (``distributed.scheduler.allowed-
 failures``, 3 by default) and beyond that fails with ``KilledWorker``, which the core retries
-like any other error.
+like any other error. A cluster that closes or becomes unreachable fails the tasks waiting on
+it at once with :class:`~flowdsl.WorkerLost` naming its address (every wait races the
+client's connection state), instead of after dask's 30 s reconnect timeout; outputs left on
+it are reported lost and the run fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import io
 import itertools
 import uuid
@@ -33,7 +37,7 @@ from typing import Any
 
 import anyio
 
-from .._base.errors import SerializationError
+from .._base.errors import SerializationError, WorkerLost
 from .._graph.task import CtxRef, Ref, Task
 from .._graph.walk import KEEP, transform
 from .executors import Executor, Remote
@@ -66,13 +70,16 @@ async def _apply_async(fn: Callable[..., Any], args: tuple[Any, ...],
 class DaskRemote(Remote):
     """A task's output held on the cluster (a dask ``Future``)."""
 
-    __slots__ = ("future",)
+    __slots__ = ("executor", "future")
 
-    def __init__(self, future: Any) -> None:
+    def __init__(self, future: Any, executor: DaskExecutor | None = None) -> None:
         self.future = future
+        self.executor = executor
 
     async def fetch(self) -> Any:
-        return await self.future
+        if self.executor is None:
+            return await self.future
+        return await self.executor._unless_lost(self.future.result(), self.future.key)
 
     @staticmethod
     async def fetch_all(handles: Sequence[DaskRemote]) -> list[Any]:
@@ -80,7 +87,11 @@ class DaskRemote(Remote):
         if not handles:
             return []
         client = handles[0].future.client
-        return list(await client.gather([h.future for h in handles]))
+        gather = client.gather([h.future for h in handles])
+        ex = handles[0].executor
+        if ex is None:
+            return list(await gather)
+        return list(await ex._unless_lost(gather, f"{len(handles)} output(s)"))
 
     def __repr__(self) -> str:
         return f"DaskRemote({self.future.key!r})"
@@ -158,6 +169,12 @@ class DaskExecutor(Executor):
         self._batched = False  # this dask offers the one-graph submission (checked at open)
         self._token = ""  # per open(): with a counter, makes keys unique without a uuid each
         self._seq = itertools.count()
+        # Resolved (with the reason) once the client loses its scheduler: every wait races it,
+        # so a closed or unreachable cluster fails the run now, not after dask's reconnect
+        # timeout (30 s by default).
+        self._lost: asyncio.Future[str] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._address = ""
 
     def __repr__(self) -> str:
         where = "a LocalCluster per run" if self.cluster is None else repr(self.cluster)
@@ -209,6 +226,7 @@ class DaskExecutor(Executor):
             target = self._own_cluster
         if isinstance(target, distributed.Client) and target.asynchronous and _same_loop(target):
             self._client, self._own_client = target, False
+            self._watch_client()
             return
         if isinstance(target, distributed.Client):
             address = target.scheduler.address
@@ -220,6 +238,46 @@ class DaskExecutor(Executor):
         self._client = await distributed.Client(address, asynchronous=True,
                                                 set_as_default=False)
         self._own_client = True
+        self._watch_client()
+
+    def _watch_client(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        self._address = str(getattr(self._client.scheduler, "address", "") or "")
+        self._watch = loop.create_task(self._watch_loop(self._client, self._lost))
+
+    @staticmethod
+    async def _watch_loop(client: Any, lost: asyncio.Future[str]) -> None:
+        # The client offers no callback for a lost scheduler; its status says it within a
+        # tick. One check every 0.1 s per run costs nothing next to a task's round trip.
+        while client.status == "running":
+            await asyncio.sleep(0.1)
+        if not lost.done():
+            lost.set_result(f"client status {client.status!r}")
+
+    def _lost_error(self, task_id: str, why: str) -> WorkerLost:
+        msg = (f"task {task_id!r}: the Dask cluster at {self._address or '?'} was closed or "
+               f"lost ({why}); its work on the cluster is gone")
+        return WorkerLost(msg, task_id=task_id)
+
+    async def _unless_lost(self, awaitable: Any, task_id: str) -> Any:
+        """Await ``awaitable`` unless the cluster is lost first (then WorkerLost)."""
+        lost = self._lost
+        if lost is None:
+            return await awaitable
+        if lost.done():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()
+            raise self._lost_error(task_id, lost.result())
+        waiter = asyncio.ensure_future(awaitable)
+        try:
+            await asyncio.wait((waiter, lost), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+        if waiter.done() and not waiter.cancelled():
+            return waiter.result()
+        raise self._lost_error(task_id, lost.result())
 
     async def close(self) -> None:
         """Cancel futures still in flight; close what :meth:`open` started."""
@@ -230,12 +288,18 @@ class DaskExecutor(Executor):
         if self._flush_handle is not None:  # submissions not sent yet fail, not linger
             self._flush_handle.cancel()
             self._flush()
+        lost = self._lost is not None and self._lost.done()
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = self._lost = None
         try:
-            if self._inflight:
+            if self._inflight and not lost:
                 futures, self._inflight = list(self._inflight), set()
                 await client.cancel(futures, force=True)
+            self._inflight = set()
             if self._own_client:
-                await client.close()
+                # A client whose scheduler is gone would retry the connection first.
+                await (client.close(timeout=2) if lost else client.close())
         finally:
             cluster, self._own_cluster = self._own_cluster, None
             if cluster is not None:
@@ -270,7 +334,7 @@ class DaskExecutor(Executor):
             # not change what the user's own dask code talks to): wait on the future's state,
             # as wait() itself does, without fetching the value. The scheduler pushes the
             # state change; nothing is polled.
-            await future._state.wait()
+            await self._unless_lost(future._state.wait(), task_id)
         except BaseException:
             # A timeout or a stopped run: take the task off the cluster (or out of the batch
             # not sent yet: a cancelled waiter is skipped), then go on unwinding. Shielded, or
@@ -278,7 +342,7 @@ class DaskExecutor(Executor):
             if future is None and entry.waiter.done() and not entry.waiter.cancelled() \
                     and entry.waiter.exception() is None:
                 future = entry.waiter.result()  # sent, but cancelled before we resumed
-            if future is not None:
+            if future is not None and not (self._lost is not None and self._lost.done()):
                 with anyio.CancelScope(shield=True):
                     await client.cancel([future], force=True)
             raise
@@ -287,7 +351,9 @@ class DaskExecutor(Executor):
                 self._inflight.discard(future)
         status = future.status
         if status == "finished":
-            return DaskRemote(future)
+            return DaskRemote(future, self)
+        if status == "cancelled" and client.status != "running":
+            raise self._lost_error(task_id, f"client status {client.status!r}")
         if status == "error":
             await future  # re-raises the tool's exception with the worker's traceback
         msg = f"task {task_id!r}: its dask future ended as {status!r} (key {future.key})"
