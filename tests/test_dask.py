@@ -249,7 +249,7 @@ class TestSemantics:
         undoer = tool(lambda: {"id": 7}, registry=False, rollback=undone.append)
         r = run(undoer().named("make") >> dt.boom("x").named("bad"),
                 rollback_on_failure=True, **where)
-        assert r.status == "failed"
+        assert r.status == "rolled_back"  # issue 16 item 8: failed, then fully undone
         assert undone == [{"id": 7}]
         assert r.tasks["make"].status is S.ROLLED_BACK
 
