@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["MASK", "MIN_LENGTH", "MaskedLogger", "Masker", "Secret", "collect", "in_use"]
+__all__ = ["MASK", "MIN_LENGTH", "MaskedLogger", "Masker", "Secret", "in_use", "masker_for"]
 
 MASK = "***"
 #: Shorter values are not masked: masking every "a" or "10" would garble the text (Airflow
@@ -105,20 +105,10 @@ def in_use() -> bool:
     return _made
 
 
-def collect(*roots: Any) -> Masker | None:
-    """A masker for the Secrets found in ``roots`` (also inside lists, tuples, sets, dicts and
-    task argument lists, walked iteratively), or ``None`` when there are none."""
-    found: list[str] = []
-    stack = list(roots)
-    seen: set[int] = set()
-    while stack:
-        v = stack.pop()
-        if isinstance(v, Secret):
-            found.append(_as_text(v.get()))
-        elif isinstance(v, (list, tuple, set, frozenset, dict)) and id(v) not in seen:
-            seen.add(id(v))
-            stack.extend(v.values() if isinstance(v, dict) else v)
-    values = [f for f in found if len(f) >= MIN_LENGTH]
+def masker_for(found: Iterable[Secret[Any]]) -> Masker | None:
+    """A masker for the values of the Secrets ``found`` in a run (the run layer finds them
+    with the one argument walker), or ``None`` when none is long enough to mask."""
+    values = [v for v in (_as_text(s.get()) for s in found) if len(v) >= MIN_LENGTH]
     return Masker(values) if values else None
 
 

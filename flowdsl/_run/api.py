@@ -24,6 +24,7 @@ from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
 from .._graph.task import Flow, Fragment, Task
+from .._graph.walk import nodes
 from .._plan import policy
 from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
@@ -210,8 +211,8 @@ def _secrets(p: Plan, ctx: Mapping[str, Any], input: Any) -> Masker | None:
     (not looked for at all unless a Secret was ever made)."""
     if not secrets.in_use():
         return None
-    args = [(t.args, t.kwargs) for t in p.tasks.values()]  # type: ignore[attr-defined]
-    return secrets.collect(args, ctx, input)
+    roots = [[(t.args, t.kwargs) for t in p.tasks.values()], list(ctx.values()), input]
+    return secrets.masker_for(v for v in nodes(roots) if isinstance(v, secrets.Secret))
 
 
 def _observers(given: Sequence[RunObserver], store: Any, p: Plan,
