@@ -280,7 +280,7 @@ class TestSecrets:
 
     def test_canary_absent_from_every_channel(self, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-        """The values (an argument, a context entry) reappear as plain strings in an output
+        """SE1: the values (an argument, a context entry) reappear as plain strings in an output
         and in an exception, and still show up nowhere flowdsl writes."""
         from structlog.testing import capture_logs
 
@@ -502,7 +502,7 @@ class TestPipelineMemory:
 
     @pytest.mark.slow
     def test_100k_items_without_outputs_stay_flat(self) -> None:
-        """100,000 items with keep_outputs=False: memory does not grow with the item count
+        """PL1: 100,000 items with keep_outputs=False: memory does not grow with the item count
         (before the fix: +34 MB kept, +166 MB at the peak)."""
         r, current, peak = self._measure(100_000, keep_outputs=False)
         assert r.ok and r.output == []
