@@ -517,3 +517,21 @@ class TestPipelineMemory:
         assert r.output == [(i + 1) * 2 for i in range(5000)]
         assert set(r.outputs) == {"double"}
         assert current < 120 * 5000, f"{current / 5000:.0f} bytes per item"
+
+
+def test_readme_section_example_prints_what_it_says(tmp_path: Path) -> None:
+    """The README's "Faults, limits and secrets" example runs in a fresh process and prints
+    exactly what its `# ...` comments promise (the canary never shows)."""
+    import re
+    import subprocess
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = text.index("## Faults, limits and secrets")
+    end = text.index("\n## ", start + 1)
+    (code,) = re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+    expected = [line.split("#", 1)[1].strip() for line in code.splitlines()
+                if line.startswith("print(") and "#" in line]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == expected
