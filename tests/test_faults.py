@@ -234,7 +234,8 @@ from flowdsl import Secret, ctx, tool
 
 @tool(registry=False)
 def login(token: Secret, user: str) -> dict:
-    """Use the secret; the output holds the value as a plain string."""
+    """Use the secret; the output holds the value as a plain string, and so does a log line."""
+    flowdsl.get_logger().info("logged in", token=token.get())
     return {{"session": "for " + token.get(), "user": user}}
 
 
@@ -279,21 +280,23 @@ class TestSecrets:
         assert pickle.loads(pickle.dumps(s)).get() == CANARY  # to worker processes
 
     def test_canary_absent_from_every_channel(self, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              caplog: pytest.LogCaptureFixture) -> None:
         """SE1: the values (an argument, a context entry) reappear as plain strings in an output
         and in an exception, and still show up nowhere flowdsl writes."""
-        from structlog.testing import capture_logs
+        import logging
 
         flow = self._flow(tmp_path)
         db = tmp_path / "h.db"
-        with flowdsl.open_history(db) as store, capture_logs() as logs:
+        with flowdsl.open_history(db) as store, caplog.at_level(logging.DEBUG, "flowdsl"):
             r = flowdsl.run(flow, history=store, store_outputs=True, log=True)
             store.flush()
             shown = store.get_run(r.run_id)
         assert r.status == "failed"
         assert CANARY in r.outputs["login"]["session"]  # the tool's own value is untouched
         channels = {
-            "logs": repr(logs),
+            "logs": "\n".join(f"{rec.getMessage()} {getattr(rec, 'flowdsl', '')}"
+                               for rec in caplog.records),
+            "task log lines": repr([rec.logs for rec in r.tasks.values()]),
             "to_dict": json.dumps(r.to_dict()),
             "repr": repr(r) + repr(r.tasks) + repr(r.context),
             "errors": "".join(f"{rec.error.message}{rec.error.traceback}"
@@ -314,6 +317,8 @@ class TestSecrets:
             assert CANARY_CTX not in text, f"the context's secret leaked into {name}"
         assert "***" in channels["errors"] and "***" in channels["history"]
         assert "key *** was refused" in r.tasks["call_api"].error.message
+        assert "logged in" in channels["logs"] and "token=***" in channels["logs"]
+        assert "***" in channels["task log lines"]
 
     def test_cli_json_and_table(self, tmp_path: Path) -> None:
         """`flowdsl run file.py:flow` (--json and the summary table) masks them too."""

@@ -50,7 +50,7 @@ _handler: logging.Handler | None = None  # the stderr handler flowdsl added, if 
 
 # The task a tool call runs for: (run id, its record, the run's clock). Set by the core
 # around each call only while logging is on; copied into worker threads by anyio.
-_current: contextvars.ContextVar[tuple[str, Any, Callable[[], float]] | None] = (
+_current: contextvars.ContextVar[tuple[str, Any, Callable[[], float], Any] | None] = (
     contextvars.ContextVar("flowdsl_task", default=None))
 
 
@@ -104,7 +104,10 @@ def _add_task(logger: Any, method: str, event: MutableMapping[str, Any]
     current = _current.get()
     if current is None:
         return event
-    run_id, record, now = current
+    run_id, record, now, masker = current
+    if masker is not None:  # the run's secrets, masked before the line is kept or written
+        for k, v in event.items():
+            event[k] = masker.data(v)
     event.setdefault("run_id", run_id)
     event.setdefault("task", record.id)
     logs = record.logs
@@ -177,10 +180,12 @@ def get_logger(**bound: Any) -> Any:
     return _logger(f"{LOGGER_NAME}.tools", _add_task).bind(**bound)
 
 
-def task_scope(run_id: str, record: Any, now: Callable[[], float]) -> contextvars.Token[Any]:
-    """Mark the code that runs from here (a tool call) as the task of ``record``; pass the
-    token to ``_current.reset`` afterwards (the core does both)."""
-    return _current.set((run_id, record, now))
+def task_scope(run_id: str, record: Any, now: Callable[[], float],
+               masker: Any = None) -> contextvars.Token[Any]:
+    """Mark the code that runs from here (a tool call) as the task of ``record``, whose run
+    masks its secrets with ``masker`` (None: it has none); pass the token to
+    :func:`end_task_scope` afterwards (the core does both)."""
+    return _current.set((run_id, record, now, masker))
 
 
 def end_task_scope(token: contextvars.Token[Any]) -> None:

@@ -330,7 +330,8 @@ class Core:
                 raise
             rec.reason = None
         # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
-        scope = task_scope(self.result.run_id, rec, self.now) if self.log else None
+        scope = (task_scope(self.result.run_id, rec, self.now, self.masker) if self.log
+                 else None)
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
