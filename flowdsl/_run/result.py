@@ -53,6 +53,7 @@ STATUS_COLORS: Mapping[str, str] = {
     "cancelled": "#8a74c0",
     "interrupted": "#6f5aa8",
     "rolled_back": "#4f86c6",
+    "rollback_failed": "#8e2a3a",
     "running": "#e0b020",
     "skipped": "#9e9e9e",
     "pending": "#d4d4d4",
