@@ -70,7 +70,7 @@ class Item:
         self.status: dict[str, TaskStatus] = {}
         self.records = records
         self.units: dict[Any, Any] = {}  # per group: its condition's verdict, its deadline
-        self.left = 0  # pipelines: tasks still to finish this item (see Core.release)
+        self.left = 0  # pipelines: tasks still to finish this item (see Core.release_item)
 
 
 class Core:
@@ -191,7 +191,7 @@ class Core:
         self.items[index] = it
         return it
 
-    def release(self, item: Item) -> None:
+    def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
         per-task summary, keep its sinks' outputs (unless ``keep_outputs=False``) and let the
         rest go, so memory stays flat however many items stream through."""

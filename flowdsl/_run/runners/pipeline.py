@@ -97,7 +97,7 @@ async def _stream(core: Core, plan: Plan, options: RunOptions) -> None:
                             await core.run_task(tid, current)
                     current.left -= 1
                     if not current.left:  # every task has finished this item
-                        core.release(current)
+                        core.release_item(current)
                     for s in outs:
                         await s.send(current)
                     nxt += 1
