@@ -474,7 +474,7 @@ class Core:
             if isinstance(v, CtxRef):
                 return self._ctx_value(v, task)
             if isinstance(v, UpstreamRef):  # a join reading how its upstream tasks ended
-                return {p: item.status.get(p, PENDING) for p in self.preds[task.id]}
+                return {p: item.status.get(p, PENDING) for p in self.preds[self.ids[task]]}
             return KEEP
 
         return transform(value, swap)
