@@ -634,11 +634,36 @@ class TestUnits:
         with pytest.raises(CompositionError, match=r"\.when\(\) expects a callable"):
             (b | c).when(3)
 
-    def test_flow_as_an_argument_is_refused_clearly(self) -> None:
-        """Passing a Flow (not its task) as an argument is a composition error."""
+    @pytest.mark.parametrize("mode", MODES)
+    def test_flow_as_an_argument_passes_its_output(self, mode: str) -> None:
+        """A Flow passed as an argument joins the flow whole (its tasks under its name) and
+        gives its output: one last task's, or a dict by id for several."""
+        use = tl(lambda x: x, name="use")
+        a, b = (tl(lambda n=n: n, name=n) for n in "ab")
+        one = use(flowdsl.Flow("one", a() >> b())).named("use")
+        assert dict(flowdsl.plan(one).predecessors) == {
+            "one.a": (), "one.b": ("one.a",), "use": ("one.b",)}
+        assert run(one, mode=mode).output == "b"
+        c = tl(lambda: "c", name="c")
+        several = use(flowdsl.Flow("two", a() >> (b() | c()))).named("use")
+        assert run(several, mode=mode).output == {"two.b": "b", "two.c": "c"}
+
+    def test_a_unit_passed_as_an_argument_keeps_its_options(self) -> None:
+        """A Flow with .when() passed as an argument is still a unit: skipped as one, and so
+        is the task that takes its output."""
+        a, b = (tl(lambda n=n: n, name=n) for n in "ab")
+        sub = flowdsl.Flow("sub", a() >> b()).when(lambda ctx: ctx.get("go"))
+        r = run(tl(lambda x: x, name="use")(sub).named("use"))
+        assert [r.tasks[t].reason for t in ("sub.a", "sub.b", "use")] == [
+            "group 'sub' was skipped: its condition was false"] * 3
+
+    def test_a_task_taking_a_flow_must_be_composed(self) -> None:
+        """A task that takes a flow but is only referred to by another task is refused at
+        planning, with what to do."""
         b, = _steps("b")
-        with pytest.raises(CompositionError, match="pass the task whose output you want"):
-            fetch(flowdsl.Flow("f", b))
+        use = tl(lambda x: x, name="use")(flowdsl.Flow("f", b))
+        with pytest.raises(CompositionError, match="must be composed into the flow itself"):
+            flowdsl.plan(fetch(use))
 
     def test_group_is_not_a_node(self) -> None:
         """A unit adds no task: the plan is its tasks and their edges."""

@@ -281,10 +281,12 @@ def upstream() -> UpstreamRef:
     return _UPSTREAM
 
 
-def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any]) -> bool:
+def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any],
+          embeds: list[Any] | None = None) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
-    argument walker knows), the context keys it reads without a default, and any Tool passed
-    uncalled; True if it holds any reference at all."""
+    argument walker knows), the context keys it reads without a default, any Tool passed
+    uncalled, and in ``embeds`` the Flows and Fragments passed as values (their last tasks
+    count as referred to); True if it holds any reference at all."""
     found = False
     for v in nodes(value):
         cls = v.__class__
@@ -305,9 +307,11 @@ def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any]) -> bo
                    "plain tool call or inside another value")
             raise CompositionError(msg)
         elif cls is Flow or cls is Fragment:
-            msg = (f"{v!r} was passed as an argument; pass the task whose output you want "
-                   "(a flow's last task), and compose the flow with >>")
-            raise CompositionError(msg)
+            if embeds is not None:
+                g = materialize(v)
+                embeds.append(v)
+                out.extend([g.tasks[s] for s in g.sinks])
+            found = True
         elif type(v) is not cls and getattr(type(v), "_flowdsl_stage", False):
             tools.append(v)  # a proxy (a Tool) reports its function's class: only they differ
     return found
@@ -450,8 +454,9 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
     ``result.id_of(task)`` tell it.
     """
 
-    __slots__ = ("args", "condition", "dynamic", "fan", "guards", "id", "kwargs", "needs", "spec",
-                 "stage_param", "stem", "to_context_map", "tool", "trigger", "upstream")
+    __slots__ = ("args", "condition", "dynamic", "embeds", "fan", "guards", "id", "kwargs",
+                 "needs", "spec", "stage_param", "stem", "to_context_map", "tool", "trigger",
+                 "upstream")
 
     id: str | None
     stem: str  # what an automatic id is made from: the tool's name
@@ -468,6 +473,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
     trigger: str
     fan: MapSpec | None
     guards: tuple[Guard, ...]
+    embeds: tuple[Any, ...]  # Flows / Fragments passed as arguments: they join its flow
 
     @classmethod
     def _bind(cls, tool: ToolLike, args: tuple[Any, ...], kwargs: dict[str, Any], *,
@@ -481,10 +487,11 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         refs: list[Task] = []
         needs: list[str] = []
         tools: list[Any] = []
-        dynamic = _scan(args, refs, needs, tools) if args else False
+        embeds: list[Any] = []
+        dynamic = _scan(args, refs, needs, tools, embeds) if args else False
         for v in kwargs.values():
             if v.__class__ not in _ATOMS:  # only then can it hold a reference: scan it all
-                dynamic = _scan(kwargs, refs, needs, tools) or dynamic
+                dynamic = _scan(kwargs, refs, needs, tools, embeds) or dynamic
                 break
         if tools:
             _refuse_tools(tool, args, kwargs)
@@ -503,6 +510,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         t.trigger = "all_success"
         t.fan = None
         t.guards = ()
+        t.embeds = tuple(embeds) if embeds else ()
         t.upstream = tuple(dict.fromkeys(refs)) if refs else ()
         t.__class__ = Task  # sealed from here on: Task.__setattr__ refuses changes
         return t
@@ -866,7 +874,8 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
 
     Embedded, its ``context`` gives defaults merged under the run's context (the run's
     values win), and ``.when()``/``.with_options()`` make it one unit (see
-    :class:`Fragment`).
+    :class:`Fragment`). Passed as a tool's argument, it joins the flow whole and the argument
+    receives its output (its last task's, or a dict by id for several).
 
     Args:
         name: the flow's name (used by history and reports).
@@ -1039,7 +1048,8 @@ class _Builder:
     (the explicit ids of the flow, known after a walk met one too late) and every id taken.
     """
 
-    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "preds", "reserved", "tasks")
+    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "preds", "reserved", "tasks",
+                 "walked")
 
     def __init__(self, reserved: frozenset[str]) -> None:
         self.tasks: dict[str, Task] = {}
@@ -1050,6 +1060,7 @@ class _Builder:
         self.explicit: set[str] = set()  # the explicit ids met
         self.clashed = False
         self.reserved = reserved
+        self.walked: set[int] = set()  # id() of the flows passed as arguments, once walked
 
     def place(self, t: Task, prefix: str) -> str:
         """Give ``t`` (not yet in the graph) its id and add it."""
@@ -1100,6 +1111,11 @@ class _Builder:
             if t in ids:
                 continue
             if not ready:  # its references go first, so they are numbered first too
+                if t.embeds and not all(id(e) in self.walked for e in t.embeds):
+                    msg = (f"{t!r} takes a flow as an argument, so it must be composed into "
+                           "the flow itself (with >> or |), not only referred to by another "
+                           "task")
+                    raise CompositionError(msg)
                 todo.append((t, True))
                 todo.extend([(u, False) for u in reversed(t.upstream) if u not in ids])
                 continue
@@ -1194,6 +1210,13 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
         cls = node.__class__
         if cls is Task:
             if node in ids:
+                continue
+            if node.embeds and not all(id(e) in b.walked for e in node.embeds):
+                # A flow passed as an argument joins the flow whole, before the task.
+                push(node)
+                for e in reversed(node.embeds):
+                    b.walked.add(id(e))
+                    push(_coerce(e))
                 continue
             if node.upstream:
                 b.add(node, prefix)

@@ -34,7 +34,17 @@ from .._base.errors import (
 from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
-from .._graph.task import _MISSING, CtxRef, Guard, Ref, Task, UpstreamRef
+from .._graph.task import (
+    _MISSING,
+    CtxRef,
+    Flow,
+    Fragment,
+    Guard,
+    Ref,
+    Task,
+    UpstreamRef,
+    materialize,
+)
 from .._graph.walk import KEEP, nodes, transform
 from .._plan.planner import Plan
 from .caching import RunCache
@@ -475,6 +485,12 @@ class Core:
                 return self._ctx_value(v, task)
             if isinstance(v, UpstreamRef):  # a join reading how its upstream tasks ended
                 return {p: item.status.get(p, PENDING) for p in self.preds[self.ids[task]]}
+            if isinstance(v, (Flow, Fragment)):  # a flow passed as a value: its output
+                g = materialize(v)  # built once (cached) for a fragment
+                last = [ids[g.tasks[s]] for s in g.sinks]
+                if len(last) == 1:
+                    return item.outputs.get(last[0])
+                return {s: item.outputs.get(s) for s in last}
             return KEEP
 
         return transform(value, swap)
