@@ -339,6 +339,24 @@ class TestSecrets:
             "*.db*"))
         assert CANARY.encode() not in raw and CANARY_CTX.encode() not in raw
 
+    def test_secrets_arriving_as_pipeline_items(self) -> None:
+        """A Secret that first arrives as a pipeline item is registered when the item is
+        pulled: its value is masked in that item's error and everything after."""
+        @tool(registry=False, executor="inline")
+        def use(key: flowdsl.Secret) -> str:
+            if key.get().endswith("2"):
+                raise PermissionError("key " + key.get() + " was refused")
+            return "used " + key.get()
+
+        items = [flowdsl.Secret(f"item-canary-{i}") for i in range(3)]
+        r = flowdsl.run(use.stage().named("use"), mode="pipeline", items=items,
+                        continue_on_error=True, history=False)
+        assert r.output[:2] == ["used item-canary-0", "used item-canary-1"]
+        assert r.item_errors[2].message == "key *** was refused"
+        text = json.dumps(r.to_dict()) + repr(r.tasks) + str(r.error)
+        assert "item-canary" not in text
+        assert r.masker is not None and len(r.masker.sources) == 3
+
     def test_no_secret_no_masker(self) -> None:
         """A run without Secrets has no masker (nothing is scanned or rewritten)."""
         @tool(registry=False)

@@ -1,7 +1,7 @@
 """Secrets: values a run uses but never writes.
 
 Wrap a value in :class:`Secret` where a run receives it (a tool argument, a context entry, the
-pipeline ``input``). When a run starts, every Secret it holds is registered in that run's
+pipeline ``input`` or an item, registered as it is pulled). When a run starts, every Secret it holds is registered in that run's
 :class:`Masker`, and each place where text leaves the engine (error records and tracebacks, log
 events, ``RunResult.to_dict``, history rows and stored outputs) passes through it, so the value
 is replaced by ``***`` even where it reappears as a plain string (in an exception message, in
@@ -66,11 +66,12 @@ class Secret(Generic[_T]):
 class Masker:
     """Replaces the registered secret values in text and in JSON-like data."""
 
-    __slots__ = ("_pattern", "values")
+    __slots__ = ("_pattern", "sources", "values")
 
     def __init__(self, values: Iterable[str]) -> None:
+        self.sources = frozenset(values)  # the secret values themselves
         forms: set[str] = set()
-        for v in values:
+        for v in self.sources:
             # The value as written, and as repr() and json.dumps() escape it inside quotes.
             for form in (v, repr(v)[1:-1], json.dumps(v)[1:-1]):
                 if len(form) >= MIN_LENGTH:
@@ -105,10 +106,15 @@ def in_use() -> bool:
     return _made
 
 
-def masker_for(found: Iterable[Secret[Any]]) -> Masker | None:
+def masker_for(found: Iterable[Secret[Any]], base: Masker | None = None) -> Masker | None:
     """A masker for the values of the Secrets ``found`` in a run (the run layer finds them
-    with the one argument walker), or ``None`` when none is long enough to mask."""
-    values = [v for v in (_as_text(s.get()) for s in found) if len(v) >= MIN_LENGTH]
+    with the one argument walker) and those ``base`` already masks; ``base`` itself when
+    nothing is new, ``None`` when there is nothing to mask."""
+    values = {v for v in (_as_text(s.get()) for s in found) if len(v) >= MIN_LENGTH}
+    if base is not None:
+        if values <= base.sources:
+            return base
+        values |= base.sources
     return Masker(values) if values else None
 
 
@@ -125,6 +131,10 @@ class MaskedLogger:
 
     def __init__(self, log: Any, masker: Masker) -> None:
         self._log = log
+        self._masker = masker
+
+    def use(self, masker: Masker) -> None:
+        """Mask with ``masker`` from now on (a pipeline item brought more secrets)."""
         self._masker = masker
 
     def __getattr__(self, level: str) -> Any:

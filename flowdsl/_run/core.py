@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._base import secrets
 from .._base.errors import (
     CacheKeyError,
     CompositionError,
@@ -199,7 +200,20 @@ class Core:
         it = Item(index, value, {})
         it.left = len(self.plan.order)
         self.items[index] = it
+        if index >= 0 and secrets.in_use():  # an item may bring Secrets of its own
+            self._register_secrets(value)
         return it
+
+    def _register_secrets(self, value: Any) -> None:
+        found = [v for v in nodes(value) if isinstance(v, secrets.Secret)]
+        masker = secrets.masker_for(found, self.masker) if found else self.masker
+        if masker is self.masker or masker is None:
+            return
+        self.masker = self.result.masker = masker
+        if isinstance(self.log, MaskedLogger):
+            self.log.use(masker)
+        elif self.log is not None:
+            self.log = MaskedLogger(self.log, masker)
 
     def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
