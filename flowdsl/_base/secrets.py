@@ -1,12 +1,13 @@
 """Secrets: values a run uses but never writes.
 
 Wrap a value in :class:`Secret` where a run receives it (a tool argument, a context entry, the
-pipeline ``input`` or an item, registered as it is pulled). When a run starts, every Secret it holds is registered in that run's
-:class:`Masker`, and each place where text leaves the engine (error records and tracebacks, log
-events, ``RunResult.to_dict``, history rows and stored outputs) passes through it, so the value
-is replaced by ``***`` even where it reappears as a plain string (in an exception message, in
-an output). A run without a Secret has no masker and pays nothing: the check is one ``None``
-test at those few exits, and the run does not even look for Secrets unless one was ever made.
+pipeline ``input`` or an item). Every Secret a run holds is registered in that run's
+:class:`Masker` when the run starts (an item's when it is pulled), and each place where text
+leaves the engine (error records and tracebacks, log events, ``RunResult.to_dict``, history
+rows and stored outputs) passes through it, so the value is replaced by ``***`` even where it
+reappears as a plain string (in an exception message, in an output). A run without a Secret
+has no masker and pays nothing: the check is one ``None`` test at those few exits, and the run
+does not even look for Secrets unless one was ever made.
 """
 
 from __future__ import annotations
