@@ -17,7 +17,6 @@ import signal
 import threading
 import traceback
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Any
 
 import anyio
@@ -26,6 +25,7 @@ import anyio.to_thread
 from .._base.errors import SerializationError, WorkerLost, exc_text
 from .._graph.task import Task
 from .._plan.policy import THREAD_WORKERS, cpus
+from .threads import WorkerThreads
 
 __all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
            "ThreadExecutor"]
@@ -90,23 +90,28 @@ class InlineExecutor(Executor):
 
 
 class ThreadExecutor(Executor):
-    """Sync functions in worker threads, at most ``max_workers`` at a time."""
+    """Sync functions in long-lived daemon worker threads, at most ``max_workers`` calls at
+    a time; results come back to the event loop in batches (see :mod:`flowdsl._run.threads`).
+    """
 
     name = "thread"
     abandons = True
 
     def __init__(self, max_workers: int = THREAD_WORKERS) -> None:
         self.max_workers = max_workers
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._threads = WorkerThreads(max_workers)
 
-    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any], *, task_id: str) -> Any:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.max_workers)
-        # abandon_on_cancel: a timeout or a failed run must not wait for a thread that cannot
-        # be interrupted; the core records that it was abandoned.
-        return await anyio.to_thread.run_sync(partial(fn, *args, **kwargs),
-                                              abandon_on_cancel=True, limiter=self._limiter)
+    async def open(self) -> None:
+        self._threads.acquire()
+
+    async def close(self) -> None:
+        self._threads.release()
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],  # type: ignore[override]
+             kwargs: dict[str, Any], *, task_id: str) -> Any:
+        # Cancelling the await gives the call up: never started, or abandoned to its thread
+        # (a thread cannot be interrupted; its late result is discarded).
+        return self._threads.call(fn, args, kwargs, task_id)
 
 
 def _worker_main(conn: Any) -> None:
