@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._harness import Config, Progress, SuiteResult, markdown_table
+from ._suites_default import suite_default
 from ._suites_engine import core_count, suite_cpu, suite_overhead
 from ._suites_flows import (
     suite_levels,
@@ -30,9 +31,9 @@ Suite = Callable[[Config, Progress, dict[str, Any]], SuiteResult]
 
 #: Run order matters: "levels" summarises figures the reference and random suites leave.
 SUITES: dict[str, Suite] = {
-    "reference": suite_reference, "random": suite_random, "levels": suite_levels,
-    "wfcommons": suite_wfcommons, "overhead": suite_overhead, "cpu": suite_cpu,
-    "pipeline": suite_pipeline,
+    "default": suite_default, "reference": suite_reference, "random": suite_random,
+    "levels": suite_levels, "wfcommons": suite_wfcommons, "overhead": suite_overhead,
+    "cpu": suite_cpu, "pipeline": suite_pipeline,
 }
 #: Opt-in suites (``--only``): slower or needing extras; not part of the default run.
 EXTRA: dict[str, str] = {"dask": "benchmarks.dask_bench:suite_dask"}

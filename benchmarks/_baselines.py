@@ -4,7 +4,8 @@
   for all of it, then the next (anyio task groups calling the tools' raw functions).
 - :func:`asyncio_floor`: the least any asyncio engine can do: one coroutine per task awaiting
   its dependencies' events, then calling the tool's function.
-  :func:`sleeping_floor` does the same with sleeping tasks.
+  :func:`sleeping_floor` does the same with sleeping tasks; :func:`executor_floor` calls a
+  plain function through ``loop.run_in_executor`` (asyncio's default thread pool) instead.
 - :func:`dask_threaded`: the same graph on dask's threaded scheduler, when dask is installed.
 """
 
@@ -21,8 +22,8 @@ import anyio
 import flowdsl
 from flowdsl._graph.task import Ref
 
-__all__ = ["asyncio_floor", "dask_threaded", "levels_seconds", "run_by_levels",
-           "sleeping_floor"]
+__all__ = ["asyncio_floor", "dask_threaded", "executor_floor", "levels_seconds",
+           "run_by_levels", "sleeping_floor"]
 
 
 class _Pool:
@@ -121,6 +122,30 @@ def asyncio_floor(plan: flowdsl.Plan) -> float:
             for p in preds[i]:
                 await events[p].wait()
             await fns[i]()
+            events[i].set()
+
+        await asyncio.gather(*(one(i) for i in plan.order))
+        return time.perf_counter() - start
+
+    return asyncio.run(main())
+
+
+def executor_floor(plan: flowdsl.Plan) -> float:
+    """Like :func:`asyncio_floor` for argument-less plain functions: each task awaits
+    ``loop.run_in_executor(None, fn)``, the least a sync call off the event loop costs with
+    the standard library. Returns the seconds it took (loop start-up excluded)."""
+    preds = plan.predecessors
+    fns = {i: plan.tasks[i].tool.fn for i in plan.order}
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        events = {i: asyncio.Event() for i in plan.order}
+
+        async def one(i: str) -> None:
+            for p in preds[i]:
+                await events[p].wait()
+            await loop.run_in_executor(None, fns[i])
             events[i].set()
 
         await asyncio.gather(*(one(i) for i in plan.order))

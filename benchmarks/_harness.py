@@ -33,6 +33,9 @@ class Config:
     cpu_tasks_per_core: int
     cpu_repeats: int
     pipeline: tuple[int, int, float]  # items, stages, seconds per stage
+    default_sizes: tuple[int, ...] = (2_000,)  # the default-path suite's flow sizes
+    default_repeats: int = 1  # its repeats at sizes up to 10,000 (one above)
+    fixed_runs: int = 10  # runs of the 10-task flow per variant, for the history's fixed cost
     seed: int = 20240601
 
     @classmethod
@@ -42,12 +45,14 @@ class Config:
                        wf_files=2, wf_parallel_target=0.5, wf_sequential_cap=1.5,
                        overhead_sizes=(2_000,), overhead_repeats=2, dask_max_tasks=2_000,
                        cpu_task_seconds=0.2, cpu_tasks_per_core=2, cpu_repeats=2,
-                       pipeline=(10, 3, 0.03))
+                       pipeline=(10, 3, 0.03), default_sizes=(2_000,), default_repeats=1,
+                       fixed_runs=5)
         return cls(quick=False, repeats=5, reference_scale=1.0, random_dags=12, random_cp=0.4,
                    wf_files=8, wf_parallel_target=1.5, wf_sequential_cap=5.0,
                    overhead_sizes=(10_000, 100_000), overhead_repeats=3, dask_max_tasks=10_000,
                    cpu_task_seconds=0.25, cpu_tasks_per_core=8, cpu_repeats=3,
-                   pipeline=(20, 4, 0.04))
+                   pipeline=(20, 4, 0.04), default_sizes=(10_000, 100_000), default_repeats=3,
+                   fixed_runs=10)
 
 
 @dataclass(frozen=True)

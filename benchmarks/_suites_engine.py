@@ -19,6 +19,8 @@ from ._baselines import asyncio_floor, dask_threaded
 from ._harness import Config, Progress, Stat, SuiteResult, Target
 from ._tools import burn, burn_loops, noop
 
+Tool = Any  # a flowdsl tool (called to make tasks)
+
 __all__ = ["core_count", "suite_cpu", "suite_overhead"]
 
 
@@ -30,30 +32,32 @@ def core_count() -> int:
         return os.cpu_count() or 1
 
 
-def _wide(n: int, rng: random.Random) -> list[flowdsl.Task]:
-    return [noop() for _ in range(n)]
+def _wide(n: int, rng: random.Random, t: Tool = noop) -> list[flowdsl.Task]:
+    return [t() for _ in range(n)]
 
 
-def _chain(n: int, rng: random.Random) -> list[flowdsl.Task]:
-    prev = noop()
+def _chain(n: int, rng: random.Random, t: Tool = noop) -> list[flowdsl.Task]:
+    prev = t()
     out = [prev]
     for _ in range(n - 1):
-        prev = noop(after=prev)
+        prev = t(after=prev)
         out.append(prev)
     return out
 
 
-def _layered(n: int, rng: random.Random, width: int = 100) -> list[flowdsl.Task]:
+def _layered(n: int, rng: random.Random, t: Tool = noop, width: int = 100
+             ) -> list[flowdsl.Task]:
     """Layers of ``width`` tasks; each depends on 1-3 random tasks of the layer above."""
-    out: list[flowdsl.Task] = [noop() for _ in range(min(width, n))]
+    out: list[flowdsl.Task] = [t() for _ in range(min(width, n))]
     while len(out) < n:
         above = out[-width:]
-        out.extend(noop(after=rng.sample(above, rng.randint(1, 3)))
+        out.extend(t(after=rng.sample(above, rng.randint(1, 3)))
                    for _ in range(min(width, n - len(out))))
     return out
 
 
-SHAPES: dict[str, Callable[[int, random.Random], list[flowdsl.Task]]] = {
+#: Shapes of no-op flows: ``SHAPES[name](n, rng, tool)`` gives the tasks (tool: noop default).
+SHAPES: dict[str, Callable[..., list[flowdsl.Task]]] = {
     "wide": _wide, "chain": _chain, "layered": _layered}
 
 

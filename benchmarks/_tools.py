@@ -9,7 +9,7 @@ import anyio
 
 from flowdsl import tool
 
-__all__ = ["burn", "burn_loops", "hop", "nap", "noop"]
+__all__ = ["burn", "burn_loops", "def_noop", "hop", "nap", "noop"]
 
 
 @tool(registry=False)
@@ -21,6 +21,12 @@ async def nap(seconds: float, after: Any = None) -> None:
 @tool(registry=False)
 async def noop(after: Any = None) -> None:
     """Do nothing: what is left of a run is the engine's own cost."""
+
+
+@tool(registry=False)
+def def_noop(after: Any = None) -> None:
+    """Do nothing in a plain function: what a first flow of ``def`` tools pays per task
+    (the thread executor by default)."""
 
 
 @tool(registry=False)

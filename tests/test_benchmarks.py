@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ("reference", "random", "levels", "wfcommons", "overhead", "cpu", "pipeline")
+SUITES = ("default", "reference", "random", "levels", "wfcommons", "overhead", "cpu",
+          "pipeline")
 
 pytestmark = pytest.mark.slow
 
@@ -99,6 +100,25 @@ def test_overhead_and_floor(report: dict[str, Any]) -> None:
         assert _ok(r["mem_run_b"])
 
 
+def test_default_path(report: dict[str, Any]) -> None:
+    """The default-path suite times def and async tools with and without the default history
+    on three shapes, beside both floors, and the history's fixed cost per run."""
+    data = report["suites"]["default"]["data"]
+    assert {r["shape"] for r in data["runs"]} == {"wide", "chain", "layered"}
+    for r in data["runs"]:
+        for key in ("asyncio floor", "run_in_executor floor", "async", "async + history", "def",
+                    "def + history"):
+            assert _ok(r["us"][key]["median"]), key
+        ratio = r["us"]["def + history"]["median"] / r["us"]["asyncio floor"]["median"]
+        assert math.isclose(r["def_vs_floor"]["median"], ratio, rel_tol=1e-9)  # one repeat
+        assert _ok(r["def_vs_executor"]["median"]) and _ok(r["history_vs_none"]["median"])
+    for store in ("fresh", "filled"):
+        fixed = data["fixed_cost"][store]
+        assert _ok(fixed["with_ms"]) and _ok(fixed["without_ms"])
+        assert math.isclose(fixed["cost_ms"], fixed["with_ms"] - fixed["without_ms"])
+    assert data["fixed_cost"]["filled"]["task_rows"] > 0
+
+
 def test_cpu_and_pipeline(report: dict[str, Any]) -> None:
     """The CPU suite knows the core count; streaming beats one item at a time."""
     cpu = report["suites"]["cpu"]["data"]
@@ -112,7 +132,7 @@ def test_targets_listed(report: dict[str, Any]) -> None:
     """Every target comes with a measured figure."""
     names = " ".join(t["name"] for t in report["targets"])
     for word in ("reference efficiency", "unconstrained", "pools", "floor", "planning",
-                 "process"):
+                 "process", "run_in_executor", "fixed cost"):
         assert word in names
 
 
