@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Config", "Progress", "Stat", "SuiteResult", "Target", "markdown_table", "timed"]
+__all__ = ["Config", "Progress", "Stat", "SuiteResult", "Target", "default_history",
+           "markdown_table", "timed"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,23 @@ def timed() -> Iterator[list[float]]:
         yield out
     finally:
         out.append(time.perf_counter() - start)
+
+
+@contextmanager
+def default_history() -> Iterator[Path]:
+    """The default store (``history=None``) in a fresh file for the suite, so the figures
+    are the default path's without touching the user's own history."""
+    old = os.environ.get("FLOWDSL_HISTORY")
+    with tempfile.TemporaryDirectory(prefix="flowdsl-bench-") as tmp:
+        path = Path(tmp) / "history.db"
+        os.environ["FLOWDSL_HISTORY"] = str(path)
+        try:
+            yield path
+        finally:
+            if old is None:
+                os.environ.pop("FLOWDSL_HISTORY", None)
+            else:
+                os.environ["FLOWDSL_HISTORY"] = old
 
 
 def repeat(fn: Callable[[], float], n: int) -> Stat:

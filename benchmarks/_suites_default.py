@@ -8,20 +8,17 @@ the ratios compare like with like on a machine whose speed drifts.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import flowdsl
 
 from ._baselines import asyncio_floor, executor_floor
-from ._harness import Config, Progress, Stat, SuiteResult, Target
+from ._harness import Config, Progress, Stat, SuiteResult, Target, default_history
 from ._suites_engine import SHAPES
 from ._tools import def_noop, noop
 
@@ -31,23 +28,6 @@ __all__ = ["suite_default"]
 VARIANTS: tuple[tuple[str, Any, Any], ...] = (
     ("async", noop, False), ("async + history", noop, None),
     ("def", def_noop, False), ("def + history", def_noop, None))
-
-
-@contextmanager
-def _default_history() -> Iterator[Path]:
-    """The default store (``history=None``) in a fresh file for the suite, so the figures
-    are the default path's without touching the user's own history."""
-    old = os.environ.get("FLOWDSL_HISTORY")
-    with tempfile.TemporaryDirectory(prefix="flowdsl-bench-") as tmp:
-        path = Path(tmp) / "history.db"
-        os.environ["FLOWDSL_HISTORY"] = str(path)
-        try:
-            yield path
-        finally:
-            if old is None:
-                os.environ.pop("FLOWDSL_HISTORY", None)
-            else:
-                os.environ["FLOWDSL_HISTORY"] = old
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -106,7 +86,7 @@ def suite_default(cfg: Config, progress: Progress, shared: dict[str, Any]) -> Su
                    "def + history / asyncio floor", "def + history / executor floor",
                    "async + history / async"]
     runs: list[dict[str, Any]] = []
-    with _default_history() as path:
+    with default_history() as path:
         _repeat("wide", 200, cfg.seed)  # warm-up: imports, the store's file and schema
         progress.step(f"history fixed cost, fresh store ({cfg.fixed_runs} runs each)")
         fresh = _fixed_cost(cfg.fixed_runs)

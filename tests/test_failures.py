@@ -17,6 +17,7 @@ from support import capture_events, run, tl
 
 import flowdsl
 from flowdsl import Pools, SerializationError, TaskStatus, TaskTimeout
+from flowdsl._run.executors import fork_helper_pid
 
 S = TaskStatus
 
@@ -42,9 +43,11 @@ class Keep:
 
 
 def _children() -> list[psutil.Process]:
-    """Child processes, except multiprocessing's shared resource tracker."""
+    """Child processes, except multiprocessing's shared resource tracker and flowdsl's fork
+    helper (one per process, shared by every run, as the tracker)."""
+    helper = fork_helper_pid()
     return [c for c in psutil.Process().children()
-            if "resource_tracker" not in " ".join(c.cmdline())]
+            if c.pid != helper and "resource_tracker" not in " ".join(c.cmdline())]
 
 
 def undoable(name: str, undone: list[str], *, delay: float = 0.0, fail: bool = False,

@@ -26,6 +26,7 @@ from .._base.errors import SerializationError, WorkerLost, exc_text
 from .._graph.task import Task
 from .._plan.policy import THREAD_WORKERS, cpus
 from .threads import WorkerThreads
+from .zygote import Zygote
 
 __all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
            "ThreadExecutor"]
@@ -161,13 +162,18 @@ def _by_reference(module: str, qualname: str) -> Callable[..., Any]:
 class _Worker:
     __slots__ = ("conn", "proc")
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, conn: Any, proc: Any) -> None:
+        self.conn = conn
+        self.proc = proc  # a multiprocessing.Process, or a ZygoteChild
+
+    @classmethod
+    def start(cls, ctx: Any) -> _Worker:
         parent, child = ctx.Pipe()
-        self.conn = parent
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
-                                name="flowdsl-worker")
-        self.proc.start()
+        proc = ctx.Process(target=_worker_main, args=(child,), daemon=True,
+                           name="flowdsl-worker")
+        proc.start()
         child.close()
+        return cls(parent, proc)
 
     def receive(self) -> bytes | None:
         """The reply to the call sent (in a thread); None when the worker died first, once
@@ -224,28 +230,58 @@ def _signal_group(pid: int | None, sig: int) -> bool:
     return True
 
 
+_FORK = "fork" in multiprocessing.get_all_start_methods()
+_helper: Zygote | None = None
+
+
+def _fork_helper() -> Zygote | None:
+    """The process's fork helper; started on first need, only while the process has a single
+    thread (then it is safe to fork). None when there is none and it is too late for one."""
+    global _helper
+    if _helper is not None:
+        try:
+            ended = os.waitpid(_helper.pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:  # not our child: we are a process forked since
+            ended = True
+        if not ended:
+            return _helper
+        _helper = None
+    if _FORK and threading.active_count() == 1:
+        _helper = Zygote(_worker_main)
+    return _helper
+
+
+def fork_helper_pid() -> int | None:
+    """The pid of this process's fork helper, if one was started (it lives as long as this
+    process and is shared by every run)."""
+    return _helper.pid if _helper is not None else None
+
+
 class ProcessExecutor(Executor):
     """CPU-bound sync functions in worker processes (real parallelism).
 
     Workers are started on first use and reused within the run; a worker whose call times
-    out or is cancelled is killed and replaced. While the process has a single thread, all
-    workers are forked at once (milliseconds, with flowdsl and the tools' modules already
-    imported); otherwise they are spawned, which is safe with threads but re-imports. Tools
-    must be importable by the worker (defined at module level).
+    out or is cancelled is killed and replaced. They are forked, all at once (milliseconds,
+    with flowdsl, ``__main__`` and the tools' modules already imported): by this process
+    while it has a single thread, else by a fork helper this process started while it had
+    one (see :mod:`flowdsl._run.zygote`), so a history writer or worker threads alive in the
+    run never make forking unsafe. Without either (no fork on this platform, or threads
+    already alive when the first process executor was made) they are spawned, which
+    re-imports. Tools must be importable by the worker (defined at module level).
     """
 
     name = "process"
 
     def __init__(self, max_workers: int | None = None) -> None:
-
         self.max_workers = max_workers or cpus()  # what the simulator assumes too
         self._ctx = multiprocessing.get_context("spawn")
         # fork is only safe while no other thread could hold a lock at the moment of the fork
-        self._fork = ("fork" in multiprocessing.get_all_start_methods()
-                      and multiprocessing.get_context("fork"))
+        self._fork = _FORK and multiprocessing.get_context("fork")
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._slots: anyio.Semaphore | None = None
+        if self._fork and threading.active_count() == 1:
+            _fork_helper()  # made before the run starts any thread: early is when it is safe
 
     async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
                    kwargs: dict[str, Any], *, task_id: str) -> Any:
@@ -263,11 +299,10 @@ class ProcessExecutor(Executor):
             raise SerializationError(msg, task_id=task_id) from exc
         if self._slots is None:
             self._slots = anyio.Semaphore(self.max_workers)
-        if not self._all and self._fork and threading.active_count() == 1:
-            for _ in range(self.max_workers):  # before this call's thread exists
-                self._idle.append(self._start(self._fork))
+        if not self._all:  # before this call's thread exists; forking all costs milliseconds
+            self._idle.extend(self._start(self.max_workers, up_front=True))
         async with self._slots:
-            worker = self._idle.pop() if self._idle else self._start(self._ctx)
+            worker = self._idle.pop() if self._idle else self._start(1)[0]
             ok = False
             code: int | None = None
             try:
@@ -284,10 +319,19 @@ class ProcessExecutor(Executor):
             raise _died(task_id, code)
         return self._unpack(reply, task_id)
 
-    def _start(self, ctx: Any) -> _Worker:
-        w = _Worker(ctx)
-        self._all.add(w)
-        return w
+    def _start(self, n: int, *, up_front: bool = False) -> list[_Worker]:
+        """``n`` new workers, the fastest safe way: forked here while this process has one
+        thread, else by the fork helper, else spawned (up front: none, they come on demand)."""
+        if self._fork and threading.active_count() == 1:
+            new = [_Worker.start(self._fork) for _ in range(n)]
+        elif (helper := _fork_helper()) is not None:
+            new = [_Worker(conn, proc) for conn, proc in helper.fork(n)]
+        elif up_front:
+            return []
+        else:
+            new = [_Worker.start(self._ctx) for _ in range(n)]
+        self._all.update(new)
+        return new
 
     @staticmethod
     def _unpack(reply: bytes, task_id: str) -> Any:
