@@ -223,9 +223,10 @@ def suite_cpu(cfg: Config, progress: Progress, shared: dict[str, Any]) -> SuiteR
                           "per_core": per.to_dict()}
     out.data["process_startup"] = Stat.of(starts).to_dict()
     out.notes.append(f"pool start-up (a run of {cores} trivial process tasks): "
-                     f"{Stat.of(starts).fmt('.3f', ' s')}; workers are forked (by the process while "
-                     "it has one thread, else by its fork helper), so nothing is re-imported; a "
-                     "run pays it once, so the speedup grows with the work per core")
+                     f"{Stat.of(starts).fmt('.3f', ' s')}; workers are forked (by the process "
+                     "while it has one thread, else by its fork helper), so nothing is "
+                     "re-imported; a run pays it once, so the speedup grows with the work per "
+                     "core")
     per_core = out.data["process"]["per_core"]["median"]
     bare = out.data["bare ProcessPoolExecutor (spawn)"]["per_core"]["median"]
     out.targets = [Target("process executor speedup per core (tasks >= 0.2 s)", ">= 0.85",
