@@ -84,7 +84,7 @@ def suite_default(cfg: Config, progress: Progress, shared: dict[str, Any]) -> Su
     labels = [label for label, _, _ in VARIANTS]
     out.columns = ["shape", "tasks", "asyncio floor", "run_in_executor floor", *labels,
                    "def + history / asyncio floor", "def + history / executor floor",
-                   "async + history / async"]
+                   "def / asyncio floor", "async + history / async"]
     runs: list[dict[str, Any]] = []
     with default_history() as path:
         _repeat("wide", 200, cfg.seed)  # warm-up: imports, the store's file and schema
@@ -104,6 +104,7 @@ def suite_default(cfg: Config, progress: Progress, shared: dict[str, Any]) -> Su
         out.rows.append([m["shape"], f"{m['tasks']:,}", *(us[k].fmt(".1f") for k in
                         ["asyncio floor", "run_in_executor floor", *labels]),
                         m["def_vs_floor"].fmt(".2f", "x"), m["def_vs_executor"].fmt(".2f", "x"),
+                        m["bare_def_vs_floor"].fmt(".2f", "x"),
                         m["history_vs_none"].fmt(".2f", "x")])
     out.notes.append(
         f"default history's fixed cost per run (10-task flow, median of {cfg.fixed_runs} runs "
@@ -126,6 +127,7 @@ def _summary(shape: str, n: int, reps: list[dict[str, float]]) -> dict[str, Any]
             "us": {k: Stat.of([r[k] / n * 1e6 for r in reps]) for k in reps[0]},
             "def_vs_floor": ratio("def + history", "asyncio floor"),
             "def_vs_executor": ratio("def + history", "run_in_executor floor"),
+            "bare_def_vs_floor": ratio("def", "asyncio floor"),
             "history_vs_none": ratio("async + history", "async")}
 
 
