@@ -29,6 +29,10 @@ def probe(i: int) -> dict:
     return {"pid": os.getpid(), "mark": MARK, "main": sys.modules["__main__"].__name__}
 
 @tool(executor="process", registry=False)
+def where(key: str) -> dict:
+    return {"env": os.environ.get(key), "cwd": os.getcwd(), "path": sys.path[0]}
+
+@tool(executor="process", registry=False)
 def die(sig: int) -> None:
     os.kill(os.getpid(), sig)
     time.sleep(10)
@@ -136,3 +140,54 @@ def test_killed_worker_exit_code(tmp_path: Path) -> None:
                           "gone": not os.path.exists(f"/proc/{child.pid}")}))
         """)
     assert out == [{"alive": True, "code": -9, "gone": True}]
+
+
+def test_workers_take_the_parents_state_of_now(tmp_path: Path) -> None:
+    """A worker forked by the helper sees the environment variables, working directory and
+    import path the parent has when the worker starts, not those of the helper's making."""
+    (tmp_path / "elsewhere").mkdir()
+    out = _script(tmp_path, """
+        import json, os, sys, threading
+        import flowdsl, ptools
+
+        flowdsl.run(ptools.probe(0).named("p"))  # starts the helper (one thread so far)
+        stop = threading.Event()
+        threading.Thread(target=stop.wait).start()
+        os.environ["FLOWDSL_TEST_LATE"] = "set after the helper"
+        os.chdir("elsewhere")
+        sys.path.insert(0, "/nonexistent-but-first")
+        r = flowdsl.run(ptools.where("FLOWDSL_TEST_LATE").named("w"))
+        stop.set()
+        print(json.dumps(r.outputs["w"]))
+        """)
+    assert out == [{"env": "set after the helper", "cwd": str(tmp_path / "elsewhere"),
+                    "path": "/nonexistent-but-first"}]
+
+
+def test_tool_defined_after_the_snapshot(tmp_path: Path) -> None:
+    """A process tool defined in __main__ after the helper was made is not in its snapshot:
+    that run starts its workers another way (spawn here, with threads alive) and works."""
+    out = _script(tmp_path, """
+        import json, threading
+        import flowdsl
+        from flowdsl import tool
+
+        @tool(executor="process", registry=False)
+        def early() -> str:
+            return "early"
+
+        if __name__ == "__main__":
+            assert flowdsl.run(early()).ok  # the helper's snapshot of __main__ has early only
+            stop = threading.Event()
+            threading.Thread(target=stop.wait).start()
+
+        @tool(executor="process", registry=False)
+        def late() -> str:
+            return "late"
+
+        if __name__ == "__main__":
+            r = flowdsl.run(early().named("e") | late().named("l"))
+            stop.set()
+            print(json.dumps([r.status.value, r.outputs.get("e"), r.outputs.get("l")]))
+        """)
+    assert out == [["completed", "early", "late"]]

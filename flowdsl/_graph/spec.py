@@ -19,6 +19,10 @@ from .._base.limits import encodable, limits
 __all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "Cache", "ToolLike", "ToolSpec"]
 
 EXECUTORS = ("async", "thread", "process", "inline", "dask")
+
+#: A tool or task asked for the process executor: a later run may then start the fork
+#: helper early, while the process still has a single thread (see flowdsl._run.zygote).
+process_tools: list[bool] = []
 TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed",
             "none_failed_min_one_success")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -235,6 +239,8 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
     if isinstance(value, str):
         if value not in EXECUTORS:
             raise _bad(name, "executor", value, "one of " + ", ".join(map(repr, EXECUTORS)))
+        if value == "process" and not process_tools:
+            process_tools.append(True)
         if is_async and value in ("thread", "process"):
             raise _bad(name, "executor", value,
                        "'async' or 'inline' for a coroutine function (it runs on the event loop)")

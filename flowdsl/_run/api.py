@@ -23,6 +23,7 @@ from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
+from .._graph.spec import process_tools
 from .._graph.task import Flow, Fragment, Task
 from .._graph.walk import nodes
 from .._plan import policy
@@ -36,6 +37,7 @@ from .executors import (
     InlineExecutor,
     ProcessExecutor,
     ThreadExecutor,
+    start_fork_helper,
 )
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
@@ -143,6 +145,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                max_nodes: int | None = None, max_edges: int | None = None,
                keep_outputs: bool = True) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
+    if process_tools:  # any run may be the last moment with a single thread: see zygote.py
+        start_fork_helper()
     if isinstance(flow, Plan):
         p = flow
         check_size(len(p.order), sum(map(len, p.predecessors.values())), max_nodes, max_edges)

@@ -251,6 +251,13 @@ def _fork_helper() -> Zygote | None:
     return _helper
 
 
+def start_fork_helper() -> None:
+    """Start the fork helper now if the process still has a single thread (a run with
+    process tools calls this before it starts any thread of its own)."""
+    if _FORK and threading.active_count() == 1:
+        _fork_helper()
+
+
 def fork_helper_pid() -> int | None:
     """The pid of this process's fork helper, if one was started (it lives as long as this
     process and is shared by every run)."""
@@ -280,8 +287,13 @@ class ProcessExecutor(Executor):
         self._idle: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._slots: anyio.Semaphore | None = None
-        if self._fork and threading.active_count() == 1:
-            _fork_helper()  # made before the run starts any thread: early is when it is safe
+        self._tools: set[tuple[str, str]] = set()  # (module, qualname) of the run's tools
+        start_fork_helper()  # made before the run starts any thread: early is when it is safe
+
+    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+        for task in tasks.values():
+            fn = task.tool.fn
+            self._tools.add((getattr(fn, "__module__", "") or "", fn.__qualname__))
 
     async def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
                    kwargs: dict[str, Any], *, task_id: str) -> Any:
@@ -299,6 +311,7 @@ class ProcessExecutor(Executor):
             raise SerializationError(msg, task_id=task_id) from exc
         if self._slots is None:
             self._slots = anyio.Semaphore(self.max_workers)
+        self._tools.add((module, qualname))
         if not self._all:  # before this call's thread exists; forking all costs milliseconds
             self._idle.extend(self._start(self.max_workers, up_front=True))
         async with self._slots:
@@ -324,7 +337,7 @@ class ProcessExecutor(Executor):
         thread, else by the fork helper, else spawned (up front: none, they come on demand)."""
         if self._fork and threading.active_count() == 1:
             new = [_Worker.start(self._fork) for _ in range(n)]
-        elif (helper := _fork_helper()) is not None:
+        elif (helper := _fork_helper()) is not None and helper.covers(self._tools):
             new = [_Worker(conn, proc) for conn, proc in helper.fork(n)]
         elif up_front:
             return []

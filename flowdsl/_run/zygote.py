@@ -8,22 +8,31 @@ forked while the process still had one thread and single-threaded for good, to f
 workers. Spawning instead would re-import everything in each worker and re-run an unguarded
 main script.
 
+The helper is a snapshot of the process at the moment it was made. A worker therefore takes
+the parent's environment variables, ``sys.path`` and working directory of the moment it is
+forked (as spawn does), and :meth:`Zygote.covers` tells whether a tool can be found in the
+snapshot: one defined after it in ``__main__`` or in a module that was still being imported
+cannot, and such a run starts its workers another way.
+
 Protocol, over one Unix socket pair: the parent sends ``b"f"`` with one file descriptor (the
-worker's end of its pipe) and gets back the new worker's pid; it sends ``b"w" + pid`` to ask
-whether a worker has ended (the helper reaps it then and answers its exit code). The helper
-leaves its children unreaped until asked, so a pid is never reused while the parent may still
-signal it. It ignores Ctrl-C (the parent decides) and exits when the parent's end closes.
+worker's end of its pipe) and the pickled state above, and gets back the new worker's pid;
+it sends ``b"w" + pid`` to ask whether a worker has ended (the helper reaps it then and
+answers its exit code). The helper leaves its children unreaped until asked, so a pid is never
+reused while the parent may still signal it. It ignores Ctrl-C (the parent decides) and exits
+when the parent's end closes.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection
 
 __all__ = ["Zygote", "ZygoteChild"]
@@ -52,17 +61,30 @@ class Zygote:
         self.pid = pid
         self.sock = mine
         self._lock = threading.Lock()  # one request at a time, whichever thread asks
+        # What the snapshot holds of modules not complete at the moment of the fork.
+        self._partial = {name: frozenset(vars(mod)) for name, mod in list(sys.modules.items())
+                         if name == "__main__"
+                         or getattr(getattr(mod, "__spec__", None), "_initializing", False)}
 
+    def covers(self, tools: Iterable[tuple[str, str]]) -> bool:
+        """Whether every ``(module, qualname)`` can be found by a worker forked from the
+        snapshot (a module absent from it is imported afresh by the worker)."""
+        partial = self._partial
+        return all(qualname.partition(".")[0] in partial[module]
+                   for module, qualname in tools if module in partial)
     def fork(self, n: int) -> list[tuple[Connection, ZygoteChild]]:
         """``n`` new workers: the parent's end of each one's pipe, and its handle."""
         import multiprocessing
 
         out = []
+        state = pickle.dumps((dict(os.environ), list(sys.path), os.getcwd()))
         for _ in range(n):
             parent, child = multiprocessing.Pipe()
             try:
                 with self._lock:
-                    socket.send_fds(self.sock, [b"f"], [child.fileno()])
+                    socket.send_fds(self.sock, [b"f" + _INT.pack(len(state))],
+                                    [child.fileno()])
+                    self.sock.sendall(state)
                     pid = _INT.unpack(_recv_exact(self.sock, _INT.size))[0]
             finally:
                 child.close()
@@ -156,12 +178,15 @@ def _serve(sock: socket.socket, target: Callable[[Connection], None]) -> None:
         if not msg:  # the parent has gone: so do we (our workers end as their pipes close)
             return
         if msg[:1] == b"f" and fds:
+            msg += _recv_exact(sock, 1 + _INT.size - len(msg)) if len(msg) < 5 else b""
+            state = _recv_exact(sock, _INT.unpack(msg[1:1 + _INT.size])[0])
             pid = os.fork()
             if pid == 0:  # the worker
                 code = 0
                 try:
                     sock.close()
                     signal.signal(signal.SIGINT, signal.default_int_handler)
+                    _adopt(state)
                     target(Connection(fds[0]))
                 except BaseException:
                     code = 1
@@ -177,6 +202,18 @@ def _serve(sock: socket.socket, target: Callable[[Connection], None]) -> None:
         else:
             for fd in fds:
                 os.close(fd)
+
+
+def _adopt(state: bytes) -> None:
+    """Take the parent's environment, import path and working directory of now."""
+    env, path, cwd = pickle.loads(state)
+    os.environ.clear()
+    os.environ.update(env)
+    sys.path[:] = path
+    try:
+        os.chdir(cwd)
+    except OSError:  # gone since: the helper's folder will do
+        pass
 
 
 def _reap(pid: int) -> int:
