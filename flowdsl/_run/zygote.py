@@ -24,6 +24,7 @@ when the parent's end closes.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
@@ -61,6 +62,7 @@ class Zygote:
         self.pid = pid
         self.sock = mine
         self._lock = threading.Lock()  # one request at a time, whichever thread asks
+        atexit.register(self.close)  # at exit: no unclosed socket, and the helper ends
         # What the snapshot holds of modules not complete at the moment of the fork.
         self._partial = {name: frozenset(vars(mod)) for name, mod in list(sys.modules.items())
                          if name == "__main__"
@@ -98,12 +100,9 @@ class Zygote:
             code = _INT.unpack(_recv_exact(self.sock, _INT.size))[0]
         return None if code == _ALIVE else code
 
-    def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+    def close(self) -> None:
+        """Let the helper go (it exits once its end of the socket reads empty)."""
+        self.sock.close()
 
 
 class ZygoteChild:
