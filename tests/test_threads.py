@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -297,3 +298,19 @@ def test_ctrl_c_while_a_sync_tool_blocks_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "cancelled" in out
     assert took < 8, f"exit took {took:.1f} s after Ctrl-C"
+
+
+@pytest.mark.slow
+def test_readme_example_exits_at_once(tmp_path: Path) -> None:
+    """The README's abandoned-call example (section "Performance") prints what its comment
+    says, and its process ends right after run() returns."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### The default path first")
+    block = re.findall(r"```python\n(.*?)```", text[start:text.index("\n### ", start + 1)],
+                       re.S)[0]
+    expected = [line.split("#", 1)[1].strip() for line in block.splitlines()
+                if line.startswith("print(") and "#" in line]
+    proc, took = _python(block, tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == expected == ["timed_out"]
+    assert took < 8, f"the example's process lived {took:.1f} s"
