@@ -6,6 +6,7 @@ Each async test runs on asyncio and on trio (the ``anyio_backend`` fixture).
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 import signal
@@ -19,7 +20,6 @@ from typing import Any
 
 import anyio
 import pytest
-import structlog
 from support import tl
 
 import flowdsl
@@ -123,7 +123,7 @@ class TestDispatch:
             await anyio.sleep(0.01)
 
     async def test_timeout_abandons_with_a_warning_and_a_replacement(
-            self, anyio_backend: str) -> None:
+            self, anyio_backend: str, caplog: pytest.LogCaptureFixture) -> None:
         """TO2: a timed-out call is abandoned with a warning event naming the task and its
         thread; with max_workers=1 the next call still runs at once on a new thread."""
         release = threading.Event()
@@ -141,7 +141,7 @@ class TestDispatch:
         nxt = tl(after)(s).named("next").with_options(trigger="all_done")
         flowdsl.enable_logging()
         try:
-            with structlog.testing.capture_logs() as logs, anyio.fail_after(5):
+            with caplog.at_level(logging.INFO, logger="flowdsl"), anyio.fail_after(5):
                 r = await arun(s >> nxt, continue_on_error=True,
                                executor=ThreadExecutor(max_workers=1))
         finally:
@@ -151,10 +151,12 @@ class TestDispatch:
         assert "abandoned" in (r.tasks["stuck"].reason or "")
         assert r.outputs["next"] == "ran"
         assert threads_used[0] != threads_used[1]  # the stuck thread kept no slot
-        warned = [e for e in logs if e["event"] == "task_thread_abandoned"]
+        warned = [rec for rec in caplog.records
+                  if getattr(rec, "flowdsl", {}).get("event") == "task_thread_abandoned"]
         assert len(warned) == 1
-        assert warned[0]["log_level"] == "warning"
-        assert warned[0]["task"] == "stuck" and warned[0]["thread"] == threads_used[0]
+        assert warned[0].levelname == "WARNING"
+        event = warned[0].flowdsl  # type: ignore[attr-defined]
+        assert event["task"] == "stuck" and event["thread"] == threads_used[0]
 
     async def test_cancelled_before_start_never_runs(self, anyio_backend: str) -> None:
         """A call still queued when the run is cancelled never runs, even after a thread

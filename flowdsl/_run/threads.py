@@ -33,7 +33,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .._base.log import get_logger, logging_enabled
+from .._base.log import engine_logger, logging_enabled
 
 __all__ = ["WorkerThreads"]
 
@@ -211,7 +211,7 @@ class WorkerThreads:
                 self.threads -= 1  # the next call that needs a thread starts a new one
         call.waiter = None
         if state == RUNNING and logging_enabled():
-            get_logger().warning(
+            engine_logger().warning(
                 "task_thread_abandoned", task=call.task_id, thread=call.thread,
                 reason="a sync call cannot be interrupted: its thread keeps running until the "
                        "call returns, and its result is discarded")
