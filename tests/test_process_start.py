@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -80,12 +81,13 @@ def test_threads_alive_use_the_fork_helper(tmp_path: Path) -> None:
     fails its call, and another forked worker replaces it; all are reaped at the end."""
     out = _script(tmp_path, """
         import json, os, signal, threading
-        import anyio, ptools
+        import anyio, flowdsl, ptools
         from flowdsl._run.executors import ProcessExecutor, fork_helper_pid
 
         first = ProcessExecutor(max_workers=2)  # made single-threaded: starts the helper
         stop = threading.Event()
-        writer = threading.Thread(target=stop.wait)  # stands in for the history writer
+        # stands in for the history writer (a daemon: a failing script still exits)
+        writer = threading.Thread(target=stop.wait, daemon=True)
         writer.start()
         ptools.MARK = "late"
 
@@ -96,8 +98,8 @@ def test_threads_alive_use_the_fork_helper(tmp_path: Path) -> None:
             dead = None
             try:
                 await ex.call(ptools.die.fn, (signal.SIGKILL,), {}, task_id="d")
-            except EOFError:
-                dead = "EOFError"
+            except flowdsl.WorkerLost as exc:
+                dead = exc.exitcode
             after = await ex.call(ptools.probe.fn, (2,), {}, task_id="p2")
             pids = [w.proc.pid for w in ex._all]
             await ex.close()
@@ -115,7 +117,7 @@ def test_threads_alive_use_the_fork_helper(tmp_path: Path) -> None:
     assert doc["methods"] == ["zygote"]
     # Forked from the helper: the state of when the helper was made, not spawned afresh.
     assert doc["got"]["mark"] == "imported" and doc["got"]["main"] == "__main__"
-    assert doc["dead"] == "EOFError"
+    assert doc["dead"] == -signal.SIGKILL  # its exit code, from the helper that reaped it
     assert doc["after"]["main"] == "__main__" and doc["after"]["pid"] != doc["got"]["pid"]
     assert all(doc["gone"])  # every worker reaped once the executor closed
     assert doc["helper"] is not None
@@ -152,7 +154,7 @@ def test_workers_take_the_parents_state_of_now(tmp_path: Path) -> None:
 
         flowdsl.run(ptools.probe(0).named("p"))  # starts the helper (one thread so far)
         stop = threading.Event()
-        threading.Thread(target=stop.wait).start()
+        threading.Thread(target=stop.wait, daemon=True).start()
         os.environ["FLOWDSL_TEST_LATE"] = "set after the helper"
         os.chdir("elsewhere")
         sys.path.insert(0, "/nonexistent-but-first")
@@ -179,7 +181,7 @@ def test_tool_defined_after_the_snapshot(tmp_path: Path) -> None:
         if __name__ == "__main__":
             assert flowdsl.run(early()).ok  # the helper's snapshot of __main__ has early only
             stop = threading.Event()
-            threading.Thread(target=stop.wait).start()
+            threading.Thread(target=stop.wait, daemon=True).start()
 
         @tool(executor="process", registry=False)
         def late() -> str:

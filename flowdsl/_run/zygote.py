@@ -82,15 +82,21 @@ class Zygote:
         state = pickle.dumps((dict(os.environ), list(sys.path), os.getcwd()))
         for _ in range(n):
             parent, child = multiprocessing.Pipe()
+            # The worker holds the write end until it exits: the read end is its sentinel.
+            sentinel, held = os.pipe()
             try:
                 with self._lock:
                     socket.send_fds(self.sock, [b"f" + _INT.pack(len(state))],
-                                    [child.fileno()])
+                                    [child.fileno(), held])
                     self.sock.sendall(state)
                     pid = _INT.unpack(_recv_exact(self.sock, _INT.size))[0]
+            except BaseException:
+                os.close(sentinel)
+                raise
             finally:
                 child.close()
-            out.append((parent, ZygoteChild(self, pid)))
+                os.close(held)
+            out.append((parent, ZygoteChild(self, pid, sentinel)))
         return out
 
     def status(self, pid: int) -> int | None:
@@ -111,9 +117,11 @@ class ZygoteChild:
 
     _start_method = "zygote"
 
-    def __init__(self, zygote: Zygote, pid: int) -> None:
+    def __init__(self, zygote: Zygote, pid: int, sentinel: int) -> None:
         self.zygote = zygote
         self.pid = pid
+        #: Readable (end of file) once the worker has exited, as ``Process.sentinel``.
+        self.sentinel = sentinel
         self._exitcode: int | None = None
 
     @property
@@ -127,8 +135,12 @@ class ZygoteChild:
         return self.exitcode is None
 
     def join(self, timeout: float | None = None) -> None:
+        from multiprocessing.connection import wait
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.is_alive():
+        if self.sentinel >= 0:
+            wait([self.sentinel], timeout)
+        while self.is_alive():  # exited: reaped in a moment (the pipe closes just before)
             if deadline is not None and time.monotonic() >= deadline:
                 return
             time.sleep(0.002)
@@ -147,7 +159,9 @@ class ZygoteChild:
         self._signal(signal.SIGKILL)
 
     def close(self) -> None:
-        pass
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -173,7 +187,7 @@ def _serve(sock: socket.socket, target: Callable[[Connection], None]) -> None:
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
-        msg, fds, _, _ = socket.recv_fds(sock, 5, 1)
+        msg, fds, _, _ = socket.recv_fds(sock, 5, 2)
         if not msg:  # the parent has gone: so do we (our workers end as their pipes close)
             return
         if msg[:1] == b"f" and fds:
@@ -191,7 +205,8 @@ def _serve(sock: socket.socket, target: Callable[[Connection], None]) -> None:
                     code = 1
                 finally:
                     os._exit(code)
-            os.close(fds[0])
+            for fd in fds:  # the worker's now: the pipe end and the exit sentinel
+                os.close(fd)
             sock.sendall(_INT.pack(pid))
         elif msg[:1] == b"w":
             if len(msg) < 1 + _INT.size:
