@@ -77,6 +77,7 @@ _LAZY = {
     "Pools": "._run.resources", "ResourceManager": "._run.resources",
     "Executor": "._run.executors",
     "HistoryStore": "._record.history", "open_history": "._record.history",
+    "HistoryWarning": "._record.history",
     "analyze": "._record.optimizer", "optimize": "._record.optimizer",
     "simulate": "._record.optimizer", "WorkflowOptimizer": "._record.optimizer",
     "load_flow": "._data.documents", "plan_schema": "._data.documents",
@@ -105,6 +106,7 @@ for _name, _target in {
     "registry_schemas": "flowdsl._data.schema:registry_schemas",
     "open_history": "flowdsl._record.history:open_history",
     "open_cache": "flowdsl._record.cache:open_cache",
+    "aopen_history": "flowdsl._record.history:aopen_history",
 }.items():
     _hooks.provide(_name, _target)
 del _name, _target

@@ -45,11 +45,13 @@ def _no_default_history(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def record(store: HistoryStore, run_id: str, tasks: list[tuple[str, str, str, float]], *,
            flow: str = "f", outputs: dict[str, Any] | None = None,
-           finish: bool = True) -> RunResult:
-    """Feed one synthetic run of (task id, tool, status, duration) rows to the store."""
+           finish: bool = True, plan: Any = None) -> RunResult:
+    """Feed one synthetic run of (task id, tool, status, duration) rows to the store, and
+    wait for them to be written as run() does (``plan`` gives the tools' qualified names;
+    without one, tasks count under the bare tool name)."""
     result = RunResult(run_id, flow, "parallel")
     obs = store.observer(flow)
-    obs.run_started(result, None)
+    obs.run_started(result, plan)
     t = 0.0
     for tid, tool_name, status, dur in tasks:
         rec = TaskRecord(tid, tool_name, started_at=t)
@@ -65,6 +67,7 @@ def record(store: HistoryStore, run_id: str, tasks: list[tuple[str, str, str, fl
         result.status = "completed"
         result.duration = t
         obs.run_finished(result)
+        assert store._settle(run_id) is None
     return result
 
 
@@ -167,15 +170,21 @@ class TestStatistics:
         assert (st.attempts, st.timeouts) == (22, 1)
 
     def test_durations_per_task_of_the_same_flow_then_per_tool(self) -> None:
-        """durations(plan) prefers the task's own history in that flow, else its tool's."""
+        """durations(plan) prefers the task's own history in that flow, else its tool's in
+        that flow; other flows count only with scope='all'."""
         with HistoryStore() as store:
-            record(store, "r1", [("x", "nap", "completed", 2.0), ("y", "nap", "completed", 4)],
-                   flow="flow-a")
             fa = Flow("flow-a", nap().named("x") >> nap().named("y"))
+            record(store, "r1", [("x", "nap", "completed", 2.0), ("y", "nap", "completed", 4)],
+                   flow="flow-a", plan=fa.plan())
+            fa2 = Flow("flow-a", nap().named("x") >> nap().named("new"))
             fb = Flow("flow-b", nap().named("z"))
             assert store.durations(fa.plan()) == {"x": 2.0, "y": 4.0}
-            assert store.durations(fb.plan()) == {"z": 3.0}
-            assert store.durations(fb.plan(), stat="mean") == {"z": 3.0}
+            assert store.durations(fa2.plan()) == {"x": 2.0, "new": 3.0}
+            assert store.durations(fb.plan()) == {}
+            assert store.durations(fb.plan(), scope="all") == {"z": 3.0}
+            assert store.durations(fb.plan(), stat="mean", scope="all") == {"z": 3.0}
+            with pytest.raises(ValueError, match="scope='both'"):
+                store.durations(fb.plan(), scope="both")
 
 
 class TestSafety:
@@ -273,13 +282,22 @@ class TestRetention:
         with HistoryStore(path, keep_last=50) as store:
             for n in range(300):
                 record(store, f"r{n}", [("a", "t", "completed", 1), ("b", "t", "failed", 1)])
+            store.prune()
             pages = store._query("PRAGMA page_count")[0]["page_count"]
             for n in range(300, 900):
                 record(store, f"r{n}", [("a", "t", "completed", 1), ("b", "t", "failed", 1)])
+
+            def counts() -> list[int]:
+                return [store._query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+                        for t in ("runs", "tasks", "attempts")]
+
+            # Pruning is rare and in the background: between two prunes a few more runs stay.
+            runs = counts()[0]
+            assert 50 <= runs < 50 + 2 * store.prune_every
+            assert counts() == [runs, 2 * runs, 2 * runs]
+            store.prune()
             assert store._query("PRAGMA page_count")[0]["page_count"] <= pages + 2
-            counts = [store._query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
-                      for t in ("runs", "tasks", "attempts")]
-            assert counts == [50, 100, 100]
+            assert counts() == [50, 100, 100]
             assert store.runs(1)[0]["run_id"] == "r899"
 
     def test_memory_stays_flat_over_many_runs(self) -> None:

@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["call_soon", "current_loop", "loop_clock"]
+__all__ = ["call_soon", "current_loop", "loop_clock", "threadsafe_caller"]
 
 
 def current_loop() -> str | None:
@@ -56,3 +56,14 @@ def loop_clock() -> Callable[[], float]:
     if loop == "trio":
         return sys.modules["trio"].current_time  # type: ignore[no-any-return]
     return time.perf_counter
+
+
+def threadsafe_caller() -> Callable[[Callable[[], None]], object] | None:
+    """A function that runs a callback on this thread's event loop and may be called from
+    any thread (so a thread can wake a waiting task); ``None`` outside an event loop."""
+    loop = current_loop()
+    if loop == "asyncio":
+        return asyncio.get_running_loop().call_soon_threadsafe
+    if loop == "trio":
+        return sys.modules["trio"].lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+    return None

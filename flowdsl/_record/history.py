@@ -1,14 +1,19 @@
 """Record: every run's journal in SQLite (standard library ``sqlite3``), and statistics from it.
 
-Layout: ``runs`` (one row per run), ``tasks`` (one per task of a run) and ``attempts`` (one per
-call of a tool); ``PRAGMA user_version`` holds the schema version so later versions can
-migrate. Table and column names are constants; every value goes through a placeholder.
+Layout: ``runs`` (one row per run), ``tasks`` (one per task of a run, with its tool's
+module-qualified name), ``attempts`` (one per call of a tool), and ``stats`` and
+``task_stats`` (aggregates per flow and qualified tool, and per task, updated in the
+transaction that writes a run's end);
+``PRAGMA user_version`` holds the schema version, and older files are migrated when opened.
+Table and column names are constants; every value goes through a placeholder.
 
-Writes are cheap for the run: the observer hooks only append rows to a buffer; a small flusher
-thread writes the buffer in one transaction every ``flush_interval`` seconds (sooner when
-``flush_rows`` rows are waiting), and the run's first and last rows are written at once. So a
-run killed with SIGKILL loses at most the last fraction of a second, and its run row, still
-``running``, becomes ``interrupted`` the next time a store opens the file.
+Writes cost the run an append per row: a writer thread drains the rows into one transaction
+every ``flush_interval`` seconds (sooner when ``flush_rows`` rows wait), and the run's end
+waits, in a worker thread, for its rows to be written. A run killed with SIGKILL loses at most
+the last fraction of a second; its run row, still ``running``, becomes ``interrupted`` the
+next time a store opens the file. Old runs are pruned in the background every
+``prune_every`` finished runs. What a run reads (expected durations) comes from the aggregates:
+its cost follows the flow's tools, not the number of rows in the file.
 
 Several runs may write one file at once (threads or processes): WAL mode, a busy timeout and
 ``BEGIN IMMEDIATE`` with retries keep "database is locked" from reaching the caller.
@@ -17,122 +22,140 @@ Several runs may write one file at once (threads or processes): WAL mode, a busy
 from __future__ import annotations
 
 import atexit
-import json
-import math
+import collections
 import os
-import socket
 import sqlite3
+import stat as stat_
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from .._base.errors import HistoryError, RunNotFound
-from .._base.limits import stored_json
-from .._run.result import RunResult, TaskRecord, TaskStatus
+import anyio
 
-if TYPE_CHECKING:
-    from .._plan.planner import Plan
+from .._base.log import get_logger, logging_enabled
+from .history_read import HistoryReader, RunNotFound, ToolStats, _check_scope
+from .history_write import (
+    FINISH_RUN,
+    HOST,
+    INSERT_RUN,
+    UPSERT_ATTEMPT,
+    UPSERT_TASK,
+    Batch,
+    HistoryError,
+    HistoryObserver,
+    HistoryWarning,
+    aggregate_run,
+    tool_identity,
+)
 
-__all__ = ["HistoryError", "HistoryStore", "RunNotFound", "ToolStats", "default_path",
-           "open_history"]
+__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryWarning", "RunNotFound",
+           "ToolStats", "aopen_history", "default_path", "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _T = TypeVar("_T")
-_HOST = socket.gethostname()
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
 _LIVE_RUNS: set[str] = set()
+_OFF = ("off", "0", "false", "no", "none")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
-    error_type TEXT, error_message TEXT, host TEXT, pid INTEGER);
+    error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, task_id TEXT NOT NULL,
     tool TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     attempts INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT, reason TEXT,
-    output TEXT, PRIMARY KEY (run_id, task_id));
-CREATE INDEX IF NOT EXISTS tasks_tool ON tasks(tool);
+    output TEXT, qualname TEXT, PRIMARY KEY (run_id, task_id));
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, task_id TEXT NOT NULL, number INTEGER NOT NULL, tool TEXT,
     started_at REAL, ended_at REAL, duration REAL, status TEXT NOT NULL, error_type TEXT,
-    error_message TEXT, PRIMARY KEY (run_id, task_id, number),
+    error_message TEXT, qualname TEXT, PRIMARY KEY (run_id, task_id, number),
     FOREIGN KEY (run_id, task_id) REFERENCES tasks(run_id, task_id) ON DELETE CASCADE);
-CREATE INDEX IF NOT EXISTS attempts_tool ON attempts(tool);
+CREATE TABLE IF NOT EXISTS stats (
+    flow TEXT NOT NULL, tool TEXT NOT NULL, name TEXT,
+    tasks INTEGER NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, timeouts INTEGER NOT NULL, task_n INTEGER NOT NULL,
+    task_sum REAL NOT NULL, task_recent BLOB, call_n INTEGER NOT NULL, call_sum REAL NOT NULL,
+    call_max REAL, call_recent BLOB, PRIMARY KEY (flow, tool)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS stats_tool ON stats(tool);
+CREATE TABLE IF NOT EXISTS task_stats (
+    flow TEXT NOT NULL, tool TEXT NOT NULL, task_id TEXT NOT NULL, n INTEGER NOT NULL,
+    total REAL NOT NULL, d1 REAL, d2 REAL, d3 REAL, d4 REAL, d5 REAL,
+    PRIMARY KEY (flow, tool, task_id)) WITHOUT ROWID;
 """
-# Migrations from version N to N+1, applied in order; empty while there is one version.
-_MIGRATIONS: dict[int, str] = {}
-
-_UPSERT_TASK = (
-    "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
-    "attempts, error_type, error_message, reason, output) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
-    "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
-    "attempts=excluded.attempts, error_type=excluded.error_type, "
-    "error_message=excluded.error_message, reason=excluded.reason, "
-    "output=coalesce(excluded.output, tasks.output)")
-_UPSERT_ATTEMPT = (
-    "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
-    "duration, status, error_type, error_message) VALUES (?,?,?,?,?,?,?,?,?,?)")
-_INSERT_RUN = (
-    "INSERT OR REPLACE INTO runs (run_id, flow, mode, status, started_at, host, pid) "
-    "VALUES (?,?,?,?,?,?,?)")
-_FINISH_RUN = (
-    "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=? "
-    "WHERE run_id=?")
-_FAILED = (TaskStatus.FAILED.value, TaskStatus.TIMED_OUT.value)
 
 
-@dataclass(frozen=True, slots=True)
-class ToolStats:
-    """Statistics of one tool over the history.
+def _migrate_1(c: sqlite3.Connection) -> None:
+    """Version 1 -> 2: qualified tool names, the run's history error, aggregates. Version 1
+    kept only bare tool names, so its rows count under the bare name (never matching a
+    qualified tool by default); their aggregates are built once, here."""
+    c.execute("ALTER TABLE runs ADD COLUMN history_error TEXT")
+    c.execute("ALTER TABLE tasks ADD COLUMN qualname TEXT")
+    c.execute("UPDATE tasks SET qualname = tool")
+    c.execute("ALTER TABLE attempts ADD COLUMN qualname TEXT")
+    c.execute("UPDATE attempts SET qualname = tool")
+    c.execute("DROP INDEX IF EXISTS tasks_tool")
+    c.execute("DROP INDEX IF EXISTS attempts_tool")
+    _create(c)
+    for (run_id,) in c.execute("SELECT run_id FROM runs WHERE status NOT IN ('running', "
+                               "'interrupted') ORDER BY seq").fetchall():
+        aggregate_run(c, run_id)
 
-    Durations are those of the tool's successful calls (attempts), in seconds; ``None`` when
-    no call succeeded yet.
 
-    Attributes:
-        tool: the tool's name.
-        count: how many tasks of this tool ran (reached a final status after starting).
-        completed: how many of them completed.
-        failed: how many failed or timed out.
-        success_rate: completed / (completed + failed); ``None`` before any finished.
-        attempts: how many calls were made in all.
-        timeouts: how many calls timed out.
-        mean, p50, p95, max: of the successful calls' durations.
-    """
+def _create(c: sqlite3.Connection) -> None:
+    for stmt in _SCHEMA.split(";"):
+        if stmt.strip():
+            c.execute(stmt)
 
-    tool: str
-    count: int
-    completed: int
-    failed: int
-    success_rate: float | None
-    attempts: int
-    timeouts: int
-    mean: float | None
-    p50: float | None
-    p95: float | None
-    max: float | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# Migrations from version N to N+1, applied in order inside the opening transaction.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
 
 
 def default_path() -> Path:
     """The default history file: ``$FLOWDSL_HISTORY`` if it names a path, else
     ``$XDG_STATE_HOME/flowdsl/history.db`` (``~/.local/state/flowdsl/history.db``)."""
     env = os.environ.get("FLOWDSL_HISTORY", "").strip()
-    if env and env.lower() not in ("off", "0", "false", "no", "none"):
+    if env and env.lower() not in _OFF:
         return Path(env).expanduser()
     state = os.environ.get("XDG_STATE_HOME") or os.path.join("~", ".local", "state")
     return Path(state).expanduser() / "flowdsl" / "history.db"
 
 
 _cache: dict[str, HistoryStore] = {}
+# What a spec resolved to last time, so the default store costs a dict lookup per run (no
+# path resolution): (spec as given, FLOWDSL_HISTORY, XDG_STATE_HOME) -> cache key.
+_resolved: dict[tuple[str, str | None, str | None], str] = {}
 _cache_lock = threading.Lock()
+
+
+def _spec_key(spec: Any) -> tuple[str, str | None, str | None] | None:
+    if spec is None or spec is True:
+        return ("", os.environ.get("FLOWDSL_HISTORY"), os.environ.get("XDG_STATE_HOME"))
+    if isinstance(spec, (str, os.PathLike)) and str(spec) != ":memory:":
+        return (os.fspath(spec), None, None)  # type: ignore[arg-type]
+    return None
+
+
+def _cached(spec: Any) -> HistoryStore | bool | None:
+    """The store a spec names if it is open already, ``None`` for no history, ``False``
+    when it has to be opened."""
+    if spec is False:
+        return None
+    if isinstance(spec, HistoryStore):
+        return spec
+    key = _spec_key(spec)
+    if key is None:
+        return False
+    if key[0] == "" and (key[1] or "").strip().lower() in _OFF:
+        return None
+    store = _cache.get(_resolved.get(key, ""))
+    return store if store is not None and not store.closed else False
 
 
 def open_history(spec: Any = None) -> HistoryStore | None:
@@ -142,29 +165,40 @@ def open_history(spec: Any = None) -> HistoryStore | None:
         spec: ``None`` for the default store (``FLOWDSL_HISTORY`` = a path, or ``off``/``0``/
             ``false`` to disable), ``False`` for none, a path (str or Path) for a SQLite file
             there, or a :class:`HistoryStore`, returned as is. Stores opened from paths are
-            cached per path in this process and closed at exit.
+            cached per path in this process (opening is paid once) and closed at exit.
 
     Raises:
         TypeError: ``spec`` is none of these.
+        HistoryError: the file cannot be opened or created; the message names the path and
+            the cause.
     """
-    if spec is False:
-        return None
-    if isinstance(spec, HistoryStore):
-        return spec
-    if spec is None or spec is True:
-        env = os.environ.get("FLOWDSL_HISTORY", "").strip().lower()
-        if env in ("off", "0", "false", "no", "none"):
-            return None
-        spec = default_path()
-    if not isinstance(spec, (str, os.PathLike)):
+    found = _cached(spec)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    if not (spec is None or spec is True or isinstance(spec, (str, os.PathLike))):
         msg = f"history= expects None, False, a path or a HistoryStore, got {spec!r}"
         raise TypeError(msg)
-    key = str(spec) if str(spec) == ":memory:" else os.path.realpath(os.fspath(spec))
+    path = default_path() if spec is None or spec is True else spec
+    if str(path) == ":memory:":
+        return HistoryStore(path)
+    key = os.path.realpath(os.fspath(path))
     with _cache_lock:
         store = _cache.get(key)
-        if store is None or store.closed or key == ":memory:":
-            store = _cache[key] = HistoryStore(spec)
+        if store is None or store.closed:
+            store = _cache[key] = HistoryStore(path)
+        spec_key = _spec_key(spec)
+        if spec_key is not None:
+            _resolved[spec_key] = key
         return store
+
+
+async def aopen_history(spec: Any = None) -> HistoryStore | None:
+    """:func:`open_history` for the event loop: a store already open costs a lookup; opening
+    one (SQLite, files, migrations) happens in a worker thread."""
+    found = _cached(spec)
+    if found is not False:
+        return found  # type: ignore[return-value]
+    return await anyio.to_thread.run_sync(open_history, spec)
 
 
 @atexit.register
@@ -173,33 +207,38 @@ def close_cached() -> None:
     with _cache_lock:
         stores = list(_cache.values())
         _cache.clear()
+        _resolved.clear()
     for store in stores:
         store.close()
 
 
 def _create_private(path: Path) -> None:
-    """Create the file (and its folder) readable by the owner only, before SQLite opens it;
-    SQLite gives the -wal and -shm files the same mode as the database file."""
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Folders flowdsl creates are 0700 and the file 0600 (whatever the umask); an existing
+    history file (and its -wal/-shm files) is tightened to 0600 when it is readable by
+    others. SQLite gives new -wal and -shm files the database file's mode."""
+    missing = []
+    folder = path.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass  # made by another process meanwhile
+        else:
+            os.chmod(folder, 0o700)  # mkdir's mode passes through the umask
     if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of sorted ``values``, interpolated linearly."""
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-
-def _error(record: Any) -> tuple[str | None, str | None]:
-    err = getattr(record, "error", None)
-    return (err.type, err.message) if err is not None else (None, None)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        os.chmod(path, 0o600)
+        return
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            st = p.stat()
+            if stat_.S_ISREG(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.getuid():
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 def _pid_alive(pid: int) -> bool:
@@ -214,52 +253,90 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-class HistoryStore:
+class HistoryStore(HistoryReader):
     """A SQLite journal of runs: the default sink of :func:`flowdsl.run`'s ``history=``.
 
     Args:
         path: the database file (created owner-only, with its folder), or ``":memory:"``.
-        keep_last: how many finished runs to keep; older ones are deleted as new ones end.
+        keep_last: how many finished runs to keep; older ones are deleted in the background
+            every ``prune_every`` finished runs (so fewer than ``keep_last + 2 *
+            prune_every`` are kept in between; :meth:`prune` prunes now).
         store_outputs: also store each completed task's output, as JSON (needed to resume a
             run); outputs that are not JSON are not stored. Never pickle.
         flush_interval: at most this many seconds pass between a task ending and its rows
             reaching the file.
         flush_rows: write at once when this many rows are waiting.
+        prune_every: prune after this many finished runs (default ``keep_last // 10``,
+            between 1 and 100).
+        scope: which history expected durations and statistics read by default: ``"flow"``
+            (the same flow's runs of the same qualified tool) or ``"all"`` (the same
+            qualified tool in any flow).
 
     Raises:
-        HistoryError: the file was written by a newer schema than this flowdsl knows.
-        ValueError: ``keep_last`` is below 1.
+        HistoryError: the file cannot be opened or created (a corrupt file, an unwritable
+            folder, a file where a folder should be), or was written by a newer schema.
+        ValueError: ``keep_last``, ``prune_every`` or ``scope`` is invalid.
     """
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, keep_last: int = 1000,
                  store_outputs: bool = False, flush_interval: float = 0.2,
-                 flush_rows: int = 256) -> None:
-        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            msg = f"HistoryStore(keep_last={keep_last!r}): expected an integer >= 1"
-            raise ValueError(msg)
+                 flush_rows: int = 4096, prune_every: int | None = None,
+                 scope: str = "flow") -> None:
+        for name, value in (("keep_last", keep_last), ("prune_every", prune_every)):
+            if value is None and name == "prune_every":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                msg = f"HistoryStore({name}={value!r}): expected an integer >= 1"
+                raise ValueError(msg)
+        _check_scope("HistoryStore", scope)
         self.path = os.fspath(path)
         self.keep_last = keep_last
+        self.prune_every = prune_every or max(1, min(100, keep_last // 10))
         self.store_outputs = store_outputs
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
+        self.scope = scope
         self.closed = False
-        self._db_lock = threading.RLock()  # one connection, shared by the flusher and callers
-        self._buf_lock = threading.Condition(threading.Lock())
-        self._buffer = _Batch()
-        self._buffered = 0
-        self._active = 0
-        self._flusher: threading.Thread | None = None
-        if self.path != ":memory:":
-            _create_private(Path(self.path))
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                                     check_same_thread=False)
-        try:
-            self._retry(self._setup)
-        except BaseException:
-            self._conn.close()
-            raise
+        self._db_lock = threading.RLock()  # one connection, shared by the writer and callers
+        self._state = threading.Lock()  # the writer thread, the active runs, the counters
+        self._queue: collections.deque[tuple[int, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._active: set[str] = set()
+        self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
+        self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
+        # runs whose end waits for their rows: (run id, called with the run's write error)
+        self._settles: list[tuple[str, Callable[[HistoryError | None], None]]] = []
+        self._ended = 0  # runs ended since the last prune
+        self._commits = 0  # transactions since the last WAL checkpoint
+        self._ckpt_conn: sqlite3.Connection | None = None  # the writer thread's, for those
+        self._checkpointed = time.monotonic()
+        self._init_reader()
+        self._conn = self._connect()
 
     # -- connection and schema -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = None
+        try:
+            if self.path != ":memory:":
+                _create_private(Path(self.path))
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                                   check_same_thread=False)
+            self._conn = conn
+            self._retry(self._setup)
+        except HistoryError:
+            if conn is not None:
+                conn.close()
+            raise
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
+            msg = (f"cannot open the history file {self.path}: {type(exc).__name__}: {exc}; "
+                   "give another path (history=... or FLOWDSL_HISTORY), move the file aside, "
+                   "or turn history off (history=False or FLOWDSL_HISTORY=off)")
+            raise HistoryError(msg) from exc
+        return conn
 
     def _setup(self) -> None:
         c = self._conn
@@ -268,18 +345,20 @@ class HistoryStore:
         if self.path != ":memory:":
             c.execute("PRAGMA journal_mode = WAL")
             c.execute("PRAGMA synchronous = NORMAL")  # durable across a process crash in WAL
+            # No checkpoint inside a commit (a run's end would pay for copying the WAL): the
+            # writer thread checkpoints in the background (_write_loop).
+            c.execute("PRAGMA wal_autocheckpoint = 0")
         with self._transaction():
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 msg = (f"history file {self.path} has schema version {version}, newer than "
                        f"this flowdsl's {SCHEMA_VERSION}; upgrade flowdsl or use another file")
                 raise HistoryError(msg)
-            if version == 0:
-                for stmt in _SCHEMA.split(";"):
-                    if stmt.strip():
-                        c.execute(stmt)
-            for v in range(max(version, 1), SCHEMA_VERSION):
-                c.execute(_MIGRATIONS[v])
+            if version == 0:  # a new file: the current schema, nothing to migrate
+                _create(c)
+                version = SCHEMA_VERSION
+            for v in range(version, SCHEMA_VERSION):
+                _MIGRATIONS[v](c)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             self._mark_interrupted()
 
@@ -289,7 +368,7 @@ class HistoryStore:
             "SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()
         dead = []
         for run_id, host, pid in rows:
-            if run_id in _LIVE_RUNS or host != _HOST:
+            if run_id in _LIVE_RUNS or host != HOST:
                 continue  # still running here, or on another machine we cannot check
             if pid is None or pid == os.getpid() or not _pid_alive(pid):
                 dead.append((run_id,))
@@ -312,7 +391,10 @@ class HistoryStore:
             return self.conn
 
         def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-            self.conn.execute("COMMIT" if et is None else "ROLLBACK")
+            if et is None:
+                self.conn.execute("COMMIT")
+            elif self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
 
     def _transaction(self) -> HistoryStore._Tx:
         return HistoryStore._Tx(self._conn)
@@ -339,16 +421,28 @@ class HistoryStore:
             raise HistoryError(msg)
 
     def close(self) -> None:
-        """Write what is buffered and close the file; later calls do nothing."""
+        """Write what is waiting, prune if a prune is due, and close the file; later calls
+        do nothing."""
         if self.closed:
             return
-        self._stop_flusher()
+        with self._state:
+            thread, self._writer = self._writer, None
+        self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30.0)
         try:
+            with self._state:
+                settles, self._settles = self._settles, []
             self.flush()
+            self._answer(settles)
+            if self._ended >= self.prune_every:
+                self.prune()
         finally:
             self.closed = True
             with self._db_lock:
                 self._conn.close()
+            if self._ckpt_conn is not None:
+                self._ckpt_conn.close()
 
     def __enter__(self) -> HistoryStore:
         return self
@@ -373,80 +467,188 @@ class HistoryStore:
         keep = self.store_outputs if store_outputs is None else store_outputs
         return HistoryObserver(self, flow_name, keep)
 
-    def _enqueue(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        with self._buf_lock:
-            self._buffer.add(sql, rows)
-            self._buffered += len(rows)
-            if self._buffered >= self.flush_rows:
-                self._buf_lock.notify()
-
     def flush(self) -> None:
-        """Write every buffered row now, in one transaction."""
-        # Taking the connection first keeps batches in order between the flusher thread
-        # and a caller flushing at the same moment.
+        """Write every waiting row now, in one transaction. A write that fails is never
+        raised here: it is logged and kept for the runs it concerns (see ``_settle``)."""
+        # Taking the connection first keeps batches in order between the writer thread and
+        # a caller flushing at the same moment.
         with self._db_lock:
-            with self._buf_lock:
-                batch, self._buffer, self._buffered = self._buffer, _Batch(), 0
-            if batch and not self.closed:
-                self._retry(lambda: self._write(batch))
+            if self.closed:
+                return
+            batch = Batch()
+            pop, queue = self._queue.popleft, self._queue
+            while queue:
+                kind, row = pop()
+                batch.add(kind, row)
+            self._plans.update(batch.plans)
+            if batch:
+                self._write_batch(batch)
 
-    def _write(self, batch: _Batch) -> None:
+    def _write_batch(self, batch: Batch) -> None:
+        try:
+            try:
+                self._retry(lambda: self._write(batch))
+            except UnicodeEncodeError:  # a lone surrogate somewhere: escape it, write again
+                batch.sanitize()
+                self._retry(lambda: self._write(batch))
+        except Exception as exc:  # the writer never dies; the runs hear of it
+            self._lost(batch, exc)
+        for end in batch.ends:
+            self._plans.pop(end[-1], None)
+            _LIVE_RUNS.discard(end[-1])
+
+    def _write(self, batch: Batch) -> None:
+        errors = self._errors
+        ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
+                for e in batch.ends]
         with self._transaction() as c:
-            for sql, rows in batch.ordered():
-                c.executemany(sql, rows)
+            c.executemany(INSERT_RUN, batch.starts)
+            tasks, attempts = batch.with_qualnames(self._plans)
+            c.executemany(UPSERT_TASK, tasks)
+            c.executemany(UPSERT_ATTEMPT, attempts)
+            c.executemany(FINISH_RUN, ends)
+            flows = {aggregate_run(c, e[-1]) for e in ends}
+        for flow in flows:
+            self._refresh_flow(flow)
+        self._commits += 1
+        self._ended += len(ends)
+        if self._ended >= self.prune_every:
+            self._wake.set()  # the writer thread prunes, in the background
+
+    def _lost(self, batch: Batch, exc: BaseException) -> None:
+        """A batch could not be written: every run it concerns gets the error, the log hears
+        of it, and the runs that ended in it still get their end row if at all possible."""
+        msg = (f"history: {batch.rows()} row(s) could not be written to {self.path} "
+               f"({type(exc).__name__}: {exc}); the run itself was not affected")
+        for run_id in batch.run_ids():
+            self._errors.setdefault(run_id, HistoryError(msg))
+        if logging_enabled():
+            get_logger(path=self.path).error("history_write_failed", error=msg)
+        if batch.ends:
+            ends = [(*e[:5], msg, e[-1]) for e in batch.ends]
+            try:
+                def finish() -> None:
+                    with self._transaction() as c:
+                        c.executemany(INSERT_RUN, batch.starts)
+                        c.executemany(FINISH_RUN, ends)
+                self._retry(finish)
+            except Exception:
+                pass
 
     def _run_started(self, run_id: str) -> None:
-        with self._buf_lock:
-            self._active += 1
+        with self._state:
+            self._active.add(run_id)
             _LIVE_RUNS.add(run_id)
-            if self._flusher is None or not self._flusher.is_alive():
-                self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                 name=f"flowdsl-history-{id(self):x}")
-                self._flusher.start()
+            self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        # Under self._state.
+        if self._writer is None and not self.closed:
+            self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                            name=f"flowdsl-history-{id(self):x}")
+            self._writer.start()
+
+    def _settle_later(self, run_id: str, done: Callable[[HistoryError | None], None]) -> None:
+        """Have the writer thread write the run's rows (its end row is queued already), then
+        call ``done`` with the write failure that concerned the run, if any."""
+        with self._state:
+            self._settles.append((run_id, done))
+            self._ensure_writer()
+        self._wake.set()
+
+    def _answer(self, settles: list[tuple[str, Callable[[HistoryError | None], None]]]
+                ) -> None:
+        for run_id, done in settles:
+            done(self._errors.pop(run_id, None))
+
+    def _run_ended(self, run_id: str) -> None:
+        # No wake-up here: the run's end asks for its rows next (_settle_later), and one
+        # wake-up per run end keeps the writer from taking the GIL while the loop still works.
+        with self._state:
+            self._active.discard(run_id)
+
+    def _settle(self, run_id: str) -> HistoryError | None:
+        """In a worker thread at a run's end: write its rows and return the write failure
+        that concerned it, if any."""
         self.flush()
-
-    def _run_finished(self, run_id: str) -> None:
-        self.flush()
-        self._retry(self._prune)
-        with self._buf_lock:
-            self._active -= 1
-            _LIVE_RUNS.discard(run_id)
-            last = self._active <= 0
-        if last:
-            self._stop_flusher()
-
-    def _stop_flusher(self) -> None:
-        with self._buf_lock:
-            thread = self._flusher
-            self._flusher = None
-            self._buf_lock.notify_all()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-
-    def _flush_loop(self) -> None:
-        me = threading.current_thread()
-        while True:
-            with self._buf_lock:
-                if self._flusher is not me:
-                    return
-                if self._buffered < self.flush_rows:
-                    self._buf_lock.wait(self.flush_interval)
-                if self._flusher is not me:
-                    return
+        if self._ended >= 2 * self.prune_every:
+            # The writer thread prunes in the background; when runs end faster than it
+            # keeps up, the run's end helps, so the file stays bounded.
             try:
-                self.flush()
-            except sqlite3.Error:  # reported by the next flush on the caller's side
-                time.sleep(self.flush_interval)
+                self.prune()
+            except Exception as exc:  # the next run's end tries again
+                if logging_enabled():
+                    get_logger(path=self.path).warning("history_prune_failed", error=str(exc))
+        return self._errors.pop(run_id, None)
 
-    def _prune(self) -> None:
-        """Keep the newest ``keep_last`` finished runs (runs in progress are kept)."""
-        with self._transaction() as c:
-            row = c.execute("SELECT seq FROM runs WHERE status != 'running' ORDER BY seq DESC "
-                            "LIMIT 1 OFFSET ?", (self.keep_last,)).fetchone()
-            if row is not None:
-                c.execute("DELETE FROM runs WHERE status != 'running' AND seq <= ?", row)
+    def _write_loop(self) -> None:
+        me = threading.current_thread()
+        idle_since = time.monotonic()
+        while True:
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            # Settle requests are taken before the flush: their end rows were queued before
+            # them, so this flush writes them.
+            with self._state:
+                settles, self._settles = self._settles, []
+            self.flush()
+            self._answer(settles)
+            try:
+                if self._ended >= self.prune_every:
+                    self.prune()
+                if self._commits and time.monotonic() - self._checkpointed > 1.0:
+                    self._checkpoint()
+            except Exception as exc:  # a later round tries again
+                if logging_enabled():
+                    get_logger(path=self.path).warning("history_maintenance_failed",
+                                                       error=str(exc))
+            with self._state:
+                if self._writer is not me:
+                    return
+                if self._active or self._queue or self._settles:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > 0.5:
+                    # Idle with no run in progress: end, so that no thread outlives the
+                    # runs (a new run starts a writer again).
+                    self._writer = None
+                    return
 
-    # -- reading ---------------------------------------------------------------------------
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers or writers),
+        on a connection of its own, so runs writing meanwhile do not wait for its fsync."""
+        self._commits = 0
+        self._checkpointed = time.monotonic()
+        if self.path == ":memory:" or self.closed:
+            return
+        if self._ckpt_conn is None:
+            self._ckpt_conn = sqlite3.connect(self.path, timeout=0.0, isolation_level=None,
+                                              check_same_thread=False)
+            self._ckpt_conn.execute("PRAGMA wal_autocheckpoint = 0")
+        try:
+            self._ckpt_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.OperationalError:
+            pass  # busy: the next round copies it
+
+    def prune(self) -> None:
+        """Keep the newest ``keep_last`` finished runs now (runs in progress are kept)."""
+        self._check_open()
+        self.flush()
+        self._ended = 0
+        row = self._retry(lambda: self._conn.execute(
+            "SELECT seq FROM runs WHERE status != 'running' ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (self.keep_last,)).fetchone())
+        if row is None:
+            return
+
+        def chunk() -> int:
+            with self._transaction() as c:
+                return c.execute(
+                    "DELETE FROM runs WHERE seq IN (SELECT seq FROM runs WHERE status != "
+                    "'running' AND seq <= ? ORDER BY seq LIMIT 8)", row).rowcount
+
+        # A few runs per transaction: a run writing meanwhile waits for one chunk at most.
+        while self._retry(chunk):
+            pass
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         self._check_open()
@@ -459,265 +661,16 @@ class HistoryStore:
 
         return self._retry(go)
 
-    def runs(self, limit: int = 20, *, flow: str | None = None,
-             status: str | None = None) -> list[dict[str, Any]]:
-        """The newest runs first: run id, flow, mode, status, start (Unix time), end, duration
-        and the error type and message. Filter by flow name or status if given."""
-        sql = ("SELECT run_id, flow, mode, status, started_at, ended_at, duration, error_type, "
-               "error_message FROM runs WHERE (? IS NULL OR flow = ?) AND (? IS NULL OR "
-               "status = ?) ORDER BY seq DESC LIMIT ?")
-        return self._query(sql, (flow, flow, status, status, limit))
-
-    def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run with its ``tasks`` (in the order they started) and each task's
-        ``attempts``.
-
-        Raises:
-            RunNotFound: no run has that id (or it was removed by retention).
-        """
-        runs = self._query("SELECT run_id, flow, mode, status, started_at, ended_at, duration, "
-                           "error_type, error_message FROM runs WHERE run_id = ?", (run_id,))
-        if not runs:
-            msg = f"no run {run_id!r} in the history at {self.path}"
-            raise RunNotFound(msg, run_id)
-        run = runs[0]
-        tasks = self._query(
-            "SELECT task_id, tool, status, started_at, ended_at, duration, attempts, "
-            "error_type, error_message, reason FROM tasks WHERE run_id = ? "
-            "ORDER BY started_at IS NULL, started_at, rowid", (run_id,))
-        attempts = self._query(
-            "SELECT task_id, number, started_at, ended_at, duration, status, error_type, "
-            "error_message FROM attempts WHERE run_id = ? ORDER BY task_id, number", (run_id,))
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for a in attempts:
-            by_task.setdefault(a.pop("task_id"), []).append(a)
-        for t in tasks:
-            t["attempts"] = by_task.get(t["task_id"], [])
-        run["tasks"] = tasks
-        return run
-
-    def load_outputs(self, run_id: str) -> dict[str, Any]:
-        """The stored outputs of the tasks that completed in run ``run_id`` (for resuming).
-
-        Only JSON is ever read back: a row holding anything else is refused, never unpickled.
-
-        Raises:
-            RunNotFound: no run has that id.
-            HistoryError: a stored output is not JSON text.
-        """
-        if not self._query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
-            msg = f"no run {run_id!r} in the history at {self.path}"
-            raise RunNotFound(msg, run_id)
-        rows = self._query("SELECT task_id, output FROM tasks WHERE run_id = ? AND status = ? "
-                           "AND output IS NOT NULL", (run_id, TaskStatus.COMPLETED.value))
-        out: dict[str, Any] = {}
-        for row in rows:
-            raw = row["output"]
-            try:
-                if not isinstance(raw, str):
-                    raise TypeError(type(raw).__name__)
-                out[row["task_id"]] = json.loads(raw)
-            except (TypeError, ValueError) as exc:
-                msg = (f"run {run_id!r}: the stored output of task {row['task_id']!r} is not "
-                       f"JSON ({exc}); history holds JSON only and is never unpickled")
-                raise HistoryError(msg) from None
-        return out
-
-    def tool_stats(self, tool: str | None = None) -> dict[str, ToolStats]:
-        """Per-tool statistics (count, success rate, mean/p50/p95/max duration of successful
-        calls), keyed by tool name; only ``tool`` when given."""
-        tasks = self._query(
-            "SELECT tool, status, count(*) AS n FROM tasks WHERE (? IS NULL OR tool = ?) AND "
-            "started_at IS NOT NULL AND status NOT IN ('running', 'interrupted') GROUP BY "
-            "tool, status", (tool, tool))
-        calls = self._query(
-            "SELECT tool, status, duration FROM attempts WHERE (? IS NULL OR tool = ?) "
-            "ORDER BY tool, duration", (tool, tool))
-        counts: dict[str, dict[str, int]] = {}
-        for r in tasks:
-            counts.setdefault(r["tool"], {})[r["status"]] = r["n"]
-        durs: dict[str, list[float]] = {}
-        ncalls: dict[str, list[int]] = {}
-        for r in calls:
-            n = ncalls.setdefault(r["tool"], [0, 0])
-            n[0] += 1
-            if r["status"] == TaskStatus.TIMED_OUT.value:
-                n[1] += 1
-            if r["status"] == TaskStatus.COMPLETED.value and r["duration"] is not None:
-                durs.setdefault(r["tool"], []).append(r["duration"])
-        out = {}
-        for name in sorted(set(counts) | set(ncalls), key=str):
-            c = counts.get(name, {})
-            done = c.get(TaskStatus.COMPLETED.value, 0)
-            failed = sum(c.get(s, 0) for s in _FAILED)
-            d = durs.get(name, [])
-            n = ncalls.get(name, [0, 0])
-            out[name] = ToolStats(
-                tool=name, count=sum(c.values()), completed=done, failed=failed,
-                success_rate=done / (done + failed) if done + failed else None,
-                attempts=n[0], timeouts=n[1], mean=sum(d) / len(d) if d else None,
-                p50=_percentile(d, 0.5), p95=_percentile(d, 0.95), max=d[-1] if d else None)
-        return out
-
-    def durations(self, plan: Plan, stat: str = "p50") -> dict[str, float]:
-        """Each task's expected duration from history: the median (``stat="p50"``) or mean
-        (``"mean"``) of its completed runs in flows of the same name, else of its tool's
-        completed tasks anywhere. Tasks with no history are left out. For a mapped task it
-        is the duration of one child (see :meth:`map_counts` for how many)."""
-        if stat not in ("p50", "mean"):
-            msg = f"durations(stat={stat!r}): expected 'p50' or 'mean'"
-            raise ValueError(msg)
-        rows = self._query(
-            "SELECT t.task_id, t.tool, r.flow, t.duration FROM tasks t JOIN runs r USING "
-            "(run_id) WHERE t.status = ? AND t.duration IS NOT NULL ORDER BY t.duration",
-            (TaskStatus.COMPLETED.value,))
-        by_task: dict[str, list[float]] = {}
-        by_tool: dict[str, list[float]] = {}
-        by_parent: dict[str, list[float]] = {}  # a mapped task -> its children's durations
-        for r in rows:
-            if plan.name is not None and r["flow"] == plan.name:
-                by_task.setdefault(r["task_id"], []).append(r["duration"])
-                if r["task_id"].endswith("]"):
-                    by_parent.setdefault(r["task_id"].rpartition("[")[0], []).append(
-                        r["duration"])
-            by_tool.setdefault(r["tool"], []).append(r["duration"])
-
-        def pick(values: list[float]) -> float:
-            if stat == "mean":
-                return sum(values) / len(values)
-            return _percentile(values, 0.5)  # type: ignore[return-value]
-
-        out: dict[str, float] = {}
-        for task_id, task in plan.tasks.items():
-            own = by_parent if getattr(task, "fan", None) is not None else by_task
-            values = own.get(task_id) or by_tool.get(getattr(task.tool, "name", ""))
-            if values:
-                out[task_id] = pick(values)
-        return out
-
-    def map_counts(self, plan: Plan) -> dict[str, int]:
-        """For each mapped task of ``plan``, how many children it had in the latest run of
-        a flow of the same name that ran it. Mapped tasks never recorded are left out."""
-        mapped = {t for t, task in plan.tasks.items() if getattr(task, "fan", None) is not None}
-        if not mapped or plan.name is None:
-            return {}
-        rows = self._query(
-            "SELECT t.run_id, t.task_id FROM tasks t JOIN runs r USING (run_id) WHERE "
-            "r.flow = ? AND t.task_id LIKE '%]' ORDER BY r.seq DESC", (plan.name,))
-        latest: dict[str, str] = {}  # mapped task -> the run whose children count
-        out: dict[str, int] = {}
-        for r in rows:
-            parent = r["task_id"].rpartition("[")[0]
-            if parent in mapped and latest.setdefault(parent, r["run_id"]) == r["run_id"]:
-                out[parent] = out.get(parent, 0) + 1
-        return out
+    def _rows(self, sql: str, params: tuple[Any, ...], *, flush: bool = True
+              ) -> list[tuple[Any, ...]]:
+        """Plain tuples (cheaper than :meth:`_query`'s dicts for many rows)."""
+        self._check_open()
+        if flush:
+            self.flush()
+        return self._retry(lambda: self._conn.execute(sql, params).fetchall())
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` answer (``"ok"`` when the file is sound)."""
         return str(self._query("PRAGMA integrity_check")[0]["integrity_check"])
 
 
-class _Batch:
-    """Rows waiting to be written, in the order the foreign keys need (runs, tasks, attempts,
-    run ends). A task's later row replaces its earlier one in the same batch (its 'running'
-    row is never written when its final row comes along in time), keeping a stored output."""
-
-    __slots__ = ("attempts", "ends", "starts", "tasks")
-
-    def __init__(self) -> None:
-        self.starts: list[tuple[Any, ...]] = []
-        self.tasks: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self.attempts: list[tuple[Any, ...]] = []
-        self.ends: list[tuple[Any, ...]] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.starts or self.tasks or self.attempts or self.ends)
-
-    def add(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
-        if sql is _UPSERT_TASK:
-            tasks = self.tasks
-            for row in rows:
-                key = (row[0], row[1])
-                old = tasks.get(key)
-                if old is not None and row[-1] is None and old[-1] is not None:
-                    row = (*row[:-1], old[-1])
-                tasks[key] = row
-        else:
-            {_INSERT_RUN: self.starts, _UPSERT_ATTEMPT: self.attempts,
-             _FINISH_RUN: self.ends}[sql].extend(rows)
-
-    def ordered(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
-        return [(_INSERT_RUN, self.starts), (_UPSERT_TASK, list(self.tasks.values())),
-                (_UPSERT_ATTEMPT, self.attempts), (_FINISH_RUN, self.ends)]
-
-
-class HistoryObserver:
-    """Records one run into a :class:`HistoryStore`; the hooks only buffer rows."""
-
-    __slots__ = ("_done", "_flow", "_outputs", "_run_id", "_store")
-
-    def __init__(self, store: HistoryStore, flow_name: str | None, store_outputs: bool) -> None:
-        self._store = store
-        self._flow = flow_name
-        self._outputs = store_outputs
-        self._done: set[str] = set()
-        self._run_id: str | None = None
-
-    def run_started(self, result: RunResult, plan: Any) -> None:
-        self._run_id = result.run_id
-        self._store._enqueue(_INSERT_RUN, [(
-            result.run_id, result.flow_name or self._flow, result.mode, "running",
-            result.started_at.timestamp(), _HOST, os.getpid())])
-        self._store._run_started(result.run_id)
-
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
-        self._store._enqueue(_UPSERT_TASK, [_task_row(result.run_id, record, None)])
-
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
-        encoded = None
-        if self._outputs and record.status is TaskStatus.COMPLETED:
-            encoded = stored_json(output, result.masker, task_id=record.id)
-        store = self._store
-        store._enqueue(_UPSERT_TASK, [_task_row(result.run_id, record, encoded)])
-        if record.attempts:
-            store._enqueue(_UPSERT_ATTEMPT, _attempt_rows(result.run_id, record))
-        self._done.add(record.id)
-
-    def run_finished(self, result: RunResult) -> None:
-        store = self._store
-        # Rollback changes a finished task's status after task_finished: write it again (its
-        # output is gone too, so a resume re-runs it).
-        rest = [r for r in result.tasks.values() if r.id not in self._done
-                or r.status is TaskStatus.ROLLED_BACK or r.rollback_error is not None]
-        if rest:
-            # Tasks reused by a resume keep their stored output, so a resumed run can be
-            # resumed in turn.
-            rows = [_task_row(result.run_id, r, stored_json(result.outputs[r.id],
-                                                            result.masker, task_id=r.id)
-                              if self._outputs and r.status is TaskStatus.COMPLETED
-                              and r.id in result.outputs else None) for r in rest]
-            store._enqueue(_UPSERT_TASK, rows)
-            attempts = [row for r in rest for row in _attempt_rows(result.run_id, r)]
-            if attempts:
-                store._enqueue(_UPSERT_ATTEMPT, attempts)
-        etype, emsg = (type(result.error).__qualname__, str(result.error)) if result.error \
-            else (None, None)
-        ended = result.started_at.timestamp() + result.duration
-        store._enqueue(_FINISH_RUN, [(result.status, ended, result.duration, etype, emsg,
-                                      result.run_id)])
-        store._run_finished(result.run_id)
-
-
-def _task_row(run_id: str, r: TaskRecord, output: str | None) -> tuple[Any, ...]:
-    etype, emsg = _error(r)
-    return (run_id, r.id, r.tool, r.status.value, r.started_at, r.ended_at, r.duration,
-            len(r.attempts), etype, emsg, r.reason, output)
-
-
-def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
-    rows = []
-    for a in r.attempts:
-        etype, emsg = _error(a)
-        rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
-                     a.status.value, etype, emsg))
-    return rows

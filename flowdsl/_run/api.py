@@ -122,10 +122,11 @@ _LOCAL: dict[str, Callable[[], Executor]] = {
 }
 
 
-def _history(spec: Any) -> Any:
+async def _history(spec: Any) -> Any:
+    """The run's history store; opening one (SQLite, files) happens off the event loop."""
     if spec is False:
         return None
-    return hooks.get("open_history")(spec)
+    return await hooks.get("aopen_history")(spec)
 
 
 async def arun(flow: Any, *, mode: str | Mode | None = None,
@@ -164,13 +165,14 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
-    store = _history(history)
+    store = await _history(history)
     results_cache = _run_cache(p, history, cache)
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
+    recorded, counts = await _recorded(p, durations, store)
     estimates = policy.estimate_durations(  # the sources are not kept: memory per task
-        p, durations, None if store is None else partial(store.durations, p),
-        None if store is None else partial(store.map_counts, p))[0]
+        p, durations, None if recorded is None else lambda: recorded,
+        None if counts is None else lambda: counts)[0]
     priorities = policy.priorities(p, estimates)
     del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
@@ -279,6 +281,31 @@ def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
                     every=cache is True)
 
 
+async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
+                    ) -> tuple[Mapping[str, float] | None, Mapping[str, int] | None]:
+    """What history says of the tasks with neither a given nor a declared duration, and of
+    how many children each mapped task had (None when nothing needs it): from the store's
+    memory while fresh, else read from SQLite in a worker thread, never on the event loop."""
+    if store is None:
+        return None, None
+    given = given or {}
+    need = not all(t in given or task.spec.expected_duration is not None  # type: ignore
+                   for t, task in p.tasks.items())
+    mapped = any(getattr(task, "fan", None) is not None for task in p.tasks.values())
+    if not need and not mapped:
+        return None, None
+    if not mapped:
+        hist = store.cached_durations(p)
+        if hist is not None:
+            return hist, None
+
+    def read() -> tuple[Mapping[str, float] | None, Mapping[str, int] | None]:
+        return (store.durations(p) if need else None,
+                store.map_counts(p) if mapped else None)
+
+    return await anyio.to_thread.run_sync(read)
+
+
 async def _reuse(store: Any, run_id: str, p: Plan, item: Item) -> None:
     """Take the stored outputs of run ``run_id`` for the tasks of ``p`` with the same ids
     (ids come from the flow's structure, so a rebuilt flow finds its tasks again)."""
@@ -336,6 +363,10 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
         result.output = outs[0] if len(outs) == 1 else outs
     for ob in obs:
         ob.run_finished(result)
+    for ob in obs:  # observers that write elsewhere (history) wait here, off the loop
+        settle = getattr(ob, "arun_finished", None)
+        if settle is not None:
+            await settle(result)
     if core.log:
         level = "info" if result.status is RunStatus.COMPLETED else (
             "warning" if result.status is RunStatus.CANCELLED else "error")

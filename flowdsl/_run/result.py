@@ -203,6 +203,8 @@ class RunResult(Generic[R]):
         error: the first error (an exception), or ``None``.
         errors: every task error, in the order they happened.
         item_errors: for pipelines over items with ``continue_on_error``: item index -> error.
+        history_error: why some of the run's history rows could not be written (a
+            ``HistoryError``), or ``None``; the run itself is unaffected.
     """
 
     run_id: str
@@ -219,6 +221,7 @@ class RunResult(Generic[R]):
     errors: list[BaseException] = field(default_factory=list)
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
+    history_error: BaseException | None = None
     plan: Any = field(default=None, repr=False, compare=False)
     #: The rollback errors as one exception group (status ``rollback_failed``), with the
     #: run's original error in ``.original``.
@@ -276,6 +279,7 @@ class RunResult(Generic[R]):
             "outputs": {k: _jsonable(v) for k, v in self.outputs.items()} if outputs else None,
             "output": _jsonable(self.output) if outputs else None,
             "context": {k: _jsonable(v) for k, v in self.context.items()} if outputs else None,
+            "history_error": str(self.history_error) if self.history_error else None,
         }
         return out if self.masker is None else self.masker.data(out)  # type: ignore
 

@@ -1,0 +1,382 @@
+"""Record, the reading half of the history: runs, one run, stored outputs, per-tool statistics
+and expected durations, all as plain data.
+
+:class:`HistoryReader` is a mixin of :class:`~flowdsl._record.history.HistoryStore`; it reads
+through the store's ``_query`` (which writes the rows still waiting first). Statistics and
+expected durations come from the ``stats`` aggregates, so their cost follows the flow's tools,
+never the number of rows in the file. A run's expected durations are also cached per flow for a
+few seconds (updated as this process records runs of that flow), so a run started again and
+again reads no SQLite at all.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._base.errors import HistoryError, RunNotFound
+from .._run.result import TaskStatus
+from .history_write import percentile, tool_identity, unpack
+
+if TYPE_CHECKING:
+    from .._plan.planner import Plan
+
+__all__ = ["SCOPES", "HistoryReader", "RunNotFound", "ToolStats"]
+
+SCOPES = ("flow", "all")
+#: Seconds a flow's expected durations are reused without asking SQLite (runs of other
+#: processes show after this long; this process's own runs at once).
+CACHE_SECONDS = 10.0
+_CACHE_FLOWS = 64
+_Fig = tuple[int, float, float]  # count, mean, median
+
+
+@dataclass(frozen=True, slots=True)
+class ToolStats:
+    """Statistics of one tool over the history.
+
+    Durations are those of the tool's successful calls (attempts), in seconds; ``None`` when
+    no call succeeded yet. Counts and the mean cover every run recorded; the quantiles cover
+    the latest 64 successful calls in each flow.
+
+    Attributes:
+        tool: the tool's identity, its module-qualified name (``package.module.fetch``).
+        count: how many tasks of this tool ran (reached a final status after starting).
+        completed: how many of them completed.
+        failed: how many failed or timed out.
+        success_rate: completed / (completed + failed); ``None`` before any finished.
+        attempts: how many calls were made in all.
+        timeouts: how many calls timed out.
+        mean, p50, p95, max: of the successful calls' durations.
+        name: the tool's short name (``fetch``).
+        flows: the flows whose runs these figures come from.
+    """
+
+    tool: str
+    count: int
+    completed: int
+    failed: int
+    success_rate: float | None
+    attempts: int
+    timeouts: int
+    mean: float | None
+    p50: float | None
+    p95: float | None
+    max: float | None
+    name: str = ""
+    flows: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["flows"] = list(self.flows)
+        return out
+
+
+def _merge_windows(rows: Iterable[tuple[int, float, bytes | None]]) -> tuple[int, float,
+                                                                               list[float]]:
+    n, total, values = 0, 0.0, []
+    for rn, rsum, blob in rows:
+        n += rn
+        total += rsum
+        values.extend(unpack(blob))
+    values.sort()
+    return n, total, values
+
+
+
+
+class HistoryReader:
+    """The reading methods of a history store (a mixin: the store gives ``_query``,
+    ``path`` and ``scope``)."""
+
+    path: str
+    scope: str
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _init_reader(self) -> None:
+        # flow -> (when read, per task (tool, task id) -> (count, mean, median), per tool)
+        self._flow_cache: dict[str, tuple[float, dict[tuple[str, str], _Fig],
+                                          dict[str, _Fig]]] = {}
+        self._cache_lock = threading.Lock()
+
+    def _refresh_flow(self, flow: str) -> None:
+        """A run of ``flow`` was recorded: re-read its figures if they are cached (keeping
+        the entry's age, so other processes' runs show when it expires)."""
+        with self._cache_lock:
+            hit = self._flow_cache.get(flow)
+        if hit is not None:  # called by the writer, right after its commit: no flush
+            tasks, tools = self._read_flow(flow, flush=False)
+            with self._cache_lock:
+                self._flow_cache[flow] = (hit[0], tasks, tools)
+
+    def runs(self, limit: int = 20, *, flow: str | None = None,
+             status: str | None = None) -> list[dict[str, Any]]:
+        """The newest runs first: run id, flow, mode, status, start (Unix time), end, duration,
+        the error type and message, and the history error if its rows were not all written.
+        Filter by flow name or status if given."""
+        where, params = [], []
+        if flow is not None:
+            where.append("flow = ?")
+            params.append(flow)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        sql = ("SELECT run_id, flow, mode, status, started_at, ended_at, duration, error_type, "
+               "error_message, history_error FROM runs"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?")
+        return self._query(sql, (*params, limit))
+
+    def flows(self) -> dict[str | None, int]:
+        """Each flow name with runs in the history, and how many."""
+        rows = self._query("SELECT flow, count(*) AS n FROM runs GROUP BY flow ORDER BY flow")
+        return {r["flow"]: r["n"] for r in rows}
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """One run with its ``tasks`` (in the order they started) and each task's
+        ``attempts``.
+
+        Raises:
+            RunNotFound: no run has that id (or it was removed by retention).
+        """
+        runs = self._query("SELECT run_id, flow, mode, status, started_at, ended_at, duration, "
+                           "error_type, error_message, history_error FROM runs "
+                           "WHERE run_id = ?", (run_id,))
+        if not runs:
+            msg = f"no run {run_id!r} in the history at {self.path}"
+            raise RunNotFound(msg, run_id)
+        run = runs[0]
+        tasks = self._query(
+            "SELECT task_id, tool, qualname, status, started_at, ended_at, duration, attempts, "
+            "error_type, error_message, reason FROM tasks WHERE run_id = ? "
+            "ORDER BY started_at IS NULL, started_at, rowid", (run_id,))
+        attempts = self._query(
+            "SELECT task_id, number, started_at, ended_at, duration, status, error_type, "
+            "error_message FROM attempts WHERE run_id = ? ORDER BY task_id, number", (run_id,))
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for a in attempts:
+            by_task.setdefault(a.pop("task_id"), []).append(a)
+        for t in tasks:
+            t["attempts"] = by_task.get(t["task_id"], [])
+        run["tasks"] = tasks
+        return run
+
+    def load_outputs(self, run_id: str) -> dict[str, Any]:
+        """The stored outputs of the tasks that completed in run ``run_id`` (for resuming).
+
+        Only JSON is ever read back: a row holding anything else is refused, never unpickled.
+
+        Raises:
+            RunNotFound: no run has that id.
+            HistoryError: a stored output is not JSON text.
+        """
+        if not self._query("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)):
+            msg = f"no run {run_id!r} in the history at {self.path}"
+            raise RunNotFound(msg, run_id)
+        rows = self._query("SELECT task_id, output FROM tasks WHERE run_id = ? AND status = ? "
+                           "AND output IS NOT NULL", (run_id, TaskStatus.COMPLETED.value))
+        out: dict[str, Any] = {}
+        for row in rows:
+            raw = row["output"]
+            try:
+                if not isinstance(raw, str):
+                    raise TypeError(type(raw).__name__)
+                out[row["task_id"]] = json.loads(raw)
+            except (TypeError, ValueError) as exc:
+                msg = (f"run {run_id!r}: the stored output of task {row['task_id']!r} is not "
+                       f"JSON ({exc}); history holds JSON only and is never unpickled")
+                raise HistoryError(msg) from None
+        return out
+
+    def tool_stats(self, tool: str | None = None, *, flow: str | None = None
+                   ) -> dict[str, ToolStats]:
+        """Per-tool statistics (count, success rate, mean/p50/p95/max duration of successful
+        calls), keyed by the tool's qualified name.
+
+        Args:
+            tool: only this tool (its qualified name, or its short name).
+            flow: only the runs of this flow (``""``: flows without a name); ``None``: every
+                flow.
+        """
+        sql = ("SELECT flow, tool, name, tasks, completed, failed, attempts, timeouts, call_n, "
+               "call_sum, call_max, call_recent FROM stats WHERE 1 = 1")
+        params: list[Any] = []
+        if flow is not None:
+            sql += " AND flow = ?"
+            params.append(flow)
+        if tool is not None:
+            sql += " AND (tool = ? OR name = ?)"
+            params += [tool, tool]
+        by_tool: dict[str, list[dict[str, Any]]] = {}
+        for r in self._query(sql, params):
+            by_tool.setdefault(r["tool"], []).append(r)
+        return {name: _tool_stats(name, rows) for name, rows in sorted(by_tool.items())}
+
+    def durations(self, plan: Plan, stat: str = "p50", *, scope: str | None = None
+                  ) -> dict[str, float]:
+        """Each task's expected duration from history: the median (``stat="p50"``) of its
+        latest five completed runs in the same flow, or their mean over every run
+        (``"mean"``); a task new to the flow takes its tool's figures in the flow (the median
+        of its latest 64 tasks). With ``scope="all"``, a tool new to the flow takes its figures
+        from any flow. Tools match by module-qualified name. Tasks with no history are left
+        out. Costs the flow's statistics rows, whatever the size of the file.
+        """
+        if stat not in ("p50", "mean"):
+            msg = f"durations(stat={stat!r}): expected 'p50' or 'mean'"
+            raise ValueError(msg)
+        scope = self.scope if scope is None else _check_scope("durations", scope)
+        flow = plan.name or ""
+        tasks, tools = self._read_flow(flow)
+        with self._cache_lock:
+            if len(self._flow_cache) >= _CACHE_FLOWS:
+                self._flow_cache.pop(next(iter(self._flow_cache)))
+            self._flow_cache[flow] = (time.monotonic(), tasks, tools)
+        idents = _identities(plan)
+        wide: dict[str, _Fig] = {}
+        if scope == "all":
+            wanted = sorted(set(idents.values()) - set(tools))
+            rows: dict[str, list[tuple[int, float, bytes | None]]] = {}
+            for i in range(0, len(wanted), 500):
+                part = wanted[i:i + 500]
+                for r in self._query(
+                        "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE tool IN "
+                        f"({','.join('?' * len(part))})", part):
+                    rows.setdefault(r["tool"], []).append(
+                        (r["task_n"], r["task_sum"], r["task_recent"]))
+            wide = {tool: _figures(found) for tool, found in rows.items()}
+        return _pick(idents, tasks, {**wide, **tools}, stat, _mapped(plan))
+
+    def cached_durations(self, plan: Plan) -> dict[str, float] | None:
+        """:meth:`durations` (median, the store's scope) when it can be answered from memory
+        without SQLite, else ``None``: what a run asks on the event loop before it goes to a
+        worker thread."""
+        if self.scope != "flow":
+            return None
+        with self._cache_lock:
+            hit = self._flow_cache.get(plan.name or "")
+        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+            return None
+        return _pick(_identities(plan), hit[1], hit[2], "p50", _mapped(plan))
+
+    def map_counts(self, plan: Plan) -> dict[str, int]:
+        """For each mapped task of ``plan``, how many children it had in the latest of the
+        flow's runs (among its last 20) that ran it. Mapped tasks never recorded are left
+        out. Costs a few index lookups per mapped task, whatever the size of the file."""
+        mapped = sorted(_mapped(plan))
+        if not mapped or plan.name is None:
+            return {}
+        runs = [r for (r,) in self._rows("SELECT run_id FROM runs WHERE flow = ? ORDER BY "
+                                         "seq DESC LIMIT 20", (plan.name,))]
+        out: dict[str, int] = {}
+        for tid in mapped:
+            for run_id in runs:  # children `tid[i]` sort between `tid[` and `tid\\`
+                ((n,),) = self._rows("SELECT count(*) FROM tasks WHERE run_id = ? AND "
+                                     "task_id > ? AND task_id < ? AND task_id LIKE ? ESCAPE "
+                                     "'!'", (run_id, tid + "[", tid + "\\",
+                                             _like(tid) + "[%]"))
+                if n:
+                    out[tid] = n
+                    break
+        return out
+
+    def _rows(self, sql: str, params: tuple[Any, ...], *, flush: bool = True
+              ) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _read_flow(self, flow: str, *, flush: bool = True
+                   ) -> tuple[dict[tuple[str, str], _Fig], dict[str, _Fig]]:
+        tasks = {}
+        children: dict[tuple[str, str], list[Any]] = {}  # a mapped task's children, pooled
+        for tool, tid, n, total, *recent in self._rows(
+                "SELECT tool, task_id, n, total, d1, d2, d3, d4, d5 FROM task_stats "
+                "WHERE flow = ?", (flow,), flush=flush):
+            ds = sorted(d for d in recent if d is not None)
+            m = len(ds)
+            mid = ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
+            tasks[(tool, tid)] = (n, total / n, mid)
+            if tid.endswith("]"):  # a child `parent[i]` of a mapped task
+                pooled = children.setdefault((tool, tid.rpartition("[")[0] + "[]"), [0, 0.0, []])
+                pooled[0] += n
+                pooled[1] += total
+                pooled[2].extend(ds)
+        for key, (n, total, ds) in children.items():
+            tasks[key] = (n, total / n, percentile(sorted(ds), 0.5) or 0.0)
+        tools = {tool: _figures([(n, total, recent)]) for tool, n, total, recent in self._rows(
+            "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE flow = ? AND "
+            "task_n > 0", (flow,), flush=flush)}
+        return tasks, tools
+
+
+def _check_scope(where: str, scope: str) -> str:
+    if scope not in SCOPES:
+        msg = (f"{where}(scope={scope!r}): expected 'flow' (the same flow's history) or 'all' "
+               "(the same tool in any flow)")
+        raise ValueError(msg)
+    return scope
+
+
+def _tool_stats(name: str, rows: list[dict[str, Any]]) -> ToolStats:
+    def total(col: str) -> int:
+        return sum(r[col] for r in rows)
+
+    done, failed = total("completed"), total("failed")
+    n, calls_sum, durs = _merge_windows((r["call_n"], r["call_sum"], r["call_recent"])
+                                        for r in rows)
+    maxes = [r["call_max"] for r in rows if r["call_max"] is not None]
+    return ToolStats(
+        tool=name, count=total("tasks"), completed=done, failed=failed,
+        success_rate=done / (done + failed) if done + failed else None,
+        attempts=total("attempts"), timeouts=total("timeouts"),
+        mean=calls_sum / n if n else None, p50=percentile(durs, 0.5),
+        p95=percentile(durs, 0.95), max=max(maxes) if maxes else None,
+        name=next((r["name"] for r in rows if r["name"]), name),
+        flows=tuple(sorted(r["flow"] for r in rows)))
+
+
+
+def _identities(plan: Any) -> dict[str, str]:
+    idents: dict[str, str] = {}
+    memo: dict[int, str] = {}
+    for tid, task in plan.tasks.items():
+        tool = task.tool
+        ident = memo.get(id(tool))
+        if ident is None:
+            ident = memo[id(tool)] = tool_identity(tool)
+        idents[tid] = ident
+    return idents
+
+
+def _figures(rows: Iterable[tuple[int, float, bytes | None]]) -> _Fig:
+    """Count, mean and median of durations kept as (count, sum, latest window) rows."""
+    n, total, values = _merge_windows(rows)
+    return n, total / n if n else 0.0, percentile(values, 0.5) or 0.0
+
+
+def _pick(idents: dict[str, str], tasks: dict[tuple[str, str], _Fig],
+          tools: dict[str, _Fig], stat: str, mapped: frozenset[str] = frozenset()
+          ) -> dict[str, float]:
+    """Per task: its own figures in the flow (a mapped task's: one child's, its children's
+    pooled under ``id[]``), else its tool's."""
+    k = 1 if stat == "mean" else 2
+    out: dict[str, float] = {}
+    for tid, ident in idents.items():
+        own = (ident, tid + "[]") if tid in mapped else (ident, tid)
+        found = tasks.get(own) or tools.get(ident)
+        if found and found[0]:
+            out[tid] = found[k]
+    return out
+
+
+
+def _mapped(plan: Any) -> frozenset[str]:
+    return frozenset(t for t, task in plan.tasks.items()
+                     if getattr(task, "fan", None) is not None)
+
+
+def _like(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")

@@ -1,0 +1,411 @@
+"""Record, the writing half of the history: rows as the run makes them, the batch the writer
+thread turns them into, and the per-tool aggregates it keeps up to date.
+
+The run's side is an append to a deque per row (no lock, no SQLite). The writer drains the
+deque into a :class:`Batch` (a task's later row replaces its earlier one), fills in what costs
+time (each task's module-qualified tool name, from the run's plan), and writes the batch in one
+transaction. When a run's end row is written, the same transaction folds the run's task and
+call durations into ``task_stats`` (per flow, qualified tool and task: count, sum and the
+latest five durations) and ``stats`` (per flow and qualified tool: counts, sums, the latest
+64 durations), so reading expected durations costs the flow's tools and tasks, not the rows in
+the file.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import sys
+import warnings
+from array import array
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .._base.errors import HistoryError
+from .._base.limits import stored_json
+from .._base.log import get_logger, logging_enabled
+from .._base.loop import threadsafe_caller
+from .._run.result import RunResult, TaskRecord, TaskStatus
+
+__all__ = [
+    "HOST",
+    "WINDOW",
+    "Batch",
+    "HistoryError",
+    "HistoryObserver",
+    "HistoryWarning",
+    "aggregate_run",
+    "percentile",
+    "safe_text",
+    "tool_identity",
+    "unpack",
+]
+
+HOST = socket.gethostname()
+
+#: Durations kept per statistics row: quantiles are over a tool's latest calls.
+WINDOW = 64
+
+# Row kinds on the queue (small ints: the hot path appends (kind, row) tuples).
+START, TASK, ATTEMPT, END, PLAN = range(5)
+
+UPSERT_TASK = (
+    "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
+    "attempts, error_type, error_message, reason, output, qualname) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
+    "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
+    "attempts=excluded.attempts, error_type=excluded.error_type, "
+    "error_message=excluded.error_message, reason=excluded.reason, "
+    "output=coalesce(excluded.output, tasks.output), qualname=excluded.qualname")
+UPSERT_ATTEMPT = (
+    "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
+    "duration, status, error_type, error_message, qualname) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+# OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
+INSERT_RUN = (
+    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid) "
+    "VALUES (?,?,?,?,?,?,?)")
+FINISH_RUN = (
+    "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
+    "history_error=? WHERE run_id=?")
+
+
+class HistoryWarning(RuntimeWarning):
+    """Warned when a run's rows could not all be written to history (the run itself is fine:
+    its result carries the error as ``result.history_error``)."""
+
+
+# -- text and identity -------------------------------------------------------------------------
+
+def safe_text(value: Any) -> Any:
+    """``value`` with lone surrogates escaped (``\\udcff``), so SQLite can encode it; other
+    values are returned as they are."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in when the exception's ``__str__`` itself fails."""
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not cost the run its record
+        return f"<{type(exc).__qualname__}: str() failed>"
+
+
+def tool_identity(tool: Any) -> str:
+    """A tool's identity in history: its function's module-qualified name
+    (``package.module.fetch``); a tool renamed with ``name=`` adds its name in brackets. A
+    script run as ``__main__`` counts under its file's name, as when the CLI loads it."""
+    fn = getattr(tool, "__wrapped__", tool)
+    module = getattr(fn, "__module__", None) or ""
+    if module == "__main__":
+        file = getattr(sys.modules.get("__main__"), "__file__", None)
+        module = Path(file).stem if file else module
+    qual = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    name = getattr(tool, "name", None)
+    if isinstance(name, str) and name != getattr(fn, "__name__", name):
+        qual = f"{qual}[{name}]"
+    return f"{module}.{qual}" if module else qual
+
+
+# -- durations as compact windows ----------------------------------------------------------------
+
+def unpack(blob: bytes | None) -> array[float]:
+    """The durations kept in a statistics row (little-endian float64s)."""
+    out = array("d")
+    if blob:
+        out.frombytes(blob)
+        if sys.byteorder == "big":
+            out.byteswap()
+    return out
+
+
+def _pack(values: array[float]) -> bytes:
+    if sys.byteorder == "big":
+        values = array("d", values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _window(old: bytes | None, new: list[float]) -> bytes | None:
+    if not new:
+        return old
+    values = unpack(old)
+    values.extend(new)
+    if len(values) > WINDOW:
+        del values[:len(values) - WINDOW]
+    return _pack(values)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted ``values``, interpolated linearly."""
+    if not values:
+        return None
+    pos = (len(values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+
+# -- the batch -----------------------------------------------------------------------------------
+
+class Batch:
+    """Rows waiting to be written, in the order the foreign keys need (runs, tasks, attempts,
+    run ends). A task's later row replaces its earlier one (its 'running' row is never written
+    when its final row comes along in time), keeping a stored output."""
+
+    __slots__ = ("attempts", "ends", "plans", "starts", "tasks")
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[Any, ...]] = []
+        self.tasks: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.attempts: list[tuple[Any, ...]] = []
+        self.ends: list[tuple[Any, ...]] = []
+        self.plans: dict[str, Any] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.starts or self.tasks or self.attempts or self.ends)
+
+    def add(self, kind: int, row: Any) -> None:
+        if kind == TASK:
+            key = (row[0], row[1])
+            old = self.tasks.get(key)
+            if old is not None and row[-1] is None and old[-1] is not None:
+                row = (*row[:-1], old[-1])
+            self.tasks[key] = row
+        elif kind == ATTEMPT:
+            self.attempts.append(row)
+        elif kind == START:
+            self.starts.append(row)
+        elif kind == END:
+            self.ends.append(row)
+        else:
+            self.plans[row[0]] = row[1]
+
+    def rows(self) -> int:
+        return len(self.starts) + len(self.tasks) + len(self.attempts) + len(self.ends)
+
+    def run_ids(self) -> set[str]:
+        ids = {r[0] for r in self.starts} | {k[0] for k in self.tasks}
+        ids.update(r[0] for r in self.attempts)
+        ids.update(r[-1] for r in self.ends)
+        return ids
+
+    def sanitize(self) -> None:
+        """Escape every text that SQLite cannot encode (lone surrogates)."""
+        def clean(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            return [tuple(safe_text(v) for v in row) for row in rows]
+
+        self.starts, self.attempts = clean(self.starts), clean(self.attempts)
+        self.ends = clean(self.ends)
+        self.tasks = {k: tuple(safe_text(v) for v in row) for k, row in self.tasks.items()}
+
+    def with_qualnames(self, plans: dict[str, Any]
+                       ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The task and attempt rows, each with its task's qualified tool name (from its
+        run's plan; the bare name when the run came without one)."""
+        memo: dict[int, str] = {}
+
+        def qualname(row: tuple[Any, ...]) -> str:
+            p = plans.get(row[0])
+            task = p.tasks.get(row[1]) if p is not None else None
+            if task is None and p is not None and row[1].endswith("]"):
+                task = p.tasks.get(row[1].rpartition("[")[0])  # a mapped task's child
+            if task is None:
+                return safe_text(row[3 if len(row) == 10 else 2])  # type: ignore[no-any-return]
+            qual = memo.get(id(task.tool))
+            if qual is None:
+                qual = memo[id(task.tool)] = safe_text(tool_identity(task.tool))
+            return qual
+
+        return ([(*row, qualname(row)) for row in self.tasks.values()],
+                [(*row, qualname(row)) for row in self.attempts])
+
+
+# -- the aggregates ------------------------------------------------------------------------------
+
+_KEY = "coalesce(t.qualname, t.tool, '?')"
+_RAN = ("t.run_id = ? AND t.started_at IS NOT NULL AND t.status NOT IN ('running', "
+        "'interrupted', 'pending')")
+# Per task: count, sum and the latest five durations, shifted in SQL (the right-hand sides
+# of an UPDATE see the old row), so a run of 10,000 tasks costs one statement, no Python.
+_TASK_STATS = (
+    "INSERT INTO task_stats (flow, tool, task_id, n, total, d1) "
+    f"SELECT ?, {_KEY}, t.task_id, 1, t.duration, t.duration FROM tasks t "
+    f"WHERE {_RAN} AND t.status = 'completed' AND t.duration IS NOT NULL "
+    "ON CONFLICT (flow, tool, task_id) DO UPDATE SET n = n + 1, total = total + "
+    "excluded.total, d5 = d4, d4 = d3, d3 = d2, d2 = d1, d1 = excluded.d1")
+# Per tool: counts and sums by GROUP BY; the latest WINDOW durations by row_number().
+_TOOL_TASKS = (
+    f"SELECT {_KEY} AS q, max(t.tool), count(*), sum(t.status = 'completed'), "
+    "sum(t.status IN ('failed', 'timed_out')), count(CASE WHEN t.status = 'completed' THEN "
+    "t.duration END), total(CASE WHEN t.status = 'completed' THEN t.duration END) "
+    f"FROM tasks t WHERE {_RAN} GROUP BY q")
+_TOOL_CALLS = (
+    "SELECT coalesce(a.qualname, a.tool, '?') AS q, count(*), sum(a.status = 'timed_out'), "
+    "max(CASE WHEN a.status = 'completed' THEN a.duration END), count(CASE WHEN a.status = "
+    "'completed' THEN a.duration END), total(CASE WHEN a.status = 'completed' THEN "
+    "a.duration END) FROM attempts a WHERE a.run_id = ? GROUP BY q")
+# The latest WINDOW durations of one tool in the run (a bounded sort, oldest first after).
+_TOOL_TASK_DURS = (
+    f"SELECT t.duration FROM tasks t WHERE {_RAN} AND {_KEY} = ? AND t.status = 'completed' "
+    f"AND t.duration IS NOT NULL ORDER BY t.ended_at DESC LIMIT {WINDOW}")
+_TOOL_CALL_DURS = (
+    "SELECT a.duration FROM attempts a WHERE a.run_id = ? AND coalesce(a.qualname, a.tool, "
+    "'?') = ? AND a.status = 'completed' AND a.duration IS NOT NULL "
+    f"ORDER BY a.ended_at DESC LIMIT {WINDOW}")
+_STATS_COLS = ("flow, tool, name, tasks, completed, failed, attempts, timeouts, task_n, "
+               "task_sum, task_recent, call_n, call_sum, call_max, call_recent")
+_UPSERT_STATS = f"INSERT OR REPLACE INTO stats ({_STATS_COLS}) VALUES ({','.join('?' * 15)})"
+
+
+def aggregate_run(c: sqlite3.Connection, run_id: str) -> str:
+    """Fold one finished run's tasks and calls into ``task_stats`` and ``stats`` (inside the
+    caller's transaction); returns the run's flow (``""`` for none). Costs the run's rows,
+    in SQLite, and a lookup per tool of the run."""
+    row = c.execute("SELECT flow FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        return ""
+    flow = row[0] or ""
+    c.execute(_TASK_STATS, (flow, run_id))
+    tools: dict[str, list[Any]] = {}
+    for q, name, n, done, failed, tn, tsum in c.execute(_TOOL_TASKS, (run_id,)):
+        # name, tasks, completed, failed, attempts, timeouts, call_max,
+        # task (n, sum, durations), call (n, sum, durations)
+        tools[q] = [name, n, done or 0, failed or 0, 0, 0, None, tn, tsum, [], 0, 0.0, []]
+    if not tools:
+        return flow
+    for q, n, timeouts, cmax, cn, csum in c.execute(_TOOL_CALLS, (run_id,)):
+        if q in tools:
+            tools[q][4:7] = [n, timeouts or 0, cmax]
+            tools[q][10:12] = [cn, csum]
+    for q, a in tools.items():
+        a[9] = [d for (d,) in c.execute(_TOOL_TASK_DURS, (run_id, q))][::-1]
+        a[12] = [d for (d,) in c.execute(_TOOL_CALL_DURS, (run_id, q))][::-1]
+    out = []
+    for q, a in tools.items():
+        o = c.execute("SELECT tasks, completed, failed, attempts, timeouts, task_n, task_sum, "
+                      "task_recent, call_n, call_sum, call_max, call_recent FROM stats WHERE "
+                      "flow = ? AND tool = ?", (flow, q)).fetchone()
+        o = o or (0, 0, 0, 0, 0, 0, 0.0, None, 0, 0.0, None, None)
+        cmax = a[6] if o[10] is None or (a[6] is not None and a[6] > o[10]) else o[10]
+        out.append((flow, q, a[0], o[0] + a[1], o[1] + a[2], o[2] + a[3], o[3] + a[4],
+                    o[4] + a[5], o[5] + a[7], o[6] + a[8], _window(o[7], a[9]), o[8] + a[10],
+                    o[9] + a[11], cmax, _window(o[11], a[12])))
+    c.executemany(_UPSERT_STATS, out)
+    return flow
+
+
+# -- the observer --------------------------------------------------------------------------------
+
+class HistoryObserver:
+    """Records one run into a :class:`HistoryStore`. The hooks only append rows to the store's
+    queue; :meth:`arun_finished` waits (in a worker thread) for the run's rows to be written
+    and attaches a write failure to the result."""
+
+    __slots__ = ("_done", "_flow", "_outputs", "_push", "_run_id", "_store")
+
+    def __init__(self, store: Any, flow_name: str | None, store_outputs: bool) -> None:
+        self._store = store
+        self._flow = flow_name
+        self._outputs = store_outputs
+        self._done: set[str] = set()
+        self._run_id: str | None = None
+        self._push = store._queue.append
+
+    def run_started(self, result: RunResult, plan: Any) -> None:
+        self._run_id = result.run_id
+        if plan is not None:
+            self._push((PLAN, (result.run_id, plan)))
+        self._push((START, (result.run_id, result.flow_name or self._flow, result.mode,
+                            "running", result.started_at.timestamp(), HOST, os.getpid())))
+        self._store._run_started(result.run_id)
+
+    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        self._push((TASK, _task_row(result.run_id, record, None)))
+
+    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+        encoded = None
+        if self._outputs and record.status is TaskStatus.COMPLETED:
+            encoded = stored_json(output, result.masker, task_id=record.id)
+        push = self._push
+        push((TASK, _task_row(result.run_id, record, encoded)))
+        for row in _attempt_rows(result.run_id, record):
+            push((ATTEMPT, row))
+        self._done.add(record.id)
+        store = self._store
+        if len(store._queue) >= store.flush_rows:
+            store._wake.set()
+
+    def run_finished(self, result: RunResult) -> None:
+        push = self._push
+        # Rollback changes a finished task's status after task_finished: write it again (its
+        # output is gone too, so a resume re-runs it).
+        for r in result.tasks.values():
+            if (r.id in self._done and r.status is not TaskStatus.ROLLED_BACK
+                    and r.rollback_error is None):
+                continue
+            # Tasks reused by a resume keep their stored output, so a resumed run can be
+            # resumed in turn.
+            out = (stored_json(result.outputs[r.id], result.masker, task_id=r.id)
+                   if self._outputs and r.status is
+                   TaskStatus.COMPLETED and r.id in result.outputs else None)
+            push((TASK, _task_row(result.run_id, r, out)))
+            for row in _attempt_rows(result.run_id, r):
+                push((ATTEMPT, row))
+        etype, emsg = ((type(result.error).__qualname__, message_of(result.error))
+                       if result.error is not None else (None, None))
+        ended = result.started_at.timestamp() + result.duration
+        push((END, (result.status, ended, result.duration, etype, emsg, None,
+                    result.run_id)))
+        self._store._run_ended(result.run_id)
+
+    async def arun_finished(self, result: RunResult) -> None:
+        """Wait, without blocking the event loop, until the run's rows are in the file; a
+        write failure becomes ``result.history_error`` and a :class:`HistoryWarning`, never
+        an exception."""
+        store = self._store
+        post = threadsafe_caller()
+        if post is None:
+            error = await anyio.to_thread.run_sync(store._settle, result.run_id)
+        else:  # the writer thread writes the rows and wakes this task: no thread to start
+            done = anyio.Event()
+            box: list[HistoryError | None] = []
+
+            def settled(err: HistoryError | None) -> None:
+                box.append(err)
+                post(done.set)
+
+            store._settle_later(result.run_id, settled)
+            await done.wait()
+            error = box[0]
+        if error is None:
+            return
+        result.history_error = error
+        if logging_enabled():
+            get_logger(run_id=result.run_id).error("history_error", error=str(error))
+        warnings.warn(str(error), HistoryWarning, stacklevel=2)
+
+
+def _task_row(run_id: str, r: TaskRecord, output: str | None) -> tuple[Any, ...]:
+    err = r.error
+    return (run_id, r.id, r.tool, r.status.value, r.started_at, r.ended_at, r.duration,
+            len(r.attempts), err.type if err else None, err.message if err else None,
+            r.reason, output)
+
+
+def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
+    rows = []
+    for a in r.attempts:
+        err = a.error
+        rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
+                     a.status.value, err.type if err else None, err.message if err else None))
+    return rows
