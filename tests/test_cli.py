@@ -344,7 +344,8 @@ class TestHistory:
         shown = json.loads(invoke("history", "show", runs[0]["run_id"], "--json").stdout)
         assert {t["task_id"] for t in shown["tasks"]} >= {"broken"}
         stats = json.loads(invoke("history", "stats", "broken", "--json").stdout)
-        assert stats["broken"]["failed"] == 1
+        assert stats["cli_flows.broken"]["failed"] == 1  # tools by module-qualified name
+        assert stats["cli_flows.broken"]["flows"] == ["fails"]
         assert "fails" in invoke("history").output  # no subcommand: the list
         res = invoke("timeline", "last", "-o", "run.html", "--flow", "cli_flows.py:fails")
         assert res.exit_code == 0, res.output
@@ -353,6 +354,33 @@ class TestHistory:
         parser.feed(page)
         parser.close()
         assert "broken" in page and "ValueError: bad input b" in page
+
+    def test_flow_option_picks_one_flow_and_says_when_others_show(self, flows: Path,
+                                                                  tmp_path: Path) -> None:
+        """--flow narrows history list/stats and `timeline last` to one flow; without it the
+        CLI says that runs of other flows are shown; a flow with no run exits 2 (issue 13)."""
+        assert invoke("run", "cli_flows.py:ok", "-q").exit_code == 0
+        assert invoke("run", "cli_flows.py:fails", "-q").exit_code == 1
+        mixed = invoke("history", "list")
+        assert mixed.exit_code == 0 and "runs of 2 flows" in mixed.stderr
+        assert "'fails'" in mixed.stderr and "'ok'" in mixed.stderr
+        only = invoke("history", "list", "--flow", "ok", "--json")
+        assert only.exit_code == 0 and {r["flow"] for r in json.loads(only.stdout)} == {"ok"}
+        assert "runs of" not in invoke("history", "list", "--flow", "ok").stderr
+        for cmd in (("history", "list"), ("history", "stats"), ("timeline", "last", "-o",
+                                                                 "x.html")):
+            res = invoke(*cmd, "--flow", "nosuch")
+            assert res.exit_code == 2, cmd
+            assert "no run of flow 'nosuch'" in res.output and "'ok'" in res.output
+        stats = json.loads(invoke("history", "stats", "--flow", "ok", "--json").stdout)
+        assert set(stats) == {"cli_flows.step"} and stats["cli_flows.step"]["completed"] == 4
+        # The last run is of 'fails'; --flow ok draws the last run of 'ok' instead.
+        res = invoke("timeline", "last", "-o", "ok.html", "--flow", "ok")
+        assert res.exit_code == 0, res.output
+        assert "<title>ok (parallel)" in (tmp_path / "ok.html").read_text()
+        res = invoke("timeline", "last", "-o", "any.html")
+        assert res.exit_code == 0 and "runs of 2 flows" in res.stderr
+        assert "<title>fails (parallel)" in (tmp_path / "any.html").read_text()
 
     def test_unknown_run_exits_2(self, flows: Path) -> None:
         """show and timeline of an unknown run id exit 2."""

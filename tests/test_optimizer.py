@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import random
+import textwrap
+import types
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from flowdsl import (
     analyze,
     optimize,
     parallel,
+    simulate,
     tool,
 )
 
@@ -51,11 +55,15 @@ def store() -> Iterator[HistoryStore]:
 
 
 def feed(store: HistoryStore, tool_name: str, durations: list[float],
-         statuses: list[str] | None = None, flow: str = "hist") -> None:
-    """Record one run with one task per duration, all of ``tool_name``."""
+         statuses: list[str] | None = None, flow: str | None = None) -> None:
+    """Record one run of flow ``flow`` (``None``: an unnamed flow, as the fragments analysed
+    here) with one task per duration, all of the tool ``tool_name`` of this module."""
     result = RunResult(f"{tool_name}-{len(store.runs(10_000))}", flow, "parallel")
     obs = store.observer(flow)
-    obs.run_started(result, None)
+    fn = globals()[tool_name]
+    # The run's plan tells history each task's tool, hence its qualified name.
+    tasks = {f"{tool_name}{n}": SimpleNamespace(tool=fn) for n in range(len(durations))}
+    obs.run_started(result, SimpleNamespace(tasks=tasks))
     for n, d in enumerate(durations):
         status = TaskStatus((statuses or [])[n] if statuses else "completed")
         err = ErrorInfo("OSError", "flaky") if status.failed else None
@@ -65,6 +73,7 @@ def feed(store: HistoryStore, tool_name: str, durations: list[float],
         obs.task_finished(result, rec, None)
     result.status = "completed"
     obs.run_finished(result)
+    assert store._settle(result.run_id) is None
 
 
 def fanout() -> Any:
@@ -96,7 +105,7 @@ class TestAnalyze:
 
     def test_history_estimates_and_slow_bottleneck(self, store: HistoryStore) -> None:
         """History gives estimates; a tool slow in history is a bottleneck."""
-        feed(store, "fetch", [6.0, 7.0, 8.0])
+        feed(store, "fetch", [6.0, 7.0, 8.0], flow="x")
         f = Flow("x", fetch(n=1).named("f1") | merge().named("m1"))
         a = analyze(f, store)
         assert a.estimates["f1"] == 7.0 and a.sources == {"f1": "history", "m1": "unknown"}
@@ -163,17 +172,66 @@ class TestSuggestions:
         assert analyze(t, store).suggestions == []
 
 
+class TestIdentity:
+    """Statistics are keyed by the tool's module-qualified name and the flow (issue 13)."""
+
+    def other_fetch(self) -> Any:
+        """A tool also called ``fetch``, from another module (another project)."""
+        mod = types.ModuleType("otherproject.jobs")
+        exec(textwrap.dedent("""
+            from flowdsl import tool
+
+            @tool(executor="async", registry=False)
+            async def fetch(n: int = 0) -> int:
+                return n
+        """), mod.__dict__)
+        return mod.fetch
+
+    def test_same_short_name_in_another_module_gives_no_advice(self,
+                                                              store: HistoryStore) -> None:
+        """Runs of another module's ``fetch`` in a flow of the same name do not size this
+        ``fetch``'s timeout, nor give it estimates."""
+        other = self.other_fetch()
+        for i in range(4):
+            assert flowdsl.run(Flow("etl", other(n=i).named("f1")), history=store).ok
+        (theirs,) = store.tool_stats("fetch").values()
+        assert theirs.tool == "otherproject.jobs.fetch" and theirs.completed == 4
+        a = analyze(Flow("etl", fetch(n=1).named("f1")), store)
+        assert a.stats == {} and a.sources == {"f1": "unknown"}
+        (s,) = [s for s in a.suggestions if s.kind == "add_timeout"]
+        assert "observed" not in s.message
+        own = analyze(Flow("etl", other(n=1).named("f1")), store)
+        (s,) = [s for s in own.suggestions if s.kind == "add_timeout"]
+        assert "observed p95" in s.message and own.sources == {"f1": "history"}
+
+    def test_other_flows_count_only_when_asked(self, store: HistoryStore) -> None:
+        """The same tool's history in another flow is read with scope='all' only."""
+        feed(store, "fetch", [2.0, 2.0, 4.0], flow="elsewhere")
+        f = Flow("mine", fetch(n=1).named("m1"))
+        assert analyze(f, store).sources == {"m1": "unknown"}
+        wide = analyze(f, store, scope="all")
+        assert wide.estimates == {"m1": 2.0} and wide.sources == {"m1": "history"}
+        (st_,) = wide.stats.values()
+        assert st_.flows == ("elsewhere",) and st_.name == "fetch"
+        assert simulate(f, history=store).sources == {"m1": "default"}
+        assert simulate(f, history=store, scope="all").durations == {"m1": 2.0}
+        widened = HistoryStore(scope="all")
+        assert widened.scope == "all"
+        widened.close()
+
+
 class TestOptimize:
     def test_tuned_copy_leaves_the_original_alone(self, store: HistoryStore) -> None:
         """optimize() returns new tasks with timeouts from history; the user's are unchanged."""
-        feed(store, "fetch", [0.5] * 10 + [1.0, 2.0])
+        feed(store, "fetch", [0.5] * 10 + [1.0, 2.0], flow="t")
         f = Flow("t", fanout(), mode="sequential")
         before = dict(f.plan().tasks)
         res = optimize(f, store, k=3, floor=1)
         after = res.flow.plan()
         assert dict(f.plan().tasks) == before  # the very same Task objects
         assert all(t.spec.timeout is None for t in before.values())
-        p95 = store.tool_stats("fetch")["fetch"].p95
+        (stats,) = store.tool_stats("fetch").values()
+        p95 = stats.p95
         for i in ("a", "b", "c", "d"):
             assert after.tasks[i].spec.timeout == round(max(1, 3 * p95), 3)
             assert after.tasks[i] is not before[i]
@@ -184,7 +242,7 @@ class TestOptimize:
 
     def test_argument_references_follow_the_tuned_tasks(self, store: HistoryStore) -> None:
         """Tasks fed by a tuned task refer to the new one, so the copy plans and runs."""
-        feed(store, "fetch", [0.1] * 5)
+        feed(store, "fetch", [0.1] * 5, flow="refs")
         a = fetch(n=1).named("a")
         f = Flow("refs", a >> merge(a, [a], {"k": a}).named("m"))
         res = optimize(f, store)
@@ -210,7 +268,7 @@ class TestOptimize:
 
     def test_workflow_optimizer_aliases(self, store: HistoryStore) -> None:
         """WorkflowOptimizer.analyze_workflow/optimize_workflow wrap analyze/optimize."""
-        feed(store, "fetch", [0.2] * 5)
+        feed(store, "fetch", [0.2] * 5, flow="alias")
         opt = WorkflowOptimizer(store, floor=2)
         f = Flow("alias", fanout())
         assert opt.analyze_workflow(f)["total_tasks"] == 5
@@ -250,8 +308,8 @@ class TestSemanticsKept:
         """Same tasks, edges, order, sources and sinks; only timeouts differ; same outputs
         when run (OP1)."""
         with HistoryStore() as store:
-            feed(store, "fetch", [0.1, 0.2, 0.3])
-            feed(store, "merge", [0.1, 0.2, 0.3])
+            feed(store, "fetch", [0.1, 0.2, 0.3], flow="rnd")
+            feed(store, "merge", [0.1, 0.2, 0.3], flow="rnd")
             res = optimize(f, store)
         p, q = f.plan(), res.flow.plan()
         assert (p.order, p.edges, p.sources, p.sinks) == (q.order, q.edges, q.sources, q.sinks)

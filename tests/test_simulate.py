@@ -132,17 +132,19 @@ class TestDurations:
         """The run's precedence: given durations beat declared estimates, declared beat
         history (of the task, else of its tool), history beats 1 s."""
         store = HistoryStore()
+        f = Flow("d", [job("g", 5), job("h", 5), nap().named("hist"), work().named("none"),
+                       work().named("decl").with_options(expected_duration=3)])
         result = RunResult("r", "d", "parallel")
         obs = store.observer("d")
-        obs.run_started(result, None)
+        # An earlier run of flow "d" had a task "h" of tool nap (the plan gives history the
+        # tool's identity): task "hist", new to the flow, takes its tool's figures.
+        obs.run_started(result, Flow("d", nap().named("h")).plan())
         rec = TaskRecord("h", "nap", TaskStatus.COMPLETED,
                          [Attempt(1, 0, 7, TaskStatus.COMPLETED)], 0.0, 7.0)
         result.tasks["h"] = rec
         obs.task_finished(result, rec, None)
         result.status = "completed"
         obs.run_finished(result)
-        f = Flow("d", [job("g", 5), job("h", 5), nap().named("hist"), work().named("none"),
-                       work().named("decl").with_options(expected_duration=3)])
         sim = simulate(f, durations={"g": 2}, history=store)
         store.close()
         assert sim.durations == {"g": 2, "h": 5, "hist": 7, "decl": 3, "none": 1}

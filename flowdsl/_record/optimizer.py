@@ -17,6 +17,7 @@ from .._graph.task import Flow, Fragment, Ref, Task, _coerce
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan, plan
 from .._plan.policy import estimate_durations
+from .history_write import tool_identity
 from .simulate import _capacities, _history_store, simulate
 
 __all__ = ["Analysis", "Bottleneck", "Change", "Optimization", "Suggestion", "WorkflowOptimizer",
@@ -59,7 +60,8 @@ class Analysis:
             (``"history"``, ``"declared"`` or ``"unknown"``).
         makespans: predicted wall time per mode (unknown durations count 1 s).
         bottlenecks, suggestions: see :class:`Bottleneck` and :class:`Suggestion`.
-        stats: tool name -> :class:`~flowdsl._history.ToolStats` (empty without history).
+        stats: the flow's tools' qualified names -> :class:`~flowdsl._history.ToolStats`
+            (empty without history).
     """
 
     name: str | None
@@ -96,7 +98,8 @@ class Analysis:
 
 def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resources: Any = None,
             max_concurrency: int | None = None, slow: float = 5.0, min_samples: int = 3,
-            max_failure_rate: float = 0.1, k: float = 3.0, floor: float = 1.0) -> Analysis:
+            max_failure_rate: float = 0.1, k: float = 3.0, floor: float = 1.0,
+            scope: str | None = None) -> Analysis:
     """Analyse ``flow`` for speed and robustness, using its run history when given.
 
     Args:
@@ -111,13 +114,21 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
         min_samples: history needed before a tool's statistics are trusted.
         max_failure_rate: a tool failing more often than this, without retries, is flagged.
         k, floor: suggested timeouts are ``max(floor, k * p95)``.
+        scope: which history counts: ``"flow"`` (the runs of this flow, by name; the store's
+            default) or ``"all"`` (the same tools in any flow). Tools always match by their
+            module-qualified name, never by the short name alone.
     """
     p = flow if isinstance(flow, Plan) else plan(flow)
     store = _history_store(history)
-    stats = store.tool_stats() if store is not None else {}
+    stats: dict[str, Any] = {}
+    if store is not None:
+        wide = (store.scope if scope is None else scope) == "all"
+        mine = {tool_identity(t.tool) for t in p.tasks.values()}
+        stats = {k: v for k, v in store.tool_stats(
+            flow=None if wide else (p.name or "")).items() if k in mine}
     # The run's precedence (declared > history); a task with neither is "unknown" here.
     dur0, sources = estimate_durations(p, None, None if store is None
-                                       else partial(store.durations, p))
+                                       else partial(store.durations, p, scope=scope))
     estimates: dict[str, float | None] = {i: None if sources[i] == "default" else v
                                           for i, v in dur0.items()}
     sources = {i: "unknown" if s == "default" else s for i, s in sources.items()}
@@ -139,7 +150,7 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
         estimates=estimates, sources=sources, makespans=makespans, stats=stats)
     on_path = set(path)
     for i, t in p.tasks.items():
-        st = stats.get(t.tool.name)
+        st = stats.get(tool_identity(t.tool))
         reasons = []
         if i in on_path:
             reasons.append("on the critical path")
@@ -196,9 +207,10 @@ def _suggest_tools(a: Analysis, p: Plan, stats: Mapping[str, Any], min_samples: 
                    max_failure_rate: float, k: float, floor: float) -> None:
     by_tool: dict[str, list[Task]] = {}
     for t in p.tasks.values():
-        by_tool.setdefault(t.tool.name, []).append(t)
-    for name, tasks in by_tool.items():
-        st = stats.get(name)
+        by_tool.setdefault(tool_identity(t.tool), []).append(t)
+    for ident, tasks in by_tool.items():
+        name = tasks[0].tool.name
+        st = stats.get(ident)
         trusted = st is not None and st.completed >= min_samples and st.p95 is not None
         advice = f"timeout={max(floor, k * st.p95):.3g}" if trusted else "a timeout"
         timeouts = [t.spec.timeout for t in tasks if t.spec.timeout is not None]
@@ -262,15 +274,17 @@ class Optimization:
 
 def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1.0,
              ceiling: float | None = None, min_samples: int = 3, resources: Any = None,
-             max_concurrency: int | None = None, items: Any = None) -> Optimization:
+             max_concurrency: int | None = None, items: Any = None,
+             scope: str | None = None) -> Optimization:
     """Tune a copy of ``flow``: the mode with the shortest predicted makespan and per-task
     timeouts from history, ``max(floor, k * p95)`` of the tool's successful calls (capped at
     ``ceiling``), for tools with at least ``min_samples`` completed runs.
 
-    The flow given is never changed; the copy has the same tasks, edges and order.
+    The flow given is never changed; the copy has the same tasks, edges and order. ``scope``
+    is :func:`analyze`'s: by default only this flow's history counts.
     """
     a = analyze(flow, history, resources=resources, max_concurrency=max_concurrency, k=k,
-                floor=floor, min_samples=min_samples)
+                floor=floor, min_samples=min_samples, scope=scope)
     p = plan(flow)
     current = flow.mode if isinstance(flow, Flow) else None
     caps = _capacities(flow.resources if isinstance(flow, Flow) and resources is None
@@ -291,7 +305,7 @@ def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1
             f"{m} {s:.3g}s" for m, s in spans.items())))
     tuned: dict[str, Task] = {}
     for i, t in p.tasks.items():
-        st = a.stats.get(t.tool.name)
+        st = a.stats.get(tool_identity(t.tool))
         if st is None or st.completed < min_samples or st.p95 is None:
             continue
         new = max(floor, k * st.p95)

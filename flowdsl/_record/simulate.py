@@ -116,15 +116,17 @@ def _history_store(history: Any) -> Any:
 
 
 def resolve_durations(p: Plan, durations: Mapping[str, float] | None = None,
-                      history: Any = None) -> tuple[dict[str, float], dict[str, str]]:
+                      history: Any = None, scope: str | None = None
+                      ) -> tuple[dict[str, float], dict[str, str]]:
     """Each task's duration and its source, by the run's precedence
     (:func:`~flowdsl._plan.policy.estimate_durations`): given ``durations``, else the declared
-    ``expected_duration``, else history (the median of the task's completed runs), else 1 s.
-    The history store is opened only when some task needs it."""
+    ``expected_duration``, else history (the task's completed runs in this flow; with
+    ``scope="all"`` also its tool's in other flows), else 1 s. The history store is opened
+    only when some task needs it."""
 
     def recorded() -> Mapping[str, float]:
         store = _history_store(history)
-        return store.durations(p) if store is not None else {}
+        return store.durations(p, scope=scope) if store is not None else {}
 
     return policy.estimate_durations(p, durations, recorded, partial(_counts, p, history))
 
@@ -149,7 +151,8 @@ def _capacities(resources: Any) -> dict[str, int] | None:
 def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
              max_concurrency: int | None = None, durations: Mapping[str, float] | None = None,
              history: Any = None, items: int | Sequence[Any] | None = None,
-             executor_limits: Mapping[str, int] | None = None) -> Simulation:
+             executor_limits: Mapping[str, int] | None = None,
+             scope: str | None = None) -> Simulation:
     """Predict a run's makespan and each task's start and end without running any tool.
 
     Args:
@@ -166,6 +169,8 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
         items: for pipelines, the items (or their number) streamed through the stages.
         executor_limits: executor name -> calls at once (default: what a run uses, 32
             threads and one process per CPU).
+        scope: which history counts: ``"flow"`` (this flow's runs; the store's default) or
+            ``"all"`` (the same tools in any flow).
 
     Raises:
         ValueError: an unknown mode or a bad ``max_concurrency``.
@@ -178,7 +183,7 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
     caps = _capacities(settings.resources)
     if caps is not None:
         p.check_resources(caps)
-    dur, src = resolve_durations(p, durations, history)
+    dur, src = resolve_durations(p, durations, history, scope)
     n_items = None if items is None else (items if isinstance(items, int) else len(items))
     spans: dict[str, list[tuple[float, float]]] = {}
     workers = policy.worker_limit(m, mc)
