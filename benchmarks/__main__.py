@@ -26,6 +26,7 @@ from ._suites_flows import (
     suite_reference,
     suite_wfcommons,
 )
+from ._suites_history import suite_history
 
 Suite = Callable[[Config, Progress, dict[str, Any]], SuiteResult]
 
@@ -33,7 +34,7 @@ Suite = Callable[[Config, Progress, dict[str, Any]], SuiteResult]
 SUITES: dict[str, Suite] = {
     "default": suite_default, "reference": suite_reference, "random": suite_random,
     "levels": suite_levels, "wfcommons": suite_wfcommons, "overhead": suite_overhead,
-    "cpu": suite_cpu, "pipeline": suite_pipeline,
+    "cpu": suite_cpu, "pipeline": suite_pipeline, "history": suite_history,
 }
 #: Opt-in suites (``--only``): slower or needing extras; not part of the default run.
 EXTRA: dict[str, str] = {"dask": "benchmarks.dask_bench:suite_dask"}
