@@ -308,3 +308,47 @@ class TestReadCost:
             assert store._query("SELECT count(*) AS n FROM tasks")[0]["n"] > 19_000
             large = min(self.steps(store, f) for _ in range(3))
         assert large < 1.5 * small + 50, (small, large)
+
+
+class TestRunEnd:
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_the_writer_wakes_the_run_on_either_backend(self, tmp_path: Path,
+                                                        backend: str) -> None:
+        """The run's end waits for the writer thread, which wakes it through the loop's own
+        thread-safe call: the rows are in the file when run() returns."""
+        path = tmp_path / "h.db"
+        result = flowdsl.run(Flow("b", ok(1).named("a") >> ok(2).named("b")), history=path,
+                             backend=backend)
+        assert result.ok and result.history_error is None
+        conn = sqlite3.connect(path)  # another connection: only what was written shows
+        try:
+            status = conn.execute("SELECT status FROM runs WHERE run_id = ?",
+                                  (result.run_id,)).fetchone()
+            done = conn.execute("SELECT count(*) FROM tasks WHERE run_id = ? AND status = "
+                                "'completed'", (result.run_id,)).fetchone()
+        finally:
+            conn.close()
+        assert status == ("completed",) and done == (2,)
+
+    def test_the_default_store_is_opened_once(self, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        """Runs with the default history share one store, found without resolving the path
+        again; a store closed under a run ends it with a history error, not a hang."""
+        from flowdsl._record import history
+
+        monkeypatch.setenv("FLOWDSL_HISTORY", str(tmp_path / "h.db"))
+        first = flowdsl.run(ok(1).named("a"))
+        store = history._cached(None)
+        assert isinstance(store, HistoryStore) and store.path == str(tmp_path / "h.db")
+        monkeypatch.setattr(history.os.path, "realpath", lambda p: pytest.fail("resolved"))
+        second = flowdsl.run(ok(2).named("a"))
+        assert history._cached(None) is store
+        assert [r["run_id"] for r in store.runs()] == [second.run_id, first.run_id]
+
+        @tool(executor="async", registry=False)
+        async def closer() -> None:
+            store.close()
+
+        with pytest.warns(HistoryWarning, match="closed"):
+            third = flowdsl.run(closer(), history=store)
+        assert third.ok and isinstance(third.history_error, HistoryError)

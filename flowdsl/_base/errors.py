@@ -24,6 +24,7 @@ __all__ = [
     "FlowError",
     "GraphTooLargeError",
     "HistoryError",
+    "HistoryWarning",
     "MissingContextError",
     "PlanError",
     "PlanValidationError",
@@ -261,6 +262,11 @@ class RunFailed(ExecutionError):
 class HistoryError(FlowError, ValueError):
     """Raised when a history file cannot be used (written by a newer schema, corrupt rows,
     a path that cannot be opened)."""
+
+
+class HistoryWarning(FlowError, RuntimeWarning):
+    """Warned (not raised) when some of a run's rows could not be written to history; the run
+    itself is unaffected and its result carries the error as ``result.history_error``."""
 
 
 class RunNotFound(HistoryError, LookupError):

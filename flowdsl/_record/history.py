@@ -129,16 +129,18 @@ def default_path() -> Path:
 
 _cache: dict[str, HistoryStore] = {}
 # What a spec resolved to last time, so the default store costs a dict lookup per run (no
-# path resolution): (spec as given, FLOWDSL_HISTORY, XDG_STATE_HOME) -> cache key.
-_resolved: dict[tuple[str, str | None, str | None], str] = {}
+# path resolution): the spec as given (with the variables the default path depends on) ->
+# cache key.
+_resolved: dict[tuple[str, ...], str] = {}
 _cache_lock = threading.Lock()
 
 
-def _spec_key(spec: Any) -> tuple[str, str | None, str | None] | None:
+def _spec_key(spec: Any) -> tuple[str, ...] | None:
     if spec is None or spec is True:
-        return ("", os.environ.get("FLOWDSL_HISTORY"), os.environ.get("XDG_STATE_HOME"))
-    if isinstance(spec, (str, os.PathLike)) and str(spec) != ":memory:":
-        return (os.fspath(spec), None, None)  # type: ignore[arg-type]
+        env = os.environ.get
+        return ("", env("FLOWDSL_HISTORY") or "", env("XDG_STATE_HOME") or "", env("HOME") or "")
+    if isinstance(spec, (str, os.PathLike)) and os.path.isabs(spec):  # relative: cwd-bound
+        return (os.fspath(spec),)  # type: ignore[arg-type]
     return None
 
 
@@ -152,7 +154,7 @@ def _cached(spec: Any) -> HistoryStore | bool | None:
     key = _spec_key(spec)
     if key is None:
         return False
-    if key[0] == "" and (key[1] or "").strip().lower() in _OFF:
+    if key[0] == "" and key[1].strip().lower() in _OFF:
         return None
     store = _cache.get(_resolved.get(key, ""))
     return store if store is not None and not store.closed else False
@@ -552,14 +554,22 @@ class HistoryStore(HistoryReader):
         """Have the writer thread write the run's rows (its end row is queued already), then
         call ``done`` with the write failure that concerned the run, if any."""
         with self._state:
-            self._settles.append((run_id, done))
-            self._ensure_writer()
+            if not self.closed:
+                self._settles.append((run_id, done))
+                self._ensure_writer()
+        if self.closed:  # closed under the run: nobody will write its rows
+            msg = f"history: {self.path} was closed before run {run_id} ended; its rows are lost"
+            done(HistoryError(msg))
+            return
         self._wake.set()
 
     def _answer(self, settles: list[tuple[str, Callable[[HistoryError | None], None]]]
                 ) -> None:
         for run_id, done in settles:
-            done(self._errors.pop(run_id, None))
+            try:
+                done(self._errors.pop(run_id, None))
+            except Exception:
+                continue
 
     def _run_ended(self, run_id: str) -> None:
         # No wake-up here: the run's end asks for its rows next (_settle_later), and one

@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from .._base.errors import HistoryError
+from .._base.errors import HistoryError, HistoryWarning
 from .._base.limits import stored_json
 from .._base.log import get_logger, logging_enabled
 from .._base.loop import threadsafe_caller
@@ -72,11 +72,6 @@ INSERT_RUN = (
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
-
-
-class HistoryWarning(RuntimeWarning):
-    """Warned when a run's rows could not all be written to history (the run itself is fine:
-    its result carries the error as ``result.history_error``)."""
 
 
 # -- text and identity -------------------------------------------------------------------------
