@@ -15,7 +15,6 @@ import structlog
 
 import flowdsl
 from flowdsl import Flow, tool
-from flowdsl._record import history_write
 from flowdsl._record.history import (
     SCHEMA_VERSION,
     HistoryError,
@@ -23,6 +22,7 @@ from flowdsl._record.history import (
     HistoryWarning,
     close_cached,
 )
+from flowdsl._record.history import write as history_write
 from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
 
 BAD_NAME = os.fsdecode(b"report-\xff.csv")  # a lone surrogate, as os.listdir gives it

@@ -17,7 +17,7 @@ from .._graph.task import Flow, Fragment, Ref, Task, _coerce
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan, plan
 from .._plan.policy import estimate_durations
-from .history_write import tool_identity
+from .history.write import tool_identity
 from .simulate import _capacities, _history_store, simulate
 
 __all__ = ["Analysis", "Bottleneck", "Change", "Optimization", "Suggestion", "WorkflowOptimizer",

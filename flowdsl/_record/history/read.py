@@ -18,12 +18,12 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._base.errors import HistoryError, RunNotFound
-from .._run.result import TaskStatus
-from .history_write import percentile, tool_identity, unpack
+from ..._base.errors import HistoryError, RunNotFound
+from ..._run.result import TaskStatus
+from .write import percentile, tool_identity, unpack
 
 if TYPE_CHECKING:
-    from .._plan.planner import Plan
+    from ..._plan.planner import Plan
 
 __all__ = ["SCOPES", "HistoryReader", "RunNotFound", "ToolStats"]
 

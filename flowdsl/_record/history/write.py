@@ -25,11 +25,11 @@ from typing import Any
 
 import anyio
 
-from .._base.errors import HistoryError, HistoryWarning
-from .._base.limits import stored_json
-from .._base.log import get_logger, logging_enabled
-from .._base.loop import threadsafe_caller
-from .._run.result import RunResult, TaskRecord, TaskStatus
+from ..._base.errors import HistoryError, HistoryWarning
+from ..._base.limits import stored_json
+from ..._base.log import get_logger, logging_enabled
+from ..._base.loop import threadsafe_caller
+from ..._run.result import RunResult, TaskRecord, TaskStatus
 
 __all__ = [
     "HOST",

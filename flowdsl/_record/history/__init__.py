@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .._base.log import get_logger, logging_enabled
-from .history_read import HistoryReader, RunNotFound, ToolStats, _check_scope
-from .history_write import (
+from ..._base.log import get_logger, logging_enabled
+from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
+from .write import (
     FINISH_RUN,
     HOST,
     INSERT_RUN,
