@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -282,11 +283,13 @@ class TestToolsAndApi:
         body = get(f"{base}/tools")[2]
         rows = dict(re.findall(r'<tr id="([^"]+)">(.*?)</tr>', body))
         assert set(rows) == set(stats)
-        parse = stats["parse"]
-        cells = re.findall(r"<td class=num>([^<]*)</td>", rows["parse"])
+        # Tools are keyed by module-qualified name; "parse" is the short one.
+        (parse,) = [st for st in stats.values() if st.name == "parse"]
+        cells = re.findall(r"<td class=num>([^<]*)</td>", rows[quote(parse.tool, safe="")])
         assert cells[:5] == [str(parse.count), str(parse.completed), str(parse.failed),
                              str(parse.attempts), str(parse.timeouts)]
-        assert "0%" in rows["boom"]
+        (boom,) = [st.tool for st in stats.values() if st.name == "boom"]
+        assert "0%" in rows[quote(boom, safe="")]
 
     def test_json_api(self, base: str, history: tuple[Path, dict[str, Any]]) -> None:
         """The same data as JSON: runs (filtered), one run, tool statistics."""
@@ -295,7 +298,8 @@ class TestToolsAndApi:
         run = json.loads(get(f"{base}/api/runs/{history[1]['failed']}")[2])
         assert run["status"] == "failed" and len(run["tasks"]) == 6
         tools = json.loads(get(f"{base}/api/tools")[2])
-        assert tools["parse"]["attempts"] == 2
+        (parse,) = [t for t in tools.values() if t["name"] == "parse"]
+        assert parse["attempts"] == 2 and parse["tool"].endswith(".parse")
 
 
 class TestSafety:
