@@ -118,7 +118,8 @@ def _history_default(ctx: typer.Context) -> None:
 def history_list(limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N",
                                                    help="Show at most N runs.")] = 20,
                  flow: Annotated[str | None, typer.Option(
-                     "--flow", metavar="NAME", help="Only the runs of this flow (exit 2 if it has none).")] = None,
+                     "--flow", metavar="NAME",
+                     help="Only the runs of this flow (exit 2 if it has none).")] = None,
                  status: Annotated[str | None, typer.Option(
                      "--status", metavar="STATUS", help="Only runs that ended so "
                      "(completed, failed, cancelled, timed_out).")] = None,
