@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 import flowdsl
 from flowdsl import Flow, tool
+from flowdsl._record import history as history_module
 from flowdsl._record.history import (
     SCHEMA_VERSION,
     HistoryError,
@@ -101,11 +101,22 @@ class TestWriterFailures:
             raise RuntimeError("writer bug")
 
         monkeypatch.setattr(history_write.Batch, "with_qualnames", broken)
+        logs: list[dict[str, Any]] = []
+
+        class Recorder:  # whatever structlog's configuration, the writer's event is seen
+            def __init__(self, **bound: Any) -> None:
+                self.bound = bound
+
+            def error(self, event: str, **kw: Any) -> None:
+                logs.append({"event": event, **self.bound, **kw})
+
+            warning = error
+
+        monkeypatch.setattr(history_module, "get_logger", Recorder)
         path = tmp_path / "h.db"
         flowdsl.enable_logging(True)
         try:
-            with structlog.testing.capture_logs() as logs, \
-                    pytest.warns(HistoryWarning, match="writer bug"):
+            with pytest.warns(HistoryWarning, match="writer bug"):
                 result = flowdsl.run(Flow("w", ok(1).named("a") >> ok(2).named("b")),
                                      history=path)
         finally:
@@ -115,7 +126,8 @@ class TestWriterFailures:
         assert "writer bug" in str(result.history_error) and str(path) in str(
             result.history_error)
         assert result.to_dict()["history_error"] == str(result.history_error)
-        assert any(e["event"] == "history_write_failed" for e in logs)
+        assert any(e["event"] == "history_write_failed" and e["path"] == str(path)
+                   for e in logs)
         close_cached()
         (run,) = tables(path)["runs"]
         assert run[0] == result.run_id and run[1] == "completed" and "writer bug" in run[2]
