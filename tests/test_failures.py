@@ -248,12 +248,14 @@ class TestCancellation:
             undone.append(out)
 
         async def slow() -> None:
-            await anyio.sleep(10)
+            outer.cancel()  # 'a' has completed by now: cancel the caller (not a timer, which
+            await anyio.sleep(10)  # a loaded machine could fire before 'a' ends)
 
         a = tl(lambda: "A", rollback=undo)().named("a")
-        with anyio.move_on_after(0.05):
+        with anyio.CancelScope() as outer:
             await flowdsl.arun(a >> tl(slow)().named("slow"), history=False,
                                rollback_on_failure=True)
+        assert outer.cancelled_caught
         assert undone == ["A"]
 
     @pytest.mark.parametrize("executor", ["inline", "thread"])
