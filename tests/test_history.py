@@ -459,3 +459,20 @@ def test_outputs_round_trip_through_json_text(tmp_path: Path) -> None:
         record(store, "r1", [("a", "t", "completed", 1)], outputs={"a": [1, "x"]})
         raw = store._query("SELECT output FROM tasks")[0]["output"]
     assert json.loads(raw) == [1, "x"]
+
+
+def test_readme_history_example_runs(tmp_path: Path) -> None:
+    """The README's "History" code block runs as etl.py in a fresh process and prints what
+    its comments say."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### History\n"):text.index("### Resume\n")]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "etl.py").write_text(code)
+    env = {**os.environ, "FLOWDSL_HISTORY": str(tmp_path / "default.db"), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "etl.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["None", "completed 2", "['etl.load', 'etl.total']",
+                                        "['load', 'total']"]
+    with HistoryStore(tmp_path / "default.db") as store:  # the default file got its run
+        assert [r["flow"] for r in store.runs()] == ["etl"]
