@@ -337,7 +337,9 @@ class HistoryObserver:
             push((ATTEMPT, row))
         self._done.add(record.id)
         store = self._store
-        if len(store._queue) >= store.flush_rows:
+        # Wake the writer once when the queue fills (an Event.set per task would hand it
+        # the GIL at every task).
+        if len(store._queue) >= store.flush_rows and not store._wake.is_set():
             store._wake.set()
 
     def run_finished(self, result: RunResult) -> None:
