@@ -237,7 +237,8 @@ def _create_private(path: Path) -> None:
     for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         try:
             st = p.stat()
-            mine = st.st_uid == getattr(os, "getuid", lambda: st.st_uid)()  # no uid: Windows
+            getuid = getattr(os, "getuid", None)  # None on Windows, which has no uids
+            mine = getuid is None or st.st_uid == getuid()
             if stat_.S_ISREG(st.st_mode) and st.st_mode & 0o077 and mine:
                 os.chmod(p, 0o600)
         except FileNotFoundError:
