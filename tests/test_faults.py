@@ -30,6 +30,30 @@ class Unprintable(Exception):
         raise RuntimeError("no repr")
 
 
+class TestUnprintableConditionErrors:
+    """A condition (a task's, a group's, or one on another task's output) that raises an
+    unprintable exception fails the task it guards, with a message; nothing escapes run()."""
+
+    def _bad(self, _value: object) -> bool:
+        raise Unprintable()
+
+    def test_task_group_and_output_conditions(self, mode: str) -> None:
+        @tool(registry=False)
+        def one() -> int:
+            return 1
+
+        src = one().named("src")
+        shapes = {
+            "task": one().named("t").when(self._bad),
+            "group": (one().named("g1") >> one().named("g2")).when(self._bad),
+            "on": one().named("o").when(self._bad, on=src),
+        }
+        for name, shape in shapes.items():
+            r = flowdsl.run(src >> shape, mode=mode, history=False)
+            assert r.status == "failed", name
+            assert "unprintable Unprintable" in str(r.error), name
+
+
 class TestUnprintableErrors:
     """Issue 16 item 3: a tool's exception that cannot be printed still fails just its task."""
 

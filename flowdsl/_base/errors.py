@@ -279,6 +279,8 @@ class RunNotFound(HistoryError, LookupError):
     def __init__(self, msg: str, run_id: str) -> None:
         super().__init__(msg)
         self.run_id = run_id
+
+
 def exc_text(exc: BaseException) -> str:
     """``str(exc)``, best effort: an exception whose ``__str__`` (or ``__repr__``) raises must
     still end as a failed task with a message, never as a second error."""
@@ -298,3 +300,13 @@ def exc_repr(exc: BaseException) -> str:
         return repr(exc)
     except Exception:
         return f"{type(exc).__name__}({exc_text(exc)!r})"
+
+
+def eval_condition(predicate: Any, value: Any, what: str) -> Any:
+    """``predicate(value)`` for a task's or a group's condition; whatever it raises becomes a
+    :class:`TaskInputError` saying which condition (``what``) raised what."""
+    try:
+        return predicate(value)
+    except Exception as exc:
+        msg = f"{what} raised {type(exc).__name__}: {exc_text(exc)}"
+        raise TaskInputError(msg) from exc

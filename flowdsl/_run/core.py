@@ -29,6 +29,7 @@ from .._base.errors import (
     TaskInputError,
     TaskTimeout,
     WorkerLost,
+    eval_condition,
     exc_repr,
     exc_text,
 )
@@ -440,12 +441,7 @@ class Core:
                     msg = (f"the condition of {owner} reads {name}, but the output of "
                            f"{src!r} has no {key!r} ({type(exc).__name__})")
                     raise TaskInputError(msg) from exc
-            try:
-                ok = g.test(value)
-            except Exception as exc:
-                msg = (f"the condition of {owner} on {name!r} raised "
-                       f"{type(exc).__name__}: {exc_text(exc)}")
-                raise TaskInputError(msg) from exc
+            ok = eval_condition(g.test, value, f"the condition of {owner} on {name!r}")
             if not ok:
                 name = repr(name)
                 why = g.reason(name, value)[:300]
@@ -459,12 +455,8 @@ class Core:
         return self.units.trigger.get(self.ids[task], task.trigger)
 
     def _condition(self, task: Task) -> bool:
-        try:
-            return bool(task.condition(self._ctx_view))  # type: ignore[misc]
-        except Exception as exc:
-            msg = (f"the condition of task {self.ids[task]!r} raised {type(exc).__name__}: "
-                   f"{exc_text(exc)}")
-            raise TaskInputError(msg) from exc
+        return bool(eval_condition(task.condition, self._ctx_view,
+                                   f"the condition of task {self.ids[task]!r}"))
 
     def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = task.args, task.kwargs

@@ -31,9 +31,8 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from .._base.errors import TaskTimeout
+from .._base.errors import TaskTimeout, eval_condition
 from .._graph.task import Group, Task
-from .fanout import TaskInputError
 from .result import TaskStatus
 
 __all__ = ["Units", "context_defaults", "group_timeout", "group_turn"]
@@ -95,12 +94,7 @@ class Units:
                     test_guards: Callable[[Any, str], Awaitable[str | None]]) -> str | None:
         u = self.groups[n].unit
         if u.condition is not None:
-            try:
-                ok = u.condition(context)
-            except Exception as exc:
-                msg = (f"the condition of group {u.name!r} raised "
-                       f"{type(exc).__name__}: {exc}")
-                raise TaskInputError(msg) from exc
+            ok = eval_condition(u.condition, context, f"the condition of group {u.name!r}")
             if not ok:
                 return f"group {u.name!r} was skipped: its condition was false"
         if u.guards:
