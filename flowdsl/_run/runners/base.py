@@ -18,6 +18,7 @@ import anyio
 
 from ..._base.loop import call_soon
 from ..._plan.planner import Plan
+from ..._plan.policy import Mode, ranked, worker_limit
 from ..core import Core, Item
 
 __all__ = ["RunOptions", "Runner", "drive"]
@@ -35,6 +36,18 @@ class Runner(Protocol):
     mode: ClassVar[str]
 
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None: ...
+
+
+class ReadyQueueRunner:
+    """A mode served by :func:`drive`: the policy says how many workers it gets and in which
+    order ready tasks go; a subclass only names its mode."""
+
+    mode: ClassVar[Mode]
+
+    async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
+        core.child_limit = worker_limit(self.mode, options.max_concurrency)
+        await drive(core, plan, item, workers=core.child_limit,
+                    ranked=ranked(plan, self.mode, core.priorities))
 
 
 async def drive(core: Core, plan: Plan, item: Item, *, workers: int,

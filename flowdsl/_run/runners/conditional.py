@@ -9,16 +9,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..._plan.planner import Plan
-from ..._plan.policy import Mode, ranked, worker_limit
-from ..core import Core, Item
-from .base import RunOptions, drive
+from ..._plan.policy import Mode
+from .base import ReadyQueueRunner
 
 
-class ConditionalRunner:
-    mode: ClassVar[str] = Mode.CONDITIONAL.value
-
-    async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        core.child_limit = worker_limit(Mode.CONDITIONAL, options.max_concurrency)
-        await drive(core, plan, item, workers=core.child_limit,
-                    ranked=ranked(plan, Mode.CONDITIONAL, core.priorities))
+class ConditionalRunner(ReadyQueueRunner):
+    mode: ClassVar[Mode] = Mode.CONDITIONAL
