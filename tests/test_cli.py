@@ -354,6 +354,12 @@ class TestHistory:
         parser.feed(page)
         parser.close()
         assert "broken" in page and "ValueError: bad input b" in page
+        # Without --flow the run's recorded edges give the true critical path (issue 17).
+        assert invoke("run", "cli_flows.py:ok", "-q").exit_code == 0
+        res = invoke("timeline", "last", "-o", "bare.html")
+        assert res.exit_code == 0, res.output
+        bare = (tmp_path / "bare.html").read_text()
+        assert "critical path" in bare and "critical chain" not in bare
 
     def test_flow_option_picks_one_flow_and_says_when_others_show(self, flows: Path,
                                                                   tmp_path: Path) -> None:

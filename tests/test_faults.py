@@ -343,6 +343,8 @@ class TestSecrets:
         assert "key *** was refused" in r.tasks["call_api"].error.message
         assert "logged in" in channels["logs"] and "token=***" in channels["logs"]
         assert "***" in channels["task log lines"]
+        (login,) = [t for t in shown["tasks"] if t["task_id"] == "login"]
+        assert login["logs"][0]["event"] == "logged in" and login["logs"][0]["token"] == "***"
 
     def test_cli_json_and_table(self, tmp_path: Path) -> None:
         """`flowdsl run file.py:flow` (--json and the summary table) masks them too."""

@@ -155,6 +155,72 @@ class TestRecording:
         assert info.value.run_id == "nope"
 
 
+@tool(registry=False)
+def chatter(n: int, secret: Any = None) -> int:
+    """Log ``n`` lines (the secret's value in the first one, if given)."""
+    log = flowdsl.get_logger()
+    for i in range(n):
+        log.info("step", i=i, **({"token": secret.get()} if secret is not None and not i
+                                 else {}))
+    return n
+
+
+class TestLogsAndEdges:
+    """Issue 17: each task's kept log lines and the run's edges are in its history record."""
+
+    def test_log_lines_are_kept_with_their_task(self, tmp_path: Path) -> None:
+        """get_run gives each task the lines its record kept (capped there), [] for none;
+        a run's secret is masked in them, in the file too."""
+        from flowdsl._base import log as flog
+
+        canary = "hist-log-canary-5521"
+        f = Flow("logs", chatter(2, flowdsl.Secret(canary)).named("a")
+                 >> chatter(flog.MAX_TASK_LOGS + 3).named("b") >> nap(0, 1).named("quiet"))
+        with HistoryStore(tmp_path / "h.db") as store:
+            r = flowdsl.run(f, history=store, log=True)
+            run = store.get_run(r.run_id)
+        logs = {t["task_id"]: t["logs"] for t in run["tasks"]}
+        assert logs["a"] == r.tasks["a"].logs and logs["a"][0]["token"] == "***"
+        assert [x["i"] for x in logs["a"]] == [0, 1] and logs["a"][0]["event"] == "step"
+        assert len(logs["b"]) == flog.MAX_TASK_LOGS + 1 and "not kept" in logs["b"][-1]["event"]
+        assert logs["quiet"] == []
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("h.db*"))
+        assert canary.encode() not in raw and b"hist-log" not in raw
+
+    def test_pipeline_stage_lines_of_every_item(self, tmp_path: Path) -> None:
+        """A stage run over items keeps the lines of every item, as its merged record."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            r = flowdsl.run(chatter, mode="pipeline", items=[1, 2, 3], history=store, log=True)
+            (task,) = store.get_run(r.run_id)["tasks"]
+        assert len(task["logs"]) == 6 == len(r.tasks[task["task_id"]].logs or ())
+
+    def test_edges_are_the_plans(self, tmp_path: Path) -> None:
+        """The run row keeps the plan's edges as task id pairs; a run fed without a plan
+        has none (None, not [])."""
+        a = nap(0, 1).named("a")
+        f = Flow("edges", a >> (nap(0, 2).named("b") | nap(0, 3).named("c"))
+                 >> nap(0, 4).named("d"))
+        with HistoryStore(tmp_path / "h.db") as store:
+            r = flowdsl.run(f, history=store)
+            run = store.get_run(r.run_id)
+            assert r.plan is not None
+            assert sorted(map(tuple, run["edges"])) == sorted(r.plan.edges)
+            assert len(run["edges"]) == 4
+            record(store, "bare", [("x", "t", "completed", 0.1)])
+            assert store.get_run("bare")["edges"] is None
+            one = flowdsl.run(nap(0, 1).named("solo"), history=store)
+            assert store.get_run(one.run_id)["edges"] == []
+
+    def test_mapped_children_need_no_edges(self, tmp_path: Path) -> None:
+        """A mapped task is one node of the edges; its children are rows with no edges."""
+        f = Flow("mapped", nap.map([0, 0, 0]).named("m") >> nap(0, 9).named("after"))
+        with HistoryStore(tmp_path / "h.db") as store:
+            r = flowdsl.run(f, history=store)
+            run = store.get_run(r.run_id)
+        assert run["edges"] == [["m", "after"]]
+        assert {"m[0]", "m[1]", "m[2]"} <= {t["task_id"] for t in run["tasks"]}
+
+
 class TestStatistics:
     def test_tool_stats(self) -> None:
         """count, success rate, mean, p50, p95 and max come from the recorded calls."""
@@ -473,6 +539,6 @@ def test_readme_history_example_runs(tmp_path: Path) -> None:
                           text=True, timeout=60, env=env, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["None", "completed 2", "['etl.load', 'etl.total']",
-                                        "['load', 'total']"]
+                                        "['load', 'total']", "[['load', 'total']]", "[]"]
     with HistoryStore(tmp_path / "default.db") as store:  # the default file got its run
         assert [r["flow"] for r in store.runs()] == ["etl"]

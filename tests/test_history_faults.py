@@ -279,6 +279,65 @@ class TestMigration:
             assert len(store.runs()) == 2
 
 
+V2_SCHEMA = """
+CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
+    mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
+    error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT);
+CREATE INDEX runs_status ON runs(status);
+CREATE INDEX runs_flow ON runs(flow, seq);
+CREATE TABLE tasks (
+    run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, task_id TEXT NOT NULL,
+    tool TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
+    attempts INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT, reason TEXT,
+    output TEXT, qualname TEXT, PRIMARY KEY (run_id, task_id));
+CREATE TABLE attempts (
+    run_id TEXT NOT NULL, task_id TEXT NOT NULL, number INTEGER NOT NULL, tool TEXT,
+    started_at REAL, ended_at REAL, duration REAL, status TEXT NOT NULL, error_type TEXT,
+    error_message TEXT, qualname TEXT, PRIMARY KEY (run_id, task_id, number),
+    FOREIGN KEY (run_id, task_id) REFERENCES tasks(run_id, task_id) ON DELETE CASCADE);
+CREATE TABLE stats (
+    flow TEXT NOT NULL, tool TEXT NOT NULL, name TEXT,
+    tasks INTEGER NOT NULL, completed INTEGER NOT NULL, failed INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, timeouts INTEGER NOT NULL, task_n INTEGER NOT NULL,
+    task_sum REAL NOT NULL, task_recent BLOB, call_n INTEGER NOT NULL, call_sum REAL NOT NULL,
+    call_max REAL, call_recent BLOB, PRIMARY KEY (flow, tool)) WITHOUT ROWID;
+CREATE INDEX stats_tool ON stats(tool);
+CREATE TABLE task_stats (
+    flow TEXT NOT NULL, tool TEXT NOT NULL, task_id TEXT NOT NULL, n INTEGER NOT NULL,
+    total REAL NOT NULL, d1 REAL, d2 REAL, d3 REAL, d4 REAL, d5 REAL,
+    PRIMARY KEY (flow, tool, task_id)) WITHOUT ROWID;
+PRAGMA user_version = 2;
+"""
+
+
+def test_a_version_2_file_is_migrated(tmp_path: Path) -> None:
+    """A file of schema 2 (no log lines, no edges) opens at the current version: its runs
+    read back with no lines and edges ``None`` (the page falls back to timings), its
+    statistics still count, and a new run keeps both."""
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V2_SCHEMA)
+    conn.execute("INSERT INTO runs (run_id, flow, mode, status, duration) VALUES "
+                 "('old2', 'legacy', 'parallel', 'completed', 1.0)")
+    conn.execute("INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, "
+                 "duration, attempts, qualname) VALUES ('old2', 'a', 'ok', 'completed', 0, 1, "
+                 "1, 1, 'm.ok')")
+    conn.execute("INSERT INTO stats VALUES ('legacy', 'm.ok', 'ok', 1, 1, 0, 1, 0, 1, 1.0, "
+                 "NULL, 1, 1.0, 1.0, NULL)")
+    conn.commit()
+    conn.close()
+    with HistoryStore(path) as store:
+        assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 3
+        old = store.get_run("old2")
+        assert old["edges"] is None and old["tasks"][0]["logs"] == []
+        assert store.tool_stats("m.ok")["m.ok"].completed == 1
+        result = flowdsl.run(Flow("legacy", ok(1).named("a") >> ok(2).named("b")),
+                             history=store)
+        assert store.get_run(result.run_id)["edges"] == [["a", "b"]]
+        assert store.integrity_check() == "ok"
+
+
 class TestReadCost:
     def steps(self, store: HistoryStore, f: Flow) -> int:
         """SQLite virtual-machine steps spent by one run on this store's connection."""

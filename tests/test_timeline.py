@@ -99,14 +99,32 @@ class TestModel:
 
     def test_from_history_with_and_without_plan(self, result: flowdsl.RunResult,
                                                 store: Any) -> None:
-        """A history run gives the same bars; without a plan the chain comes from timings."""
+        """A history run gives the same bars; without a plan its recorded edges give the
+        critical path, and a record without edges (an older file) falls back to timings."""
         run = store.get_run(result.run_id)
         tl = from_history(run, result.plan)
         assert tl.critical_path == ["load", "flaky"] and tl.lanes == ["db", "no pool"]
         assert {b.id: len(b.attempts) for b in tl.bars}["flaky"] == 2
-        bare = from_history(run)
+        kept = from_history(run)
+        assert kept.critical_source == "plan" and kept.critical_path == ["load", "flaky"]
+        bare = from_history({**run, "edges": None})
         assert bare.critical_source == "timings" and bare.critical_path[-1] == "flaky"
         assert bare.critical_path[0] == "load"
+
+    def test_recorded_edges_beat_the_timings(self) -> None:
+        """x ends right before z starts, but z depends on y: the edges say y -> z, where
+        the timings would guess x -> z. A mapped task's children are not path nodes."""
+        def task(tid: str, start: float, end: float) -> dict[str, Any]:
+            return {"task_id": tid, "tool": "t", "status": "completed", "started_at": start,
+                    "ended_at": end, "attempts": []}
+
+        run = {"run_id": "r", "status": "completed", "edges": [["y", "z"], ["z", "m"]],
+               "tasks": [task("x", 0.0, 1.0), task("y", 0.0, 0.98), task("z", 1.0, 2.0),
+                         task("m", 2.0, 2.1), task("m[0]", 2.0, 2.1), task("m[1]", 2.0, 2.1)]}
+        assert from_history({**run, "edges": None}).critical_path[:2] == ["x", "z"]
+        tl = from_history(run)
+        assert tl.critical_path == ["y", "z", "m"] and tl.critical_source == "plan"
+        assert {b.id for b in tl.bars if b.critical} == {"y", "z", "m"}
 
 
 class TestFiles:
@@ -131,9 +149,10 @@ class TestFiles:
 
     def test_from_a_run_id(self, result: flowdsl.RunResult, store: Any,
                            tmp_path: Path) -> None:
-        """A run id is looked up in history."""
+        """A run id is looked up in history; its recorded edges give the critical path."""
         page = save_timeline(result.run_id, tmp_path / "r.html", history=store).read_text()
-        assert result.run_id in page and "critical chain" in page
+        assert result.run_id in page and "critical path" in page
+        assert "critical chain" not in page
 
     def test_bad_suffix(self, result: flowdsl.RunResult, tmp_path: Path) -> None:
         """An unknown suffix is refused before anything is written."""

@@ -192,10 +192,24 @@ class TestRunPage:
         assert "ValueError: bad row 7 in &lt;report&gt;.csv" in rows["boom"]
         assert "upstream" in rows["publish"] and 'class="why"' in rows["publish"]
 
-    def test_without_edges_the_page_says_how_to_get_them(
+    def test_recorded_edges_are_drawn_without_the_flow(
             self, base: str, history: tuple[Path, dict[str, Any]]) -> None:
-        """History keeps no edges: the graph says so and how to draw them."""
+        """History keeps the run's edges: the graph draws each one, the JSON API gives them,
+        and the timeline marks the plan's critical path, with no --flow."""
+        plan = flowdsl.plan(etl_flow())
+        run = json.loads(get(f"{base}/api/runs/{history[1]['failed']}")[2])
+        assert sorted(map(tuple, run["edges"])) == sorted(plan.edges)
         body = get(f"{base}/runs/{history[1]['failed']}")[2]
+        assert body.count('class="edge"') == len(plan.edges) > 0
+        assert "--flow TARGET" not in body and "critical path</span>" in body
+
+    def test_without_edges_the_page_says_how_to_get_them(self) -> None:
+        """A record that keeps no edges (an older file): the graph says so and how to draw
+        them."""
+        store = _FakeStore()
+        store.status = "completed"
+        with served(create_app(store)) as url:
+            body = get(f"{url}/runs/r1")[2]
         assert 'class="edge"' not in body and "--flow TARGET" in body
 
     def test_a_known_flow_draws_its_edges(self, history: tuple[Path, dict[str, Any]]) -> None:
@@ -390,4 +404,10 @@ def test_a_plan_of_another_version_of_the_flow_is_not_used(
     other = flowdsl.plan(flowdsl.Flow("etl", fetch("z").named("only_this")))
     with served(create_app(history[0], plans={"etl": other})) as url:
         body = get(f"{url}/runs/{history[1]['failed']}")[2]
-    assert "--flow TARGET" in body and "critical chain (from timings)" in body
+    # the run's own recorded edges are drawn, not the other version's (it has none)
+    assert body.count('class="edge"') == len(flowdsl.plan(etl_flow()).edges) > 0
+    assert "critical chain" not in body
+    store = _FakeStore()  # a record without edges: nothing to draw, timings for the path
+    with served(create_app(store, plans={"f": other})) as url:
+        body = get(f"{url}/runs/r1")[2]
+    assert "--flow TARGET" in body and 'class="edge"' not in body

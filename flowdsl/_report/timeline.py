@@ -3,9 +3,10 @@ HTML page, from a :class:`~flowdsl.RunResult` or from a run kept in history.
 
 Both pictures are drawn from one :class:`Timeline` value: one :class:`Bar` per task with its
 attempts, status, error and swimlane (the pools it used), and the critical path. For a result
-the critical path comes from its plan and the measured durations; a history run keeps no edges,
-so without a plan its critical path is the chain of tasks that each started right as the one
-before ended (``critical_source = "timings"``).
+the critical path comes from its plan and the measured durations; a history run keeps its plan's
+edges, which give it the same way; only a run recorded without them (an older file) falls back
+to the chain of tasks that each started right as the one before ended
+(``critical_source = "timings"``).
 
     from flowdsl._timeline import save_timeline
     save_timeline(result, "run.html")          # or "run.png", "run.svg"
@@ -185,9 +186,47 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
         known = {b.id: b.duration or 0.0 for b in bars if b.id in plan.tasks}
         tl.critical_path = list(plan.critical_path(
             {i: known.get(i, 0.0) for i in plan.tasks})[0])
+    elif run.get("edges") is not None and bars:
+        tl.critical_path = _edges_path(bars, run["edges"])
     else:
         tl.critical_path, tl.critical_source = _timing_chain(bars), "timings"
     return _mark(tl)
+
+
+def _edges_path(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> list[str]:
+    """The longest path by measured durations along a run's recorded edges (Kahn's order,
+    then one pass: O(tasks + edges)). A mapped task's children (``id[i]``) are not nodes:
+    their parent's bar spans them."""
+    ids = {b.id for b in bars}
+    dur = {b.id: b.duration or 0.0 for b in bars
+           if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
+    preds: dict[str, list[str]] = {i: [] for i in dur}
+    succs: dict[str, list[str]] = {i: [] for i in dur}
+    for a, b in edges:
+        if a in dur and b in dur:
+            preds[b].append(a)
+            succs[a].append(b)
+    indeg = {i: len(p) for i, p in preds.items()}
+    ready = [i for i, n in indeg.items() if n == 0]
+    dist: dict[str, float] = {}
+    best: dict[str, str | None] = {}
+    while ready:
+        i = ready.pop()
+        arg = max(preds[i], key=dist.__getitem__, default=None)
+        dist[i] = (dist[arg] if arg is not None else 0.0) + dur[i]
+        best[i] = arg
+        for s in succs[i]:
+            indeg[s] -= 1
+            if indeg[s] == 0:
+                ready.append(s)
+    if not dist:
+        return []
+    end: str | None = max(dist, key=dist.__getitem__)
+    path = []
+    while end is not None:
+        path.append(end)
+        end = best[end]
+    return path[::-1]
 
 
 def _timing_chain(bars: Sequence[Bar]) -> list[str]:

@@ -1,7 +1,8 @@
 """Record: every run's journal in SQLite (standard library ``sqlite3``), and statistics from it.
 
-Layout: ``runs`` (one row per run), ``tasks`` (one per task of a run, with its tool's
-module-qualified name), ``attempts`` (one per call of a tool), and ``stats`` and
+Layout: ``runs`` (one row per run, with its plan's edges as JSON), ``tasks`` (one per task
+of a run, with its tool's module-qualified name and the log lines it kept, as JSON),
+``attempts`` (one per call of a tool), and ``stats`` and
 ``task_stats`` (aggregates per flow and qualified tool, and per task, updated in the
 transaction that writes a run's end);
 ``PRAGMA user_version`` holds the schema version, and older files are migrated when opened.
@@ -53,7 +54,7 @@ from .write import (
 __all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryWarning", "RunNotFound",
            "ToolStats", "aopen_history", "default_path", "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _T = TypeVar("_T")
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
@@ -63,14 +64,15 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
-    error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT);
+    error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT,
+    edges TEXT);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, task_id TEXT NOT NULL,
     tool TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     attempts INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT, reason TEXT,
-    output TEXT, qualname TEXT, PRIMARY KEY (run_id, task_id));
+    output TEXT, qualname TEXT, logs TEXT, PRIMARY KEY (run_id, task_id));
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, task_id TEXT NOT NULL, number INTEGER NOT NULL, tool TEXT,
     started_at REAL, ended_at REAL, duration REAL, status TEXT NOT NULL, error_type TEXT,
@@ -107,6 +109,13 @@ def _migrate_1(c: sqlite3.Connection) -> None:
         aggregate_run(c, run_id)
 
 
+def _migrate_2(c: sqlite3.Connection) -> None:
+    """Version 2 -> 3: each task's kept log lines, each run's plan edges (older runs have
+    neither: their tasks show no lines, their graphs no arrows)."""
+    c.execute("ALTER TABLE tasks ADD COLUMN logs TEXT")
+    c.execute("ALTER TABLE runs ADD COLUMN edges TEXT")
+
+
 def _create(c: sqlite3.Connection) -> None:
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
@@ -114,7 +123,7 @@ def _create(c: sqlite3.Connection) -> None:
 
 
 # Migrations from version N to N+1, applied in order inside the opening transaction.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
 
 
 def default_path() -> Path:
@@ -506,7 +515,7 @@ class HistoryStore(HistoryReader):
         ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
                 for e in batch.ends]
         with self._transaction() as c:
-            c.executemany(INSERT_RUN, batch.starts)
+            c.executemany(INSERT_RUN, batch.start_rows(self._plans))
             tasks, attempts = batch.with_qualnames(self._plans)
             c.executemany(UPSERT_TASK, tasks)
             c.executemany(UPSERT_ATTEMPT, attempts)
@@ -533,7 +542,7 @@ class HistoryStore(HistoryReader):
             try:
                 def finish() -> None:
                     with self._transaction() as c:
-                        c.executemany(INSERT_RUN, batch.starts)
+                        c.executemany(INSERT_RUN, batch.start_rows(self._plans))
                         c.executemany(FINISH_RUN, ends)
                 self._retry(finish)
             except Exception:

@@ -138,22 +138,25 @@ class HistoryReader:
         return {r["flow"]: r["n"] for r in rows}
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run with its ``tasks`` (in the order they started) and each task's
-        ``attempts``.
+        """One run with its ``tasks`` (in the order they started), each task's ``attempts``
+        and ``logs`` (the lines its tool kept, as on :attr:`TaskRecord.logs`; ``[]`` for
+        none), and the plan's ``edges`` (``[[pred, succ], ...]`` by task id; ``None`` for a
+        run recorded without them).
 
         Raises:
             RunNotFound: no run has that id (or it was removed by retention).
         """
         runs = self._query("SELECT run_id, flow, mode, status, started_at, ended_at, duration, "
-                           "error_type, error_message, history_error FROM runs "
+                           "error_type, error_message, history_error, edges FROM runs "
                            "WHERE run_id = ?", (run_id,))
         if not runs:
             msg = f"no run {run_id!r} in the history at {self.path}"
             raise RunNotFound(msg, run_id)
         run = runs[0]
+        run["edges"] = _json_list(run["edges"])
         tasks = self._query(
             "SELECT task_id, tool, qualname, status, started_at, ended_at, duration, attempts, "
-            "error_type, error_message, reason FROM tasks WHERE run_id = ? "
+            "error_type, error_message, reason, logs FROM tasks WHERE run_id = ? "
             "ORDER BY started_at IS NULL, started_at, rowid", (run_id,))
         attempts = self._query(
             "SELECT task_id, number, started_at, ended_at, duration, status, error_type, "
@@ -163,6 +166,7 @@ class HistoryReader:
             by_task.setdefault(a.pop("task_id"), []).append(a)
         for t in tasks:
             t["attempts"] = by_task.get(t["task_id"], [])
+            t["logs"] = _json_list(t["logs"]) or []
         run["tasks"] = tasks
         return run
 
@@ -310,6 +314,18 @@ class HistoryReader:
             "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE flow = ? AND "
             "task_n > 0", (flow,), flush=flush)}
         return tasks, tools
+
+
+def _json_list(text: str | None) -> list[Any] | None:
+    """A JSON list column (``None`` when empty or not a list: such a row was written by no
+    flowdsl, and reading it must not fail)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None
 
 
 def _check_scope(where: str, scope: str) -> str:

@@ -13,6 +13,7 @@ the file.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sqlite3
@@ -39,6 +40,8 @@ __all__ = [
     "HistoryObserver",
     "HistoryWarning",
     "aggregate_run",
+    "edges_json",
+    "logs_json",
     "percentile",
     "safe_text",
     "tool_identity",
@@ -55,20 +58,21 @@ START, TASK, ATTEMPT, END, PLAN = range(5)
 
 UPSERT_TASK = (
     "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
-    "attempts, error_type, error_message, reason, output, qualname) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) "
+    "attempts, error_type, error_message, reason, logs, output, qualname) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
     "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
     "attempts=excluded.attempts, error_type=excluded.error_type, "
     "error_message=excluded.error_message, reason=excluded.reason, "
+    "logs=coalesce(excluded.logs, tasks.logs), "
     "output=coalesce(excluded.output, tasks.output), qualname=excluded.qualname")
 UPSERT_ATTEMPT = (
     "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
     "duration, status, error_type, error_message, qualname) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 # OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
 INSERT_RUN = (
-    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid) "
-    "VALUES (?,?,?,?,?,?,?)")
+    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges) "
+    "VALUES (?,?,?,?,?,?,?,?)")
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
@@ -203,6 +207,11 @@ class Batch:
         self.ends = clean(self.ends)
         self.tasks = {k: tuple(safe_text(v) for v in row) for k, row in self.tasks.items()}
 
+    def start_rows(self, plans: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The run rows, each with its plan's edges (``None`` when the run came without a
+        plan): written once per run, here in the writer thread, never on the event loop."""
+        return [(*row, edges_json(plans.get(row[0]))) for row in self.starts]
+
     def with_qualnames(self, plans: dict[str, Any]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The task and attempt rows, each with its task's qualified tool name (from its
@@ -223,6 +232,25 @@ class Batch:
 
         return ([(*row, qualname(row)) for row in self.tasks.values()],
                 [(*row, qualname(row)) for row in self.attempts])
+
+
+def edges_json(plan: Any) -> str | None:
+    """A plan's edges as compact JSON, ``[[pred, succ], ...]`` by task id (mapped children
+    have none: their record names their parent)."""
+    if plan is None:
+        return None
+    return json.dumps([[p, i] for i in plan.order for p in plan.predecessors[i]],
+                      separators=(",", ":"))
+
+
+def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
+    """A task's kept log lines as JSON text, the run's secrets masked (lines logged before a
+    secret was registered too); ``None`` when it kept none."""
+    if not logs:
+        return None
+    if masker is not None:
+        logs = masker.data(logs)
+    return json.dumps(logs, separators=(",", ":"), default=repr)
 
 
 # -- the aggregates ------------------------------------------------------------------------------
@@ -306,13 +334,15 @@ class HistoryObserver:
     queue; :meth:`arun_finished` waits (in a worker thread) for the run's rows to be written
     and attaches a write failure to the result."""
 
-    __slots__ = ("_done", "_flow", "_outputs", "_push", "_run_id", "_store")
+    __slots__ = ("_done", "_flow", "_logged", "_outputs", "_push", "_run_id", "_store")
 
     def __init__(self, store: Any, flow_name: str | None, store_outputs: bool) -> None:
         self._store = store
         self._flow = flow_name
         self._outputs = store_outputs
         self._done: set[str] = set()
+        # task id -> how many log lines its written row holds (tasks that kept lines only)
+        self._logged: dict[str, int] = {}
         self._run_id: str | None = None
         self._push = store._queue.append
 
@@ -325,14 +355,18 @@ class HistoryObserver:
         self._store._run_started(result.run_id)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
-        self._push((TASK, _task_row(result.run_id, record, None)))
+        self._push((TASK, _task_row(result.run_id, record, None, None)))
 
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         encoded = None
         if self._outputs and record.status is TaskStatus.COMPLETED:
             encoded = stored_json(output, result.masker, task_id=record.id)
+        logs = None
+        if record.logs:  # lines cost only the tasks that kept some
+            logs = logs_json(record.logs, result.masker)
+            self._logged[record.id] = len(record.logs)
         push = self._push
-        push((TASK, _task_row(result.run_id, record, encoded)))
+        push((TASK, _task_row(result.run_id, record, logs, encoded)))
         for row in _attempt_rows(result.run_id, record):
             push((ATTEMPT, row))
         self._done.add(record.id)
@@ -347,15 +381,17 @@ class HistoryObserver:
         # Rollback changes a finished task's status after task_finished: write it again (its
         # output is gone too, so a resume re-runs it).
         for r in result.tasks.values():
+            # A record merged over items (pipeline) may hold lines its rows do not.
             if (r.id in self._done and r.status is not TaskStatus.ROLLED_BACK
-                    and r.rollback_error is None):
+                    and r.rollback_error is None
+                    and len(r.logs or ()) == self._logged.get(r.id, 0)):
                 continue
             # Tasks reused by a resume keep their stored output, so a resumed run can be
             # resumed in turn.
             out = (stored_json(result.outputs[r.id], result.masker, task_id=r.id)
                    if self._outputs and r.status is
                    TaskStatus.COMPLETED and r.id in result.outputs else None)
-            push((TASK, _task_row(result.run_id, r, out)))
+            push((TASK, _task_row(result.run_id, r, logs_json(r.logs, result.masker), out)))
             for row in _attempt_rows(result.run_id, r):
                 push((ATTEMPT, row))
         etype, emsg = ((type(result.error).__qualname__, message_of(result.error))
@@ -392,11 +428,12 @@ class HistoryObserver:
         warnings.warn(str(error), HistoryWarning, stacklevel=2)
 
 
-def _task_row(run_id: str, r: TaskRecord, output: str | None) -> tuple[Any, ...]:
+def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
+              ) -> tuple[Any, ...]:
     err = r.error
     return (run_id, r.id, r.tool, r.status.value, r.started_at, r.ended_at, r.duration,
             len(r.attempts), err.type if err else None, err.message if err else None,
-            r.reason, output)
+            r.reason, logs, output)
 
 
 def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
