@@ -236,11 +236,12 @@ class Batch:
 
 def edges_json(plan: Any) -> str | None:
     """A plan's edges as compact JSON, ``[[pred, succ], ...]`` by task id (mapped children
-    have none: their record names their parent)."""
-    if plan is None:
+    have none: their record names their parent); ``None`` without a plan, or for a stand-in
+    that only names the tasks' tools."""
+    preds = getattr(plan, "predecessors", None)
+    if preds is None:
         return None
-    return json.dumps([[p, i] for i in plan.order for p in plan.predecessors[i]],
-                      separators=(",", ":"))
+    return json.dumps([[p, i] for i in plan.order for p in preds[i]], separators=(",", ":"))
 
 
 def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
