@@ -490,9 +490,8 @@ class HistoryStore(HistoryReader):
                 return
             batch = Batch()
             pop, queue = self._queue.popleft, self._queue
-            while queue:
-                kind, row = pop()
-                batch.add(kind, row)
+            while queue:  # only this thread pops (under the lock); the run appends meanwhile
+                batch.extend([pop() for _ in range(len(queue))])
             self._plans.update(batch.plans)
             if batch:
                 self._write_batch(batch)

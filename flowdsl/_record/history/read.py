@@ -165,7 +165,13 @@ class HistoryReader:
         for a in attempts:
             by_task.setdefault(a.pop("task_id"), []).append(a)
         for t in tasks:
-            t["attempts"] = by_task.get(t["task_id"], [])
+            found = by_task.get(t["task_id"])
+            if found is None and t["attempts"] == 1 and t["status"] == "completed":
+                # written without its one attempt row: the task's own row is that attempt
+                found = [{"number": 1, "started_at": t["started_at"],
+                          "ended_at": t["ended_at"], "duration": t["duration"],
+                          "status": "completed", "error_type": None, "error_message": None}]
+            t["attempts"] = found or []
             t["logs"] = _json_list(t["logs"]) or []
         run["tasks"] = tasks
         return run
