@@ -381,6 +381,35 @@ class TestReadCost:
         assert large < 1.5 * small + 50, (small, large)
 
 
+    def test_other_tasks_of_the_same_flow_name_are_not_read(self, tmp_path: Path) -> None:
+        """Expected durations read the plan's own tasks by key: 20,000 statistics rows of
+        other task ids under the same flow name (an unnamed flow's "" collects every
+        unnamed run) cost a run nothing more, and its figures are still found."""
+        f = Flow("ten", ok(0).named("a") >> [ok(i).named(f"t{i}") for i in range(9)])
+        with HistoryStore(tmp_path / "h.db", keep_last=10_000) as store:
+            flowdsl.run(f, history=store)
+            small = min(self.steps(store, f) for _ in range(3))
+            for r in range(40):
+                result = RunResult(f"fill{r}", "ten", "parallel")
+                obs = store.observer("ten")
+                obs.run_started(result, None)
+                for k in range(500):
+                    tid = f"other{r}-{k}"
+                    rec = TaskRecord(tid, "ok", TaskStatus.COMPLETED,
+                                     [Attempt(1, 0.0, 0.01, TaskStatus.COMPLETED)], 0.0, 0.01)
+                    result.tasks[tid] = rec
+                    obs.task_finished(result, rec, None)
+                result.status = "completed"
+                obs.run_finished(result)
+                store._settle(result.run_id)
+            assert store._query("SELECT count(*) AS n FROM task_stats WHERE flow = 'ten'"
+                                )[0]["n"] > 20_000
+            store._flow_cache.clear()  # read from SQLite, not from memory
+            large = min(self.steps(store, f) for _ in range(3))
+            assert sorted(store.durations(f.plan())) == sorted(f.plan().tasks)
+        assert large < 1.5 * small + 50, (small, large)
+
+
 class TestRunEnd:
     @pytest.mark.parametrize("backend", ["asyncio", "trio"])
     def test_the_writer_wakes_the_run_on_either_backend(self, tmp_path: Path,

@@ -100,9 +100,10 @@ class HistoryReader:
         raise NotImplementedError
 
     def _init_reader(self) -> None:
-        # flow -> (when read, per task (tool, task id) -> (count, mean, median), per tool)
-        self._flow_cache: dict[str, tuple[float, dict[tuple[str, str], _Fig],
-                                          dict[str, _Fig]]] = {}
+        # flow -> (when read, the (tool, task id) pairs read, per task (tool, task id) ->
+        # (count, mean, median), per tool)
+        self._flow_cache: dict[str, tuple[float, frozenset[tuple[str, str]],
+                                          dict[tuple[str, str], _Fig], dict[str, _Fig]]] = {}
         self._cache_lock = threading.Lock()
 
     def _refresh_flow(self, flow: str) -> None:
@@ -111,9 +112,9 @@ class HistoryReader:
         with self._cache_lock:
             hit = self._flow_cache.get(flow)
         if hit is not None:  # called by the writer, right after its commit: no flush
-            tasks, tools = self._read_flow(flow, flush=False)
+            tasks, tools = self._read_flow(flow, hit[1], flush=False)
             with self._cache_lock:
-                self._flow_cache[flow] = (hit[0], tasks, tools)
+                self._flow_cache[flow] = (hit[0], hit[1], tasks, tools)
 
     def runs(self, limit: int = 20, *, flow: str | None = None,
              status: str | None = None) -> list[dict[str, Any]]:
@@ -234,19 +235,22 @@ class HistoryReader:
         (``"mean"``); a task new to the flow takes its tool's figures in the flow (the median
         of its latest 64 tasks). With ``scope="all"``, a tool new to the flow takes its figures
         from any flow. Tools match by module-qualified name. Tasks with no history are left
-        out. Costs the flow's statistics rows, whatever the size of the file.
+        out. Costs the plan's tasks and the flow's tools (index lookups), whatever the size
+        of the file and however many other tasks the flow's name has seen.
         """
         if stat not in ("p50", "mean"):
             msg = f"durations(stat={stat!r}): expected 'p50' or 'mean'"
             raise ValueError(msg)
         scope = self.scope if scope is None else _check_scope("durations", scope)
         flow = plan.name or ""
-        tasks, tools = self._read_flow(flow)
+        idents = _identities(plan)
+        mapped = _mapped(plan)
+        wanted = _wanted(idents, mapped)
+        tasks, tools = self._read_flow(flow, wanted)
         with self._cache_lock:
             if len(self._flow_cache) >= _CACHE_FLOWS:
                 self._flow_cache.pop(next(iter(self._flow_cache)))
-            self._flow_cache[flow] = (time.monotonic(), tasks, tools)
-        idents = _identities(plan)
+            self._flow_cache[flow] = (time.monotonic(), wanted, tasks, tools)
         wide: dict[str, _Fig] = {}
         if scope == "all":
             wanted = sorted(set(idents.values()) - set(tools))
@@ -259,7 +263,7 @@ class HistoryReader:
                     rows.setdefault(r["tool"], []).append(
                         (r["task_n"], r["task_sum"], r["task_recent"]))
             wide = {tool: _figures(found) for tool, found in rows.items()}
-        return _pick(idents, tasks, {**wide, **tools}, stat, _mapped(plan))
+        return _pick(idents, tasks, {**wide, **tools}, stat, mapped)
 
     def cached_durations(self, plan: Plan) -> dict[str, float] | None:
         """:meth:`durations` (median, the store's scope) when it can be answered from memory
@@ -271,7 +275,10 @@ class HistoryReader:
             hit = self._flow_cache.get(plan.name or "")
         if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
             return None
-        return _pick(_identities(plan), hit[1], hit[2], "p50", _mapped(plan))
+        idents, mapped = _identities(plan), _mapped(plan)
+        if not _wanted(idents, mapped) <= hit[1]:
+            return None  # another plan of that name: its tasks were not read
+        return _pick(idents, hit[2], hit[3], "p50", mapped)
 
     def map_counts(self, plan: Plan) -> dict[str, int]:
         """For each mapped task of ``plan``, how many children it had in the latest of the
@@ -298,13 +305,35 @@ class HistoryReader:
               ) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
-    def _read_flow(self, flow: str, *, flush: bool = True
+    def _task_rows(self, flow: str, wanted: frozenset[tuple[str, str]], flush: bool
+                   ) -> list[tuple[Any, ...]]:
+        """The ``task_stats`` rows of the wanted (tool, task id) pairs (``id[]``: a mapped
+        task's children), by primary key: never the rest of the flow's rows."""
+        by_tool: dict[str, list[str]] = {}
+        rows: list[tuple[Any, ...]] = []
+        cols = "SELECT tool, task_id, n, total, d1, d2, d3, d4, d5 FROM task_stats "
+        for tool, tid in wanted:
+            if tid.endswith("[]"):  # children `tid[i]` sort between `tid[` and `tid\`
+                base = tid[:-2]
+                rows += self._rows(cols + "WHERE flow = ? AND tool = ? AND task_id > ? AND "
+                                   "task_id < ? AND task_id LIKE ? ESCAPE '!'",
+                                   (flow, tool, base + "[", base + "\\", _like(base) + "[%]"),
+                                   flush=flush)
+            else:
+                by_tool.setdefault(tool, []).append(tid)
+        for tool, tids in by_tool.items():
+            for i in range(0, len(tids), 500):
+                part = tids[i:i + 500]
+                rows += self._rows(cols + "WHERE flow = ? AND tool = ? AND task_id IN "
+                                   f"({','.join('?' * len(part))})", (flow, tool, *part),
+                                   flush=flush)
+        return rows
+
+    def _read_flow(self, flow: str, wanted: frozenset[tuple[str, str]], *, flush: bool = True
                    ) -> tuple[dict[tuple[str, str], _Fig], dict[str, _Fig]]:
         tasks = {}
         children: dict[tuple[str, str], list[Any]] = {}  # a mapped task's children, pooled
-        for tool, tid, n, total, *recent in self._rows(
-                "SELECT tool, task_id, n, total, d1, d2, d3, d4, d5 FROM task_stats "
-                "WHERE flow = ?", (flow,), flush=flush):
+        for tool, tid, n, total, *recent in self._task_rows(flow, wanted, flush):
             ds = sorted(d for d in recent if d is not None)
             m = len(ds)
             mid = ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
@@ -393,6 +422,12 @@ def _pick(idents: dict[str, str], tasks: dict[tuple[str, str], _Fig],
             out[tid] = found[k]
     return out
 
+
+
+def _wanted(idents: dict[str, str], mapped: frozenset[str]) -> frozenset[tuple[str, str]]:
+    """The (tool, task id) pairs a plan's durations read (``id[]`` for a mapped task)."""
+    return frozenset((ident, tid + "[]" if tid in mapped else tid)
+                     for tid, ident in idents.items())
 
 
 def _mapped(plan: Any) -> frozenset[str]:
