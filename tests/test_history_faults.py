@@ -407,7 +407,14 @@ class TestReadCost:
             store._flow_cache.clear()  # read from SQLite, not from memory
             large = min(self.steps(store, f) for _ in range(3))
             assert sorted(store.durations(f.plan())) == sorted(f.plan().tasks)
+            # A big plan of the same name ran last: the small one's runs (and the writer's
+            # refresh after each) still read only the small plan's tasks.
+            big = [ok(0).named("a"), *(ok(i).named(f"t{i}") for i in range(9)),
+                   *(ok(i).named(f"b{i}") for i in range(2000))]
+            assert flowdsl.run(Flow("ten", big), history=store).ok
+            after_big = min(self.steps(store, f) for _ in range(3))
         assert large < 1.5 * small + 50, (small, large)
+        assert after_big < 1.5 * small + 50, (small, after_big)
 
 
 class TestRunEnd:

@@ -276,8 +276,10 @@ class HistoryReader:
         if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
             return None
         idents, mapped = _identities(plan), _mapped(plan)
-        if not _wanted(idents, mapped) <= hit[1]:
-            return None  # another plan of that name: its tasks were not read
+        if _wanted(idents, mapped) != hit[1]:
+            # Another plan of that name: read its own tasks (in a worker thread), which then
+            # become the entry, so the writer's refresh after each run reads only those.
+            return None
         return _pick(idents, hit[2], hit[3], "p50", mapped)
 
     def map_counts(self, plan: Plan) -> dict[str, int]:
