@@ -455,8 +455,8 @@ class Core:
         return self.units.trigger.get(self.ids[task], task.trigger)
 
     def _condition(self, task: Task) -> bool:
-        return bool(eval_condition(task.condition, self._ctx_view,
-                                   f"the condition of task {self.ids[task]!r}"))
+        return eval_condition(task.condition, self._ctx_view,
+                              f"the condition of task {self.ids[task]!r}")
 
     def _inputs(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = task.args, task.kwargs
