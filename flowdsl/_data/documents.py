@@ -520,7 +520,7 @@ def validate(data: Any, registry: ToolRegistry, predicates: Mapping[str, Any],
 def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
     """Replace reference objects with Task / Ref / ctx() values (``$literal`` values are
     taken as they are, not looked into)."""
-    def visit(v: Any) -> Any:
+    def reference(v: Any) -> Any:
         if isinstance(v, dict):
             if "$literal" in v and len(v) == 1:
                 return v["$literal"]
@@ -532,7 +532,7 @@ def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
                 return ctx(v["$ctx"], v["default"]) if "default" in v else ctx(v["$ctx"])
         return KEEP
 
-    return transform(value, visit)
+    return transform(value, reference)
 
 
 def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:

@@ -359,14 +359,14 @@ def _reflow(flow: Flow, fragment: Any, mode: str | None) -> Flow:
 
 def _swap(value: Any, new: Mapping[Task, Task]) -> Any:
     """``value`` with every Task and Ref pointing at the rebuilt tasks."""
-    def visit(v: Any) -> Any:
+    def rebuilt(v: Any) -> Any:
         if isinstance(v, Task):
             return new.get(v, v)
         if isinstance(v, Ref):
             return Ref(new.get(v.task, v.task), v.path)
         return KEEP
 
-    return transform(value, visit)
+    return transform(value, rebuilt)
 
 
 class WorkflowOptimizer:
