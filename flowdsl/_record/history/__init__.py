@@ -12,7 +12,9 @@ Writes cost the run an append per row: a writer thread drains the rows into one 
 every ``flush_interval`` seconds (sooner when ``flush_rows`` rows wait), and the run's end
 waits, in a worker thread, for its rows to be written. A run killed with SIGKILL loses at most
 the last fraction of a second; its run row, still ``running``, becomes ``interrupted`` the
-next time a store opens the file. Old runs are pruned in the background every
+next time a store opens the file; a reader that never writes (the run browser) tells it at
+once from the run's host, pid, process start time and the heartbeat the writer thread stamps
+on its runs in progress every second (:mod:`.liveness`). Old runs are pruned in the background every
 ``prune_every`` finished runs. What a run reads (expected durations) comes from the aggregates:
 its cost follows the flow's tools, not the number of rows in the file.
 
@@ -36,9 +38,11 @@ from typing import Any, TypeVar
 import anyio
 
 from ..._base.log import get_logger, logging_enabled
+from .liveness import HEARTBEAT_EVERY, proc_start
 from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
 from .write import (
     FINISH_RUN,
+    HEARTBEAT,
     HOST,
     INSERT_RUN,
     UPSERT_ATTEMPT,
@@ -54,7 +58,7 @@ from .write import (
 __all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryWarning", "RunNotFound",
            "ToolStats", "aopen_history", "default_path", "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _T = TypeVar("_T")
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
@@ -65,7 +69,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT,
-    edges TEXT);
+    edges TEXT, proc_start TEXT, heartbeat REAL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -116,6 +120,14 @@ def _migrate_2(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE runs ADD COLUMN edges TEXT")
 
 
+def _migrate_3_writer_liveness(c: sqlite3.Connection) -> None:
+    """Version 3 -> 4 (writer liveness): each run's writer process start time and heartbeat,
+    so a reader tells a run whose writer is gone without writing (older runs have neither:
+    a reader falls back to their host and pid)."""
+    c.execute("ALTER TABLE runs ADD COLUMN proc_start TEXT")
+    c.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
+
+
 def _create(c: sqlite3.Connection) -> None:
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
@@ -123,7 +135,8 @@ def _create(c: sqlite3.Connection) -> None:
 
 
 # Migrations from version N to N+1, applied in order inside the opening transaction.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness}
 
 
 def default_path() -> Path:
@@ -378,13 +391,15 @@ class HistoryStore(HistoryReader):
     def _mark_interrupted(self) -> None:
         """Runs left 'running' by a process that is gone become 'interrupted'."""
         rows = self._conn.execute(
-            "SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()
+            "SELECT run_id, host, pid, proc_start FROM runs WHERE status = 'running'"
+        ).fetchall()
         dead = []
-        for run_id, host, pid in rows:
+        for run_id, host, pid, started in rows:
             if run_id in _LIVE_RUNS or host != HOST:
                 continue  # still running here, or on another machine we cannot check
-            if pid is None or pid == os.getpid() or not _pid_alive(pid):
-                dead.append((run_id,))
+            if (pid is None or pid == os.getpid() or not _pid_alive(pid)
+                    or (started is not None and proc_start(pid) not in (started, None))):
+                dead.append((run_id,))  # gone, or its pid now names another process
         self._conn.executemany(
             "UPDATE runs SET status = 'interrupted' WHERE run_id = ?", dead)
         self._conn.executemany(
@@ -604,8 +619,10 @@ class HistoryStore(HistoryReader):
     def _write_loop(self) -> None:
         me = threading.current_thread()
         idle_since = time.monotonic()
+        beat = 0.0  # when the last heartbeat was written (monotonic)
+        wait = min(self.flush_interval, HEARTBEAT_EVERY)
         while True:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(wait)
             self._wake.clear()
             # Settle requests are taken before the flush: their end rows were queued before
             # them, so this flush writes them.
@@ -618,6 +635,9 @@ class HistoryStore(HistoryReader):
                     self.prune()
                 if self._commits and time.monotonic() - self._checkpointed > 1.0:
                     self._checkpoint()
+                if time.monotonic() - beat >= HEARTBEAT_EVERY:
+                    beat = time.monotonic()
+                    self._heartbeat()
             except Exception as exc:  # a later round tries again
                 if logging_enabled():
                     get_logger(path=self.path).warning("history_maintenance_failed",
@@ -632,6 +652,21 @@ class HistoryStore(HistoryReader):
                     # runs (a new run starts a writer again).
                     self._writer = None
                     return
+
+    def _heartbeat(self) -> None:
+        """Stamp this process's runs in progress with the time, here in the writer thread
+        (never the event loop): readers tell from it that their writer is still there."""
+        with self._state:
+            active = list(self._active)
+        if not active or self.path == ":memory:" or self.closed:
+            return
+        now = time.time()
+
+        try:
+            with self._db_lock, self._transaction() as c:
+                c.executemany(HEARTBEAT, [(now, run_id) for run_id in active])
+        except sqlite3.OperationalError:
+            pass  # busy past the timeout: the next round stamps again
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers or writers),

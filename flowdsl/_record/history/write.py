@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 import warnings
 from array import array
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from ..._base.limits import stored_json
 from ..._base.log import get_logger, logging_enabled
 from ..._base.loop import threadsafe_caller
 from ..._run.result import RunResult, TaskRecord, TaskStatus
+from .liveness import PROC_START
 
 __all__ = [
     "HOST",
@@ -71,8 +73,10 @@ UPSERT_ATTEMPT = (
     "duration, status, error_type, error_message, qualname) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 # OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
 INSERT_RUN = (
-    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges) "
-    "VALUES (?,?,?,?,?,?,?,?)")
+    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges, "
+    "proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?)")
+#: The writer thread's heartbeat on its runs in progress (see ``liveness``).
+HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
@@ -225,8 +229,10 @@ class Batch:
 
     def start_rows(self, plans: dict[str, Any]) -> list[tuple[Any, ...]]:
         """The run rows, each with its plan's edges (``None`` when the run came without a
-        plan): written once per run, here in the writer thread, never on the event loop."""
-        return [(*row, edges_json(plans.get(row[0]))) for row in self.starts]
+        plan), this process's start time and a first heartbeat: written once per run, here in
+        the writer thread, never on the event loop."""
+        now = time.time()
+        return [(*row, edges_json(plans.get(row[0])), PROC_START, now) for row in self.starts]
 
     def with_qualnames(self, plans: dict[str, Any]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
