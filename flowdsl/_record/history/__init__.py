@@ -40,6 +40,7 @@ import anyio
 from ..._base.log import get_logger, logging_enabled
 from .liveness import HEARTBEAT_EVERY, proc_start
 from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
+from .view import HistoryBusy, HistoryView
 from .write import (
     FINISH_RUN,
     HEARTBEAT,
@@ -55,8 +56,9 @@ from .write import (
     tool_identity,
 )
 
-__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryWarning", "RunNotFound",
-           "ToolStats", "aopen_history", "default_path", "open_history", "tool_identity"]
+__all__ = ["HistoryBusy", "HistoryError", "HistoryObserver", "HistoryStore", "HistoryView",
+           "HistoryWarning", "RunNotFound", "ToolStats", "aopen_history", "default_path",
+           "open_history", "tool_identity"]
 
 SCHEMA_VERSION = 4
 _T = TypeVar("_T")
@@ -69,7 +71,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT,
-    edges TEXT, proc_start TEXT, heartbeat REAL);
+    edges TEXT, nodes TEXT, proc_start TEXT, heartbeat REAL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -121,9 +123,11 @@ def _migrate_2(c: sqlite3.Connection) -> None:
 
 
 def _migrate_3_writer_liveness(c: sqlite3.Connection) -> None:
-    """Version 3 -> 4 (writer liveness): each run's writer process start time and heartbeat,
-    so a reader tells a run whose writer is gone without writing (older runs have neither:
-    a reader falls back to their host and pid)."""
+    """Version 3 -> 4 (writer liveness, for the run browser): each run's writer process start
+    time and heartbeat, so a reader tells a run whose writer is gone without writing (older
+    runs have neither: a reader falls back to their host and pid), and the plan's task ids
+    (``nodes``), so a live run's graph shows the tasks not started yet."""
+    c.execute("ALTER TABLE runs ADD COLUMN nodes TEXT")
     c.execute("ALTER TABLE runs ADD COLUMN proc_start TEXT")
     c.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
 

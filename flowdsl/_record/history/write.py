@@ -44,6 +44,7 @@ __all__ = [
     "aggregate_run",
     "edges_json",
     "logs_json",
+    "nodes_json",
     "percentile",
     "safe_text",
     "tool_identity",
@@ -74,7 +75,7 @@ UPSERT_ATTEMPT = (
 # OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
 INSERT_RUN = (
     "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges, "
-    "proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?)")
+    "nodes, proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 #: The writer thread's heartbeat on its runs in progress (see ``liveness``).
 HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
 FINISH_RUN = (
@@ -228,11 +229,12 @@ class Batch:
         self.tasks = {k: tuple(safe_text(v) for v in row) for k, row in self.tasks.items()}
 
     def start_rows(self, plans: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """The run rows, each with its plan's edges (``None`` when the run came without a
-        plan), this process's start time and a first heartbeat: written once per run, here in
-        the writer thread, never on the event loop."""
+        """The run rows, each with its plan's edges and task ids (``None`` when the run came
+        without a plan), this process's start time and a first heartbeat: written once per
+        run, here in the writer thread, never on the event loop."""
         now = time.time()
-        return [(*row, edges_json(plans.get(row[0])), PROC_START, now) for row in self.starts]
+        return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
+                 PROC_START, now) for row in self.starts]
 
     def with_qualnames(self, plans: dict[str, Any]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -264,6 +266,14 @@ def edges_json(plan: Any) -> str | None:
     if preds is None:
         return None
     return json.dumps([[p, i] for i in plan.order for p in preds[i]], separators=(",", ":"))
+
+
+def nodes_json(plan: Any) -> str | None:
+    """A plan's task ids in its order, as compact JSON (so a reader draws every task of a run
+    from its start, those without edges too); ``None`` as for :func:`edges_json`."""
+    if getattr(plan, "predecessors", None) is None:
+        return None
+    return json.dumps(list(plan.order), separators=(",", ":"))
 
 
 def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
