@@ -32,9 +32,9 @@ STALE_LOCAL = 2.5
 STALE_REMOTE = 10.0
 
 
-def proc_start(pid: int) -> str | None:
-    """When process ``pid`` started, as the kernel counts it (clock ticks since boot, from
-    ``/proc/<pid>/stat``); ``None`` where there is no ``/proc`` or no such process."""
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/<pid>/stat`` from the third on (state, ppid, ...); ``None``
+    where there is no ``/proc`` or no such process."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -43,8 +43,14 @@ def proc_start(pid: int) -> str | None:
     except OSError:
         return None
     # Field 2 (the command) is in parentheses and may hold spaces or ')': split after the last.
-    fields = raw[raw.rfind(b")") + 2:].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    return raw[raw.rfind(b")") + 2:].split()
+
+
+def proc_start(pid: int) -> str | None:
+    """When process ``pid`` started, as the kernel counts it (clock ticks since boot, from
+    ``/proc/<pid>/stat``); ``None`` where there is no ``/proc`` or no such process."""
+    fields = _stat(pid)
+    return fields[19].decode() if fields is not None and len(fields) > 19 else None
 
 
 #: This process's start time (see :func:`proc_start`), read once at import.
@@ -52,7 +58,11 @@ PROC_START = proc_start(os.getpid())
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine (someone else's counts)."""
+    """Whether a process ``pid`` exists on this machine (someone else's counts; a zombie,
+    killed and not yet reaped by its parent, does not)."""
+    fields = _stat(pid)
+    if fields is not None:
+        return bool(fields) and fields[0] not in (b"Z", b"X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -114,14 +114,9 @@ class HistoryView(HistoryReader):
             msg = (f"no history file at {self.path}: run a flow with history on first, or pass "
                    "--history PATH")
             raise HistoryError(msg)
-        uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
-                               check_same_thread=False)
         try:
-            conn.execute("PRAGMA query_only = ON")
-            self._check_schema(conn)
+            conn = self._open_in_place()
         except sqlite3.OperationalError as exc:
-            conn.close()
             if _locked(exc):
                 raise self._busy() from None
             if not _cannot_open(exc):
@@ -130,12 +125,20 @@ class HistoryView(HistoryReader):
                    "is read-only and the log's shared-memory file (-shm) is missing")
             conn = self._take_snapshot(why)
         except sqlite3.DatabaseError as exc:
-            conn.close()
             raise self._unreadable(exc) from None
+        self._conn = conn
+        return conn
+
+    def _open_in_place(self) -> sqlite3.Connection:
+        uri = Path(self.path).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute("PRAGMA query_only = ON")
+            self._check_schema(conn)
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
         return conn
 
     def _take_snapshot(self, why: str) -> sqlite3.Connection:
