@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -293,6 +294,15 @@ def split_children(tasks: Sequence[Mapping[str, Any]], known: Iterable[str] = ()
     return top, kids
 
 
+def horizon(elapsed: float) -> float:
+    """A live timeline's right edge: a round figure at least a fifth past ``elapsed``
+    (1, 2 or 5 times a power of ten), so running bars visibly grow toward it between
+    refreshes instead of being pinned to the edge; it steps out as the run goes on."""
+    want = max(elapsed * 1.2, 1.0)
+    mag = 10 ** math.floor(math.log10(want))
+    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= want)
+
+
 def _as_of(run: Mapping[str, Any], now: float | None) -> tuple[dict[str, Any], float | None]:
     """The run as drawn at ``now``: while it runs, its running tasks' bars (and attempts)
     reach the present, so they grow on each refresh; also its elapsed time."""
@@ -370,7 +380,10 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
     else:
         graph = '<p class="empty">no task has started yet.</p>'
     if tasks:
-        timeline = timeline_fragment(from_history(run, plan), group=True)
+        tl = from_history(run, plan)
+        if elapsed is not None:
+            tl.duration = horizon(elapsed)
+        timeline = timeline_fragment(tl, group=True)
     else:
         timeline = '<p class="empty">no task has started yet.</p>'
     title = f"{run.get('flow') or 'flow'}"
