@@ -21,7 +21,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +33,15 @@ import pytest
 pytest.importorskip("starlette", reason="the run browser needs flowdsl[ui]")
 pytest.importorskip("uvicorn", reason="the run browser needs flowdsl[ui]")
 
-from ui_support import get, make_history, served  # tests/ is on sys.path
+from ui_support import (  # tests/ is on sys.path
+    can_mount_read_only,
+    get,
+    live_wal_copy,
+    make_history,
+    served,
+    served_read_only,
+    start_victim,
+)
 
 import flowdsl
 from flowdsl import tool
@@ -119,69 +126,22 @@ class TestNothingIsWritten:
 
 # -- a read-only mount --------------------------------------------------------------------------
 
-def _live_wal_copy(src: Path, folder: Path) -> str:
-    """``folder`` gets a copy of history ``src`` plus a run written to the log only (the
-    -wal, no -shm): what a read-only mount of a file in use shows. Returns that run's id."""
-    folder.mkdir()
-    shutil.copyfile(src, folder / "history.db")
-    writer = sqlite3.connect(folder / "history.db", isolation_level=None)
-    try:
-        writer.execute("PRAGMA journal_mode = WAL")
-        writer.execute("PRAGMA wal_autocheckpoint = 0")
-        writer.execute("INSERT INTO runs (run_id, flow, mode, status, started_at, ended_at, "
-                       "duration) VALUES ('in-the-log', 'walflow', 'parallel', 'completed', "
-                       "1.0, 2.0, 1.0)")
-        shutil.copyfile(folder / "history.db-wal", folder / "wal.keep")
-    finally:
-        writer.close()  # folds the log into the file: put the log-only state back
-    shutil.copyfile(src, folder / "history.db")
-    os.replace(folder / "wal.keep", folder / "history.db-wal")
-    for leftover in folder.glob("history.db-shm"):
-        leftover.unlink()
-    return "in-the-log"
-
-
-def _can_mount_read_only(folder: Path) -> str | None:
-    """Why a read-only bind mount cannot be made here (``None``: it can)."""
-    if shutil.which("unshare") is None or shutil.which("mount") is None:
-        return "no unshare/mount here"
-    probe = subprocess.run(
-        ["unshare", "-m", "sh", "-c", 'mount --bind -o ro "$1" "$1" && touch "$1/probe"',
-         "sh", str(folder)], capture_output=True, text=True, timeout=30)
-    if "Read-only file system" in probe.stderr:
-        return None
-    return f"unshare -m / mount --bind -o ro refused here: {probe.stderr.strip()[:200]}"
-
-
 def test_a_read_only_mount_is_read_from_a_snapshot(
         tmp_path: Path, history: tuple[Path, dict[str, Any]]) -> None:
     """`flowdsl ui` on a real read-only bind mount (no -shm can be created there): every page
     answers, from a snapshot that holds the rows still in the log, and says so."""
     folder = tmp_path / "ro"
-    in_log = _live_wal_copy(history[0], folder)
-    why = _can_mount_read_only(folder)
+    in_log = live_wal_copy(history[0], folder)
+    why = can_mount_read_only(folder)
     if why is not None:
         pytest.skip(why + " (test_snapshot_when_sqlite_cannot_open_in_place covers the path)")
     before = _digest(folder / "history.db")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = ('mount --bind -o ro "$1" "$1" && exec "$2" -m flowdsl ui --history '
-              '"$1/history.db" --port 0 --no-browser')
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script, "sh", str(folder),
-                             sys.executable], env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        line = proc.stdout.readline()  # type: ignore[union-attr]
-        found = re.search(r"http://127\.0\.0\.1:\d+", line)
-        assert found, (line, proc.stderr.read() if proc.poll() is not None else "")
-        url = found.group(0)
+    with served_read_only(folder) as url:
         status, _, body = get(url + "/")
         assert status == 200, body
         assert "Read from a snapshot copy" in body and "-shm" in body
         assert in_log in body and history[1]["failed"] in body
         assert set(_every_page(url, [history[1]["failed"], in_log])) == {200}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
     assert _digest(folder / "history.db") == before
     assert not (folder / "history.db-shm").exists()
 
@@ -193,7 +153,7 @@ def test_snapshot_when_sqlite_cannot_open_in_place(
     -shm), the view reads a snapshot copy that includes the log's rows (never
     ``immutable=1``), takes it again when the file changes, and says why."""
     folder = tmp_path / "ro"
-    in_log = _live_wal_copy(history[0], folder)
+    in_log = live_wal_copy(history[0], folder)
     path = folder / "history.db"
     real = sqlite3.connect
     opened: list[str] = []
@@ -279,41 +239,6 @@ class TestWriterGone:
         why = writer_gone("elsewhere", 1, None, now - STALE_REMOTE - 1, here=HOST, now=now)
         assert why is not None and "no heartbeat" in why
         assert writer_gone("elsewhere", 1, None, None, here=HOST, now=now) is None
-
-
-_VICTIM = textwrap.dedent("""
-    import sys, time
-    import flowdsl
-    from flowdsl import tool
-
-    @tool
-    def nap() -> int:
-        time.sleep(120)
-        return 1
-
-    flowdsl.run(flowdsl.Flow("victim", nap().named("nap")), history=sys.argv[1])
-""")
-
-
-def start_victim(tmp_path: Path, path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A process running a flow (one long task) with history ``path``; its run id once the
-    run is recorded as running."""
-    script = tmp_path / "victim.py"
-    script.write_text(_VICTIM)
-    proc = subprocess.Popen([sys.executable, str(script), str(path)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 60
-    with HistoryView(path) as view:
-        while True:
-            assert proc.poll() is None, "the victim process died on its own"
-            assert time.monotonic() < deadline, "the victim's run never showed up"
-            try:
-                rows = view.read(lambda v: v.runs(1, status="running"))
-            except flowdsl.HistoryError:
-                rows = []  # the file is not there yet
-            if rows:
-                return proc, rows[0]["run_id"]
-            time.sleep(0.1)
 
 
 def test_a_killed_run_reads_interrupted_within_5s(tmp_path: Path) -> None:
