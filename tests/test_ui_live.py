@@ -229,9 +229,13 @@ class TestLiveRun:
         timeline = re.search(r'<details class="kids" data-parent="sq" open>.*?</details>',
                              body, re.S)
         assert timeline and timeline.group(0).count('class="row"') == 3
+        under_graph = re.search(r'<details class="graph-kids" data-parent="sq" open>.*?'
+                                r"</details>", body, re.S)
+        assert under_graph and under_graph.group(0).count('<a class="chip ') == 3
         done = [{**k, "status": "completed"} for k in kids]
         closed = run_body(_run("completed", [_task("sq", "completed", 0.1, 0.3), *done]))
         assert '<details class="kids" data-parent="sq">' in closed.body  # collapsed
+        assert '<details class="graph-kids" data-parent="sq">' in closed.body
 
     def test_a_running_tasks_log_is_open_at_its_tail(self) -> None:
         lines = [f"line {i}" for i in range(300)]

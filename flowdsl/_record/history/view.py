@@ -91,7 +91,7 @@ class HistoryView(HistoryReader):
 
     def _files(self) -> tuple[Any, ...]:
         """What identifies the file's content now: size and change time of it and its log."""
-        out = []
+        out: list[tuple[int, int, int] | None] = []
         for p in (self.path, self.path + "-wal"):
             try:
                 st = os.stat(p)

@@ -158,7 +158,8 @@ def create_app(history: str | os.PathLike[str] | Any, *,
 
     async def run_page(request: Request) -> Response:
         run = await get_run(request)
-        return respond(request, run_body(run, plan=known.get(run.get("flow")), now=time.time()),
+        return respond(request, run_body(run, plan=known.get(run.get("flow") or ""),
+                                         now=time.time()),
                        "runs")
 
     async def tools_page(request: Request) -> Response:

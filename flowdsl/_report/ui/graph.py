@@ -241,13 +241,13 @@ def graph_svg(tasks: Sequence[Mapping[str, object]], edges: Iterable[tuple[str, 
             node.append(f'<text x="{x + 14}" y="{y + 30}" class="nst">'
                         f"{html.escape(_label(line))}</text>")
             # the children's statuses as a strip along the node's foot
-            left, span = x + 8, NODE_W - 14
+            left: float = x + 8
             for st, k in counts.most_common():
-                w = span * k / len(children)
+                part = (NODE_W - 14) * k / len(children)
                 node.append(f'<rect class="kid {html.escape(st)}" x="{left:.1f}" '
-                            f'y="{y + NODE_H - 5}" width="{w:.1f}" height="3" '
+                            f'y="{y + NODE_H - 5}" width="{part:.1f}" height="3" '
                             f'fill="{COLORS.get(st, "#999999")}"/>')
-                left += w
+                left += part
         else:
             node.append(f'<text x="{x + 14}" y="{y + 30}" class="nst">{html.escape(status)}'
                         "</text>")

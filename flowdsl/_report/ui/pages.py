@@ -348,12 +348,13 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
     live = run["status"] == "running"
     # Tasks of the plan with no row yet: waiting while the run goes on, never run after.
     missing = "pending" if live else "not_run"
-    waiting = [{"task_id": i, "tool": "", "status": missing, "started_at": None,
-                "ended_at": None, "duration": None, "attempts": [], "error_type": None,
-                "reason": None if live else "no record: the run ended before it started"}
-               for i in order if i not in recorded]
-    for n, t in enumerate(waiting, len(anchors)):
-        anchors[t["task_id"]] = f"task-{n}"
+    waiting: list[dict[str, Any]] = [
+        {"task_id": i, "tool": "", "status": missing, "started_at": None, "ended_at": None,
+         "duration": None, "attempts": [], "error_type": None,
+         "reason": None if live else "no record: the run ended before it started"}
+        for i in order if i not in recorded]
+    for n, i in enumerate((str(t["task_id"]) for t in waiting), len(anchors)):
+        anchors[i] = f"task-{n}"
     counts = Counter(t["status"] for t in [*tasks, *waiting])
     facts = [("run", f"<code>{_E(run['run_id'])}</code>"),
              ("mode", _E(run.get("mode") or "")), ("started", _when(run.get("started_at"))),
@@ -376,7 +377,7 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
             '<p class="note">This history record keeps no edges: tasks are shown in start '
             "order. Start the browser with <code>--flow TARGET</code> to draw this flow's "
             "edges.</p>")
-        graph = f'<div class="graph-box">{svg}</div>{note}'
+        graph = f'<div class="graph-box">{svg}</div>{_graph_kids(kids, anchors)}{note}'
     else:
         graph = '<p class="empty">no task has started yet.</p>'
     if tasks:
@@ -394,6 +395,33 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
             f"<section><h2>Graph</h2>{graph}</section>"
             f"<section><h2>Tasks</h2>{_task_rows([*top, *waiting], anchors, kids)}</section>")
     return Page(f"{title} {run['run_id']}", body, live)
+
+
+#: Children drawn per mapped task under the graph (the task table lists them all).
+CHIPS = 500
+
+
+def _graph_kids(kids: Mapping[str, Sequence[Mapping[str, Any]]],
+                anchors: Mapping[str, str]) -> str:
+    """Under the graph, each mapped task's children, collapsed: one chip per child in its
+    status's colour, linking to its row (open while one of them runs)."""
+    out = []
+    for parent, children in kids.items():
+        counts = Counter(str(c["status"]) for c in children)
+        chips = "".join(
+            f'<a class="chip {_E(str(c["status"]))}" href="#{anchors[str(c["task_id"])]}" '
+            'style="--c:{};--t:{}" title="{}">{}</a>'.format(
+                *BADGES.get(str(c["status"])) or badge_colors("#999999"),
+                _E(f'{c["task_id"]}: {c["status"]}'), _E(str(c["task_id"])))
+            for c in children[:CHIPS])
+        more = (f'<span class="note">and {len(children) - CHIPS:,} more in the table</span>'
+                if len(children) > CHIPS else "")
+        out.append(f'<details class="graph-kids" data-parent="{_E(parent)}"'
+                   f'{" open" if counts.get("running") else ""}><summary><code>{_E(parent)}'
+                   f"</code>: {len(children)} map children "
+                   + " ".join(f"{_badge(st)}&nbsp;{n}" for st, n in counts.most_common())
+                   + f'</summary><div class="chips">{chips}{more}</div></details>')
+    return "".join(out)
 
 
 def _order_of(run: Mapping[str, Any], plan: Any,

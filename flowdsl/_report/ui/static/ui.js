@@ -8,6 +8,16 @@
     var s = e.target;
     if (s.matches && s.matches("form.filters select")) s.form.submit();
   });
+  // a link to a task inside a collapsed group (a map's child) opens the group first
+  function reveal() {
+    var id = decodeURIComponent(window.location.hash.slice(1));
+    var el = id && document.getElementById(id);
+    if (!el) return;
+    for (var d = el.closest("details"); d; d = d.parentElement.closest("details")) d.open = true;
+    el.scrollIntoView({ block: "center" });
+  }
+  window.addEventListener("hashchange", reveal);
+  reveal();
   var main = document.getElementById("content");
   var notice = document.getElementById("notice");
   function follow() {
