@@ -295,3 +295,53 @@ def test_a_live_runs_elapsed_time_comes_from_the_clock(tmp_path: Path) -> None:
     finally:
         _gate.set()
         runner.join(30)
+
+
+_talk_gate = threading.Event()
+
+
+@tool
+def talks(secret: Any) -> int:
+    log = flowdsl.get_logger()
+    log.info("first", token=secret.get())
+    log.info("second")
+    if not _talk_gate.wait(30):
+        msg = "the test never opened the gate"
+        raise TimeoutError(msg)
+    log.info("third")
+    return 1
+
+
+def test_a_running_tasks_log_lines_reach_the_page_while_it_runs(tmp_path: Path) -> None:
+    """Lines a tool logs while it still runs are written by the writer thread (secrets
+    masked) and shown on the page as the task's open tail; its final row keeps them all."""
+    path = tmp_path / "h.db"
+    canary = "tail-canary-8841"
+    _talk_gate.clear()
+    flow = flowdsl.Flow("tail", talks(flowdsl.Secret(canary)).named("talk"))
+    runner = threading.Thread(target=lambda: flowdsl.run(flow, history=path, log=True))
+    runner.start()
+    try:
+        with served(create_app(path)) as url:
+            deadline = time.monotonic() + 20
+            while True:
+                body = get(url + "/api/runs")[2]
+                found = re.search(r'"run_id":\s*"([^"]+)"', body)
+                if found:
+                    page = get(f"{url}/runs/{found.group(1)}")[2]
+                    if "second" in page:
+                        break
+                assert time.monotonic() < deadline, "the running task's lines never showed"
+                time.sleep(0.1)
+            assert re.search(r"<details open><summary>2 lines</summary><pre class=tail>"
+                             r"[^<]*first[^<]*token=&quot;\*\*\*&quot;", page), page
+            assert 'class="task running"' in page
+            raw = b"".join(p.read_bytes() for p in tmp_path.glob("h.db*"))
+            assert b"second" in raw and canary.encode() not in raw
+            _talk_gate.set()
+            runner.join(30)
+            final = get(f"{url}/api/runs/{found.group(1)}")[2]
+            assert "third" in final and canary not in final
+    finally:
+        _talk_gate.set()
+        runner.join(30)

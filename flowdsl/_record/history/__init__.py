@@ -46,6 +46,7 @@ from .write import (
     HEARTBEAT,
     HOST,
     INSERT_RUN,
+    TAIL,
     UPSERT_ATTEMPT,
     UPSERT_TASK,
     Batch,
@@ -332,7 +333,7 @@ class HistoryStore(HistoryReader):
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
-        self._active: set[str] = set()
+        self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
@@ -566,9 +567,9 @@ class HistoryStore(HistoryReader):
             except Exception:
                 pass
 
-    def _run_started(self, run_id: str) -> None:
+    def _run_started(self, run_id: str, observer: Any = None) -> None:
         with self._state:
-            self._active.add(run_id)
+            self._active[run_id] = observer
             _LIVE_RUNS.add(run_id)
             self._ensure_writer()
 
@@ -604,7 +605,7 @@ class HistoryStore(HistoryReader):
         # No wake-up here: the run's end asks for its rows next (_settle_later), and one
         # wake-up per run end keeps the writer from taking the GIL while the loop still works.
         with self._state:
-            self._active.discard(run_id)
+            self._active.pop(run_id, None)
 
     def _settle(self, run_id: str) -> HistoryError | None:
         """In a worker thread at a run's end: write its rows and return the write failure
@@ -658,19 +659,25 @@ class HistoryStore(HistoryReader):
                     return
 
     def _heartbeat(self) -> None:
-        """Stamp this process's runs in progress with the time, here in the writer thread
-        (never the event loop): readers tell from it that their writer is still there."""
+        """Stamp this process's runs in progress with the time, and write the log lines
+        their running tasks kept so far, here in the writer thread (never the event loop):
+        readers tell from the stamp that the writer is still there, and show the lines as
+        each task's live tail."""
         with self._state:
-            active = list(self._active)
+            active = list(self._active.items())
         if not active or self.path == ":memory:" or self.closed:
             return
         now = time.time()
-
+        tails = [(obs, *obs.tails()) for _, obs in active if obs is not None]
         try:
             with self._db_lock, self._transaction() as c:
-                c.executemany(HEARTBEAT, [(now, run_id) for run_id in active])
-        except sqlite3.OperationalError:
-            pass  # busy past the timeout: the next round stamps again
+                c.executemany(HEARTBEAT, [(now, run_id) for run_id, _ in active])
+                for _, rows, _ in tails:
+                    c.executemany(TAIL, rows)
+        except sqlite3.Error:
+            return  # busy past the timeout, or a line SQLite refuses: the next round tries
+        for obs, _, counts in tails:
+            obs.tailed(counts)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers or writers),

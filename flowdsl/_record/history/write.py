@@ -78,6 +78,8 @@ INSERT_RUN = (
     "nodes, proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 #: The writer thread's heartbeat on its runs in progress (see ``liveness``).
 HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
+#: A running task's log lines so far (its final row, written later, holds them all).
+TAIL = "UPDATE tasks SET logs = ? WHERE run_id = ? AND task_id = ? AND status = 'running'"
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
@@ -375,7 +377,8 @@ class HistoryObserver:
     queue; :meth:`arun_finished` waits (in a worker thread) for the run's rows to be written
     and attaches a write failure to the result."""
 
-    __slots__ = ("_done", "_flow", "_logged", "_outputs", "_push", "_run_id", "_store")
+    __slots__ = ("_done", "_flow", "_logged", "_masker", "_outputs", "_push", "_run_id",
+                 "_running", "_store", "_tailed")
 
     def __init__(self, store: Any, flow_name: str | None, store_outputs: bool) -> None:
         self._store = store
@@ -386,17 +389,41 @@ class HistoryObserver:
         self._logged: dict[str, int] = {}
         self._run_id: str | None = None
         self._push = store._queue.append
+        # The tasks running now (their records gain log lines as their tools run) and, for
+        # the writer thread's live tails, how many lines of each it wrote.
+        self._running: dict[str, TaskRecord] = {}
+        self._tailed: dict[str, int] = {}
+        self._masker: Any = None
 
     def run_started(self, result: RunResult, plan: Any) -> None:
         self._run_id = result.run_id
+        self._masker = result.masker
         if plan is not None:
             self._push((PLAN, (result.run_id, plan)))
         self._push((START, (result.run_id, result.flow_name or self._flow, result.mode,
                             "running", result.started_at.timestamp(), HOST, os.getpid())))
-        self._store._run_started(result.run_id)
+        self._store._run_started(result.run_id, self)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        self._running[record.id] = record
         self._push((TASK, _task_row(result.run_id, record, None, None)))
+
+    def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+        """In the writer thread: the running tasks whose log grew since last written, as
+        ``(logs JSON, run id, task id)`` rows (secrets masked), and the line counts they
+        hold (:meth:`tailed` once written). A browser shows them as the task's live tail."""
+        rows, counts = [], {}
+        for tid, rec in self._running.copy().items():  # a copy: the run adds and removes
+            logs = rec.logs
+            n = len(logs) if logs else 0
+            if not n or n == self._tailed.get(tid):
+                continue
+            counts[tid] = n
+            rows.append((logs_json(list(logs[:n]), self._masker), self._run_id or "", tid))
+        return rows, counts
+
+    def tailed(self, counts: dict[str, int]) -> None:
+        self._tailed.update(counts)
 
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         encoded = None
@@ -411,6 +438,7 @@ class HistoryObserver:
         for row in _attempt_rows(result.run_id, record):
             push((ATTEMPT, row))
         self._done.add(record.id)
+        self._running.pop(record.id, None)
         store = self._store
         # Wake the writer once when the queue fills (an Event.set per task would hand it
         # the GIL at every task).
