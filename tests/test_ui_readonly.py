@@ -45,9 +45,10 @@ from ui_support import (  # tests/ is on sys.path
 
 import flowdsl
 from flowdsl import tool
-from flowdsl._record.history import HistoryBusy, HistoryView, close_cached
+from flowdsl._record.history import HistoryView, close_cached
 from flowdsl._record.history import view as view_mod
 from flowdsl._record.history.liveness import STALE_REMOTE, writer_gone
+from flowdsl._record.history.view import _HistoryBusy
 from flowdsl._record.history.write import HOST
 from flowdsl._report.ui import allowed_hosts, create_app, is_loopback
 from flowdsl._report.ui.pages import RUN_STATUSES
@@ -210,7 +211,7 @@ def test_a_lock_holds_a_page_at_most_about_a_second(
 
 
 def test_history_busy_is_a_history_error() -> None:
-    assert issubclass(HistoryBusy, flowdsl.HistoryError)
+    assert issubclass(_HistoryBusy, flowdsl.HistoryError)
 
 
 # -- interrupted, computed when read --------------------------------------------------------------

@@ -40,7 +40,7 @@ import anyio
 from ..._base.log import get_logger, logging_enabled
 from .liveness import HEARTBEAT_EVERY, proc_start
 from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
-from .view import HistoryBusy, HistoryView
+from .view import HistoryView
 from .write import (
     FINISH_RUN,
     HEARTBEAT,
@@ -57,7 +57,7 @@ from .write import (
     tool_identity,
 )
 
-__all__ = ["HistoryBusy", "HistoryError", "HistoryObserver", "HistoryStore", "HistoryView",
+__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryView",
            "HistoryWarning", "RunNotFound", "ToolStats", "aopen_history", "default_path",
            "open_history", "tool_identity"]
 

@@ -17,7 +17,7 @@ Runs still marked ``running`` whose writer is gone read as ``interrupted`` (comp
 read, see :mod:`.liveness`); nothing is written back.
 
 A read waits at most ``busy_timeout`` seconds (1 s) for a lock another process holds, then
-raises :class:`HistoryBusy`, which says so.
+raises :class:`_HistoryBusy`, which says so (the run browser answers 503).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from .liveness import writer_gone
 from .read import HistoryReader, _json_list
 from .write import HOST
 
-__all__ = ["OLDEST_READ", "HistoryBusy", "HistoryView"]
+__all__ = ["OLDEST_READ", "HistoryView"]
 
 _T = TypeVar("_T")
 #: The oldest history schema the view reads (edges and log lines came with schema 3).
@@ -45,9 +45,10 @@ OLDEST_READ = 3
 _LIVE = ("running", "interrupted")
 
 
-class HistoryBusy(HistoryError):
+class _HistoryBusy(HistoryError):
     """Raised when another process held a lock on the history file for longer than the
-    view waits (``busy_timeout``)."""
+    view waits (``busy_timeout``). Private: the run browser answers it with a 503 page
+    that says so; no public call raises it."""
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:
@@ -177,7 +178,7 @@ class HistoryView(HistoryReader):
             return mem
         msg = (f"cannot read {self.path}: {why}, and it kept changing while a snapshot copy "
                "was taken (5 tries); try again in a moment")
-        raise HistoryBusy(msg)
+        raise _HistoryBusy(msg)
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         from . import SCHEMA_VERSION
@@ -199,10 +200,10 @@ class HistoryView(HistoryReader):
             raise HistoryError(msg)
         self._liveness = "heartbeat" in cols
 
-    def _busy(self) -> HistoryBusy:
+    def _busy(self) -> _HistoryBusy:
         msg = (f"the history file {self.path} is locked by another process: no answer within "
                f"{self.busy_timeout:g} s (the page tries again)")
-        return HistoryBusy(msg)
+        return _HistoryBusy(msg)
 
     def _unreadable(self, exc: BaseException) -> HistoryError:
         return HistoryError(f"cannot read the history file {self.path}: {exc}")
@@ -231,7 +232,7 @@ class HistoryView(HistoryReader):
         state of the file. Waits at most ``busy_timeout`` seconds in all for locks.
 
         Raises:
-            HistoryBusy: another process held the file past ``busy_timeout``.
+            _HistoryBusy: another process held the file past ``busy_timeout``.
             HistoryError: the file cannot be read.
         """
         deadline = time.monotonic() + self.busy_timeout

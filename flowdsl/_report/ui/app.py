@@ -30,7 +30,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..._record.history import HistoryBusy, HistoryError, HistoryView, RunNotFound
+from ..._record.history import HistoryError, HistoryView, RunNotFound
+from ..._record.history.view import _HistoryBusy
 from .pages import RUN_STATUSES, Page, page, run_body, runs_body, tools_body
 
 __all__ = ["PER_PAGE", "create_app"]
@@ -184,11 +185,11 @@ def create_app(history: str | os.PathLike[str] | Any, *,
 
     async def error(request: Request, exc: Exception) -> Response:
         code = exc.status_code if isinstance(exc, HTTPException) else (
-            503 if isinstance(exc, HistoryBusy) else 500)
+            503 if isinstance(exc, _HistoryBusy) else 500)
         text = exc.detail if isinstance(exc, HTTPException) else str(exc)
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": text}, status_code=code)
-        busy = isinstance(exc, HistoryBusy)
+        busy = isinstance(exc, _HistoryBusy)
         title = "History file locked" if busy else str(code)
         body = Page("Error", f'<h1>{_E(title)}</h1><p class="err" id="problem">{_E(text)}</p>'
                              '<p><a href="/">back to the runs</a></p>', live=busy)
