@@ -201,6 +201,7 @@ def graph_svg(tasks: Sequence[Mapping[str, object]], edges: Iterable[tuple[str, 
              '<defs><marker id="arrow" viewBox="0 0 8 8" refX="7" refY="4" markerWidth="7" '
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L8,4 L0,8 z" '
              'fill="#98a2b3"/></marker></defs>']
+    esc = {n: html.escape(n) for n in ids}  # each id escaped once, not per edge end
     for a, b in lay.edges:
         start = port(a, True)
         d = [f"M{start[0]},{start[1]}"]
@@ -209,8 +210,8 @@ def graph_svg(tasks: Sequence[Mapping[str, object]], edges: Iterable[tuple[str, 
             d += [curve(start, enter), f"L{leave[0]},{leave[1]}"]
             start = leave
         d.append(curve(start, port(b, False)))
-        parts.append(f'<path class="edge" data-from="{html.escape(a)}" '
-                     f'data-to="{html.escape(b)}" d="{" ".join(d)}" marker-end="url(#arrow)"/>')
+        parts.append(f'<path class="edge" data-from="{esc[a]}" data-to="{esc[b]}" '
+                     f'd="{" ".join(d)}" marker-end="url(#arrow)"/>')
     for n in ids:
         t = by_id.get(n) or {"task_id": n, "status": missing, "tool": ""}
         x, y = pos(n)
@@ -218,12 +219,13 @@ def graph_svg(tasks: Sequence[Mapping[str, object]], edges: Iterable[tuple[str, 
         color = COLORS.get(status, "#999999")
         tool = str(t.get("tool") or "")
         children = kids.get(n) or ()
-        counts = Counter(str(c.get("status") or "pending") for c in children)
+        counts = (Counter(str(c.get("status") or "pending") for c in children) if children
+                  else Counter())
         tip = f"{n} (tool {tool}): {status}" if tool else f"{n}: {status}"
         if children:
             tip += f"; {len(children)} map children: " + ", ".join(
                 f"{k} {v}" for k, v in counts.most_common())
-        node = [f'<g class="node {html.escape(status)}" data-task="{html.escape(n)}"'
+        node = [f'<g class="node {html.escape(status)}" data-task="{esc[n]}"'
                 + (f' data-children="{len(children)}"' if children else "") + ">",
                 f"<title>{html.escape(tip)}</title>"]
         if children:  # a stack of cards behind: the map's children, grouped in their parent

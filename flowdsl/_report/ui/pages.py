@@ -8,6 +8,7 @@ is what the live view fetches and swaps in while a run is in progress.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import html
 import json
 import math
@@ -210,6 +211,7 @@ def _attempts(t: Mapping[str, Any]) -> str:
     return f"<details><summary>{len(attempts)}</summary><ol>{items}</ol></details>"
 
 
+@functools.lru_cache(maxsize=1024)
 def tool_anchor(tool: str) -> str:
     """The id of a tool's row on the tools page, from its qualified name: letters, digits,
     ``.``, ``_`` and ``-`` as they are, any other character as ``~<hex>~`` (an id a link's
