@@ -3,6 +3,7 @@ layout, the live partials, security headers and the command."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import os
@@ -12,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import pytest
 
@@ -26,6 +27,7 @@ from flowdsl._report.timeline import COLORS
 from flowdsl._report.ui import app as ui_app
 from flowdsl._report.ui import create_app
 from flowdsl._report.ui.graph import graph_svg, layout
+from flowdsl._report.ui.pages import tool_anchor
 
 
 @pytest.fixture(scope="module")
@@ -144,11 +146,31 @@ class TestRunsPage:
         assert _run_links(filtered) == list(reversed(ids["ok"]))
         assert 'rel="older"' not in filtered
 
-    @pytest.mark.parametrize("page", ["0", "-1", "two"])
+    @pytest.mark.parametrize("page", ["0", "-1", "two", "1" * 23, "+1", "1.0", "\u0661"])
     def test_bad_page_is_a_400_naming_it(self, base: str, page: str) -> None:
-        """A page that is not a whole number >= 1 is refused with a message that says so."""
-        status, _, body = get(f"{base}?page={page}")
-        assert status == 400 and "expected a whole number &gt;= 1" in body
+        """A page that is not a whole number from 1 to MAX_PAGE (a 23-digit one included) is
+        refused with a message that names it, in the pages and the API."""
+        status, _, body = get(f"{base}?{urlencode({'page': page})}")
+        assert status == 400 and "expected a whole number from 1 to 1,000,000" in body
+        assert html.escape(repr(page)) in body
+        status, _, body = get(f"{base}/api/runs?{urlencode({'page': page})}")
+        assert status == 400 and json.loads(body)["error"].startswith(f"page={page!r}")
+
+    @pytest.mark.parametrize(("query", "named"), [
+        ("status=bogus", "status=&#x27;bogus&#x27;: expected one of running, completed"),
+        ("colour=red", "colour=&#x27;red&#x27;: unknown parameter"),
+        ("flow=" + "x" * 1001, "not a flow name")])
+    def test_any_bad_query_value_is_a_400_naming_it(self, base: str, query: str,
+                                                    named: str) -> None:
+        """Every query value is checked: an unknown status or parameter is a 400 too."""
+        status, _, body = get(f"{base}/?{query}")
+        assert status == 400 and named in body
+
+    def test_a_run_page_or_tools_page_refuses_parameters(
+            self, base: str, history: tuple[Path, dict[str, Any]]) -> None:
+        run_id = history[1]["failed"]
+        assert get(f"{base}/runs/{run_id}?page=2")[0] == 400
+        assert get(f"{base}/tools?x=1")[0] == 400
 
     def test_empty_history(self, tmp_path: Path) -> None:
         """A history without runs says how to get some."""
@@ -239,10 +261,13 @@ class _FakeStore:
         self.edges: list[list[str]] | None = None
 
     def runs(self, limit: int = 20, *, flow: str | None = None,
-             status: str | None = None) -> list[dict[str, Any]]:
+             status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
         return [{"run_id": "r1", "flow": "f", "mode": "parallel", "status": self.status,
                  "started_at": 0.0, "ended_at": None, "duration": None, "error_type": None,
-                 "error_message": None}][:limit]
+                 "error_message": None}][offset:offset + limit]
+
+    def flows(self) -> dict[str, int]:
+        return {"f": 1}
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         task = {"task_id": "t", "tool": "tl", "status": "running", "started_at": 0.1,
@@ -296,14 +321,14 @@ class TestToolsAndApi:
         stats = flowdsl.HistoryStore(history[0]).tool_stats()
         body = get(f"{base}/tools")[2]
         rows = dict(re.findall(r'<tr id="([^"]+)">(.*?)</tr>', body))
-        assert set(rows) == set(stats)
+        assert set(rows) == {tool_anchor(t) for t in stats}
         # Tools are keyed by module-qualified name; "parse" is the short one.
         (parse,) = [st for st in stats.values() if st.name == "parse"]
-        cells = re.findall(r"<td class=num>([^<]*)</td>", rows[quote(parse.tool, safe="")])
+        cells = re.findall(r"<td class=num>([^<]*)</td>", rows[tool_anchor(parse.tool)])
         assert cells[:5] == [str(parse.count), str(parse.completed), str(parse.failed),
                              str(parse.attempts), str(parse.timeouts)]
         (boom,) = [st.tool for st in stats.values() if st.name == "boom"]
-        assert "0%" in rows[quote(boom, safe="")]
+        assert "0%" in rows[tool_anchor(boom)]
 
     def test_json_api(self, base: str, history: tuple[Path, dict[str, Any]]) -> None:
         """The same data as JSON: runs (filtered), one run, tool statistics."""

@@ -1,5 +1,7 @@
-"""Make docs/img/ui_run.png: the run browser's page of a reference-workflow run, taken by
-headless Chromium (``apt-get install chromium chromium-driver``; ``pip install selenium``).
+"""Make docs/img/ui_run.png (the run browser's page of a finished reference-workflow run) and
+docs/img/ui_live.png (the same flow's page while it runs: growing bars, elapsed time, the tasks
+not started yet), taken by headless Chromium (``apt-get install chromium chromium-driver``;
+``pip install selenium``).
 
     python docs/img/make_ui_screenshot.py
 """
@@ -42,8 +44,7 @@ def main() -> None:
                 "--hide-scrollbars", "--window-size=1280,900", "--force-device-scale-factor=1"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service("/usr/bin/chromedriver"))
-    try:
-        driver.get(f"{url_of(sock)}runs/{run_id}")
+    def shoot(name: str) -> None:
         # the facts, timeline, graph and the first rows of the task table
         height = driver.execute_script(
             "return document.querySelector('table.tasks tbody tr:nth-child(4)')"
@@ -52,9 +53,24 @@ def main() -> None:
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
             "width": 1280, "height": int(height), "deviceScaleFactor": 1, "mobile": False})
         time.sleep(0.3)
-        out = ROOT / "docs" / "img" / "ui_run.png"
+        out = ROOT / "docs" / "img" / name
         driver.save_screenshot(str(out))
         print(f"wrote {out} ({height} px tall)")
+
+    try:
+        driver.get(f"{url_of(sock)}runs/{run_id}")
+        shoot("ui_run.png")
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        # a run in progress, caught part-way: its page polls and redraws every second
+        live = threading.Thread(target=flowdsl.run, args=(reference_flow(5.0),),
+                                kwargs={"resources": POOLS, "history": db})
+        live.start()
+        time.sleep(2.6)
+        driver.get(url_of(sock))
+        driver.find_element("css selector", "a.run-link").click()
+        time.sleep(1.5)
+        shoot("ui_live.png")
+        live.join()
     finally:
         driver.quit()
         server.should_exit = True

@@ -37,10 +37,14 @@ def ui(history: Annotated[Path | None, typer.Option(
        = False,
        flow: Annotated[list[str] | None, typer.Option(
            "--flow", metavar="TARGET", help="A flow whose runs get their graph's edges, "
-           "critical path and pool lanes drawn (repeatable).")] = None) -> None:
+           "critical path and pool lanes drawn (repeatable).")] = None,
+       allow_host: Annotated[list[str] | None, typer.Option(
+           "--allow-host", metavar="NAME", help="Also answer requests for this host name "
+           "(repeatable). Only the loopback names and the --host address are answered "
+           "otherwise, which keeps web pages elsewhere out (DNS rebinding).")] = None) -> None:
     """Browse the runs kept in history in a web browser (read-only; Ctrl-C stops it)."""
     from .._record.history import default_path
-    from .ui import LOOPBACK, UiError, serve
+    from .ui import UiError, is_loopback, serve
 
     given = history or _options["history"]
     if given is None and os.environ.get("FLOWDSL_HISTORY", "").strip().lower() in _OFF:
@@ -54,7 +58,7 @@ def ui(history: Annotated[Path | None, typer.Option(
     for target in flow or ():
         p = _plan(_load(target))
         plans[p.name or target] = p
-    if host not in LOOPBACK:
+    if not is_loopback(host):
         _err().print(f"[yellow]warning:[/] serving on {host}: anyone who can reach it can read "
                      "this history (there is no login)", soft_wrap=True)
 
@@ -64,7 +68,7 @@ def ui(history: Annotated[Path | None, typer.Option(
 
     try:
         serve(path, host=host, port=port, open_browser=not no_browser, plans=plans,
-              on_ready=ready)
+              on_ready=ready, allow_hosts=allow_host or ())
     except UiError as exc:
         raise _fail(str(exc)) from None
     except KeyboardInterrupt:

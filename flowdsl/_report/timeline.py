@@ -287,6 +287,8 @@ _CSS = f"""
 .fdt .axis.top{{position:sticky;top:0;z-index:4;border-bottom:1px solid #ddd}}
 .fdt .axis span{{position:absolute;transform:translateX(-50%)}}
 .fdt .legend span{{display:inline-block;margin-right:10px}}
+.fdt details.kids{{margin:0 0 0 12px;border-left:2px solid #ddd}}
+.fdt details.kids summary{{font-size:11px;color:#444;cursor:pointer;margin-left:206px}}
 .fdt .legend i{{display:inline-block;width:10px;height:10px;margin-right:3px;
  vertical-align:-1px;border-radius:2px}}
 """
@@ -385,10 +387,23 @@ def _legend_html(tl: Timeline) -> str:
                    f'"></i>{html.escape(label)}</span>' for kind, label in legend_items(tl))
 
 
-def timeline_fragment(tl: Timeline) -> str:
+def _children(bars: Sequence[Bar]) -> dict[str, list[Bar]]:
+    """A mapped task's children (``parent[i]``, where ``parent`` is a bar too), by parent."""
+    ids = {b.id for b in bars}
+    out: dict[str, list[Bar]] = {}
+    for b in bars:
+        parent = b.id.rpartition("[")[0] if b.id.endswith("]") else ""
+        if parent and parent in ids:
+            out.setdefault(parent, []).append(b)
+    return out
+
+
+def timeline_fragment(tl: Timeline, *, group: bool = False) -> str:
     """The timeline as an HTML fragment (rows of bars, lanes, axis and legend) with a scoped
     style sheet; embeddable in a notebook output or a page. The time axis sticks to the top
-    of the window while a long timeline scrolls, and is repeated below it."""
+    of the window while a long timeline scrolls, and is repeated below it. With ``group``,
+    a mapped task's children follow their parent's bar, collapsed (``<details>``, open while
+    one of them runs)."""
     end = tl.end
     axis = "".join(f'<span style="left:{_pct(t, end)}">{t:g}s</span>' for t in _ticks(end))
     parts = [f"<style>{_CSS}</style>", '<div class="fdt">',
@@ -396,12 +411,23 @@ def timeline_fragment(tl: Timeline) -> str:
     lanes = tl.lanes
     current = None
     rows = tl.rows()
+    kids = _children(rows) if group else {}
+    inside = {id(c) for cs in kids.values() for c in cs}
     for b in rows:
+        if id(b) in inside:
+            continue
         if len(lanes) > 1 and b.lane != current:
             current = b.lane
             label = current if current == NO_POOL else f"pool {current}"
             parts.append(f'<div class="lane">{html.escape(label)}</div>')
         parts.append(_bar_html(b, end))
+        children = kids.get(b.id)
+        if children:
+            running = any(c.status == "running" for c in children)
+            parts.append(f'<details class="kids" data-parent="{html.escape(b.id)}"'
+                         f'{" open" if running else ""}><summary>{len(children)} map '
+                         f"children of {html.escape(b.id)}</summary>"
+                         + "".join(_bar_html(c, end) for c in children) + "</details>")
     if len(rows) > LONG:
         parts.append(f'<div class="axis">{axis}</div>')
     parts.append(f'<div class="legend">{_legend_html(tl)}</div></div>')

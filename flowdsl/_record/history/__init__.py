@@ -12,7 +12,9 @@ Writes cost the run an append per row: a writer thread drains the rows into one 
 every ``flush_interval`` seconds (sooner when ``flush_rows`` rows wait), and the run's end
 waits, in a worker thread, for its rows to be written. A run killed with SIGKILL loses at most
 the last fraction of a second; its run row, still ``running``, becomes ``interrupted`` the
-next time a store opens the file. Old runs are pruned in the background every
+next time a store opens the file; a reader that never writes (the run browser) tells it at
+once from the run's host, pid, process start time and the heartbeat the writer thread stamps
+on its runs in progress every second (:mod:`.liveness`). Old runs are pruned in the background every
 ``prune_every`` finished runs. What a run reads (expected durations) comes from the aggregates:
 its cost follows the flow's tools, not the number of rows in the file.
 
@@ -36,11 +38,15 @@ from typing import Any, TypeVar
 import anyio
 
 from ..._base.log import get_logger, logging_enabled
+from .liveness import HEARTBEAT_EVERY, proc_start
 from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
+from .view import HistoryView
 from .write import (
     FINISH_RUN,
+    HEARTBEAT,
     HOST,
     INSERT_RUN,
+    TAIL,
     UPSERT_ATTEMPT,
     UPSERT_TASK,
     Batch,
@@ -51,10 +57,11 @@ from .write import (
     tool_identity,
 )
 
-__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryWarning", "RunNotFound",
-           "ToolStats", "aopen_history", "default_path", "open_history", "tool_identity"]
+__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryView",
+           "HistoryWarning", "RunNotFound", "ToolStats", "aopen_history", "default_path",
+           "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _T = TypeVar("_T")
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
@@ -65,7 +72,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT,
-    edges TEXT);
+    edges TEXT, nodes TEXT, proc_start TEXT, heartbeat REAL);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -116,6 +123,16 @@ def _migrate_2(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE runs ADD COLUMN edges TEXT")
 
 
+def _migrate_3_writer_liveness(c: sqlite3.Connection) -> None:
+    """Version 3 -> 4 (writer liveness, for the run browser): each run's writer process start
+    time and heartbeat, so a reader tells a run whose writer is gone without writing (older
+    runs have neither: a reader falls back to their host and pid), and the plan's task ids
+    (``nodes``), so a live run's graph shows the tasks not started yet."""
+    c.execute("ALTER TABLE runs ADD COLUMN nodes TEXT")
+    c.execute("ALTER TABLE runs ADD COLUMN proc_start TEXT")
+    c.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
+
+
 def _create(c: sqlite3.Connection) -> None:
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
@@ -123,7 +140,8 @@ def _create(c: sqlite3.Connection) -> None:
 
 
 # Migrations from version N to N+1, applied in order inside the opening transaction.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness}
 
 
 def default_path() -> Path:
@@ -315,7 +333,7 @@ class HistoryStore(HistoryReader):
         self._queue: collections.deque[tuple[int, Any]] = collections.deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
-        self._active: set[str] = set()
+        self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
@@ -378,13 +396,15 @@ class HistoryStore(HistoryReader):
     def _mark_interrupted(self) -> None:
         """Runs left 'running' by a process that is gone become 'interrupted'."""
         rows = self._conn.execute(
-            "SELECT run_id, host, pid FROM runs WHERE status = 'running'").fetchall()
+            "SELECT run_id, host, pid, proc_start FROM runs WHERE status = 'running'"
+        ).fetchall()
         dead = []
-        for run_id, host, pid in rows:
+        for run_id, host, pid, started in rows:
             if run_id in _LIVE_RUNS or host != HOST:
                 continue  # still running here, or on another machine we cannot check
-            if pid is None or pid == os.getpid() or not _pid_alive(pid):
-                dead.append((run_id,))
+            if (pid is None or pid == os.getpid() or not _pid_alive(pid)
+                    or (started is not None and proc_start(pid) not in (started, None))):
+                dead.append((run_id,))  # gone, or its pid now names another process
         self._conn.executemany(
             "UPDATE runs SET status = 'interrupted' WHERE run_id = ?", dead)
         self._conn.executemany(
@@ -547,9 +567,9 @@ class HistoryStore(HistoryReader):
             except Exception:
                 pass
 
-    def _run_started(self, run_id: str) -> None:
+    def _run_started(self, run_id: str, observer: Any = None) -> None:
         with self._state:
-            self._active.add(run_id)
+            self._active[run_id] = observer
             _LIVE_RUNS.add(run_id)
             self._ensure_writer()
 
@@ -585,7 +605,7 @@ class HistoryStore(HistoryReader):
         # No wake-up here: the run's end asks for its rows next (_settle_later), and one
         # wake-up per run end keeps the writer from taking the GIL while the loop still works.
         with self._state:
-            self._active.discard(run_id)
+            self._active.pop(run_id, None)
 
     def _settle(self, run_id: str) -> HistoryError | None:
         """In a worker thread at a run's end: write its rows and return the write failure
@@ -604,8 +624,10 @@ class HistoryStore(HistoryReader):
     def _write_loop(self) -> None:
         me = threading.current_thread()
         idle_since = time.monotonic()
+        beat = 0.0  # when the last heartbeat was written (monotonic)
+        wait = min(self.flush_interval, HEARTBEAT_EVERY)
         while True:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(wait)
             self._wake.clear()
             # Settle requests are taken before the flush: their end rows were queued before
             # them, so this flush writes them.
@@ -618,6 +640,9 @@ class HistoryStore(HistoryReader):
                     self.prune()
                 if self._commits and time.monotonic() - self._checkpointed > 1.0:
                     self._checkpoint()
+                if time.monotonic() - beat >= HEARTBEAT_EVERY:
+                    beat = time.monotonic()
+                    self._heartbeat()
             except Exception as exc:  # a later round tries again
                 if logging_enabled():
                     get_logger(path=self.path).warning("history_maintenance_failed",
@@ -632,6 +657,27 @@ class HistoryStore(HistoryReader):
                     # runs (a new run starts a writer again).
                     self._writer = None
                     return
+
+    def _heartbeat(self) -> None:
+        """Stamp this process's runs in progress with the time, and write the log lines
+        their running tasks kept so far, here in the writer thread (never the event loop):
+        readers tell from the stamp that the writer is still there, and show the lines as
+        each task's live tail."""
+        with self._state:
+            active = list(self._active.items())
+        if not active or self.path == ":memory:" or self.closed:
+            return
+        now = time.time()
+        tails = [(obs, *obs.tails()) for _, obs in active if obs is not None]
+        try:
+            with self._db_lock, self._transaction() as c:
+                c.executemany(HEARTBEAT, [(now, run_id) for run_id, _ in active])
+                for _, rows, _ in tails:
+                    c.executemany(TAIL, rows)
+        except sqlite3.Error:
+            return  # busy past the timeout, or a line SQLite refuses: the next round tries
+        for obs, _, counts in tails:
+            obs.tailed(counts)
 
     def _checkpoint(self) -> None:
         """Copy the WAL into the database file (PASSIVE: never waits for readers or writers),

@@ -117,10 +117,10 @@ class HistoryReader:
                 self._flow_cache[flow] = (hit[0], hit[1], tasks, tools)
 
     def runs(self, limit: int = 20, *, flow: str | None = None,
-             status: str | None = None) -> list[dict[str, Any]]:
+             status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """The newest runs first: run id, flow, mode, status, start (Unix time), end, duration,
         the error type and message, and the history error if its rows were not all written.
-        Filter by flow name or status if given."""
+        Filter by flow name or status if given; skip the newest ``offset`` runs (paging)."""
         where, params = [], []
         if flow is not None:
             where.append("flow = ?")
@@ -130,8 +130,9 @@ class HistoryReader:
             params.append(status)
         sql = ("SELECT run_id, flow, mode, status, started_at, ended_at, duration, error_type, "
                "error_message, history_error FROM runs"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?")
-        return self._query(sql, (*params, limit))
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY seq DESC LIMIT ? OFFSET ?")
+        return self._query(sql, (*params, limit, offset))
 
     def flows(self) -> dict[str | None, int]:
         """Each flow name with runs in the history, and how many."""

@@ -18,6 +18,7 @@ import os
 import socket
 import sqlite3
 import sys
+import time
 import warnings
 from array import array
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from ..._base.limits import stored_json
 from ..._base.log import get_logger, logging_enabled
 from ..._base.loop import threadsafe_caller
 from ..._run.result import RunResult, TaskRecord, TaskStatus
+from .liveness import PROC_START
 
 __all__ = [
     "HOST",
@@ -42,6 +44,7 @@ __all__ = [
     "aggregate_run",
     "edges_json",
     "logs_json",
+    "nodes_json",
     "percentile",
     "safe_text",
     "tool_identity",
@@ -71,8 +74,12 @@ UPSERT_ATTEMPT = (
     "duration, status, error_type, error_message, qualname) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 # OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
 INSERT_RUN = (
-    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges) "
-    "VALUES (?,?,?,?,?,?,?,?)")
+    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges, "
+    "nodes, proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+#: The writer thread's heartbeat on its runs in progress (see ``liveness``).
+HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
+#: A running task's log lines so far (its final row, written later, holds them all).
+TAIL = "UPDATE tasks SET logs = ? WHERE run_id = ? AND task_id = ? AND status = 'running'"
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
@@ -224,9 +231,12 @@ class Batch:
         self.tasks = {k: tuple(safe_text(v) for v in row) for k, row in self.tasks.items()}
 
     def start_rows(self, plans: dict[str, Any]) -> list[tuple[Any, ...]]:
-        """The run rows, each with its plan's edges (``None`` when the run came without a
-        plan): written once per run, here in the writer thread, never on the event loop."""
-        return [(*row, edges_json(plans.get(row[0]))) for row in self.starts]
+        """The run rows, each with its plan's edges and task ids (``None`` when the run came
+        without a plan), this process's start time and a first heartbeat: written once per
+        run, here in the writer thread, never on the event loop."""
+        now = time.time()
+        return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
+                 PROC_START, now) for row in self.starts]
 
     def with_qualnames(self, plans: dict[str, Any]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
@@ -258,6 +268,14 @@ def edges_json(plan: Any) -> str | None:
     if preds is None:
         return None
     return json.dumps([[p, i] for i in plan.order for p in preds[i]], separators=(",", ":"))
+
+
+def nodes_json(plan: Any) -> str | None:
+    """A plan's task ids in its order, as compact JSON (so a reader draws every task of a run
+    from its start, those without edges too); ``None`` as for :func:`edges_json`."""
+    if getattr(plan, "predecessors", None) is None:
+        return None
+    return json.dumps(list(plan.order), separators=(",", ":"))
 
 
 def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
@@ -359,7 +377,8 @@ class HistoryObserver:
     queue; :meth:`arun_finished` waits (in a worker thread) for the run's rows to be written
     and attaches a write failure to the result."""
 
-    __slots__ = ("_done", "_flow", "_logged", "_outputs", "_push", "_run_id", "_store")
+    __slots__ = ("_done", "_flow", "_logged", "_masker", "_outputs", "_push", "_run_id",
+                 "_running", "_store", "_tailed")
 
     def __init__(self, store: Any, flow_name: str | None, store_outputs: bool) -> None:
         self._store = store
@@ -370,17 +389,41 @@ class HistoryObserver:
         self._logged: dict[str, int] = {}
         self._run_id: str | None = None
         self._push = store._queue.append
+        # The tasks running now (their records gain log lines as their tools run) and, for
+        # the writer thread's live tails, how many lines of each it wrote.
+        self._running: dict[str, TaskRecord] = {}
+        self._tailed: dict[str, int] = {}
+        self._masker: Any = None
 
     def run_started(self, result: RunResult, plan: Any) -> None:
         self._run_id = result.run_id
+        self._masker = result.masker
         if plan is not None:
             self._push((PLAN, (result.run_id, plan)))
         self._push((START, (result.run_id, result.flow_name or self._flow, result.mode,
                             "running", result.started_at.timestamp(), HOST, os.getpid())))
-        self._store._run_started(result.run_id)
+        self._store._run_started(result.run_id, self)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
+        self._running[record.id] = record
         self._push((TASK, _task_row(result.run_id, record, None, None)))
+
+    def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
+        """In the writer thread: the running tasks whose log grew since last written, as
+        ``(logs JSON, run id, task id)`` rows (secrets masked), and the line counts they
+        hold (:meth:`tailed` once written). A browser shows them as the task's live tail."""
+        rows, counts = [], {}
+        for tid, rec in self._running.copy().items():  # a copy: the run adds and removes
+            logs = rec.logs
+            n = len(logs) if logs else 0
+            if not n or n == self._tailed.get(tid):
+                continue
+            counts[tid] = n
+            rows.append((logs_json(list(logs[:n]), self._masker), self._run_id or "", tid))
+        return rows, counts
+
+    def tailed(self, counts: dict[str, int]) -> None:
+        self._tailed.update(counts)
 
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         encoded = None
@@ -395,6 +438,7 @@ class HistoryObserver:
         for row in _attempt_rows(result.run_id, record):
             push((ATTEMPT, row))
         self._done.add(record.id)
+        self._running.pop(record.id, None)
         store = self._store
         # Wake the writer once when the queue fills (an Event.set per task would hand it
         # the GIL at every task).

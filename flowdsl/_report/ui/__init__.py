@@ -6,9 +6,9 @@ ship in the package, so the browser loads nothing from the internet.
 
 from __future__ import annotations
 
-from .server import LOOPBACK, UiError, bind, serve
+from .server import LOOPBACK, UiError, allowed_hosts, bind, is_loopback, serve
 
-__all__ = ["LOOPBACK", "UiError", "bind", "create_app", "serve"]
+__all__ = ["LOOPBACK", "UiError", "allowed_hosts", "bind", "create_app", "is_loopback", "serve"]
 
 
 def __getattr__(name: str) -> object:

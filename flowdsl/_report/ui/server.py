@@ -2,20 +2,40 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import threading
 import time
 import webbrowser
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..._base.errors import FlowError
 
-__all__ = ["LOOPBACK", "UiError", "bind", "serve"]
+__all__ = ["LOOPBACK", "UiError", "allowed_hosts", "bind", "is_loopback", "serve"]
 
-#: Host names that mean "this machine only"; the app answers only these Host headers there.
+#: Host names that mean "this machine only".
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: ``localhost`` or any loopback address
+    (``127.0.0.0/8``, ``::1``)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_hosts(host: str, extra: Iterable[str] = ()) -> list[str]:
+    """The ``Host`` headers the browser served on ``host`` answers: the loopback names, the
+    address it listens on, and ``extra`` (``--allow-host``). Every other name is refused,
+    whatever address it listens on: a web page elsewhere cannot reach it through a DNS name
+    rebound to that address."""
+    return list(dict.fromkeys([*LOOPBACK, host.strip("[]"), *(h.strip("[]") for h in extra)]))
 
 
 class UiError(FlowError, RuntimeError):
@@ -61,7 +81,8 @@ def url_of(sock: socket.socket) -> str:
 
 def serve(history: str | os.PathLike[str] | Any, *, host: str = "127.0.0.1", port: int = 8765,
           open_browser: bool = True, plans: Mapping[str, Any] | None = None,
-          on_ready: Callable[[str], None] | None = None) -> None:
+          on_ready: Callable[[str], None] | None = None,
+          allow_hosts: Sequence[str] = ()) -> None:
     """Serve the run browser until interrupted (Ctrl-C).
 
     Args:
@@ -72,6 +93,8 @@ def serve(history: str | os.PathLike[str] | Any, *, host: str = "127.0.0.1", por
         open_browser: open the runs page in the default web browser once serving.
         plans: flow name -> plan, for the graphs' edges (see :func:`create_app`).
         on_ready: called with the URL once the server accepts connections.
+        allow_hosts: more ``Host`` header names to answer (a name this machine has on the
+            network, for ``--host 0.0.0.0``); the loopback names and ``host`` always are.
 
     Raises:
         UiError: Starlette/uvicorn are missing, or the port cannot be bound.
@@ -81,8 +104,7 @@ def serve(history: str | os.PathLike[str] | Any, *, host: str = "127.0.0.1", por
 
     from .app import create_app
 
-    local = host in LOOPBACK
-    app = create_app(history, plans=plans, allowed_hosts=[*LOOPBACK, "[::1]"] if local else None)
+    app = create_app(history, plans=plans, allowed_hosts=allowed_hosts(host, allow_hosts))
     sock = bind(host, port)
     url = url_of(sock)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
