@@ -181,3 +181,19 @@ def test_analyze_takes_the_flows_defaults_as_run_does():
     assert any(s.kind == "parallel_mode" for s in found.suggestions)
     with pytest.raises(ValueError, match="unknown mode"):
         flowdsl.analyze(flow, history=False, mode="sideways")
+
+
+def test_a_document_checks_a_carried_option_by_its_row():
+    doc = {"name": "f", "tasks": [{"id": "t", "tool": "fetch", "deadline": -1,
+                                   "expected_duration": 2}]}
+    with pytest.raises(flowdsl.PlanValidationError) as info:
+        load_flow(doc, REG)
+    (problem,) = info.value.problems
+    assert problem["path"] == "tasks[0].deadline" and problem["code"] == "bad_option"
+    assert "deadline=-1" in problem["message"]
+
+
+def test_default_executor_limits_name_local_executors():
+    from flowdsl._plan.policy import executor_limits
+
+    assert set(executor_limits()) <= {k for k, row in EXECUTOR_KINDS.items() if row.local}
