@@ -569,7 +569,14 @@ class Core:
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=exc_repr(exc))
-                    await self.sleep(delay)
+                    # The wait sits inside this handler, out of reach of the handler below
+                    # for cancellation: a stop during it must still end the task.
+                    try:
+                        await self.sleep(delay)
+                    except BaseException:
+                        self._stopped(tid, item, rec, "cancelled while waiting to retry: "
+                                      + self._stop_why(rec), n)
+                        raise
                     continue
                 return self._failed(tid, item, rec, exc, n)
             except BaseException:  # cancellation, KeyboardInterrupt: never retried
@@ -766,6 +773,15 @@ class Core:
             self._finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
         if not self.continue_on_error and rec.parent is None:
             self.abort()
+
+    def _stop_why(self, rec: TaskRecord) -> str:
+        """Why a task is being stopped: its map sibling failed, or the run stopped (after
+        which task's failure, when one caused it)."""
+        if rec.parent is not None and rec.parent in self._halted:
+            return self._halted[rec.parent]
+        err = self.result.error
+        culprit = getattr(err, "task_id", None) if self.stopped else None
+        return f"the run stopped after {culprit!r} failed" if culprit else "the run stopped"
 
     def _started(self, tid: str, rec: TaskRecord) -> None:
         for ob in self.observers:

