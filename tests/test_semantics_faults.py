@@ -157,3 +157,64 @@ def test_simultaneous_thread_failures_are_all_recorded(backend: str) -> None:
         assert statuses == {"a": S.FAILED, "b": S.FAILED}, statuses
         assert sorted(e.task_id for e in r.errors) == ["a", "b"]  # type: ignore[attr-defined]
         assert r.error is not None and r.error.task_id == "a"  # type: ignore[attr-defined]
+
+
+# -- 7: a switch that matches no case; a task shared by two cases ---------------------------
+MODES = ["sequential", "parallel", "pipeline", "conditional"]
+
+
+def _route(value: str) -> Any:
+    return tl(lambda: value, name="route")().named("route")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_switch_without_match_or_default_fails(mode: str) -> None:
+    """No case matches and no default: the switch fails (its first gate), naming the value
+    and the cases; nothing of any case runs and the run is not ok."""
+    route = _route("z")
+    work = tl(lambda label: label, name="work")
+    flow = route >> flowdsl.switch(route, {"a": work("A").named("A"),
+                                           "b": work("B").named("B")})
+    r = run(flow, mode=mode)
+    assert not r.ok and r.status == "failed"
+    assert r.tasks["switch['a']"].status is S.FAILED
+    msg = str(r.error)
+    assert "switch on 'route' matched no case: got 'z' (cases: 'a', 'b')" in msg
+    assert "default=flowdsl.SKIP" in msg
+    assert "A" not in r.outputs and "B" not in r.outputs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_switch_default_skip_skips_every_case(mode: str) -> None:
+    """default=flowdsl.SKIP: matching nothing skips every case on purpose; the run is ok."""
+    route = _route("z")
+    work = tl(lambda label: label, name="work")
+    r = run(route >> flowdsl.switch(route, {"a": work("A").named("A")},
+                                    default=flowdsl.SKIP), mode=mode)
+    assert r.ok
+    assert r.tasks["A"].status is S.SKIPPED
+    assert r.tasks["A"].reason == "switch on 'route' matched no case (got 'z')"
+    assert repr(flowdsl.SKIP) == "flowdsl.SKIP"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("choice", ["a", "b", "c"])
+def test_task_shared_by_two_cases_runs_when_either_is_chosen(mode: str, choice: str) -> None:
+    """One task given as the path of cases 'a' and 'b' runs when 'a' or 'b' is chosen,
+    once; it is skipped (with the switch's reason) when 'c' is."""
+    route = _route(choice)
+    work = tl(lambda label: label, name="work")
+    shared = work("AB").named("AB")
+    r = run(route >> flowdsl.switch(route, {"a": shared, "b": shared,
+                                            "c": work("C").named("C")}), mode=mode)
+    assert r.ok, r.error
+    if choice == "c":
+        assert r.tasks["AB"].status is S.SKIPPED
+        assert r.tasks["AB"].reason == "switch on 'route' chose 'c'"
+        assert r.outputs["C"] == "C"
+    else:
+        assert r.tasks["AB"].status is S.COMPLETED and r.outputs["AB"] == "AB"
+        assert len(r.tasks["AB"].attempts) == 1
+        assert r.tasks["C"].status is S.SKIPPED
+    assert r.tasks["switch['a', 'b']"].status is (
+        S.SKIPPED if choice == "c" else S.COMPLETED)

@@ -220,14 +220,18 @@ class Guard:
     task runs only if ``test(value of on)`` is true; else it is skipped with the reason
     ``reason(name of on, value)``."""
 
-    __slots__ = ("inherit", "on", "reason", "test")
+    __slots__ = ("fail", "inherit", "on", "reason", "test")
 
     def __init__(self, on: Task | Ref, test: Callable[[Any], Any],
-                 reason: Callable[[str, Any], str], *, inherit: bool = False) -> None:
+                 reason: Callable[[str, Any], str], *, inherit: bool = False,
+                 fail: Callable[[str, Any], str | None] | None = None) -> None:
         self.on = on
         self.test = test
         self.reason = reason
         self.inherit = inherit  # the tasks skipped downstream repeat the reason
+        # When the test is false: an error message (the task fails, e.g. a switch that
+        # matched no case) or None (it is skipped).
+        self.fail = fail
 
 
 def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,

@@ -444,6 +444,10 @@ class Core:
             ok = eval_condition(g.test, value, f"the condition of {owner} on {name!r}")
             if not ok:
                 name = repr(name)
+                if g.fail is not None:
+                    bad = g.fail(name, value)
+                    if bad is not None:
+                        raise TaskInputError(bad)
                 why = g.reason(name, value)[:300]
                 return _Inherited(why) if g.inherit else why
         return None
