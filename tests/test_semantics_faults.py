@@ -218,3 +218,65 @@ def test_task_shared_by_two_cases_runs_when_either_is_chosen(mode: str, choice: 
         assert r.tasks["C"].status is S.SKIPPED
     assert r.tasks["switch['a', 'b']"].status is (
         S.SKIPPED if choice == "c" else S.COMPLETED)
+
+
+# -- 9a: map children's ids never collide with a task's id ---------------------------------
+@tl
+def inc(x: int) -> int:
+    return x + 1
+
+
+@tl
+def show(value: Any) -> Any:
+    return value
+
+
+def test_explicit_id_of_a_map_child_is_refused_at_plan_time() -> None:
+    """An explicit id 'inc[0]' beside inc.map(...) would be overwritten by child 0 (and its
+    reader would get the child's output): refused when planned, naming both and the fix."""
+    flow = inc.map([10, 20]) | show(inc(100).named("inc[0]"))
+    with pytest.raises(flowdsl.DuplicateTaskError,
+                       match=r"task id 'inc\[0\]' is also the id of child 0 of mapped task "
+                             r"'inc'.*\.named\(\)") as caught:
+        flowdsl.plan(flow)
+    assert caught.value.task_id == "inc[0]"
+    with pytest.raises(flowdsl.DuplicateTaskError):
+        run(flow)
+    # Inside an embedded flow the children carry the prefix: the same check applies.
+    with pytest.raises(flowdsl.DuplicateTaskError, match=r"'g\.inc'"):
+        flowdsl.plan(show(0) >> flowdsl.Flow(
+            "g", inc.map([1]) | show(inc(1).named("g.inc[0]"))))
+    # Ids that only look alike are fine.
+    ok = run(inc.map([10, 20]) | show(inc(100).named("inc[x]")) | inc(5).named("inc_0"))
+    assert ok.ok and ok.outputs["inc"] == [11, 21] and ok.outputs["inc[x]"] == 101
+
+
+def test_document_with_a_child_id_is_refused() -> None:
+    """The same flow written as a document is refused the same way."""
+    reg = flowdsl.ToolRegistry()
+    reg.register(inc)
+    reg.register(show)
+    doc = {"name": "d", "tasks": [
+        {"id": "inc", "tool": "inc", "map": [10, 20]},
+        {"id": "inc[0]", "tool": "inc", "args": {"x": 100}},
+        {"id": "reader", "tool": "show", "args": {"value": {"$task": "inc[0]"}}}]}
+    with pytest.raises(flowdsl.PlanError, match=r"child 0 of mapped task 'inc'"):
+        run(flowdsl.load_flow(doc, reg))
+
+
+# -- 9c: a generator given to map -------------------------------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_generator_given_to_map_is_read_once_when_composed(mode: str) -> None:
+    """A generator is materialized when the flow is composed: every run maps over the same
+    elements (it used to be used up by the first run)."""
+    flow = inc.map(x * 10 for x in range(3))
+    assert run(flow, mode=mode).outputs["inc"] == [1, 11, 21]
+    assert run(flow, mode=mode).outputs["inc"] == [1, 11, 21]
+
+    @tl
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    zipped = add.map(iter([1, 2]), y=flowdsl.each(v for v in (10, 20)))
+    assert run(zipped).outputs["add"] == [11, 22]
+    assert run(zipped).outputs["add"] == [11, 22]
