@@ -7,6 +7,7 @@ and a process tool's forked grandchild (item 9)."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -280,3 +281,18 @@ def test_generator_given_to_map_is_read_once_when_composed(mode: str) -> None:
     zipped = add.map(iter([1, 2]), y=flowdsl.each(v for v in (10, 20)))
     assert run(zipped).outputs["add"] == [11, 22]
     assert run(zipped).outputs["add"] == [11, 22]
+
+
+# -- 9d: a process tool's forked grandchild never answers for it -----------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_forked_grandchild_never_answers_for_a_process_tool(mode: str) -> None:
+    """A process tool forks and the forked child returns: the task's output is the
+    worker's own answer, every time (the child's answer used to be taken for it, and the
+    child went on reading the worker's next call)."""
+    import proc_tools
+
+    flow = proc_tools.forks_and_returns.map([1, 2, 3])
+    r = run(flow, mode=mode, max_concurrency=1)
+    assert r.ok, r.error
+    assert r.outputs["forks_and_returns"] == ["worker 1", "worker 2", "worker 3"]
