@@ -296,3 +296,97 @@ def test_forked_grandchild_never_answers_for_a_process_tool(mode: str) -> None:
     r = run(flow, mode=mode, max_concurrency=1)
     assert r.ok, r.error
     assert r.outputs["forks_and_returns"] == ["worker 1", "worker 2", "worker 3"]
+
+
+# -- 9b: resume of a map runs only the children that did not finish -------------------------
+class _Calls:
+    """A mapped tool that records its calls and fails at one element."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.fail_at: int | None = None
+
+        @tl
+        def work(x: int, scale: int = 2) -> int:
+            self.calls.append(x)
+            if x == self.fail_at:
+                raise ValueError(f"crash at {x}")
+            return x * scale
+
+        self.tool = work
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_resume_runs_only_the_map_children_that_did_not_finish(tmp_path: Path,
+                                                               mode: str) -> None:
+    """A map of 10 fails at child 3 (its siblings cancelled or finished); the resume reuses
+    every finished child (same index, same input) and runs only the rest. The flow is the
+    map alone, so only children have stored outputs: that used to be refused."""
+    w = _Calls()
+    w.fail_at = 3
+    flow = flowdsl.Flow("m", w.tool.map(list(range(10))).with_options(max_parallel=2))
+    store = flowdsl.HistoryStore(tmp_path / "h.db", store_outputs=True)
+    try:
+        first = flowdsl.run(flow, history=store, mode=mode)
+        assert not first.ok
+        done = {int(k[5:-1]) for k, v in first.tasks.items()
+                if v.parent == "work" and v.status is S.COMPLETED}
+        assert done >= {0, 1, 2} and 3 not in done
+        w.calls.clear()
+        w.fail_at = None
+        second = flowdsl.run(flow, history=store, mode=mode, resume=first.run_id)
+        assert second.ok, second.error
+        assert sorted(w.calls) == sorted(set(range(10)) - done)
+        assert second.output == [x * 2 for x in range(10)]
+        for i in done:
+            rec = second.tasks[f"work[{i}]"]
+            assert rec.status is S.COMPLETED
+            assert rec.reason == f"reused from run {first.run_id}"
+        # A resumed run can be resumed in turn: everything is reused then.
+        w.calls.clear()
+        third = flowdsl.run(flow, history=store, mode=mode, resume=second.run_id)
+        assert third.output == second.output and w.calls == []
+    finally:
+        store.close()
+
+
+def test_resume_reruns_a_child_whose_input_changed(tmp_path: Path) -> None:
+    """A child is reused only if its input hashes the same: a changed element, or a changed
+    broadcast argument, runs again under the same index."""
+    w = _Calls()
+    w.fail_at = 4
+    store = flowdsl.HistoryStore(tmp_path / "h.db", store_outputs=True)
+    try:
+        first = flowdsl.run(w.tool.map([0, 1, 2, 3, 4]), history=store, mode="sequential")
+        assert not first.ok and w.calls == [0, 1, 2, 3, 4]
+        w.calls.clear()
+        w.fail_at = None
+        second = flowdsl.run(w.tool.map([0, 10, 2, 3, 4]), history=store,
+                             mode="sequential", resume=first.run_id)
+        assert second.output == [0, 20, 4, 6, 8]
+        assert w.calls == [10, 4]
+        w.calls.clear()
+        other = flowdsl.run(w.tool.map([0, 1, 2, 3, 4], scale=3), history=store,
+                            mode="sequential", resume=first.run_id)
+        assert other.output == [0, 3, 6, 9, 12] and w.calls == [0, 1, 2, 3, 4]
+    finally:
+        store.close()
+
+
+def test_resume_of_a_map_after_its_upstream(tmp_path: Path) -> None:
+    """The map's upstream task is reused whole, its finished children one by one."""
+    w = _Calls()
+    w.fail_at = 2
+    listing = tl(lambda: [0, 1, 2, 3], name="listing")().named("listing")
+    store = flowdsl.HistoryStore(tmp_path / "h.db", store_outputs=True)
+    try:
+        first = flowdsl.run(listing >> w.tool.map(listing), history=store, mode="sequential")
+        assert not first.ok
+        w.calls.clear()
+        w.fail_at = None
+        second = flowdsl.run(listing >> w.tool.map(listing), history=store,
+                             mode="sequential", resume=first.run_id)
+        assert second.output == [0, 2, 4, 6] and w.calls == [2, 3]
+        assert second.tasks["listing"].reason == f"reused from run {first.run_id}"
+    finally:
+        store.close()

@@ -135,6 +135,10 @@ class Core:
         self.child_limit = 1
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        # Map children's input hashes, computed only while history stores outputs, and a
+        # resumed run's finished children: mapped task -> index -> (input hash, output, why).
+        self.child_keys = False
+        self.reused: dict[str, dict[int, tuple[str, Any, str]]] = {}
         self.scope: anyio.CancelScope | None = None
         # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
         # since they hold every item of a pipeline alive.
