@@ -111,11 +111,15 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
                 break
         else:
             shared.append(([key], path))
+    def matches(ks: tuple[Any, ...]) -> Callable[[Any], bool]:
+        if len(ks) == 1:
+            k = ks[0]
+            return lambda v: bool(v == k)
+        return lambda v: any(v == k for k in ks)
+
     strict = default is None  # no default: matching nothing is an error (first gate's)
-    paths = [case(f"{name}[{', '.join(map(repr, ks))}]",
-                  (lambda v, k=ks[0]: v == k) if len(ks) == 1
-                  else (lambda v, ks=tuple(ks): any(v == k for k in ks)),
-                  path, strict and n == 0)
+    paths = [case(f"{name}[{', '.join(map(repr, ks))}]", matches(tuple(ks)), path,
+                  strict and n == 0)
              for n, (ks, path) in enumerate(shared)]
     if default is not None and default is not SKIP:
         paths.append(case(f"{name}[default]", lambda v: all(v != k for k in keys), default,
