@@ -18,7 +18,7 @@ again, in any process, gets the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from .._base import hooks
@@ -220,14 +220,18 @@ class Guard:
     task runs only if ``test(value of on)`` is true; else it is skipped with the reason
     ``reason(name of on, value)``."""
 
-    __slots__ = ("inherit", "on", "reason", "test")
+    __slots__ = ("fail", "inherit", "on", "reason", "test")
 
     def __init__(self, on: Task | Ref, test: Callable[[Any], Any],
-                 reason: Callable[[str, Any], str], *, inherit: bool = False) -> None:
+                 reason: Callable[[str, Any], str], *, inherit: bool = False,
+                 fail: Callable[[str, Any], str | None] | None = None) -> None:
         self.on = on
         self.test = test
         self.reason = reason
         self.inherit = inherit  # the tasks skipped downstream repeat the reason
+        # When the test is false: an error message (the task fails, e.g. a switch that
+        # matched no case) or None (it is skipped).
+        self.fail = fail
 
 
 def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
@@ -609,12 +613,15 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
             msg = (f"cannot map tool {tool.name!r} over {type(values).__name__} "
                    f"{values!r}"[:200] + ": expected a Task, a projection task['k'] or a list")
             raise CompositionError(msg)
+        # A one-shot iterator (a generator, map(), iter()) is read once, here: kept as it
+        # is, the first run would use it up and a second run map over nothing.
+        values = _once(values)
         mapped = [first.name]
         plain: dict[str, Any] = {}
         for k, v in kwargs.items():
             if v.__class__ is Each:
                 mapped.append(k)
-                plain[k] = v.value
+                plain[k] = _once(v.value)
             else:
                 plain[k] = v
         t = cls._bind(tool, (values,), plain, partial=False)
@@ -631,6 +638,11 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
 
 
 _FAN_OPTIONS = ("max_parallel", "max_children")
+
+
+def _once(values: Any) -> Any:
+    """The elements of a one-shot iterator as a list (anything else as it is)."""
+    return list(values) if isinstance(values, Iterator) else values
 
 
 def _trigger(owner: str, trigger: Any) -> str:
@@ -1048,8 +1060,8 @@ class _Builder:
     (the explicit ids of the flow, known after a walk met one too late) and every id taken.
     """
 
-    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "preds", "reserved", "tasks",
-                 "walked")
+    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "mapped", "preds", "reserved",
+                 "tasks", "walked")
 
     def __init__(self, reserved: frozenset[str]) -> None:
         self.tasks: dict[str, Task] = {}
@@ -1061,6 +1073,7 @@ class _Builder:
         self.clashed = False
         self.reserved = reserved
         self.walked: set[int] = set()  # id() of the flows passed as arguments, once walked
+        self.mapped: list[str] = []  # the ids of mapped tasks (their children's ids derive)
 
     def place(self, t: Task, prefix: str) -> str:
         """Give ``t`` (not yet in the graph) its id and add it."""
@@ -1100,7 +1113,24 @@ class _Builder:
                 key = f"{key}\0{len(tasks)}"
         tasks[key] = t
         self.ids[t] = key
+        if t.fan is not None:
+            self.mapped.append(key)
         return key
+
+    def check_children(self) -> None:
+        """Refuse a task whose id is that of a mapped task's child (``fetch[0]``): the child
+        would overwrite its output and record, and its readers would get the child's."""
+        mapped = set(self.mapped)
+        for key in self.tasks:
+            if key[-1] != "]":
+                continue
+            head, _, index = key[:-1].rpartition("[")
+            if head in mapped and index.isdigit():
+                msg = (f"task id {key!r} is also the id of child {index} of mapped task "
+                       f"{head!r} (map children are named <mapped id>[i]); give the task "
+                       f"another id with .named(), e.g. {head + '_' + index!r}, or rename "
+                       "the mapped task")
+                raise DuplicateTaskError(msg, key)
 
     def add(self, task: Task, prefix: str) -> None:
         """Add ``task`` and, first, the tasks its arguments refer to (iteratively)."""
@@ -1260,5 +1290,7 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
             extend(node.parts[::-1])
     if b.clashed:
         raise _Clash(b.explicit)
+    if b.mapped:
+        b.check_children()
     src, snk = (root, root) if root.__class__ is Task else ends[id(root)]
     return Graph(tasks, ids, preds, src, snk, tuple(groups))

@@ -135,6 +135,10 @@ class Core:
         self.child_limit = 1
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        # Map children's input hashes, computed only while history stores outputs, and a
+        # resumed run's finished children: mapped task -> index -> (input hash, output, why).
+        self.child_keys = False
+        self.reused: dict[str, dict[int, tuple[str, Any, str]]] = {}
         self.scope: anyio.CancelScope | None = None
         # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
         # since they hold every item of a pipeline alive.
@@ -444,6 +448,10 @@ class Core:
             ok = eval_condition(g.test, value, f"the condition of {owner} on {name!r}")
             if not ok:
                 name = repr(name)
+                if g.fail is not None:
+                    bad = g.fail(name, value)
+                    if bad is not None:
+                        raise TaskInputError(bad)
                 why = g.reason(name, value)[:300]
                 return _Inherited(why) if g.inherit else why
         return None
@@ -569,7 +577,14 @@ class Core:
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=exc_repr(exc))
-                    await self.sleep(delay)
+                    # The wait sits inside this handler, out of reach of the handler below
+                    # for cancellation: a stop during it must still end the task.
+                    try:
+                        await self.sleep(delay)
+                    except BaseException:
+                        self._stopped(tid, item, rec, "cancelled while waiting to retry: "
+                                      + self._stop_why(rec), n)
+                        raise
                     continue
                 return self._failed(tid, item, rec, exc, n)
             except BaseException:  # cancellation, KeyboardInterrupt: never retried
@@ -766,6 +781,15 @@ class Core:
             self._finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
         if not self.continue_on_error and rec.parent is None:
             self.abort()
+
+    def _stop_why(self, rec: TaskRecord) -> str:
+        """Why a task is being stopped: its map sibling failed, or the run stopped (after
+        which task's failure, when one caused it)."""
+        if rec.parent is not None and rec.parent in self._halted:
+            return self._halted[rec.parent]
+        err = self.result.error
+        culprit = getattr(err, "task_id", None) if self.stopped else None
+        return f"the run stopped after {culprit!r} failed" if culprit else "the run stopped"
 
     def _started(self, tid: str, rec: TaskRecord) -> None:
         for ob in self.observers:

@@ -11,10 +11,16 @@ written statically cost.
 A failed child stops its siblings (they end ``cancelled``), unless the run continues on
 errors; the mapped task fails once every sibling is final. Its output is the list of the
 children's outputs in input order.
+
+While history stores outputs, each child's record carries a hash of its input, stored with
+its output; a resumed run reuses a finished child whose index and input hash match, and
+runs only the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -25,7 +31,7 @@ from .._graph.task import Task
 from .executors import Remote
 from .result import RunResult, TaskRecord, TaskStatus
 
-__all__ = ["run_map"]
+__all__ = ["input_key", "run_map"]
 
 COMPLETED = TaskStatus.COMPLETED
 CANCELLED = TaskStatus.CANCELLED
@@ -47,6 +53,8 @@ class _Core(Protocol):
     remote: bool
     children: dict[str, list[str]]
     _halted: dict[str, str]
+    child_keys: bool
+    reused: dict[str, dict[int, tuple[str, Any, str]]]
     observers: tuple[Any, ...]
     log: Any
 
@@ -112,6 +120,8 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     failed: list[int] = []
     nxt = 0
     name = task.tool.name
+    keyed = core.child_keys
+    reuse = core.reused.get(tid) if core.reused else None  # a resume's finished children
 
     async def lane(scope: anyio.CancelScope) -> None:
         nonlocal nxt
@@ -129,6 +139,13 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
             cid = ids[i]
             child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
                                                    parent=tid)
+            if keyed:
+                key = child.input_key = input_key(a, k)
+                hit = reuse.get(i) if reuse is not None else None
+                if hit is not None and key is not None and hit[0] == key:
+                    item.outputs[cid] = hit[1]  # same index, same input: not run again
+                    core._finish(cid, item, child, COMPLETED, reason=hit[2], output=hit[1])
+                    continue
             status = await core._pooled(cid, task, item, child, a, k)
             if status.failed:
                 failed.append(i)
@@ -179,6 +196,19 @@ def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: 
     if err is not None and err.exception is not None:
         exc.__cause__ = err.exception
     return core._failed(tid, item, rec, exc, 0)
+
+
+_KEYS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def input_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """A child's input hash: its arguments as canonical JSON, hashed; None when they are not
+    plain JSON data (such a child always runs again on resume)."""
+    try:
+        text = _KEYS.encode([args, kwargs])
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 async def _fetch(outs: list[Any]) -> list[Any]:
