@@ -377,3 +377,34 @@ class TestGroupBackoff:
         assert isinstance(err.value, TypeError)
         with pytest.raises(CompositionError, match=r"\.with_options\(timeout=5, retries=1\)"):
             Flow("t", x, timeout=5, retries=1)  # type: ignore[call-overload]
+
+
+# -- the group-retry rule and rollback -----------------------------------------------------
+
+class TestRetriedGroupRollback:
+    @pytest.mark.parametrize("mode", ["sequential", "parallel"])
+    def test_kept_members_are_rolled_back_only_when_the_run_fails(self, mode: str) -> None:
+        """Completed members are kept, not rolled back, between attempts; when the last
+        attempt fails too, each completion is rolled back once, at the end of the run."""
+        c = Calls()
+        undone: list[Any] = []
+        keep = c.tool("keep", rollback=lambda out: undone.append((out, len(c.log))))
+        m = c.tool("m", fail=lambda n, x: x == 2,
+                   rollback=lambda out: undone.append((out, len(c.log)))).map([1, 2])
+        r = run(Flow("g", keep() >> m).with_options(retries=2), mode=mode,
+                rollback_on_failure=True)
+        assert r.status == "rolled_back"
+        assert [n for n, _ in c.log].count("keep") == 1 and c.count("m", 1) == 1
+        assert c.count("m", 2) == 3
+        # Both rollbacks ran after every call had been made (the run's end), once each.
+        assert sorted(str(u) for u, _ in undone) == ["1", "keep"]
+        assert all(at == len(c.log) for _, at in undone)
+
+    def test_nothing_is_rolled_back_when_a_retry_mends_the_group(self) -> None:
+        c = Calls()
+        undone: list[Any] = []
+        keep = c.tool("keep", rollback=undone.append)
+        flaky = c.tool("flaky", fail=lambda n, x: n == 1)
+        r = run(Flow("g", keep() >> flaky()).with_options(retries=1),
+                rollback_on_failure=True)
+        assert r.ok and undone == []
