@@ -408,3 +408,18 @@ class TestRetriedGroupRollback:
         r = run(Flow("g", keep() >> flaky()).with_options(retries=1),
                 rollback_on_failure=True)
         assert r.ok and undone == []
+
+
+def test_a_member_waiting_for_its_pool_could_not_start() -> None:
+    """A member still waiting for its pool when the group's time is up did not start: its
+    error says so (the member holding the pool was cut off)."""
+    c = Calls()
+    hold = c.tool("hold", seconds=5, resources={"db": 1})().named("hold")
+    wait = c.tool("wait", resources={"db": 1})().named("wait")
+    r = run(Flow("g", hold | wait).with_options(timeout=0.2), mode="parallel",
+            resources={"db": 1}, continue_on_error=True)
+    assert {t: r.tasks[t].status for t in ("hold", "wait")} == dict.fromkeys(
+        ("hold", "wait"), S.TIMED_OUT)
+    assert r.tasks["hold"].error.message.startswith("task 'hold' was cut off")
+    assert r.tasks["wait"].error.message.startswith("task 'wait' could not start")
+    assert c.count("wait") == 0
