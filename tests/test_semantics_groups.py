@@ -364,7 +364,7 @@ class TestGroupBackoff:
         assert time.perf_counter() - t0 < 5
         rec = r.tasks["flaky"]
         assert rec.status is S.CANCELLED
-        assert rec.reason == "the run stopped while group 'g' waited to retry"
+        assert rec.reason == "the run stopped while it waited to retry with group 'g'"
         assert [a.status for a in rec.attempts] == [S.FAILED]
         assert [e.task_id for e in r.errors] == ["boom"]  # type: ignore[attr-defined]
         _no_task_running(r)
@@ -410,9 +410,9 @@ class TestRetriedGroupRollback:
         assert r.ok and undone == []
 
 
-def test_a_member_waiting_for_its_pool_could_not_start() -> None:
-    """A member still waiting for its pool when the group's time is up did not start: its
-    error says so (the member holding the pool was cut off)."""
+def test_a_member_waiting_for_its_pool_is_cut_off() -> None:
+    """A member still waiting for its pool when the group's time is up is cut off too,
+    never called (the same message as the member holding the pool)."""
     c = Calls()
     hold = c.tool("hold", seconds=5, resources={"db": 1})().named("hold")
     wait = c.tool("wait", resources={"db": 1})().named("wait")
@@ -421,5 +421,42 @@ def test_a_member_waiting_for_its_pool_could_not_start() -> None:
     assert {t: r.tasks[t].status for t in ("hold", "wait")} == dict.fromkeys(
         ("hold", "wait"), S.TIMED_OUT)
     assert r.tasks["hold"].error.message.startswith("task 'hold' was cut off")
-    assert r.tasks["wait"].error.message.startswith("task 'wait' could not start")
+    assert r.tasks["wait"].error.message.startswith("task 'wait' was cut off")
+    assert r.tasks["wait"].attempts == []
     assert c.count("wait") == 0
+
+
+class TestThreadTools:
+    """The same rules for sync tools on the thread executor (real threads, real time)."""
+
+    def test_a_retried_group_over_a_map(self) -> None:
+        calls: list[int] = []
+        lock = threading.Lock()
+
+        def flaky(x: int) -> int:
+            with lock:
+                calls.append(x)
+                n = calls.count(x)
+            if x == 2 and n == 1:
+                time.sleep(0.05)
+                raise OSError("once")
+            return x
+
+        tool = tl(flaky, executor="thread")
+        r = run(Flow("batch", tool.map([1, 2, 3])).with_options(retries=1), mode="parallel")
+        assert r.ok and r.errors == [] and r.output == [1, 2, 3]
+        assert sorted(calls) == [1, 2, 2, 3]
+        assert [len(r.tasks[f"flaky[{i}]"].attempts) for i in range(3)] == [1, 2, 1]
+
+    def test_a_group_timeout_over_a_map(self) -> None:
+        def slow(x: float) -> float:
+            time.sleep(x)
+            return x
+
+        tool = tl(slow, executor="thread")
+        r = run(Flow("g", tool.map([0.01, 0.6])).with_options(timeout=0.2), mode="parallel")
+        assert not r.ok and r.status == "failed"
+        assert r.tasks["slow[0]"].status is S.COMPLETED
+        assert r.tasks["slow[1]"].status is S.TIMED_OUT
+        assert r.tasks["slow"].status is S.TIMED_OUT
+        _no_task_running(r)

@@ -331,7 +331,7 @@ class Core:
         passed, else cancelled with ``why``."""
         cut = self._cut_at(item, rec)
         if cut is not None and anyio.current_time() >= cut[0]:
-            late = group_timeout(tid, cut[1], cut[2], rec.status is RUNNING, attempts)
+            late = group_timeout(tid, cut[1], cut[2], True, attempts)
             if attempts:  # the attempt cut off timed out too
                 att = rec.attempts[-1]
                 att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)

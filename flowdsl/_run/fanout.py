@@ -28,6 +28,7 @@ from .._base.errors import TaskFailed, TaskInputError
 from .._graph.task import Task
 from .executors import Remote
 from .result import RunResult, TaskRecord, TaskStatus
+from .units import group_timeout
 
 __all__ = ["run_map"]
 
@@ -65,6 +66,7 @@ class _Core(Protocol):
     def _map_output(self, task: Task, out: Any) -> None: ...
     def _stopped(self, tid: str, item: Any, rec: TaskRecord, why: str, attempts: int
                  ) -> None: ...
+    def _cut_at(self, item: Any, rec: TaskRecord) -> tuple[float, str, float] | None: ...
     async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
 
@@ -165,11 +167,13 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
         # Cut off by its group's timeout, it ends timed out, and so do the children that
         # could not start; else it is cancelled.
         core._stopped(tid, item, rec, "the run stopped", 0)
-        if rec.status is TIMED_OUT:
+        cut = core._cut_at(item, rec) if rec.status is TIMED_OUT else None
+        if cut is not None:
             for i in range(nxt, n):
                 if redo is None or i not in redo:
                     child = _child(item, ids[i], name, tid, redo)
-                    core._stopped(ids[i], item, child, "the run stopped", 0)
+                    late = group_timeout(ids[i], cut[1], cut[2], False, 0)
+                    core._failed(ids[i], item, child, late, 0)
         raise
     if failed:
         return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt, redo)

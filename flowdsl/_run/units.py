@@ -205,7 +205,7 @@ async def _drive(core: _Core, n: int, item: Any) -> None:
             try:
                 await core.sleep(delay)
             except BaseException:
-                why = f"the run stopped while group {unit.name!r} waited to retry"
+                why = f"the run stopped while it waited to retry with group {unit.name!r}"
                 _give_up(core, again, item, why)
                 raise
         _reset(core, again, item)
