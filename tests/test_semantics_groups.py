@@ -174,6 +174,19 @@ class TestMapInARetriedGroup:
         assert r.output == 6
 
 
+def test_a_retried_group_over_a_map_in_a_pipeline_over_items() -> None:
+    """Per item, the retry runs only that item's failed child; the run completes."""
+    c = Calls()
+    flaky = c.tool("flaky", fail=lambda n, x: x % 10 == 2 and n == 1)
+    expand = tl(lambda base: [base, base + 1, base + 2], name="expand").stage()
+    flow = Flow("batch", expand >> flaky.map(expand)).with_options(retries=1)
+    r = run(flow, mode="pipeline", items=[0, 10, 20])
+    assert r.ok and r.errors == [], r.errors
+    assert r.output == [[0, 1, 2], [10, 11, 12], [20, 21, 22]]
+    assert sorted(x for _, x in c.log) == [0, 1, 2, 2, 10, 11, 12, 12, 20, 21, 22, 22]
+    assert [len(r.tasks[f"flaky[{i}]"].attempts) for i in range(3)] == [3, 3, 6]
+
+
 # -- bug 3: a group timeout over a map -----------------------------------------------------
 
 class TestGroupTimeoutOverAMap:
