@@ -473,3 +473,21 @@ class TestThreadTools:
         assert r.tasks["slow[1]"].status is S.TIMED_OUT
         assert r.tasks["slow"].status is S.TIMED_OUT
         _no_task_running(r)
+
+
+class TestGroupTimeoutDuringBackoff:
+    @pytest.mark.parametrize("mode", MODES)
+    def test_cut_off_while_waiting_to_retry(self, mode: str) -> None:
+        """A member waiting out its own backoff when its group's timeout passes ends
+        ``timed_out`` (it used to raise KeyError out of run()), and the attempt that had
+        already failed keeps its own outcome: only an attempt cut off in flight is
+        recorded timed out."""
+        c = Calls()
+        bad = c.tool("bad", fail=lambda n, x: True, retries=3, backoff=1)
+        r = run(Flow("g", bad()).with_options(timeout=0.2), mode=mode)
+        rec = r.tasks["bad"]
+        assert c.count("bad") == 1
+        assert rec.status is S.TIMED_OUT and not r.ok
+        assert [a.status for a in rec.attempts] == [S.FAILED]
+        assert rec.attempts[0].error is not None and rec.attempts[0].error.type == "OSError"
+        assert "group 'g' ran past its 0.2s timeout" in str(r.error)

@@ -336,7 +336,9 @@ class Core:
         cut = self._cut_at(item, rec)
         if cut is not None and anyio.current_time() >= cut[0]:
             late = group_timeout(tid, cut[1], cut[2], True, attempts)
-            if attempts:  # the attempt cut off timed out too
+            # The attempt cut off in flight timed out too; one that had already ended (the
+            # task was waiting out its backoff) keeps its own outcome.
+            if attempts and rec.attempts[-1].status is CANCELLED:
                 att = rec.attempts[-1]
                 att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)
             self._failed(tid, item, rec, late, attempts)
