@@ -34,7 +34,7 @@ from ._base.errors import (
 )
 from ._base.limits import Limits, limits, set_limits
 from ._base.secrets import Secret
-from ._graph.builtins import branch, switch
+from ._graph.builtins import SKIP, branch, switch
 from ._graph.registry import ToolRegistry, default_registry
 from ._graph.spec import Cache
 from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel, upstream
@@ -156,6 +156,7 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "RunTimeout",
+    "SKIP",
     "Secret",
     "SerializationError",
     "Task",

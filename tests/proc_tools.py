@@ -110,3 +110,22 @@ def kills_itself(sig: int) -> None:
     faulthandler.disable()  # pytest's handler, inherited by a forked worker, would print
     os.kill(os.getpid(), sig)
     time.sleep(5)
+
+
+@tool(executor="process", registry=False)
+def forks_and_returns(x: int) -> str:
+    """Fork; the forked child returns at once (as a careless tool might), the worker itself
+    answers a moment later, once it has reaped the child (killed if it lingers)."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:
+        return f"grandchild {x}"
+    deadline = time.monotonic() + 3.0
+    while os.waitpid(pid, os.WNOHANG)[0] == 0:
+        if time.monotonic() > deadline:  # it went on serving: it never should
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return f"grandchild lingered {x}"
+        time.sleep(0.01)
+    return f"worker {x}"

@@ -361,9 +361,10 @@ class TestSwitch:
             assert r.tasks[t].reason == "switch on 'route' chose 'b'"
         assert r.tasks["sw['b']"].status is S.COMPLETED
 
-    def test_no_match_without_default_skips_everything(self) -> None:
-        """No case matches: every case and the join are skipped."""
-        r = run(self.flow(3))
+    def test_no_match_with_skip_default_skips_everything(self) -> None:
+        """No case matches and default=SKIP: every case and the join are skipped, on
+        purpose (without a default the switch fails: tests/test_semantics_faults.py)."""
+        r = run(self.flow(3, default=flowdsl.SKIP))
         assert r.ok
         assert r.tasks["B2"].reason == "switch on 'route' matched no case (got 'z')"
         assert r.tasks["join"].status is S.SKIPPED

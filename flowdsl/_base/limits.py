@@ -12,7 +12,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["Limits", "encodable", "limits", "set_limits", "stored_json"]
+__all__ = ["CHILD_INPUT", "Limits", "encodable", "limits", "set_limits", "stored_json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,11 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+#: The key under which history stores a map child's input hash beside its output
+#: (``{CHILD_INPUT: hash, "output": value}``), read back by a resume.
+CHILD_INPUT = "__flowdsl_input__"
 
 
 def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | None:

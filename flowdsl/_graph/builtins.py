@@ -9,7 +9,7 @@ from .._base.errors import CompositionError
 from .task import Fragment, Guard, Ref, Task, parallel, then
 from .tool import tool
 
-__all__ = ["branch", "gate", "switch"]
+__all__ = ["SKIP", "branch", "gate", "switch"]
 
 
 @tool(executor="inline", registry=False, name="gate")
@@ -36,6 +36,23 @@ def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
     return parallel(*paths)
 
 
+class _Skip:
+    """The type of :data:`SKIP` (one instance)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "flowdsl.SKIP"
+
+    def __reduce__(self) -> str:
+        return "SKIP"  # unpickles as the one instance
+
+
+#: ``switch(..., default=SKIP)``: when the value matches no case, skip every case on purpose
+#: (without it, a switch that matches nothing fails).
+SKIP: Any = _Skip()
+
+
 def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
            name: str = "switch") -> Fragment:
     """Pick one of several paths by a value computed at run time.
@@ -43,12 +60,16 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
     ``on`` is a Task or a projection (``route["kind"]``); ``cases`` maps values to what runs
     for them (a Task, Fragment, Flow or list). Exactly the case whose key equals the value
     runs; the other cases' tasks end ``skipped`` with the reason "switch on 'route' chose
-    'b'". With no match, ``default`` runs if given, else every case is skipped. Join the
-    paths with a task whose trigger is ``none_failed_min_one_success``.
+    'b'". With no match, ``default`` runs if given; without a default the switch *fails*:
+    the gate of its first case ends ``failed`` with an error naming the value and the cases
+    (the other cases are skipped). ``default=flowdsl.SKIP`` skips every case on purpose
+    instead. Join the paths with a task whose trigger is ``none_failed_min_one_success``.
 
     Each case starts after a tiny gate task (``switch['b']``, or ``<name>['b']`` given
     ``name``) that passes ``on``'s value on, so a case made of pipeline stages receives it,
-    and the choice shows in the graph.
+    and the choice shows in the graph. One object given as the path of several cases
+    (``{"a": t, "b": t}``) gets one gate for all of them (``switch['a', 'b']``), so it runs
+    when any of those cases is chosen.
     """
     if not isinstance(on, (Task, Ref)):
         msg = (f"switch(on=...) expects a Task or a projection task['key'], got "
@@ -64,15 +85,43 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
             return f"switch on {on_name} chose {value!r}"[:200]
         return f"switch on {on_name} matched no case (got {value!r})"[:200]
 
-    def case(label: str, test: Callable[[Any], Any], path: Any) -> Fragment:
+    def no_match(on_name: str, value: Any) -> str | None:
+        if any(value == k for k in keys):
+            return None
+        listed = ", ".join(map(repr, keys))
+        return (f"switch on {on_name} matched no case: got {value!r}"[:200]
+                + f" (cases: {listed}"[:200] + "); give it default=<a path> to run then, or "
+                "default=flowdsl.SKIP to skip every case on purpose")
+
+    def case(label: str, test: Callable[[Any], Any], path: Any, fails: bool) -> Fragment:
         g = gate(on, label=label)
         # A given name is used as it is; the default one is an automatic id, numbered by the
         # flow (switch['b'], then switch['b']_2 for a second switch).
         g = g._replace(stem=label) if name == "switch" else g.named(label)
-        return then(g._guarded(Guard(on, test, why, inherit=True)), path)
+        guard = Guard(on, test, why, inherit=True, fail=no_match if fails else None)
+        return then(g._guarded(guard), path)
 
-    paths = [case(f"{name}[{key!r}]", lambda v, k=key: v == k, path)
-             for key, path in cases.items()]
-    if default is not None:
-        paths.append(case(f"{name}[default]", lambda v: all(v != k for k in keys), default))
+    # Cases given the same object share one gate: a task that is the path of two cases
+    # must run when either is chosen, not wait for both gates.
+    shared: list[tuple[list[Any], Any]] = []
+    for key, path in cases.items():
+        for group in shared:
+            if group[1] is path:
+                group[0].append(key)
+                break
+        else:
+            shared.append(([key], path))
+    def matches(ks: tuple[Any, ...]) -> Callable[[Any], bool]:
+        if len(ks) == 1:
+            k = ks[0]
+            return lambda v: bool(v == k)
+        return lambda v: any(v == k for k in ks)
+
+    strict = default is None  # no default: matching nothing is an error (first gate's)
+    paths = [case(f"{name}[{', '.join(map(repr, ks))}]", matches(tuple(ks)), path,
+                  strict and n == 0)
+             for n, (ks, path) in enumerate(shared)]
+    if default is not None and default is not SKIP:
+        paths.append(case(f"{name}[default]", lambda v: all(v != k for k in keys), default,
+                          False))
     return parallel(*paths)

@@ -96,7 +96,10 @@ class Tool(wrapt.ObjectProxy, Generic[P, R]):  # type: ignore[misc]
         (zipped); the others go unchanged to every child. Its output is the list of the
         children's outputs, in input order. Children run as ``name[0]``, ``name[1]``, ...
         with this tool's options; ``.with_options(max_parallel=N)`` bounds how many run at
-        once and ``max_children`` (default 10,000) how many there may be.
+        once and ``max_children`` (default 10,000) how many there may be. A one-shot
+        iterator (a generator, ``map()``, ``iter()``) is read into a list here, once, so
+        every run of the flow maps over the same elements. A task whose id is a child's
+        (``name[0]`` beside ``name.map(...)``) is refused when the flow is planned.
         """
         return Task._map(self, values, kwargs)
 

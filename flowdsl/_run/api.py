@@ -187,9 +187,14 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
                 cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs)
     core.check_start(input_given=input is not None or items is not None)
+    # Map children's input hashes go to history with their outputs (a resume matches them),
+    # and are compared on a resume: worked out only then.
+    core.child_keys = store is not None and items is None and bool(
+        resume is not None
+        or (getattr(store, "store_outputs", False) if store_outputs is None else store_outputs))
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
-        await _reuse(store, resume, p, item)
+        await _reuse(store, resume, p, item, core)
     runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
     for ob in obs:
@@ -307,15 +312,27 @@ async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
     return await anyio.to_thread.run_sync(read)
 
 
-async def _reuse(store: Any, run_id: str, p: Plan, item: Item) -> None:
+async def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> None:
     """Take the stored outputs of run ``run_id`` for the tasks of ``p`` with the same ids
-    (ids come from the flow's structure, so a rebuilt flow finds its tasks again)."""
+    (ids come from the flow's structure, so a rebuilt flow finds its tasks again), and the
+    finished children of its mapped tasks that did not finish: the core reuses a child when
+    its index and input hash match (see fanout.py)."""
     if store is None:
         msg = "run(resume=...) needs a history store (history=False was given)"
         raise PlanError(msg)
-    stored = await anyio.to_thread.run_sync(store.load_outputs, run_id)  # SQLite: off the loop
+    stored, keys = await anyio.to_thread.run_sync(  # SQLite: off the loop
+        partial(store.load_outputs, run_id, input_keys=True))
     found = [tid for tid in stored if tid in p.tasks]
-    if stored and not found:
+    why = f"reused from run {run_id}"
+    children = 0
+    for cid, key in keys.items():
+        head, _, index = cid[:-1].rpartition("[")
+        mapped = p.tasks.get(head)
+        if (mapped is not None and getattr(mapped, "fan", None) is not None
+                and index.isdigit() and head not in stored):
+            core.reused.setdefault(head, {})[int(index)] = (key, stored[cid], why)
+            children += 1
+    if stored and not found and not children:
         theirs = ", ".join(sorted(stored)[:10]) + (" ..." if len(stored) > 10 else "")
         ours = ", ".join(list(p.tasks)[:10]) + (" ..." if len(p.tasks) > 10 else "")
         msg = (f"run(resume={run_id!r}): none of that run's stored tasks ({theirs}) is in this "
@@ -326,8 +343,7 @@ async def _reuse(store: Any, run_id: str, p: Plan, item: Item) -> None:
         item.outputs[tid] = stored[tid]
         item.status[tid] = TaskStatus.COMPLETED
         item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,  # type: ignore
-                                       status=TaskStatus.COMPLETED,
-                                       reason=f"reused from run {run_id}")
+                                       status=TaskStatus.COMPLETED, reason=why)
 
 
 async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,

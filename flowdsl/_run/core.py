@@ -135,6 +135,10 @@ class Core:
         self.child_limit = 1
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        # Map children's input hashes, computed only while history stores outputs, and a
+        # resumed run's finished children: mapped task -> index -> (input hash, output, why).
+        self.child_keys = False
+        self.reused: dict[str, dict[int, tuple[str, Any, str]]] = {}
         self.scope: anyio.CancelScope | None = None
         # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
         # since they hold every item of a pipeline alive.
@@ -269,15 +273,20 @@ class Core:
                 if status[p] is not COMPLETED:
                     verdict = self._verdict(task, preds, item)
                     if verdict is not None:
-                        return self._finish(tid, item, None, verdict[0], reason=verdict[1])
+                        return self._finish(tid, item, item.records.get(tid) if driven else None,
+                                            verdict[0], reason=verdict[1])
                     break
             else:  # every predecessor completed: only one_failed refuses to run then
                 if task.trigger == "one_failed" or (
                         self.units is not None and self._rule(task) == "one_failed"):
-                    return self._finish(tid, item, None, SKIPPED,
-                                        reason="no upstream task failed")
-        rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
-        item.records[tid] = rec
+                    return self._finish(tid, item, item.records.get(tid) if driven else None,
+                                        SKIPPED, reason="no upstream task failed")
+        # A retried group's next attempt goes on with the member's record (units.py reset
+        # it): the calls of every attempt stay on it.
+        rec = item.records.get(tid) if driven else None
+        if rec is None:
+            rec = item.records[tid] = TaskRecord(tid, task.tool.name,
+                                                 resources=task.spec.resources)
         units = self.units
         try:
             if units is not None and tid in units.gated:
@@ -324,12 +333,26 @@ class Core:
     def _stopped(self, tid: str, item: Item, rec: TaskRecord, why: str, attempts: int) -> None:
         """Record a task whose await was cancelled: timed out when its group's deadline
         passed, else cancelled with ``why``."""
-        cut = self._cut.get(id(rec)) if self._cut else None
+        cut = self._cut_at(item, rec)
         if cut is not None and anyio.current_time() >= cut[0]:
-            self._failed(tid, item, rec, group_timeout(tid, cut[1], cut[2], True, attempts),
-                         attempts)
+            late = group_timeout(tid, cut[1], cut[2], True, attempts)
+            # The attempt cut off in flight timed out too; one that had already ended (the
+            # task was waiting out its backoff) keeps its own outcome.
+            if attempts and rec.attempts[-1].status is CANCELLED:
+                att = rec.attempts[-1]
+                att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)
+            self._failed(tid, item, rec, late, attempts)
             return
         self._finish(tid, item, rec, CANCELLED, reason=why)
+
+    def _cut_at(self, item: Item, rec: TaskRecord) -> tuple[float, str, float] | None:
+        """The deadline of the group a task (or a mapped member's child) runs under."""
+        if not self._cut:
+            return None
+        cut = self._cut.get(id(rec))
+        if cut is None and rec.parent is not None:
+            cut = self._cut.get(id(item.records[rec.parent]))
+        return cut
 
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
@@ -444,6 +467,10 @@ class Core:
             ok = eval_condition(g.test, value, f"the condition of {owner} on {name!r}")
             if not ok:
                 name = repr(name)
+                if g.fail is not None:
+                    bad = g.fail(name, value)
+                    if bad is not None:
+                        raise TaskInputError(bad)
                 why = g.reason(name, value)[:300]
                 return _Inherited(why) if g.inherit else why
         return None
@@ -530,14 +557,16 @@ class Core:
         ex = self.executors[self.ids[task]]  # a mapped task's children run on its executor
         fn = task.tool.fn
         rec.status = RUNNING
-        rec.started_at = started = self.now()
+        started = self.now()
+        if rec.started_at is None:  # else a group's retry: the record began with its first
+            rec.started_at = started
         if self.observers or self.log:
             self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
         n = 0
         while True:
             n += 1
-            att = Attempt(n, started if n == 1 else self.now())
+            att = Attempt(len(rec.attempts) + 1, started if n == 1 else self.now())
             rec.attempts.append(att)
             limit, kind = spec.timeout, "attempt"
             if deadline_at is not None:
@@ -569,7 +598,14 @@ class Core:
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=exc_repr(exc))
-                    await self.sleep(delay)
+                    # The wait sits inside this handler, out of reach of the handler below
+                    # for cancellation: a stop during it must still end the task.
+                    try:
+                        await self.sleep(delay)
+                    except BaseException:
+                        self._stopped(tid, item, rec, "cancelled while waiting to retry: "
+                                      + self._stop_why(rec), n)
+                        raise
                     continue
                 return self._failed(tid, item, rec, exc, n)
             except BaseException:  # cancellation, KeyboardInterrupt: never retried
@@ -733,6 +769,8 @@ class Core:
         if isinstance(exc, TaskFailed):
             err: BaseException = exc
         else:
+            if attempts and len(rec.attempts) > attempts:  # its group's earlier calls count
+                attempts = len(rec.attempts)
             what = f"after {attempts} attempt(s)" if attempts else "before it could run"
             # A wiring problem already names the task and says what is wrong; any other error
             # is the tool's own, shown with its type.
@@ -743,7 +781,9 @@ class Core:
                 msg = self.masker.text(msg)
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
-        held = self.held.get((tid, item.index)) if self.held else None
+        held = None
+        if self.held:  # a mapped member's children are held with it
+            held = self.held.get((rec.parent or tid, item.index))
         if held is not None:  # its group will run it again: not the run's error (yet)
             held.append(err)
             self._finish(tid, item, rec, status)
@@ -766,6 +806,15 @@ class Core:
             self._finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
         if not self.continue_on_error and rec.parent is None:
             self.abort()
+
+    def _stop_why(self, rec: TaskRecord) -> str:
+        """Why a task is being stopped: its map sibling failed, or the run stopped (after
+        which task's failure, when one caused it)."""
+        if rec.parent is not None and rec.parent in self._halted:
+            return self._halted[rec.parent]
+        err = self.result.error
+        culprit = getattr(err, "task_id", None) if self.stopped else None
+        return f"the run stopped after {culprit!r} failed" if culprit else "the run stopped"
 
     def _started(self, tid: str, rec: TaskRecord) -> None:
         for ob in self.observers:

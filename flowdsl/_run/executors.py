@@ -14,6 +14,7 @@ import multiprocessing.connection
 import os
 import pickle
 import signal
+import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping
@@ -116,7 +117,12 @@ class ThreadExecutor(Executor):
 
 
 def _worker_main(conn: Any) -> None:
-    """A worker process: receive pickled calls, send back ("ok", value) or ("err", ...)."""
+    """A worker process: receive pickled calls, send back ("ok", value) or ("err", ...).
+
+    Only the worker itself answers: a process the tool forked that returns (or raises) into
+    this loop ends there, silently, so it can never answer for the worker nor read its
+    next call."""
+    me = os.getpid()
     if hasattr(os, "setsid"):
         # Lead a process group of our own, so that killing the worker also kills the
         # subprocesses a tool started (and a terminal's Ctrl-C reaches only the parent).
@@ -135,8 +141,13 @@ def _worker_main(conn: Any) -> None:
             module, qualname, args, kwargs = pickle.loads(payload)
             fn = _by_reference(module, qualname)
             result = fn(*args, **kwargs)
+            if os.getpid() != me:
+                _leave(0)
             reply = pickle.dumps(("ok", result))
         except BaseException as exc:  # sent back to the parent, which re-raises it
+            if os.getpid() != me:
+                code = exc.code if isinstance(exc, SystemExit) else 1
+                _leave(code if isinstance(code, int) else 1)
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             try:
                 reply = pickle.dumps(("err", exc, tb))
@@ -147,6 +158,17 @@ def _worker_main(conn: Any) -> None:
             conn.send_bytes(reply)
         except (OSError, ValueError):
             return
+
+
+def _leave(code: int) -> None:
+    """End a process the tool forked, which came back into the worker's loop: flush what it
+    printed, then exit at once (no atexit handlers or finalizers of the worker's state)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # closed or replaced: nothing to flush
+            pass
+    os._exit(code)
 
 
 def _by_reference(module: str, qualname: str) -> Callable[..., Any]:

@@ -150,6 +150,9 @@ class TaskRecord:
     #: Lines the tool logged through ``flowdsl.get_logger()`` while logging was on (dicts
     #: with time, level, event and the bound values; capped); ``None`` when there were none.
     logs: list[dict[str, Any]] | None = None
+    #: A map child's input hash (its arguments as canonical JSON), set only while history
+    #: stores outputs: a resume reuses the child's stored output when index and hash match.
+    input_key: str | None = None
 
     @property
     def duration(self) -> float | None:

@@ -86,12 +86,16 @@ class _Port:
 
 def _deliver_asyncio(call: _Call) -> None:
     fut: Future[Any] | None = call.waiter
-    if fut is not None and not fut.done():  # a cancelled await left a cancelled future
+    # A cancelled await left a cancelled future; its task, not yet resumed, still reads the
+    # call's error from here (see WorkerThreads._give_up), which then lets the value go.
+    if fut is not None and not fut.done():
         if call.ok:
             fut.set_result(call.value)
         else:
             fut.set_exception(call.value)
-    call.value = None
+        call.value = None
+    elif fut is None:
+        call.value = None
 
 
 def _trio_deliver() -> Callable[[_Call], None]:
@@ -166,9 +170,14 @@ class WorkerThreads:
     async def _await_future(self, call: _Call, fut: Future[Any]) -> Any:
         try:
             return await fut
-        except BaseException:  # cancelled, or the call's own error (then _give_up is a no-op)
-            self._give_up(call)
-            raise
+        except BaseException as exc:  # cancelled, or the call's own error
+            failed = self._give_up(call, fut)
+            if failed is None or failed is exc:
+                raise
+        # The tool had already raised when the cancel arrived: that failure happened, and is
+        # what the awaiting task reports (it is not cancelled). Raised out here, so that the
+        # cancellation does not become its __context__.
+        raise failed
 
     async def _await_trio(self, fn: Callable[..., Any], args: tuple[Any, ...],
                           kwargs: dict[str, Any], task_id: str) -> Any:
@@ -181,6 +190,11 @@ class WorkerThreads:
         call.waiter = trio.lowlevel.current_task()
 
         def abort(_raise_cancel: Any) -> Any:
+            with self._lock:
+                # Already raised, its error waiting for the next drain: not cancelled, the
+                # drain reschedules the task with that error.
+                if call.state == DONE and not call.ok:
+                    return trio.lowlevel.Abort.FAILED
             self._give_up(call)
             return trio.lowlevel.Abort.SUCCEEDED
 
@@ -198,10 +212,18 @@ class WorkerThreads:
             threading.Thread(target=self._work, args=(self._queue.get,), daemon=True,
                              name=f"flowdsl-thread-{next(_names)}").start()
 
-    def _give_up(self, call: _Call) -> None:
-        """The awaiting task was cancelled: the call never runs, or its thread is left to it."""
+    def _give_up(self, call: _Call, fut: Future[Any] | None = None) -> BaseException | None:
+        """The awaiting task was cancelled: the call never runs, or its thread is left to it.
+        Returns the call's own error when it had already failed (asyncio: its future holds
+        it, or it waits in the port for the next drain)."""
+        failed: BaseException | None = None
         with self._lock:
             state = call.state
+            if state == DONE and not call.ok:
+                if call.value is not None:  # not delivered yet; the drain will skip it
+                    failed = call.value
+                elif fut is not None and fut.done() and not fut.cancelled():
+                    failed = fut.exception()
             if state == QUEUED:
                 call.state = CANCELLED
                 self.busy -= 1
@@ -210,11 +232,14 @@ class WorkerThreads:
                 self.busy -= 1
                 self.threads -= 1  # the next call that needs a thread starts a new one
         call.waiter = None
+        if state == DONE:
+            call.value = None
         if state == RUNNING and logging_enabled():
             engine_logger().warning(
                 "task_thread_abandoned", task=call.task_id, thread=call.thread,
                 reason="a sync call cannot be interrupted: its thread keeps running until the "
                        "call returns, and its result is discarded")
+        return failed
 
     # -- worker threads ------------------------------------------------------------------------
     def _work(self, get: Callable[[], _Call | None]) -> None:

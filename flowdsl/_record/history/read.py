@@ -16,9 +16,10 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..._base.errors import HistoryError, RunNotFound
+from ..._base.limits import CHILD_INPUT
 from ..._run.result import TaskStatus
 from .write import percentile, tool_identity, unpack
 
@@ -178,10 +179,21 @@ class HistoryReader:
         run["tasks"] = tasks
         return run
 
-    def load_outputs(self, run_id: str) -> dict[str, Any]:
+    @overload
+    def load_outputs(self, run_id: str, *, input_keys: Literal[False] = False
+                     ) -> dict[str, Any]: ...
+    @overload
+    def load_outputs(self, run_id: str, *, input_keys: Literal[True]
+                     ) -> tuple[dict[str, Any], dict[str, str]]: ...
+
+    def load_outputs(self, run_id: str, *, input_keys: bool = False
+                     ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, str]]:
         """The stored outputs of the tasks that completed in run ``run_id`` (for resuming).
 
         Only JSON is ever read back: a row holding anything else is refused, never unpickled.
+        With ``input_keys=True``: ``(outputs, keys)``, where ``keys`` maps each map child
+        stored with its input hash to that hash (a resume reuses the child only when its
+        input hashes the same again).
 
         Raises:
             RunNotFound: no run has that id.
@@ -193,17 +205,24 @@ class HistoryReader:
         rows = self._query("SELECT task_id, output FROM tasks WHERE run_id = ? AND status = ? "
                            "AND output IS NOT NULL", (run_id, TaskStatus.COMPLETED.value))
         out: dict[str, Any] = {}
+        keys: dict[str, str] = {}
         for row in rows:
             raw = row["output"]
+            tid = row["task_id"]
             try:
                 if not isinstance(raw, str):
                     raise TypeError(type(raw).__name__)
-                out[row["task_id"]] = json.loads(raw)
+                value = json.loads(raw)
             except (TypeError, ValueError) as exc:
-                msg = (f"run {run_id!r}: the stored output of task {row['task_id']!r} is not "
+                msg = (f"run {run_id!r}: the stored output of task {tid!r} is not "
                        f"JSON ({exc}); history holds JSON only and is never unpickled")
                 raise HistoryError(msg) from None
-        return out
+            if (tid[-1:] == "]" and isinstance(value, dict) and len(value) == 2
+                    and isinstance(value.get(CHILD_INPUT), str) and "output" in value):
+                keys[tid] = value[CHILD_INPUT]  # a map child's output and input hash
+                value = value["output"]
+            out[tid] = value
+        return (out, keys) if input_keys else out
 
     def tool_stats(self, tool: str | None = None, *, flow: str | None = None
                    ) -> dict[str, ToolStats]:

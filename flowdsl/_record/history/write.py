@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from ..._base.errors import HistoryError, HistoryWarning
-from ..._base.limits import stored_json
+from ..._base.limits import CHILD_INPUT, stored_json
 from ..._base.log import get_logger, logging_enabled
 from ..._base.loop import threadsafe_caller
 from ..._run.result import RunResult, TaskRecord, TaskStatus
@@ -428,7 +428,9 @@ class HistoryObserver:
     def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
         encoded = None
         if self._outputs and record.status is TaskStatus.COMPLETED:
-            encoded = stored_json(output, result.masker, task_id=record.id)
+            key = record.input_key  # a map child's: kept beside its output for a resume
+            value = output if key is None else {CHILD_INPUT: key, "output": output}
+            encoded = stored_json(value, result.masker, task_id=record.id)
         logs = None
         if record.logs:  # lines cost only the tasks that kept some
             logs = logs_json(record.logs, result.masker)
