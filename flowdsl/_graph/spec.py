@@ -309,6 +309,13 @@ def _v_cache(name: str, key: str, value: Any, is_async: bool) -> Cache | None:
     return _cache(name, value)
 
 
+def _v_bool(name: str, key: str, value: Any, is_async: bool) -> bool:
+    # For on/off options (a row such as capture=, which another branch adds).
+    if not isinstance(value, bool):
+        raise _bad(name, key, value, "True or False")
+    return value
+
+
 def _v_text(name: str, key: str, value: Any, is_async: bool) -> str:
     if not isinstance(value, str) or (key == "name" and not value):
         raise _bad(name, key, value, "a non-empty string")
