@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 from .._base import hooks
 from .._base.errors import CompositionError, DuplicateTaskError, ToolDefinitionError
 from .._base.limits import encodable
-from .spec import TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
+from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
@@ -580,11 +580,12 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
 
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
-        ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
-        ``rollback``) and set its ``trigger`` rule. A mapped task also takes
-        ``max_parallel`` (most children running at once) and ``max_children`` (the fan-out
-        limit, default 10,000)."""
-        if "name" in options or "description" in options:
+        ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
+        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``: the
+        per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
+        ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
+        at once) and ``max_children`` (the fan-out limit, default 10,000)."""
+        if any(k in OPTIONS and not OPTIONS[k].per_task for k in options):
             msg = f"task {self._label!r}: use .named() to rename a task"
             raise CompositionError(msg)
         changes: dict[str, Any] = {}

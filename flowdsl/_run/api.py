@@ -23,7 +23,7 @@ from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
-from .._graph.spec import process_tools
+from .._graph.spec import EXECUTOR_KINDS, process_tools
 from .._graph.task import Flow, Fragment, Task
 from .._graph.walk import nodes
 from .._plan import policy
@@ -77,8 +77,7 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     remote = _remote_executor(override) if override is not None else None
     # A cluster runs coroutine tools too (dask workers await them); a local override only
     # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
-    takes = (("thread", "process", "dask", "async") if remote is not None and remote.remote
-             else ("thread", "process", "dask"))
+    takes = _TAKES_REMOTE if remote is not None and remote.remote else _TAKES_LOCAL
     for tid, task in p.tasks.items():
         spec = task.spec  # type: ignore[attr-defined]
         ex = by_spec.get(id(spec))
@@ -116,10 +115,12 @@ def _remote_executor(spec: Any) -> Executor:
     raise ValueError(msg)
 
 
+#: The executor a run makes for each local name of the table (EXECUTOR_KINDS), by the
+#: ``name`` each class declares.
 _LOCAL: dict[str, Callable[[], Executor]] = {
-    "async": AsyncExecutor, "inline": InlineExecutor, "thread": ThreadExecutor,
-    "process": ProcessExecutor,
-}
+    cls.name: cls for cls in (AsyncExecutor, InlineExecutor, ThreadExecutor, ProcessExecutor)}
+_TAKES_LOCAL = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override == "always")
+_TAKES_REMOTE = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override != "never")
 
 
 async def _history(spec: Any) -> Any:
@@ -194,7 +195,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
         await _reuse(store, resume, p, item, core)
-    runner = RUNNERS[m.value]()
+    runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
     for ob in obs:
         ob.run_started(result, p)
