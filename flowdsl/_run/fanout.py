@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from .._base import secrets
 from .._base.errors import TaskFailed, TaskInputError
 from .._graph.task import Task
 from .executors import Remote
@@ -49,6 +50,8 @@ class _Core(Protocol):
     _halted: dict[str, str]
     observers: tuple[Any, ...]
     log: Any
+    cache: Any
+    ids: Any
 
     def now(self) -> float: ...
     def _started(self, tid: str, rec: TaskRecord) -> None: ...
@@ -57,6 +60,7 @@ class _Core(Protocol):
     def _failed(self, tid: str, item: Any, rec: TaskRecord, exc: BaseException,
                 attempts: int) -> TaskStatus: ...
     def _map_output(self, task: Task, out: Any) -> None: ...
+    def _register_secrets(self, value: Any) -> None: ...
     async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
 
@@ -113,19 +117,28 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     nxt = 0
     name = task.tool.name
 
+    def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if fan.positional:
+            a, k = (first[i], *args[1:]), kwargs
+            if rest:
+                k = {**kwargs, **{p: c[i] for p, c in rest}}
+        else:
+            a, k = args, {**kwargs, fan.params[0]: first[i]}
+            for p, c in rest:
+                k[p] = c[i]
+        return a, k
+
+    if secrets.in_use():  # elements drawn from a generator may bring Secrets
+        core._register_secrets(cols)
+    if core.cache is not None and core.ids[task] in core.cache.policies:
+        await core.cache.prefetch_children(core, ids, task, child_args)
+
     async def lane(scope: anyio.CancelScope) -> None:
         nonlocal nxt
         while nxt < n and not scope.cancel_called:
             i = nxt
             nxt += 1
-            if fan.positional:
-                a, k = (first[i], *args[1:]), kwargs
-                if rest:
-                    k = {**kwargs, **{p: c[i] for p, c in rest}}
-            else:
-                a, k = args, {**kwargs, fan.params[0]: first[i]}
-                for p, c in rest:
-                    k[p] = c[i]
+            a, k = child_args(i)
             cid = ids[i]
             child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
                                                    parent=tid)
