@@ -11,6 +11,7 @@ readable); everything else is a one-key object whose key is a tag:
 ``$b``     bytes (base64)
 ``$f``     a float that JSON cannot write: ``"nan"``, ``"inf"``, ``"-inf"``
 ``$dt``    a datetime (ISO 8601; naive or with a fixed UTC offset); ``$date``, ``$time``
+           (``$dtf``, ``$timef``: the same with ``fold=1``)
 ``$td``    a timedelta: ``[days, seconds, microseconds]``
 ``$dec``   a Decimal (its exact string); ``$uuid`` a UUID; ``$c`` a complex ``[re, im]``
 ========== =======================================================
@@ -56,16 +57,14 @@ def _scalar(v: Any) -> Any:
         return {"$b": base64.b64encode(v).decode("ascii")}
     if cls is Decimal:
         return {"$dec": str(v)}
-    if cls is dt.datetime:
-        if v.tzinfo.__class__ not in _DATETIME_TZ or v.fold:
-            raise NotExact(f"a datetime with tzinfo {v.tzinfo!r} (fold={v.fold})")
-        return {"$dt": v.isoformat()}
+    if cls is dt.datetime or cls is dt.time:
+        if v.tzinfo.__class__ not in _DATETIME_TZ:
+            raise NotExact(f"a {cls.__name__} with tzinfo {v.tzinfo!r} (only fixed offsets "
+                           "come back as they were)")
+        tag = "$dt" if cls is dt.datetime else "$time"
+        return {tag + ("f" if v.fold else ""): v.isoformat()}  # ISO text has no fold
     if cls is dt.date:
         return {"$date": v.isoformat()}
-    if cls is dt.time:
-        if v.tzinfo.__class__ not in _DATETIME_TZ or v.fold:
-            raise NotExact(f"a time with tzinfo {v.tzinfo!r} (fold={v.fold})")
-        return {"$time": v.isoformat()}
     if cls is dt.timedelta:
         return {"$td": [v.days, v.seconds, v.microseconds]}
     if cls is uuid.UUID:
@@ -153,6 +152,10 @@ def _tagged(kind: str, arg: Any) -> Any:
         return dt.date.fromisoformat(arg)
     if kind == "$time":
         return dt.time.fromisoformat(arg)
+    if kind == "$dtf":
+        return dt.datetime.fromisoformat(arg).replace(fold=1)
+    if kind == "$timef":
+        return dt.time.fromisoformat(arg).replace(fold=1)
     if kind == "$td":
         return dt.timedelta(days=arg[0], seconds=arg[1], microseconds=arg[2])
     if kind == "$uuid":

@@ -381,12 +381,13 @@ def _close_all() -> None:
 
 
 def open_cache(spec: Any = None) -> CacheStore | None:
-    """The store ``run(cache=...)`` means: a :class:`CacheStore` as it is, a path's store,
+    """The store ``run(cache=...)`` means: a :class:`CacheStore` (or any object with the
+    run layer's ``CacheBackend`` methods) as it is, a path's store,
     else (``None``/``True``/``False``) the default file's (:func:`default_cache_path`), or
     None when ``FLOWDSL_CACHE=off``. Stores opened from paths are kept per file for the
     process, so a file is opened once."""
-    if isinstance(spec, CacheStore):
-        return spec
+    if isinstance(spec, CacheStore) or (hasattr(spec, "lookup") and hasattr(spec, "commit")):
+        return spec  # type: ignore[no-any-return]  # a store, or another CacheBackend
     if spec is None or isinstance(spec, bool):
         path: Path | str | None = default_cache_path()
         if path is None:

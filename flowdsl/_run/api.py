@@ -31,7 +31,6 @@ from .._plan import policy
 from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import RunCache
-from .stores import open_backend
 from .core import Core, Item
 from .executors import (
     AsyncExecutor,
@@ -44,6 +43,7 @@ from .executors import (
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
+from .stores import open_backend
 from .units import context_defaults
 
 __all__ = ["Mode", "arun", "run"]

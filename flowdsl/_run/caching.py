@@ -43,6 +43,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
+import anyio.lowlevel
+import anyio.to_thread
 
 from .._base import codec, secrets
 from .._base.errors import CacheKeyError, CacheWarning, TaskInputError
@@ -53,6 +55,7 @@ from .result import TaskStatus
 
 __all__ = ["CacheBackend", "Entry", "Row", "RunCache"]
 
+_MAX_BATCH = 500  # keys per look-up query gathered at run time
 _EVERY = Cache()  # the policy of a task cached only because of run(cache=True)
 COMPLETED, CACHED = TaskStatus.COMPLETED, TaskStatus.CACHED
 
@@ -311,7 +314,12 @@ class RunCache:
         batch = self._batch = _Batch()
         batch.keys.append(key)
         try:
-            await anyio.lowlevel.checkpoint()  # let the calls ready now join this query
+            # Let the calls that are ready now join this query: wait while others join.
+            seen = 0
+            while seen != len(batch.keys) and len(batch.keys) < _MAX_BATCH:
+                seen = len(batch.keys)
+                for _ in range(3):
+                    await anyio.lowlevel.checkpoint()
             self._batch = None
             await self._lookup(batch.keys)
         except Exception as exc:
