@@ -182,6 +182,9 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p, masker=_secrets(p, ctx, input))
     results_cache = _run_cache(p, cache, result.masker)
+    if results_cache is not None and results_cache.found:  # Secrets made by key functions
+        result.masker = secrets.masker_for(results_cache.found, result.masker)
+        results_cache.found = []
     obs = _observers(observers, store, p, store_outputs, progress)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,

@@ -86,16 +86,19 @@ class _NotData(Exception):
 class _Ident:
     """Builds the canonical text of a call; notes whether a Secret went into it."""
 
-    __slots__ = ("encoder", "secret")
+    __slots__ = ("encoder", "found", "secret")
 
-    def __init__(self) -> None:
+    def __init__(self, found: list[Any] | None = None) -> None:
         self.secret = False
+        self.found = found  # where to note the Secrets met (a key function may make some)
         self.encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"),
                                         allow_nan=False, default=self._default)
 
     def _default(self, value: Any) -> Any:
         if isinstance(value, secrets.Secret):
             self.secret = True
+            if self.found is not None:
+                self.found.append(value)
             return {"$secret": value.get()}
         raise _NotData(type(value).__name__)
 
@@ -177,6 +180,8 @@ class RunCache:
         self.pending: list[Entry] = []
         self.hits: list[tuple[str, str]] = []
         self._by: dict[str, str] = {}  # key -> the task that computed it in this run
+        # Secrets a Cache(key=...) function returned, to register before anything is written.
+        self.found: list[Any] = []
         self.running: dict[str, anyio.Event] = {}  # keys being computed now
         self._batch: _Batch | None = None
         self._mac: bytes | None = None
@@ -184,10 +189,11 @@ class RunCache:
         self._prefixes: dict[tuple[Any, Cache], str] = {}
         self.static: dict[str, str] = {}  # task id -> key, for arguments fixed beforehand
         self._later: dict[str, str] = {}  # task id -> text, keyed once the store's key is read
-        # Arguments known now are keyed now: a bad one fails before anything runs.
+        # Arguments known now are keyed now: a bad one fails before anything runs. (A mapped
+        # task has no key of its own: its children's are looked up together when it runs.)
         for tid in list(self.policies):
             task = tasks[tid]
-            if not task.dynamic and task.stage_param is None:
+            if not task.dynamic and task.stage_param is None and task.fan is None:
                 try:
                     key = self.key(tid, task, task.args, task.kwargs, masker)
                 except CacheKeyError:
@@ -225,7 +231,7 @@ class RunCache:
         # Plain signatures bind every argument by name (no positional ones are left).
         bound = kwargs if not args else task.tool.signature.bind_partial(
             *args, **kwargs).arguments
-        ident = _Ident()
+        ident = _Ident(self.found if policy.key is not None else None)
         try:
             if policy.key is None and all(v.__class__ in _SCALARS for v in bound.values()):
                 # Only plain scalars (the common case): their repr is canonical, and about
@@ -344,6 +350,9 @@ class RunCache:
                 continue
             if key is not None:
                 keys.append(key)
+        if self.found:
+            found, self.found = self.found, []
+            core._register_secrets(found)
         want = [k for k in dict.fromkeys(keys) if k not in self.looked]
         if want and self.read and self.error is None:
             try:
@@ -387,6 +396,10 @@ class RunCache:
             key = self.key(tid, task, args, kwargs, core.masker)
         except (TaskInputError, CacheKeyError) as exc:
             return core._failed(tid, item, rec, exc, 0)  # type: ignore[no-any-return]
+        finally:
+            if self.found:
+                found, self.found = self.found, []
+                core._register_secrets(found)
         if key is None or self.error is not None:
             return await core._compute(tid, task, item, rec, args, kwargs)  # type: ignore
         policy = self.policies.get(self.ids[task], _EVERY)
