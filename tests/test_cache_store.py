@@ -317,9 +317,11 @@ class TestBounded:
         assert [len(k) for k in store.lookups] == [3]
         store.store.close()
 
-    def test_lru_eviction_by_last_hit(self, tmp_path: Path) -> None:
+    def test_lru_eviction_by_last_hit(self, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
         """Item 7: over max_entries the least recently hit entries go; a hit refreshes an
         entry's place; totals are kept without counting the table."""
+        monkeypatch.setattr("flowdsl._run.caching.USE_GRANULARITY", 0.0)  # to the instant
         store = CacheStore(tmp_path / "c.db", max_entries=3)
         t = tl(lambda x: x, name="ident", cache=True)
         for x in (1, 2, 3):
@@ -336,6 +338,19 @@ class TestBounded:
         assert flowdsl.run(t(2).named("t"), cache=store).tasks["t"].status is S.COMPLETED
         assert store.stats()["entries"] == 3
         store.close()
+
+    def test_hits_on_fresh_entries_write_no_rows(self, tmp_path: Path) -> None:
+        """A hit on an entry used within the last minute only counts (per tool): the run's
+        end writes no entry row, and the hit count is still exact."""
+        store = Counting(CacheStore(tmp_path / "c.db"))
+        t = tl(lambda x: x, name="fresh", cache=True)
+        flowdsl.run(t(1).named("t"), cache=store)  # type: ignore[arg-type]
+        before = store.store.entries()
+        for _ in range(3):
+            flowdsl.run(t(1).named("t"), cache=store)  # type: ignore[arg-type]
+        assert store.store.entries() == before  # last use unchanged (within the minute)
+        assert store.store.stats()["tools"]["fresh"]["hits"] == 3
+        store.store.close()
 
     def test_max_bytes(self, tmp_path: Path) -> None:
         """Over max_bytes, the least recently hit go until the payloads fit."""
@@ -429,13 +444,15 @@ def _cli(*args: str) -> Any:
 
 
 class TestCli:
-    def test_stats_prune_list(self, tmp_path: Path) -> None:
+    def test_stats_prune_list(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """stats shows entries, bytes and the hit rate per tool; prune evicts down to the
         given bound; list is newest-used first."""
+        monkeypatch.setattr("flowdsl._run.caching.USE_GRANULARITY", 0.0)
         db = tmp_path / "c.db"
         t = tl(lambda x: x, name="ident", cache=True)
         for x in (1, 2, 3):
             flowdsl.run(t(x).named("t"), cache=str(db))
+            time.sleep(0.01)
         flowdsl.run(t(1).named("t"), cache=str(db))
         res = _cli("--cache", str(db), "stats", "--json")
         assert res.exit_code == 0, res.output
@@ -447,7 +464,7 @@ class TestCli:
         res = _cli("--cache", str(db), "prune", "--max-entries", "1", "--json")
         assert json.loads(res.output) == {"expired": 0, "evicted": 2}
         rows = json.loads(_cli("--cache", str(db), "list", "--json").output)
-        assert len(rows) == 1 and rows[0]["hits"] == 1
+        assert len(rows) == 1 and rows[0]["used_at"] > rows[0]["created_at"]  # the hit one
 
     def test_corrupt_file_exits_2_with_a_message(self, tmp_path: Path) -> None:
         """Item 7: a corrupt file or a history file: a clear message, exit 2, no

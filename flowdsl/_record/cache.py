@@ -29,12 +29,12 @@ import secrets as _random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .._base.errors import CacheStoreError
-from .._run.caching import Entry, Row
+from .._run.caching import Entry, Found
 from .history import _create_private, default_path
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "CacheStore", "default_cache_path",
@@ -56,7 +56,6 @@ CREATE TABLE IF NOT EXISTS entries (
     created_at REAL NOT NULL,
     expires_at REAL,
     used_at REAL NOT NULL,
-    hits INTEGER NOT NULL DEFAULT 0,
     serializer TEXT NOT NULL,
     size INTEGER NOT NULL,
     mac BLOB,
@@ -251,42 +250,42 @@ class CacheStore:
 
     # -- what a run uses -----------------------------------------------------------------
 
-    def lookup(self, keys: Sequence[str], now: float) -> dict[str, Row]:
+    def lookup(self, keys: Sequence[str], now: float) -> dict[str, Found]:
         """The live entries of ``keys`` (absent ones are simply missing): serializer,
-        payload, and whether a pickle row's HMAC matched (always True for other rows)."""
-        rows: list[tuple[str, str, bytes, bytes | None]] = []
+        payload, whether a pickle row's HMAC matched (always True for other rows) and when
+        the entry was last used."""
+        rows: list[tuple[str, str, bytes, bytes | None, float]] = []
         with self._use("reading entries") as c:
             for i in range(0, len(keys), _CHUNK):
                 part = keys[i:i + _CHUNK]
                 rows += c.execute(
-                    "SELECT key, serializer, value, mac FROM entries WHERE key IN "
+                    "SELECT key, serializer, value, mac, used_at FROM entries WHERE key IN "
                     f"({','.join('?' * len(part))}) AND (expires_at IS NULL OR expires_at > ?)",
                     (*part, now)).fetchall()
-        out: dict[str, Row] = {}
-        for key, serializer, value, mac in rows:
+        out: dict[str, Found] = {}
+        for key, serializer, value, mac, used in rows:
             ok = True
             if serializer == "pickle":
                 ok = mac is not None and hmac.compare_digest(mac, self._mac(value))
-            out[key] = (serializer, bytes(value), ok)
+            out[key] = (serializer, bytes(value), ok, used)
         return out
 
-    def commit(self, entries: Sequence[Entry], hits: Sequence[tuple[str, str]],
-               now: float) -> int:
-        """In one transaction: write ``entries`` (replacing those of the same key), mark
-        ``hits`` ((key, tool) pairs) as used now, count hits and misses per tool, and evict
-        the least recently hit entries over the bounds. Returns how many were evicted."""
+    def commit(self, entries: Sequence[Entry], used: Sequence[tuple[str, str]],
+               hits: Mapping[str, int], now: float) -> int:
+        """In one transaction: write ``entries`` (replacing those of the same key), move
+        the last use of ``used`` ((key, tool) pairs) to ``now``, add ``hits`` (tool ->
+        count) and the entries written (misses) to the tools' counts, and evict the least
+        recently used entries over the bounds. Returns how many were evicted."""
         macs = [self._mac(e[6]) if e[5] == "pickle" else None for e in entries]
-        per_tool: dict[str, list[int]] = {}
-        for _, tool in hits:
-            per_tool.setdefault(tool, [0, 0])[0] += 1
+        per_tool: dict[str, list[int]] = {t: [n, 0] for t, n in hits.items()}
         for e in entries:
             per_tool.setdefault(e[1], [0, 0])[1] += 1
         with self._use("writing entries", write=True) as c:
             c.executemany(_UPSERT, [(k, t, q, made, exp, made, ser, len(v), mac, v)
                                     for (k, t, q, made, exp, ser, v), mac in zip(entries, macs)])
-            if hits:
-                c.executemany("UPDATE entries SET used_at = ?, hits = hits + 1 WHERE key = ?",
-                              [(now, k) for k, _ in hits])
+            if used:
+                c.executemany("UPDATE entries SET used_at = ? WHERE key = ?",
+                              [(now, k) for k, _ in used])
             c.executemany(
                 "INSERT INTO tool_stats (tool, hits, misses) VALUES (?, ?, ?) ON CONFLICT(tool) "
                 "DO UPDATE SET hits = hits + excluded.hits, misses = misses + excluded.misses",
@@ -314,15 +313,15 @@ class CacheStore:
     def entries(self, tool: str | None = None, limit: int | None = None
                 ) -> list[dict[str, Any]]:
         """Entries, most recently used first (only ``tool``'s if given, at most ``limit``):
-        key, tool, qualified name, created/expiry/last-use times (Unix seconds), hits,
-        serializer and size in bytes."""
+        key, tool, qualified name, created/expiry/last-use times (Unix seconds; the last
+        use to the minute), serializer and size in bytes."""
         where, args = ("WHERE tool = ?", [tool]) if tool else ("", [])
         lim = "" if limit is None else f" LIMIT {int(limit)}"
         with self._use("listing entries") as c:
             rows = c.execute(
-                "SELECT key, tool, qualname, created_at, expires_at, used_at, hits, serializer, "
+                "SELECT key, tool, qualname, created_at, expires_at, used_at, serializer, "
                 f"size FROM entries {where} ORDER BY used_at DESC{lim}", args).fetchall()
-        names = ("key", "tool", "qualname", "created_at", "expires_at", "used_at", "hits",
+        names = ("key", "tool", "qualname", "created_at", "expires_at", "used_at",
                  "serializer", "size")
         return [dict(zip(names, r)) for r in rows]
 

@@ -80,8 +80,8 @@ def _when(t: float | None) -> str:
 def cache_list(tool: ToolOpt = None, limit: Annotated[int, typer.Option(
         "--limit", min=1, help="Most entries shown (most recently used first).")] = 50,
         as_json: JsonOpt = False) -> None:
-    """The entries, most recently used first: tool, key, size, hits, when written, last
-    used and when they expire."""
+    """The entries, most recently used first: tool, key, size, when written, last used
+    (to the minute) and when they expire."""
     store = _store()
     try:
         rows = store.entries(tool, limit=limit)
@@ -90,10 +90,10 @@ def cache_list(tool: ToolOpt = None, limit: Annotated[int, typer.Option(
     if as_json:
         _print_json(rows)
         return
-    table = Table("tool", Column("key", no_wrap=True), "size", "hits", "written", "used",
+    table = Table("tool", Column("key", no_wrap=True), "size", "written", "used",
                   "expires", title=f"cache in {store.path}", title_justify="left")
     for r in rows:
-        table.add_row(r["tool"], r["key"][:16], f"{r['size']} B", str(r["hits"]),
+        table.add_row(r["tool"], r["key"][:16], f"{r['size']} B",
                       _when(r["created_at"]), _when(r["used_at"]), _when(r["expires_at"]))
     _out().print(table)
 

@@ -53,27 +53,32 @@ from .._graph.task import Task
 from .executors import Remote
 from .result import TaskStatus
 
-__all__ = ["CacheBackend", "Entry", "Row", "RunCache"]
+__all__ = ["CacheBackend", "Entry", "Found", "Row", "RunCache"]
 
+#: Seconds within which a hit does not move an entry's last use (eviction order precision).
+USE_GRANULARITY = 60.0
 _MAX_BATCH = 500  # keys per look-up query gathered at run time
 _EVERY = Cache()  # the policy of a task cached only because of run(cache=True)
 COMPLETED, CACHED = TaskStatus.COMPLETED, TaskStatus.CACHED
 
 #: (key, tool name, qualified name, created_at, expires_at, serializer, payload)
 Entry = tuple[str, str, str, float, "float | None", str, bytes]
-#: What a look-up finds for a key: (serializer, payload, signature verified)
+#: A stored entry as the run keeps it: (serializer, payload, signature verified)
 Row = tuple[str, bytes, bool]
+#: What a look-up finds for a key: a Row and when the entry was last used
+Found = tuple[str, bytes, bool, float]
 
 
 class CacheBackend(Protocol):
     """Where cache entries live. Every method blocks; the run calls them in worker threads."""
 
-    def lookup(self, keys: Sequence[str], now: float) -> dict[str, Row]:
+    def lookup(self, keys: Sequence[str], now: float) -> dict[str, Found]:
         """The live entries of ``keys`` (absent keys are missing from the answer)."""
 
-    def commit(self, entries: Sequence[Entry], hits: Sequence[tuple[str, str]],
-               now: float) -> int:
-        """Write ``entries``, record ``hits`` ((key, tool) pairs), evict over the bounds."""
+    def commit(self, entries: Sequence[Entry], used: Sequence[tuple[str, str]],
+               hits: Mapping[str, int], now: float) -> int:
+        """Write ``entries``, move the last use of ``used`` ((key, tool) pairs) to ``now``,
+        add ``hits`` (tool -> count) to the tools' hit counts, evict over the bounds."""
 
     def mac_key(self) -> bytes:
         """The store's private key (for the keys of calls that depend on a secret)."""
@@ -178,7 +183,12 @@ class RunCache:
         self.looked: set[str] = set()  # keys asked of the store (found or not)
         self.shared: dict[str, Any] = {}  # outputs computed this run that were not stored
         self.pending: list[Entry] = []
-        self.hits: list[tuple[str, str]] = []
+        self.hits: list[tuple[str, str]] = []  # entries whose last use is to be moved on
+        self.hit_count: dict[str, int] = {}  # tool -> hits in this run
+        self.used: dict[str, float] = {}  # key -> when its stored entry was last used
+        # A hit moves an entry's last use only when that is over a minute old: the order of
+        # eviction is kept to the minute, and a run of hits on fresh entries writes no row.
+        self._stale = time.time() - USE_GRANULARITY
         self._by: dict[str, str] = {}  # key -> the task that computed it in this run
         # Secrets a Cache(key=...) function returned, to register before anything is written.
         self.found: list[Any] = []
@@ -306,7 +316,9 @@ class RunCache:
     async def _lookup(self, keys: list[str]) -> None:
         rows = await anyio.to_thread.run_sync(self.backend.lookup, keys, time.time())
         self.looked.update(keys)
-        self.rows.update(rows)
+        for key, (serializer, payload, verified, used) in rows.items():
+            self.rows[key] = (serializer, payload, verified)
+            self.used[key] = used
 
     async def _find(self, key: str) -> Row | None:
         """The stored row of ``key``: from what was looked up, else in the next batch."""
@@ -365,11 +377,12 @@ class RunCache:
         called once, at the run's end. A failure becomes ``result.cache_error`` and a
         :class:`CacheWarning`, never an exception: the run's result stands."""
         error = self.error
-        if error is None and (self.pending or self.hits):
+        if error is None and (self.pending or self.hit_count):
             entries, self.pending = self.pending, []
             hits, self.hits = self.hits, []
+            counts, self.hit_count = self.hit_count, {}
             try:
-                await anyio.to_thread.run_sync(self.backend.commit, entries, hits,
+                await anyio.to_thread.run_sync(self.backend.commit, entries, hits, counts,
                                                time.time())
             except Exception as exc:
                 error = exc
@@ -408,20 +421,26 @@ class RunCache:
             if done is None:
                 break
             await done.wait()
+        refused = None
         if not policy.refresh:
             same = self._same_run(key, policy)
             if same is not None:
                 return core._cached(tid, task, item, rec, same[0],  # type: ignore
                                     reason=f"output of an identical call in this run ({same[1]})")
+            row = self.rows.get(key)
+            if row is not None:  # looked up before: a hit costs no await and no claim
+                value, refused = self._decode(row, policy)
+                if refused is None:
+                    self._hit(key, task.tool.name)
+                    return core._cached(tid, task, item, rec, value)  # type: ignore
         event = self.running[key] = anyio.Event()
-        refused = None
         try:
-            if not policy.refresh:
+            if not policy.refresh and refused is None and key not in self.looked:
                 row = await self._find(key)
                 if row is not None:
                     value, refused = self._decode(row, policy)
                     if refused is None:
-                        self.hits.append((key, task.tool.name))
+                        self._hit(key, task.tool.name)
                         return core._cached(tid, task, item, rec, value)  # type: ignore
             status = await core._compute(tid, task, item, rec, args, kwargs)
             if status is COMPLETED:
@@ -434,6 +453,15 @@ class RunCache:
         finally:
             del self.running[key]
             event.set()
+
+    def _hit(self, key: str, tool: str) -> None:
+        """Note a hit on a stored entry, for the tool's hit count and, when the entry was
+        last used over a minute ago, its place in the eviction order (written at the end)."""
+        self.hit_count[tool] = self.hit_count.get(tool, 0) + 1
+        used = self.used.get(key)
+        if used is not None and used < self._stale:
+            self.hits.append((key, tool))
+            del self.used[key]
 
     def _same_run(self, key: str, policy: Cache) -> tuple[Any, str] | None:
         """The output an identical call computed earlier in this run, with that call's
