@@ -167,9 +167,15 @@ def _tagged(kind: str, arg: Any) -> Any:
 _SEQ_TAGS: dict[str, Callable[[list[Any]], Any]] = {"$t": tuple, "$s": set, "$fs": frozenset}
 
 
+_loads = json.JSONDecoder().decode
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def decode(data: bytes | str) -> Any:
     """The value :func:`encode` wrote (raises ValueError on text it did not write)."""
-    tree = json.loads(data)
+    tree = _loads(data.decode("ascii") if data.__class__ is bytes else data)  # type: ignore
+    if tree.__class__ in _LEAVES:  # a scalar: nothing to rebuild
+        return tree
     out: list[Any] = []
     work: list[tuple[int, Any]] = [(_VISIT, tree)]
     while work:
