@@ -76,7 +76,7 @@ def _best(fn: Callable[[], Any], repeats: int) -> float:
 
 def measure(path: str, entries: int, n: int, repeats: int) -> dict[str, Any]:
     """The figures for one store size."""
-    store = CacheStore(path, max_entries=max(2 * entries, 1000), max_bytes=1 << 34)
+    store = CacheStore(path, max_entries=2 * entries + 10 * n, max_bytes=1 << 34)
     built = fill(store, entries)
     opts: dict[str, Any] = {"history": False, "cache": store}
     plain = flowdsl.plan(flowdsl.parallel(*[noop(i).named(f"n{i}") for i in range(n)]))
@@ -94,7 +94,7 @@ def measure(path: str, entries: int, n: int, repeats: int) -> dict[str, Any]:
     t_one_miss = _best(lambda: flowdsl.run(cached_miss(next(counter)).named("m"), **opts),
                        repeats)
     t_one_plain = _best(lambda: flowdsl.run(noop(0).named("p"), history=False), repeats)
-    size = os.path.getsize(path)
+    size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     store.close()
     us = 1e6 / n
     return {"entries": entries, "build_s": built, "file_mb": size / 1e6,
