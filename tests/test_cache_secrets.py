@@ -253,3 +253,33 @@ class TestKeysAndOutputs:
         assert r.output == "got canary-made-4242"
         assert "canary-made-4242" not in json.dumps(r.to_dict())
         assert "canary-made-4242" not in _raw(list(tmp_path.glob("c.db*")))
+
+
+class TestDocuments:
+    def test_a_document_flow_with_secrets_in_context_and_map(self, tmp_path: Path) -> None:
+        """Item 5, a document: a workflow document (untrusted data, so it names no secret
+        itself) reads a Secret from the run's context and maps over a context list of
+        Secrets; both are registered, nothing leaks, and the cache keeps no canary."""
+        reg = flowdsl.ToolRegistry()
+
+        @reg.tool(name="login", cache=True)
+        def login(token: Secret) -> str:
+            return "session for " + token.get()
+
+        @reg.tool(name="probe", cache=True)
+        def probe(key: Secret) -> int:
+            return len(key.get())
+
+        doc = {"name": "doc", "tasks": [
+            {"id": "login", "tool": "login", "args": {"token": {"$ctx": "token"}}},
+            {"id": "probe", "tool": "probe", "map": {"$ctx": "keys"}}]}
+        flow = flowdsl.load_flow(doc, reg)
+        context = {"token": Secret(CANARIES["arg"]),
+                   "keys": [Secret(CANARIES["gen1"]), Secret(CANARIES["gen2"])]}
+        db = tmp_path / "c.db"
+        runs = [flowdsl.run(flow, context=context, cache=str(db), log=True) for _ in range(2)]
+        assert runs[1].tasks["probe[0]"].status is S.CACHED
+        assert runs[1].tasks["login"].status is S.COMPLETED  # its output holds the secret
+        text = json.dumps([r.to_dict() for r in runs]) + repr([r.tasks for r in runs])
+        assert not _leaks(text)
+        assert not _leaks(_raw(list(tmp_path.glob("c.db*"))))
