@@ -170,7 +170,9 @@ class TestCanaryOverEveryChannel:
         assert "use v=***" in channels["logs"] or "'v': '***'" in channels["logs"] \
             or "v=***" in channels["logs"]
         assert "***" in channels["cache file"]  # the masked entry
-        keys = [e["key"] for e in flowdsl.CacheStore(cache).entries()]
+        view = flowdsl.CacheStore(cache)
+        keys = [e["key"] for e in view.entries()]
+        view.close()
         assert any(k.startswith("s") for k in keys)  # keyed hashes for secret keys
         assert len(runs[0].masker.sources) >= len(CANARIES)  # type: ignore[union-attr]
 
