@@ -297,12 +297,21 @@ class TestEditedTool:
 
 
 SCRIPT = """
-import sys, time, flowdsl
+import os, sys, time, flowdsl
 
 @flowdsl.tool(cache=True, registry=False)
 def slow(x):
+    # Both writers are inside the tool before either finishes (a slow start of one process
+    # on a loaded machine must not turn it into a reader): each marks its arrival and waits
+    # for the other's, up to 30 s.
+    gate = sys.argv[2] if len(sys.argv) > 2 else None
+    if gate:
+        open(os.path.join(gate, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(gate)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     time.sleep(0.4)
-    return {"x": x, "pid": __import__("os").getpid()}
+    return {"x": x, "pid": os.getpid()}
 
 r = flowdsl.run(slow(7).named("slow"), cache=sys.argv[1])
 print(r.tasks["slow"].status.value, r.output["x"])
@@ -317,7 +326,9 @@ class TestProcesses:
         script.write_text(SCRIPT)
         db = tmp_path / "shared.db"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        procs = [subprocess.Popen([sys.executable, str(script), str(db)], env=env,
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        procs = [subprocess.Popen([sys.executable, str(script), str(db), str(gate)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         outs = [p.communicate(timeout=60) for p in procs]
