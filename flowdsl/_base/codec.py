@@ -36,8 +36,13 @@ from typing import Any
 __all__ = ["NotExact", "decode", "encode"]
 
 
-class NotExact(ValueError):
-    """A value :func:`encode` cannot give back exactly (the message says which part)."""
+class _NotExact(ValueError):
+    """A value :func:`encode` cannot give back exactly (the message says which part). The
+    cache turns it into a task's "not cached" reason: it never reaches a caller, so it is
+    not a public error class."""
+
+
+NotExact = _NotExact
 
 
 _PLAIN = (str, int, bool, type(None))
