@@ -11,8 +11,8 @@ For a store holding ``small`` (100) and then ``big`` (1,000,000) other entries:
 
 The million-entry store is built quickly: synthetic rows of another tool inserted with one
 ``executemany`` in one transaction (the time it took is reported). Every figure is the best
-of ``repeats`` runs; runs keep no history. Figures taken on a loaded machine are noisy: compare
-the ratios measured in one sitting.
+of ``repeats`` runs, the runs compared being interleaved; runs keep no history. Figures taken
+on a loaded machine are noisy: compare the ratios measured in one sitting.
 
 Run it alone: ``python -m benchmarks.cache_bench [--quick] [--json out.json]``
 (``--quick``: 10,000 entries instead of a million, for a smoke test).
@@ -66,14 +66,17 @@ def fill(store: CacheStore, count: int) -> float:
     return time.perf_counter() - t0
 
 
-def _best(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+def _best(*fns: Callable[[], Any], repeats: int) -> list[float]:
+    """The best time of each of ``fns``, run in turn ``repeats`` times (interleaved, so a
+    change of load on the machine hits them alike)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        r = fn()
-        times.append(time.perf_counter() - t0)
-        assert r.ok, r.error
-    return min(times)
+        for fn, acc in zip(fns, times):
+            t0 = time.perf_counter()
+            r = fn()
+            acc.append(time.perf_counter() - t0)
+            assert r.ok, r.error
+    return [min(t) for t in times]
 
 
 def measure(path: str, entries: int, n: int, repeats: int) -> dict[str, Any]:
@@ -89,13 +92,13 @@ def measure(path: str, entries: int, n: int, repeats: int) -> dict[str, Any]:
     flowdsl.run(one_hit, **opts)
     hits = flowdsl.run(cached, **opts)
     assert all(r.status is flowdsl.TaskStatus.CACHED for r in hits.tasks.values())
-    t_plain = _best(lambda: flowdsl.run(plain, history=False), repeats)
-    t_hit = _best(lambda: flowdsl.run(cached, **opts), repeats)
-    t_one_hit = _best(lambda: flowdsl.run(one_hit, **opts), repeats)
+    t_plain, t_hit = _best(lambda: flowdsl.run(plain, history=False),
+                           lambda: flowdsl.run(cached, **opts), repeats=repeats)
     counter = iter(range(10**9))
-    t_one_miss = _best(lambda: flowdsl.run(cached_miss(next(counter)).named("m"), **opts),
-                       repeats)
-    t_one_plain = _best(lambda: flowdsl.run(noop(0).named("p"), history=False), repeats)
+    t_one_plain, t_one_hit, t_one_miss = _best(
+        lambda: flowdsl.run(noop(0).named("p"), history=False),
+        lambda: flowdsl.run(one_hit, **opts),
+        lambda: flowdsl.run(cached_miss(next(counter)).named("m"), **opts), repeats=repeats)
     size = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     store.close()
     us = 1e6 / n
@@ -119,7 +122,7 @@ def run(small: int = 100, big: int = 1_000_000, n: int = 1_000,
 def main(argv: list[str]) -> None:
     quick = "--quick" in argv
     figures = run(big=10_000 if quick else 1_000_000, n=200 if quick else 1_000,
-                  repeats=2 if quick else 5)
+                  repeats=2 if quick else 9)
     for size in ("small", "big"):
         print(f"-- store with {figures[size]['entries']:,} other entries")
         for k, v in figures[size].items():
