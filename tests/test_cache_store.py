@@ -522,3 +522,15 @@ def test_the_store_is_opened_once_and_private(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     a.close()
 
+
+
+def test_cache_benchmark_runs_small() -> None:
+    """benchmarks/cache_bench.py on small stores: every figure is there and positive, and
+    the hits were all hits (the script asserts so itself)."""
+    from benchmarks import cache_bench
+
+    figures = cache_bench.run(small=10, big=300, n=20, repeats=1)
+    for size, entries in (("small", 10), ("big", 300)):
+        f = figures[size]
+        assert f["entries"] == entries and f["hit_vs_noop"] > 0 and f["one_miss_run_ms"] > 0
+    assert figures["one_hit_growth"] > 0 and figures["one_miss_growth"] > 0
