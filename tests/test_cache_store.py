@@ -479,6 +479,7 @@ class TestCli:
                 res = _cli("--cache", str(path), *cmd)
                 assert res.exit_code == 2, (cmd, res.output)
                 assert says in res.output and "Traceback" not in res.output
+                assert res.output.count(str(path)) == 1  # said once, not wrapped twice
                 assert res.exception is None or isinstance(res.exception, SystemExit)
 
     def test_locked_file_exits_2(self, tmp_path: Path) -> None:

@@ -202,6 +202,8 @@ class CacheStore:
                     c.execute("ROLLBACK")
                     raise
                 c.execute("COMMIT")
+            except CacheStoreError:
+                raise
             except (sqlite3.Error, OSError) as exc:
                 if self._conn is not None and self._conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
