@@ -151,6 +151,20 @@ class Evil:
         return (Path(self.path).write_text, ("ran",))
 
 
+def _sign(db: Path, tool: str, serializer: str, payload: bytes) -> bytes:
+    """The HMAC the store would give the row of ``tool`` (using the key file, as someone
+    holding it could)."""
+    import hashlib
+    import hmac
+
+    c = sqlite3.connect(db)
+    (key,) = c.execute("SELECT key FROM entries WHERE tool=?", (tool,)).fetchone()
+    c.close()
+    secret = Path(str(db) + ".key").read_bytes()
+    return hmac.new(secret, b"\0".join((key.encode(), serializer.encode(), payload)),
+                    hashlib.sha256).digest()
+
+
 def _plant(db: Path, tool: str, payload: bytes, serializer: str, mac: bytes | None) -> None:
     c = sqlite3.connect(db)
     with c:
@@ -535,3 +549,44 @@ def test_cache_benchmark_runs_small() -> None:
         f = figures[size]
         assert f["entries"] == entries and f["hit_vs_noop"] > 0 and f["one_miss_run_ms"] > 0
     assert figures["one_hit_growth"] > 0 and figures["one_miss_growth"] > 0
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"$t": 5}', b'{"$d": [[1]]}', b'{"$s": [[1]]}', b'{"$d": [[[1], 2]]}', b'{"$b": "!!"}',
+    b'{"$dt": 5}', b'{"$zz": 1}', b'{"$c": [1]}', b'{"$td": [1e308, 0, 0]}',
+    b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b""])
+def test_a_hostile_json_row_is_refused_not_raised(tmp_path: Path, payload: bytes) -> None:
+    """A JSON row planted by someone else that the decoder chokes on (bad tags, unhashable
+    keys, overflow, nesting past the recursion limit, not text): refused, the task
+    recomputes, the run is unharmed."""
+    db = tmp_path / "c.db"
+    t = tl(lambda: 7, name="victim", cache=True)
+    flowdsl.run(t().named("t"), cache=str(db))
+    # Signed with the key (the decoder must hold even then), and unsigned.
+    _plant(db, "victim", payload, "json", _sign(db, "victim", "json", payload))
+    r = flowdsl.run(t().named("t"), cache=str(db))
+    assert r.ok and r.output == 7 and r.tasks["t"].status is S.COMPLETED
+    assert "cache entry refused: it cannot be decoded" in r.tasks["t"].reason
+    _plant(db, "victim", payload, "json", None)
+    r = flowdsl.run(t().named("t"), cache=str(db))
+    assert r.output == 7 and "signature does not match" in r.tasks["t"].reason
+
+
+def test_a_planted_json_row_cannot_change_a_result(tmp_path: Path) -> None:
+    """A valid JSON row written without the key (another value, or another key's signed
+    row moved over): refused, the tool's own output stands."""
+    db = tmp_path / "c.db"
+    t = tl(lambda x: x * 2, name="double", cache=True)
+    flowdsl.run(t(1).named("a") | t(2).named("b"), cache=str(db))
+    c = sqlite3.connect(db)
+    key_of = {bytes(v): k for v, k in c.execute("SELECT value, key FROM entries")}
+    with c:  # another value, unsigned
+        c.execute("UPDATE entries SET value=? WHERE key=?", (b"999", key_of[b"2"]))
+    r = flowdsl.run(t(1).named("a"), cache=str(db))
+    assert r.output == 2 and "signature does not match" in r.tasks["a"].reason
+    (mac_b,) = c.execute("SELECT mac FROM entries WHERE key=?", (key_of[b"4"],)).fetchone()
+    with c:  # b's signed row moved over a's
+        c.execute("UPDATE entries SET value=?, mac=? WHERE key=?", (b"4", mac_b, key_of[b"2"]))
+    c.close()
+    r = flowdsl.run(t(1).named("a"), cache=str(db))
+    assert r.output == 2 and "signature does not match" in r.tasks["a"].reason

@@ -146,7 +146,7 @@ def encode(value: Any) -> bytes:
 
 def _tagged(kind: str, arg: Any) -> Any:
     if kind == "$b":
-        return base64.b64decode(arg)
+        return base64.b64decode(arg, validate=True)
     if kind == "$f":
         return float(arg)
     if kind == "$dec":

@@ -12,10 +12,11 @@ use (in the worker thread, never on the event loop), in WAL mode, the file 0600 
 history's. The entry and byte counts live in a row kept up to date by triggers, so checking
 the bounds costs nothing however big the file is.
 
-Pickle rows carry an HMAC-SHA256 of their payload under a key kept in a 0600 file beside the
-store (``<file>.key``); a row whose HMAC does not match is refused, never unpickled. The key
-also derives the cache keys of calls that depend on a :class:`~flowdsl.Secret`, so the
-secret cannot be recovered from the key by guessing.
+Every row carries an HMAC-SHA256 of its key, serializer and payload under a key kept in a
+0600 file beside the store (``<file>.key``); a row whose HMAC does not match is refused (a
+pickle row is never unpickled), so a file written or altered without the key can neither run
+code nor change a result. The key also derives the cache keys of calls that depend on a
+:class:`~flowdsl.Secret`, so the secret cannot be recovered from the key by guessing.
 """
 
 from __future__ import annotations
@@ -218,8 +219,8 @@ class CacheStore:
                 self._conn = None
 
     def mac_key(self) -> bytes:
-        """The secret key of this store (HMAC of pickle rows, keys of secret-dependent
-        calls): read from, or created as, the 0600 file ``<path>.key``."""
+        """The secret key of this store (the HMAC of every row, the keys of calls that
+        depend on a secret): read from, or created as, the 0600 file ``<path>.key``."""
         with self._lock:
             if self._key is not None:
                 return self._key
@@ -228,27 +229,42 @@ class CacheStore:
                 return self._key
             kpath = self.path + ".key"
             try:
-                _create_private(Path(self.path))  # the folder, private
-                try:
-                    fd = os.open(kpath, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:
-                    key = Path(kpath).read_bytes()
-                else:
-                    key = _random.token_bytes(32)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(key)
+                if not os.path.exists(kpath):
+                    self._new_key(kpath)
+                key = Path(kpath).read_bytes()
             except OSError as exc:
-                msg = f"result cache {self.path}: its key file {kpath} cannot be used: {exc}"
+                msg = (f"result cache {self.path}: its key file {kpath} cannot be used: "
+                       f"{exc}; fix its permissions, or delete it and the cache file")
                 raise CacheStoreError(msg) from exc
-            if len(key) < 32:
-                msg = (f"result cache {self.path}: its key file {kpath} is truncated; delete "
-                       "it and the cache file (pickle entries cannot be verified without it)")
+            if len(key) != 32:
+                msg = (f"result cache {self.path}: its key file {kpath} is damaged; delete "
+                       "it and the cache file (no entry can be verified without it)")
                 raise CacheStoreError(msg)
             self._key = key
             return key
 
-    def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self.mac_key(), b"row\0" + payload, hashlib.sha256).digest()
+    def _new_key(self, kpath: str) -> None:
+        """Create the key file whole or not at all: written 0600 under a private name, then
+        linked into place (a process racing to create it too finds either no file or the
+        complete one, and the first link wins)."""
+        _create_private(Path(self.path))  # the folder, private
+        tmp = f"{kpath}.{os.getpid()}.{_random.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_random.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, kpath)
+        finally:
+            os.unlink(tmp)
+
+    def _mac(self, key: str, serializer: str, payload: bytes) -> bytes:
+        """The row's HMAC: over its key and serializer too, so a signed payload cannot be
+        moved to another key or read with another serializer."""
+        text = b"\0".join((key.encode(), serializer.encode(), payload))
+        return hmac.new(self.mac_key(), text, hashlib.sha256).digest()
 
     # -- what a run uses -----------------------------------------------------------------
 
@@ -266,10 +282,9 @@ class CacheStore:
                     (*part, now)).fetchall()
         out: dict[str, Found] = {}
         for key, serializer, value, mac, used in rows:
-            ok = True
-            if serializer == "pickle":
-                ok = mac is not None and hmac.compare_digest(mac, self._mac(value))
-            out[key] = (serializer, bytes(value), ok, used)
+            value = bytes(value)
+            ok = mac is not None and hmac.compare_digest(mac, self._mac(key, serializer, value))
+            out[key] = (serializer, value, ok, used)
         return out
 
     def commit(self, entries: Sequence[Entry], used: Sequence[tuple[str, str]],
@@ -278,7 +293,7 @@ class CacheStore:
         the last use of ``used`` ((key, tool) pairs) to ``now``, add ``hits`` (tool ->
         count) and the entries written (misses) to the tools' counts, and evict the least
         recently used entries over the bounds. Returns how many were evicted."""
-        macs = [self._mac(e[6]) if e[5] == "pickle" else None for e in entries]
+        macs = [self._mac(e[0], e[5], e[6]) for e in entries]
         per_tool: dict[str, list[int]] = {t: [n, 0] for t, n in hits.items()}
         for e in entries:
             per_tool.setdefault(e[1], [0, 0])[1] += 1

@@ -20,9 +20,10 @@ the store's private key instead, so the key says nothing about the secret.
 
 Outputs are stored with the serializer the tool declares: the exact tagged JSON of
 :mod:`flowdsl._base.codec` (an output it cannot give back exactly is not cached, and the
-record says why) or pickle (rows signed by the store; see the record layer). A row is decoded
-only with the tool's declared serializer: a pickle row for a JSON tool, or a pickle row whose
-signature does not match, is refused, never unpickled, and the task recomputes. An output
+record says why) or pickle. Every row is signed by the store (see the record layer). A row is
+decoded only with the tool's declared serializer and only when its signature matches: a
+pickle row for a JSON tool, or any row whose signature does not match, is refused (never
+unpickled) and the task recomputes. An output
 holding a registered secret's value is not stored unless the tool says
 ``Cache(mask_secrets=True)``.
 
@@ -480,17 +481,17 @@ class RunCache:
         if serializer != policy.serializer:
             return None, (f"cache entry refused: stored with serializer {serializer!r} but "
                           f"the tool declares {policy.serializer!r}; recomputed")
+        if not verified:
+            return None, ("cache entry refused: its signature does not match this store's "
+                          "key (a file written or altered elsewhere); recomputed")
         if serializer == "pickle":
-            if not verified:
-                return None, ("cache entry refused: its signature does not match this store's "
-                              "key (a file written or altered elsewhere); recomputed")
             try:
                 return pickle.loads(payload), None
             except Exception as exc:
                 return None, f"cache entry refused: it cannot be unpickled ({exc!r}); recomputed"
         try:
             return codec.decode(payload), None
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+        except Exception as exc:  # a row written by someone else: any fault is a refusal
             return None, f"cache entry refused: it cannot be decoded ({exc!r}); recomputed"
 
     async def _remember(self, core: Any, key: str, task: Task, policy: Cache, out: Any,
