@@ -245,6 +245,18 @@ class TestKeysAndOutputs:
         assert again.tasks["a"].status is S.COMPLETED
         assert CANARIES["arg"] not in _raw(list(tmp_path.glob("c.db*")))
 
+    def test_a_secret_inside_bytes_is_found(self, tmp_path: Path) -> None:
+        """Bytes are stored as base64, where the payload's text hides the value: the bytes
+        inside the output (values and dict keys) are looked into too."""
+        db = tmp_path / "c.db"
+        for out in ([b"k=" + CANARIES["arg"].encode()], {CANARIES["arg"].encode(): 1}):
+            t = tl(lambda s, out=out: out, name="raw", cache=True)
+            r = flowdsl.run(t(Secret(CANARIES["arg"])).named("r"), cache=str(db))
+            assert "holds a secret's value" in r.tasks["r"].reason
+        view = flowdsl.CacheStore(db)
+        assert view.entries() == []  # neither was stored
+        view.close()
+
     def test_a_secret_only_in_the_output_is_registered_first(self, tmp_path: Path) -> None:
         """A tool that returns a Secret: it is registered when the task ends, before the
         cache entry or any record is written."""

@@ -51,6 +51,7 @@ from .._base import codec, secrets
 from .._base.errors import CacheKeyError, CacheWarning, TaskInputError
 from .._graph.spec import Cache
 from .._graph.task import Task
+from .._graph.walk import nodes
 from .executors import Remote
 from .result import TaskStatus
 
@@ -139,6 +140,21 @@ def _version(fn: Any) -> str:
             text = code.co_code + repr(code.co_consts).encode() if code else repr(fn).encode()
         v = _versions[fn] = hashlib.sha256(text).hexdigest()[:16]
     return v
+
+
+def _holds_secret(value: Any, payload: bytes, masker: secrets.Masker) -> bool:
+    """Whether a registered secret's value is in the payload's text or in bytes inside the
+    value (stored as base64, so the payload's text would not show them)."""
+    if masker.found_in(payload.decode("utf-8", "replace")):
+        return True
+    for node in nodes(value):
+        if node.__class__ in (bytes, bytearray) and masker.found_in(
+                bytes(node).decode("utf-8", "replace")):
+            return True
+        if node.__class__ is dict and any(k.__class__ is bytes and masker.found_in(
+                k.decode("utf-8", "replace")) for k in node):
+            return True
+    return False
 
 
 class _Batch:
@@ -513,7 +529,7 @@ class RunCache:
                 return f"not cached: its output cannot be pickled ({type(exc).__name__})"
             return (f"not cached: its output cannot be stored exactly ({exc}); use "
                     "cache=flowdsl.Cache(serializer='pickle') for trusted data")
-        if masker is not None and masker.found_in(payload.decode("utf-8", "replace")):
+        if masker is not None and _holds_secret(out, payload, masker):
             self.shared[key] = (out, tid)  # identical calls of this run get the real value
             if not policy.mask_secrets:
                 return ("not cached: its output holds a secret's value (give the tool "
@@ -522,7 +538,7 @@ class RunCache:
                 payload = self._encode(masker.data(out), policy)
             except Exception as exc:
                 return f"not cached: its masked output cannot be stored ({exc})"
-            if masker.found_in(payload.decode("utf-8", "replace")):
+            if _holds_secret(masker.data(out), payload, masker):
                 return "not cached: its output holds a secret's value even once masked"
         now = time.time()
         expires = None if policy.ttl is None else now + policy.ttl
