@@ -117,28 +117,19 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     nxt = 0
     name = task.tool.name
 
-    def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        if fan.positional:
-            a, k = (first[i], *args[1:]), kwargs
-            if rest:
-                k = {**kwargs, **{p: c[i] for p, c in rest}}
-        else:
-            a, k = args, {**kwargs, fan.params[0]: first[i]}
-            for p, c in rest:
-                k[p] = c[i]
-        return a, k
-
-    if secrets.in_use():  # elements drawn from a generator may bring Secrets
-        core._register_secrets(cols)
-    if core.cache is not None and core.ids[task] in core.cache.policies:
-        await core.cache.prefetch_children(core, ids, task, child_args)
-
     async def lane(scope: anyio.CancelScope) -> None:
         nonlocal nxt
         while nxt < n and not scope.cancel_called:
             i = nxt
             nxt += 1
-            a, k = child_args(i)
+            if fan.positional:
+                a, k = (first[i], *args[1:]), kwargs
+                if rest:
+                    k = {**kwargs, **{p: c[i] for p, c in rest}}
+            else:
+                a, k = args, {**kwargs, fan.params[0]: first[i]}
+                for p, c in rest:
+                    k[p] = c[i]
             cid = ids[i]
             child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
                                                    parent=tid)
@@ -148,6 +139,17 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
                 if not core.continue_on_error:
                     core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
                     scope.cancel()
+
+    if secrets.in_use():  # elements drawn from a generator may bring Secrets
+        core._register_secrets(cols)
+    if core.cache is not None and core.ids[task] in core.cache.policies:
+        # The children's cache entries in one query, before any of them runs.
+        def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if fan.positional:
+                return (first[i], *args[1:]), {**kwargs, **{p: c[i] for p, c in rest}}
+            return args, {**kwargs, fan.params[0]: first[i], **{p: c[i] for p, c in rest}}
+
+        await core.cache.prefetch_children(core, ids, task, child_args)
 
     width = min(n, fan.max_parallel or n, core.child_limit)
     try:
