@@ -22,7 +22,6 @@ import anyio.to_thread
 
 from .._base import secrets
 from .._base.errors import (
-    CacheKeyError,
     CompositionError,
     MissingContextError,
     TaskFailed,
@@ -356,18 +355,15 @@ class Core:
 
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
-        """Acquire the task's pools, run its attempts, release the pools (a task or one
-        child of a mapped task); a cache hit skips all of that."""
-        key = None
+        """Run a task or one child of a mapped task: through the result cache when it is
+        cached (a hit skips the tool and its pools), else :meth:`_compute`."""
         if self.cache is not None and self.ids[task] in self.cache.policies:
-            try:
-                key = self.cache.key(tid, task, args, kwargs)
-                if key is not None:
-                    found, value = self.cache.get(key)
-                    if found:
-                        return self._cached(tid, task, item, rec, value)
-            except (TaskInputError, CacheKeyError) as exc:
-                return self._failed(tid, item, rec, exc, 0)
+            return await self.cache.run_task(self, tid, task, item, rec, args, kwargs)
+        return await self._compute(tid, task, item, rec, args, kwargs)
+
+    async def _compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        """Acquire the task's pools, run its attempts, release the pools."""
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
@@ -387,16 +383,15 @@ class Core:
                 end_task_scope(scope)
             if demand:
                 self.pools.release(demand)
-        if key is not None and status is COMPLETED:
-            await self._remember(key, task, item.outputs[tid], rec)
         return status
 
     def _cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
-                value: Any) -> TaskStatus:
+                value: Any, reason: str = "output restored from the result cache"
+                ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
         back; downstream sees a completed task."""
         rec.started_at = self.now()
-        rec.reason = "output restored from the result cache"
+        rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
                 self._map_output(task, value)
@@ -404,17 +399,6 @@ class Core:
                 return self._failed(tid, item, rec, exc, 0)
         item.outputs[tid] = value
         return self._finish(tid, item, rec, CACHED, output=value)
-
-    async def _remember(self, key: str, task: Task, out: Any, rec: TaskRecord) -> None:
-        if self.remote and isinstance(out, Remote):  # the cache file is here
-            try:
-                out = await out.fetch()
-            except Exception as exc:
-                rec.reason = f"not cached: fetching its output failed ({exc!r})"
-                return
-        why = self.cache.put(key, task, out)  # type: ignore[union-attr]
-        if why is not None:
-            rec.reason = why
 
     def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
@@ -743,6 +727,8 @@ class Core:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
         rec.status = status
+        if output is not None and secrets.in_use():  # an output may bring Secrets of its own
+            self._register_secrets(output)
         if reason is not None:
             rec.reason = reason
         if self.masker is not None and rec.reason:
