@@ -101,6 +101,8 @@ class ToolSpec:
     expected_duration: float | None = None
     is_async: bool = False
     cache: Cache | None = None
+    #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
+    capture: bool = True
 
     def evolve(self, **changes: Any) -> ToolSpec:
         """A copy with ``changes`` validated and applied."""
@@ -166,6 +168,10 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
             out[key] = _executor(name, value, is_async)
         elif key == "cache":
             out[key] = _cache(name, value)
+        elif key == "capture":
+            if not isinstance(value, bool):
+                raise _bad(name, key, value, "True or False")
+            out[key] = value
         elif key == "priority":
             out[key] = None if value is None else _signed(name, key, value)
         elif key in ("description", "name"):

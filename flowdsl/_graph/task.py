@@ -576,7 +576,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
         ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
-        ``rollback``) and set its ``trigger`` rule. A mapped task also takes
+        ``rollback``, ``capture``) and set its ``trigger`` rule. A mapped task also takes
         ``max_parallel`` (most children running at once) and ``max_children`` (the fan-out
         limit, default 10,000)."""
         if "name" in options or "description" in options:

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._base import capture as _capture
 from .._base import secrets
 from .._base.errors import (
     CacheKeyError,
@@ -33,7 +34,7 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
+from .._base.log import MAX_TASK_LOGS, RunScope, engine_logger
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
 from .._graph.task import (
@@ -95,7 +96,7 @@ class Core:
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  cache: RunCache | None = None, rollback: bool = False,
-                 keep_outputs: bool = True) -> None:
+                 keep_outputs: bool = True, capture: bool = True) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
@@ -122,6 +123,11 @@ class Core:
         self.log = engine_logger(run_id=result.run_id) if log else None
         if self.log is not None and masker is not None:
             self.log = MaskedLogger(self.log, masker)
+        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
+        # neither captures output nor logs, and then no task pays for a scope.
+        self.capture = capture
+        self.lines = (RunScope(result.run_id, self.now, masker, self.log)
+                      if capture or log else None)
         self.rng = rng or random.Random()
         self.sleep = sleep or anyio.sleep
         # Whether any task runs remotely (dask): computed once, so local runs pay one bool
@@ -215,6 +221,9 @@ class Core:
             self.log.use(masker)
         elif self.log is not None:
             self.log = MaskedLogger(self.log, masker)
+        if self.lines is not None:
+            self.lines.masker = masker
+            self.lines.log = self.log
 
     def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
@@ -354,14 +363,23 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
-        # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
-        scope = (task_scope(self.result.run_id, rec, self.now, self.masker) if self.log
-                 else None)
+        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
+        # the run or the tool opted out); see flowdsl/_base/capture.py.
+        # (The context variable is set here, not through a function: it is the whole
+        # per-task cost of capture.)
+        lines = self.lines
+        scope = None
+        if lines is not None:
+            keep = self.capture and task.spec.capture
+            if keep or self.log:
+                scope = _capture.current.set((lines, rec, keep))
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
             if scope is not None:
-                end_task_scope(scope)
+                _capture.current.reset(scope)
+                if lines.pending or _capture.shown:  # a last line with no newline
+                    _capture.flush_task(lines, rec)
             if demand:
                 self.pools.release(demand)
         if key is not None and status is COMPLETED:
@@ -885,9 +903,8 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
             m.logs.extend(rec.logs[:room])
 
 
-_EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
-           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
-           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+# Each final status under an event of its own (task_upstream_failed is not task_skipped).
+_EVENTS = {s: f"task_{s.value}" for s in TaskStatus}
 
 
 def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:
