@@ -363,23 +363,9 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
-        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
-        # the run or the tool opted out); see flowdsl/_base/capture.py.
-        # (The context variable is set here, not through a function: it is the whole
-        # per-task cost of capture.)
-        lines = self.lines
-        scope = None
-        if lines is not None:
-            keep = self.capture and task.spec.capture
-            if keep or self.log:
-                scope = _capture.current.set((lines, rec, keep))
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
-            if scope is not None:
-                _capture.current.reset(scope)
-                if lines.pending or _capture.shown:  # a last line with no newline
-                    _capture.flush_task(lines, rec)
             if demand:
                 self.pools.release(demand)
         if key is not None and status is COMPLETED:
@@ -552,6 +538,12 @@ class Core:
         if self.observers or self.log:
             self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
+        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
+        # the run or the tool opted out): each call runs in the task's scope (a context
+        # variable, the whole per-attempt cost of capture; see flowdsl/_base/capture.py).
+        lines = self.lines
+        keep = lines is not None and self.capture and spec.capture
+        scoped = keep or (lines is not None and self.log is not None)
         n = 0
         while True:
             n += 1
@@ -563,16 +555,23 @@ class Core:
                 if limit is None or left < limit:
                     limit, kind = left, "deadline"
             try:
-                if limit is None:
-                    out = await ex.call(fn, args, kwargs, task_id=tid)
-                else:
-                    with anyio.move_on_after(limit) as scope:
+                token = _capture.current.set((lines, rec, keep)) if scoped else None
+                try:
+                    if limit is None:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
-                    if scope.cancelled_caught:
-                        if ex.abandons:
-                            rec.reason = ("its thread could not be interrupted and was "
-                                          "abandoned; a late result is discarded")
-                        raise self._timeout(tid, spec, n, kind)
+                    else:
+                        with anyio.move_on_after(limit) as scope:
+                            out = await ex.call(fn, args, kwargs, task_id=tid)
+                finally:
+                    if token is not None:
+                        _capture.current.reset(token)
+                        if lines.pending or _capture.shown:  # type: ignore[union-attr]
+                            _capture.flush_task(lines, rec)  # type: ignore[arg-type]
+                if limit is not None and scope.cancelled_caught:
+                    if ex.abandons:
+                        rec.reason = ("its thread could not be interrupted and was "
+                                      "abandoned; a late result is discarded")
+                    raise self._timeout(tid, spec, n, kind)
             except Exception as exc:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED

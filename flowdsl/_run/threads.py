@@ -33,7 +33,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .._base.log import engine_logger, logging_enabled
+from .._base.log import _current as _task
 
 __all__ = ["WorkerThreads"]
 
@@ -202,6 +202,7 @@ class WorkerThreads:
         """The awaiting task was cancelled: the call never runs, or its thread is left to it."""
         with self._lock:
             state = call.state
+            ctx = call.ctx  # the task's context (None once the call has returned)
             if state == QUEUED:
                 call.state = CANCELLED
                 self.busy -= 1
@@ -210,8 +211,12 @@ class WorkerThreads:
                 self.busy -= 1
                 self.threads -= 1  # the next call that needs a thread starts a new one
         call.waiter = None
-        if state == RUNNING and logging_enabled():
-            engine_logger().warning(
+        # The run's own event logger, from the task's scope: a run with log=True says so as
+        # one with logging enabled globally does (and one with log=False does not).
+        scope = ctx.get(_task) if state == RUNNING and ctx is not None else None
+        log = scope[0].log if scope is not None else None
+        if log is not None:
+            log.warning(
                 "task_thread_abandoned", task=call.task_id, thread=call.thread,
                 reason="a sync call cannot be interrupted: its thread keeps running until the "
                        "call returns, and its result is discarded")
