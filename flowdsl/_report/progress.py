@@ -2,7 +2,9 @@
 
 - :class:`LiveProgress`: a rich ``Live`` display for terminals (a bar of tasks done, counts
   of running and failed tasks, elapsed time and the tasks running now), refreshed by rich's
-  own thread so the elapsed time moves while a long task runs.
+  own thread so the elapsed time moves while a long task runs. While it is on, every line
+  written to stdout or stderr (prints from any thread, log records) is printed whole above
+  it (:func:`flowdsl._base.capture.attach_display`), so the display never draws over them.
 - :class:`NotebookProgress`: the same picture rendered by rich as HTML into one IPython
   display that is updated in place, so it needs no widget library and stays in the saved
   notebook.
@@ -21,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from .._base import capture
 from .._run.result import STATUS_COLORS, RunResult, TaskRecord, TaskStatus
 
 __all__ = ["LiveProgress", "NotebookProgress", "compact_summary", "in_notebook", "output_preview",
@@ -137,12 +140,35 @@ class LiveProgress:
 
         self._state.run_started(result, plan)
         if self._live is None:
+            console = self.console
+            if getattr(console, "_file", None) is None:
+                # The display draws on the terminal itself, never through the stdout proxy
+                # that sends every other line above it.
+                console.file = capture.real_stream("stderr" if console.stderr else "stdout")
             # get_renderable: rich's refresh thread rebuilds the picture, so the elapsed time
-            # moves between events; redirects are off because tools may print from threads.
-            self._live = Live(console=self.console, get_renderable=self._state.renderable,
+            # moves between events. rich's own redirects are off: they would lose lines
+            # printed from threads; flowdsl's proxy sends them above the display instead.
+            self._live = Live(console=console, get_renderable=self._state.renderable,
                               refresh_per_second=self._refresh, transient=self._transient,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start()
+            capture.attach_display(self._above)
+
+    def _above(self, text: str) -> None:
+        """Print ``text`` (whole lines, from stdout, stderr or a log handler) above the
+        display. Under the display's lock: rich's refresh thread cannot draw a frame between
+        erasing the display and drawing it again under the text."""
+        from rich.text import Text
+
+        live = self._live
+        lines = Text.from_ansi(text[:-1] if text.endswith("\n") else text)
+        if live is None:  # closing: the display is gone
+            self.console.print(lines, soft_wrap=True, highlight=False, markup=False,
+                               emoji=False)
+            return
+        with live._lock:
+            self.console.print(lines, soft_wrap=True, highlight=False, markup=False,
+                               emoji=False)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
         self._state.task_started(result, record)
@@ -156,9 +182,14 @@ class LiveProgress:
 
     def close(self) -> None:
         """Stop the display (idempotent; also safe when the run never started)."""
-        live, self._live = self._live, None
+        live = self._live
         if live is not None:
-            live.stop()
+            # Stopped first: lines written meanwhile wait for the display's lock and go above
+            # (or after) it, never under a frame about to be erased.
+            with live._lock:
+                live.stop()
+                self._live = None
+            capture.detach_display()
 
 
 class NotebookProgress:
