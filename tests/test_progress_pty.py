@@ -50,9 +50,10 @@ FLOW = textwrap.dedent("""
 """)
 
 
-def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, list[str]]:
-    """Run ``args`` on a pseudo-terminal of ROWS x COLS; the exit code and the final screen
-    (the emulator's lines, scrolled-off ones first)."""
+def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60
+                ) -> tuple[int, list[str], bytes]:
+    """Run ``args`` on a pseudo-terminal of ROWS x COLS; the exit code, the final screen
+    (the emulator's lines, scrolled-off ones first) and every byte written."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", ROWS, COLS, 0, 0))
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TERM": "xterm-256color",
@@ -62,6 +63,7 @@ def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, l
     os.close(slave)
     screen = pyte.HistoryScreen(COLS, ROWS, history=1000)
     stream = pyte.ByteStream(screen)
+    raw = bytearray()
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -74,6 +76,7 @@ def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, l
                 if not data:
                     break
                 stream.feed(data)
+                raw += data
             elif proc.poll() is not None:
                 break
         code = proc.wait(timeout=max(deadline - time.monotonic(), 1))
@@ -84,7 +87,7 @@ def _run_in_pty(args: list[str], cwd: Path, timeout: float = 60) -> tuple[int, l
         os.close(master)
     gone = ["".join(line[x].data for x in range(COLS)).rstrip()
             for line in screen.history.top]
-    return code, [*gone, *(line.rstrip() for line in screen.display)]
+    return code, [*gone, *(line.rstrip() for line in screen.display)], bytes(raw)
 
 
 @pytest.mark.slow
@@ -96,8 +99,8 @@ def test_prints_and_logs_go_above_the_display(tmp_path: Path, config: str) -> No
     (which writes to sys.stderr as it is then) or through a handler made before the run
     (which holds the real stderr): both go above the display."""
     (tmp_path / "chatty_flow.py").write_text(FLOW.replace("\nlog = ", f"\n{config}log = "))
-    code, lines = _run_in_pty([sys.executable, "-m", "flowdsl", "run", "chatty_flow.py:flow"],
-                              tmp_path)
+    code, lines, _ = _run_in_pty(
+        [sys.executable, "-m", "flowdsl", "run", "chatty_flow.py:flow"], tmp_path)
     screen = "\n".join(lines)
     assert code == 0, screen
     expected = [f"{what} from {name} step {n}" for name in ("c1", "c2") for n in range(3)
@@ -109,3 +112,23 @@ def test_prints_and_logs_go_above_the_display(tmp_path: Path, config: str) -> No
     # The display was on (the summary follows it) and left no frame behind.
     assert any("2 completed" in line for line in lines), screen
     assert not any("▸" in line or re.search(r"\d+/\d+ done", line) for line in lines), screen
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+def test_bench_shows_its_runs_and_keeps_the_output(tmp_path: Path) -> None:
+    """flowdsl bench draws a bar of its runs on a terminal; the flow's lines go above it and
+    no bar is left behind."""
+    (tmp_path / "chatty_flow.py").write_text(FLOW)
+    code, lines, raw = _run_in_pty(
+        [sys.executable, "-m", "flowdsl", "bench", "chatty_flow.py:flow", "--repeat", "1",
+         "--warmup", "1", "-m", "parallel"], tmp_path)
+    screen = "\n".join(lines)
+    assert code == 0, screen
+    assert b"benchmark" in raw and b"parallel (warm-up)" in raw  # the bar was drawn
+    for name in ("c1", "c2"):
+        for n in range(3):
+            assert lines.count(f"print from {name} step {n}") == 2, screen  # two runs
+            assert lines.count(f"log from {name} step {n}") == 2, screen
+    assert not any(line.startswith("benchmark") for line in lines), screen
+    assert any("parallel" in line and "%" in line for line in lines), screen  # the table
