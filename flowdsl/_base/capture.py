@@ -164,7 +164,10 @@ class _Tee:
             return self._target.write(text)  # type: ignore[no-any-return]
         scope = current.get()
         if scope is not None and scope[2] and not _from_logging():
-            _keep(scope, self._name, text)
+            try:
+                _keep(scope, self._name, text)
+            except Exception:  # keeping is a courtesy: it never breaks the tool's print
+                pass
         if _display is None:
             return self._target.write(text)  # type: ignore[no-any-return]
         _show(0 if scope is None else id(scope[1]), self._name, text)
@@ -262,7 +265,10 @@ def _record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
     if scope is not None and scope[2]:
         name = record.name
         if name != "flowdsl" and not name.startswith("flowdsl."):  # get_logger keeps its own
-            _keep_record(scope, record)
+            try:
+                _keep_record(scope, record)
+            except Exception:  # keeping never breaks the tool's logging
+                pass
     return record
 
 

@@ -28,6 +28,7 @@ import json as _json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
@@ -70,15 +71,25 @@ class RunScope:
             see :mod:`flowdsl._base.capture`.
     """
 
-    __slots__ = ("log", "masker", "now", "pending", "run_id")
+    __slots__ = ("_offset", "_run_clock", "log", "masker", "pending", "run_id")
 
     def __init__(self, run_id: str, now: Callable[[], float], masker: Any = None,
                  log: Any = None) -> None:
         self.run_id = run_id
-        self.now = now
+        self._run_clock = now
+        self._offset = time.monotonic() - now()
         self.masker = masker
         self.log = log
         self.pending: dict[tuple[int, str], tuple[Any, str]] = {}
+
+    def now(self) -> float:
+        """Seconds since the run started, from any thread: the run's clock where it can be
+        read (its event loop's thread; any thread on asyncio), else the monotonic clock
+        aligned with it (trio's clock is read only on its own thread)."""
+        try:
+            return self._run_clock()
+        except RuntimeError:
+            return time.monotonic() - self._offset
 
 
 # The task a tool call runs for: (its run's scope, its record, whether its prints and

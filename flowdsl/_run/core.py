@@ -123,11 +123,6 @@ class Core:
         self.log = engine_logger(run_id=result.run_id) if log else None
         if self.log is not None and masker is not None:
             self.log = MaskedLogger(self.log, masker)
-        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
-        # neither captures output nor logs, and then no task pays for a scope.
-        self.capture = capture
-        self.lines = (RunScope(result.run_id, self.now, masker, self.log)
-                      if capture or log else None)
         self.rng = rng or random.Random()
         self.sleep = sleep or anyio.sleep
         # Whether any task runs remotely (dask): computed once, so local runs pay one bool
@@ -157,6 +152,11 @@ class Core:
         # with simulations that way, free of machine noise).
         self._clock = loop_clock()
         self._t0 = self._clock()
+        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
+        # neither captures output nor logs, and then no task pays for a scope.
+        self.capture = capture
+        self.lines = (RunScope(result.run_id, self.now, masker, self.log)
+                      if capture or log else None)
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
         self._stage_from = {
