@@ -64,20 +64,22 @@ class RunScope:
 
     Attributes:
         run_id: the run's id, bound to a tool's get_logger() events.
-        now: the run's clock (seconds since it started), the time of each kept line.
         masker: the run's secrets (None: none); the core updates it when items bring more.
         log: the run's engine logger, or None when the run logs no events.
         pending: partial lines (no newline yet) written by a task, by (id(record), stream);
             see :mod:`flowdsl._base.capture`.
     """
 
-    __slots__ = ("_offset", "_run_clock", "log", "masker", "pending", "run_id")
+    __slots__ = ("_clock", "_offset", "_t0", "log", "masker", "pending", "run_id")
 
-    def __init__(self, run_id: str, now: Callable[[], float], masker: Any = None,
-                 log: Any = None) -> None:
+    def __init__(self, run_id: str, clock: Callable[[], float], t0: float,
+                 masker: Any = None, log: Any = None) -> None:
+        # The run's clock and start, not the core's bound method: a scope referring to the
+        # core would tie it into a cycle and keep a finished run's memory until a GC pass.
         self.run_id = run_id
-        self._run_clock = now
-        self._offset = time.monotonic() - now()
+        self._clock = clock
+        self._t0 = t0
+        self._offset = time.monotonic() - (clock() - t0)
         self.masker = masker
         self.log = log
         self.pending: dict[tuple[int, str], tuple[Any, str]] = {}
@@ -87,7 +89,7 @@ class RunScope:
         read (its event loop's thread; any thread on asyncio), else the monotonic clock
         aligned with it (trio's clock is read only on its own thread)."""
         try:
-            return self._run_clock()
+            return self._clock() - self._t0
         except RuntimeError:
             return time.monotonic() - self._offset
 

@@ -155,7 +155,7 @@ class Core:
         # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
         # neither captures output nor logs, and then no task pays for a scope.
         self.capture = capture
-        self.lines = (RunScope(result.run_id, self.now, masker, self.log)
+        self.lines = (RunScope(result.run_id, self._clock, self._t0, masker, self.log)
                       if capture or log else None)
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
