@@ -306,3 +306,38 @@ def test_process_tools_are_not_captured() -> None:
     run is not disturbed."""
     r = run(in_a_process().named("p"))
     assert r.ok and r.tasks["p"].logs is None
+
+
+class TestDisplay:
+    def test_lines_go_through_the_display(self, capsys: pytest.CaptureFixture[str]) -> None:
+        """With a live display on, a task's prints reach the display's console (printed
+        above it), not the raw streams, each once; the record keeps them."""
+        import io
+
+        from rich.console import Console
+
+        from flowdsl._report.progress import LiveProgress
+
+        buf = io.StringIO()
+        live = LiveProgress(Console(file=buf, force_terminal=True, width=100))
+        r = run(chatty("d").named("d"), observers=[live])
+        shown = buf.getvalue()
+        for text in ("d: one", "d: two"):  # (pytest's own handler takes the log record)
+            assert shown.count(text) == 1, shown
+        out, err = capsys.readouterr()
+        assert "d: one" not in out and "d: two" not in err
+        assert _events(r.tasks["d"]) == ["d: one", "d: two", "d: three"]
+        assert not isinstance(sys.stdout, capture._Tee)
+
+    def test_uncaptured_run_still_goes_above(self) -> None:
+        """capture_output=False stops the keeping, not the display's protection."""
+        import io
+
+        from rich.console import Console
+
+        from flowdsl._report.progress import LiveProgress
+
+        buf = io.StringIO()
+        live = LiveProgress(Console(file=buf, force_terminal=True, width=100))
+        r = run(chatty_inline("u").named("u"), observers=[live], capture_output=False)
+        assert buf.getvalue().count("u: inline") == 1 and r.tasks["u"].logs is None

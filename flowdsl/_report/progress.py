@@ -192,8 +192,11 @@ def _print_above(live: Any, console: Any, text: str) -> None:
 def _pin(console: Any) -> Any:
     """Make ``console`` draw on the terminal itself, never through the stdout/stderr proxy
     that sends every other line above a live display; returns it."""
-    if getattr(console, "_file", None) is None:
+    file = getattr(console, "_file", None)
+    if file is None:
         console.file = capture.real_stream("stderr" if console.stderr else "stdout")
+    elif isinstance(file, capture._Tee):  # made while a run captured: draw under the proxy
+        console.file = file._target
     return console
 
 
