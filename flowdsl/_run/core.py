@@ -555,7 +555,8 @@ class Core:
                 if limit is None or left < limit:
                     limit, kind = left, "deadline"
             try:
-                token = _capture.current.set((lines, rec, keep)) if scoped else None
+                token = (_capture.current.set((lines, rec, keep))  # type: ignore[arg-type]
+                         if scoped else None)
                 try:
                     if limit is None:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
