@@ -341,3 +341,19 @@ class TestDisplay:
         live = LiveProgress(Console(file=buf, force_terminal=True, width=100))
         r = run(chatty_inline("u").named("u"), observers=[live], capture_output=False)
         assert buf.getvalue().count("u: inline") == 1 and r.tasks["u"].logs is None
+
+
+def test_a_line_redrawn_in_place_keeps_its_last_state() -> None:
+    """A progress bar drawn with carriage returns is kept as the terminal shows it last, and
+    a line that never ends does not grow without bound."""
+    @tl
+    def bar() -> None:
+        for n in range(101):
+            print(f"\r{n}%", end="")
+        print()
+        for _ in range(5000):
+            print("\r" + "x" * 100, end="")
+
+    logs = run(bar().named("b")).tasks["b"].logs or []
+    assert [x["event"] for x in logs][0] == "100%"
+    assert len(logs) == 2 and len(logs[1]["event"]) <= MAX_LOG_LINE + 60

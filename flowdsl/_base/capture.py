@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .log import RunScope, _clip, keep_line
+from .log import MAX_LOG_LINE, RunScope, _clip, keep_line
 from .log import _current as current
 
 __all__ = ["acquire", "attach_display", "current", "detach_display", "end_task_scope",
@@ -208,17 +208,26 @@ def _keep(scope: tuple[RunScope, Any, bool], stream: str, text: str) -> None:
         if held is not None:
             text = held[1] + text
         if "\n" not in text:
-            run.pending[key] = (record, text)
+            run.pending[key] = (record, _bounded(text))
             return
         *lines, rest = text.split("\n")
         if rest:
-            run.pending[key] = (record, rest)
+            run.pending[key] = (record, _bounded(rest))
         for line in lines:
             _keep_text(run, record, stream, line)
 
 
+def _bounded(partial: str) -> str:
+    """A line still being written, kept from growing without end (a progress bar redrawn
+    with carriage returns for hours): what a terminal would show of it, cut to what can be
+    kept."""
+    if len(partial) <= 2 * MAX_LOG_LINE:
+        return partial
+    return partial.rpartition("\r")[2][:MAX_LOG_LINE + 1]
+
+
 def _keep_text(run: RunScope, record: Any, stream: str, line: str) -> None:
-    line = line.rstrip("\r")
+    line = line.rstrip("\r").rpartition("\r")[2]  # a line redrawn in place: its last state
     if not line.strip():  # blank lines say nothing in a log
         return
     if run.masker is not None:
@@ -240,7 +249,7 @@ def _show(source: int, stream: str, text: str) -> None:
         text = shown.pop(key, "") + text
         head, newline, rest = text.rpartition("\n")
         if rest:
-            shown[key] = rest
+            shown[key] = _bounded(rest)
         write = _display
     if newline and write is not None:  # outside the lock: the display takes its own
         write(head + "\n")
