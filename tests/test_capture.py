@@ -355,5 +355,5 @@ def test_a_line_redrawn_in_place_keeps_its_last_state() -> None:
             print("\r" + "x" * 100, end="")
 
     logs = run(bar().named("b")).tasks["b"].logs or []
-    assert [x["event"] for x in logs][0] == "100%"
+    assert logs[0]["event"] == "100%"
     assert len(logs) == 2 and len(logs[1]["event"]) <= MAX_LOG_LINE + 60
