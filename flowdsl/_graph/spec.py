@@ -146,6 +146,8 @@ class ToolSpec:
     expected_duration: float | None = None
     is_async: bool = False
     cache: Cache | None = None
+    #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
+    capture: bool = True
 
     def evolve(self, **changes: Any) -> ToolSpec:
         """A copy with ``changes`` validated and applied (``cache="refresh"`` keeps the
@@ -409,6 +411,8 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
            "(for priorities and simulate)", document=_NUMBER),
     Option("cache", _v_cache, "reuse outputs by their inputs: true or a flowdsl.Cache",
            refused="a result cache (its key and serializer are Python settings)"),
+    Option("capture", _v_bool, "keep the tool's prints and logging records with its task",
+           document={"type": "boolean"}),
 )})
 #: ToolSpec fields that are no option: derived from the function itself.
 DERIVED_FIELDS = ("is_async",)

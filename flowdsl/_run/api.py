@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from .._base import hooks, secrets
+from .._base import capture, hooks, secrets
 from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
@@ -147,7 +147,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                store_outputs: bool | None = None, progress: bool = False,
                cache: Any = None, compensation_timeout: float | None = None,
                max_nodes: int | None = None, max_edges: int | None = None,
-               keep_outputs: bool = True) -> RunResult[Any]:
+               keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     if process_tools:  # any run may be the last moment with a single thread: see zygote.py
         start_fork_helper()
@@ -190,7 +190,8 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
-                cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs)
+                cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs,
+                capture=capture_output)
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
@@ -249,6 +250,8 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
     """Open the executors, let the runner run under the run's cancel scope (its deadline is
     the run timeout), then bring remote values home and close the executors, shielded."""
     result = core.result
+    if core.capture:  # tools' prints and logging records: kept with their task
+        capture.acquire()
     try:
         for ex in opened:
             await ex.open()
@@ -275,6 +278,8 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
             finally:
                 for ex in opened:
                     await ex.close()
+                if core.capture:
+                    capture.release()
 
 
 def _run_cache(p: Plan, cache: Any, masker: Any) -> RunCache | None:
@@ -486,6 +491,11 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         durations: task id -> seconds, for critical-path priority.
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).
+        capture_output: keep each task's prints (stdout, stderr) and standard ``logging``
+            records on its record (``TaskRecord.logs``: history, timelines, the run
+            browser), capped and with secrets masked; they still reach the terminal. ``False``
+            keeps only ``flowdsl.get_logger()`` lines, and those only with ``log`` on. A tool
+            opts out alone with ``@tool(capture=False)``.
         buffer: pipeline buffer size between stages.
         keep_outputs: for a pipeline over ``items``: keep each item's sink outputs in the
             result (``output``, ``outputs``; the default) or none (``False``). Either way an

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._base import capture as _capture
 from .._base import secrets
 from .._base.errors import (
     CompositionError,
@@ -32,7 +33,7 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
+from .._base.log import MAX_TASK_LOGS, RunScope, engine_logger
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
 from .._graph.task import (
@@ -94,7 +95,7 @@ class Core:
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  cache: RunCache | None = None, rollback: bool = False,
-                 keep_outputs: bool = True) -> None:
+                 keep_outputs: bool = True, capture: bool = True) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
@@ -154,6 +155,11 @@ class Core:
         # with simulations that way, free of machine noise).
         self._clock = loop_clock()
         self._t0 = self._clock()
+        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
+        # neither captures output nor logs, and then no task pays for a scope.
+        self.capture = capture
+        self.lines = (RunScope(result.run_id, self._clock, self._t0, masker, self.log)
+                      if capture or log else None)
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
         self._stage_from = {
@@ -218,6 +224,9 @@ class Core:
             self.log.use(masker)
         elif self.log is not None:
             self.log = MaskedLogger(self.log, masker)
+        if self.lines is not None:
+            self.lines.masker = masker
+            self.lines.log = self.log
 
     def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
@@ -373,14 +382,9 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
-        # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
-        scope = (task_scope(self.result.run_id, rec, self.now, self.masker) if self.log
-                 else None)
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
-            if scope is not None:
-                end_task_scope(scope)
             if demand:
                 self.pools.release(demand)
         return status
@@ -547,6 +551,12 @@ class Core:
         if self.observers or self.log:
             self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
+        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
+        # the run or the tool opted out): each call runs in the task's scope (a context
+        # variable, the whole per-attempt cost of capture; see flowdsl/_base/capture.py).
+        lines = self.lines
+        keep = lines is not None and self.capture and spec.capture
+        scoped = keep or (lines is not None and self.log is not None)
         n = 0
         while True:
             n += 1
@@ -558,16 +568,24 @@ class Core:
                 if limit is None or left < limit:
                     limit, kind = left, "deadline"
             try:
-                if limit is None:
-                    out = await ex.call(fn, args, kwargs, task_id=tid)
-                else:
-                    with anyio.move_on_after(limit) as scope:
+                token = (_capture.current.set((lines, rec, keep))  # type: ignore[arg-type]
+                         if scoped else None)
+                try:
+                    if limit is None:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
-                    if scope.cancelled_caught:
-                        if ex.abandons:
-                            rec.reason = ("its thread could not be interrupted and was "
-                                          "abandoned; a late result is discarded")
-                        raise self._timeout(tid, spec, n, kind)
+                    else:
+                        with anyio.move_on_after(limit) as scope:
+                            out = await ex.call(fn, args, kwargs, task_id=tid)
+                finally:
+                    if token is not None:
+                        _capture.current.reset(token)
+                        if lines.pending or _capture.shown:  # type: ignore[union-attr]
+                            _capture.flush_task(lines, rec)  # type: ignore[arg-type]
+                if limit is not None and scope.cancelled_caught:
+                    if ex.abandons:
+                        rec.reason = ("its thread could not be interrupted and was "
+                                      "abandoned; a late result is discarded")
+                    raise self._timeout(tid, spec, n, kind)
             except Exception as exc:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
@@ -920,9 +938,8 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
             m.logs.extend(rec.logs[:room])
 
 
-_EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
-           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
-           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+# Each final status under an event of its own (task_upstream_failed is not task_skipped).
+_EVENTS = {s: f"task_{s.value}" for s in TaskStatus}
 
 
 def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:
