@@ -46,6 +46,7 @@ from .._base.errors import (
     TaskInputError,
     ToolDefinitionError,
 )
+from .._base.log import _current as log_scope
 from .._base.loop import threadsafe_caller
 from .._base.secrets import Secret
 from .._graph.registry import ToolRegistry
@@ -169,6 +170,7 @@ class _Connection:
         self.state = ProcessState()
         self.broken = False
         self.tools: list[Any] = []
+        self.wrapped: set[str] = set()  # tools whose structured output is {"result": value}
         self._stop = anyio.Event()
         self._closed = anyio.Event()
         self._closed.set()
@@ -207,6 +209,7 @@ class _Connection:
                     tools += listed.tools
                     cursor = listed.next_cursor
                 self.tools = tools
+                self.wrapped = {t.name for t in tools if _wraps_result(t.output_schema)}
                 self.client = c
                 started = True
                 task_status.started()
@@ -268,7 +271,7 @@ class _Connection:
         msg += "\nIt is started again on the next call (a retry of the task)."
         return ServerError(msg, server=self.cfg.name, exit_status=rc)
 
-    async def call(self, tool: str, arguments: dict[str, Any]) -> Any:
+    async def call(self, tool: str, arguments: dict[str, Any], progress: Any = None) -> Any:
         client = self.client
         if client is None or self.broken:
             client = await self.open()
@@ -276,10 +279,11 @@ class _Connection:
 
         try:
             if self._limit is None:
-                result = await client.call_tool(tool, arguments)
+                result = await client.call_tool(tool, arguments, progress_callback=progress)
             else:
                 async with self._limit:
-                    result = await client.call_tool(tool, arguments)
+                    result = await client.call_tool(tool, arguments,
+                                                    progress_callback=progress)
         except MCPError as exc:
             if self.state.eof or self.state.returncode is not None:
                 self.broken = True
@@ -292,7 +296,7 @@ class _Connection:
             if self.cfg.url is not None:
                 raise self._failed(f"could not be reached ({_describe(exc)})", tool) from None
             raise await self._died(tool) from None
-        return _output(result, self.cfg.name, tool)
+        return _output(result, self.cfg.name, tool, tool in self.wrapped)
 
     async def _died(self, tool: str) -> ServerError:
         # The pipe closes a moment before the exit status can be read.
@@ -307,15 +311,26 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _output(result: Any, server: str, tool: str) -> Any:
-    """The structured content when the server gives it, else the text of a single text item,
+def _wraps_result(schema: Any) -> bool:
+    """Whether an output schema is the SDK's wrapper of a non-object value:
+    ``{"result": value}`` and nothing else."""
+    return (isinstance(schema, Mapping) and set(schema.get("properties") or ()) == {"result"}
+            and list(schema.get("required") or ()) == ["result"])
+
+
+def _output(result: Any, server: str, tool: str, unwrap: bool = False) -> Any:
+    """The structured content when the server gives it (unwrapped from ``{"result": ...}``
+    when the tool's output schema says it is a wrapper), else the text of a single text item,
     else the items as JSON data; an error result raises :class:`ToolError`."""
     if result.is_error:
         text = "\n".join(getattr(c, "text", "") or repr(c) for c in result.content)
         msg = f"MCP server {server!r}, tool {tool!r}: {text or 'the server reported an error'}"
         raise ToolError(msg, server=server, tool=tool)
-    if result.structured_content is not None:
-        return result.structured_content
+    structured = result.structured_content
+    if structured is not None:
+        if unwrap and isinstance(structured, Mapping) and "result" in structured:
+            return structured["result"]
+        return structured
     content = result.content
     if len(content) == 1 and content[0].type == "text":
         return content[0].text
@@ -411,6 +426,25 @@ async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     except concurrent.futures.CancelledError:
         msg = "the MCP session was closed during the call"
         raise ServerError(msg, server="?") from None
+
+
+def _progress_logger(server: str, tool: str) -> Any:
+    """While logging is on: a progress callback that keeps the server's progress
+    notifications on the task's record (``TaskRecord.logs``), as the tool's own log lines."""
+    from .._base.log import end_task_scope, get_logger, task_scope
+
+    scope = log_scope.get()
+    log = get_logger(server=server, tool=tool)
+
+    async def progress(done: float, total: float | None, message: str | None) -> None:
+        # Called by the session's reader, outside the task's context: enter it again.
+        token = task_scope(*scope)  # type: ignore[misc]
+        try:
+            log.info("mcp_progress", progress=done, total=total, message=message)
+        finally:
+            end_task_scope(token)
+
+    return progress
 
 
 def _loop_key() -> Any:
@@ -625,6 +659,9 @@ class McpTool(Tool):  # type: ignore[misc]
         """The tool's input schema as the server gave it."""
         return dict(self.__wrapped__.schema)
 
+    # What flowdsl's schema export (Tool.schema(), registry.schemas()) publishes for it.
+    _flowdsl_json_schema = json_schema
+
     @property
     def server(self) -> str:
         """The name of the server the tool belongs to."""
@@ -632,6 +669,8 @@ class McpTool(Tool):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return f"<McpTool {self.server}.{self.name}{self._self_signature}>"
+
+    __str__ = __repr__
 
 
 def _spec(call: _McpCall, cfg: _Config) -> ToolSpec:
@@ -768,17 +807,18 @@ class Toolset:
 
     def _call(self, call: _McpCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         arguments = call.arguments(args, kwargs)
+        progress = _progress_logger(self.name, call.tool) if log_scope.get() else None
         owner = self._owner
         if owner is not None and owner[0] is _loop_key():
-            return owner[1].call(call.tool, arguments)
-        return self._call_across(call.tool, arguments)
+            return owner[1].call(call.tool, arguments, progress)
+        return self._call_across(call.tool, arguments, progress)
 
-    async def _call_across(self, tool: str, arguments: dict[str, Any]) -> Any:
+    async def _call_across(self, tool: str, arguments: dict[str, Any], progress: Any) -> Any:
         conn = self._bg_conn
         if conn is None:
             conn = await anyio.to_thread.run_sync(self._background)
         assert self._bg is not None and self._bg.loop is not None
-        return await _await_on(self._bg.loop, conn.call(tool, arguments))
+        return await _await_on(self._bg.loop, conn.call(tool, arguments, progress))
 
     async def __aenter__(self) -> Toolset:
         if self._owner is not None:

@@ -57,6 +57,10 @@ _GET_RUN_SCHEMA: dict[str, Any] = {
     "required": ["run_id"],
     "additionalProperties": False,
 }
+#: A served tool's structured output: ``{"result": output}``, the SDK's own shape for a value
+#: that is not an object (flowdsl's client, like others, unwraps it).
+_RESULT_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"result": {}},
+                                  "required": ["result"]}
 _CONTEXT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"context": {"description": "Initial run context.", "type": "object"}},
@@ -243,6 +247,7 @@ class _Service:
 
         return types.ListToolsResult(tools=[
             types.Tool(name=e.name, description=e.description, input_schema=e.schema,
+                       output_schema=_RESULT_SCHEMA if e.kind == "tool" else None,
                        annotations=types.ToolAnnotations(**{
                            {"readOnlyHint": "read_only_hint",
                             "idempotentHint": "idempotent_hint"}[k]: v
@@ -272,8 +277,6 @@ class _Service:
                 return _text_result(summary["error"] or f"the run ended {result.status}",
                                     error=True)
             out = summary["output"]
-            if isinstance(out, dict):
-                return _text_result(out)
             text = out if isinstance(out, str) else json.dumps(out, default=repr)
             return _text_result(text, structured_as={"result": out})
         return _text_result(summary, error=not result.ok)
@@ -368,9 +371,12 @@ def build_server(served: list[Entry], *, history: Any = None, name: str = "flowd
 
 
 def _version() -> str:
-    from .. import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("flowdsl")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0"
 
 
 def http_app(server: Any, host: str = "127.0.0.1", port: int = 8000) -> Any:
