@@ -50,3 +50,8 @@ def total(values: list[int]) -> int:
 
 
 slow_flow = flowdsl.Flow("slow_flow", nap(0.05, "a") | nap(0.05, "b") | nap(0.05, "c"))
+
+
+def naps(first: float = 0.05, then: float = 30.0) -> flowdsl.Flow:
+    """A short nap, then a long one (for cancelling a run half way)."""
+    return flowdsl.Flow("naps", nap(first, "first") >> nap(then, "long"))
