@@ -303,3 +303,17 @@ def test_server_everything_progress_errors_and_large_results() -> None:
         error = bad.tasks["gzip-file-as-resource"].error
         assert error is not None and error.type == "ToolError"
         assert "fetch failed" in error.message
+
+
+@needs_git
+def test_the_example_fans_out_over_repositories() -> None:
+    """examples/mcp_agent_tools.py runs from a clean checkout and prints its summary."""
+    example = HERE.parent / "examples" / "mcp_agent_tools.py"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True,
+                          timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 repositories, 3 with uncommitted changes: service-1, service-3, service-5" \
+        in proc.stdout
+    assert "service-5    CHANGED  6 commit(s)" in proc.stdout
+    assert "12 MCP calls ran as one parallel flow" in proc.stdout
