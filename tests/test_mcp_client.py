@@ -139,6 +139,8 @@ def test_errors_and_bad_arguments_name_the_server_and_the_parameter(clock: Tools
     run time fail the task when it starts, each naming the parameter; the process and dask
     executors refuse MCP tools."""
     now = clock.get_current_time
+    # A run on trio calls the session on the background (asyncio) loop just the same.
+    assert flowdsl.run(now("UTC"), backend="trio", history=False).output["timezone"] == "UTC"
     result = flowdsl.run(now("Nowhere/Atlantis"), history=False)
     assert result.status == "failed"
     record = result.tasks["get_current_time"]

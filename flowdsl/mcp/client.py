@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextvars
 import hashlib
 import inspect
 import json
@@ -398,7 +399,7 @@ class _Background:
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         """Run ``coro`` on the loop and wait for its result (from synchronous code)."""
         assert self.loop is not None
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        fut = _submit(coro, self.loop)
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -406,10 +407,16 @@ class _Background:
             raise
 
 
+def _submit(coro: Any, loop: asyncio.AbstractEventLoop) -> concurrent.futures.Future[Any]:
+    """Schedule ``coro`` on ``loop`` in a fresh context: the caller's (a trio run's, say)
+    would make anyio on that asyncio loop believe it runs under trio."""
+    return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, loop)
+
+
 async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
     """Await ``coro`` on another thread's asyncio ``loop`` from this loop (asyncio or trio);
     cancelling the waiter cancels it there, and the waiter returns once it has ended."""
-    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    fut = _submit(coro, loop)
     done = anyio.Event()
     wake = threadsafe_caller()
     assert wake is not None
