@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import anyio
 
 import flowdsl
@@ -55,3 +57,9 @@ slow_flow = flowdsl.Flow("slow_flow", nap(0.05, "a") | nap(0.05, "b") | nap(0.05
 def naps(first: float = 0.05, then: float = 30.0) -> flowdsl.Flow:
     """A short nap, then a long one (for cancelling a run half way)."""
     return flowdsl.Flow("naps", nap(first, "first") >> nap(then, "long"))
+
+
+@tool
+def where(variable: str) -> dict[str, str | None]:
+    """The server's working directory and one of its environment variables."""
+    return {"cwd": os.getcwd(), "value": os.environ.get(variable)}

@@ -21,7 +21,7 @@ pytest.importorskip("mcp", reason="needs the mcp extra: pip install 'flowdsl[mcp
 
 import flowdsl
 from flowdsl import tool
-from flowdsl.mcp import ServerError, Toolset, connect
+from flowdsl.mcp import McpServerError, Toolset, connect
 
 BIN = Path(sys.executable).parent
 TIME = shutil.which("mcp-server-time") or shutil.which("mcp-server-time", path=str(BIN))
@@ -145,7 +145,7 @@ def test_errors_and_bad_arguments_name_the_server_and_the_parameter(clock: Tools
     assert result.status == "failed"
     record = result.tasks["get_current_time"]
     assert len(record.attempts) == 1
-    assert record.error is not None and record.error.type == "ToolError"
+    assert record.error is not None and record.error.type == "McpToolError"
     assert "Nowhere/Atlantis" in record.error.message
     assert "'mcp-server-time'" in record.error.message
 
@@ -211,7 +211,11 @@ def _serve(*args: str) -> list[str]:
 def test_server_killed_mid_run_is_restarted_for_the_retry(tmp_path: Path) -> None:
     """The server is killed while a call is in flight: the attempt fails naming the server
     and its exit status (the signal), the retry starts the server again and completes."""
-    with connect(_serve(), name="naps", timeout=30) as naps:
+    secret = flowdsl.Secret("s3cret-token")
+    with connect(_serve(), name="naps", timeout=30, cwd=tmp_path,
+                 env={"NAPS_TOKEN": secret}) as naps:
+        seen = flowdsl.run(naps.where("NAPS_TOKEN"), history=False).output
+        assert seen == {"cwd": str(tmp_path), "value": "s3cret-token"}  # env and cwd reached it
         nap = naps.nap.with_options(retries=1, backoff=0)
         pids: list[int] = []
 
@@ -228,7 +232,7 @@ def test_server_killed_mid_run_is_restarted_for_the_retry(tmp_path: Path) -> Non
         record = result.tasks["nap"]
         assert [a.status.value for a in record.attempts] == ["failed", "completed"]
         error = record.attempts[0].error
-        assert error is not None and error.type == "ServerError"
+        assert error is not None and error.type == "McpServerError"
         assert "MCP server 'naps'" in error.message
         assert "exited with status -9 (killed by signal 9)" in error.message
         assert result.output[0] == "survived"
@@ -238,14 +242,14 @@ def test_server_killed_mid_run_is_restarted_for_the_retry(tmp_path: Path) -> Non
 
 
 def test_a_server_that_cannot_start_says_why() -> None:
-    """A command that is not there, or that exits at once, fails with ServerError naming the
-    server, its exit status and the end of its stderr; nothing is left running."""
+    """A command that is not there, or that exits at once, fails with McpServerError naming
+    the server, its exit status and the end of its stderr; nothing is left running."""
     before = _threads()
-    with pytest.raises(ServerError, match="could not be started"):
+    with pytest.raises(McpServerError, match="could not be started"):
         connect(["/nonexistent/mcp-server"]).tools  # noqa: B018
     crash = [sys.executable, "-c", "import sys; sys.stderr.write('bad config: no token'); "
              "sys.exit(3)"]
-    with pytest.raises(ServerError, match=r"exited with status 3(.|\n)*bad config: no token"):
+    with pytest.raises(McpServerError, match=r"status 3(.|\n)*bad config: no token"):
         connect(crash, name="crashy").tools  # noqa: B018
     assert _threads() == before
     with pytest.raises(ValueError, match="expected a command"):
@@ -303,7 +307,7 @@ def test_server_everything_progress_errors_and_large_results() -> None:
                           history=False)
         assert bad.status == "failed"
         error = bad.tasks["gzip-file-as-resource"].error
-        assert error is not None and error.type == "ToolError"
+        assert error is not None and error.type == "McpToolError"
         assert "fetch failed" in error.message
 
 

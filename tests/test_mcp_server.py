@@ -178,6 +178,15 @@ def test_http_checks_host_and_origin_and_serves_both_loops(tmp_path: Path) -> No
 
         for backend in ("asyncio", "trio"):
             anyio.run(main, backend=backend)
+
+        # flowdsl's own client over HTTP, with a header whose value is a Secret.
+        import flowdsl.mcp
+
+        token = flowdsl.Secret("Bearer not-checked-here")
+        with flowdsl.mcp.connect(url, headers={"Authorization": token}) as served:
+            assert served.name == f"127.0.0.1:{port}"
+            result = flowdsl.run(served.add(2, b=40) >> served.shout("ok"), history=False)
+            assert result.outputs == {"add": 42, "shout": {"text": "OK"}}
     finally:
         proc.terminate()
         try:
@@ -189,8 +198,11 @@ def test_http_checks_host_and_origin_and_serves_both_loops(tmp_path: Path) -> No
             proc.stderr.close()
 
 
-def test_cli_reports_a_bad_target_before_serving(tmp_path: Path) -> None:
-    done = subprocess.run([str(FLOWDSL), "mcp", "serve", "no_such_module:flow"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert done.returncode == 2
-    assert "no_such_module" in done.stderr
+def test_cli_reports_a_bad_target_or_registry_before_serving(tmp_path: Path) -> None:
+    for args, named in ((["no_such_module:flow"], "no_such_module"),
+                        (["--import", str(HERE / "mcp_tools.py"), "--registry",
+                          "mcp_tools:add"], "is not a flowdsl ToolRegistry")):
+        done = subprocess.run([str(FLOWDSL), "mcp", "serve", *args], capture_output=True,
+                              text=True, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL)
+        assert done.returncode == 2, done.stderr
+        assert named in " ".join(done.stderr.split())

@@ -9,6 +9,7 @@ Needs the ``mcp`` extra: ``pip install 'flowdsl[mcp]'``.
 
 from __future__ import annotations
 
-from .client import McpTool, ServerError, ToolError, Toolset, close_all, connect
+from .._base.errors import McpServerError, McpToolError
+from .client import McpTool, Toolset, close_all, connect
 
-__all__ = ["McpTool", "ServerError", "ToolError", "Toolset", "close_all", "connect"]
+__all__ = ["McpServerError", "McpTool", "McpToolError", "Toolset", "close_all", "connect"]

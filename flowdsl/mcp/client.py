@@ -16,8 +16,8 @@ Who owns the session (one per server):
 
 A session is opened by a task that belongs to the loop owning it and closed by that same task,
 so no session outlives its loop. A server that cannot start or that dies fails the call with
-:class:`ServerError` (naming the server, its exit status and the end of its stderr); the next
-call starts it again, so a task's retries work within the run.
+:class:`~flowdsl.McpServerError` (naming the server, its exit status and the end of its
+stderr); the next call starts it again, so a task's retries work within the run.
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ import re
 import shlex
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal, Optional
 
 import anyio
 
 from .._base.errors import (
     CompositionError,
-    ExecutionError,
+    McpServerError,
+    McpToolError,
     TaskInputError,
     ToolDefinitionError,
 )
@@ -56,31 +57,13 @@ from .._graph.task import CtxRef, Ref, Task
 from .._graph.tool import Tool
 from ._transport import ProcessState, stdio_transport
 
-__all__ = ["McpTool", "ServerError", "ToolError", "Toolset", "close_all", "connect"]
+__all__ = ["McpServerError", "McpTool", "McpToolError", "Toolset", "close_all", "connect"]
 
 #: Attempts added to tools the server marks read-only or idempotent (others are not retried:
 #: a second call could repeat a side effect).
 SAFE_RETRIES = 2
 #: Seconds a server gets to start and answer its first listing when no timeout= is given.
 START_TIMEOUT = 60.0
-
-
-class ServerError(ExecutionError, ConnectionError):
-    """An MCP server could not be started or reached, or it died during a call."""
-
-    def __init__(self, msg: str, *, server: str, exit_status: int | None = None) -> None:
-        super().__init__(msg)
-        self.server = server
-        self.exit_status = exit_status
-
-
-class ToolError(ExecutionError):
-    """An MCP server answered a tool call with an error (its text is the message)."""
-
-    def __init__(self, msg: str, *, server: str, tool: str) -> None:
-        super().__init__(msg)
-        self.server = server
-        self.tool = tool
 
 
 # -- what connect() was given ---------------------------------------------------------------
@@ -183,9 +166,17 @@ class _Connection:
             import httpx2
             from mcp.client.streamable_http import streamable_http_client
 
-            http = httpx2.AsyncClient(headers=_reveal(self.cfg.headers),
-                                      timeout=httpx2.Timeout(30.0, read=300.0))
-            return streamable_http_client(self.cfg.url, http_client=http)
+            url, headers = self.cfg.url, _reveal(self.cfg.headers)
+
+            @asynccontextmanager
+            async def http_transport() -> AsyncIterator[Any]:
+                # The SDK leaves a client it was given open: this one is ours to close.
+                timeout = httpx2.Timeout(30.0, read=300.0)
+                async with httpx2.AsyncClient(headers=headers, timeout=timeout) as http, \
+                        streamable_http_client(url, http_client=http) as streams:
+                    yield streams
+
+            return http_transport()
         env = None
         if self.cfg.env is not None:
             from mcp.client.stdio import get_default_environment
@@ -258,7 +249,7 @@ class _Connection:
         async with self._lock:
             await self._close_session()
 
-    def _failed(self, what: str, tool: str | None = None) -> ServerError:
+    def _failed(self, what: str, tool: str | None = None) -> McpServerError:
         rc = self.state.returncode
         during = f" during a call to tool {tool!r}" if tool else ""
         if rc is not None:
@@ -270,7 +261,7 @@ class _Connection:
         if tail:
             msg += f"; the end of its stderr:\n{tail}"
         msg += "\nIt is started again on the next call (a retry of the task)."
-        return ServerError(msg, server=self.cfg.name, exit_status=rc)
+        return McpServerError(msg, server=self.cfg.name, exit_status=rc)
 
     async def call(self, tool: str, arguments: dict[str, Any], progress: Any = None) -> Any:
         client = self.client
@@ -290,7 +281,7 @@ class _Connection:
                 self.broken = True
                 raise await self._died(tool) from None
             msg = f"{self.cfg.where()}, tool {tool!r}: {exc}"
-            raise ToolError(msg, server=self.cfg.name, tool=tool) from None
+            raise McpToolError(msg, server=self.cfg.name, tool=tool) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream,
                 OSError) as exc:
             self.broken = True
@@ -299,7 +290,7 @@ class _Connection:
             raise await self._died(tool) from None
         return _output(result, self.cfg.name, tool, tool in self.wrapped)
 
-    async def _died(self, tool: str) -> ServerError:
+    async def _died(self, tool: str) -> McpServerError:
         # The pipe closes a moment before the exit status can be read.
         with anyio.move_on_after(1.0):
             while self.state.returncode is None and self.state.process is not None:
@@ -322,11 +313,11 @@ def _wraps_result(schema: Any) -> bool:
 def _output(result: Any, server: str, tool: str, unwrap: bool = False) -> Any:
     """The structured content when the server gives it (unwrapped from ``{"result": ...}``
     when the tool's output schema says it is a wrapper), else the text of a single text item,
-    else the items as JSON data; an error result raises :class:`ToolError`."""
+    else the items as JSON data; an error result raises :class:`~flowdsl.McpToolError`."""
     if result.is_error:
         text = "\n".join(getattr(c, "text", "") or repr(c) for c in result.content)
         msg = f"MCP server {server!r}, tool {tool!r}: {text or 'the server reported an error'}"
-        raise ToolError(msg, server=server, tool=tool)
+        raise McpToolError(msg, server=server, tool=tool)
     structured = result.structured_content
     if structured is not None:
         if unwrap and isinstance(structured, Mapping) and "result" in structured:
@@ -432,7 +423,7 @@ async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
         return fut.result()
     except concurrent.futures.CancelledError:
         msg = "the MCP session was closed during the call"
-        raise ServerError(msg, server="?") from None
+        raise McpServerError(msg, server="?") from None
 
 
 def _progress_logger(server: str, tool: str) -> Any:
@@ -685,7 +676,7 @@ def _spec(call: _McpCall, cfg: _Config) -> ToolSpec:
     safe = hints is not None and bool(hints.read_only_hint or hints.idempotent_hint)
     base = _McpSpec(name=call.tool, description=call.__doc__ or "", is_async=True,
                     executor="async")
-    options: dict[str, Any] = {"retry_on": (ServerError, TimeoutError)}
+    options: dict[str, Any] = {"retry_on": (McpServerError, TimeoutError)}
     if safe:
         options.update(retries=SAFE_RETRIES, backoff=Backoff(initial=0.2))
     if cfg.timeout is not None:
