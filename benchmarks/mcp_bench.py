@@ -59,21 +59,35 @@ async def _async_costs(n: int, reps: int) -> dict[str, Any]:
         client = tools._owner[1].client  # type: ignore[index]  # the very same session
         ping = tools.ping
         chain = _chain(ping, n)
-        bare, flow, single = [], [], []
-        await flowdsl.arun(chain, history=False)  # warm both paths once
-        for _ in range(reps):
+        bare: list[float] = []
+        flow: list[float] = []
+        single: list[float] = []
+
+        async def bare_calls() -> None:
             t0 = time.perf_counter()
             for i in range(n):
                 await client.call_tool("ping", {"x": i})
             bare.append((time.perf_counter() - t0) / n)
+
+        async def flow_calls() -> None:
             t0 = time.perf_counter()
             result = await flowdsl.arun(chain, history=False, mode="sequential")
             flow.append((time.perf_counter() - t0) / n)
             assert result.ok, result.error
+
+        async def single_runs() -> None:
             t0 = time.perf_counter()
             for i in range(n // 4):
                 await flowdsl.arun(ping(i), history=False)
             single.append((time.perf_counter() - t0) / (n // 4))
+
+        await flowdsl.arun(chain, history=False)  # warm both paths once
+        await bare_calls()
+        bare.clear()
+        for rep in range(reps):  # paired, in alternating order: drift hits both alike
+            order = (bare_calls, flow_calls, single_runs)
+            for step in order if rep % 2 == 0 else order[::-1]:
+                await step()
     return {"calls": n, "reps": reps,
             "bare_call_tool_ms": round(statistics.median(bare) * 1e3, 3),
             "flowdsl_chain_ms": round(statistics.median(flow) * 1e3, 3),
@@ -95,13 +109,22 @@ def _sync_costs(n: int, reps: int) -> dict[str, Any]:
                 await conn.client.call_tool("ping", {"x": i})
             return (time.perf_counter() - t0) / n
 
-        bare, flow = [], []
-        for _ in range(reps):
-            bare.append(bg.run(bare_calls()))
+        bare: list[float] = []
+        flow: list[float] = []
+
+        def flow_calls() -> float:
             t0 = time.perf_counter()
             result = flowdsl.run(chain, history=False, mode="sequential")
-            flow.append((time.perf_counter() - t0) / n)
             assert result.ok, result.error
+            return (time.perf_counter() - t0) / n
+
+        for rep in range(reps):  # paired, in alternating order
+            if rep % 2 == 0:
+                bare.append(bg.run(bare_calls()))
+                flow.append(flow_calls())
+            else:
+                flow.append(flow_calls())
+                bare.append(bg.run(bare_calls()))
     return {"calls": n, "reps": reps,
             "bare_call_tool_ms": round(statistics.median(bare) * 1e3, 3),
             "flowdsl_run_from_sync_ms": round(statistics.median(flow) * 1e3, 3),
