@@ -124,9 +124,17 @@ def test_async_with_owns_the_session_on_the_callers_loop(anyio_backend: str) -> 
             before = _threads()
             result = await flowdsl.arun(flow, history=False)
             assert clock._bg_conn is None and _threads() == before  # no background session
+            if anyio_backend == "asyncio":
+                # A synchronous run inside the block (its own loop, in a worker thread) goes
+                # through a background session, never to this loop, which is busy waiting.
+                other = await anyio.to_thread.run_sync(
+                    lambda: flowdsl.run(clock.get_current_time("UTC"), history=False))
+                assert other.ok and clock._bg_conn is not None
             return result
 
+    before = _threads()
     result = anyio.run(main, backend=anyio_backend)
+    assert _threads() == before  # leaving the block closed the background session too
     assert result.ok, result.error
     assert result.outputs["get_current_time"]["timezone"] == "UTC"
     assert result.output["target"]["datetime"].endswith("19:00:00+09:00")

@@ -109,9 +109,10 @@ class _Config:
             if self.url is not None:
                 name = re.sub(r"^https?://", "", self.url).split("/")[0]
             else:
-                name = os.path.basename(self.argv[0]) if self.argv else "mcp"
-                if name in ("uvx", "npx", "python", "python3", "node") and len(self.argv or ()) > 1:
-                    name = os.path.basename(next((a for a in self.argv[1:]  # type: ignore[union-attr]
+                argv = self.argv or ("mcp",)
+                name = os.path.basename(argv[0])
+                if name in ("uvx", "npx", "python", "python3", "node"):  # name what it runs
+                    name = os.path.basename(next((a for a in argv[1:]
                                                   if not a.startswith("-")), name))
         self.name = name
         self.env = dict(env) if env else None
@@ -839,8 +840,12 @@ class Toolset:
 
     async def __aexit__(self, *exc: Any) -> None:
         stack, self._stack, self._owner = self._stack, None, None
-        if stack is not None:
-            await stack.__aexit__(*exc)
+        try:
+            if stack is not None:
+                await stack.__aexit__(*exc)
+        finally:
+            if self._bg_conn is not None:  # opened by calls from other loops in the block
+                await self.aclose()
 
     def __enter__(self) -> Toolset:
         self._background()

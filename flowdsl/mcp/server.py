@@ -221,7 +221,7 @@ def _text_result(payload: Any, *, error: bool = False,
     import mcp_types as types
 
     text = payload if isinstance(payload, str) else json.dumps(payload, default=repr, indent=1)
-    content = [types.TextContent(type="text", text=text)]
+    content: list[Any] = [types.TextContent(type="text", text=text)]
     structured = structured_as if structured_as is not None else (
         payload if isinstance(payload, dict) else None)
     return types.CallToolResult(content=content, structured_content=structured, is_error=error)
