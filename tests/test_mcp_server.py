@@ -206,3 +206,18 @@ def test_cli_reports_a_bad_target_or_registry_before_serving(tmp_path: Path) -> 
                               text=True, cwd=tmp_path, timeout=60, stdin=subprocess.DEVNULL)
         assert done.returncode == 2, done.stderr
         assert named in " ".join(done.stderr.split())
+
+
+def test_targets_modules_tools_are_served_once(tmp_path: Path) -> None:
+    """A TARGET's module is imported before the registry is listed (its tools are served),
+    a file named by several targets is executed once, and a tool named as a TARGET is not
+    served twice."""
+    code = ("import json, sys; from flowdsl.mcp.server import entries; "
+            "print(json.dumps([e.name for e in entries(sys.argv[1:])]))")
+    path = str(HERE / "mcp_tools.py")
+    done = subprocess.run([sys.executable, "-c", code, f"{path}:add", f"{path}:sums"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          check=True)
+    names = json.loads(done.stdout)
+    assert names[:6] == ["add", "nap", "shout", "explode", "total", "where"]
+    assert names[6:] == ["sums", "run_plan", "get_run"]

@@ -117,11 +117,14 @@ def entries(targets: Sequence[str] = (), registry: ToolRegistry | None = None) -
     from .._report.cli_common import TargetError, _import, load_target
 
     registry = default_registry if registry is None else registry
-    out = [_tool_entry(key, t) for key, t in registry.items()]
-    for spec in targets:
+    loaded = []
+    modules: dict[str, Any] = {}
+    for spec in targets:  # first: the tools their modules declare are served too
         where, sep, attr = spec.rpartition(":")
         if sep and where and attr and not spec.lower().endswith((".json", ".yaml", ".yml")):
-            obj: Any = _import(where)
+            if where not in modules:  # a file is executed once, however many targets name it
+                modules[where] = _import(where)
+            obj: Any = modules[where]
             for part in attr.split("."):
                 if not hasattr(obj, part):
                     msg = f"target {spec!r}: {where!r} has no attribute {part!r}"
@@ -129,7 +132,12 @@ def entries(targets: Sequence[str] = (), registry: ToolRegistry | None = None) -
                 obj = getattr(obj, part)
         else:
             obj = load_target(spec)
-        out.append(_flow_entry(spec, obj))
+        loaded.append((spec, obj))
+    out = [_tool_entry(key, t) for key, t in registry.items()]
+    for spec, obj in loaded:
+        entry = _flow_entry(spec, obj)
+        if not any(e.name == entry.name and e.target is obj for e in out):  # served already
+            out.append(entry)
     out.append(Entry("run_plan", "Run a flowdsl workflow document (a plan of tool calls with "
                      "dependencies) and return the run id, its status, every task's status "
                      "and the outputs. A document with problems is not run: the error "
