@@ -331,3 +331,37 @@ def test_the_example_fans_out_over_repositories() -> None:
         in proc.stdout
     assert "service-5    CHANGED  6 commit(s)" in proc.stdout
     assert "12 MCP calls ran as one parallel flow" in proc.stdout
+
+
+def test_a_tool_made_from_a_schema_alone() -> None:
+    """What a server's tool description becomes, without a server: the signature (required
+    first; optional ones default to the schema's default, else None, which is not sent), the
+    names that are no Python identifiers, the docstring, the retry default of a tool that may
+    have side effects, and pool= naming a flowdsl pool."""
+    import mcp_types
+
+    from flowdsl.mcp.client import _Config, _McpCall, _spec
+
+    cfg = _Config(["some-server"], None, None, None, None, 5.0, "api")
+    toolset = Toolset(cfg)
+    info = mcp_types.Tool(
+        name="create-item", description="Create an item.",
+        input_schema={"type": "object", "required": ["item-name", "class"], "properties": {
+            "count": {"type": "integer", "default": 2},
+            "item-name": {"type": "string", "description": "What to call it."},
+            "class": {"enum": ["a", "b"]},
+            "note": {"anyOf": [{"type": "string"}, {"type": "null"}]}}},
+        annotations=mcp_types.ToolAnnotations(destructive_hint=True))
+    call = _McpCall(toolset, info)
+    assert str(call.__signature__) == (
+        "(item_name: str, class_: Literal['a', 'b'], count: int = 2, "
+        "note: Optional[str] = None)")
+    assert "item_name: What to call it." in (call.__doc__ or "")
+    assert call.arguments(("x", "a"), {}) == {"item-name": "x", "class": "a"}
+    assert call.arguments(("x", "b"), {"count": 3, "note": "n"}) == {
+        "item-name": "x", "class": "b", "count": 3, "note": "n"}
+    with pytest.raises(flowdsl.TaskInputError, match="argument 'class_' is invalid"):
+        call.arguments(("x", "c"), {})
+    spec = _spec(call, cfg)
+    assert spec.retries == 0 and spec.timeout == 5.0 and dict(spec.resources) == {"api": 1}
+    assert spec.is_async and spec.executor == "async"
