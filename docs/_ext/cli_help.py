@@ -1,9 +1,9 @@
 """A Sphinx directive that inserts the ``--help`` text of every ``flowdsl`` command.
 
 The CLI is built with typer, which carries its own copy of click, so sphinx-click cannot read
-it. The help the CLI itself prints is the reference: each command's ``--help`` is run in a
-child process at build time (a fixed width, no colour) and shown as a literal block, so the
-page cannot drift from the code.
+it. The help the CLI itself prints is the reference: every command's ``--help`` is captured
+at build time, in one child process (a fixed width, no colour), and shown as a literal
+block, so the page cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -18,35 +18,46 @@ from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
 
-def _commands() -> list[tuple[str, ...]]:
-    """Every command path of the CLI, breadth first: (), ("run",), ("history", "list"), ..."""
-    import typer
+# Run in one child process (one start-up, not one per command): prints each command's path,
+# a separator line, its --help text, and another separator.
+_CHILD = r"""
+import contextlib, io, sys
+import typer
+from flowdsl._report.cli import app, main
 
-    from flowdsl._report.cli import app
+todo = [((), typer.main.get_command(app))]
+while todo:
+    path, cmd = todo.pop(0)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main([*path, "--help"])
+        except SystemExit as exc:
+            if exc.code:
+                raise
+    sys.stdout.write("\x00" + " ".join(path) + "\x00" + out.getvalue())
+    for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+        if not getattr(sub, "hidden", False):
+            todo.append(((*path, name), sub))
+"""
 
-    paths: list[tuple[str, ...]] = []
-    todo: list[tuple[tuple[str, ...], Any]] = [((), typer.main.get_command(app))]
-    while todo:
-        path, cmd = todo.pop(0)
-        paths.append(path)
-        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
-            if not getattr(sub, "hidden", False):
-                todo.append(((*path, name), sub))
-    return paths
 
-
-def _help(path: tuple[str, ...]) -> str:
+def _helps() -> list[tuple[str, str]]:
+    """(command path, its --help text) for every command of the CLI, breadth first."""
     env = {**os.environ, "COLUMNS": "96", "TERMINAL_WIDTH": "96", "NO_COLOR": "1",
            "TERM": "dumb", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
-    proc = subprocess.run([sys.executable, "-m", "flowdsl", *path, "--help"],
-                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"flowdsl {' '.join(path)} --help exited {proc.returncode}: "
-                           f"{proc.stderr.strip()}")
-    lines = [line.rstrip() for line in proc.stdout.splitlines()]
-    while lines and not lines[0]:
-        lines.pop(0)
-    return "\n".join(lines).rstrip() + "\n"
+        raise RuntimeError(f"collecting the CLI's --help texts failed: {proc.stderr.strip()}")
+    parts = proc.stdout.split("\x00")[1:]
+    out = []
+    for path, text in zip(parts[::2], parts[1::2]):
+        lines = [line.rstrip() for line in text.splitlines()]
+        while lines and not lines[0]:
+            lines.pop(0)
+        out.append((path, "\n".join(lines).rstrip() + "\n"))
+    return out
 
 
 class CliHelp(SphinxDirective):
@@ -56,11 +67,11 @@ class CliHelp(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         out: list[nodes.Node] = []
-        for path in _commands():
-            title = " ".join(("flowdsl", *path))
+        for path, text in _helps():
+            title = f"flowdsl {path}".strip()
             section = nodes.section(ids=[nodes.make_id("cli " + title)])
             section += nodes.title(text=title)
-            block = nodes.literal_block(text=_help(path))
+            block = nodes.literal_block(text=text)
             block["language"] = "text"
             section += block
             out.append(section)
