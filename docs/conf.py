@@ -18,7 +18,7 @@ import flowdsl  # noqa: E402
 
 project = "flowdsl"
 author = "flowdsl developers"
-copyright = "flowdsl developers, MIT License"  # noqa: A001
+copyright = "flowdsl developers, MIT License"
 release = version = getattr(flowdsl, "__version__", "0.1.0")
 
 extensions = [

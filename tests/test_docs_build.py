@@ -60,3 +60,55 @@ def test_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
         assert (tmp_path / "html" / f"{page}.html").is_file(), page
     cli = (tmp_path / "html" / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "flowdsl history list" in cli and "Usage:" in cli
+
+
+def _resolves(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_module_paths_named_in_the_source_exist() -> None:
+    """Every ``flowdsl.x.y`` a docstring or comment names can be imported (modules were moved
+    into layers once and eleven docstrings kept naming the old ones), and so can every
+    private module named in double backquotes."""
+    package = ROOT / "flowdsl"
+    missing = []
+    for path in sorted(package.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for match in re.finditer(r"\bflowdsl(?:\.\w+)+", text):
+            name = match.group(0)
+            if name != "flowdsl.tools" and not _resolves(name):  # flowdsl.tools: a logger
+                missing.append(f"{path.relative_to(ROOT)}: {name}")
+        for match in re.finditer(r"``(_\w+)``", text):
+            stem = match.group(1)
+            if (any(package.rglob(f"{stem}.py")) or any(package.rglob(f"{stem}/"))
+                    or stem.startswith("__") or not stem[1:].islower()):
+                continue
+            defined = re.search(rf"^\s*(?:async def|def|class)?\s*{stem}\b", text, re.M)
+            if defined is None and f"{stem} =" not in text and f"def {stem}" not in text:
+                missing.append(f"{path.relative_to(ROOT)}: ``{stem}``")
+    assert not missing, "names of modules that do not exist:\n" + "\n".join(missing)
+
+
+def test_timeline_usage_example_runs(tmp_path: Path) -> None:
+    """The usage lines in flowdsl/_report/timeline.py's docstring work as written."""
+    from flowdsl._report import timeline
+
+    usage = [line.strip() for line in (timeline.__doc__ or "").splitlines()
+             if "import save_timeline" in line]
+    assert usage, "the timeline module's docstring shows how to import save_timeline"
+    namespace: dict[str, object] = {}
+    exec(usage[0], namespace)  # our own docstring's line
+    assert namespace["save_timeline"] is flowdsl.save_timeline

@@ -17,7 +17,6 @@ from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 
-
 # Run in one child process (one start-up, not one per command): prints each command's path,
 # a separator line, its --help text, and another separator.
 _CHILD = r"""

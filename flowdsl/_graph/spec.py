@@ -245,7 +245,7 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
             raise _bad(name, "executor", value,
                        "'async' or 'inline' for a coroutine function (it runs on the event loop)")
         return value
-    if callable(getattr(value, "call", None)):  # an Executor (flowdsl._executors.Executor)
+    if callable(getattr(value, "call", None)):  # an Executor (flowdsl._run.executors.Executor)
         return value
     raise _bad(name, "executor", value, "an executor name or an Executor object")
 
