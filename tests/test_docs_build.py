@@ -112,3 +112,22 @@ def test_timeline_usage_example_runs(tmp_path: Path) -> None:
     namespace: dict[str, object] = {}
     exec(usage[0], namespace)  # our own docstring's line
     assert namespace["save_timeline"] is flowdsl.save_timeline
+
+
+def test_readme_is_short_and_its_links_resolve() -> None:
+    """README.md stays an entry page (<= 200 lines, the two set-up commands first) and every
+    relative link in it names a file of the checkout (they are read on GitHub, where Sphinx's
+    checks do not apply)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    first = re.search(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    assert first is not None
+    commands = first.group(1).strip().splitlines()
+    assert len(commands) == 2
+    assert commands[0].endswith("examples/demo.py")
+    assert commands[1].endswith(".venv/bin/python -m pytest -q")
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    assert links
+    missing = [link for link in links
+               if "://" not in link and not (ROOT / link).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
