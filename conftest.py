@@ -97,7 +97,7 @@ class _PythonBlocks:
     block that follows it, if one does."""
 
     def __init__(self) -> None:
-        self.lexer = FencedCodeBlockLexer(language=r"[\w-]*",
+        self.lexer = FencedCodeBlockLexer(language=r".*",  # every fence, so pairs stay paired
                                           mapping={"language": "lang", "source": "source"})
         self.doctests = DocTestStringParser(DocTestEvaluator(_FLAGS))
 
