@@ -470,8 +470,9 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         context: initial context (copied, never mutated).
         input: the value the first pipeline stages receive.
         items: values to stream through a pipeline (``mode="pipeline"``).
-        continue_on_error: a failed task fails only its downstream tasks
-            (``upstream_failed``); independent branches go on.
+        continue_on_error: the run goes on after a failure: each downstream task applies
+            its trigger rule (the default ``all_success`` makes it ``upstream_failed``;
+            ``all_done`` and ``one_failed`` tasks run); independent branches go on.
         rollback_on_failure: if the run fails, is cancelled or times out, undo completed
             tasks (their tools' ``rollback``) in reverse completion order. A failed run whose
             rollbacks all succeeded ends ``rolled_back``; one where a rollback raised ends
