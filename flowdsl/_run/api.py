@@ -42,6 +42,7 @@ from .executors import (
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
+from .tracing import run_tracing
 from .units import context_defaults
 
 __all__ = ["Mode", "arun", "run"]
@@ -182,10 +183,15 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p, masker=_secrets(p, ctx, input))
     obs = _observers(observers, store, p, store_outputs, progress)
+    tracing = run_tracing()  # None, at the cost of a dict look-up, unless OTel is set up
+    if tracing is not None:
+        obs.append(tracing)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
                 cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs)
+    if tracing is not None:
+        tracing.attach(core)
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
