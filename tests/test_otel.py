@@ -7,6 +7,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 trace = pytest.importorskip("opentelemetry.trace", reason="needs flowdsl[otel]")
@@ -46,7 +47,7 @@ def _by_name(exporter: InMemorySpanExporter) -> dict[str, list[Any]]:
 @tool(registry=False)
 async def inc(x: int) -> int:
     with mine.start_as_current_span("inside-async"):
-        await asyncio.sleep(0)
+        await anyio.sleep(0)
     return x + 1
 
 
@@ -56,9 +57,10 @@ def double(x: int) -> int:
         return x * 2
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_run_and_attempt_spans_with_attributes_and_tool_spans_nested(
-        spans: InMemorySpanExporter) -> None:
-    result = run(double(inc(1)), history=False)
+        spans: InMemorySpanExporter, backend: str) -> None:
+    result = run(double(inc(1)), history=False, backend=backend)
     assert result.output == 4
     got = _by_name(spans)
     (root,) = got["flowdsl.run"]
