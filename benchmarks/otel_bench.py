@@ -3,7 +3,8 @@
 Runs a wide flow of ``N`` no-op tasks (``async`` and ``def``, history off) in fresh
 processes, one per (variant, round), the variants interleaved round by round so that machine
 noise hits them alike, and prints the median seconds per run of each variant and its ratio
-to ``off``:
+to ``off`` (each process reports the best of 5 runs; the table gives the median and the best
+over processes):
 
 - ``off``: OpenTelemetry not imported (the API may be installed: the run does not import it);
 - ``api``: ``opentelemetry.trace`` imported, no provider set (the API's proxy provider);
@@ -51,11 +52,14 @@ else:
 
 flow = flowdsl.parallel(*[noop() for _ in range(n)])
 flowdsl.run(flowdsl.parallel(*[noop() for _ in range(10)]), history=False)  # warm up
-gc.collect()
-t = time.perf_counter()
-r = flowdsl.run(flow, history=False)
-print(time.perf_counter() - t)
-assert r.status == "completed"
+best = float("inf")
+for _ in range(5):  # the best of 5: contention on a shared machine only adds time
+    gc.collect()
+    t = time.perf_counter()
+    r = flowdsl.run(flow, history=False)
+    best = min(best, time.perf_counter() - t)
+    assert r.status == "completed"
+print(best)
 if variant == "sdk":
     provider.shutdown()
 """
@@ -80,11 +84,13 @@ def main() -> None:
                                      capture_output=True, text=True, env=env, check=True)
                 times[v].append(float(out.stdout.split()[-1]))
         ref = statistics.median(times["off"])
-        print(f"{kind} tools, {n} tasks, median of {rounds} runs:")
+        low = min(times["off"])
+        print(f"{kind} tools, {n} tasks, {rounds} processes, best of 5 runs each:")
         for v in variants:
-            med = statistics.median(times[v])
-            print(f"  {v:5s} {med * 1e3:8.1f} ms  {med / ref:6.3f}x off  "
-                  f"{(med - ref) / n * 1e6:+6.2f} us/task")
+            med, best = statistics.median(times[v]), min(times[v])
+            print(f"  {v:5s} median {med * 1e3:7.1f} ms {med / ref:6.3f}x off "
+                  f"{(med - ref) / n * 1e6:+7.2f} us/task | best {best * 1e3:7.1f} ms "
+                  f"{best / low:6.3f}x off {(best - low) / n * 1e6:+7.2f} us/task")
 
 
 if __name__ == "__main__":

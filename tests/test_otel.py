@@ -180,6 +180,7 @@ def test_a_pool_wait_is_an_event_of_the_attempt_that_waited(
 
 def test_no_provider_no_tracing(monkeypatch: pytest.MonkeyPatch) -> None:
     # The API's default proxy provider: the run never asks it for a tracer.
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)  # whatever set one before
     assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
     def refuse(*args: Any, **kwargs: Any) -> None:
