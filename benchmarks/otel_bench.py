@@ -11,6 +11,11 @@ over processes):
 - ``sdk``: an SDK ``TracerProvider`` with a ``BatchSpanProcessor`` and an exporter that
   drops spans: the in-process cost of one span per attempt (and one per run).
 
+``--paired [N] [PAIRS]`` measures in one process instead, run after run, so that both runs
+of a pair see the same machine load: the median over pairs of the ratio of a run with the
+API imported and no provider (``api``) or with an SDK provider (``sdk``) to the run just
+before it with OpenTelemetry not imported (``off``), and the SDK's cost per span.
+
 ``BASE=path`` adds a variant ``base`` that runs the flowdsl package found at ``path`` (e.g.
 a checkout of the commit before tracing) with OpenTelemetry not imported.
 """
@@ -21,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+from typing import Any
 
 _CHILD = r"""
 import gc, sys, time
@@ -65,7 +71,77 @@ if variant == "sdk":
 """
 
 
+def paired(n: int, pairs: int) -> None:
+    import gc
+    import time
+
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    import flowdsl
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Drop(), max_queue_size=1 << 20))
+    otel = {m: sys.modules[m] for m in sys.modules if m.startswith("opentelemetry")}
+
+    def timed(flow: Any, variant: str) -> float:
+        for m in otel:  # off: as if the application never imported OpenTelemetry
+            sys.modules.pop(m, None)
+        if variant != "off":
+            sys.modules.update(otel)
+        trace._TRACER_PROVIDER = provider if variant == "sdk" else None  # type: ignore
+        gc.collect()
+        t = time.perf_counter()
+        flowdsl.run(flow, history=False)
+        took = time.perf_counter() - t
+        sys.modules.update(otel)
+        return took
+
+    for kind in ("async", "def"):
+        if kind == "async":
+            async def noop() -> None:
+                return None
+        else:
+            def noop() -> None:  # type: ignore[misc]
+                return None
+        t = flowdsl.tool(registry=False)(noop)
+        flow = flowdsl.parallel(*[t() for _ in range(n)])
+        timed(flow, "off")  # warm up
+        ratios: dict[str, list[float]] = {"api": [], "sdk": []}
+        extra: list[float] = []
+        for _ in range(pairs):
+            for v in ("api", "sdk"):
+                off = timed(flow, "off")
+                on = timed(flow, v)
+                ratios[v].append(on / off)
+                if v == "sdk":
+                    extra.append((on - off) / (n + 1))
+        print(f"{kind} tools, {n} tasks, {pairs} pairs, median ratio to the run before "
+              f"(off): api {statistics.median(ratios['api']):.3f}x "
+              f"(quartiles {_q(ratios['api'])}), sdk {statistics.median(ratios['sdk']):.2f}x; "
+              f"SDK cost per span {statistics.median(extra) * 1e6:.1f} us")
+    provider.shutdown()
+
+
+def _q(xs: list[float]) -> str:
+    q = statistics.quantiles(xs, n=4)
+    return f"{q[0]:.3f}-{q[2]:.3f}"
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--paired"]:
+        paired(int(sys.argv[2]) if len(sys.argv) > 2 else 10_000,
+               int(sys.argv[3]) if len(sys.argv) > 3 else 15)
+        return
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 7
     variants = ["off", "api", "sdk"]

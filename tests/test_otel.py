@@ -209,3 +209,18 @@ def test_no_tracing_without_the_api_imported(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("OTEL_PYTHON_TRACER_PROVIDER", raising=False)
     assert tracing.run_tracing() is None
     assert "opentelemetry.trace" not in sys.modules
+
+
+def test_each_child_of_a_mapped_task_has_its_attempt_span(
+        spans: InMemorySpanExporter) -> None:
+    result = run(double.map([1, 2, 3]), history=False)
+    assert result.status == "completed"
+    got = _by_name(spans)
+    (root,) = got["flowdsl.run"]
+    children = got["flowdsl.task double"]
+    assert sorted(s.attributes["flowdsl.task.id"] for s in children) == [
+        "double[0]", "double[1]", "double[2]"]
+    assert all(s.parent.span_id == root.context.span_id for s in children)
+    # each child's own span nests under that child's attempt
+    assert sorted(s.parent.span_id for s in got["inside-thread"]) == sorted(
+        s.context.span_id for s in children)
