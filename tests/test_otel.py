@@ -224,3 +224,12 @@ def test_each_child_of_a_mapped_task_has_its_attempt_span(
     # each child's own span nests under that child's attempt
     assert sorted(s.parent.span_id for s in got["inside-thread"]) == sorted(
         s.context.span_id for s in children)
+
+
+def test_pipeline_attempts_carry_their_item(spans: InMemorySpanExporter) -> None:
+    result = run(double.stage().named("d") >> inc.stage().named("i"), mode="pipeline",
+                 items=[1, 2], history=False)
+    assert result.output == [3, 5]
+    got = _by_name(spans)
+    for name in ("flowdsl.task double", "flowdsl.task inc"):
+        assert sorted(s.attributes["flowdsl.item"] for s in got[name]) == [0, 1]
