@@ -46,7 +46,7 @@ def _flowdsl_version() -> str:
 def run_tracing() -> Tracing | None:
     """The tracing of a run about to start, or None when no tracer provider is configured
     (then nothing of OpenTelemetry is touched again during the run)."""
-    trace = sys.modules.get("opentelemetry.trace")
+    trace: Any = sys.modules.get("opentelemetry.trace")
     if trace is None:
         if _ENV_PROVIDER not in os.environ:
             return None  # nobody imported the API: no provider can have been set
