@@ -229,7 +229,9 @@ class _TracedPools:
                       task_id: str | None = None) -> None:
         pools = self._pools
         # acquire's fast path, asked without taking: nobody queued and every pool has room
-        waits = bool(pools.waiting()) or any(pools.available(p) < n for p, n in demand.items())
+        # (the queue itself, not pools.waiting(), which copies it: O(1) per acquire)
+        waits = bool(pools._grants.waiters) or any(
+            pools.available(p) < n for p, n in demand.items())
         if not waits:
             await pools.acquire(demand, priority, task_id)
             return
