@@ -495,10 +495,21 @@ class TestClusterLost:
             address = c.scheduler_address
             flow = (dt.span(0.05, "a").named("a") >> dt.span(5.0, "b").named("b")
                     >> dt.span(0.05, "c").named("c"))
-            closer = threading.Timer(1.0, c.close)
-            closer.start()
+            # Closed once 'b' has started (not on a timer from here, which a loaded machine
+            # could beat before 'a' finished), a moment later so that 'b' is on a worker.
+            closer = threading.Timer(0.5, c.close)
+
+            class CloseWhenBStarts:
+                def run_started(self, result: Any, plan: Any) -> None: ...
+                def task_started(self, result: Any, record: Any) -> None:
+                    if record.id == "b":
+                        closer.start()
+                def task_finished(self, result: Any, record: Any, output: Any) -> None: ...
+                def run_finished(self, result: Any) -> None: ...
+
             start = time.perf_counter()
-            r = flowdsl.run(flow, executor=DaskExecutor(c), history=False)
+            r = flowdsl.run(flow, executor=DaskExecutor(c), history=False,
+                            observers=[CloseWhenBStarts()])
             took = time.perf_counter() - start
             closer.join()
         assert took < 15, f"{took:.1f}s"

@@ -400,10 +400,11 @@ class TestTimeouts:
     def test_thread_timeout_abandons_and_discards_late_result(self) -> None:
         """TO2: a sync call past its timeout is abandoned; its late result is never used."""
         finished = threading.Event()
+        release = threading.Event()  # set by the test once run() has returned
         downstream: list[Any] = []
 
         def blocking() -> str:
-            time.sleep(0.3)
+            release.wait(10)  # a run that waited for this thread would take 10 s
             finished.set()
             return "late"
 
@@ -415,6 +416,7 @@ class TestTimeouts:
         rec = r.tasks["b"]
         assert rec.status is S.TIMED_OUT
         assert not finished.is_set()  # the run did not wait for the thread
+        release.set()
         assert "abandoned" in rec.reason
         assert finished.wait(5)
         assert "b" not in r.outputs

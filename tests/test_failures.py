@@ -110,14 +110,25 @@ class TestPropagation:
         assert r.error is r.errors[0]
 
     def test_simultaneous_failures_fail_fast(self) -> None:
-        """EP4: failing together in fail-fast mode, neither error is swallowed."""
+        """EP4: failing together in fail-fast mode, neither error is swallowed. Both wake from
+        one event, in the same turn of the loop (two timers could fire in different turns on
+        a loaded machine, and then the second task had truly not raised when it was
+        cancelled)."""
+        state: dict[str, Any] = {"waiting": 0}
 
         async def fail(name: str) -> None:
-            await anyio.sleep(0.02)
+            state.setdefault("event", anyio.Event())
+            state["waiting"] += 1
+            await state["event"].wait()
             raise ValueError(name)
 
+        async def release() -> None:
+            while state["waiting"] < 2:
+                await anyio.sleep(0.001)
+            state["event"].set()
+
         t = tl(fail)
-        r = run(t("x").named("x") | t("y").named("y"))
+        r = run(t("x").named("x") | t("y").named("y") | tl(release)().named("go"))
         assert sorted(str(e.__cause__) for e in r.errors) == ["x", "y"]
 
 
