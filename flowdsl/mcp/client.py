@@ -430,7 +430,8 @@ async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
 def _progress_logger(server: str, tool: str) -> Any:
     """While logging is on: a progress callback that keeps the server's progress
     notifications on the task's record (``TaskRecord.logs``), as the tool's own log lines."""
-    from .._base.log import end_task_scope, get_logger, task_scope
+    from .._base.capture import end_task_scope, task_scope
+    from .._base.log import get_logger
 
     scope = log_scope.get()
     log = get_logger(server=server, tool=tool)
