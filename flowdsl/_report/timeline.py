@@ -69,6 +69,9 @@ class Bar:
     lane: str = NO_POOL
     critical: bool = False
     logs: list[str] = field(default_factory=list)
+    #: On the critical path, the time this task waited, ready but not started, as
+    #: ``(ready, start, why)`` ("pool db", "a worker"): part of the path, drawn as a wait.
+    queued: tuple[float, float, str] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -154,8 +157,7 @@ def from_result(result: Any) -> Timeline:
                         logs=_log_lines(rec.logs)))
     path: list[str] = []
     if result.plan is not None and bars:
-        durations = {b.id: b.duration or 0.0 for b in bars}
-        path = list(result.plan.critical_path(durations)[0])
+        path = _run_path(bars, result.plan.predecessors)
     return _mark(Timeline(f"{result.flow_name or 'flow'} ({result.mode})", result.run_id,
                           result.status, result.duration, bars, path))
 
@@ -191,6 +193,42 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
     else:
         tl.critical_path, tl.critical_source = _timing_chain(bars), "timings"
     return _mark(tl)
+
+
+def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]]) -> list[str]:
+    """The critical path as the run went: from the task that ended last, back to what held
+    up its start. That is its latest-ending predecessor, unless it started well after that
+    one ended (it waited for a pool or a worker slot): then it is the task that freed the
+    pool (or the slot), the latest to end before it started, and the wait is kept on the
+    bar (``queued``). Its length is the makespan, so pool waits show on the path instead of
+    a path of work alone that is shorter than any schedule the pools allow. Map children
+    are not nodes: their parent's bar spans them."""
+    ran: dict[str, tuple[Bar, float, float]] = {
+        b.id: (b, b.start, b.end) for b in bars
+        if b.start is not None and b.end is not None and b.id in preds}
+    if not ran:
+        return []
+    last = max(ran.values(), key=lambda r: r[2])
+    slack = 0.02 * last[2] + 1e-3
+    cur, start, _ = last
+    chain, seen = [cur.id], {cur.id}
+    while True:
+        before = [ran[p] for p in preds[cur.id] if p in ran]
+        nxt = max(before, key=lambda r: r[2], default=None)
+        ready = 0.0 if nxt is None else nxt[2]
+        if start - ready > slack:  # it waited, ready, for a pool or a worker slot
+            pools = set(cur.lane.split(" + ")) if cur.lane != NO_POOL else set()
+            freed = [r for i, r in ran.items() if i not in seen and r[2] <= start + slack
+                     and r[1] < start and (not pools or pools & set(r[0].lane.split(" + ")))]
+            if freed:
+                cur.queued = (ready, start, f"pool {cur.lane}" if pools else "a worker")
+                nxt = max(freed, key=lambda r: r[2])
+        if nxt is None or nxt[0].id in seen:
+            break
+        cur, start, _ = nxt
+        chain.append(cur.id)
+        seen.add(cur.id)
+    return chain[::-1]
 
 
 def _edges_path(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> list[str]:
@@ -275,6 +313,8 @@ _CSS = f"""
  #f0a09c 3px,#f0a09c 6px)}}
 .fdt .att.timed_out{{background:repeating-linear-gradient(45deg,{_TIMED_OUT},{_TIMED_OUT} 3px,
  #f5c39e 3px,#f5c39e 6px)}}
+.fdt .bar.queued{{background:repeating-linear-gradient(90deg,{WAIT_COLOR},{WAIT_COLOR} 2px,
+ #fff 2px,#fff 4px);border:1px dashed {CRITICAL}}}
 .fdt .crit{{outline:2px solid {CRITICAL};outline-offset:0}}
 .fdt .tip{{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
  border:1px solid #999;padding:4px 6px;white-space:pre;font-size:11px;
@@ -316,6 +356,9 @@ def _tip(b: Bar) -> str:
         lines.append(f"pools: {b.lane}")
     if b.critical:
         lines.append("on the critical path")
+    if b.queued is not None:
+        lines.append(f"waited {b.queued[1] - b.queued[0]:.3f}s for {b.queued[2]} "
+                     f"before it started")
     if b.logs:
         lines.append(f"log ({len(b.logs)} line(s)):")
         lines += [f"  {line}" for line in b.logs[-_TIP_LOGS:]]
@@ -345,8 +388,14 @@ def _bar_html(b: Bar, end: float) -> str:
     cls = "bar" + (" waited" if b.retried else "") + (" crit" if b.critical else "")
     style = "" if b.retried else f"background:{COLORS.get(b.status, '#999')}"
     tip = html.escape(_tip(b))
+    queued = ""
+    if b.queued is not None:  # a wait on the critical path: drawn as waiting, not work
+        q0, q1, why = b.queued
+        queued = (f'<div class="bar queued" style="left:{_pct(q0, end)};'
+                  f'width:{_pct(max(q1 - q0, 0.0), end)}" title="'
+                  f'{html.escape(f"{b.id} waited {q1 - q0:.3f}s for {why}")}"></div>')
     return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
-            f'<div class="track"><div class="{cls}" style="left:{left};width:{width};'
+            f'<div class="track">{queued}<div class="{cls}" style="left:{left};width:{width};'
             f'{style}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
             "</div></div>")
 
@@ -375,6 +424,8 @@ def legend_items(tl: Timeline) -> list[tuple[str, str]]:
         items.append(("failed_attempt", "failed attempt (retried)"))
     if any(b.waits() for b in tl.bars):
         items.append(("wait", "wait between attempts"))
+    if any(b.queued is not None for b in tl.bars):
+        items.append(("queued", "wait for a pool or worker (on the critical path)"))
     return items
 
 
@@ -382,7 +433,8 @@ def _legend_html(tl: Timeline) -> str:
     swatch = {"critical": f"background:#fff;outline:2px solid {CRITICAL}",
               "failed_attempt": f"background:repeating-linear-gradient(45deg,{_FAILED},"
                                 f"{_FAILED} 2px,#f0a09c 2px,#f0a09c 4px)",
-              "wait": f"background:{WAIT_COLOR};outline:1px dashed #aaa"}
+              "wait": f"background:{WAIT_COLOR};outline:1px dashed #aaa",
+              "queued": f"background:{WAIT_COLOR};outline:1px dashed {CRITICAL}"}
     return "".join(f'<span><i style="{swatch.get(kind, "background:" + COLORS.get(kind, "#999"))}'
                    f'"></i>{html.escape(label)}</span>' for kind, label in legend_items(tl))
 
@@ -478,6 +530,10 @@ def draw(tl: Timeline) -> Any:
             ax.text(0, y, f"  {b.status}", va="center", fontsize=7, color="0.5")
             continue
         edge = {"edgecolor": CRITICAL, "linewidth": 1.8} if b.critical else {"linewidth": 0}
+        if b.queued is not None:  # a wait on the critical path, drawn as waiting
+            q0, q1, _ = b.queued
+            ax.barh(y, max(q1 - q0, tiny), left=q0, height=0.4, color=WAIT_COLOR,
+                    hatch="xx", edgecolor=CRITICAL, linewidth=0.8, linestyle="--")
         if not b.retried:
             ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7,
                     color=COLORS.get(b.status, "#999999"), **edge)
@@ -514,6 +570,8 @@ def _legend_patches(tl: Timeline) -> list[Any]:
         "failed_attempt": {"facecolor": COLORS["failed"], "hatch": "////",
                            "edgecolor": "white"},
         "wait": {"facecolor": WAIT_COLOR, "hatch": "..", "edgecolor": "0.7"},
+        "queued": {"facecolor": WAIT_COLOR, "hatch": "xx", "edgecolor": CRITICAL,
+                   "linestyle": "--"},
     }
     return [Patch(label=label, **special.get(kind, {"color": COLORS.get(kind, "#999999")}))
             for kind, label in legend_items(tl)]

@@ -280,6 +280,8 @@ def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
         raise ValueError(msg)
     if not RunCache.wanted(p.tasks, cache is True):  # type: ignore[arg-type]
         return None
+    if cache is False and history is False:  # nothing read, and no history file asked for:
+        return None  # entries written would only leave a file behind (benchmark()'s runs)
     backend = hooks.get("open_cache")(history)
     if backend is None:  # history is off: there is no file to keep entries in
         return None
@@ -489,8 +491,9 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
             (default: the store's setting, off unless the store was opened with it).
         cache: ``None`` (default) uses the result cache of the tools declared with
             ``cache=``; ``True`` caches every task of the run whose arguments can be hashed;
-            ``False`` does not read the cache (results are still written). Entries live in
-            the history file (``history=``, else the default one).
+            ``False`` does not read the cache (results are still written, except with
+            ``history=False``: then no cache is used at all). Entries live in the history
+            file (``history=``, else the default one).
 
     Raises:
         PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.
