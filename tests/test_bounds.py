@@ -205,9 +205,28 @@ class TestMeasured:
         ready, start, _ = second.queued
         assert start - ready >= 0.08 and start >= first.end - 0.02  # type: ignore[operator]
         assert first.queued is None and bars["join"].queued is None
-        assert ("queued", "wait for a pool or worker (on the critical path)") in legend_items(tl)
+        assert ("queued", "wait for a pool (on the critical path)") in legend_items(tl)
         page = timeline_html(tl)
         assert 'class="bar queued"' in page and "waited" in page
+
+    def test_a_history_run_draws_the_same_path(self, tmp_path: Path) -> None:
+        """From history with the flow's plan: the same path and wait; from the recorded
+        edges alone (pools unknown) the path of work, with no wait claimed."""
+        from flowdsl import HistoryStore
+        from flowdsl._report.timeline import from_history
+
+        store = HistoryStore(tmp_path / "h.db")
+        try:
+            result = flowdsl.run(_pool_flow(), mode="parallel", history=store)
+            run = store.get_run(result.run_id)
+        finally:
+            store.close()
+        live, kept = from_result(result), from_history(run, result.plan)
+        assert kept.critical_path == live.critical_path and len(kept.critical_path) == 3
+        assert [b.queued is not None for b in kept.bars] == \
+            [b.queued is not None for b in live.bars]
+        bare = from_history(run)
+        assert len(bare.critical_path) == 2 and all(b.queued is None for b in bare.bars)
 
     def test_a_path_without_waits_shows_none(self) -> None:
         """Plenty of pool: the path is one remote task and the join, with no wait."""

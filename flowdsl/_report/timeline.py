@@ -15,6 +15,7 @@ to the chain of tasks that each started right as the one before ended
 
 from __future__ import annotations
 
+import bisect
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -146,8 +147,8 @@ def _log_lines(logs: Sequence[Mapping[str, Any] | str] | None) -> list[str]:
 
 
 def from_result(result: Any) -> Timeline:
-    """The timeline of a :class:`~flowdsl.RunResult`; the critical path is computed from its
-    plan with the measured durations (tasks that did not run count 0 s)."""
+    """The timeline of a :class:`~flowdsl.RunResult`; the critical path is the run's, along
+    its plan's edges and through the pool waits that held tasks up (:func:`_run_path`)."""
     bars = []
     for rec in result.tasks.values():
         spans = [Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
@@ -185,44 +186,67 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
     tl = Timeline(f"{run.get('flow') or 'flow'} ({run.get('mode') or '?'})", run["run_id"],
                   run["status"], run.get("duration") or 0.0, bars, [])
     if plan is not None and bars:
-        known = {b.id: b.duration or 0.0 for b in bars if b.id in plan.tasks}
-        tl.critical_path = list(plan.critical_path(
-            {i: known.get(i, 0.0) for i in plan.tasks})[0])
+        tl.critical_path = _run_path(bars, plan.predecessors)
     elif run.get("edges") is not None and bars:
-        tl.critical_path = _edges_path(bars, run["edges"])
+        # Without the plan the tasks' pools are unknown: no pool wait can be told apart.
+        tl.critical_path = _run_path(bars, _edge_preds(bars, run["edges"]), pools=False)
     else:
         tl.critical_path, tl.critical_source = _timing_chain(bars), "timings"
     return _mark(tl)
 
 
-def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]]) -> list[str]:
+def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]], *,
+              pools: bool = True) -> list[str]:
     """The critical path as the run went: from the task that ended last, back to what held
-    up its start. That is its latest-ending predecessor, unless it started well after that
-    one ended (it waited for a pool or a worker slot): then it is the task that freed the
-    pool (or the slot), the latest to end before it started, and the wait is kept on the
-    bar (``queued``). Its length is the makespan, so pool waits show on the path instead of
-    a path of work alone that is shorter than any schedule the pools allow. Map children
-    are not nodes: their parent's bar spans them."""
+    up its start. That is its latest-ending predecessor, unless the task needs a pool and
+    started well after that one ended while a task of the same pool ended in between: then
+    it waited for the pool, the path goes on from the task that freed it (the latest to end
+    before the start), and the wait is kept on the bar (``queued``). So pool waits show on
+    the path, instead of a path of work alone, shorter than any schedule the pools allow.
+    Map children are not nodes: their parent's bar spans them. ``pools``: whether the bars'
+    lanes are known (from a result or a plan); without them no wait is inferred. Waits for
+    a worker slot (``max_concurrency``, sequential mode) are not inferred either: engine
+    latency would read as such waits."""
     ran: dict[str, tuple[Bar, float, float]] = {
         b.id: (b, b.start, b.end) for b in bars
         if b.start is not None and b.end is not None and b.id in preds}
     if not ran:
         return []
-    last = max(ran.values(), key=lambda r: r[2])
-    slack = 0.02 * last[2] + 1e-3
+    # Bars of each pool by end time, to find the latest to end before a start by bisection
+    # (100,000 tasks through a pool of 1 each wait once).
+    rows = sorted(ran.values(), key=lambda r: r[2])
+    last = rows[-1]
+    by_pool: dict[str, list[tuple[Bar, float, float]]] = {}
+    for r in rows:
+        for pool in (r[0].lane.split(" + ") if r[0].lane != NO_POOL else ()):
+            by_pool.setdefault(pool, []).append(r)
+    ends = {key: [r[2] for r in rs] for key, rs in by_pool.items()}
+    # A start this much after the task was ready may be a wait (below it: the engine's own
+    # latency), if a task ended in between to free what it waited for; that task may have
+    # been stamped ended a hair after the start it allowed.
+    late, slack = min(0.02 * last[2], 0.01) + 1e-3, 1e-3
     cur, start, _ = last
     chain, seen = [cur.id], {cur.id}
+
+    def freed(key: str, rs: list[tuple[Bar, float, float]], ready: float, start: float
+              ) -> tuple[Bar, float, float] | None:
+        for n in range(bisect.bisect_right(ends[key], start + slack) - 1, -1, -1):
+            if rs[n][2] <= ready:  # ended before this task was ready: did not hold it up
+                return None
+            if rs[n][0].id not in seen and rs[n][1] < start:
+                return rs[n]
+        return None
+
     while True:
         before = [ran[p] for p in preds[cur.id] if p in ran]
         nxt = max(before, key=lambda r: r[2], default=None)
         ready = 0.0 if nxt is None else nxt[2]
-        if start - ready > slack:  # it waited, ready, for a pool or a worker slot
-            pools = set(cur.lane.split(" + ")) if cur.lane != NO_POOL else set()
-            freed = [r for i, r in ran.items() if i not in seen and r[2] <= start + slack
-                     and r[1] < start and (not pools or pools & set(r[0].lane.split(" + ")))]
-            if freed:
-                cur.queued = (ready, start, f"pool {cur.lane}" if pools else "a worker")
-                nxt = max(freed, key=lambda r: r[2])
+        if pools and cur.lane != NO_POOL and start - ready > late:  # waited for a pool?
+            found = [f for f in (freed(u, by_pool[u], ready, start)
+                                 for u in cur.lane.split(" + ")) if f is not None]
+            if found:
+                cur.queued = (ready, start, f"pool {cur.lane}")
+                nxt = max(found, key=lambda r: r[2])
         if nxt is None or nxt[0].id in seen:
             break
         cur, start, _ = nxt
@@ -231,40 +255,16 @@ def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]]) -> list[s
     return chain[::-1]
 
 
-def _edges_path(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> list[str]:
-    """The longest path by measured durations along a run's recorded edges (Kahn's order,
-    then one pass: O(tasks + edges)). A mapped task's children (``id[i]``) are not nodes:
-    their parent's bar spans them."""
+def _edge_preds(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """Task id -> predecessors from a run's recorded edges. A mapped task's children
+    (``id[i]``) are not nodes: their parent's bar spans them."""
     ids = {b.id for b in bars}
-    dur = {b.id: b.duration or 0.0 for b in bars
-           if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
-    preds: dict[str, list[str]] = {i: [] for i in dur}
-    succs: dict[str, list[str]] = {i: [] for i in dur}
+    preds: dict[str, list[str]] = {b.id: [] for b in bars
+                                   if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
     for a, b in edges:
-        if a in dur and b in dur:
+        if a in preds and b in preds:
             preds[b].append(a)
-            succs[a].append(b)
-    indeg = {i: len(p) for i, p in preds.items()}
-    ready = [i for i, n in indeg.items() if n == 0]
-    dist: dict[str, float] = {}
-    best: dict[str, str | None] = {}
-    while ready:
-        i = ready.pop()
-        arg = max(preds[i], key=dist.__getitem__, default=None)
-        dist[i] = (dist[arg] if arg is not None else 0.0) + dur[i]
-        best[i] = arg
-        for s in succs[i]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                ready.append(s)
-    if not dist:
-        return []
-    end: str | None = max(dist, key=dist.__getitem__)
-    path = []
-    while end is not None:
-        path.append(end)
-        end = best[end]
-    return path[::-1]
+    return preds
 
 
 def _timing_chain(bars: Sequence[Bar]) -> list[str]:
@@ -425,7 +425,7 @@ def legend_items(tl: Timeline) -> list[tuple[str, str]]:
     if any(b.waits() for b in tl.bars):
         items.append(("wait", "wait between attempts"))
     if any(b.queued is not None for b in tl.bars):
-        items.append(("queued", "wait for a pool or worker (on the critical path)"))
+        items.append(("queued", "wait for a pool (on the critical path)"))
     return items
 
 
