@@ -244,15 +244,17 @@ class TestBenchmarkIsolation:
         path = Path(os.environ["FLOWDSL_HISTORY"])
         assert not path.exists()
         flow = Flow("c", [cached(i) for i in range(3)])
-        flowdsl.benchmark(flow, repeat=3, warmup=1)
-        assert len(CALLS) == (1 + 3) * 2 * 3
+        res = flowdsl.benchmark(flow, repeat=3, warmup=1)
+        assert len(CALLS) == (1 + 3) * 2 * 3 and not res.cache
         assert not path.exists()
 
     def test_cache_true_measures_the_cache(self) -> None:
         """cache=True: the runs read the result cache, so later repeats are hits."""
         flow = Flow("c", [cached(i) for i in range(3)])
-        flowdsl.benchmark(flow, repeat=3, warmup=1, cache=True)
+        res = flowdsl.benchmark(flow, repeat=3, warmup=1, cache=True)
         assert len(CALLS) == 3  # the first run computes, every other run hits
+        assert res.cache and res.to_dict()["cache"] is True
+        assert "result cache on" in res._repr_html_()
 
     def test_cache_must_be_a_bool(self) -> None:
         with pytest.raises(ValueError, match="cache="):

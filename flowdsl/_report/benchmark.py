@@ -78,6 +78,8 @@ class BenchmarkResult:
         durations: task id -> median measured duration, the figures behind the bound.
         repeat, warmup: runs measured and discarded per mode.
         last: mode -> the last measured :class:`RunResult` (for its timeline).
+        cache: whether the runs used the result cache (``benchmark(cache=True)``): then
+            the makespans after the first run measure cache hits.
     """
 
     name: str | None
@@ -89,10 +91,12 @@ class BenchmarkResult:
     repeat: int
     warmup: int
     last: dict[str, RunResult] = field(default_factory=dict, repr=False)
+    cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The figures as JSON-friendly data."""
         return {"flow": self.name, "repeat": self.repeat, "warmup": self.warmup,
+                "cache": self.cache,
                 "lower_bound": self.lower_bound, "critical_path": list(self.critical_path),
                 "critical_path_duration": self.critical_path_duration,
                 "durations": dict(self.durations),
@@ -129,7 +133,8 @@ class BenchmarkResult:
                        for row in self.rows())
         path = " → ".join(self.critical_path)
         return (f"<div><b>{esc(self.name or 'flow')}</b>: {self.repeat} repeat(s) per mode "
-                f"after {self.warmup} warm-up; lower bound {self.lower_bound:.3f}s "
+                f"after {self.warmup} warm-up{' (result cache on)' if self.cache else ''}; "
+                f"lower bound {self.lower_bound:.3f}s "
                 f"(critical path {esc(path)} = {self.critical_path_duration:.3f}s)"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
                 f"{self.svg()}</div>")
@@ -241,7 +246,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
         # schedule better than possible: it is shown as 1, the most a schedule can reach.
         s.efficiency = min(1.0, bound / max(s.median, 1e-12))
     return BenchmarkResult(p.name, stats, bound, list(path), length, durations, repeat, warmup,
-                           last)
+                           last, cache)
 
 
 def _check(modes: Sequence[str], repeat: int, warmup: int, options: Mapping[str, Any]) -> None:
