@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from ._base import hooks as _hooks
 from ._base.errors import (
     CacheKeyError,
+    CacheStoreError,
+    CacheWarning,
     CompensationError,
     CompositionError,
     CycleError,
@@ -18,6 +20,8 @@ from ._base.errors import (
     GraphTooLargeError,
     HistoryError,
     HistoryWarning,
+    McpServerError,
+    McpToolError,
     MissingContextError,
     PlanError,
     PlanValidationError,
@@ -40,6 +44,7 @@ from ._graph.spec import Cache
 from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel, upstream
 from ._graph.tool import Backoff, Tool, tool
 from ._plan.planner import DependencyResolver, Plan, plan
+from ._run import stores as _stores
 from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
 
 __version__ = "0.1.0"
@@ -53,6 +58,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers (never run
     from ._data.compat import WorkflowTask as WorkflowTask
     from ._data.documents import load_flow as load_flow
     from ._data.documents import plan_schema as plan_schema
+    from ._record.cache import CacheStore as CacheStore
     from ._record.history import HistoryStore as HistoryStore
     from ._record.history import open_history as open_history
     from ._record.optimizer import WorkflowOptimizer as WorkflowOptimizer
@@ -77,6 +83,7 @@ _LAZY = {
     "run": "._run.api", "arun": "._run.api", "Mode": "._run.api",
     "Pools": "._run.resources", "ResourceManager": "._run.resources",
     "Executor": "._run.executors",
+    "CacheStore": "._record.cache",
     "HistoryStore": "._record.history", "open_history": "._record.history",
     "analyze": "._record.optimizer", "optimize": "._record.optimizer",
     "simulate": "._record.optimizer", "WorkflowOptimizer": "._record.optimizer",
@@ -105,11 +112,21 @@ for _name, _target in {
     "tool_schema": "flowdsl._data.schema:tool_schema",
     "registry_schemas": "flowdsl._data.schema:registry_schemas",
     "open_history": "flowdsl._record.history:open_history",
-    "open_cache": "flowdsl._record.cache:open_cache",
     "aopen_history": "flowdsl._record.history:aopen_history",
 }.items():
     _hooks.provide(_name, _target)
 del _name, _target
+
+
+def _open_cache(spec: object) -> object:
+    """The result cache store ``run(cache=spec)`` uses (the record layer's, imported on
+    first use so ``import flowdsl`` stays light)."""
+    from ._record.cache import open_cache
+
+    return open_cache(spec)
+
+
+_stores.set_default_store(_open_cache)
 
 
 def __getattr__(name: str) -> object:
@@ -132,6 +149,8 @@ __all__ = [
     "Backoff",
     "Cache",
     "CacheKeyError",
+    "CacheStoreError",
+    "CacheWarning",
     "CompensationError",
     "CompositionError",
     "CycleError",
@@ -146,6 +165,8 @@ __all__ = [
     "HistoryError",
     "HistoryWarning",
     "Limits",
+    "McpServerError",
+    "McpToolError",
     "MissingContextError",
     "Plan",
     "PlanError",

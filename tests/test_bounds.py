@@ -239,14 +239,15 @@ class TestMeasured:
 
 class TestBenchmarkIsolation:
     def test_no_cache_and_no_history_file_by_default(self) -> None:
-        """A cached tool is called in every repeat, and the history file (the cache's home)
-        is never created."""
+        """A cached tool is called in every repeat, and neither the history file nor the
+        cache file is ever created."""
         path = Path(os.environ["FLOWDSL_HISTORY"])
-        assert not path.exists()
+        cache_file = Path(os.environ["FLOWDSL_CACHE"])
+        assert not path.exists() and not cache_file.exists()
         flow = Flow("c", [cached(i) for i in range(3)])
         res = flowdsl.benchmark(flow, repeat=3, warmup=1)
         assert len(CALLS) == (1 + 3) * 2 * 3 and not res.cache
-        assert not path.exists()
+        assert not path.exists() and not cache_file.exists()
 
     def test_cache_true_measures_the_cache(self) -> None:
         """cache=True: the runs read the result cache, so later repeats are hits."""

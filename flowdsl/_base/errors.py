@@ -16,6 +16,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport t
 
 __all__ = [
     "CacheKeyError",
+    "CacheStoreError",
+    "CacheWarning",
     "CompensationError",
     "CompositionError",
     "CycleError",
@@ -25,6 +27,8 @@ __all__ = [
     "GraphTooLargeError",
     "HistoryError",
     "HistoryWarning",
+    "McpServerError",
+    "McpToolError",
     "MissingContextError",
     "PlanError",
     "PlanValidationError",
@@ -75,6 +79,17 @@ class PlanError(FlowError, ValueError):
 class CacheKeyError(PlanError, TypeError):
     """Raised when a cached task's arguments cannot be hashed canonically (give the tool's
     ``Cache(key=...)``); for arguments known before the run, nothing has run."""
+
+
+class CacheStoreError(FlowError, OSError):
+    """Raised when a result cache file cannot be used (corrupt, locked by another process
+    past the wait, written by a newer schema, a path that cannot be opened); the message
+    names the path and what to do."""
+
+
+class CacheWarning(FlowError, RuntimeWarning):
+    """Warned (not raised) when a run's new cache entries could not be written; the run
+    itself is unaffected and its result carries the error as ``result.cache_error``."""
 
 
 class DuplicateTaskError(PlanError):
@@ -227,6 +242,35 @@ class WorkerLost(ExecutionError):
         super().__init__(msg)
         self.task_id = task_id
         self.exitcode = exitcode
+
+
+class McpServerError(ExecutionError, ConnectionError):
+    """An MCP server (:func:`flowdsl.mcp.connect`) could not be started or reached, or died
+    during a call; the next call starts it again.
+
+    Attributes:
+        server: the server's name.
+        exit_status: its exit status (negative: killed by that signal), if it exited.
+    """
+
+    def __init__(self, msg: str, *, server: str, exit_status: int | None = None) -> None:
+        super().__init__(msg)
+        self.server = server
+        self.exit_status = exit_status
+
+
+class McpToolError(ExecutionError):
+    """An MCP server answered a tool call with an error; the message carries its text.
+
+    Attributes:
+        server: the server's name.
+        tool: the tool called.
+    """
+
+    def __init__(self, msg: str, *, server: str, tool: str) -> None:
+        super().__init__(msg)
+        self.server = server
+        self.tool = tool
 
 
 class CompensationError(ExecutionError, ExceptionGroup):  # type: ignore[misc]

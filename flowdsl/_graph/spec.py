@@ -98,7 +98,8 @@ class Cache:
 
     The key is the tool's module-qualified name, a version and a canonical hash of the
     argument values; a later call with the same key returns the stored output without
-    calling the tool (the task ends ``cached``). Entries live in the history file.
+    calling the tool (the task ends ``cached``). Entries live in the result cache's own
+    SQLite file (see ``run(cache=...)``).
 
     Args:
         key: a function receiving the bound arguments by name and returning what identifies
@@ -106,14 +107,23 @@ class Cache:
         ttl: seconds an entry stays valid (``None``: until cleared).
         version: the code version; default: a hash of the tool's source, so an edited tool
             recomputes.
-        serializer: ``"json"`` (default; outputs must be JSON data) or ``"pickle"`` (any
-            picklable output; unpickling runs code, so only for a cache file you trust).
+        serializer: ``"json"`` (default: an exact tagged JSON; tuples, sets, bytes,
+            datetimes, Decimals and dicts with non-string keys come back as they were; an
+            output it cannot give back exactly is not cached) or ``"pickle"`` (any picklable
+            output; rows carry an HMAC under the store's key and unverified rows are refused).
+        mask_secrets: store an output holding a registered secret's value with the value
+            masked (``***``), so a hit returns the masked output; by default such an output
+            is not cached at all.
+        refresh: recompute and overwrite the entry instead of reading it (per task:
+            ``task.with_options(cache="refresh")``).
     """
 
     key: Callable[..., Any] | None = None
     ttl: float | None = None
     version: str | None = None
     serializer: Literal["json", "pickle"] = "json"
+    mask_secrets: bool = False
+    refresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +146,14 @@ class ToolSpec:
     expected_duration: float | None = None
     is_async: bool = False
     cache: Cache | None = None
+    #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
+    capture: bool = True
 
     def evolve(self, **changes: Any) -> ToolSpec:
-        """A copy with ``changes`` validated and applied."""
+        """A copy with ``changes`` validated and applied (``cache="refresh"`` keeps the
+        tool's cache policy, or the default one, and recomputes its entries)."""
+        if isinstance(changes.get("cache"), str) and changes["cache"] == "refresh":
+            changes["cache"] = dataclasses.replace(self.cache or Cache(), refresh=True)
         return dataclasses.replace(self, **_normalize(self.name, changes, self.is_async))
 
 
@@ -179,9 +194,9 @@ def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any
 def _cache(name: str, value: Any) -> Cache | None:
     if value is None or value is False:
         return None
-    c = Cache() if value is True else value
+    c = Cache() if value is True else Cache(refresh=True) if value == "refresh" else value
     if not isinstance(c, Cache):
-        raise _bad(name, "cache", value, "True, False or a flowdsl.Cache")
+        raise _bad(name, "cache", value, "True, False, 'refresh' or a flowdsl.Cache")
     if c.key is not None and not callable(c.key):
         raise _bad(name, "cache.key", c.key, "a callable receiving the arguments by name")
     if c.ttl is not None:
@@ -190,6 +205,8 @@ def _cache(name: str, value: Any) -> Cache | None:
         raise _bad(name, "cache.version", c.version, "a string")
     if c.serializer not in ("json", "pickle"):
         raise _bad(name, "cache.serializer", c.serializer, "'json' or 'pickle'")
+    if not isinstance(c.mask_secrets, bool) or not isinstance(c.refresh, bool):
+        raise _bad(name, "cache.mask_secrets/refresh", (c.mask_secrets, c.refresh), "booleans")
     return c
 
 
@@ -394,6 +411,8 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
            "(for priorities and simulate)", document=_NUMBER),
     Option("cache", _v_cache, "reuse outputs by their inputs: true or a flowdsl.Cache",
            refused="a result cache (its key and serializer are Python settings)"),
+    Option("capture", _v_bool, "keep the tool's prints and logging records with its task",
+           document={"type": "boolean"}),
 )})
 #: ToolSpec fields that are no option: derived from the function itself.
 DERIVED_FIELDS = ("is_async",)

@@ -581,7 +581,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
         ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
-        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``: the
+        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``, ``capture``: the
         per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
         ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
         at once) and ``max_children`` (the fan-out limit, default 10,000)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import html
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ class BenchmarkResult:
 
 def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
               repeat: int = 5, warmup: int = 1, cache: bool = False,
+              on_run: Callable[[str, int, int, bool], Any] | None = None,
               **run_options: Any) -> BenchmarkResult:
     """Run ``flow`` ``warmup + repeat`` times in each mode and report the makespans.
 
@@ -179,6 +180,8 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
         cache: read and write the result cache of the tools declared with ``cache=`` (the
             runs then measure cache hits). By default the runs use no cache at all, so
             every repeat calls every tool and no file is written.
+        on_run: called before each run with its mode, its number (from 1), the number of
+            runs in all and whether it is a warm-up run (progress displays).
         **run_options: passed to every run (``resources``, ``max_concurrency``,
             ``context``, ``input``, ``items``, ...). ``history`` and ``resume`` are refused:
             repeats must not depend on each other.
@@ -195,7 +198,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     .. versionadded:: 0.2
     """
     from .._plan.planner import Plan, plan
-    from .._run.api import Mode, run
+    from .._run.api import NO_CACHE, Mode, run
 
     _check(modes, repeat, warmup, run_options)
     if not isinstance(cache, bool):
@@ -207,10 +210,15 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     per_task: dict[str, list[float]] = {}
     per_child: dict[str, dict[str, list[float]]] = {}  # mapped task -> child -> durations
     last: dict[str, RunResult] = {}
+    total = (warmup + repeat) * len(wanted)
+    done = 0
     for n in range(warmup + repeat):
         for m in wanted:  # interleaved: drift of the machine hits every mode alike
-            # cache=False with history=False: no cache is read or written (run()'s rule).
-            result = run(p, mode=m, history=False, cache=None if cache else False,
+            done += 1
+            if on_run is not None:
+                on_run(m, done, total, n < warmup)
+            # NO_CACHE: no cache is read or written (cache=False would still write).
+            result = run(p, mode=m, history=False, cache=None if cache else NO_CACHE,
                          **run_options)
             if not result.ok:
                 result.raise_for_error()

@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._base import capture as _capture
 from .._base import secrets
 from .._base.errors import (
-    CacheKeyError,
     CompositionError,
     MissingContextError,
     TaskFailed,
@@ -33,7 +33,7 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
+from .._base.log import MAX_TASK_LOGS, RunScope, engine_logger
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
 from .._graph.task import (
@@ -95,7 +95,7 @@ class Core:
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  cache: RunCache | None = None, rollback: bool = False,
-                 keep_outputs: bool = True) -> None:
+                 keep_outputs: bool = True, capture: bool = True) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
@@ -155,6 +155,11 @@ class Core:
         # with simulations that way, free of machine noise).
         self._clock = loop_clock()
         self._t0 = self._clock()
+        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
+        # neither captures output nor logs, and then no task pays for a scope.
+        self.capture = capture
+        self.lines = (RunScope(result.run_id, self._clock, self._t0, masker, self.log)
+                      if capture or log else None)
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
         self._stage_from = {
@@ -219,6 +224,9 @@ class Core:
             self.log.use(masker)
         elif self.log is not None:
             self.log = MaskedLogger(self.log, masker)
+        if self.lines is not None:
+            self.lines.masker = masker
+            self.lines.log = self.log
 
     def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
@@ -356,18 +364,15 @@ class Core:
 
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
-        """Acquire the task's pools, run its attempts, release the pools (a task or one
-        child of a mapped task); a cache hit skips all of that."""
-        key = None
+        """Run a task or one child of a mapped task: through the result cache when it is
+        cached (a hit skips the tool and its pools), else :meth:`_compute`."""
         if self.cache is not None and self.ids[task] in self.cache.policies:
-            try:
-                key = self.cache.key(tid, task, args, kwargs)
-                if key is not None:
-                    found, value = self.cache.get(key)
-                    if found:
-                        return self._cached(tid, task, item, rec, value)
-            except (TaskInputError, CacheKeyError) as exc:
-                return self._failed(tid, item, rec, exc, 0)
+            return await self.cache.run_task(self, tid, task, item, rec, args, kwargs)
+        return await self._compute(tid, task, item, rec, args, kwargs)
+
+    async def _compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        """Acquire the task's pools, run its attempts, release the pools."""
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
@@ -377,26 +382,20 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
-        # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
-        scope = (task_scope(self.result.run_id, rec, self.now, self.masker) if self.log
-                 else None)
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
-            if scope is not None:
-                end_task_scope(scope)
             if demand:
                 self.pools.release(demand)
-        if key is not None and status is COMPLETED:
-            await self._remember(key, task, item.outputs[tid], rec)
         return status
 
     def _cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
-                value: Any) -> TaskStatus:
+                value: Any, reason: str = "output restored from the result cache"
+                ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
         back; downstream sees a completed task."""
         rec.started_at = self.now()
-        rec.reason = "output restored from the result cache"
+        rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
                 self._map_output(task, value)
@@ -404,17 +403,6 @@ class Core:
                 return self._failed(tid, item, rec, exc, 0)
         item.outputs[tid] = value
         return self._finish(tid, item, rec, CACHED, output=value)
-
-    async def _remember(self, key: str, task: Task, out: Any, rec: TaskRecord) -> None:
-        if self.remote and isinstance(out, Remote):  # the cache file is here
-            try:
-                out = await out.fetch()
-            except Exception as exc:
-                rec.reason = f"not cached: fetching its output failed ({exc!r})"
-                return
-        why = self.cache.put(key, task, out)  # type: ignore[union-attr]
-        if why is not None:
-            rec.reason = why
 
     def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
@@ -563,6 +551,12 @@ class Core:
         if self.observers or self.log:
             self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
+        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
+        # the run or the tool opted out): each call runs in the task's scope (a context
+        # variable, the whole per-attempt cost of capture; see flowdsl/_base/capture.py).
+        lines = self.lines
+        keep = lines is not None and self.capture and spec.capture
+        scoped = keep or (lines is not None and self.log is not None)
         n = 0
         while True:
             n += 1
@@ -574,16 +568,24 @@ class Core:
                 if limit is None or left < limit:
                     limit, kind = left, "deadline"
             try:
-                if limit is None:
-                    out = await ex.call(fn, args, kwargs, task_id=tid)
-                else:
-                    with anyio.move_on_after(limit) as scope:
+                token = (_capture.current.set((lines, rec, keep))  # type: ignore[arg-type]
+                         if scoped else None)
+                try:
+                    if limit is None:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
-                    if scope.cancelled_caught:
-                        if ex.abandons:
-                            rec.reason = ("its thread could not be interrupted and was "
-                                          "abandoned; a late result is discarded")
-                        raise self._timeout(tid, spec, n, kind)
+                    else:
+                        with anyio.move_on_after(limit) as scope:
+                            out = await ex.call(fn, args, kwargs, task_id=tid)
+                finally:
+                    if token is not None:
+                        _capture.current.reset(token)
+                        if lines.pending or _capture.shown:  # type: ignore[union-attr]
+                            _capture.flush_task(lines, rec)  # type: ignore[arg-type]
+                if limit is not None and scope.cancelled_caught:
+                    if ex.abandons:
+                        rec.reason = ("its thread could not be interrupted and was "
+                                      "abandoned; a late result is discarded")
+                    raise self._timeout(tid, spec, n, kind)
             except Exception as exc:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
@@ -743,6 +745,8 @@ class Core:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
         rec.status = status
+        if output is not None and secrets.in_use():  # an output may bring Secrets of its own
+            self._register_secrets(output)
         if reason is not None:
             rec.reason = reason
         if self.masker is not None and rec.reason:
@@ -934,9 +938,8 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
             m.logs.extend(rec.logs[:room])
 
 
-_EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
-           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
-           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+# Each final status under an event of its own (task_upstream_failed is not task_skipped).
+_EVENTS = {s: f"task_{s.value}" for s in TaskStatus}
 
 
 def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:

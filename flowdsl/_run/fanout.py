@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import anyio
 
+from .._base import secrets
 from .._base.errors import TaskFailed, TaskInputError
 from .._graph.task import Task
 from .executors import Remote
@@ -64,6 +65,8 @@ class _Core(Protocol):
     reused: dict[str, dict[int, tuple[str, Any, str]]]
     observers: tuple[Any, ...]
     log: Any
+    cache: Any
+    ids: Any
 
     def now(self) -> float: ...
     def _started(self, tid: str, rec: TaskRecord) -> None: ...
@@ -77,6 +80,7 @@ class _Core(Protocol):
     def _cut_at(self, item: Any, rec: TaskRecord) -> tuple[float, str, float] | None: ...
     async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
+    def _register_secrets(self, value: Any) -> None: ...
 
 
 def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -170,6 +174,17 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
                 if not core.continue_on_error:
                     core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
                     scope.cancel()
+
+    if secrets.in_use():  # elements drawn from a generator may bring Secrets
+        core._register_secrets(cols)
+    if core.cache is not None and core.ids[task] in core.cache.policies:
+        # The children's cache entries in one query, before any of them runs.
+        def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if fan.positional:
+                return (first[i], *args[1:]), {**kwargs, **{p: c[i] for p, c in rest}}
+            return args, {**kwargs, fan.params[0]: first[i], **{p: c[i] for p, c in rest}}
+
+        await core.cache.prefetch_children(core, ids, task, child_args)
 
     width = min(n, fan.max_parallel or n, core.child_limit)
     try:
