@@ -15,6 +15,7 @@ to the chain of tasks that each started right as the one before ended
 
 from __future__ import annotations
 
+import bisect
 import html
 import os
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,9 @@ class Bar:
     lane: str = NO_POOL
     critical: bool = False
     logs: list[str] = field(default_factory=list)
+    #: On the critical path, the time this task waited, ready but not started, as
+    #: ``(ready, start, why)`` ("pool db", "a worker"): part of the path, drawn as a wait.
+    queued: tuple[float, float, str] | None = None
 
     @property
     def duration(self) -> float | None:
@@ -143,8 +147,8 @@ def _log_lines(logs: Sequence[Mapping[str, Any] | str] | None) -> list[str]:
 
 
 def from_result(result: Any) -> Timeline:
-    """The timeline of a :class:`~flowdsl.RunResult`; the critical path is computed from its
-    plan with the measured durations (tasks that did not run count 0 s)."""
+    """The timeline of a :class:`~flowdsl.RunResult`; the critical path is the run's, along
+    its plan's edges and through the pool waits that held tasks up (:func:`_run_path`)."""
     bars = []
     for rec in result.tasks.values():
         spans = [Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
@@ -154,8 +158,7 @@ def from_result(result: Any) -> Timeline:
                         logs=_log_lines(rec.logs)))
     path: list[str] = []
     if result.plan is not None and bars:
-        durations = {b.id: b.duration or 0.0 for b in bars}
-        path = list(result.plan.critical_path(durations)[0])
+        path = _run_path(bars, result.plan.predecessors)
     return _mark(Timeline(f"{result.flow_name or 'flow'} ({result.mode})", result.run_id,
                           result.status, result.duration, bars, path))
 
@@ -183,50 +186,85 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
     tl = Timeline(f"{run.get('flow') or 'flow'} ({run.get('mode') or '?'})", run["run_id"],
                   run["status"], run.get("duration") or 0.0, bars, [])
     if plan is not None and bars:
-        known = {b.id: b.duration or 0.0 for b in bars if b.id in plan.tasks}
-        tl.critical_path = list(plan.critical_path(
-            {i: known.get(i, 0.0) for i in plan.tasks})[0])
+        tl.critical_path = _run_path(bars, plan.predecessors)
     elif run.get("edges") is not None and bars:
-        tl.critical_path = _edges_path(bars, run["edges"])
+        # Without the plan the tasks' pools are unknown: no pool wait can be told apart.
+        tl.critical_path = _run_path(bars, _edge_preds(bars, run["edges"]), pools=False)
     else:
         tl.critical_path, tl.critical_source = _timing_chain(bars), "timings"
     return _mark(tl)
 
 
-def _edges_path(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> list[str]:
-    """The longest path by measured durations along a run's recorded edges (Kahn's order,
-    then one pass: O(tasks + edges)). A mapped task's children (``id[i]``) are not nodes:
-    their parent's bar spans them."""
-    ids = {b.id for b in bars}
-    dur = {b.id: b.duration or 0.0 for b in bars
-           if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
-    preds: dict[str, list[str]] = {i: [] for i in dur}
-    succs: dict[str, list[str]] = {i: [] for i in dur}
-    for a, b in edges:
-        if a in dur and b in dur:
-            preds[b].append(a)
-            succs[a].append(b)
-    indeg = {i: len(p) for i, p in preds.items()}
-    ready = [i for i, n in indeg.items() if n == 0]
-    dist: dict[str, float] = {}
-    best: dict[str, str | None] = {}
-    while ready:
-        i = ready.pop()
-        arg = max(preds[i], key=dist.__getitem__, default=None)
-        dist[i] = (dist[arg] if arg is not None else 0.0) + dur[i]
-        best[i] = arg
-        for s in succs[i]:
-            indeg[s] -= 1
-            if indeg[s] == 0:
-                ready.append(s)
-    if not dist:
+def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]], *,
+              pools: bool = True) -> list[str]:
+    """The critical path as the run went: from the task that ended last, back to what held
+    up its start. That is its latest-ending predecessor, unless the task needs a pool and
+    started well after that one ended while a task of the same pool ended in between: then
+    it waited for the pool, the path goes on from the task that freed it (the latest to end
+    before the start), and the wait is kept on the bar (``queued``). So pool waits show on
+    the path, instead of a path of work alone, shorter than any schedule the pools allow.
+    Map children are not nodes: their parent's bar spans them. ``pools``: whether the bars'
+    lanes are known (from a result or a plan); without them no wait is inferred. Waits for
+    a worker slot (``max_concurrency``, sequential mode) are not inferred either: engine
+    latency would read as such waits."""
+    ran: dict[str, tuple[Bar, float, float]] = {
+        b.id: (b, b.start, b.end) for b in bars
+        if b.start is not None and b.end is not None and b.id in preds}
+    if not ran:
         return []
-    end: str | None = max(dist, key=dist.__getitem__)
-    path = []
-    while end is not None:
-        path.append(end)
-        end = best[end]
-    return path[::-1]
+    # Bars of each pool by end time, to find the latest to end before a start by bisection
+    # (100,000 tasks through a pool of 1 each wait once).
+    rows = sorted(ran.values(), key=lambda r: r[2])
+    last = rows[-1]
+    by_pool: dict[str, list[tuple[Bar, float, float]]] = {}
+    for r in rows:
+        for pool in (r[0].lane.split(" + ") if r[0].lane != NO_POOL else ()):
+            by_pool.setdefault(pool, []).append(r)
+    ends = {key: [r[2] for r in rs] for key, rs in by_pool.items()}
+    # A start this much after the task was ready may be a wait (below it: the engine's own
+    # latency), if a task ended in between to free what it waited for; that task may have
+    # been stamped ended a hair after the start it allowed.
+    late, slack = min(0.02 * last[2], 0.01) + 1e-3, 1e-3
+    cur, start, _ = last
+    chain, seen = [cur.id], {cur.id}
+
+    def freed(key: str, rs: list[tuple[Bar, float, float]], ready: float, start: float
+              ) -> tuple[Bar, float, float] | None:
+        for n in range(bisect.bisect_right(ends[key], start + slack) - 1, -1, -1):
+            if rs[n][2] <= ready:  # ended before this task was ready: did not hold it up
+                return None
+            if rs[n][0].id not in seen and rs[n][1] < start:
+                return rs[n]
+        return None
+
+    while True:
+        before = [ran[p] for p in preds[cur.id] if p in ran]
+        nxt = max(before, key=lambda r: r[2], default=None)
+        ready = 0.0 if nxt is None else nxt[2]
+        if pools and cur.lane != NO_POOL and start - ready > late:  # waited for a pool?
+            found = [f for f in (freed(u, by_pool[u], ready, start)
+                                 for u in cur.lane.split(" + ")) if f is not None]
+            if found:
+                cur.queued = (ready, start, f"pool {cur.lane}")
+                nxt = max(found, key=lambda r: r[2])
+        if nxt is None or nxt[0].id in seen:
+            break
+        cur, start, _ = nxt
+        chain.append(cur.id)
+        seen.add(cur.id)
+    return chain[::-1]
+
+
+def _edge_preds(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> dict[str, list[str]]:
+    """Task id -> predecessors from a run's recorded edges. A mapped task's children
+    (``id[i]``) are not nodes: their parent's bar spans them."""
+    ids = {b.id for b in bars}
+    preds: dict[str, list[str]] = {b.id: [] for b in bars
+                                   if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
+    for a, b in edges:
+        if a in preds and b in preds:
+            preds[b].append(a)
+    return preds
 
 
 def _timing_chain(bars: Sequence[Bar]) -> list[str]:
@@ -275,6 +313,8 @@ _CSS = f"""
  #f0a09c 3px,#f0a09c 6px)}}
 .fdt .att.timed_out{{background:repeating-linear-gradient(45deg,{_TIMED_OUT},{_TIMED_OUT} 3px,
  #f5c39e 3px,#f5c39e 6px)}}
+.fdt .bar.queued{{background:repeating-linear-gradient(90deg,{WAIT_COLOR},{WAIT_COLOR} 2px,
+ #fff 2px,#fff 4px);border:1px dashed {CRITICAL}}}
 .fdt .crit{{outline:2px solid {CRITICAL};outline-offset:0}}
 .fdt .tip{{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
  border:1px solid #999;padding:4px 6px;white-space:pre;font-size:11px;
@@ -316,6 +356,9 @@ def _tip(b: Bar) -> str:
         lines.append(f"pools: {b.lane}")
     if b.critical:
         lines.append("on the critical path")
+    if b.queued is not None:
+        lines.append(f"waited {b.queued[1] - b.queued[0]:.3f}s for {b.queued[2]} "
+                     f"before it started")
     if b.logs:
         lines.append(f"log ({len(b.logs)} line(s)):")
         lines += [f"  {line}" for line in b.logs[-_TIP_LOGS:]]
@@ -345,8 +388,14 @@ def _bar_html(b: Bar, end: float) -> str:
     cls = "bar" + (" waited" if b.retried else "") + (" crit" if b.critical else "")
     style = "" if b.retried else f"background:{COLORS.get(b.status, '#999')}"
     tip = html.escape(_tip(b))
+    queued = ""
+    if b.queued is not None:  # a wait on the critical path: drawn as waiting, not work
+        q0, q1, why = b.queued
+        queued = (f'<div class="bar queued" style="left:{_pct(q0, end)};'
+                  f'width:{_pct(max(q1 - q0, 0.0), end)}" title="'
+                  f'{html.escape(f"{b.id} waited {q1 - q0:.3f}s for {why}")}"></div>')
     return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
-            f'<div class="track"><div class="{cls}" style="left:{left};width:{width};'
+            f'<div class="track">{queued}<div class="{cls}" style="left:{left};width:{width};'
             f'{style}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
             "</div></div>")
 
@@ -375,6 +424,8 @@ def legend_items(tl: Timeline) -> list[tuple[str, str]]:
         items.append(("failed_attempt", "failed attempt (retried)"))
     if any(b.waits() for b in tl.bars):
         items.append(("wait", "wait between attempts"))
+    if any(b.queued is not None for b in tl.bars):
+        items.append(("queued", "wait for a pool (on the critical path)"))
     return items
 
 
@@ -382,7 +433,8 @@ def _legend_html(tl: Timeline) -> str:
     swatch = {"critical": f"background:#fff;outline:2px solid {CRITICAL}",
               "failed_attempt": f"background:repeating-linear-gradient(45deg,{_FAILED},"
                                 f"{_FAILED} 2px,#f0a09c 2px,#f0a09c 4px)",
-              "wait": f"background:{WAIT_COLOR};outline:1px dashed #aaa"}
+              "wait": f"background:{WAIT_COLOR};outline:1px dashed #aaa",
+              "queued": f"background:{WAIT_COLOR};outline:1px dashed {CRITICAL}"}
     return "".join(f'<span><i style="{swatch.get(kind, "background:" + COLORS.get(kind, "#999"))}'
                    f'"></i>{html.escape(label)}</span>' for kind, label in legend_items(tl))
 
@@ -478,6 +530,10 @@ def draw(tl: Timeline) -> Any:
             ax.text(0, y, f"  {b.status}", va="center", fontsize=7, color="0.5")
             continue
         edge = {"edgecolor": CRITICAL, "linewidth": 1.8} if b.critical else {"linewidth": 0}
+        if b.queued is not None:  # a wait on the critical path, drawn as waiting
+            q0, q1, _ = b.queued
+            ax.barh(y, max(q1 - q0, tiny), left=q0, height=0.4, color=WAIT_COLOR,
+                    hatch="xx", edgecolor=CRITICAL, linewidth=0.8, linestyle="--")
         if not b.retried:
             ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7,
                     color=COLORS.get(b.status, "#999999"), **edge)
@@ -514,6 +570,8 @@ def _legend_patches(tl: Timeline) -> list[Any]:
         "failed_attempt": {"facecolor": COLORS["failed"], "hatch": "////",
                            "edgecolor": "white"},
         "wait": {"facecolor": WAIT_COLOR, "hatch": "..", "edgecolor": "0.7"},
+        "queued": {"facecolor": WAIT_COLOR, "hatch": "xx", "edgecolor": CRITICAL,
+                   "linestyle": "--"},
     }
     return [Patch(label=label, **special.get(kind, {"color": COLORS.get(kind, "#999999")}))
             for kind, label in legend_items(tl)]

@@ -288,10 +288,17 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
                     capture.release()
 
 
+#: ``run(cache=NO_CACHE)``: no result cache at all, not even written (for benchmark(), whose
+#: repeats must each do the whole work and leave no file behind). Internal, not public API.
+NO_CACHE: Any = object()
+
+
 def _run_cache(p: Plan, cache: Any, masker: Any) -> RunCache | None:
     """The result cache of this run, or None when no task of it is cached (then caching
     costs nothing). ``cache`` is True (every task), False (write only), None, a path or a
     store; the store itself comes from the opener the package root installed."""
+    if cache is NO_CACHE:  # benchmark()'s runs: no cache read or written, no file opened
+        return None
     if cache is not None and not isinstance(cache, bool) and not hasattr(cache, "lookup") \
             and not isinstance(cache, (str, os.PathLike)):
         msg = (f"run(): cache={cache!r} is invalid: expected True, False, None, a path or a "
