@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import anyio
 
 from ..._base.log import get_logger, logging_enabled
-from .liveness import HEARTBEAT_EVERY, proc_start
+from .liveness import HEARTBEAT_EVERY, pid_alive, proc_start
 from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
 from .view import HistoryView
 from .write import (
@@ -272,18 +272,6 @@ def _create_private(path: Path) -> None:
             continue
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    except OSError:
-        return False
-    return True
-
-
 class HistoryStore(HistoryReader):
     """A SQLite journal of runs: the default sink of :func:`flowdsl.run`'s ``history=``.
 
@@ -402,7 +390,7 @@ class HistoryStore(HistoryReader):
         for run_id, host, pid, started in rows:
             if run_id in _LIVE_RUNS or host != HOST:
                 continue  # still running here, or on another machine we cannot check
-            if (pid is None or pid == os.getpid() or not _pid_alive(pid)
+            if (pid is None or pid == os.getpid() or not pid_alive(pid)
                     or (started is not None and proc_start(pid) not in (started, None))):
                 dead.append((run_id,))  # gone, or its pid now names another process
         self._conn.executemany(
