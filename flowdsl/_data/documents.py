@@ -7,7 +7,7 @@ only then turned into the same Flow a user could write with ``>>`` and ``|``: ea
 / ``ctx()`` arguments, ``depends_on`` becomes composition edges. Nothing in a document is ever
 evaluated, executed, unpickled or imported; conditions are a tiny declarative language or the
 name of a predicate the user registered (compiled in ``_conditions``). ``flow_to_dict`` writes a
-flow back as a document; the document's JSON Schema, ``plan_schema``, is in ``_plan_schema``.
+flow back as a document; the document's JSON Schema, ``plan_schema``, is in :mod:`.plan_schema`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from .._graph.task import DEFAULT_MAP_LIMIT, CtxRef, Flow, Ref, Task, chain, ctx
 from .._graph.tool import Tool
 from .._graph.walk import KEEP, transform
 from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
-from .plan_schema import MAX_ID_LENGTH, MODES, plan_schema
+from .plan_schema import MAX_ID_LENGTH, MODES
 
-__all__ = ["MODES", "Condition", "flow_to_dict", "load_flow", "plan_schema"]
+__all__ = ["Condition", "flow_to_dict", "load_flow"]
 
 DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concurrency",
               "tasks", "$schema")

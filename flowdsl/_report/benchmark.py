@@ -185,7 +185,8 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     .. versionadded:: 0.2
     """
     from .._plan.planner import Plan, plan
-    from .._run.api import Mode, run
+    from .._plan.policy import Mode
+    from .._run.api import run
 
     _check(modes, repeat, warmup, run_options)
     p = flow if isinstance(flow, Plan) else plan(flow)
@@ -221,7 +222,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
 
 
 def _check(modes: Sequence[str], repeat: int, warmup: int, options: Mapping[str, Any]) -> None:
-    from .._run.api import Mode
+    from .._plan.policy import Mode
 
     for name, value, least in (("repeat", repeat, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -44,7 +44,7 @@ from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
 from .units import context_defaults
 
-__all__ = ["Mode", "arun", "run"]
+__all__ = ["arun", "run"]
 
 R = TypeVar("R")
 

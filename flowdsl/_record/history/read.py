@@ -26,7 +26,7 @@ from .write import percentile, tool_identity, unpack
 if TYPE_CHECKING:
     from ..._plan.planner import Plan
 
-__all__ = ["SCOPES", "HistoryReader", "RunNotFound", "ToolStats"]
+__all__ = ["SCOPES", "HistoryReader", "ToolStats"]
 
 SCOPES = ("flow", "all")
 #: Seconds a flow's expected durations are reused without asking SQLite (runs of other
