@@ -269,7 +269,8 @@ class TestPalette:
         """The timeline colours, the notebook table and the terminal styles all come from
         STATUS_COLORS, which covers every task and run status with distinct colours."""
         from flowdsl._report import progress, render, timeline
-        from flowdsl._run.result import STATUS_COLORS, RunStatus, TaskStatus
+        from flowdsl._report.palette import STATUS_COLORS
+        from flowdsl._run.result import RunStatus, TaskStatus
 
         assert timeline.COLORS is STATUS_COLORS
         for s in [*TaskStatus, *RunStatus, "interrupted"]:
@@ -288,7 +289,7 @@ class TestPalette:
         pattern = re.compile(r"[\"']upstream_failed[\"']\s*:\s*[\"'](#|[a-z])")
         owners = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                   if pattern.search(p.read_text(encoding="utf-8"))]
-        assert owners == ["_run/result.py"]
+        assert owners == ["_report/palette.py"]
 
 
 def _waited_result() -> flowdsl.RunResult:
@@ -314,8 +315,8 @@ class TestPictures:
         pytest.importorskip("matplotlib")
         from matplotlib.colors import to_hex
 
+        from flowdsl._report.palette import STATUS_COLORS, WAIT_COLOR
         from flowdsl._report.timeline import draw
-        from flowdsl._run.result import STATUS_COLORS, WAIT_COLOR
 
         tl = from_result(_waited_result())
         bar = next(b for b in tl.bars if b.id == "fw")

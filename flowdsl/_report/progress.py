@@ -21,7 +21,8 @@ import threading
 import time
 from typing import Any
 
-from .._run.result import STATUS_COLORS, RunResult, TaskRecord, TaskStatus
+from .._run.result import RunResult, TaskRecord, TaskStatus
+from .palette import STATUS_COLORS
 
 __all__ = ["LiveProgress", "NotebookProgress", "compact_summary", "in_notebook", "output_preview",
            "progress", "summary_table"]

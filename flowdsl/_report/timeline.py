@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._run.result import STATUS_COLORS, WAIT_COLOR
+from .palette import STATUS_COLORS, WAIT_COLOR
 
 __all__ = [
     "Bar",
@@ -36,7 +36,7 @@ __all__ = [
     "timeline_html",
 ]
 
-#: Fill colour of each status: the one palette (``flowdsl._run.result.STATUS_COLORS``).
+#: Fill colour of each status: the one palette (``flowdsl._report.palette.STATUS_COLORS``).
 COLORS: Mapping[str, str] = STATUS_COLORS
 CRITICAL = "#1f1f1f"
 NO_POOL = "no pool"
