@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -279,14 +279,46 @@ class RunResult(Generic[R]):
         return hooks.get("result_html")(self)  # type: ignore[no-any-return]
 
 
+_END: Any = object()  # an exhausted iterator, in _jsonable
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+    """``value`` as JSON data: lists and tuples as lists, dicts with their keys as text, any
+    other object as its ``repr``. Iterative, so a deeply nested value cannot exhaust the stack;
+    a list or dict inside itself is written ``"[...]"`` / ``"{...}"`` there, as ``repr``
+    does."""
+    top: list[Any] = []
+    # Each list or dict open on the way down: its keys (a dict's, as text), its items, the
+    # items done, where its copy goes, and its id (for cycles).
+    stack: list[tuple[list[str] | None, Iterator[Any], list[Any], list[Any], int]] = []
+    open_ids: set[int] = set()
+    item, into = value, top
+    while True:
+        if item is None or isinstance(item, (bool, int, float, str)):
+            into.append(item)
+        elif isinstance(item, (list, tuple, dict)):
+            if id(item) in open_ids:
+                into.append("{...}" if isinstance(item, dict) else "[...]")
+            else:
+                open_ids.add(id(item))
+                if isinstance(item, dict):
+                    stack.append(([str(k) for k in item], iter(item.values()), [], into,
+                                  id(item)))
+                else:
+                    stack.append((None, iter(item), [], into, id(item)))
+        else:
+            into.append(repr(item))
+        while stack:
+            keys, items, done, parent, ident = stack[-1]
+            nxt = next(items, _END)
+            if nxt is not _END:
+                item, into = nxt, done
+                break
+            stack.pop()
+            open_ids.discard(ident)
+            parent.append(done if keys is None else dict(zip(keys, done)))
+        else:
+            return top[0]
 
 
 class RunObserver(Protocol):
