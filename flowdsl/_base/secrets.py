@@ -108,8 +108,8 @@ class Masker:
                 else:
                     open_ids.add(id(item))
                     if cls is dict:
-                        keys = [text(k) if isinstance(k, str) else k for k in item]
-                        stack.append((cls, keys, iter(item.values()), [], into, id(item)))
+                        names = [text(k) if isinstance(k, str) else k for k in item]
+                        stack.append((cls, names, iter(item.values()), [], into, id(item)))
                     else:
                         stack.append((cls, None, iter(item), [], into, id(item)))
             else:

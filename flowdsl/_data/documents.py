@@ -632,7 +632,8 @@ def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task, str]) -> A
     item, into, path = value, top, None
 
     def where_now() -> str:
-        parts, at = [], path
+        parts: list[Any] = []
+        at = path
         while at is not None:
             at, part = at
             parts.append(part)
