@@ -6,10 +6,10 @@ written statically, and a cache hit against a no-op task.
   parallel mode; the figure is the ratio of the per-task costs (goal: <= 2x).
 - cache: N independent tasks of a cached no-op tool, every one a hit (the entries were
   written by an earlier run), against N tasks of the plain no-op tool; the figure is the
-  ratio of the per-task costs (goal: <= 2x). A hit run includes loading the N entries from
-  the SQLite file in a worker thread.
+  ratio of the per-task costs (goal: <= 2x). A hit run includes looking up the N keys in
+  one batched query to the SQLite file in a worker thread.
 
-Both runs of a pair use the same options (no history; the cache file is ``FLOWDSL_HISTORY``,
+Both runs of a pair use the same options (no history; the cache file is ``FLOWDSL_CACHE``,
 set to a temporary file). Each figure is the best of ``repeats`` runs.
 Run it alone: ``python -m benchmarks.shapes_bench [--quick] [--json out.json]``.
 """
@@ -48,8 +48,8 @@ def _best(fn: Callable[[], Any], repeats: int) -> float:
 def run(n: int = 10_000, repeats: int = 5) -> dict[str, Any]:
     """The figures as a dict (seconds, microseconds per task, ratios)."""
     with tempfile.TemporaryDirectory() as tmp:
-        old = os.environ.get("FLOWDSL_HISTORY")
-        os.environ["FLOWDSL_HISTORY"] = os.path.join(tmp, "cache.db")
+        old = os.environ.get("FLOWDSL_CACHE")
+        os.environ["FLOWDSL_CACHE"] = os.path.join(tmp, "cache.db")
         try:
             static = flowdsl.plan(flowdsl.parallel(*[noop(i).named(f"n{i}")
                                                      for i in range(n)]))
@@ -65,9 +65,9 @@ def run(n: int = 10_000, repeats: int = 5) -> dict[str, Any]:
             t_hit = _best(lambda: flowdsl.run(cached, **opts), repeats)
         finally:
             if old is None:
-                os.environ.pop("FLOWDSL_HISTORY", None)
+                os.environ.pop("FLOWDSL_CACHE", None)
             else:
-                os.environ["FLOWDSL_HISTORY"] = old
+                os.environ["FLOWDSL_CACHE"] = old
     us = 1e6 / n
     return {"n": n, "repeats": repeats,
             "static_s": t_static, "map_s": t_map, "cache_hit_s": t_hit,

@@ -8,6 +8,7 @@ import importlib as _importlib
 from typing import TYPE_CHECKING
 
 from ._base import hooks as _hooks
+from ._run import stores as _stores
 
 __version__ = "0.1.0"
 
@@ -20,11 +21,12 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, tuple[str, ...]] = {
     # Loaded with the package (the modules in _AT_IMPORT): light, and used by every program.
     "._base.errors": (
-        "CacheKeyError", "CompensationError", "CompositionError", "CycleError",
-        "DuplicateTaskError", "ExecutionError", "FlowError", "GraphTooLargeError", "HistoryError",
-        "HistoryWarning", "MissingContextError", "PlanError", "PlanValidationError",
-        "ResourceError", "RunFailed", "RunNotFound", "RunTimeout", "SerializationError",
-        "TaskFailed", "TaskInputError", "TaskTimeout", "ToolDefinitionError", "WorkerLost",
+        "CacheKeyError", "CacheStoreError", "CacheWarning", "CompensationError",
+        "CompositionError", "CycleError", "DuplicateTaskError", "ExecutionError", "FlowError",
+        "GraphTooLargeError", "HistoryError", "HistoryWarning", "MissingContextError",
+        "PlanError", "PlanValidationError", "ResourceError", "RunFailed", "RunNotFound",
+        "RunTimeout", "SerializationError", "TaskFailed", "TaskInputError", "TaskTimeout",
+        "ToolDefinitionError", "WorkerLost",
     ),
     "._base.limits": ("Limits", "limits", "set_limits"),
     "._base.secrets": ("Secret",),
@@ -45,6 +47,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._run.dask": ("DaskExecutor",),
     "._data.documents": ("load_flow",),
     "._data.plan_schema": ("plan_schema",),
+    "._record.cache": ("CacheStore",),
     "._record.history": ("HistoryStore", "open_history"),
     "._record.simulate": ("simulate",),
     "._record.optimizer": ("analyze", "optimize"),
@@ -66,6 +69,8 @@ _AT_IMPORT = (
 
 if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._base.errors import CacheKeyError as CacheKeyError
+    from ._base.errors import CacheStoreError as CacheStoreError
+    from ._base.errors import CacheWarning as CacheWarning
     from ._base.errors import CompensationError as CompensationError
     from ._base.errors import CompositionError as CompositionError
     from ._base.errors import CycleError as CycleError
@@ -116,6 +121,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._plan.planner import Plan as Plan
     from ._plan.planner import plan as plan
     from ._plan.policy import Mode as Mode
+    from ._record.cache import CacheStore as CacheStore
     from ._record.history import HistoryStore as HistoryStore
     from ._record.history import open_history as open_history
     from ._record.optimizer import analyze as analyze
@@ -172,11 +178,21 @@ for _name, _target in {
     "tool_schema": "flowdsl._data.schema:tool_schema",
     "registry_schemas": "flowdsl._data.schema:registry_schemas",
     "open_history": "flowdsl._record.history:open_history",
-    "open_cache": "flowdsl._record.cache:open_cache",
     "aopen_history": "flowdsl._record.history:aopen_history",
 }.items():
     _hooks.provide(_name, _target)
 del _name, _target
+
+
+def _open_cache(spec: object) -> object:
+    """The result cache store ``run(cache=spec)`` uses (the record layer's, imported on
+    first use so ``import flowdsl`` stays light)."""
+    from ._record.cache import open_cache
+
+    return open_cache(spec)
+
+
+_stores.set_default_store(_open_cache)
 
 
 def __getattr__(name: str) -> object:

@@ -12,9 +12,11 @@ import pytest
 @pytest.fixture(autouse=True)
 def _history_in_tmp(tmp_path_factory: pytest.TempPathFactory,
                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs record history in a per-test file, never in the user's home."""
+    """Runs record history and cache entries in per-test files, never in the user's home."""
     path = tmp_path_factory.mktemp("history") / "history.db"
     monkeypatch.setenv("FLOWDSL_HISTORY", str(path))
+    # The result cache too, beside it (it would default beside the user's history file).
+    monkeypatch.setenv("FLOWDSL_CACHE", str(path.parent / "cache.db"))
 
 
 def _threads() -> set[threading.Thread]:

@@ -191,20 +191,45 @@ class TestPolicy:
         assert r.tasks["p"].status is S.CACHED and r.tasks["o"].status is S.COMPLETED
         assert run(flow()).tasks["p"].status is S.COMPLETED  # not declared: no cache
 
-    def test_history_off_means_no_cache(self, c: Counter,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
-        """With the default history turned off there is no file to cache in."""
+    def test_cache_is_independent_of_history(self, c: Counter, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+        """Issue 24 item 1: history off (FLOWDSL_HISTORY=off or history=False) still caches,
+        in the cache's own file; no history file is written."""
         monkeypatch.setenv("FLOWDSL_HISTORY", "off")
+        t = c.tool(lambda: 1, cache=True)
+        run(t().named("t"))
+        assert run(t().named("t"), history=False).tasks["t"].status is S.CACHED
+        assert len(c.calls) == 1
+        assert Path(os.environ["FLOWDSL_CACHE"]).exists()
+        assert not list(Path(os.environ["FLOWDSL_CACHE"]).parent.glob("history.db*"))
+
+    def test_flowdsl_cache_off_turns_it_off(self, c: Counter,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """FLOWDSL_CACHE=off: cached tools simply run."""
+        monkeypatch.setenv("FLOWDSL_CACHE", "off")
         t = c.tool(lambda: 1, cache=True)
         run(t().named("t"))
         assert run(t().named("t")).tasks["t"].status is S.COMPLETED
         assert len(c.calls) == 2
 
-    def test_json_only_by_default(self, c: Counter) -> None:
-        """A non-JSON output completes but is not cached, and the record says why."""
-        t = c.tool(lambda: {1, 2}, cache=True)
+    def test_cache_path_and_store(self, c: Counter, tmp_path: Path) -> None:
+        """run(cache=path) and run(cache=CacheStore(...)) keep entries in that file."""
+        t = c.tool(lambda: 1, cache=True)
+        run(t().named("t"), cache=str(tmp_path / "mine.db"))
+        store = flowdsl.CacheStore(tmp_path / "mine.db")
+        assert run(t().named("t"), cache=store).tasks["t"].status is S.CACHED
+        assert [e["tool"] for e in store.entries()] == [t.name]
+        store.close()
+        with pytest.raises(ValueError, match="cache=3 is invalid"):
+            run(t().named("t"), cache=3)
+
+    def test_unstorable_output_is_not_cached(self, c: Counter) -> None:
+        """An output the exact encoding cannot give back completes but is not cached, and
+        the record says why."""
+        t = c.tool(lambda: {"conn": object()}, cache=True)
         r = run(t().named("t"))
-        assert r.ok and "not cached: its output is not JSON data" in r.tasks["t"].reason
+        assert r.ok and "not cached: its output cannot be stored exactly" in r.tasks["t"].reason
+        assert "builtins.object" in r.tasks["t"].reason
         assert run(t().named("t")).tasks["t"].status is S.COMPLETED
 
     def test_pickle_serializer_restores_any_value(self, c: Counter) -> None:
@@ -272,14 +297,23 @@ class TestEditedTool:
 
 
 SCRIPT = """
-import sys, time, flowdsl
+import os, sys, time, flowdsl
 
 @flowdsl.tool(cache=True, registry=False)
 def slow(x):
+    # Both writers are inside the tool before either finishes (a slow start of one process
+    # on a loaded machine must not turn it into a reader): each marks its arrival and waits
+    # for the other's, up to 30 s.
+    gate = sys.argv[2] if len(sys.argv) > 2 else None
+    if gate:
+        open(os.path.join(gate, str(os.getpid())), "w").close()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(gate)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
     time.sleep(0.4)
-    return {"x": x, "pid": __import__("os").getpid()}
+    return {"x": x, "pid": os.getpid()}
 
-r = flowdsl.run(slow(7).named("slow"), history=sys.argv[1])
+r = flowdsl.run(slow(7).named("slow"), cache=sys.argv[1])
 print(r.tasks["slow"].status.value, r.output["x"])
 """
 
@@ -292,7 +326,9 @@ class TestProcesses:
         script.write_text(SCRIPT)
         db = tmp_path / "shared.db"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        procs = [subprocess.Popen([sys.executable, str(script), str(db)], env=env,
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        procs = [subprocess.Popen([sys.executable, str(script), str(db), str(gate)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         outs = [p.communicate(timeout=60) for p in procs]
@@ -301,10 +337,8 @@ class TestProcesses:
         third = subprocess.run([sys.executable, str(script), str(db)], env=env,
                                capture_output=True, text=True, timeout=60)
         assert third.stdout.split() == ["cached", "7"], third.stderr
-        from flowdsl._record.cache import SQLiteCache
-
-        assert len(SQLiteCache(db).entries("slow")) == 1
-        store = flowdsl.HistoryStore(db)
+        store = flowdsl.CacheStore(db)
+        assert len(store.entries("slow")) == 1
         assert store.integrity_check() == "ok"
         store.close()
 
@@ -320,10 +354,10 @@ class TestCli:
         db = tmp_path / "h.db"
         a = c.tool(lambda: 1, name="alpha", cache=True)
         b = c.tool(lambda: 2, name="beta", cache=True)
-        run(a() | b(), history=str(db))
+        run(a() | b(), cache=str(db))
 
         def invoke(*args: str) -> Any:
-            return CliRunner().invoke(cli.app, ["--history", str(db), "cache", *args])
+            return CliRunner().invoke(cli.app, ["cache", "--cache", str(db), *args])
 
         res = invoke("list", "--json")
         assert res.exit_code == 0, res.output

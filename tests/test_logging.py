@@ -117,13 +117,25 @@ class TestEvents:
         assert all(d["run_id"] == r.run_id for d in data)
 
     def test_silent_when_off(self) -> None:
-        """With logging off the engine logs nothing and keeps nothing on the records; a
-        tool's own lines still go to its standard logger, as any library's would."""
+        """With logging and capture off the engine logs nothing and keeps nothing on the
+        records; a tool's own lines still go to its standard logger, as any library's
+        would."""
         with capture_events() as events:
-            r = run(talk("a").named("talk"))
+            r = run(talk("a").named("talk"), capture_output=False)
         assert [e["logger"] for e in events] == ["flowdsl.tools"] * 2
         assert "run_id" not in events[0] and r.tasks["talk"].logs is None
         assert r.tasks["talk"].to_dict()["logs"] == []
+
+    def test_kept_by_default_with_logging_off(self) -> None:
+        """Capture is on by default: a tool's get_logger() lines are kept on its record
+        (bound to the run and the task) though the engine logs no event of its own."""
+        with capture_events() as events:
+            r = run(talk("a").named("talk"))
+        assert [e["logger"] for e in events] == ["flowdsl.tools"] * 2
+        assert events[0]["run_id"] == r.run_id and events[0]["task"] == "talk"
+        logs = r.tasks["talk"].logs or []
+        assert [(x["level"], x["event"]) for x in logs] == [("info", "hello"),
+                                                             ("warning", "careful")]
 
     @pytest.mark.slow
     def test_stderr_by_default(self, tmp_path: Path) -> None:

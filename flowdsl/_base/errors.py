@@ -16,6 +16,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport t
 
 __all__ = [
     "CacheKeyError",
+    "CacheStoreError",
+    "CacheWarning",
     "CompensationError",
     "CompositionError",
     "CycleError",
@@ -75,6 +77,17 @@ class PlanError(FlowError, ValueError):
 class CacheKeyError(PlanError, TypeError):
     """Raised when a cached task's arguments cannot be hashed canonically (give the tool's
     ``Cache(key=...)``); for arguments known before the run, nothing has run."""
+
+
+class CacheStoreError(FlowError, OSError):
+    """Raised when a result cache file cannot be used (corrupt, locked by another process
+    past the wait, written by a newer schema, a path that cannot be opened); the message
+    names the path and what to do."""
+
+
+class CacheWarning(FlowError, RuntimeWarning):
+    """Warned (not raised) when a run's new cache entries could not be written; the run
+    itself is unaffected and its result carries the error as ``result.cache_error``."""
 
 
 class DuplicateTaskError(PlanError):

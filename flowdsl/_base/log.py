@@ -11,9 +11,14 @@ writes to stderr.
 
 flowdsl never calls ``structlog.configure()``: its loggers carry their own processors.
 
-Inside a tool, :func:`get_logger` returns a logger bound to the run and the task; while
-logging is on, its lines are also kept on the task's record (``TaskRecord.logs``, at most
-:data:`MAX_TASK_LOGS` per task) and so reach history and timelines.
+Inside a tool, :func:`get_logger` returns a logger bound to the run and the task; its lines
+are also kept on the task's record (``TaskRecord.logs``, at most :data:`MAX_TASK_LOGS` per
+task) and so reach history, timelines and the run browser, as are the tool's prints and
+standard ``logging`` records (see :mod:`flowdsl._base.capture`).
+
+``FLOWDSL_LOG``: ``1``/``true``/``info`` turns the events on as ``LEVEL flowdsl: event
+key=value`` lines, ``debug`` also shows task starts, ``json`` writes one JSON object per line
+(nothing else on the line) on the handler flowdsl adds.
 """
 
 from __future__ import annotations
@@ -23,23 +28,27 @@ import json as _json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
 __all__ = [
+    "MAX_LOG_LINE",
     "MAX_TASK_LOGS",
+    "RunScope",
     "enable_logging",
-    "end_task_scope",
     "engine_logger",
     "get_logger",
+    "keep_line",
     "logging_enabled",
-    "task_scope",
 ]
 
 #: The most log lines kept on one task's record; later lines go to the logger only.
 MAX_TASK_LOGS = 200
+#: The most characters kept of one log line (a print of a whole file is cut there).
+MAX_LOG_LINE = 2000
 LOGGER_NAME = "flowdsl"
 _TRUE = ("1", "true", "yes", "on", "json", "debug", "info")
 
@@ -48,9 +57,47 @@ _enabled = _env in _TRUE
 _json_output = _env == "json"
 _handler: logging.Handler | None = None  # the stderr handler flowdsl added, if any
 
-# The task a tool call runs for: (run id, its record, the run's clock). Set by the core
-# around each call only while logging is on; copied into worker threads by anyio.
-_current: contextvars.ContextVar[tuple[str, Any, Callable[[], float], Any] | None] = (
+
+
+class RunScope:
+    """What the lines of one run's tasks need: its id, clock, secrets and event logger.
+
+    Attributes:
+        run_id: the run's id, bound to a tool's get_logger() events.
+        masker: the run's secrets (None: none); the core updates it when items bring more.
+        log: the run's engine logger, or None when the run logs no events.
+        pending: partial lines (no newline yet) written by a task, by (id(record), stream);
+            see :mod:`flowdsl._base.capture`.
+    """
+
+    __slots__ = ("_clock", "_offset", "_t0", "log", "masker", "pending", "run_id")
+
+    def __init__(self, run_id: str, clock: Callable[[], float], t0: float,
+                 masker: Any = None, log: Any = None) -> None:
+        # The run's clock and start, not the core's bound method: a scope referring to the
+        # core would tie it into a cycle and keep a finished run's memory until a GC pass.
+        self.run_id = run_id
+        self._clock = clock
+        self._t0 = t0
+        self._offset = time.monotonic() - (clock() - t0)
+        self.masker = masker
+        self.log = log
+        self.pending: dict[tuple[int, str], tuple[Any, str]] = {}
+
+    def now(self) -> float:
+        """Seconds since the run started, from any thread: the run's clock where it can be
+        read (its event loop's thread; any thread on asyncio), else the monotonic clock
+        aligned with it (trio's clock is read only on its own thread)."""
+        try:
+            return self._clock() - self._t0
+        except RuntimeError:
+            return time.monotonic() - self._offset
+
+
+# The task a tool call runs for: (its run's scope, its record, whether its prints and
+# logging records are captured). Set by the core around each task's attempts while the
+# run captures output or logs events; copied into worker threads with the context.
+_current: contextvars.ContextVar[tuple[RunScope, Any, bool] | None] = (
     contextvars.ContextVar("flowdsl_task", default=None))
 
 
@@ -88,11 +135,49 @@ def _ensure_handler(logger: logging.Logger) -> None:
     global _handler
     if _handler is not None or logger.handlers or logging.getLogger().handlers:
         return
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    _handler = _Stderr()
+    _handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s"))
     logger.addHandler(_handler)
     if logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+        logger.setLevel(logging.DEBUG if _env == "debug" else logging.INFO)
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler on whatever ``sys.stderr`` is when a line is written (as the standard
+    library's last-resort handler), so a live progress display that takes stderr over
+    gets flowdsl's own lines too."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+class _Formatter(logging.Formatter):
+    """``LEVEL flowdsl: event key=value`` lines, or one JSON object per line in JSON mode
+    (``FLOWDSL_LOG=json``, ``enable_logging(json=True)``): the event's fields plus its
+    level, logger and time, and nothing else on the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not _json_output:
+            return super().format(record)
+        event = getattr(record, "flowdsl", None)
+        data: dict[str, Any] = {"event": _plain(event.get("event")) if event is not None
+                                else record.getMessage()}
+        data["level"] = record.levelname.lower()
+        data["logger"] = record.name
+        data["time"] = self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}"
+        if event is not None:
+            data.update((k, _plain(v)) for k, v in event.items() if k != "event")
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return _json.dumps(data, ensure_ascii=False)
 
 
 # -- processors -----------------------------------------------------------------------------
@@ -104,25 +189,39 @@ def _add_task(logger: Any, method: str, event: MutableMapping[str, Any]
     current = _current.get()
     if current is None:
         return event
-    run_id, record, now, masker = current
+    run, record, _ = current
+    masker = run.masker
     if masker is not None:  # the run's secrets, masked before the line is kept or written
         for k, v in event.items():
             event[k] = masker.data(v)
-    event.setdefault("run_id", run_id)
+    event.setdefault("run_id", run.run_id)
     event.setdefault("task", record.id)
+    line = {"level": method if method != "exception" else "error",
+            "event": _clip(_plain(event.get("event")))}
+    line.update((k, _plain(v)) for k, v in event.items()
+                if k not in ("run_id", "task", "event"))
+    keep_line(run, record, line)
+    return event
+
+
+def keep_line(run: RunScope, record: Any, line: dict[str, Any]) -> None:
+    """Keep ``line`` (level, event, ...; its time is added) on ``record``: at most
+    :data:`MAX_TASK_LOGS` lines per task, then one line saying the rest were not kept."""
     logs = record.logs
     if logs is None:
         logs = record.logs = []
-    if len(logs) < MAX_TASK_LOGS:
-        line = {"time": round(now(), 6), "level": method if method != "exception" else "error",
-                "event": _plain(event.get("event"))}
-        line.update((k, _plain(v)) for k, v in event.items()
-                    if k not in ("run_id", "task", "event"))
-        logs.append(line)
-    elif len(logs) == MAX_TASK_LOGS:
-        logs.append({"time": round(now(), 6), "level": "warning",
+    n = len(logs)
+    if n < MAX_TASK_LOGS:
+        logs.append({"time": round(run.now(), 6), **line})
+    elif n == MAX_TASK_LOGS:
+        logs.append({"time": round(run.now(), 6), "level": "warning",
                      "event": f"more than {MAX_TASK_LOGS} log lines: the rest are not kept"})
-    return event
+
+
+def _clip(text: Any) -> Any:
+    if isinstance(text, str) and len(text) > MAX_LOG_LINE:
+        return f"{text[:MAX_LOG_LINE]}… ({len(text) - MAX_LOG_LINE} more characters not kept)"
+    return text
 
 
 def _plain(value: Any) -> Any:
@@ -165,8 +264,9 @@ def engine_logger(**bound: Any) -> Any:
 
 def get_logger(**bound: Any) -> Any:
     """A logger for code inside a tool: its events go to the standard library logger
-    ``flowdsl.tools`` bound to the run and task ids (plus ``bound``), and while logging is
-    on they are kept on the task's record (``TaskRecord.logs``).
+    ``flowdsl.tools`` bound to the run and task ids (plus ``bound``), and they are kept on
+    the task's record (``TaskRecord.logs``) unless the run or the tool opted out of
+    capture (``run(capture_output=False)``, ``@tool(capture=False)``) with logging off.
 
     Example:
         >>> @tool
@@ -178,16 +278,3 @@ def get_logger(**bound: Any) -> Any:
     .. versionadded:: 0.2
     """
     return _logger(f"{LOGGER_NAME}.tools", _add_task).bind(**bound)
-
-
-def task_scope(run_id: str, record: Any, now: Callable[[], float],
-               masker: Any = None) -> contextvars.Token[Any]:
-    """Mark the code that runs from here (a tool call) as the task of ``record``, whose run
-    masks its secrets with ``masker`` (None: it has none); pass the token to
-    :func:`end_task_scope` afterwards (the core does both)."""
-    return _current.set((run_id, record, now, masker))
-
-
-def end_task_scope(token: contextvars.Token[Any]) -> None:
-    """Undo :func:`task_scope`."""
-    _current.reset(token)

@@ -82,6 +82,10 @@ class Masker:
         alternatives = sorted(forms, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, alternatives)))
 
+    def found_in(self, s: str) -> bool:
+        """Whether ``s`` holds a registered value (in any of its masked forms)."""
+        return self._pattern.search(s) is not None
+
     def text(self, s: str) -> str:
         """``s`` with every registered value replaced by ``***``."""
         return self._pattern.sub(MASK, s) if s else s

@@ -25,7 +25,8 @@ from typing import Any
 from .._base.errors import CompositionError, CycleError, PlanValidationError, ToolDefinitionError
 from .._base.limits import encodable
 from .._graph.registry import ToolRegistry, default_registry
-from .._graph.spec import TRIGGERS, _normalize
+from .._graph.spec import DOCUMENT_OPTIONS, TRIGGERS, _normalize
+from .._graph.spec import OPTIONS as TOOL_OPTIONS
 from .._graph.task import _MISSING as _GRAPH_MISSING
 from .._graph.task import DEFAULT_MAP_LIMIT, CtxRef, Flow, Ref, Task, chain, ctx, parallel
 from .._graph.tool import Tool
@@ -38,13 +39,14 @@ __all__ = ["Condition", "flow_to_dict", "load_flow"]
 DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concurrency",
               "tasks", "$schema")
 DOC_ALIASES = {"execution_mode": "mode", "input_context": "context"}
-TASK_FIELDS = ("id", "tool", "args", "depends_on", "when", "timeout", "retries", "backoff",
-               "resources", "priority", "trigger", "to_context", "map", "max_parallel",
-               "max_children")
+# The tool options a document carries come from the option table (spec.OPTIONS); the rest
+# are the task's own fields.
+OPTIONS = DOCUMENT_OPTIONS
+TASK_FIELDS = ("id", "tool", "args", "depends_on", "when", *OPTIONS, "trigger", "to_context",
+               "map", "max_parallel", "max_children")
 TASK_ALIASES = {"task_id": "id", "tool_id": "tool", "parameters": "args",
                 "timeout_seconds": "timeout", "max_retries": "retries",
                 "output_mapping": "to_context"}
-OPTIONS = ("timeout", "retries", "backoff", "resources", "priority")
 
 
 # -- reading and limits ----------------------------------------------------------------------
@@ -729,14 +731,14 @@ def _task_data(tid: str, t: Task, preds: tuple[str, ...], registry: ToolRegistry
     if deps:
         out["depends_on"] = deps
     spec, base = t.spec, t.tool.spec
-    for key in ("retry_on", "rollback", "executor", "expected_duration"):
-        if getattr(spec, key) != getattr(base, key):
-            raise _unwritable(tid, f"it overrides {key!r}")
-    for key in OPTIONS:
-        value = getattr(spec, key)
-        if value != getattr(base, key):
-            out[key] = (dataclasses.asdict(value) if key == "backoff" else
-                        dict(value) if key == "resources" else value)
+    if spec is not base:  # a task of a tool as declared overrides nothing
+        for key, row in TOOL_OPTIONS.items():
+            value = getattr(spec, key)
+            if value == getattr(base, key):
+                continue
+            if row.document is None:  # refused by name, never dropped
+                raise _unwritable(tid, f"it overrides option {key!r} ({row.refused})")
+            out[key] = row.to_data(value)
     if t.trigger != "all_success":
         out["trigger"] = t.trigger
     if t.condition is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._graph.registry import ToolRegistry, default_registry
-from .._graph.spec import TRIGGERS
+from .._graph.spec import OPTIONS, TRIGGERS
 from .._graph.tool import Tool
 from .._plan.policy import Mode
 from .conditions import _BINARY, _UNARY
@@ -94,18 +94,16 @@ def _task_variant(name: str, t: Tool) -> tuple[dict[str, Any], dict[str, Any]]:
     _allow_refs(parameters)
     for d in defs.values():
         _allow_refs(d)
-    number = {"type": "number", "exclusiveMinimum": 0}
     props = {
         "id": {"$ref": "#/$defs/task_id"},
         "tool": {"const": name, "description": ts["description"]},
         "args": parameters,
         "depends_on": {"type": "array", "items": {"$ref": "#/$defs/task_id"}},
         "when": {"$ref": "#/$defs/condition"},
-        "timeout": number, "retries": {"type": "integer", "minimum": 0},
-        "backoff": {"anyOf": [{"type": "number", "minimum": 0}, {"type": "object"}]},
-        "resources": {"type": "object", "additionalProperties": {"type": "integer",
-                                                                 "minimum": 1}},
-        "priority": {"type": "number"}, "trigger": {"enum": list(TRIGGERS)},
+        # The tool options a document carries, from the option table.
+        **{k: {**row.document, "description": row.doc} for k, row in OPTIONS.items()
+           if row.document is not None},
+        "trigger": {"enum": list(TRIGGERS)},
         "to_context": {"anyOf": [{"type": "string"}, {"type": "object",
                                   "additionalProperties": {"type": "string"}}]},
         # A mapped task: the tool runs once per element, which goes to its first parameter.

@@ -16,9 +16,44 @@ from typing import Any, Literal, Protocol
 from .._base.errors import ToolDefinitionError
 from .._base.limits import encodable, limits
 
-__all__ = ["EXECUTORS", "TRIGGERS", "Backoff", "Cache", "ToolLike", "ToolSpec"]
+__all__ = ["DOCUMENT_OPTIONS", "EXECUTORS", "EXECUTOR_KINDS", "OPTIONS", "TRIGGERS", "Backoff",
+           "Cache", "ExecutorKind", "Option", "ToolLike", "ToolSpec"]
 
-EXECUTORS = ("async", "thread", "process", "inline", "dask")
+
+@dataclass(frozen=True, slots=True)
+class ExecutorKind:
+    """One row of :data:`EXECUTOR_KINDS`: an executor a tool may name.
+
+    Attributes:
+        name: what ``executor=`` says.
+        coroutines: a coroutine function may use it (it awaits on the event loop or on a
+            cluster); else it takes sync functions only.
+        local: the run makes one of its own, in this process (the class in
+            ``flowdsl._run.executors`` whose ``name`` this is); else it is a cluster, made
+            once per run and imported only when named.
+        override: which ``run(executor=...)`` takes its tasks to the executor given there:
+            ``"always"``, ``"cluster"`` (only a cluster, whose workers await coroutines) or
+            ``"never"`` (the tool stays where it asked to run).
+        doc: one line for the docs.
+    """
+
+    name: str
+    coroutines: bool
+    local: bool
+    override: Literal["always", "cluster", "never"]
+    doc: str
+
+
+#: Every executor name, once. An executor is one class plus one row here.
+EXECUTOR_KINDS: Mapping[str, ExecutorKind] = MappingProxyType({k.name: k for k in (
+    ExecutorKind("async", True, True, "cluster", "awaited on the event loop (coroutine tools)"),
+    ExecutorKind("thread", False, True, "always", "sync tools in worker threads (the default)"),
+    ExecutorKind("process", False, True, "always", "sync tools in worker processes"),
+    ExecutorKind("inline", True, True, "never", "called on the event loop itself (quick tools)"),
+    ExecutorKind("dask", True, False, "always", "a Dask cluster (flowdsl[dask]); its workers "
+                 "await coroutine tools"),
+)})
+EXECUTORS = tuple(EXECUTOR_KINDS)
 
 #: A tool or task asked for the process executor: a later run may then start the fork
 #: helper early, while the process still has a single thread (see flowdsl._run.zygote).
@@ -63,7 +98,8 @@ class Cache:
 
     The key is the tool's module-qualified name, a version and a canonical hash of the
     argument values; a later call with the same key returns the stored output without
-    calling the tool (the task ends ``cached``). Entries live in the history file.
+    calling the tool (the task ends ``cached``). Entries live in the result cache's own
+    SQLite file (see ``run(cache=...)``).
 
     Args:
         key: a function receiving the bound arguments by name and returning what identifies
@@ -71,14 +107,23 @@ class Cache:
         ttl: seconds an entry stays valid (``None``: until cleared).
         version: the code version; default: a hash of the tool's source, so an edited tool
             recomputes.
-        serializer: ``"json"`` (default; outputs must be JSON data) or ``"pickle"`` (any
-            picklable output; unpickling runs code, so only for a cache file you trust).
+        serializer: ``"json"`` (default: an exact tagged JSON; tuples, sets, bytes,
+            datetimes, Decimals and dicts with non-string keys come back as they were; an
+            output it cannot give back exactly is not cached) or ``"pickle"`` (any picklable
+            output; rows carry an HMAC under the store's key and unverified rows are refused).
+        mask_secrets: store an output holding a registered secret's value with the value
+            masked (``***``), so a hit returns the masked output; by default such an output
+            is not cached at all.
+        refresh: recompute and overwrite the entry instead of reading it (per task:
+            ``task.with_options(cache="refresh")``).
     """
 
     key: Callable[..., Any] | None = None
     ttl: float | None = None
     version: str | None = None
     serializer: Literal["json", "pickle"] = "json"
+    mask_secrets: bool = False
+    refresh: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,9 +146,14 @@ class ToolSpec:
     expected_duration: float | None = None
     is_async: bool = False
     cache: Cache | None = None
+    #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
+    capture: bool = True
 
     def evolve(self, **changes: Any) -> ToolSpec:
-        """A copy with ``changes`` validated and applied."""
+        """A copy with ``changes`` validated and applied (``cache="refresh"`` keeps the
+        tool's cache policy, or the default one, and recomputes its entries)."""
+        if isinstance(changes.get("cache"), str) and changes["cache"] == "refresh":
+            changes["cache"] = dataclasses.replace(self.cache or Cache(), refresh=True)
         return dataclasses.replace(self, **_normalize(self.name, changes, self.is_async))
 
 
@@ -129,63 +179,24 @@ def _seconds(name: str, option: str, value: Any) -> float:
 
 
 def _normalize(name: str, opts: dict[str, Any], is_async: bool) -> dict[str, Any]:
-    """Validate option values one by one; every message names the tool, option and value."""
+    """Validate option values one by one by their :data:`OPTIONS` row; every message names
+    the tool, option and value."""
     out: dict[str, Any] = {}
     for key, value in opts.items():
-        if key in ("timeout", "deadline"):
-            out[key] = None if value is None else _seconds(name, key, value)
-        elif key == "expected_duration":
-            out[key] = None if value is None else _number(name, key, value, positive=True)
-        elif key == "retries":
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise _bad(name, key, value, "an integer >= 0")
-            most = limits().max_retries
-            if value > most:
-                raise _bad(name, key, value, f"at most {most} (the limit is "
-                           "flowdsl.set_limits(max_retries=...))")
-            out[key] = value
-        elif key == "backoff":
-            out[key] = _backoff(name, value)
-        elif key in ("retry_on", "give_up_on"):
-            types = (value,) if isinstance(value, type) else tuple(value)
-            if (not types and key == "retry_on") or not all(
-                    isinstance(t, type) and issubclass(t, BaseException) for t in types):
-                raise _bad(name, key, value, "an exception class or a tuple of them")
-            out[key] = types
-        elif key == "retry_if":
-            if value is not None and not callable(value):
-                raise _bad(name, key, value, "a callable that receives the exception")
-            out[key] = value
-        elif key == "resources":
-            out[key] = _resources(name, value)
-        elif key == "rollback":
-            if value is not None and not callable(value):
-                raise _bad(name, key, value, "a callable that receives the task's output")
-            out[key] = value
-        elif key == "executor":
-            out[key] = _executor(name, value, is_async)
-        elif key == "cache":
-            out[key] = _cache(name, value)
-        elif key == "priority":
-            out[key] = None if value is None else _signed(name, key, value)
-        elif key in ("description", "name"):
-            if not isinstance(value, str) or (key == "name" and not value):
-                raise _bad(name, key, value, "a non-empty string")
-            if key == "name" and not encodable(value):
-                raise _bad(name, key, value, "text that UTF-8 can encode (no lone surrogates)")
-            out[key] = value
-        else:
+        row = OPTIONS.get(key)
+        if row is None:
             msg = f"tool {name!r}: unknown option {key!r}"
             raise ToolDefinitionError(msg, tool=name, option=key, value=value)
+        out[key] = row.check(name, key, value, is_async)
     return out
 
 
 def _cache(name: str, value: Any) -> Cache | None:
     if value is None or value is False:
         return None
-    c = Cache() if value is True else value
+    c = Cache() if value is True else Cache(refresh=True) if value == "refresh" else value
     if not isinstance(c, Cache):
-        raise _bad(name, "cache", value, "True, False or a flowdsl.Cache")
+        raise _bad(name, "cache", value, "True, False, 'refresh' or a flowdsl.Cache")
     if c.key is not None and not callable(c.key):
         raise _bad(name, "cache.key", c.key, "a callable receiving the arguments by name")
     if c.ttl is not None:
@@ -194,6 +205,8 @@ def _cache(name: str, value: Any) -> Cache | None:
         raise _bad(name, "cache.version", c.version, "a string")
     if c.serializer not in ("json", "pickle"):
         raise _bad(name, "cache.serializer", c.serializer, "'json' or 'pickle'")
+    if not isinstance(c.mask_secrets, bool) or not isinstance(c.refresh, bool):
+        raise _bad(name, "cache.mask_secrets/refresh", (c.mask_secrets, c.refresh), "booleans")
     return c
 
 
@@ -241,13 +254,170 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
             raise _bad(name, "executor", value, "one of " + ", ".join(map(repr, EXECUTORS)))
         if value == "process" and not process_tools:
             process_tools.append(True)
-        if is_async and value in ("thread", "process"):
-            raise _bad(name, "executor", value,
-                       "'async' or 'inline' for a coroutine function (it runs on the event loop)")
+        if is_async and not EXECUTOR_KINDS[value].coroutines:
+            ok = " or ".join(repr(k) for k, row in EXECUTOR_KINDS.items() if row.coroutines)
+            raise _bad(name, "executor", value, f"{ok} for a coroutine function (it is awaited)")
         return value
     if callable(getattr(value, "call", None)):  # an Executor (flowdsl._executors.Executor)
         return value
     raise _bad(name, "executor", value, "an executor name or an Executor object")
+
+
+# -- the option table ------------------------------------------------------------------------
+# Validators take (tool name, option name, value, whether the tool is a coroutine function)
+# and return the value as ToolSpec stores it, or raise ToolDefinitionError naming all three.
+
+
+def _v_seconds(name: str, key: str, value: Any, is_async: bool) -> float | None:
+    return None if value is None else _seconds(name, key, value)
+
+
+def _v_positive(name: str, key: str, value: Any, is_async: bool) -> float | None:
+    return None if value is None else _number(name, key, value, positive=True)
+
+
+def _v_signed(name: str, key: str, value: Any, is_async: bool) -> float | None:
+    return None if value is None else _signed(name, key, value)
+
+
+def _v_retries(name: str, key: str, value: Any, is_async: bool) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise _bad(name, key, value, "an integer >= 0")
+    most = limits().max_retries
+    if value > most:
+        raise _bad(name, key, value, f"at most {most} (the limit is "
+                   "flowdsl.set_limits(max_retries=...))")
+    return value
+
+
+def _v_backoff(name: str, key: str, value: Any, is_async: bool) -> Backoff:
+    return _backoff(name, value)
+
+
+def _v_exceptions(name: str, key: str, value: Any, is_async: bool
+                  ) -> tuple[type[BaseException], ...]:
+    try:
+        types = (value,) if isinstance(value, type) else tuple(value)
+    except TypeError:  # not a class and not iterable: the same precise error as below
+        types = (value,)
+    if (not types and key == "retry_on") or not all(
+            isinstance(t, type) and issubclass(t, BaseException) for t in types):
+        raise _bad(name, key, value, "an exception class or a tuple of them")
+    return types
+
+
+def _v_callable(receives: str) -> Callable[[str, str, Any, bool], Any]:
+    def check(name: str, key: str, value: Any, is_async: bool) -> Any:
+        if value is not None and not callable(value):
+            raise _bad(name, key, value, f"a callable that receives {receives}")
+        return value
+    return check
+
+
+def _v_resources(name: str, key: str, value: Any, is_async: bool) -> Mapping[str, int]:
+    return _resources(name, value)
+
+
+def _v_executor(name: str, key: str, value: Any, is_async: bool) -> Any:
+    return _executor(name, value, is_async)
+
+
+def _v_cache(name: str, key: str, value: Any, is_async: bool) -> Cache | None:
+    return _cache(name, value)
+
+
+def _v_bool(name: str, key: str, value: Any, is_async: bool) -> bool:
+    # For on/off options (a row such as capture=, which another branch adds).
+    if not isinstance(value, bool):
+        raise _bad(name, key, value, "True or False")
+    return value
+
+
+def _v_text(name: str, key: str, value: Any, is_async: bool) -> str:
+    if not isinstance(value, str) or (key == "name" and not value):
+        raise _bad(name, key, value, "a non-empty string")
+    if key == "name" and not encodable(value):
+        raise _bad(name, key, value, "text that UTF-8 can encode (no lone surrogates)")
+    return value
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+_NUMBER = {"type": "number", "exclusiveMinimum": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One row of :data:`OPTIONS`: a tool option, from which validation, workflow documents,
+    the plan schema and ``to_dict`` are derived.
+
+    Attributes:
+        name: the option (a :class:`ToolSpec` field).
+        check: ``(tool name, option, value, is_async) -> stored value``; raises
+            ToolDefinitionError naming the tool, the option and the value.
+        doc: one line saying what it does (the plan schema's description of it).
+        per_task: ``Task.with_options`` takes it (``name`` and ``description`` belong to the
+            tool: a task is renamed with ``.named()``).
+        document: the JSON Schema of its value in a workflow document, or ``None`` when a
+            document cannot carry it (then ``to_dict`` refuses a task overriding it).
+        refused: for an option a document cannot carry, what it is (said in to_dict's error).
+        to_data: how ``to_dict`` writes the stored value as document data.
+    """
+
+    name: str
+    check: Callable[[str, str, Any, bool], Any]
+    doc: str
+    per_task: bool = True
+    document: Mapping[str, Any] | None = None
+    refused: str = ""
+    to_data: Callable[[Any], Any] = _identity
+
+
+#: Every tool option, once. A new option is one row here plus its use in the run core
+#: (and its ToolSpec field); tests/test_option_table.py checks the derived lists.
+OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
+    Option("name", _v_text, "the tool's name (a task is renamed with .named())",
+           per_task=False, refused="the tool's own"),
+    Option("description", _v_text, "what the tool does (default: its docstring)",
+           per_task=False, refused="the tool's own"),
+    Option("timeout", _v_seconds, "seconds per attempt", document=_NUMBER),
+    Option("retries", _v_retries, "extra attempts after a failed one",
+           document={"type": "integer", "minimum": 0}),
+    Option("backoff", _v_backoff, "the delay between attempts: the first delay in seconds, "
+           "or an object of Backoff's fields (initial, factor, max_delay, jitter)",
+           document={"anyOf": [{"type": "number", "minimum": 0}, {"type": "object"}]},
+           to_data=dataclasses.asdict),
+    Option("retry_on", _v_exceptions, "the exception types that are retried",
+           refused="exception classes"),
+    Option("give_up_on", _v_exceptions, "exception types never retried",
+           refused="exception classes"),
+    Option("retry_if", _v_callable("the exception"), "a predicate on the exception; if it "
+           "raises, no retry", refused="a Python callable"),
+    Option("deadline", _v_seconds, "seconds for all attempts and backoff together",
+           document=_NUMBER),
+    Option("resources", _v_resources, "pool name -> units the task holds while it runs",
+           document={"type": "object",
+                     "additionalProperties": {"type": "integer", "minimum": 1}},
+           to_data=dict),
+    Option("rollback", _v_callable("the task's output"), "a callable receiving the output, "
+           "called to undo the task when the run rolls back", refused="a Python callable"),
+    Option("executor", _v_executor, "where the tool runs: " + ", ".join(map(repr, EXECUTORS))
+           + " or an Executor object", refused="the place the tool's code runs"),
+    Option("priority", _v_signed, "ready tasks with a higher priority start first "
+           "(default: the remaining critical path)", document={"type": "number"}),
+    Option("expected_duration", _v_positive, "the seconds one call is expected to take "
+           "(for priorities and simulate)", document=_NUMBER),
+    Option("cache", _v_cache, "reuse outputs by their inputs: true or a flowdsl.Cache",
+           refused="a result cache (its key and serializer are Python settings)"),
+    Option("capture", _v_bool, "keep the tool's prints and logging records with its task",
+           document={"type": "boolean"}),
+)})
+#: ToolSpec fields that are no option: derived from the function itself.
+DERIVED_FIELDS = ("is_async",)
+#: The options a workflow document carries, in table order.
+DOCUMENT_OPTIONS = tuple(k for k, o in OPTIONS.items() if o.document is not None)
 
 
 class ToolLike(Protocol):

@@ -19,12 +19,19 @@ again, in any process, gets the same ids.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from .._base import hooks
-from .._base.errors import CompositionError, DuplicateTaskError, TaskInputError, exc_text
+from .._base.errors import (
+    CompositionError,
+    DuplicateTaskError,
+    TaskInputError,
+    ToolDefinitionError,
+    exc_text,
+)
 from .._base.limits import encodable
-from .spec import TRIGGERS, ToolLike, ToolSpec
+from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
@@ -590,11 +597,12 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
 
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
-        ``retry_on``, ``resources``, ``priority``, ``expected_duration``, ``executor``,
-        ``rollback``) and set its ``trigger`` rule. A mapped task also takes
-        ``max_parallel`` (most children running at once) and ``max_children`` (the fan-out
-        limit, default 10,000)."""
-        if "name" in options or "description" in options:
+        ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
+        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``, ``capture``: the
+        per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
+        ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
+        at once) and ``max_children`` (the fan-out limit, default 10,000)."""
+        if any(k in OPTIONS and not OPTIONS[k].per_task for k in options):
             msg = f"task {self._label!r}: use .named() to rename a task"
             raise CompositionError(msg)
         changes: dict[str, Any] = {}
@@ -677,16 +685,20 @@ _guard(Ref, {**_BINARY, "rshift": ">>", "or": "|"})  # a projection is an argume
 class Unit:
     """What makes a group of tasks one unit (``.when()``/``.with_options()`` on a Fragment or
     an embedded Flow): a condition on the context, conditions on other tasks' outputs, a
-    timeout on the group's wall time, a trigger rule for its entry, and context defaults."""
+    timeout on the group's wall time, retries (with a backoff between attempts), a trigger
+    rule for its entry, and context defaults."""
 
-    __slots__ = ("condition", "context", "guards", "name", "retries", "timeout", "trigger")
+    __slots__ = ("backoff", "condition", "context", "guards", "name", "retries", "timeout",
+                 "trigger")
 
     def __init__(self, name: str, condition: Callable[[Mapping[str, Any]], Any] | None = None,
                  guards: tuple[Guard, ...] = (), timeout: float | None = None,
                  trigger: str | None = None,
-                 context: Mapping[str, Any] | None = None, retries: int = 0) -> None:
+                 context: Mapping[str, Any] | None = None, retries: int = 0,
+                 backoff: Backoff | None = None) -> None:
         self.name = name
         self.retries = retries
+        self.backoff = backoff  # None: a group's next attempt starts at once
         self.condition = condition
         self.guards = guards
         self.timeout = timeout
@@ -723,6 +735,9 @@ class _Grouped:
     def _with_unit(self, unit: Unit) -> Any:
         raise NotImplementedError
 
+    def _root(self) -> Task | Fragment:
+        raise NotImplementedError
+
     def when(self, predicate: Callable[..., Any] | None = None, *,
              on: Task | Ref | None = None, equals: Any = _MISSING) -> Any:
         """Run the group only if the condition holds when its first task is ready; else every
@@ -730,26 +745,39 @@ class _Grouped:
         unit = self._unit()
         guard = _condition(f"group {unit.name!r}", predicate, on, equals)
         if guard is not None:
+            src = guard.on if isinstance(guard.on, Task) else guard.on.task
+            if src in _composed(self._root()):
+                raise _own_member(unit.name, src._label)
             return self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
         old = unit.condition
         both = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
         return self._with_unit(unit.evolve(condition=both))
 
     def with_options(self, *, timeout: float | None = None, retries: int | None = None,
-                     trigger: str | None = None, name: str | None = None,
-                     **options: Any) -> Any:
+                     backoff: Any = None, trigger: str | None = None,
+                     name: str | None = None, **options: Any) -> Any:
         """Options of the group as a unit: ``timeout`` (seconds for the group's wall time per
         attempt, from its first task's start; its running tasks are cancelled and end
         ``timed_out``), ``retries`` (re-runs of the group's failed part: its failed,
-        timed-out and cancelled tasks and what depends on them inside the group; its
-        completed tasks are kept), ``trigger`` (the rule its entry tasks apply to the tasks
-        before the group) and ``name`` (shown in reasons)."""
+        timed-out and cancelled tasks and what depends on them inside the group, and for a
+        mapped task only its children that did not complete; its completed tasks are kept),
+        ``backoff`` (the wait before each re-run, as a task's: seconds, a
+        :class:`~flowdsl.Backoff` or a dict of its fields; default none), ``trigger`` (the
+        rule its entry tasks apply to the tasks before the group) and ``name`` (shown in
+        reasons)."""
         unit = self._unit()
         if options:
-            msg = (f"group {unit.name!r}: with_options() takes timeout, retries, trigger and "
-                   f"name; got {', '.join(options)} (set per-task options on the tasks)")
+            msg = (f"group {unit.name!r}: with_options() takes timeout, retries, backoff, "
+                   f"trigger and name; got {', '.join(options)} (set per-task options on the "
+                   "tasks)")
             raise CompositionError(msg)
         changes: dict[str, Any] = {}
+        if backoff is not None:
+            try:
+                changes["backoff"] = _backoff(unit.name, backoff)
+            except ToolDefinitionError as exc:
+                msg = f"group {unit.name!r}: {str(exc).partition(': ')[2]}"
+                raise CompositionError(msg) from None
         if retries is not None:
             if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
                 msg = f"group {unit.name!r}: retries={retries!r} is invalid: expected an int >= 0"
@@ -769,6 +797,29 @@ class _Grouped:
                 raise CompositionError(msg)
             changes["name"] = name
         return self._with_unit(unit.evolve(**changes))
+
+
+def _composed(root: Task | Fragment) -> dict[Task, None]:
+    """The tasks composed (with ``>>``, ``|`` or an embedded Flow) into ``root``, left to
+    right, iteratively: a group always holds them, whatever else the walk of a whole flow
+    puts in it."""
+    out: dict[Task, None] = {}
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if node.__class__ is Task:
+            out[node] = None
+        else:
+            stack.extend(reversed(node.parts))
+    return out
+
+
+def _own_member(group: str, member: str) -> CompositionError:
+    msg = (f"group {group!r} is conditioned on its own member {member!r} (.when(on=...)): a "
+           "group's condition is tested before any of its tasks runs, so it cannot wait for "
+           f"one of them; compose {member!r} before the group instead, or put the condition "
+           "on the tasks after it inside the group")
+    return CompositionError(msg)
 
 
 class Fragment(_Composable, _Grouped, Generic[R_co]):
@@ -791,6 +842,9 @@ class Fragment(_Composable, _Grouped, Generic[R_co]):
 
     def _with_unit(self, unit: Unit) -> Fragment:
         return Fragment(self.kind, self.parts, unit, self.ns)
+
+    def _root(self) -> Task | Fragment:
+        return self
 
     def __repr__(self) -> str:
         return f"<Fragment {_expr(self)}: {_counts(self)}>"
@@ -930,7 +984,9 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
     def __init__(self, name: str, fragment: Any, description: str = "", *,
                  mode: str | None = None, context: Mapping[str, Any] | None = None,
                  resources: Mapping[str, int] | None = None,
-                 max_concurrency: int | None = None) -> None:
+                 max_concurrency: int | None = None, **unknown: Any) -> None:
+        if unknown:
+            raise _flow_options(name, unknown)
         if not isinstance(name, str) or not name or not encodable(name):
             msg = (f"Flow name must be a non-empty string that UTF-8 can encode (no lone "
                    f"surrogates), got {name!r}")
@@ -956,6 +1012,9 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
         f._as_part = None
         return f
 
+    def _root(self) -> Task | Fragment:
+        return self.fragment
+
     def _part(self) -> Fragment:
         """What the flow is inside a composition: its fragment wrapped with its name (the
         prefix of its tasks' ids, when embedded), as a group when it is a unit or brings
@@ -975,6 +1034,24 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return hooks.get("flow_mimebundle")(self)
+
+
+_UNIT_OPTIONS = ("timeout", "retries", "backoff", "trigger")
+
+
+def _flow_options(name: Any, unknown: Mapping[str, Any]) -> CompositionError:
+    """Flow() given keywords it does not take: group options belong to .with_options()."""
+    unit = {k: v for k, v in unknown.items() if k in _UNIT_OPTIONS}
+    msg = f"Flow({name!r}, ...) got unexpected keyword argument(s) {', '.join(unknown)}"
+    if unit:
+        args = ", ".join(f"{k}={v!r}" for k, v in unit.items())
+        msg += (f"; a flow's {', '.join(unit)} apply to it as a unit: write "
+                f"Flow({name!r}, ...).with_options({args})")
+    if "when" in unknown or "condition" in unknown:
+        msg += f"; a condition goes on .when(): Flow({name!r}, ...).when(predicate)"
+    msg += ("; Flow() itself takes description, mode, context, resources and "
+            "max_concurrency")
+    return CompositionError(msg)
 
 
 class Graph:
@@ -1171,24 +1248,46 @@ class _Builder:
         self.flows[base] = n
         return f"{base}." if n == 1 else f"{base}_{n}."
 
-    def group(self, frag: Fragment, sources: Any, prefix: str) -> Group:
-        """The group of a unit fragment whose parts are all materialized: its members (every
-        task composed inside it), its entry tasks, and edges from the tasks its conditions
-        read."""
+    def members(self, frag: Fragment, start: int) -> dict[str, None]:
+        """The members of group ``frag``, once all its parts are materialized: every task
+        composed inside it and, for an embedded Flow, every task first placed while it was
+        walked: the tasks its tasks' arguments refer to (``Flow("g", c(b(a())))`` holds
+        ``g.a`` and ``g.b``, which its name prefixes). A Fragment has no name to claim them,
+        so the tasks its arguments bring in stay outside it, as its inputs. ``start`` is how
+        many tasks the graph had when the walk entered the group."""
+        tasks, ids = self.tasks, self.ids
+        composed = [ids[t] for t in _composed(frag)]
+        if frag.ns is None:
+            return dict.fromkeys(composed)
+        new = dict.fromkeys(list(islice(reversed(tasks), len(tasks) - start))[::-1])
+        # Composed inside but placed before the flow (a task used twice): first, in the
+        # order they were placed.
+        before = [m for m in composed if m not in new]
+        if len(before) > 1:
+            at = {k: n for n, k in enumerate(tasks) if k in before}
+            before.sort(key=at.__getitem__)
+        return {**dict.fromkeys(before), **new}
+
+    def entry(self, members: dict[str, None]) -> list[str]:
+        """A group's entry tasks: its members with no predecessor inside it, however the
+        group was written (what ``>>`` links the tasks before the group to)."""
+        preds = self.preds
+        return [m for m in members if not any(p in members for p in preds[m])]
+
+    def group(self, frag: Fragment, members: dict[str, None], entry: list[str],
+              prefix: str) -> Group:
+        """The group of unit fragment ``frag`` (see :meth:`members` and :meth:`entry`), and
+        edges from the tasks its conditions read to its entry tasks."""
         unit = frag.unit
         assert unit is not None
         ids, preds = self.ids, self.preds
-        members: dict[str, None] = {}
-        stack: list[Any] = [frag]
-        while stack:
-            node = stack.pop()
-            if node.__class__ is Task:
-                members[ids[node]] = None
-            else:
-                stack.extend(reversed(node.parts))
-        entry = tuple(dict.fromkeys(ids[t] for t in _flat(sources)))
         for g in unit.guards:  # the group waits for the tasks its conditions read
             on = g.on if isinstance(g.on, Task) else g.on.task
+            known = ids.get(on)
+            if known is not None and known in members:
+                # Tested before the group's first task runs, it could never be true of the
+                # member's output: refused rather than silently skipping the group.
+                raise _own_member(unit.name, known)
             self.add(on, prefix)
             for s in entry:
                 if s != ids[on]:
@@ -1201,7 +1300,7 @@ class _Builder:
             for s in entry:
                 for p in outside:
                     preds[s][p] = None
-        return Group(unit, tuple(members), entry)
+        return Group(unit, tuple(members), tuple(entry))
 
     def link(self, left: Any, right: Any) -> None:
         """Edges from every task of rope ``left`` to every task of rope ``right``."""
@@ -1243,6 +1342,7 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
     tasks, ids, preds, place = b.tasks, b.ids, b.preds, b.place
     ends: dict[int, tuple[Any, Any]] = {}  # id(fragment) -> (sources rope, sinks rope)
     groups: list[Group] = []
+    opened: dict[int, int] = {}  # id(group fragment) -> len(tasks) when the walk entered it
     prefix = ""
     stack: list[Any] = [root]
     pop, push, extend = stack.pop, stack.append, stack.extend
@@ -1285,8 +1385,15 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
             else:
                 pairs = [(p, p) if p.__class__ is Task else ends[id(p)] for p in parts]
                 ends[id(frag)] = (tuple([s for s, _ in pairs]), tuple([s for _, s in pairs]))
-            if frag.unit is not None:
-                groups.append(b.group(frag, ends[id(frag)][0], prefix))
+            if frag.unit is not None or frag.ns is not None:
+                # A group (a unit, or an embedded Flow) is entered at its members with no
+                # predecessor inside it: `x >> Flow("g", c(b(a())))` links x to g.a, not g.c.
+                members = b.members(frag, opened.pop(id(frag)))
+                entry = b.entry(members)
+                if entry:
+                    ends[id(frag)] = ([tasks[m] for m in entry], ends[id(frag)][1])
+                if frag.unit is not None:
+                    groups.append(b.group(frag, members, entry, prefix))
         elif node is _LEAVE:  # an embedded flow is complete: back to the enclosing prefix
             prefix = pop()
         elif id(node) in ends:  # walked already: a fragment is never inside itself
@@ -1296,6 +1403,8 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
                 push(prefix)
                 push(_LEAVE)
                 prefix = b.namespace(node.ns, prefix)
+            if node.unit is not None or node.ns is not None:
+                opened[id(node)] = len(tasks)  # its members are placed from here on
             push(node)
             push(_EXIT)
             extend(node.parts[::-1])

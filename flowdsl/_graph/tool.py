@@ -173,7 +173,9 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
             all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
             (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
             ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``, ``cache``
-            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs).
+            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs),
+            ``capture`` (``False``: its prints and logging records are not kept with its
+            task).
 
     Raises:
         ToolDefinitionError: an option value is invalid; the message names tool, option, value.

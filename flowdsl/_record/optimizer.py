@@ -16,7 +16,7 @@ from typing import Any
 from .._graph.task import Flow, Fragment, Ref, Task, _coerce
 from .._graph.walk import KEEP, transform
 from .._plan.planner import Plan, plan
-from .._plan.policy import estimate_durations
+from .._plan.policy import Mode, estimate_durations, resolve_settings
 from .history.write import tool_identity
 from .simulate import _capacities, _history_store, simulate
 
@@ -107,9 +107,10 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
         history: as in :func:`flowdsl.run`: ``None`` the default store, ``False`` none
             (only declared ``expected_duration`` estimates), a path or a
             :class:`~flowdsl.HistoryStore`.
-        mode: the mode the flow runs in now (default: the Flow's, else unknown).
+        mode: the mode the flow runs in now (default: as in :func:`flowdsl.run`, the Flow's,
+            else parallel).
         resources, max_concurrency: the pools and worker limit it runs with (default: the
-            Flow's).
+            Flow's). These settings are resolved by the function ``run`` uses.
         slow: a task whose estimate is at least this many seconds is a bottleneck.
         min_samples: history needed before a tool's statistics are trusted.
         max_failure_rate: a tool failing more often than this, without retries, is flagged.
@@ -119,6 +120,8 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
             module-qualified name, never by the short name alone.
     """
     p = flow if isinstance(flow, Plan) else plan(flow)
+    settings = resolve_settings(flow, p, mode=mode, resources=resources,
+                                max_concurrency=max_concurrency, where="analyze()")
     store = _history_store(history)
     stats: dict[str, Any] = {}
     if store is not None:
@@ -136,13 +139,13 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
     filler = known[len(known) // 2] if known else 1.0  # unknown tasks weigh a typical task
     dur = {i: filler if v is None else v for i, v in estimates.items()}
     path, length = p.critical_path(dur)
-    if isinstance(flow, Flow):
-        mode = mode or flow.mode
-        resources = flow.resources if resources is None else resources
-        max_concurrency = flow.max_concurrency if max_concurrency is None else max_concurrency
-    caps = _capacities(resources)
-    makespans = {m: simulate(p, m, resources=caps, max_concurrency=max_concurrency,
-                             durations=dur).makespan for m in ("sequential", "parallel")}
+    caps = _capacities(settings.resources)
+    max_concurrency = settings.max_concurrency
+    # The simulations read the store analyze reads (map counts), never another one.
+    sim_history = False if store is None else store
+    makespans = {m.value: simulate(p, m, resources=caps, max_concurrency=max_concurrency,
+                                   durations=dur, history=sim_history).makespan
+                 for m in (Mode.SEQUENTIAL, Mode.PARALLEL)}
     a = Analysis(
         name=p.name, total_tasks=len(p), levels=len(p.levels), width=p.width,
         parallel_opportunities=sum(len(lv) - 1 for lv in p.levels), critical_path=path,
@@ -161,17 +164,16 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
         if reasons:
             a.bottlenecks.append(Bottleneck(i, t.tool.name, estimates[i], tuple(reasons)))
     a.bottlenecks.sort(key=lambda b: -(b.estimate or 0.0))
-    _suggest_mode(a, mode)
+    _suggest_mode(a, settings.mode)
     if caps:
-        _suggest_pools(a, p, caps, max_concurrency, dur)
+        _suggest_pools(a, p, caps, max_concurrency, dur, sim_history)
     _suggest_tools(a, p, stats, min_samples, max_failure_rate, k, floor)
     return a
 
 
-def _suggest_mode(a: Analysis, mode: str | None) -> None:
-    seq, par = a.makespans["sequential"], a.makespans["parallel"]
-    # No mode means run()'s default, parallel: nothing to suggest then.
-    if mode in ("sequential", "conditional") and a.width > 1 and par < seq * 0.99:
+def _suggest_mode(a: Analysis, mode: Mode) -> None:
+    seq, par = a.makespans[Mode.SEQUENTIAL.value], a.makespans[Mode.PARALLEL.value]
+    if mode in (Mode.SEQUENTIAL, Mode.CONDITIONAL) and a.width > 1 and par < seq * 0.99:
         a.suggestions.append(Suggestion("parallel_mode", None, (
             f"use mode='parallel': the flow runs in {mode} mode, yet "
             f"{a.parallel_opportunities} task(s) can "
@@ -180,16 +182,17 @@ def _suggest_mode(a: Analysis, mode: str | None) -> None:
 
 
 def _suggest_pools(a: Analysis, p: Plan, caps: Mapping[str, int], max_concurrency: int | None,
-                   dur: Mapping[str, float]) -> None:
-    base = a.makespans["parallel"]
+                   dur: Mapping[str, float], history: Any) -> None:
+    base = a.makespans[Mode.PARALLEL.value]
     for pool, cap in caps.items():
         demand = sum(t.spec.resources.get(pool, 0) for t in p.tasks.values())
         if demand <= cap:
             continue
 
         def span(c: int, pool: str = pool) -> float:
-            return simulate(p, "parallel", resources={**caps, pool: c},
-                            max_concurrency=max_concurrency, durations=dur).makespan
+            return simulate(p, Mode.PARALLEL, resources={**caps, pool: c},
+                            max_concurrency=max_concurrency, durations=dur,
+                            history=history).makespan
 
         best = span(demand)
         if best > base * 0.95:
@@ -286,16 +289,20 @@ def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1
     a = analyze(flow, history, resources=resources, max_concurrency=max_concurrency, k=k,
                 floor=floor, min_samples=min_samples, scope=scope)
     p = plan(flow)
+    settings = resolve_settings(flow, p, resources=resources, max_concurrency=max_concurrency,
+                                where="optimize()")
     current = flow.mode if isinstance(flow, Flow) else None
-    caps = _capacities(flow.resources if isinstance(flow, Flow) and resources is None
-                       else resources)
-    mc = flow.max_concurrency if isinstance(flow, Flow) and max_concurrency is None \
-        else max_concurrency
+    caps = _capacities(settings.resources)
+    mc = settings.max_concurrency
+    store = _history_store(history)  # as analyze read it (a store is opened once per path)
     dur = {i: v for i, v in a.estimates.items() if v is not None}
-    modes = ["sequential", "parallel"] + (["pipeline"] if items is not None else [])
+    modes = [Mode.SEQUENTIAL.value, Mode.PARALLEL.value] + (
+        [Mode.PIPELINE.value] if items is not None else [])
     spans = {m: simulate(p, m, resources=caps, max_concurrency=mc, durations=dur,
-                         items=items if m == "pipeline" else None).makespan for m in modes}
-    best = "sequential"  # the simplest mode, unless another is at least 1% faster
+                         history=False if store is None else store,
+                         items=items if m == Mode.PIPELINE.value else None).makespan
+             for m in modes}
+    best = Mode.SEQUENTIAL.value  # the simplest mode, unless another is at least 1% faster
     for m in modes[1:]:
         if spans[m] < spans[best] * 0.99:
             best = m

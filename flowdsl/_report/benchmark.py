@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,9 @@ class BenchmarkResult:
 
 
 def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
-              repeat: int = 5, warmup: int = 1, **run_options: Any) -> BenchmarkResult:
+              repeat: int = 5, warmup: int = 1,
+              on_run: Callable[[str, int, int, bool], Any] | None = None,
+              **run_options: Any) -> BenchmarkResult:
     """Run ``flow`` ``warmup + repeat`` times in each mode and report the makespans.
 
     Args:
@@ -169,6 +171,8 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
         modes: the modes to compare; the speedup needs ``"sequential"`` among them.
         repeat: measured runs per mode (the median is reported).
         warmup: runs per mode made first and discarded (imports, caches, thread pools).
+        on_run: called before each run with its mode, its number (from 1), the number of
+            runs in all and whether it is a warm-up run (progress displays).
         **run_options: passed to every run (``resources``, ``max_concurrency``,
             ``context``, ``input``, ``items``, ...). ``history`` and ``resume`` are refused:
             repeats must not depend on each other.
@@ -194,8 +198,13 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     makespans: dict[str, list[float]] = {m: [] for m in wanted}
     per_task: dict[str, list[float]] = {}
     last: dict[str, RunResult] = {}
+    total = (warmup + repeat) * len(wanted)
+    done = 0
     for n in range(warmup + repeat):
         for m in wanted:  # interleaved: drift of the machine hits every mode alike
+            done += 1
+            if on_run is not None:
+                on_run(m, done, total, n < warmup)
             result = run(p, mode=m, history=False, **run_options)
             if not result.ok:
                 result.raise_for_error()

@@ -54,6 +54,7 @@ from .cli_common import (
     app,
     load_target,
     tidy_help,
+    value_of,
 )
 
 __all__ = ["TargetError", "app", "load_target", "main"]
@@ -126,7 +127,7 @@ def run(target: Target,
     stop = _Interrupt(live)
     history = _options["history"]
     result = _run(flow, stop, live, mode=chosen, context=ctx,
-                  input=None if input_ is None else _value(input_), items=values,
+                  input=None if input_ is None else value_of(input_, "--input"), items=values,
                   resources=_resources(flow, resources), max_concurrency=max_concurrency,
                   continue_on_error=continue_on_error, rollback_on_failure=rollback,
                   timeout=timeout, history=history)
@@ -144,13 +145,6 @@ def run(target: Target,
     raise typer.Exit(code)
 
 
-def _value(raw: str) -> Any:
-    try:
-        return json.loads(raw)  # numbers, objects, lists... else the text itself
-    except ValueError:
-        return raw
-
-
 def _read_items(source: str) -> list[Any]:
     """The --items values: a JSON array, else one JSON value (or text) per non-blank line.
     Read whole before the run starts, so no file I/O happens on the event loop."""
@@ -158,13 +152,16 @@ def _read_items(source: str) -> list[Any]:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise _fail(f"--items {source!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise _fail(f"--items {source!r}: not UTF-8 text ({exc.reason})") from None
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except ValueError as exc:
             raise _fail(f"--items {source!r}: not a valid JSON array ({exc})") from None
         return list(data)
-    return [_value(line) for line in text.splitlines() if line.strip()]
+    return [value_of(line, f"--items {source!r} line {n}:")
+            for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _history_on(spec: str | None) -> bool:
@@ -425,6 +422,12 @@ def bench(ctx: typer.Context,
               "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
               "repeatable).")] = None,
           imports: ImportOpt = None, params: ParamOpt = None,
+          input_: Annotated[str | None, typer.Option(
+              "--input", metavar="JSON", help="The value the first pipeline stages receive "
+              "in every run (JSON or text).")] = None,
+          items: Annotated[str | None, typer.Option(
+              "--items", metavar="FILE|-", help="Values every run streams through the "
+              "pipeline (as for run; read once); measures --mode pipeline.")] = None,
           json_file: Annotated[Path | None, typer.Option(
               "--json", metavar="FILE", help="Write the figures as JSON to FILE.")] = None,
           gantt: Annotated[Path | None, typer.Option(
@@ -454,16 +457,38 @@ def bench(ctx: typer.Context,
     from .._base.errors import PlanError, RunFailed
     from .benchmark import benchmark
 
+    # Everything that can be refused is refused before the first run: the output paths, the
+    # values, the modes.
+    if json_file is not None:
+        _writable(json_file, "--json")
+    if gantt is not None:
+        _gantt_path(gantt)
     flow = _load(target, imports, params)
-    chosen = [m.value for m in modes] if modes else ["sequential", "parallel"]
+    context = _pairs(set_, "--set")
+    options: dict[str, Any] = {}
+    if input_ is not None:
+        options["input"] = value_of(input_, "--input")
+    if items is not None:
+        options["items"] = _read_items(items)
+        wrong = [m.value for m in modes or () if m is not Mode.PIPELINE]
+        if wrong:
+            raise _fail(f"--items streams values through a pipeline; use --mode pipeline "
+                        f"(got --mode {', '.join(wrong)})")
+    chosen = [m.value for m in modes] if modes else (
+        ["pipeline"] if items is not None else ["sequential", "parallel"])
+    err = _err()
     try:
-        result = benchmark(flow, chosen, repeat=repeat, warmup=warmup,
-                           resources=_resources(flow, resources),
-                           max_concurrency=max_concurrency, context=_pairs(set_, "--set"))
+        with _runs_progress(err) as shown:
+            result = benchmark(flow, chosen, repeat=repeat, warmup=warmup,
+                               on_run=None if shown is None else shown.step,
+                               resources=_resources(flow, resources),
+                               max_concurrency=max_concurrency, context=context, **options)
     except PlanError as exc:
         raise _fail(_plan_error(exc)) from None
     except RunFailed as exc:
         raise _fail(f"a benchmark run did not complete: {exc}", EXIT_FAILED) from None
+    except ValueError as exc:  # an option value run() refused
+        raise _fail(_option_error(str(exc))) from None
     out = _out()
     table = Table("mode", "median", "range", "speedup", "efficiency",
                   title=f"{result.name or 'flow'}: {repeat} run(s) per mode after {warmup} "
@@ -481,6 +506,44 @@ def bench(ctx: typer.Context,
             out.print(f"wrote {result.gantt(gantt)}")
         except (ValueError, ImportError) as exc:
             raise _fail(str(exc)) from None
+
+
+def _runs_progress(console: Any) -> Any:
+    """A progress bar of the benchmark's runs on a terminal (stderr), else nothing."""
+    import contextlib
+
+    if console.is_terminal and not console.is_dumb_terminal:
+        from .progress import RunsProgress
+
+        return RunsProgress(console)
+    return contextlib.nullcontext()
+
+
+def _writable(path: Path, flag: str) -> None:
+    """Refuse, before any work, an output path that cannot be written."""
+    folder = path.parent
+    if path.is_dir():
+        raise _fail(f"{flag} {str(path)!r} is a folder: give a file name")
+    if not folder.is_dir():
+        raise _fail(f"{flag} {str(path)!r}: the folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise _fail(f"{flag} {str(path)!r}: cannot write there (permission denied)")
+
+
+def _gantt_path(path: Path) -> None:
+    """--gantt: a writable path with a format the timeline writer knows, and matplotlib
+    installed for the image formats."""
+    import importlib.util
+
+    from .timeline import FORMATS
+
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise _fail(f"--gantt {str(path)!r}: expected a name ending in {', '.join(FORMATS)}")
+    if suffix != ".html" and importlib.util.find_spec("matplotlib") is None:
+        raise _fail(f"--gantt {str(path)!r}: a {suffix} timeline needs matplotlib: pip "
+                    "install 'flowdsl[plot]' (or write .html)")
+    _writable(path, "--gantt")
 
 
 def main(argv: list[str] | None = None) -> None:

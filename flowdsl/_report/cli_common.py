@@ -68,7 +68,10 @@ def _err() -> Console:
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
-    _err().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # The message is text: "[int]" in "Optional[int]" must not read as a style tag.
+    _err().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -135,18 +138,179 @@ def load_target(spec: str, params: dict[str, Any] | None = None) -> Any:
 
 def _call_factory(spec: str, factory: Any, params: dict[str, Any]) -> Any:
     """Call a flow factory with the --param values, checking them against its signature
-    first, so a wrong name reads as a CLI error and not as the factory's own TypeError."""
+    and its annotations first, so a wrong name or a value of the wrong type reads as a CLI
+    error naming the --param, not as the factory's own traceback."""
     import inspect
 
     try:
-        inspect.signature(factory).bind(**params)
+        sig = inspect.signature(factory)
+        sig.bind(**params)
     except TypeError as exc:
         given = ", ".join(f"{k}=" for k in params) or "no --param"
         msg = f"target {spec!r} cannot be called with {given}: {exc}"
         raise TargetError(msg) from None
     except ValueError:  # no signature to check (a builtin): let the call speak
-        pass
-    return factory(**params)
+        sig = None
+    if sig is not None and params:
+        params = _typed_params(spec, factory, sig, params)
+    else:
+        params = {k: _json_or_text(str(v), f"--param {k}=") for k, v in params.items()}
+    if not params:
+        return factory()
+    try:
+        return factory(**params)
+    except Exception as exc:  # the values were accepted by type, refused by the factory
+        given = " ".join(f"--param {k}={_shown(v)}" for k, v in params.items())
+        msg = (f"target {spec!r} could not build a flow from {given}: "
+               f"{type(exc).__name__}: {exc}")
+        raise TargetError(msg) from None
+
+
+class _Raw(str):
+    """A --param value as typed (JSON or text): parsed once its parameter's type is known."""
+
+    __slots__ = ()
+
+
+def _shown(value: Any) -> str:
+    return str(value) if isinstance(value, _Raw) else json.dumps(value, default=str)
+
+
+def _typed_params(spec: str, factory: Any, sig: Any, params: dict[str, Any]
+                  ) -> dict[str, Any]:
+    """The --param values converted to the factory's annotated parameter types (``int``,
+    ``float``, ``bool``, ``str``, ``Path``, enums, literals, lists, dicts, optionals);
+    unannotated parameters get the JSON value, else the text."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(factory)
+    except Exception:  # annotations that do not resolve: take what is written
+        hints = {n: p.annotation for n, p in sig.parameters.items()
+                 if p.annotation is not p.empty and not isinstance(p.annotation, str)}
+    out: dict[str, Any] = {}
+    for name, raw in params.items():
+        hint = hints.get(name)
+        text = str(raw)
+        try:
+            out[name] = _json_or_text(text, f"--param {name}=") if hint is None else (
+                _convert(text, hint, f"--param {name}="))
+        except _Mismatch as exc:
+            msg = (f"--param {name}={text}: {exc} (parameter {name!r} of target {spec!r} "
+                   f"is annotated {_hint_name(hint)})")
+            raise TargetError(msg) from None
+    return out
+
+
+class _Mismatch(ValueError):
+    """A --param value that does not fit its parameter's annotation."""
+
+
+def _hint_name(hint: Any) -> str:
+    import typing
+
+    if typing.get_origin(hint) is None and getattr(hint, "__name__", None):
+        return str(hint.__name__)
+    return str(hint).replace("typing.", "")
+
+
+def _convert(text: str, hint: Any, what: str = "--param") -> Any:
+    """``text`` (a --param value) as a value of type ``hint``."""
+    import enum
+    import types
+    import typing
+    from pathlib import PurePath
+
+    origin = typing.get_origin(hint)
+    if hint is Any or hint is object:
+        return _json_or_text(text, what)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if type(None) in options and text in ("null", "None", ""):
+            return None
+        kinds = [o for o in options if o is not type(None)]
+        if len(kinds) == 1:  # Optional[X]: what X says
+            return _convert(text, kinds[0], what)
+        for option in kinds:
+            try:
+                return _convert(text, option, what)
+            except _Mismatch:
+                continue
+        raise _Mismatch(f"{text!r} is none of {_hint_name(hint)}")
+    if origin is typing.Literal:
+        for choice in typing.get_args(hint):
+            if str(choice) == text or (not isinstance(choice, str)
+                                       and _loads(text) == choice):
+                return choice
+        raise _Mismatch(f"{text!r} is not one of "
+                        f"{', '.join(map(repr, typing.get_args(hint)))}")
+    if hint is str:
+        return text
+    if hint is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise _Mismatch(f"{text!r} is not a boolean (true/false, yes/no, 1/0)")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise _Mismatch(f"{text!r} is not a whole number") from None
+    if hint is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise _Mismatch(f"{text!r} is not a number") from None
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        for member in hint:
+            if text in (member.name, str(member.value)):
+                return member
+        raise _Mismatch(f"{text!r} is not one of "
+                        f"{', '.join(m.name for m in hint)}")
+    if isinstance(hint, type) and issubclass(hint, PurePath):
+        return hint(text)
+    if origin in (list, tuple, set, frozenset) or hint in (list, tuple, set, frozenset):
+        value = _loads(text)
+        if not isinstance(value, list):
+            raise _Mismatch(f"{text!r} is not a JSON array")
+        return (origin or hint)(value) if (origin or hint) is not list else value
+    if origin is dict or hint is dict or origin is typing.Mapping:
+        value = _loads(text)
+        if not isinstance(value, dict):
+            raise _Mismatch(f"{text!r} is not a JSON object")
+        return value
+    return _json_or_text(text, what)  # a type the command line cannot build: as given
+
+
+_NO_JSON = object()
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return _NO_JSON
+
+
+def _json_or_text(text: str, what: str) -> Any:
+    """A command-line value: JSON (numbers, booleans, lists, objects, "strings") or else the
+    text itself; text that starts like JSON (``{``, ``[`` or ``"``) but is not valid JSON is
+    an error naming ``what`` and the value, not silently taken as text."""
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        if text.lstrip()[:1] in ("{", "[", '"'):
+            given = f"{what}{text!r}" if what.endswith("=") else f"{what} {text!r}"
+            msg = (f"{given} is not valid JSON ({exc}); fix it, or pass text that does not "
+                   "start with {, [ or \"")
+            raise _BadValue(msg) from None
+        return text
+
+
+class _BadValue(TargetError):
+    """A command-line value that cannot be read; the message names the flag and value."""
 
 
 def import_modules(names: list[str] | None) -> None:
@@ -207,7 +371,7 @@ def _load(spec: str, imports: list[str] | None = None,
 
     try:
         import_modules(imports)
-        return load_target(spec, _pairs(params, "--param") or None)
+        return load_target(spec, _pairs(params, "--param", raw=True) or None)
     except PlanValidationError as exc:
         raise _problems(exc) from None
     except (TargetError, FlowError) as exc:
@@ -232,23 +396,34 @@ def _plan(flow: Any) -> Any:
         raise _fail(f"{type(exc).__name__}: {exc}") from None
 
 
-def _pairs(values: list[str] | None, what: str, *, integer: bool = False) -> dict[str, Any]:
+def _pairs(values: list[str] | None, what: str, *, integer: bool = False,
+           raw: bool = False) -> dict[str, Any]:
+    """``KEY=VALUE`` options as a dict: whole numbers (``integer``), the text as typed
+    (``raw``: --param, converted later by the factory's annotations), else JSON or text."""
     out: dict[str, Any] = {}
     for item in values or []:
-        key, sep, raw = item.partition("=")
+        key, sep, text = item.partition("=")
         if not sep or not key:
             raise _fail(f"{what} {item!r}: expected key=value")
         if integer:
             try:
-                out[key] = int(raw)
+                out[key] = int(text)
             except ValueError:
-                raise _fail(f"{what} {item!r}: {raw!r} is not a whole number") from None
+                raise _fail(f"{what} {item!r}: {text!r} is not a whole number") from None
+        elif raw:
+            out[key] = _Raw(text)
         else:
-            try:
-                out[key] = json.loads(raw)  # numbers, booleans, lists... else the text itself
-            except ValueError:
-                out[key] = raw
+            out[key] = value_of(text, f"{what} {key}=")
     return out
+
+
+def value_of(text: str, what: str) -> Any:
+    """A JSON-or-text command-line value, or a usage error (exit 2) naming ``what`` when it
+    starts like JSON but is not."""
+    try:
+        return _json_or_text(text, what)
+    except _BadValue as exc:
+        raise _fail(str(exc)) from None
 
 
 def _resources(flow: Any, values: list[str] | None) -> dict[str, int] | None:

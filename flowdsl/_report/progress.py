@@ -2,7 +2,9 @@
 
 - :class:`LiveProgress`: a rich ``Live`` display for terminals (a bar of tasks done, counts
   of running and failed tasks, elapsed time and the tasks running now), refreshed by rich's
-  own thread so the elapsed time moves while a long task runs.
+  own thread so the elapsed time moves while a long task runs. While it is on, every line
+  written to stdout or stderr (prints from any thread, log records) is printed whole above
+  it (:func:`flowdsl._base.capture.attach_display`), so the display never draws over them.
 - :class:`NotebookProgress`: the same picture rendered by rich as HTML into one IPython
   display that is updated in place, so it needs no widget library and stays in the saved
   notebook.
@@ -21,11 +23,12 @@ import threading
 import time
 from typing import Any
 
+from .._base import capture
 from .._run.result import RunResult, TaskRecord, TaskStatus
 from .palette import STATUS_COLORS
 
-__all__ = ["LiveProgress", "NotebookProgress", "compact_summary", "in_notebook", "output_preview",
-           "progress", "summary_table"]
+__all__ = ["LiveProgress", "NotebookProgress", "RunsProgress", "compact_summary", "in_notebook",
+           "output_preview", "progress", "summary_table"]
 
 # Terminal styles from the one status palette; failures are also bold.
 _STYLE = {k: f"bold {v}" if k in ("failed", "timed_out") else v
@@ -138,12 +141,18 @@ class LiveProgress:
 
         self._state.run_started(result, plan)
         if self._live is None:
+            console = _pin(self.console)
             # get_renderable: rich's refresh thread rebuilds the picture, so the elapsed time
-            # moves between events; redirects are off because tools may print from threads.
-            self._live = Live(console=self.console, get_renderable=self._state.renderable,
+            # moves between events. rich's own redirects are off: they would lose lines
+            # printed from threads; flowdsl's proxy sends them above the display instead.
+            self._live = Live(console=console, get_renderable=self._state.renderable,
                               refresh_per_second=self._refresh, transient=self._transient,
                               redirect_stdout=False, redirect_stderr=False)
             self._live.start()
+            capture.attach_display(self._above)
+
+    def _above(self, text: str) -> None:
+        _print_above(self._live, self.console, text)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
         self._state.task_started(result, record)
@@ -157,9 +166,90 @@ class LiveProgress:
 
     def close(self) -> None:
         """Stop the display (idempotent; also safe when the run never started)."""
-        live, self._live = self._live, None
+        live = self._live
         if live is not None:
-            live.stop()
+            # Stopped first: lines written meanwhile wait for the display's lock and go above
+            # (or after) it, never under a frame about to be erased.
+            with live._lock:
+                live.stop()
+                self._live = None
+            capture.detach_display()
+
+
+def _print_above(live: Any, console: Any, text: str) -> None:
+    """Print ``text`` (whole lines, from stdout, stderr or a log handler) above the live
+    display ``live`` (None: it is gone). Under the display's lock: rich's refresh thread
+    cannot draw a frame between erasing the display and drawing it again under the text."""
+    from rich.text import Text
+
+    lines = Text.from_ansi(text[:-1] if text.endswith("\n") else text)
+    if live is None:
+        console.print(lines, soft_wrap=True, highlight=False, markup=False, emoji=False)
+        return
+    with live._lock:
+        console.print(lines, soft_wrap=True, highlight=False, markup=False, emoji=False)
+
+
+def _pin(console: Any) -> Any:
+    """Make ``console`` draw on the terminal itself, never through the stdout/stderr proxy
+    that sends every other line above a live display; returns it."""
+    file = getattr(console, "_file", None)
+    if file is None:
+        console.file = capture.real_stream("stderr" if console.stderr else "stdout")
+    elif isinstance(file, capture._Tee):  # made while a run captured: draw under the proxy
+        console.file = file._target
+    return console
+
+
+class RunsProgress:
+    """A transient bar of repeated runs (``flowdsl bench``) on a terminal: runs done out of
+    all, the mode running now, warm-up or measured, elapsed time. Lines written meanwhile
+    (the flow's prints and logs) go above it. Use as a context manager; :meth:`step`
+    before each run (the ``on_run`` hook of :func:`flowdsl.benchmark`).
+    """
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self._progress: Any = None
+        self._bar: Any = None
+
+    def __enter__(self) -> RunsProgress:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(TextColumn("[bold]benchmark"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), console=_pin(self.console),
+                                  transient=True)
+        self._progress.start()
+        self._bar = self._progress.add_task("", total=None)
+        capture.attach_display(self._above)
+        return self
+
+    def _above(self, text: str) -> None:
+        progress = self._progress
+        _print_above(None if progress is None else progress.live, self.console, text)
+
+    def step(self, mode: str, n: int, total: int, warmup: bool) -> None:
+        """Run number ``n`` (1-based) of ``total`` is about to start, in ``mode``."""
+        if self._progress is not None:
+            what = "warm-up" if warmup else "measured"
+            self._progress.update(self._bar, completed=n - 1, total=total,
+                                  description=f"{mode} ({what})")
+
+    def __exit__(self, *exc: object) -> None:
+        progress = self._progress
+        if progress is None:
+            return
+        with progress.live._lock:
+            progress.stop()
+            self._progress = None
+        capture.detach_display()
 
 
 class NotebookProgress:

@@ -7,6 +7,7 @@ what happened into a :class:`RunResult` — also when the run fails, times out o
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import uuid
@@ -17,13 +18,13 @@ from typing import Any, TypeVar, overload
 
 import anyio
 
-from .._base import hooks, secrets
+from .._base import capture, hooks, secrets
 from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
-from .._graph.spec import process_tools
+from .._graph.spec import EXECUTOR_KINDS, process_tools
 from .._graph.task import Flow, Fragment, Task
 from .._graph.walk import nodes
 from .._plan import policy
@@ -42,6 +43,7 @@ from .executors import (
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
+from .stores import open_backend
 from .units import context_defaults
 
 __all__ = ["arun", "run"]
@@ -77,8 +79,7 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     remote = _remote_executor(override) if override is not None else None
     # A cluster runs coroutine tools too (dask workers await them); a local override only
     # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
-    takes = (("thread", "process", "dask", "async") if remote is not None and remote.remote
-             else ("thread", "process", "dask"))
+    takes = _TAKES_REMOTE if remote is not None and remote.remote else _TAKES_LOCAL
     for tid, task in p.tasks.items():
         spec = task.spec  # type: ignore[attr-defined]
         ex = by_spec.get(id(spec))
@@ -116,10 +117,12 @@ def _remote_executor(spec: Any) -> Executor:
     raise ValueError(msg)
 
 
+#: The executor a run makes for each local name of the table (EXECUTOR_KINDS), by the
+#: ``name`` each class declares.
 _LOCAL: dict[str, Callable[[], Executor]] = {
-    "async": AsyncExecutor, "inline": InlineExecutor, "thread": ThreadExecutor,
-    "process": ProcessExecutor,
-}
+    cls.name: cls for cls in (AsyncExecutor, InlineExecutor, ThreadExecutor, ProcessExecutor)}
+_TAKES_LOCAL = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override == "always")
+_TAKES_REMOTE = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override != "never")
 
 
 async def _history(spec: Any) -> Any:
@@ -142,9 +145,9 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
                log: bool | None = None, buffer: int = 2,
                store_outputs: bool | None = None, progress: bool = False,
-               cache: bool | None = None, compensation_timeout: float | None = None,
+               cache: Any = None, compensation_timeout: float | None = None,
                max_nodes: int | None = None, max_edges: int | None = None,
-               keep_outputs: bool = True) -> RunResult[Any]:
+               keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     if process_tools:  # any run may be the last moment with a single thread: see zygote.py
         start_fork_helper()
@@ -166,7 +169,6 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
     store = await _history(history)
-    results_cache = _run_cache(p, history, cache)
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
     recorded, counts = await _recorded(p, durations, store)
@@ -180,11 +182,16 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p, masker=_secrets(p, ctx, input))
+    results_cache = _run_cache(p, cache, result.masker)
+    if results_cache is not None and results_cache.found:  # Secrets made by key functions
+        result.masker = secrets.masker_for(results_cache.found, result.masker)
+        results_cache.found = []
     obs = _observers(observers, store, p, store_outputs, progress)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
-                cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs)
+                cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs,
+                capture=capture_output)
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
@@ -194,7 +201,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     item = core.new_item(-1, input) if items is None else Item(-1, None, {})
     if resume is not None:
         await _reuse(store, resume, p, item, core)
-    runner = RUNNERS[m.value]()
+    runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
     for ob in obs:
         ob.run_started(result, p)
@@ -243,6 +250,8 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
     """Open the executors, let the runner run under the run's cancel scope (its deadline is
     the run timeout), then bring remote values home and close the executors, shielded."""
     result = core.result
+    if core.capture:  # tools' prints and logging records: kept with their task
+        capture.acquire()
     try:
         for ex in opened:
             await ex.open()
@@ -263,27 +272,32 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
         with anyio.CancelScope(shield=True):
             try:
                 if core.cache is not None:  # what the run computed, also when it failed
-                    await core.cache.flush()
+                    await core.cache.flush(result)
                 if core.remote:  # values on a cluster must come here before it closes
                     await core.localize()
             finally:
                 for ex in opened:
                     await ex.close()
+                if core.capture:
+                    capture.release()
 
 
-def _run_cache(p: Plan, history: Any, cache: Any) -> RunCache | None:
+def _run_cache(p: Plan, cache: Any, masker: Any) -> RunCache | None:
     """The result cache of this run, or None when no task of it is cached (then caching
-    costs nothing)."""
-    if cache is not None and not isinstance(cache, bool):
-        msg = f"run(): cache={cache!r} is invalid: expected True, False or None"
+    costs nothing). ``cache`` is True (every task), False (write only), None, a path or a
+    store; the store itself comes from the opener the package root installed."""
+    if cache is not None and not isinstance(cache, bool) and not hasattr(cache, "lookup") \
+            and not isinstance(cache, (str, os.PathLike)):
+        msg = (f"run(): cache={cache!r} is invalid: expected True, False, None, a path or a "
+               "flowdsl.CacheStore")
         raise ValueError(msg)
     if not RunCache.wanted(p.tasks, cache is True):  # type: ignore[arg-type]
         return None
-    backend = hooks.get("open_cache")(history)
-    if backend is None:  # history is off: there is no file to keep entries in
+    backend = open_backend(cache)
+    if backend is None:  # FLOWDSL_CACHE=off
         return None
     return RunCache(backend, p.tasks, p.ids, read=cache is not False,  # type: ignore[arg-type]
-                    every=cache is True)
+                    every=cache is True, masker=masker)
 
 
 async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
@@ -477,6 +491,11 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         durations: task id -> seconds, for critical-path priority.
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).
+        capture_output: keep each task's prints (stdout, stderr) and standard ``logging``
+            records on its record (``TaskRecord.logs``: history, timelines, the run
+            browser), capped and with secrets masked; they still reach the terminal. ``False``
+            keeps only ``flowdsl.get_logger()`` lines, and those only with ``log`` on. A tool
+            opts out alone with ``@tool(capture=False)``.
         buffer: pipeline buffer size between stages.
         keep_outputs: for a pipeline over ``items``: keep each item's sink outputs in the
             result (``output``, ``outputs``; the default) or none (``False``). Either way an
@@ -488,8 +507,11 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
             (default: the store's setting, off unless the store was opened with it).
         cache: ``None`` (default) uses the result cache of the tools declared with
             ``cache=``; ``True`` caches every task of the run whose arguments can be hashed;
-            ``False`` does not read the cache (results are still written). Entries live in
-            the history file (``history=``, else the default one).
+            ``False`` does not read the cache (results are still written); a path or a
+            :class:`~flowdsl.CacheStore` keeps the declared tools' entries there. Entries
+            live in their own SQLite file, independent of ``history=``: by default
+            ``cache.db`` beside the default history file (``FLOWDSL_CACHE`` names another
+            path, or ``off``). A failed cache write sets ``result.cache_error`` and warns.
 
     Raises:
         PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.

@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .._base import capture as _capture
 from .._base import secrets
 from .._base.errors import (
-    CacheKeyError,
     CompositionError,
     MissingContextError,
     TaskFailed,
@@ -32,7 +32,7 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import MAX_TASK_LOGS, end_task_scope, engine_logger, task_scope
+from .._base.log import MAX_TASK_LOGS, RunScope, engine_logger
 from .._base.loop import loop_clock
 from .._base.secrets import MaskedLogger
 from .._graph.task import (
@@ -95,7 +95,7 @@ class Core:
                  rng: random.Random | None = None,
                  sleep: Callable[[float], Awaitable[Any]] | None = None,
                  cache: RunCache | None = None, rollback: bool = False,
-                 keep_outputs: bool = True) -> None:
+                 keep_outputs: bool = True, capture: bool = True) -> None:
         self.plan = plan
         self.cache = cache  # None unless some task of the run is cached
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
@@ -155,6 +155,11 @@ class Core:
         # with simulations that way, free of machine noise).
         self._clock = loop_clock()
         self._t0 = self._clock()
+        # What a task's kept lines need (see flowdsl/_base/capture.py): None when the run
+        # neither captures output nor logs, and then no task pays for a scope.
+        self.capture = capture
+        self.lines = (RunScope(result.run_id, self._clock, self._t0, masker, self.log)
+                      if capture or log else None)
         # A stage receives the outputs of its composition predecessors, not of the tasks
         # its arguments already refer to.
         self._stage_from = {
@@ -219,6 +224,9 @@ class Core:
             self.log.use(masker)
         elif self.log is not None:
             self.log = MaskedLogger(self.log, masker)
+        if self.lines is not None:
+            self.lines.masker = masker
+            self.lines.log = self.log
 
     def release_item(self, item: Item) -> None:
         """Every task has finished ``item`` (a pipeline item): fold its records into the
@@ -273,15 +281,20 @@ class Core:
                 if status[p] is not COMPLETED:
                     verdict = self._verdict(task, preds, item)
                     if verdict is not None:
-                        return self._finish(tid, item, None, verdict[0], reason=verdict[1])
+                        return self._finish(tid, item, item.records.get(tid) if driven else None,
+                                            verdict[0], reason=verdict[1])
                     break
             else:  # every predecessor completed: only one_failed refuses to run then
                 if task.trigger == "one_failed" or (
                         self.units is not None and self._rule(task) == "one_failed"):
-                    return self._finish(tid, item, None, SKIPPED,
-                                        reason="no upstream task failed")
-        rec = TaskRecord(tid, task.tool.name, resources=task.spec.resources)
-        item.records[tid] = rec
+                    return self._finish(tid, item, item.records.get(tid) if driven else None,
+                                        SKIPPED, reason="no upstream task failed")
+        # A retried group's next attempt goes on with the member's record (units.py reset
+        # it): the calls of every attempt stay on it.
+        rec = item.records.get(tid) if driven else None
+        if rec is None:
+            rec = item.records[tid] = TaskRecord(tid, task.tool.name,
+                                                 resources=task.spec.resources)
         units = self.units
         try:
             if units is not None and tid in units.gated:
@@ -328,27 +341,38 @@ class Core:
     def _stopped(self, tid: str, item: Item, rec: TaskRecord, why: str, attempts: int) -> None:
         """Record a task whose await was cancelled: timed out when its group's deadline
         passed, else cancelled with ``why``."""
-        cut = self._cut.get(id(rec)) if self._cut else None
+        cut = self._cut_at(item, rec)
         if cut is not None and anyio.current_time() >= cut[0]:
-            self._failed(tid, item, rec, group_timeout(tid, cut[1], cut[2], True, attempts),
-                         attempts)
+            late = group_timeout(tid, cut[1], cut[2], True, attempts)
+            # The attempt cut off in flight timed out too; one that had already ended (the
+            # task was waiting out its backoff) keeps its own outcome.
+            if attempts and rec.attempts[-1].status is CANCELLED:
+                att = rec.attempts[-1]
+                att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)
+            self._failed(tid, item, rec, late, attempts)
             return
         self._finish(tid, item, rec, CANCELLED, reason=why)
 
+    def _cut_at(self, item: Item, rec: TaskRecord) -> tuple[float, str, float] | None:
+        """The deadline of the group a task (or a mapped member's child) runs under."""
+        if not self._cut:
+            return None
+        cut = self._cut.get(id(rec))
+        if cut is None and rec.parent is not None:
+            cut = self._cut.get(id(item.records[rec.parent]))
+        return cut
+
     async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
-        """Acquire the task's pools, run its attempts, release the pools (a task or one
-        child of a mapped task); a cache hit skips all of that."""
-        key = None
+        """Run a task or one child of a mapped task: through the result cache when it is
+        cached (a hit skips the tool and its pools), else :meth:`_compute`."""
         if self.cache is not None and self.ids[task] in self.cache.policies:
-            try:
-                key = self.cache.key(tid, task, args, kwargs)
-                if key is not None:
-                    found, value = self.cache.get(key)
-                    if found:
-                        return self._cached(tid, task, item, rec, value)
-            except (TaskInputError, CacheKeyError) as exc:
-                return self._failed(tid, item, rec, exc, 0)
+            return await self.cache.run_task(self, tid, task, item, rec, args, kwargs)
+        return await self._compute(tid, task, item, rec, args, kwargs)
+
+    async def _compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
+        """Acquire the task's pools, run its attempts, release the pools."""
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
@@ -358,26 +382,20 @@ class Core:
                 self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
-        # With logging on, a tool's get_logger() lines are bound to this task and kept on rec.
-        scope = (task_scope(self.result.run_id, rec, self.now, self.masker) if self.log
-                 else None)
         try:
             status = await self._attempts(tid, task, item, rec, args, kwargs)
         finally:
-            if scope is not None:
-                end_task_scope(scope)
             if demand:
                 self.pools.release(demand)
-        if key is not None and status is COMPLETED:
-            await self._remember(key, task, item.outputs[tid], rec)
         return status
 
     def _cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
-                value: Any) -> TaskStatus:
+                value: Any, reason: str = "output restored from the result cache"
+                ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
         back; downstream sees a completed task."""
         rec.started_at = self.now()
-        rec.reason = "output restored from the result cache"
+        rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
                 self._map_output(task, value)
@@ -385,17 +403,6 @@ class Core:
                 return self._failed(tid, item, rec, exc, 0)
         item.outputs[tid] = value
         return self._finish(tid, item, rec, CACHED, output=value)
-
-    async def _remember(self, key: str, task: Task, out: Any, rec: TaskRecord) -> None:
-        if self.remote and isinstance(out, Remote):  # the cache file is here
-            try:
-                out = await out.fetch()
-            except Exception as exc:
-                rec.reason = f"not cached: fetching its output failed ({exc!r})"
-                return
-        why = self.cache.put(key, task, out)  # type: ignore[union-attr]
-        if why is not None:
-            rec.reason = why
 
     def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
@@ -538,14 +545,22 @@ class Core:
         ex = self.executors[self.ids[task]]  # a mapped task's children run on its executor
         fn = task.tool.fn
         rec.status = RUNNING
-        rec.started_at = started = self.now()
+        started = self.now()
+        if rec.started_at is None:  # else a group's retry: the record began with its first
+            rec.started_at = started
         if self.observers or self.log:
             self._started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
+        # The tool's prints, logging records and get_logger() lines are kept on rec (unless
+        # the run or the tool opted out): each call runs in the task's scope (a context
+        # variable, the whole per-attempt cost of capture; see flowdsl/_base/capture.py).
+        lines = self.lines
+        keep = lines is not None and self.capture and spec.capture
+        scoped = keep or (lines is not None and self.log is not None)
         n = 0
         while True:
             n += 1
-            att = Attempt(n, started if n == 1 else self.now())
+            att = Attempt(len(rec.attempts) + 1, started if n == 1 else self.now())
             rec.attempts.append(att)
             limit, kind = spec.timeout, "attempt"
             if deadline_at is not None:
@@ -553,16 +568,24 @@ class Core:
                 if limit is None or left < limit:
                     limit, kind = left, "deadline"
             try:
-                if limit is None:
-                    out = await ex.call(fn, args, kwargs, task_id=tid)
-                else:
-                    with anyio.move_on_after(limit) as scope:
+                token = (_capture.current.set((lines, rec, keep))  # type: ignore[arg-type]
+                         if scoped else None)
+                try:
+                    if limit is None:
                         out = await ex.call(fn, args, kwargs, task_id=tid)
-                    if scope.cancelled_caught:
-                        if ex.abandons:
-                            rec.reason = ("its thread could not be interrupted and was "
-                                          "abandoned; a late result is discarded")
-                        raise self._timeout(tid, spec, n, kind)
+                    else:
+                        with anyio.move_on_after(limit) as scope:
+                            out = await ex.call(fn, args, kwargs, task_id=tid)
+                finally:
+                    if token is not None:
+                        _capture.current.reset(token)
+                        if lines.pending or _capture.shown:  # type: ignore[union-attr]
+                            _capture.flush_task(lines, rec)  # type: ignore[arg-type]
+                if limit is not None and scope.cancelled_caught:
+                    if ex.abandons:
+                        rec.reason = ("its thread could not be interrupted and was "
+                                      "abandoned; a late result is discarded")
+                    raise self._timeout(tid, spec, n, kind)
             except Exception as exc:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
@@ -722,6 +745,8 @@ class Core:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
         rec.status = status
+        if output is not None and secrets.in_use():  # an output may bring Secrets of its own
+            self._register_secrets(output)
         if reason is not None:
             rec.reason = reason
         if self.masker is not None and rec.reason:
@@ -748,6 +773,8 @@ class Core:
         if isinstance(exc, TaskFailed):
             err: BaseException = exc
         else:
+            if attempts and len(rec.attempts) > attempts:  # its group's earlier calls count
+                attempts = len(rec.attempts)
             what = f"after {attempts} attempt(s)" if attempts else "before it could run"
             # A wiring problem already names the task and says what is wrong; any other error
             # is the tool's own, shown with its type.
@@ -758,7 +785,9 @@ class Core:
                 msg = self.masker.text(msg)
             err = TaskFailed(msg, task_id=tid, attempts=attempts)
             err.__cause__ = exc
-        held = self.held.get((tid, item.index)) if self.held else None
+        held = None
+        if self.held:  # a mapped member's children are held with it
+            held = self.held.get((rec.parent or tid, item.index))
         if held is not None:  # its group will run it again: not the run's error (yet)
             held.append(err)
             self._finish(tid, item, rec, status)
@@ -909,9 +938,8 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
             m.logs.extend(rec.logs[:room])
 
 
-_EVENTS = {COMPLETED: "task_completed", CACHED: "task_cached", FAILED: "task_failed",
-           TIMED_OUT: "task_failed", SKIPPED: "task_skipped",
-           UPSTREAM_FAILED: "task_skipped", CANCELLED: "task_cancelled"}
+# Each final status under an event of its own (task_upstream_failed is not task_skipped).
+_EVENTS = {s: f"task_{s.value}" for s in TaskStatus}
 
 
 def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:

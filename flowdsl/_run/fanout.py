@@ -15,6 +15,10 @@ children's outputs in input order.
 While history stores outputs, each child's record carries a hash of its input, stored with
 its output; a resumed run reuses a finished child whose index and input hash match, and
 runs only the rest.
+
+In a retried group (see units.py), the mapped task's next attempt runs only the children that
+did not complete (the group says which to keep), on their records; in a group with a timeout,
+its children cut off, and those that could not start, end ``timed_out`` with it.
 """
 
 from __future__ import annotations
@@ -26,22 +30,26 @@ from typing import Any, Protocol
 
 import anyio
 
+from .._base import secrets
 from .._base.errors import TaskFailed, TaskInputError
 from .._graph.task import Task
 from .executors import Remote
 from .result import RunResult, TaskRecord, TaskStatus
+from .units import group_timeout
 
 __all__ = ["input_key", "run_map"]
 
 COMPLETED = TaskStatus.COMPLETED
 CANCELLED = TaskStatus.CANCELLED
 RUNNING = TaskStatus.RUNNING
+TIMED_OUT = TaskStatus.TIMED_OUT
 
 
 class _Item(Protocol):
     outputs: dict[str, Any]
     status: dict[str, TaskStatus]
     records: dict[str, TaskRecord]
+    units: dict[Any, Any]
 
 
 class _Core(Protocol):
@@ -57,6 +65,8 @@ class _Core(Protocol):
     reused: dict[str, dict[int, tuple[str, Any, str]]]
     observers: tuple[Any, ...]
     log: Any
+    cache: Any
+    ids: Any
 
     def now(self) -> float: ...
     def _started(self, tid: str, rec: TaskRecord) -> None: ...
@@ -65,8 +75,12 @@ class _Core(Protocol):
     def _failed(self, tid: str, item: Any, rec: TaskRecord, exc: BaseException,
                 attempts: int) -> TaskStatus: ...
     def _map_output(self, task: Task, out: Any) -> None: ...
+    def _stopped(self, tid: str, item: Any, rec: TaskRecord, why: str, attempts: int
+                 ) -> None: ...
+    def _cut_at(self, item: Any, rec: TaskRecord) -> tuple[float, str, float] | None: ...
     async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
+    def _register_secrets(self, value: Any) -> None: ...
 
 
 def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -108,8 +122,11 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     except TaskInputError as exc:
         return core._failed(tid, item, rec, exc, 0)
     n = len(cols[0])
+    # A retried group's next attempt: the children it keeps (completed), or None.
+    redo: frozenset[int] | None = item.units.pop(("redo", tid), None) if item.units else None
     rec.status = RUNNING
-    rec.started_at = core.now()
+    if rec.started_at is None:  # else a group's retry: the record began with its first
+        rec.started_at = core.now()
     if core.observers or core.log:
         core._started(tid, rec)
     ids = [f"{tid}[{i}]" for i in range(n)]
@@ -128,6 +145,8 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
         while nxt < n and not scope.cancel_called:
             i = nxt
             nxt += 1
+            if redo is not None and i in redo:
+                continue  # completed in an earlier attempt of its group: kept
             if fan.positional:
                 a, k = (first[i], *args[1:]), kwargs
                 if rest:
@@ -137,8 +156,11 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
                 for p, c in rest:
                     k[p] = c[i]
             cid = ids[i]
-            child = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
-                                                   parent=tid)
+            child = item.records.get(cid) if redo is not None else None
+            if child is None:  # (a group's retry goes on with the child's record)
+                child = item.records[cid] = TaskRecord(cid, name,
+                                                       resources=task.spec.resources,
+                                                       parent=tid)
             if keyed:
                 key = child.input_key = input_key(a, k)
                 hit = reuse.get(i) if reuse is not None else None
@@ -153,6 +175,17 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
                     core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
                     scope.cancel()
 
+    if secrets.in_use():  # elements drawn from a generator may bring Secrets
+        core._register_secrets(cols)
+    if core.cache is not None and core.ids[task] in core.cache.policies:
+        # The children's cache entries in one query, before any of them runs.
+        def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            if fan.positional:
+                return (first[i], *args[1:]), {**kwargs, **{p: c[i] for p, c in rest}}
+            return args, {**kwargs, fan.params[0]: first[i], **{p: c[i] for p, c in rest}}
+
+        await core.cache.prefetch_children(core, ids, task, child_args)
+
     width = min(n, fan.max_parallel or n, core.child_limit)
     try:
         with anyio.CancelScope() as scope:
@@ -163,10 +196,19 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
                     for _ in range(width):
                         tg.start_soon(lane, scope)
     except BaseException:  # the run stopped: the children already recorded themselves
-        core._finish(tid, item, rec, CANCELLED, reason="the run stopped")
+        # Cut off by its group's timeout, it ends timed out, and so do the children that
+        # could not start; else it is cancelled.
+        core._stopped(tid, item, rec, "the run stopped", 0)
+        cut = core._cut_at(item, rec) if rec.status is TIMED_OUT else None
+        if cut is not None:
+            for i in range(nxt, n):
+                if redo is None or i not in redo:
+                    child = _child(item, ids[i], name, tid, redo)
+                    late = group_timeout(ids[i], cut[1], cut[2], False, 0)
+                    core._failed(ids[i], item, child, late, 0)
         raise
     if failed:
-        return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt)
+        return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt, redo)
     outs = [item.outputs[c] for c in ids]
     if core.remote and any(isinstance(o, Remote) for o in outs):
         outs = await _fetch(outs)
@@ -179,14 +221,24 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     return core._finish(tid, item, rec, COMPLETED, output=outs)
 
 
+def _child(item: _Item, cid: str, name: str, tid: str, redo: frozenset[int] | None
+           ) -> TaskRecord:
+    """The record of a child that never started (a group's retry keeps the one it had)."""
+    child = item.records.get(cid) if redo is not None else None
+    if child is None:
+        child = item.records[cid] = TaskRecord(cid, name, parent=tid)
+    return child
+
+
 def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: list[str],
-          failed: list[int], started: int) -> TaskStatus:
+          failed: list[int], started: int, redo: frozenset[int] | None) -> TaskStatus:
     """Fail mapped task ``tid`` once its children are final; children that never started
     (the siblings of a failure) are recorded as cancelled."""
     why = f"not started: a sibling, {ids[failed[0]]!r}, failed"
-    for cid in ids[started:]:
-        child = item.records[cid] = TaskRecord(cid, task.tool.name, parent=tid)
-        core._finish(cid, item, child, CANCELLED, reason=why)
+    for i in range(started, len(ids)):
+        if redo is None or i not in redo:
+            child = _child(item, ids[i], task.tool.name, tid, redo)
+            core._finish(ids[i], item, child, CANCELLED, reason=why)
     bad = item.records[ids[failed[0]]]
     err = bad.error
     detail = f"{err.type}: {err.message}" if err is not None else bad.status.value

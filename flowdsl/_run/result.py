@@ -186,6 +186,8 @@ class RunResult(Generic[R]):
         item_errors: for pipelines over items with ``continue_on_error``: item index -> error.
         history_error: why some of the run's history rows could not be written (a
             ``HistoryError``), or ``None``; the run itself is unaffected.
+        cache_error: why the result cache could not be used or its new entries written
+            (a ``CacheWarning``), or ``None``; the run itself is unaffected.
     """
 
     run_id: str
@@ -203,6 +205,7 @@ class RunResult(Generic[R]):
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
     rollback_errors: list[BaseException] = field(default_factory=list)
     history_error: BaseException | None = None
+    cache_error: BaseException | None = None
     plan: Any = field(default=None, repr=False, compare=False)
     #: The rollback errors as one exception group (status ``rollback_failed``), with the
     #: run's original error in ``.original``.
@@ -261,6 +264,7 @@ class RunResult(Generic[R]):
             "output": _jsonable(self.output) if outputs else None,
             "context": {k: _jsonable(v) for k, v in self.context.items()} if outputs else None,
             "history_error": str(self.history_error) if self.history_error else None,
+            "cache_error": str(self.cache_error) if self.cache_error else None,
         }
         return out if self.masker is None else self.masker.data(out)  # type: ignore
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .._base.log import engine_logger, logging_enabled
+from .._base.log import _current as _task
 
 __all__ = ["WorkerThreads"]
 
@@ -224,6 +224,7 @@ class WorkerThreads:
                     failed = call.value
                 elif fut is not None and fut.done() and not fut.cancelled():
                     failed = fut.exception()
+            ctx = call.ctx  # the task's context (None once the call has returned)
             if state == QUEUED:
                 call.state = CANCELLED
                 self.busy -= 1
@@ -234,8 +235,12 @@ class WorkerThreads:
         call.waiter = None
         if state == DONE:
             call.value = None
-        if state == RUNNING and logging_enabled():
-            engine_logger().warning(
+        # The run's own event logger, from the task's scope: a run with log=True says so as
+        # one with logging enabled globally does (and one with log=False does not).
+        scope = ctx.get(_task) if state == RUNNING and ctx is not None else None
+        log = scope[0].log if scope is not None else None
+        if log is not None:
+            log.warning(
                 "task_thread_abandoned", task=call.task_id, thread=call.thread,
                 reason="a sync call cannot be interrupted: its thread keeps running until the "
                        "call returns, and its result is discarded")

@@ -14,11 +14,19 @@ each group's members and entry tasks. At run time:
   own) to the tasks before the group.
 - *retries*: the first of its members the runner hands to the core drives the whole group
   (every input it takes from outside is ready then: materialize made its entry tasks wait
-  for all of them); the other members' turns wait for it and find their tasks final. After
-  an attempt, the failed part (failed, timed-out and cancelled tasks and what depends on
-  them inside the group) is reset and run again; the completed tasks are kept. Until the
-  last attempt, a failure neither stops the run nor counts among its errors. Nested retried
-  groups: the outermost one's retries apply.
+  for all of them); the other members' turns wait for it and find their tasks final.
+
+  The group-retry rule: after an attempt, the failed part (its failed, timed-out and
+  cancelled members, and every member that depends on them inside the group) is reset and
+  run again, after the group's backoff; the completed members are kept, and they are not
+  rolled back between attempts (rollback runs only when the run ends failed). A mapped
+  member re-runs only its children that did not complete, unless its input is computed
+  again (a member before it re-runs), when all of them run again. Every call made stays an
+  attempt on its member's (or child's) record, numbered across the group's attempts. Until
+  the last attempt, a failure (a child's included) neither stops the run nor counts among
+  its errors; if the run stops meanwhile, the failures held so far stand, and a failed
+  part waiting out the backoff ends cancelled. Nested retried groups: the outermost one's
+  retries apply.
 
 Only groups with a condition or a timeout cost anything per task, and only for their members.
 """
@@ -33,7 +41,7 @@ import anyio.abc
 
 from .._base.errors import TaskTimeout
 from .._graph.task import Group, Task, eval_condition
-from .result import TaskStatus
+from .result import TaskRecord, TaskStatus
 
 __all__ = ["Units", "context_defaults", "group_timeout", "group_turn"]
 
@@ -138,9 +146,14 @@ class _Core(Protocol):
     held: dict[tuple[str, int], list[BaseException]]
     preds: Mapping[str, tuple[str, ...]]
     plan: Any
+    children: dict[str, list[str]]
+    rng: Any
 
     async def run_task(self, tid: str, item: Any, driven: bool = False) -> TaskStatus: ...
     def release(self, errors: list[tuple[str, Any, BaseException]]) -> None: ...
+    def sleep(self, seconds: float) -> Awaitable[Any]: ...
+    def _finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
+                reason: str | None = None) -> TaskStatus: ...
 
 
 async def group_turn(core: _Core, tid: str, item: Any) -> TaskStatus:
@@ -162,36 +175,99 @@ async def group_turn(core: _Core, tid: str, item: Any) -> TaskStatus:
 
 
 async def _drive(core: _Core, n: int, item: Any) -> None:
-    """Run group ``n``'s members, then its failed part again while retries are left."""
+    """Run group ``n``'s members, then its failed part again while retries are left (the
+    group-retry rule in the module docstring)."""
     units = core.units
     assert units is not None
     group = units.groups[n]
+    unit = group.unit
     inside = set(group.members)
     todo = [t for t in core.plan.order if t in inside]  # topological
-    tries = group.unit.retries + 1
+    tries = unit.retries + 1
     for attempt in range(1, tries + 1):
         last = attempt == tries
         if not last:  # failures are held back: a retry may still mend them
             for t in todo:
                 core.held[(t, item.index)] = []
         try:
-            await _run_members(core, todo, inside, item)
-        finally:
-            held = [(t, item, e) for t in todo
-                    for e in core.held.pop((t, item.index), [])] if not last else []
-        again = _failed_part(core, todo, inside, item)
+            await _run_members(core, todo, item)
+        except BaseException:  # the run stopped: the failures held so far stand
+            if not last:
+                core.release(_unhold(core, todo, item))
+            raise
+        held = _unhold(core, todo, item) if not last else []
+        again = _failed_part(core, todo, item)
         if not again or last or core.stopped:
             core.release(held)  # these failures stand: the run hears of them now
             return
-        for t in again:  # reset: run these again; the group's clocks start over
-            item.status.pop(t, None)
-            item.outputs.pop(t, None)
-        for k in [k for k in item.units if k[0] == "deadline"]:
-            del item.units[k]
+        delay = unit.backoff.delay(attempt, core.rng) if unit.backoff is not None else 0.0
+        if delay > 0:
+            try:
+                await core.sleep(delay)
+            except BaseException:
+                why = f"the run stopped while it waited to retry with group {unit.name!r}"
+                _give_up(core, again, item, why)
+                raise
+        _reset(core, again, item)
         todo = again
 
 
-def _failed_part(core: _Core, todo: Sequence[str], inside: set[str], item: Any) -> list[str]:
+def _unhold(core: _Core, todo: Sequence[str], item: Any) -> list[tuple[str, Any, BaseException]]:
+    """Take the failures held back for ``todo``'s attempt (a child's under its mapped task's
+    id; each error names its own task)."""
+    return [(getattr(e, "task_id", None) or t, item, e) for t in todo
+            for e in core.held.pop((t, item.index), [])]
+
+
+def _reset(core: _Core, again: Sequence[str], item: Any) -> None:
+    """Make ``again`` (the failed part) ready to run: statuses and outputs go, records are
+    rewound (their attempts stay), the group's clocks start over."""
+    redo = set(again)
+    for t in again:
+        kids = core.children.get(t)
+        if kids is not None:
+            # Its input is the same unless a member before it runs again: then the children
+            # that completed are kept, and only the others run again.
+            same = not any(p in redo for p in core.preds[t])
+            keep = frozenset(i for i, c in enumerate(kids)
+                             if same and item.status.get(c) is TaskStatus.COMPLETED)
+            for i, c in enumerate(kids):
+                if i not in keep:
+                    _rewind(item, c)
+            item.units[("redo", t)] = keep
+        _rewind(item, t)
+    for k in [k for k in item.units if k[0] == "deadline"]:
+        del item.units[k]
+
+
+def _rewind(item: Any, tid: str) -> None:
+    item.status.pop(tid, None)
+    item.outputs.pop(tid, None)
+    rec = item.records.get(tid)
+    if rec is not None:
+        rec.status = TaskStatus.PENDING
+        rec.error = rec.reason = rec.ended_at = None
+
+
+def _give_up(core: _Core, again: Sequence[str], item: Any, why: str) -> None:
+    """The run stopped while the group waited to retry: its failed part (and the failed
+    children of its mapped members) will not run again and ends cancelled, the failures
+    it was waiting to mend kept on the attempts of each record."""
+    for t in again:
+        for c in core.children.get(t, ()):
+            if item.status.get(c) in _AGAIN:
+                _cancel(core, item, c, why)
+        _cancel(core, item, t, why)
+
+
+def _cancel(core: _Core, item: Any, tid: str, why: str) -> None:
+    rec = item.records.get(tid)
+    if rec is not None:
+        rec.error = None
+    core._finish(tid, item, rec, TaskStatus.CANCELLED, reason=why)
+
+
+def _failed_part(core: _Core, todo: Sequence[str], item: Any) -> list[str]:
     """The members to run again: those that failed, timed out or were cancelled, and every
     member downstream of them (in topological order)."""
     again: set[str] = set()
@@ -201,8 +277,7 @@ def _failed_part(core: _Core, todo: Sequence[str], inside: set[str], item: Any) 
     return [t for t in todo if t in again]
 
 
-async def _run_members(core: _Core, todo: Sequence[str], inside: set[str],
-                       item: Any) -> None:
+async def _run_members(core: _Core, todo: Sequence[str], item: Any) -> None:
     """Run ``todo`` (members, topological) as their dependencies inside the group finish,
     at most ``core.child_limit`` at once."""
     pending = set(todo)
