@@ -6,5 +6,5 @@ measured in one process run, repeated, reported as a median with its spread (min
 
 Suites: the reference workflow, the level-by-level baseline, seeded random DAGs, WfCommons
 trace replays, engine overhead against a raw-asyncio floor (and dask), CPU-bound executors and
-pipeline streaming. README.md (Performance) has a full run's table.
+pipeline streaming. docs/performance.md has a full run's table.
 """

@@ -1,6 +1,6 @@
 """``python -m benchmarks [--quick] [--json FILE] [--gantt PNG] [--only NAME ...]``.
 
-Progress goes to stderr, the tables (markdown, pasteable into the README) to stdout.
+Progress goes to stderr, the tables (markdown, pasteable into docs/performance.md) to stdout.
 """
 
 from __future__ import annotations

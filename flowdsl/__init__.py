@@ -23,10 +23,10 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._base.errors": (
         "CacheKeyError", "CacheStoreError", "CacheWarning", "CompensationError",
         "CompositionError", "CycleError", "DuplicateTaskError", "ExecutionError", "FlowError",
-        "GraphTooLargeError", "HistoryError", "HistoryWarning", "MissingContextError",
-        "PlanError", "PlanValidationError", "ResourceError", "RunFailed", "RunNotFound",
-        "RunTimeout", "SerializationError", "TaskFailed", "TaskInputError", "TaskTimeout",
-        "ToolDefinitionError", "WorkerLost",
+        "GraphTooLargeError", "HistoryError", "HistoryWarning", "McpServerError", "McpToolError",
+        "MissingContextError", "PlanError", "PlanValidationError", "ResourceError", "RunFailed",
+        "RunNotFound", "RunTimeout", "SerializationError", "TaskFailed", "TaskInputError",
+        "TaskTimeout", "ToolDefinitionError", "WorkerLost",
     ),
     "._base.limits": ("Limits", "limits", "set_limits"),
     "._base.secrets": ("Secret",),
@@ -80,6 +80,8 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._base.errors import GraphTooLargeError as GraphTooLargeError
     from ._base.errors import HistoryError as HistoryError
     from ._base.errors import HistoryWarning as HistoryWarning
+    from ._base.errors import McpServerError as McpServerError
+    from ._base.errors import McpToolError as McpToolError
     from ._base.errors import MissingContextError as MissingContextError
     from ._base.errors import PlanError as PlanError
     from ._base.errors import PlanValidationError as PlanValidationError

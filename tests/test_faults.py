@@ -569,17 +569,14 @@ class TestPipelineMemory:
 
 
 def test_readme_section_example_prints_what_it_says(tmp_path: Path) -> None:
-    """The README's "Faults, limits and secrets" example runs in a fresh process and prints
-    exactly what its `# ...` comments promise (the canary never shows)."""
-    import re
+    """The example of docs/howto/faults.md ("Faults, limits and secrets") runs in a fresh
+    process and prints exactly the output the page shows (the canary never shows)."""
     import subprocess
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = text.index("## Faults, limits and secrets")
-    end = text.index("\n## ", start + 1)
-    (code,) = re.findall(r"```python\n(.*?)```", text[start:end], re.S)
-    expected = [line.split("#", 1)[1].strip() for line in code.splitlines()
-                if line.startswith("print(") and "#" in line]
+    from doc_pages import examples  # tests/ is on sys.path
+
+    ((code, expected),) = examples("howto/faults.md")
+    assert expected == ["failed {'call_api': 'failed'}", "key *** was refused"]
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

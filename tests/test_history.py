@@ -594,11 +594,11 @@ def test_outputs_round_trip_through_json_text(tmp_path: Path) -> None:
 
 
 def test_readme_history_example_runs(tmp_path: Path) -> None:
-    """The README's "History" code block runs as etl.py in a fresh process and prints what
-    its comments say."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### History\n"):text.index("### Resume\n")]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    """The first example of docs/concepts/history.md runs as etl.py in a fresh process and
+    prints what its comments say (its tools then have etl's qualified names)."""
+    from doc_pages import examples  # tests/ is on sys.path
+
+    code = examples("concepts/history.md", "## History")[0][0]
     (tmp_path / "etl.py").write_text(code)
     env = {**os.environ, "FLOWDSL_HISTORY": str(tmp_path / "default.db"), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "etl.py"], cwd=tmp_path, capture_output=True,

@@ -440,12 +440,14 @@ class TestTyping:
 
 
 def test_readme_id_and_guard_rail_examples_run(tmp_path: Path) -> None:
-    """The runnable blocks of the README's "Guard rails" and "Per-task settings and ids"
-    sections run in a fresh process and print what their comments say."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Guard rails"):text.index("### Planning")]
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S)
-              if b.startswith("import flowdsl")]
+    """The self-contained examples of the "Guard rails" and "Per-task settings and ids"
+    sections of docs/concepts/composition.md run in a fresh process and print what the page
+    says."""
+    from doc_pages import examples  # tests/ is on sys.path
+
+    blocks = [code for heading in ("## Guard rails", "## Per-task settings and ids")
+              for code, _ in examples("concepts/composition.md", heading)
+              if code.startswith("import flowdsl")]
     assert len(blocks) == 2
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     outs = [subprocess.run([sys.executable, "-c", b], capture_output=True, text=True,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import threading
@@ -502,20 +501,21 @@ class TestDocuments:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _section_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Shapes decided at run time")
-    end = text.index("\n## ", start + 1)
-    return re.findall(r"```python\n(.*?)```", text[start:end], re.S)
+def _section_blocks() -> list[tuple[str, list[str] | None]]:
+    from doc_pages import examples  # tests/ is on sys.path
+
+    return [example for page in ("howto/maps-switches.md", "howto/subflows.md",
+                                 "howto/caching.md")
+            for example in examples(page)]
 
 
 @pytest.mark.parametrize("index", range(5))
 def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path) -> None:
-    """Each code block of the README's "Shapes decided at run time" section runs in a fresh
-    process and prints exactly the values its `# ...` comments promise."""
-    code = _section_blocks()[index]
-    expected = [line.split("#", 1)[1].strip() for line in code.splitlines()
-                if line.startswith("print(") and "#" in line]
+    """Each example of the pages on maps and switches, sub-flows and cached tasks (once the
+    README's "Shapes decided at run time") runs in a fresh process and prints exactly the
+    output the page shows."""
+    code, expected = _section_blocks()[index]
+    assert expected, "each of these examples shows its output"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -27,6 +27,8 @@ __all__ = [
     "GraphTooLargeError",
     "HistoryError",
     "HistoryWarning",
+    "McpServerError",
+    "McpToolError",
     "MissingContextError",
     "PlanError",
     "PlanValidationError",
@@ -240,6 +242,35 @@ class WorkerLost(ExecutionError):
         super().__init__(msg)
         self.task_id = task_id
         self.exitcode = exitcode
+
+
+class McpServerError(ExecutionError, ConnectionError):
+    """An MCP server (:func:`flowdsl.mcp.connect`) could not be started or reached, or died
+    during a call; the next call starts it again.
+
+    Attributes:
+        server: the server's name.
+        exit_status: its exit status (negative: killed by that signal), if it exited.
+    """
+
+    def __init__(self, msg: str, *, server: str, exit_status: int | None = None) -> None:
+        super().__init__(msg)
+        self.server = server
+        self.exit_status = exit_status
+
+
+class McpToolError(ExecutionError):
+    """An MCP server answered a tool call with an error; the message carries its text.
+
+    Attributes:
+        server: the server's name.
+        tool: the tool called.
+    """
+
+    def __init__(self, msg: str, *, server: str, tool: str) -> None:
+        super().__init__(msg)
+        self.server = server
+        self.tool = tool
 
 
 class CompensationError(ExecutionError, ExceptionGroup):  # type: ignore[misc]

@@ -5,8 +5,8 @@ run's context (``{"ctx": key, "path": [...], "op": ..., "value": ...}``), or ``a
 / ``not`` of conditions. :func:`_compile` turns one into a callable :class:`Condition` or
 records why it is malformed; nothing is ever evaluated from the document itself.
 
-It also holds the small helpers that the document loader (``_dataflow``) shares with it for
-reporting problems: JSON-path formatting and "did you mean" hints.
+It also holds the small helpers that the document loader (``flowdsl._data.documents``)
+shares with it for reporting problems: JSON-path formatting and "did you mean" hints.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ Problems = list[dict[str, Any]]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
-# -- problem reports (shared with _dataflow) -------------------------------------------------
+# -- problem reports (shared with documents) -------------------------------------------------
 
 
 def _path(base: str, *parts: Any) -> str:

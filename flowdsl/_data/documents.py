@@ -6,8 +6,9 @@ only then turned into the same Flow a user could write with ``>>`` and ``|``: ea
 ``registry[tool](**args).named(id)``, ``{"$task": id}`` / ``{"$ctx": key}`` become Task / Ref
 / ``ctx()`` arguments, ``depends_on`` becomes composition edges. Nothing in a document is ever
 evaluated, executed, unpickled or imported; conditions are a tiny declarative language or the
-name of a predicate the user registered (compiled in ``_conditions``). ``flow_to_dict`` writes a
-flow back as a document; the document's JSON Schema, ``plan_schema``, is in :mod:`.plan_schema`.
+name of a predicate the user registered (compiled in ``flowdsl._data.conditions``).
+``flow_to_dict`` writes a flow back as a document; the document's JSON Schema,
+``plan_schema``, is in ``flowdsl._data.plan_schema``.
 """
 
 from __future__ import annotations

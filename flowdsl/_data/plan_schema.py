@@ -1,9 +1,10 @@
 """The JSON Schema of workflow documents (:func:`plan_schema`), for LLM structured output.
 
 Each task is one of the registry's tools, its ``args`` tied to that tool's parameter schema
-(from ``_schema``), where any argument may also be a ``$task`` / ``$ctx`` reference; ``when``
-follows the condition language of ``_conditions``. It also holds the parts of the document's
-vocabulary the schema publishes and the loader checks: the modes and the task id length.
+(from ``flowdsl._data.schema``), where any argument may also be a ``$task`` / ``$ctx``
+reference; ``when`` follows the condition language of ``flowdsl._data.conditions``. It also
+holds the parts of the document's vocabulary the schema publishes and the loader checks: the
+modes and the task id length.
 """
 
 from __future__ import annotations

@@ -187,6 +187,9 @@ def tool_schema(t: Tool, *, name: str | None = None) -> dict[str, Any]:
     Raises:
         ImportError: pydantic or docstring_parser is missing (``flowdsl[schema]``).
     """
+    own = getattr(t, "_flowdsl_json_schema", None)
+    if own is not None:  # a tool described elsewhere (an MCP server's): its schema as given
+        return {"name": name or t.name, "description": t.spec.description, "parameters": own}
     pydantic = require("pydantic")
     from pydantic.json_schema import PydanticJsonSchemaWarning
 

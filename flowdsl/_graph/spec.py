@@ -258,7 +258,7 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
             ok = " or ".join(repr(k) for k, row in EXECUTOR_KINDS.items() if row.coroutines)
             raise _bad(name, "executor", value, f"{ok} for a coroutine function (it is awaited)")
         return value
-    if callable(getattr(value, "call", None)):  # an Executor (flowdsl._executors.Executor)
+    if callable(getattr(value, "call", None)):  # an Executor (flowdsl._run.executors.Executor)
         return value
     raise _bad(name, "executor", value, "an executor name or an Executor object")
 

@@ -60,7 +60,7 @@ class Analysis:
             (``"history"``, ``"declared"`` or ``"unknown"``).
         makespans: predicted wall time per mode (unknown durations count 1 s).
         bottlenecks, suggestions: see :class:`Bottleneck` and :class:`Suggestion`.
-        stats: the flow's tools' qualified names -> :class:`~flowdsl._history.ToolStats`
+        stats: the flow's tools' qualified names -> :class:`~flowdsl._record.history.ToolStats`
             (empty without history).
     """
 

@@ -4,7 +4,8 @@ Built on typer (arguments, help, shell completion) and rich (tables, live progre
 with ``pip install 'flowdsl[cli]'`` and are imported only by this module, so ``import flowdsl``
 stays light. Every command goes through the public engine (plan, run, history, simulate,
 analyze, render, timeline), never around it. This module holds the app, target loading, the
-shared helpers and ``main``; the ``history`` commands and ``timeline`` are in ``_cli_history``.
+shared helpers and ``main``; the ``history`` commands and ``timeline`` are in
+``flowdsl._report.cli_history``.
 
 A TARGET is ``path/to/file.py:name`` or ``package.module:name`` (a Flow, a fragment, a Task or
 a zero-argument function returning one), or a ``.json``/``.yaml`` workflow document.

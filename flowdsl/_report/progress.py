@@ -1,4 +1,4 @@
-"""Report: live progress of a run, as a :class:`~flowdsl._result.RunObserver`.
+"""Report: live progress of a run, as a :class:`~flowdsl._run.result.RunObserver`.
 
 - :class:`LiveProgress`: a rich ``Live`` display for terminals (a bar of tasks done, counts
   of running and failed tasks, elapsed time and the tasks running now), refreshed by rich's

@@ -8,7 +8,7 @@ edges, which give it the same way; only a run recorded without them (an older fi
 to the chain of tasks that each started right as the one before ended
 (``critical_source = "timings"``).
 
-    from flowdsl._timeline import save_timeline
+    from flowdsl import save_timeline
     save_timeline(result, "run.html")          # or "run.png", "run.svg"
     save_timeline("3f2a9c1b7e0d", "run.png")   # a run id from history
 """

@@ -44,6 +44,7 @@ from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
 from .stores import open_backend
+from .tracing import run_tracing
 from .units import context_defaults
 
 __all__ = ["arun", "run"]
@@ -187,11 +188,16 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
         result.masker = secrets.masker_for(results_cache.found, result.masker)
         results_cache.found = []
     obs = _observers(observers, store, p, store_outputs, progress)
+    tracing = run_tracing()  # None, at the cost of a dict look-up, unless OTel is set up
+    if tracing is not None:
+        obs.append(tracing)
     core = Core(p, result, context=ctx, executors=per_task, pools=pools,
                 priorities=priorities, continue_on_error=continue_on_error, observers=obs,
                 log=logging_enabled() if log is None else log, rng=rng, sleep=sleep,
                 cache=results_cache, rollback=rollback_on_failure, keep_outputs=keep_outputs,
                 capture=capture_output)
+    if tracing is not None:
+        tracing.attach(core)
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
@@ -470,8 +476,9 @@ def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any
         context: initial context (copied, never mutated).
         input: the value the first pipeline stages receive.
         items: values to stream through a pipeline (``mode="pipeline"``).
-        continue_on_error: a failed task fails only its downstream tasks
-            (``upstream_failed``); independent branches go on.
+        continue_on_error: the run goes on after a failure: each downstream task applies
+            its trigger rule (the default ``all_success`` makes it ``upstream_failed``;
+            ``all_done`` and ``one_failed`` tasks run); independent branches go on.
         rollback_on_failure: if the run fails, is cancelled or times out, undo completed
             tasks (their tools' ``rollback``) in reverse completion order. A failed run whose
             rollbacks all succeeded ends ``rolled_back``; one where a rollback raised ends

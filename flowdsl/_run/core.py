@@ -54,6 +54,7 @@ from .executors import Executor, Remote
 from .fanout import run_map
 from .resources import Pools
 from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+from .tracing import Tracing
 from .units import Units, group_timeout, group_turn
 
 __all__ = ["MAX_KEPT_ATTEMPTS", "Core", "Item", "fold"]
@@ -117,6 +118,7 @@ class Core:
         self.priorities = priorities
         self.continue_on_error = continue_on_error
         self.observers = tuple(observers)
+        self.tracing: Tracing | None = None  # set by Tracing.attach when a provider is set
         # The run's secrets (see flowdsl/_base/secrets.py): None, and free, without any.
         self.masker = masker = result.masker
         self.log = engine_logger(run_id=result.run_id) if log else None
@@ -543,6 +545,8 @@ class Core:
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         spec = task.spec
         ex = self.executors[self.ids[task]]  # a mapped task's children run on its executor
+        if self.tracing is not None:  # OpenTelemetry: each call under its attempt's span
+            ex = self.tracing.executor(ex, tid, task, item, rec)  # type: ignore[assignment]
         fn = task.tool.fn
         rec.status = RUNNING
         started = self.now()

@@ -5,7 +5,7 @@ critical-path order); :meth:`DaskExecutor.call` only submits the tool's function
 resolved arguments to the cluster and waits until it is done there. It returns a
 :class:`DaskRemote` handle around the dask ``Future`` rather than the value, so a downstream
 task on the cluster receives the future and dask moves the data between workers; the core
-fetches a handle only where a value is needed here (see ``flowdsl._execute``).
+fetches a handle only where a value is needed here (see ``flowdsl._run.core``).
 
 Lifecycle: ``open()`` connects an asynchronous ``Client`` on the run's event loop (asyncio
 only; dask's client is built on asyncio), starting a ``LocalCluster`` of worker processes

@@ -488,7 +488,7 @@ class HistoryStore(HistoryReader):
 
     def observer(self, flow_name: str | None = None, store_outputs: bool | None = None
                  ) -> HistoryObserver:
-        """A :class:`~flowdsl._result.RunObserver` that records one run in this store.
+        """A :class:`~flowdsl._run.result.RunObserver` that records one run in this store.
 
         Args:
             flow_name: the flow's name, stored with the run (the result's name wins if set).
