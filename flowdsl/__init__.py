@@ -4,97 +4,165 @@ Declare tools with ``@tool``, compose tasks with ``>>`` (then) and ``|`` (side b
 run the flow sequentially, in parallel, as a pipeline or conditionally.
 """
 
+import importlib as _importlib
 from typing import TYPE_CHECKING
 
 from ._base import hooks as _hooks
-from ._base.errors import (
-    CacheKeyError,
-    CacheStoreError,
-    CacheWarning,
-    CompensationError,
-    CompositionError,
-    CycleError,
-    DuplicateTaskError,
-    ExecutionError,
-    FlowError,
-    GraphTooLargeError,
-    HistoryError,
-    HistoryWarning,
-    McpServerError,
-    McpToolError,
-    MissingContextError,
-    PlanError,
-    PlanValidationError,
-    ResourceError,
-    RunFailed,
-    RunNotFound,
-    RunTimeout,
-    SerializationError,
-    TaskFailed,
-    TaskInputError,
-    TaskTimeout,
-    ToolDefinitionError,
-    WorkerLost,
-)
-from ._base.limits import Limits, limits, set_limits
-from ._base.secrets import Secret
-from ._graph.builtins import SKIP, branch, switch
-from ._graph.registry import ToolRegistry, default_registry
-from ._graph.spec import Cache
-from ._graph.task import Flow, Fragment, Task, chain, ctx, each, parallel, upstream
-from ._graph.tool import Backoff, Tool, tool
-from ._plan.planner import DependencyResolver, Plan, plan
 from ._run import stores as _stores
-from ._run.result import Attempt, ErrorInfo, RunResult, RunStatus, TaskRecord, TaskStatus
 
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:  # what the lazy names below are, for type checkers (never run)
+# The public names, once: each module with the names it defines that users import from
+# `flowdsl`. `__all__`, `dir(flowdsl)`, the names loaded with the package and the lazy loader
+# (`__getattr__`) derive from this table; the TYPE_CHECKING block below repeats it for type
+# checkers, which cannot run it (tests/test_public_api.py fails when the two differ, and prints
+# the block to paste). To add a public name: add it under its module here and add its line
+# `from .module import Name as Name` to the block.
+_PUBLIC: dict[str, tuple[str, ...]] = {
+    # Loaded with the package (the modules in _AT_IMPORT): light, and used by every program.
+    "._base.errors": (
+        "CacheKeyError", "CacheStoreError", "CacheWarning", "CompensationError",
+        "CompositionError", "CycleError", "DuplicateTaskError", "ExecutionError", "FlowError",
+        "GraphTooLargeError", "HistoryError", "HistoryWarning", "McpServerError", "McpToolError",
+        "MissingContextError", "PlanError", "PlanValidationError", "ResourceError", "RunFailed",
+        "RunNotFound", "RunTimeout", "SerializationError", "TaskFailed", "TaskInputError",
+        "TaskTimeout", "ToolDefinitionError", "WorkerLost",
+    ),
+    "._base.limits": ("Limits", "limits", "set_limits"),
+    "._base.secrets": ("Secret",),
+    "._graph.builtins": ("SKIP", "branch", "switch"),
+    "._graph.registry": ("ToolRegistry", "default_registry"),
+    "._graph.spec": ("Backoff", "Cache"),
+    "._graph.task": ("Flow", "Fragment", "Task", "chain", "ctx", "each", "parallel", "upstream"),
+    "._graph.tool": ("Tool", "tool"),
+    "._plan.planner": ("Plan", "plan"),
+    "._plan.policy": ("Mode",),
+    "._run.result": ("Attempt", "ErrorInfo", "RunResult", "RunStatus", "TaskRecord", "TaskStatus"),
+    # Loaded on first use of one of their names, so `import flowdsl` stays light (no sqlite,
+    # pydantic or dask until a name that needs them is touched).
+    "._base.log": ("enable_logging", "get_logger"),
+    "._run.api": ("arun", "run"),
+    "._run.resources": ("Pools",),
+    "._run.executors": ("Executor",),
+    "._run.dask": ("DaskExecutor",),
+    "._data.documents": ("load_flow",),
+    "._data.plan_schema": ("plan_schema",),
+    "._record.cache": ("CacheStore",),
+    "._record.history": ("HistoryStore", "open_history"),
+    "._record.simulate": ("simulate",),
+    "._record.optimizer": ("analyze", "optimize"),
+    "._report.benchmark": ("BenchmarkResult", "benchmark"),
+    "._report.progress": ("progress",),
+    "._report.timeline": ("save_timeline",),
+    ".compat": (
+        "DependencyResolver", "ExecutionMode", "ResourceManager", "Workflow", "WorkflowEngine",
+        "WorkflowOptimizer", "WorkflowTask",
+    ),
+}
+
+# The modules of _PUBLIC that load with the package; the others load on first use.
+_AT_IMPORT = (
+    "._base.errors", "._base.limits", "._base.secrets", "._graph.builtins", "._graph.registry",
+    "._graph.spec", "._graph.task", "._graph.tool", "._plan.planner", "._plan.policy",
+    "._run.result",
+)
+
+if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
+    from ._base.errors import CacheKeyError as CacheKeyError
+    from ._base.errors import CacheStoreError as CacheStoreError
+    from ._base.errors import CacheWarning as CacheWarning
+    from ._base.errors import CompensationError as CompensationError
+    from ._base.errors import CompositionError as CompositionError
+    from ._base.errors import CycleError as CycleError
+    from ._base.errors import DuplicateTaskError as DuplicateTaskError
+    from ._base.errors import ExecutionError as ExecutionError
+    from ._base.errors import FlowError as FlowError
+    from ._base.errors import GraphTooLargeError as GraphTooLargeError
+    from ._base.errors import HistoryError as HistoryError
+    from ._base.errors import HistoryWarning as HistoryWarning
+    from ._base.errors import McpServerError as McpServerError
+    from ._base.errors import McpToolError as McpToolError
+    from ._base.errors import MissingContextError as MissingContextError
+    from ._base.errors import PlanError as PlanError
+    from ._base.errors import PlanValidationError as PlanValidationError
+    from ._base.errors import ResourceError as ResourceError
+    from ._base.errors import RunFailed as RunFailed
+    from ._base.errors import RunNotFound as RunNotFound
+    from ._base.errors import RunTimeout as RunTimeout
+    from ._base.errors import SerializationError as SerializationError
+    from ._base.errors import TaskFailed as TaskFailed
+    from ._base.errors import TaskInputError as TaskInputError
+    from ._base.errors import TaskTimeout as TaskTimeout
+    from ._base.errors import ToolDefinitionError as ToolDefinitionError
+    from ._base.errors import WorkerLost as WorkerLost
+    from ._base.limits import Limits as Limits
+    from ._base.limits import limits as limits
+    from ._base.limits import set_limits as set_limits
     from ._base.log import enable_logging as enable_logging
     from ._base.log import get_logger as get_logger
-    from ._data.compat import ExecutionMode as ExecutionMode
-    from ._data.compat import Workflow as Workflow
-    from ._data.compat import WorkflowEngine as WorkflowEngine
-    from ._data.compat import WorkflowTask as WorkflowTask
+    from ._base.secrets import Secret as Secret
     from ._data.documents import load_flow as load_flow
-    from ._data.documents import plan_schema as plan_schema
+    from ._data.plan_schema import plan_schema as plan_schema
+    from ._graph.builtins import SKIP as SKIP
+    from ._graph.builtins import branch as branch
+    from ._graph.builtins import switch as switch
+    from ._graph.registry import ToolRegistry as ToolRegistry
+    from ._graph.registry import default_registry as default_registry
+    from ._graph.spec import Backoff as Backoff
+    from ._graph.spec import Cache as Cache
+    from ._graph.task import Flow as Flow
+    from ._graph.task import Fragment as Fragment
+    from ._graph.task import Task as Task
+    from ._graph.task import chain as chain
+    from ._graph.task import ctx as ctx
+    from ._graph.task import each as each
+    from ._graph.task import parallel as parallel
+    from ._graph.task import upstream as upstream
+    from ._graph.tool import Tool as Tool
+    from ._graph.tool import tool as tool
+    from ._plan.planner import Plan as Plan
+    from ._plan.planner import plan as plan
+    from ._plan.policy import Mode as Mode
     from ._record.cache import CacheStore as CacheStore
     from ._record.history import HistoryStore as HistoryStore
     from ._record.history import open_history as open_history
-    from ._record.optimizer import WorkflowOptimizer as WorkflowOptimizer
     from ._record.optimizer import analyze as analyze
     from ._record.optimizer import optimize as optimize
-    from ._record.optimizer import simulate as simulate
+    from ._record.simulate import simulate as simulate
     from ._report.benchmark import BenchmarkResult as BenchmarkResult
     from ._report.benchmark import benchmark as benchmark
     from ._report.progress import progress as progress
     from ._report.timeline import save_timeline as save_timeline
-    from ._run.api import Mode as Mode
     from ._run.api import arun as arun
     from ._run.api import run as run
     from ._run.dask import DaskExecutor as DaskExecutor
     from ._run.executors import Executor as Executor
     from ._run.resources import Pools as Pools
-    from ._run.resources import ResourceManager as ResourceManager
+    from ._run.result import Attempt as Attempt
+    from ._run.result import ErrorInfo as ErrorInfo
+    from ._run.result import RunResult as RunResult
+    from ._run.result import RunStatus as RunStatus
+    from ._run.result import TaskRecord as TaskRecord
+    from ._run.result import TaskStatus as TaskStatus
+    from .compat import DependencyResolver as DependencyResolver
+    from .compat import ExecutionMode as ExecutionMode
+    from .compat import ResourceManager as ResourceManager
+    from .compat import Workflow as Workflow
+    from .compat import WorkflowEngine as WorkflowEngine
+    from .compat import WorkflowOptimizer as WorkflowOptimizer
+    from .compat import WorkflowTask as WorkflowTask
 
-# Heavier parts load on first use, so `import flowdsl` stays light (no sqlite, pydantic or
-# dask until a name that needs them is touched).
-_LAZY = {
-    "run": "._run.api", "arun": "._run.api", "Mode": "._run.api",
-    "Pools": "._run.resources", "ResourceManager": "._run.resources",
-    "Executor": "._run.executors",
-    "CacheStore": "._record.cache",
-    "HistoryStore": "._record.history", "open_history": "._record.history",
-    "analyze": "._record.optimizer", "optimize": "._record.optimizer",
-    "simulate": "._record.optimizer", "WorkflowOptimizer": "._record.optimizer",
-    "load_flow": "._data.documents", "plan_schema": "._data.documents",
-    "Workflow": "._data.compat", "WorkflowTask": "._data.compat",
-    "ExecutionMode": "._data.compat", "WorkflowEngine": "._data.compat",
-    "DaskExecutor": "._run.dask",
-    "enable_logging": "._base.log", "get_logger": "._base.log",
-    "progress": "._report.progress", "save_timeline": "._report.timeline",
-    "benchmark": "._report.benchmark", "BenchmarkResult": "._report.benchmark",
-}
+del TYPE_CHECKING
+
+#: Each public name's module (the lazy loader's table).
+_HOME = {name: module for module, names in _PUBLIC.items() for name in names}
+for _module in _AT_IMPORT:
+    _loaded = _importlib.import_module(_module, __name__)
+    for _name in _PUBLIC[_module]:
+        globals()[_name] = getattr(_loaded, _name)
+del _module, _loaded
+
+__all__ = sorted(_HOME)
 
 # Methods that lower layers offer but higher layers implement (see flowdsl/_base/hooks.py):
 # this module sits above every layer, so it is the one place that wires them.
@@ -130,77 +198,14 @@ _stores.set_default_store(_open_cache)
 
 
 def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
+    module = _HOME.get(name)
     if module is None:
         msg = f"module 'flowdsl' has no attribute {name!r}"
         raise AttributeError(msg)
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
+    value = getattr(_importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
-__all__ = [
-    "Attempt",
-    "Backoff",
-    "Cache",
-    "CacheKeyError",
-    "CacheStoreError",
-    "CacheWarning",
-    "CompensationError",
-    "CompositionError",
-    "CycleError",
-    "DependencyResolver",
-    "DuplicateTaskError",
-    "ErrorInfo",
-    "ExecutionError",
-    "Flow",
-    "FlowError",
-    "Fragment",
-    "GraphTooLargeError",
-    "HistoryError",
-    "HistoryWarning",
-    "Limits",
-    "McpServerError",
-    "McpToolError",
-    "MissingContextError",
-    "Plan",
-    "PlanError",
-    "PlanValidationError",
-    "ResourceError",
-    "RunFailed",
-    "RunNotFound",
-    "RunResult",
-    "RunStatus",
-    "RunTimeout",
-    "SKIP",
-    "Secret",
-    "SerializationError",
-    "Task",
-    "TaskFailed",
-    "TaskInputError",
-    "TaskRecord",
-    "TaskStatus",
-    "TaskTimeout",
-    "Tool",
-    "ToolDefinitionError",
-    "ToolRegistry",
-    "WorkerLost",
-    "branch",
-    "chain",
-    "ctx",
-    "default_registry",
-    "each",
-    "limits",
-    "parallel",
-    "plan",
-    "set_limits",
-    "switch",
-    "tool",
-    "upstream",
-    *_LAZY,
-]
+    return sorted(set(globals()) | set(_HOME))

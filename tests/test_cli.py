@@ -394,12 +394,21 @@ class TestHistory:
         res = invoke("timeline", "nosuchrun", "-o", "x.html")
         assert res.exit_code == 2 and "nosuchrun" in res.output
 
-    def test_bench_delegates_to_the_harness(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """bench passes its arguments to python -m benchmarks (its usage errors too)."""
+    def test_bench_never_runs_the_checkouts_harness(self, monkeypatch: pytest.MonkeyPatch
+                                                    ) -> None:
+        """`flowdsl bench --harness ...` and the old `flowdsl bench --quick ...` refuse (exit
+        2) with the command to use instead, importing no `benchmarks` package and leaving
+        sys.path as it was, even run from a checkout's root."""
         monkeypatch.chdir(ROOT)
-        res = invoke("bench", "--only", "no_such_suite")
-        assert res.exit_code == 2
-        assert "invalid choice" in res.output
+        monkeypatch.delitem(sys.modules, "benchmarks", raising=False)
+        path = list(sys.path)
+        for args, advice in ((["--harness", "--only", "engine"], "python -m benchmarks --only "
+                              "engine"), (["--quick"], "python -m benchmarks --quick")):
+            res = invoke("bench", *args)
+            assert res.exit_code == 2, res.output
+            assert advice in " ".join(res.output.split()), res.output
+        assert "benchmarks" not in sys.modules and "benchmarks.__main__" not in sys.modules
+        assert sys.path == path
 
 
 def test_cli_is_not_imported_by_flowdsl() -> None:

@@ -13,7 +13,8 @@ from support import run
 
 import flowdsl
 from flowdsl import CompositionError, PlanValidationError, ToolRegistry, tool
-from flowdsl._data.documents import flow_to_dict, load_flow, plan_schema
+from flowdsl._data.documents import flow_to_dict, load_flow
+from flowdsl._data.plan_schema import plan_schema
 from flowdsl._report.render import to_dot, to_mermaid
 
 CALLS: list[str] = []

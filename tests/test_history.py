@@ -21,12 +21,20 @@ from typing import Any
 import pytest
 
 import flowdsl
-from flowdsl import Attempt, ErrorInfo, Flow, RunResult, TaskRecord, TaskStatus, tool
+from flowdsl import (
+    Attempt,
+    ErrorInfo,
+    Flow,
+    HistoryError,
+    RunNotFound,
+    RunResult,
+    TaskRecord,
+    TaskStatus,
+    tool,
+)
 from flowdsl._record.history import (
     SCHEMA_VERSION,
-    HistoryError,
     HistoryStore,
-    RunNotFound,
     close_cached,
     default_path,
     open_history,

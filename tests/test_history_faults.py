@@ -13,15 +13,9 @@ from typing import Any
 import pytest
 
 import flowdsl
-from flowdsl import Flow, tool
+from flowdsl import Flow, HistoryError, HistoryWarning, tool
 from flowdsl._record import history as history_module
-from flowdsl._record.history import (
-    SCHEMA_VERSION,
-    HistoryError,
-    HistoryStore,
-    HistoryWarning,
-    close_cached,
-)
+from flowdsl._record.history import SCHEMA_VERSION, HistoryStore, close_cached
 from flowdsl._record.history import write as history_write
 from flowdsl._run.result import Attempt, RunResult, TaskRecord, TaskStatus
 

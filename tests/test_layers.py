@@ -19,6 +19,7 @@ LAYERS = [
     "flowdsl._record.history",
     "flowdsl._record",          # simulate, optimizer: they read history
     "flowdsl._report",
+    "flowdsl.compat",           # the app layer's reference-design faces (public)
     "flowdsl.mcp",              # the app layer's MCP face: client, server, `flowdsl mcp`
     "flowdsl.__main__",
     "flowdsl",                  # the package root wires the hooks and re-exports
@@ -126,9 +127,9 @@ def test_no_import_cycle() -> None:
     assert not cycles, f"import cycles: {cycles}"
 
 
-#: Public sub-packages are faces of the app layer that users import by name (``flowdsl.mcp``),
-#: not the private layers this count keeps few.
-PUBLIC = {"flowdsl.mcp"}
+#: Public sub-packages are faces of the app layer that users import by name (``flowdsl.mcp``,
+#: ``flowdsl.compat``), not the private layers this count keeps few.
+PUBLIC = {"flowdsl.compat", "flowdsl.mcp"}
 
 
 def test_at_most_eight_modules_at_the_top_level() -> None:

@@ -12,6 +12,7 @@ import flowdsl
 from flowdsl import CompositionError, ToolDefinitionError, ToolRegistry, tool
 from flowdsl._data import documents
 from flowdsl._data.documents import flow_to_dict, load_flow
+from flowdsl._data.plan_schema import plan_schema
 from flowdsl._graph.spec import (
     DERIVED_FIELDS,
     DOCUMENT_OPTIONS,
@@ -68,7 +69,7 @@ def test_each_option_is_validated_by_its_row():
 
 def test_document_fields_schema_and_to_dict_derive_from_the_table():
     pytest.importorskip("pydantic")
-    schema = documents.plan_schema(REG)
+    schema = plan_schema(REG)
     variant = schema["properties"]["tasks"]["items"]["oneOf"][0]["properties"]
     for key, row in OPTIONS.items():
         carried = row.document is not None

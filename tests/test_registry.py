@@ -232,7 +232,7 @@ class TestFunctionNames:
         import anyio
 
         from flowdsl import load_flow
-        from flowdsl._data.compat import Workflow, WorkflowEngine, WorkflowTask
+        from flowdsl.compat import Workflow, WorkflowEngine, WorkflowTask
 
         reg = ToolRegistry()
 

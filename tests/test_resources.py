@@ -559,7 +559,7 @@ class TestGrantOrder:
     @pytest.mark.anyio
     async def test_a_waiter_overtaken_too_often_goes_first(self) -> None:
         """Aging: a low-priority waiter is served once AGING later arrivals overtook it."""
-        from flowdsl._run.resources import AGING
+        from flowdsl._plan.policy import AGING
 
         pools = Pools({"p": 1})
         await pools.acquire({"p": 1}, task_id="holder")

@@ -193,7 +193,7 @@ class TestOptionalExtra:
     def test_import_stays_light(self):
         """Importing flowdsl and its data-workflow modules does not import the extras."""
         code = ("import sys, flowdsl, flowdsl._data.documents, flowdsl._data.schema, "
-                "flowdsl._data.compat; "
+                "flowdsl.compat; "
                 "bad = {'pydantic', 'docstring_parser', 'yaml'} & set(sys.modules); "
                 "assert not bad, bad")
         subprocess.run([sys.executable, "-c", code], check=True)

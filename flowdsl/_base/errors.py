@@ -345,13 +345,3 @@ def exc_repr(exc: BaseException) -> str:
     except Exception:
         return f"{type(exc).__name__}({exc_text(exc)!r})"
 
-
-def eval_condition(predicate: Any, value: Any, what: str) -> bool:
-    """The truth of ``predicate(value)`` for a task's or a group's condition; whatever that
-    raises (taking the truth too: a Task has none) becomes a :class:`TaskInputError` saying
-    which condition (``what``) raised what."""
-    try:
-        return bool(predicate(value))
-    except Exception as exc:
-        msg = f"{what} raised {type(exc).__name__}: {exc_text(exc)}"
-        raise TaskInputError(msg) from exc

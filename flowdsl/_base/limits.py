@@ -6,13 +6,10 @@ stored as a marker).
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import dataclass, replace
-from typing import Any
 
-__all__ = ["CHILD_INPUT", "Limits", "encodable", "limits", "set_limits", "stored_json"]
+__all__ = ["Limits", "encodable", "limits", "set_limits"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,29 +71,4 @@ def encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-#: The key under which history stores a map child's input hash beside its output
-#: (``{CHILD_INPUT: hash, "output": value}``), read back by a resume.
-CHILD_INPUT = "__flowdsl_input__"
-
-
-def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | None:
-    """The JSON text history stores for an output: ``None`` when it is not plain JSON data
-    (history never pickles), the registered secrets masked, and a marker in place of text
-    longer than ``max_stored_output`` (with a warning; the result keeps the value)."""
-    if masker is not None:
-        value = masker.data(value)
-    try:
-        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return None
-    cap = _current.max_stored_output
-    if len(text) > cap:  # json.dumps escapes to ASCII: characters are bytes
-        msg = (f"the output of task {task_id!r} is {len(text)} bytes of JSON, over the "
-               f"{cap}-byte cap: history stores a marker instead (the result keeps it; "
-               "raise it with flowdsl.set_limits(max_stored_output=...))")
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        return json.dumps({"__flowdsl_omitted__": msg})
-    return text
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
 __all__ = ["MASK", "MIN_LENGTH", "MaskedLogger", "Masker", "Secret", "in_use", "masker_for"]
@@ -92,18 +92,53 @@ class Masker:
 
     def data(self, value: Any) -> Any:
         """A copy of JSON-like ``value`` with every string (keys too) masked; other values
-        are returned as they are."""
-        cls = value.__class__
-        if cls is str:
-            return self.text(value)
-        if cls is list or cls is tuple:
-            return cls(self.data(v) for v in value)
-        if cls is dict:
-            return {self.text(k) if isinstance(k, str) else k: self.data(v)
-                    for k, v in value.items()}
-        if isinstance(value, str):
-            return self.text(str(value))
-        return value
+        are returned as they are. Iterative, so a deeply nested value cannot exhaust the
+        stack; a list or dict inside itself is written ``"[...]"`` / ``"{...}"`` there, as
+        ``repr`` does."""
+        text = self.text
+        top: list[Any] = []
+        # Each list, tuple or dict open on the way down: its class, its keys (a dict's), its
+        # items, the items done, where its copy goes, and its id (for cycles).
+        stack: list[tuple[type, list[Any] | None, Iterator[Any], list[Any], list[Any], int]] = []
+        open_ids: set[int] = set()
+        item, into = value, top
+        while True:
+            cls = item.__class__
+            if cls is str:
+                into.append(text(item))
+            elif cls is list or cls is tuple or cls is dict:
+                if id(item) in open_ids:
+                    into.append("{...}" if cls is dict else "[...]")
+                else:
+                    open_ids.add(id(item))
+                    if cls is dict:
+                        names = [text(k) if isinstance(k, str) else k for k in item]
+                        stack.append((cls, names, iter(item.values()), [], into, id(item)))
+                    else:
+                        stack.append((cls, None, iter(item), [], into, id(item)))
+            else:
+                into.append(text(str(item)) if isinstance(item, str) else item)
+            # The next container to open; leaves are copied on the way (the common case).
+            while stack:
+                cls, keys, items, done, parent, ident = stack[-1]
+                for nxt in items:
+                    c = nxt.__class__
+                    if c is str:
+                        done.append(text(nxt))
+                    elif c is list or c is tuple or c is dict:
+                        item, into = nxt, done
+                        break
+                    else:
+                        done.append(text(str(nxt)) if isinstance(nxt, str) else nxt)
+                else:
+                    stack.pop()
+                    open_ids.discard(ident)
+                    parent.append(done if cls is list else tuple(done) if keys is None
+                                  else dict(zip(keys, done)))
+                    continue
+                break
+            else:
+                return top[0]
 
 
 def in_use() -> bool:

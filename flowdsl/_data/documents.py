@@ -19,7 +19,7 @@ import json
 import os
 import stat
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,9 @@ from .._graph.task import DEFAULT_MAP_LIMIT, CtxRef, Flow, Ref, Task, chain, ctx
 from .._graph.tool import Tool
 from .._graph.walk import KEEP, transform
 from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
-from .plan_schema import MAX_ID_LENGTH, MODES, plan_schema
+from .plan_schema import MAX_ID_LENGTH, MODES
 
-__all__ = ["MODES", "Condition", "flow_to_dict", "load_flow", "plan_schema"]
+__all__ = ["Condition", "flow_to_dict", "load_flow"]
 
 DOC_FIELDS = ("name", "mode", "description", "context", "resources", "max_concurrency",
               "tasks", "$schema")
@@ -603,35 +603,94 @@ def _unwritable(task_id: str, what: str) -> CompositionError:
     return CompositionError(msg)
 
 
+_END: Any = object()  # an exhausted iterator, in _to_data
+
+
+def _as_list(keys: Any, done: list[Any]) -> Any:
+    return done
+
+
+def _as_dict(keys: list[str], done: list[Any]) -> Any:
+    data = dict(zip(keys, done))
+    # A plain dict that looks like a reference is written quoted, so it loads as itself.
+    return {"$literal": data} if any(k.startswith("$") for k in data) else data
+
+
+def _as_fields(keys: list[str], done: list[Any]) -> Any:
+    return dict(zip(keys, done))
+
+
 def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task, str]) -> Any:
     """An argument value as document data (references as ``$task`` / ``$ctx`` objects, by
-    the ids of the plan, ``ids``)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, Task):
-        return {"$task": ids[value]}
-    if isinstance(value, Ref):
-        return {"$task": ids[value.task], "path": list(value.path)}
-    if isinstance(value, CtxRef):
-        out: dict[str, Any] = {"$ctx": value.key}
-        if value.default is not _GRAPH_MISSING:
-            out["default"] = _to_data(value.default, task_id, where, ids)
-        return out
-    if isinstance(value, enum.Enum):
-        return _to_data(value.value, task_id, where, ids)
-    if isinstance(value, (list, tuple)):
-        return [_to_data(v, task_id, f"{where}[{k}]", ids) for k, v in enumerate(value)]
-    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        data = {k: _to_data(v, task_id, _path(where, k), ids) for k, v in value.items()}
-        # A plain dict that looks like a reference is written quoted, so it loads as itself.
-        return {"$literal": data} if any(k.startswith("$") for k in data) else data
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_data(getattr(value, f.name), task_id, _path(where, f.name), ids)
-                for f in dataclasses.fields(value)}
-    dump = getattr(type(value), "model_dump", None)  # a pydantic model
-    if callable(dump):
-        return dump(value, mode="json")
-    raise _unwritable(task_id, f"argument {where} is a {type(value).__name__}")
+    the ids of the plan, ``ids``).
+
+    Iterative, so a deeply nested value cannot exhaust the stack: each container open on the
+    way down is a frame (how to build it, its keys, its items, the items done, where it goes,
+    its path, what its items' path steps are, its id); a path is a (parent, step) chain,
+    written out only for an error message."""
+    top: list[Any] = []
+    stack: list[tuple[Callable[[Any, list[Any]], Any], Any, Iterator[Any], list[Any],
+                      list[Any], Any, Any, int]] = []
+    open_ids: set[int] = set()
+    item, into, path = value, top, None
+
+    def where_now() -> str:
+        parts: list[Any] = []
+        at = path
+        while at is not None:
+            at, part = at
+            parts.append(part)
+        return _path(where, *reversed(parts))
+
+    while True:
+        frame: tuple[Callable[[Any, list[Any]], Any], Any, Iterator[Any], Any] | None = None
+        if item is None or isinstance(item, (bool, int, float, str)):
+            into.append(item)
+        elif isinstance(item, enum.Enum):
+            item = item.value  # converted in its place
+            continue
+        elif isinstance(item, Task):
+            into.append({"$task": ids[item]})
+        elif isinstance(item, Ref):
+            into.append({"$task": ids[item.task], "path": list(item.path)})
+        elif isinstance(item, CtxRef):
+            if item.default is _GRAPH_MISSING:
+                into.append({"$ctx": item.key})
+            else:  # the default is written at the reference's own path
+                key = item.key
+                frame = (lambda _, done, key=key: {"$ctx": key, "default": done[0]},
+                         None, iter((item.default,)), None)
+        elif isinstance(item, (list, tuple)):
+            frame = (_as_list, None, iter(item), int)
+        elif isinstance(item, dict) and all(isinstance(k, str) for k in item):
+            frame = (_as_dict, list(item), iter(item.values()), str)
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            names = [f.name for f in dataclasses.fields(item)]
+            frame = (_as_fields, names, (getattr(item, n) for n in names), str)
+        elif callable(dump := getattr(type(item), "model_dump", None)):  # a pydantic model
+            into.append(dump(item, mode="json"))
+        else:
+            raise _unwritable(task_id, f"argument {where_now()} is a {type(item).__name__}")
+        if frame is not None:
+            if id(item) in open_ids:
+                raise _unwritable(task_id, f"argument {where_now()} contains itself")
+            open_ids.add(id(item))
+            build, keys, items, steps = frame
+            stack.append((build, keys, items, [], into, path, steps, id(item)))
+        # The next item: the next one of the innermost open container, closing those done.
+        while stack:
+            build, keys, items, done, parent, at, steps, ident = stack[-1]
+            nxt = next(items, _END)
+            if nxt is not _END:
+                k = len(done)
+                path = at if steps is None else (at, k if steps is int else keys[k])
+                item, into = nxt, done
+                break
+            stack.pop()
+            open_ids.discard(ident)
+            parent.append(build(keys, done))
+        else:
+            return top[0]
 
 
 def _condition_data(t: Task, tid: str, names: Mapping[int, str]) -> Any:

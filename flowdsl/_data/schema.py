@@ -14,13 +14,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from .._graph.registry import FUNCTION_NAME, function_name
+from .._graph.registry import function_name
 from .._graph.tool import Tool
 
-__all__ = ["FUNCTION_NAME", "ParamInfo", "check_value", "function_name", "params",
-           "provider_schema", "tool_schema"]
+__all__ = ["ParamInfo", "check_value", "params", "provider_schema", "tool_schema"]
 
-JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 STYLES = ("plain", "openai", "anthropic")
 
 # Keywords whose value is a schema, a list of schemas, or a mapping of names to schemas.

@@ -23,13 +23,19 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
 
 from .._base import hooks
-from .._base.errors import CompositionError, DuplicateTaskError, ToolDefinitionError
+from .._base.errors import (
+    CompositionError,
+    DuplicateTaskError,
+    TaskInputError,
+    ToolDefinitionError,
+    exc_text,
+)
 from .._base.limits import encodable
 from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
-           "chain", "ctx", "each", "materialize", "parallel", "upstream"]
+           "chain", "ctx", "each", "eval_condition", "materialize", "parallel", "upstream"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
@@ -261,6 +267,17 @@ def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
         return Guard(on, predicate,
                      lambda name, v: f"its condition on {name} was false (got {v!r})")
     return Guard(on, lambda v: v == equals, lambda name, v: f"{name} gave {v!r}, not {equals!r}")
+
+
+def eval_condition(predicate: Any, value: Any, what: str) -> bool:
+    """The truth of ``predicate(value)`` for a task's or a group's condition; whatever that
+    raises (taking the truth too: a Task has none) becomes a :class:`TaskInputError` saying
+    which condition (``what``) raised what."""
+    try:
+        return bool(predicate(value))
+    except Exception as exc:
+        msg = f"{what} raised {type(exc).__name__}: {exc_text(exc)}"
+        raise TaskInputError(msg) from exc
 
 
 class UpstreamRef:
@@ -1078,15 +1095,15 @@ class Graph:
         return self._sinks
 
 
-# A rope is a Task, a list of Tasks or a tuple of ropes: the sources or sinks of a fragment,
-# left unflattened so that ``|`` over a big group costs O(1) (see materialize).
-Rope = Any
 _EXIT: Any = object()  # marks, on materialize's stack, that the fragment below it is complete
 _LEAVE: Any = object()  # marks, on materialize's stack, that the embedded flow below is complete
 
 
 def _flat(rope: Any) -> list[Task]:
-    """The tasks of a rope, left to right, iteratively; a sub-rope met twice is read once."""
+    """The tasks of a rope, left to right, iteratively; a sub-rope met twice is read once.
+
+    A rope is a Task, a list of Tasks or a tuple of ropes: the sources or sinks of a fragment,
+    left unflattened so that ``|`` over a big group costs O(1) (see materialize)."""
     cls = rope.__class__
     if cls is Task:
         return [rope]

@@ -19,7 +19,7 @@ from .._base import hooks
 from .._base.errors import CycleError, GraphTooLargeError, ResourceError
 from .._graph.task import Flow, Task, materialize
 
-__all__ = ["DependencyResolver", "Plan", "check_size", "plan"]
+__all__ = ["Plan", "check_size", "plan"]
 
 
 def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
@@ -382,40 +382,3 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-class DependencyResolver:
-    """The reference design's resolver, for graphs built by hand from ids; one implementation
-    with :func:`plan` underneath."""
-
-    def __init__(self) -> None:
-        self._preds: dict[str, dict[str, None]] = {}
-
-    def add_task(self, task_id: str) -> None:
-        self._preds.setdefault(task_id, {})
-
-    def add_dependency(self, task_id: str, depends_on: str) -> None:
-        """``task_id`` runs after ``depends_on``."""
-        self.add_task(depends_on)
-        self._preds.setdefault(task_id, {})[depends_on] = None
-
-    def _order(self) -> list[str]:
-        return _order(list(self._preds), self._preds)[0]
-
-    def detect_cycles(self) -> list[list[str]]:
-        """The cycle found, as ``[[a, b, a]]``, or ``[]``."""
-        try:
-            self._order()
-        except CycleError as exc:
-            return [exc.cycle]
-        return []
-
-    def topological_sort(self) -> list[str]:
-        """Ids in an order that respects every dependency; raises CycleError."""
-        return self._order()
-
-    def find_critical_path(self, task_durations: Mapping[str, float]
-                           ) -> tuple[list[str], float]:
-        """The longest path for ``task_durations`` (missing ids count 0)."""
-        dur = {i: task_durations.get(i, 0.0) for i in self._preds}
-        return _longest_path(self._order(), self._preds, dur)

@@ -20,8 +20,8 @@ from .._plan.policy import Mode, estimate_durations, resolve_settings
 from .history.write import tool_identity
 from .simulate import _capacities, _history_store, simulate
 
-__all__ = ["Analysis", "Bottleneck", "Change", "Optimization", "Suggestion", "WorkflowOptimizer",
-           "analyze", "optimize", "simulate"]
+__all__ = ["Analysis", "Bottleneck", "Change", "Optimization", "Suggestion", "analyze",
+           "optimize"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,32 +374,3 @@ def _swap(value: Any, new: Mapping[Task, Task]) -> Any:
         return KEEP
 
     return transform(value, rebuilt)
-
-
-class WorkflowOptimizer:
-    """The reference design's optimizer, as thin aliases of :func:`analyze` and
-    :func:`optimize` over one history.
-
-    Args:
-        history: a :class:`~flowdsl.HistoryStore`, a path, ``None`` (the default store) or
-            ``False`` (none).
-        **options: passed to :func:`optimize` (``k``, ``floor``, ``ceiling``, ...).
-    """
-
-    def __init__(self, history: Any = None, **options: Any) -> None:
-        self.history = history
-        self.options = options
-        self.optimization_history: list[dict[str, Any]] = []
-
-    def analyze_workflow(self, flow: Any) -> dict[str, Any]:
-        """:func:`analyze` as a dict with the reference design's keys."""
-        return analyze(flow, self.history).to_dict()
-
-    def optimize_workflow(self, flow: Any) -> Any:
-        """:func:`optimize`'s tuned copy; the report is appended to
-        ``optimization_history``."""
-        result = optimize(flow, self.history, **self.options)
-        self.optimization_history.append({
-            "flow": result.analysis.name, "mode": result.mode,
-            "changes": [str(c) for c in result.changes], "makespans": result.makespans})
-        return result.flow

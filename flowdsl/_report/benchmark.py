@@ -198,7 +198,8 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     .. versionadded:: 0.2
     """
     from .._plan.planner import Plan, plan
-    from .._run.api import NO_CACHE, Mode, run
+    from .._plan.policy import Mode
+    from .._run.api import NO_CACHE, run
 
     _check(modes, repeat, warmup, run_options)
     if not isinstance(cache, bool):
@@ -258,7 +259,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
 
 
 def _check(modes: Sequence[str], repeat: int, warmup: int, options: Mapping[str, Any]) -> None:
-    from .._run.api import Mode
+    from .._plan.policy import Mode
 
     for name, value, least in (("repeat", repeat, 1), ("warmup", warmup, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -410,7 +408,7 @@ register_cache(app)
                     "--repeat 3 -r http=3 -r api=2 -r db=1 --gantt run.html")
 def bench(ctx: typer.Context,
           target: Annotated[str | None, typer.Argument(
-              help="The flow to benchmark (as for run); omit it with --harness.")] = None,
+              help="The flow to benchmark (as for run).")] = None,
           modes: Annotated[list[Mode] | None, typer.Option(
               "--modes", "--mode", "-m", help="A mode to measure (repeatable; default: "
               "sequential and parallel).")] = None,
@@ -437,18 +435,24 @@ def bench(ctx: typer.Context,
               "--gantt", metavar="FILE", help="Timeline of the last run of the last mode "
               "(.html, .png or .svg).")] = None,
           harness: Annotated[bool, typer.Option(
-              "--harness", help="Run the project's own benchmarks (python -m benchmarks) "
-              "with the remaining arguments; needs a source checkout.")] = False) -> None:
+              "--harness", hidden=True, help="Gone: run python -m benchmarks.")] = False
+          ) -> None:
     """Benchmark a flow: median makespan of each mode over repeated runs, its spread, the
     speedup over sequential and the efficiency against the lower bound.
 
     Runs keep no history, so every repeat does the whole work again.
     """
     legacy = bool(target is None and ctx.args) or (target or "").startswith("-")
-    if harness or legacy:  # `flowdsl bench --quick` still reaches the harness
-        raise typer.Exit(_harness([*([target] if target else []), *ctx.args]))
+    if harness or legacy:
+        # The project's harness is not part of the library: importing it meant putting the
+        # working directory on sys.path and running whatever `benchmarks` package was there.
+        raise _fail("flowdsl bench benchmarks a flow (flowdsl bench TARGET); the project's own "
+                    "benchmarks run from a source checkout's root with `python -m benchmarks"
+                    + "".join(f" {a}" for a in [*([target] if target else []), *ctx.args])
+                    + "`")
     if target is None:
-        raise _fail("bench needs a TARGET (or --harness for the project's benchmarks)")
+        raise _fail("bench needs a TARGET (path/to/file.py:flow); the project's own "
+                    "benchmarks run with `python -m benchmarks` from a source checkout")
     if ctx.args:
         raise _fail(f"bench: unexpected argument(s) {' '.join(ctx.args)}")
     from .._base.errors import PlanError, RunFailed
@@ -541,17 +545,6 @@ def _gantt_path(path: Path) -> None:
         raise _fail(f"--gantt {str(path)!r}: a {suffix} timeline needs matplotlib: pip "
                     "install 'flowdsl[plot]' (or write .html)")
     _writable(path, "--gantt")
-
-
-def _harness(args: list[str]) -> int:
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        harness = importlib.import_module("benchmarks.__main__")
-    except ImportError as exc:
-        raise _fail(f"flowdsl bench --harness needs the benchmarks package of a flowdsl "
-                    f"source checkout; run it from the checkout's root ({exc})") from None
-    return int(harness.main(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> None:

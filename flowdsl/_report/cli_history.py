@@ -78,7 +78,7 @@ def timeline(run_id: Annotated[str, typer.Argument(help="A run id from `flowdsl 
                  "give the true critical path and its pools the swimlanes) or a flow name. "
                  "With `last`, the last run of that flow.")] = None) -> None:
     """Draw a run's timeline (Gantt chart) from history."""
-    from .._record.history import HistoryError
+    from .._base.errors import HistoryError
     from .timeline import save_timeline
 
     store = _history()
@@ -154,7 +154,7 @@ def history_list(limit: Annotated[int, typer.Option("--limit", "-n", min=1, meta
 def history_show(run_id: Annotated[str, typer.Argument(help="A run id, or `last`.")],
                  as_json: JsonOpt = False) -> None:
     """One run with its tasks and their attempts."""
-    from .._record.history import RunNotFound
+    from .._base.errors import RunNotFound
 
     store = _history()
     if store is None:

@@ -24,7 +24,8 @@ import time
 from typing import Any
 
 from .._base import capture
-from .._run.result import STATUS_COLORS, RunResult, TaskRecord, TaskStatus
+from .._run.result import RunResult, TaskRecord, TaskStatus
+from .palette import STATUS_COLORS
 
 __all__ = ["LiveProgress", "NotebookProgress", "RunsProgress", "compact_summary", "in_notebook",
            "output_preview", "progress", "summary_table"]

@@ -10,7 +10,7 @@ import html
 from typing import Any
 
 from .._plan.planner import Plan
-from .._run.result import STATUS_COLORS
+from .palette import STATUS_COLORS
 
 __all__ = ["flow_mimebundle", "graphviz_available", "plan_mimebundle", "render_graphviz",
            "result_html", "to_dot", "to_mermaid"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._run.result import STATUS_COLORS, WAIT_COLOR
+from .palette import STATUS_COLORS, WAIT_COLOR
 
 __all__ = [
     "Bar",
@@ -37,7 +37,7 @@ __all__ = [
     "timeline_html",
 ]
 
-#: Fill colour of each status: the one palette (``flowdsl._run.result.STATUS_COLORS``).
+#: Fill colour of each status: the one palette (``flowdsl._report.palette.STATUS_COLORS``).
 COLORS: Mapping[str, str] = STATUS_COLORS
 CRITICAL = "#1f1f1f"
 NO_POOL = "no pool"
@@ -269,20 +269,23 @@ def _edge_preds(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> dict[str
 
 def _timing_chain(bars: Sequence[Bar]) -> list[str]:
     """Without edges: from the task that ended last, walk back to the task that ended latest
-    before it started (within a small slack), until the run's start."""
+    before it started (within a small slack), until the run's start.
+
+    One pass over the bars sorted by end, latest first (ties in the bars' order): each step's
+    bound ``start + slack`` only falls, and a bar that started at or after the current one
+    cannot follow any later step (starts fall too), so no bar is looked at twice."""
     ran = [b for b in bars if b.start is not None and b.end is not None]
     if not ran:
         return []
     slack = 0.02 * max(b.end for b in ran) + 1e-3  # type: ignore[type-var]
-    cur = max(ran, key=lambda b: b.end)  # type: ignore[arg-type,return-value]
+    order = sorted(range(len(ran)), key=lambda k: (-ran[k].end, k))  # type: ignore[operator]
+    cur = ran[order[0]]
     chain = [cur]
-    while True:
-        before = [b for b in ran if b.end <= cur.start + slack and b is not cur  # type: ignore
-                  and b not in chain and b.start < cur.start]  # type: ignore[operator]
-        if not before:
-            break
-        cur = max(before, key=lambda b: b.end)  # type: ignore[arg-type,return-value]
-        chain.append(cur)
+    for k in order[1:]:
+        b = ran[k]
+        if b.end <= cur.start + slack and b.start < cur.start:  # type: ignore[operator]
+            cur = b
+            chain.append(cur)
     return [b.id for b in reversed(chain)]
 
 

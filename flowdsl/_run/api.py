@@ -47,7 +47,7 @@ from .stores import open_backend
 from .tracing import run_tracing
 from .units import context_defaults
 
-__all__ = ["Mode", "arun", "run"]
+__all__ = ["arun", "run"]
 
 R = TypeVar("R")
 

@@ -29,7 +29,6 @@ from .._base.errors import (
     TaskInputError,
     TaskTimeout,
     WorkerLost,
-    eval_condition,
     exc_repr,
     exc_text,
 )
@@ -45,6 +44,7 @@ from .._graph.task import (
     Ref,
     Task,
     UpstreamRef,
+    eval_condition,
     materialize,
 )
 from .._graph.walk import KEEP, nodes, transform

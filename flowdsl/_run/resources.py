@@ -18,9 +18,9 @@ from typing import Any
 import anyio
 
 from .._base.loop import call_soon
-from .._plan.policy import AGING, Grants
+from .._plan.policy import Grants
 
-__all__ = ["AGING", "Pools", "ResourceManager"]
+__all__ = ["Pools"]
 
 
 class _Ticket:
@@ -131,40 +131,3 @@ class Pools:
     def __repr__(self) -> str:
         pools = ", ".join(f"{p}={self._free[p]}/{c}" for p, c in self._grants.cap.items())
         return f"<Pools {pools}>"
-
-
-class ResourceManager:
-    """The reference design's face (register, acquire, release, waiting) over :class:`Pools`."""
-
-    def __init__(self, pools: Pools | None = None) -> None:
-        self.pools = pools or Pools()
-        self._held: dict[str, dict[str, int]] = {}
-
-    def register_resource_pool(self, resource_type: str, capacity: int) -> None:
-        self.pools.add(resource_type, capacity)
-
-    async def acquire_resources(self, task_id: str, required_resources: Mapping[str, int],
-                                priority: float = 0.0) -> bool:
-        """Wait until the resources are free and take them; returns True."""
-        await self.pools.acquire(required_resources, priority, task_id)
-        self._held[task_id] = dict(required_resources)
-        return True
-
-    def release_resources(self, task_id: str,
-                          released_resources: Mapping[str, int] | None = None) -> None:
-        held = self._held.pop(task_id, None)
-        demand = released_resources if released_resources is not None else held
-        if demand:
-            self.pools.release(demand)
-
-    @property
-    def waiting_tasks(self) -> list[str | None]:
-        return self.pools.waiting()
-
-    @property
-    def resource_pools(self) -> dict[str, int]:
-        return self.pools.capacities
-
-    @property
-    def allocated_resources(self) -> dict[str, int]:
-        return self.pools.in_use()

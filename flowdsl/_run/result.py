@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -17,7 +17,7 @@ from .._base import hooks
 from .._base.errors import RunFailed, exc_text
 from .._base.secrets import Masker
 
-__all__ = ["STATUS_COLORS", "WAIT_COLOR", "Attempt", "ErrorInfo", "RunObserver", "RunResult",
+__all__ = ["Attempt", "ErrorInfo", "RunObserver", "RunResult",
            "RunStatus", "TaskRecord", "TaskStatus"]
 
 
@@ -38,28 +38,6 @@ class RunStatus(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
-
-
-#: The one status palette: each task and run status's colour, shared by the terminal (rich
-#: accepts these hex colours as styles), the PNG/SVG and HTML timelines, the notebook table
-#: and the web run browser. Failures are warm (red, orange, rose), states that never ran are
-#: grey, and no two statuses share a colour.
-STATUS_COLORS: Mapping[str, str] = {
-    "completed": "#3f9b57",
-    "cached": "#93c9a0",
-    "failed": "#d0453f",
-    "timed_out": "#e8843a",
-    "upstream_failed": "#c07a77",
-    "cancelled": "#8a74c0",
-    "interrupted": "#6f5aa8",
-    "rolled_back": "#4f86c6",
-    "rollback_failed": "#8e2a3a",
-    "running": "#e0b020",
-    "skipped": "#9e9e9e",
-    "pending": "#d4d4d4",
-}
-#: How a wait between attempts (a retry's backoff) is drawn: not work, so pale.
-WAIT_COLOR = "#ececec"
 
 
 class TaskStatus(str, enum.Enum):
@@ -305,14 +283,46 @@ class RunResult(Generic[R]):
         return hooks.get("result_html")(self)  # type: ignore[no-any-return]
 
 
+_END: Any = object()  # an exhausted iterator, in _jsonable
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return repr(value)
+    """``value`` as JSON data: lists and tuples as lists, dicts with their keys as text, any
+    other object as its ``repr``. Iterative, so a deeply nested value cannot exhaust the stack;
+    a list or dict inside itself is written ``"[...]"`` / ``"{...}"`` there, as ``repr``
+    does."""
+    top: list[Any] = []
+    # Each list or dict open on the way down: its keys (a dict's, as text), its items, the
+    # items done, where its copy goes, and its id (for cycles).
+    stack: list[tuple[list[str] | None, Iterator[Any], list[Any], list[Any], int]] = []
+    open_ids: set[int] = set()
+    item, into = value, top
+    while True:
+        if item is None or isinstance(item, (bool, int, float, str)):
+            into.append(item)
+        elif isinstance(item, (list, tuple, dict)):
+            if id(item) in open_ids:
+                into.append("{...}" if isinstance(item, dict) else "[...]")
+            else:
+                open_ids.add(id(item))
+                if isinstance(item, dict):
+                    stack.append(([str(k) for k in item], iter(item.values()), [], into,
+                                  id(item)))
+                else:
+                    stack.append((None, iter(item), [], into, id(item)))
+        else:
+            into.append(repr(item))
+        while stack:
+            keys, items, done, parent, ident = stack[-1]
+            nxt = next(items, _END)
+            if nxt is not _END:
+                item, into = nxt, done
+                break
+            stack.pop()
+            open_ids.discard(ident)
+            parent.append(done if keys is None else dict(zip(keys, done)))
+        else:
+            return top[0]
 
 
 class RunObserver(Protocol):

@@ -39,8 +39,8 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from .._base.errors import TaskTimeout, eval_condition
-from .._graph.task import Group, Task
+from .._base.errors import TaskTimeout
+from .._graph.task import Group, Task, eval_condition
 from .result import TaskRecord, TaskStatus
 
 __all__ = ["Units", "context_defaults", "group_timeout", "group_turn"]

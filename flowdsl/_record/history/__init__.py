@@ -37,9 +37,10 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ..._base.errors import HistoryError
 from ..._base.log import get_logger, logging_enabled
 from .liveness import HEARTBEAT_EVERY, pid_alive, proc_start
-from .read import HistoryReader, RunNotFound, ToolStats, _check_scope
+from .read import HistoryReader, ToolStats, _check_scope
 from .view import HistoryView
 from .write import (
     FINISH_RUN,
@@ -50,16 +51,13 @@ from .write import (
     UPSERT_ATTEMPT,
     UPSERT_TASK,
     Batch,
-    HistoryError,
     HistoryObserver,
-    HistoryWarning,
     aggregate_run,
     tool_identity,
 )
 
-__all__ = ["HistoryError", "HistoryObserver", "HistoryStore", "HistoryView",
-           "HistoryWarning", "RunNotFound", "ToolStats", "aopen_history", "default_path",
-           "open_history", "tool_identity"]
+__all__ = ["HistoryObserver", "HistoryStore", "HistoryView", "ToolStats", "aopen_history",
+           "default_path", "open_history", "tool_identity"]
 
 SCHEMA_VERSION = 4
 _T = TypeVar("_T")

@@ -19,14 +19,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..._base.errors import HistoryError, RunNotFound
-from ..._base.limits import CHILD_INPUT
 from ..._run.result import TaskStatus
-from .write import percentile, tool_identity, unpack
+from .write import CHILD_INPUT, percentile, tool_identity, unpack
 
 if TYPE_CHECKING:
     from ..._plan.planner import Plan
 
-__all__ = ["SCOPES", "HistoryReader", "RunNotFound", "ToolStats"]
+__all__ = ["SCOPES", "HistoryReader", "ToolStats"]
 
 SCOPES = ("flow", "all")
 #: Seconds a flow's expected durations are reused without asking SQLite (runs of other

@@ -28,30 +28,61 @@ from typing import Any
 import anyio
 
 from ..._base.errors import HistoryError, HistoryWarning
-from ..._base.limits import CHILD_INPUT, stored_json
+from ..._base.limits import limits
 from ..._base.log import get_logger, logging_enabled
 from ..._base.loop import threadsafe_caller
 from ..._run.result import RunResult, TaskRecord, TaskStatus
 from .liveness import PROC_START
 
 __all__ = [
+    "CHILD_INPUT",
     "HOST",
     "WINDOW",
     "Batch",
-    "HistoryError",
     "HistoryObserver",
-    "HistoryWarning",
     "aggregate_run",
     "edges_json",
     "logs_json",
     "nodes_json",
     "percentile",
     "safe_text",
+    "stored_json",
     "tool_identity",
     "unpack",
 ]
 
 HOST = socket.gethostname()
+
+#: The key under which history stores a map child's input hash beside its output
+#: (``{CHILD_INPUT: hash, "output": value}``), read back by a resume.
+CHILD_INPUT = "__flowdsl_input__"
+
+
+def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | None:
+    """The JSON text history stores for an output: ``None`` when it is not plain JSON data
+    (history never pickles), the registered secrets masked, and a marker in place of text
+    longer than ``max_stored_output`` (with a warning; the result keeps the value)."""
+    if masker is not None:
+        value = masker.data(value)
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    except RecursionError:
+        # json.loads could not read it back either (both recurse in C): a marker, as for size.
+        msg = (f"the output of task {task_id!r} is nested deeper than JSON text can be read "
+               "back: history stores a marker instead (the result keeps it)")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return json.dumps({"__flowdsl_omitted__": msg})
+    cap = limits().max_stored_output
+    if len(text) > cap:  # json.dumps escapes to ASCII: characters are bytes
+        msg = (f"the output of task {task_id!r} is {len(text)} bytes of JSON, over the "
+               f"{cap}-byte cap: history stores a marker instead (the result keeps it; "
+               "raise it with flowdsl.set_limits(max_stored_output=...))")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return json.dumps({"__flowdsl_omitted__": msg})
+    return text
+
 
 #: Durations kept per statistics row: quantiles are over a tool's latest calls.
 WINDOW = 64

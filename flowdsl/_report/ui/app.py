@@ -30,7 +30,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..._record.history import HistoryError, HistoryView, RunNotFound
+from ..._base.errors import HistoryError, RunNotFound
+from ..._record.history import HistoryView
 from ..._record.history.view import _HistoryBusy
 from .pages import RUN_STATUSES, Page, page, run_body, runs_body, tools_body
 

@@ -1,27 +1,37 @@
-"""The reference design's face: ``Workflow``, ``WorkflowTask``, ``ExecutionMode`` and
-``WorkflowEngine``, for code ported from the lesson.
+"""The reference design's faces, for code ported from the lesson: ``Workflow``,
+``WorkflowTask``, ``ExecutionMode``, ``WorkflowEngine``, ``WorkflowOptimizer``,
+``DependencyResolver`` and ``ResourceManager``.
 
-These are thin: a Workflow is written as a workflow document, loaded with
+This module is public: import the faces from ``flowdsl.compat``; they are also importable from
+``flowdsl`` itself (``from flowdsl import WorkflowEngine``). Each is thin, with one
+implementation underneath: a Workflow is written as a workflow document, loaded with
 :func:`flowdsl.load_flow` (so it is validated as a whole before anything runs) and run with
-:func:`flowdsl.arun`. The engine translates the :class:`~flowdsl.RunResult` back into the
-lesson's dict shape and the lesson's per-task status fields.
+:func:`flowdsl.arun`, and the engine translates the :class:`~flowdsl.RunResult` back into the
+lesson's dict shape and per-task status fields; ``WorkflowOptimizer`` wraps
+:func:`flowdsl.analyze` and :func:`flowdsl.optimize`, ``DependencyResolver`` the planner's
+ordering and critical path, and ``ResourceManager`` the :class:`~flowdsl.Pools` that runs use.
+
+The module sits above every layer, and loads the heavier ones (workflow documents, the run API,
+history) only when a face that needs them is used.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from .._base.errors import FlowError, PlanValidationError
-from .._graph.registry import ToolRegistry
-from .._graph.task import Flow
-from .._plan.policy import Mode
-from .._run.result import RunResult, TaskStatus
+from ._base.errors import CycleError, FlowError, PlanValidationError
+from ._graph.registry import ToolRegistry
+from ._graph.task import Flow
+from ._plan.planner import _longest_path, _order
+from ._plan.policy import Mode
+from ._run.resources import Pools
+from ._run.result import RunResult, TaskStatus
 
-__all__ = ["ExecutionMode", "Workflow", "WorkflowEngine", "WorkflowTask"]
+__all__ = ["DependencyResolver", "ExecutionMode", "ResourceManager", "Workflow", "WorkflowEngine",
+           "WorkflowOptimizer", "WorkflowTask"]
 
 
 #: How a workflow runs: the lesson's name for :class:`flowdsl.Mode` (the same members).
@@ -100,7 +110,7 @@ class Workflow:
 
     def to_flow(self, registry: ToolRegistry | None = None) -> Flow:
         """Validate and load this workflow as a Flow (raises PlanValidationError)."""
-        from .documents import load_flow
+        from ._data.documents import load_flow
 
         return load_flow(self.to_dict(), registry, predicates=self._predicates())
 
@@ -141,7 +151,7 @@ class WorkflowEngine:
             ``{"success": False, "error", "workflow_id"}`` (plus ``problems`` when the
             workflow did not validate, and ``results`` of the tasks that completed).
         """
-        from .._run.api import arun
+        from ._run.api import arun
 
         workflow.started_at = datetime.now()
         workflow.input_context = {**workflow.input_context, **(context or {})}
@@ -202,6 +212,108 @@ class WorkflowEngine:
             "timestamp": datetime.now().isoformat()})
 
 
-def new_workflow_id() -> str:
-    """A fresh workflow id (the lesson used uuid4)."""
-    return str(uuid.uuid4())
+class WorkflowOptimizer:
+    """The reference design's optimizer, as thin aliases of :func:`analyze` and
+    :func:`optimize` over one history.
+
+    Args:
+        history: a :class:`~flowdsl.HistoryStore`, a path, ``None`` (the default store) or
+            ``False`` (none).
+        **options: passed to :func:`optimize` (``k``, ``floor``, ``ceiling``, ...).
+    """
+
+    def __init__(self, history: Any = None, **options: Any) -> None:
+        self.history = history
+        self.options = options
+        self.optimization_history: list[dict[str, Any]] = []
+
+    def analyze_workflow(self, flow: Any) -> dict[str, Any]:
+        """:func:`analyze` as a dict with the reference design's keys."""
+        from ._record.optimizer import analyze
+
+        return analyze(flow, self.history).to_dict()
+
+    def optimize_workflow(self, flow: Any) -> Any:
+        """:func:`optimize`'s tuned copy; the report is appended to
+        ``optimization_history``."""
+        from ._record.optimizer import optimize
+
+        result = optimize(flow, self.history, **self.options)
+        self.optimization_history.append({
+            "flow": result.analysis.name, "mode": result.mode,
+            "changes": [str(c) for c in result.changes], "makespans": result.makespans})
+        return result.flow
+
+
+class DependencyResolver:
+    """The reference design's resolver, for graphs built by hand from ids; one implementation
+    with :func:`plan` underneath."""
+
+    def __init__(self) -> None:
+        self._preds: dict[str, dict[str, None]] = {}
+
+    def add_task(self, task_id: str) -> None:
+        self._preds.setdefault(task_id, {})
+
+    def add_dependency(self, task_id: str, depends_on: str) -> None:
+        """``task_id`` runs after ``depends_on``."""
+        self.add_task(depends_on)
+        self._preds.setdefault(task_id, {})[depends_on] = None
+
+    def _order(self) -> list[str]:
+        return _order(list(self._preds), self._preds)[0]
+
+    def detect_cycles(self) -> list[list[str]]:
+        """The cycle found, as ``[[a, b, a]]``, or ``[]``."""
+        try:
+            self._order()
+        except CycleError as exc:
+            return [exc.cycle]
+        return []
+
+    def topological_sort(self) -> list[str]:
+        """Ids in an order that respects every dependency; raises CycleError."""
+        return self._order()
+
+    def find_critical_path(self, task_durations: Mapping[str, float]
+                           ) -> tuple[list[str], float]:
+        """The longest path for ``task_durations`` (missing ids count 0)."""
+        dur = {i: task_durations.get(i, 0.0) for i in self._preds}
+        return _longest_path(self._order(), self._preds, dur)
+
+
+class ResourceManager:
+    """The reference design's face (register, acquire, release, waiting) over :class:`Pools`."""
+
+    def __init__(self, pools: Pools | None = None) -> None:
+        self.pools = pools or Pools()
+        self._held: dict[str, dict[str, int]] = {}
+
+    def register_resource_pool(self, resource_type: str, capacity: int) -> None:
+        self.pools.add(resource_type, capacity)
+
+    async def acquire_resources(self, task_id: str, required_resources: Mapping[str, int],
+                                priority: float = 0.0) -> bool:
+        """Wait until the resources are free and take them; returns True."""
+        await self.pools.acquire(required_resources, priority, task_id)
+        self._held[task_id] = dict(required_resources)
+        return True
+
+    def release_resources(self, task_id: str,
+                          released_resources: Mapping[str, int] | None = None) -> None:
+        held = self._held.pop(task_id, None)
+        demand = released_resources if released_resources is not None else held
+        if demand:
+            self.pools.release(demand)
+
+    @property
+    def waiting_tasks(self) -> list[str | None]:
+        return self.pools.waiting()
+
+    @property
+    def resource_pools(self) -> dict[str, int]:
+        return self.pools.capacities
+
+    @property
+    def allocated_resources(self) -> dict[str, int]:
+        return self.pools.in_use()
