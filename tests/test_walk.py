@@ -7,11 +7,12 @@ import sys
 from collections import namedtuple
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from support import run, tl
 
-from flowdsl import Flow
+from flowdsl import CompositionError, Flow
 from flowdsl._graph.walk import KEEP, nodes, transform
 
 Pair = namedtuple("Pair", "left right")
@@ -110,3 +111,32 @@ class TestContainersInArguments:
             }[name]
             assert out == expected, name
             assert type(out) is type(expected), name
+
+
+class TestCyclicValues:
+    """A value that contains itself is refused with a CompositionError (the walk used to
+    loop forever: composing ``f(a)`` with ``a.append(a)`` hung), while a container shared
+    by two places, which is no cycle, is walked in both."""
+
+    def test_nodes_refuses_a_list_that_holds_itself(self) -> None:
+        a: list[Any] = [1]
+        a.append({"again": a})
+        with pytest.raises(CompositionError, match="contains itself"):
+            list(nodes(a))
+
+    def test_transform_refuses_a_dict_that_holds_itself(self) -> None:
+        d: dict[str, Any] = {"k": [1]}
+        d["k"].append(d)
+        with pytest.raises(CompositionError, match="contains itself"):
+            transform(d, lambda v: KEEP)
+
+    def test_composing_a_task_over_a_cyclic_argument_fails_at_once(self) -> None:
+        a: list[Any] = [1]
+        a.append(a)
+        with pytest.raises(CompositionError, match="contains itself"):
+            tl(len)(a)
+
+    def test_a_shared_container_is_no_cycle(self) -> None:
+        shared = [1, 2]
+        assert list(nodes([shared, shared])).count(shared) == 2
+        assert run(tl(lambda x: len(x))([shared, shared])).output == 2

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .._base.errors import CompositionError
+
 __all__ = ["KEEP", "nodes", "transform"]
 
 # Classes that are never containers: checked first, since most argument values are these.
@@ -31,6 +33,24 @@ KEEP: Any = _Keep()
 """Returned by a ``transform`` visitor: no replacement here; walk into it if it is a container."""
 
 
+class _Leave:
+    """A mark on :func:`nodes`' stack: the walk of container ``id`` is over."""
+
+    __slots__ = ("id",)
+
+    def __init__(self, ident: int) -> None:
+        self.id = ident
+
+
+def _cyclic(value: Any) -> CompositionError:
+    """A container met again inside itself: walking it would never end."""
+    kind = value.__class__.__name__
+    msg = (f"an argument value contains itself (a {kind} that holds a reference to itself, "
+           "directly or through other containers): flowdsl cannot walk a cyclic value; pass "
+           "a copy without the cycle")
+    return CompositionError(msg)
+
+
 def _children(value: Any) -> list[Any] | None:
     """The walked children of a container (dict values, sequence items), else None."""
     cls = value.__class__
@@ -46,13 +66,21 @@ def _children(value: Any) -> list[Any] | None:
 def nodes(value: Any) -> Iterator[Any]:
     """Every value inside ``value`` (itself included), containers before their items, items
     left to right. Sets are walked in their own iteration order."""
-    stack = [value]
-    pop, push = stack.pop, stack.extend
+    stack: list[Any] = [value]
+    pop, push, append = stack.pop, stack.extend, stack.append
+    path: set[int] = set()  # the containers being walked: meeting one again is a cycle
     while stack:
         v = pop()
+        if v.__class__ is _Leave:
+            path.discard(v.id)
+            continue
         yield v
         kids = _children(v)
         if kids:
+            if id(v) in path:
+                raise _cyclic(v)
+            path.add(id(v))
+            append(_Leave(id(v)))
             kids.reverse()
             push(kids)
 
@@ -87,6 +115,7 @@ def transform(value: Any, visit: Callable[[Any], Any]) -> Any:
         return value
     # Each frame: the container, its children, the results so far, whether any changed.
     frames: list[tuple[Any, list[Any], list[Any], list[bool]]] = [(value, kids, [], [False])]
+    path = {id(value)}  # the containers of the frames: meeting one again is a cycle
     while True:
         container, pending, done, changed = frames[-1]
         if len(done) < len(pending):
@@ -99,11 +128,15 @@ def transform(value: Any, visit: Callable[[Any], Any]) -> Any:
                 continue
             grand = _children(child)
             if grand:
+                if id(child) in path:
+                    raise _cyclic(child)
+                path.add(id(child))
                 frames.append((child, grand, [], [False]))
             else:
                 done.append(child)
             continue
         frames.pop()
+        path.discard(id(container))
         result = _rebuild(container, done) if changed[0] else container
         if not frames:
             return result
