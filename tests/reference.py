@@ -437,15 +437,25 @@ class Sim:
         self.waiters = left
 
     def run_heap(self) -> None:
+        # A stale entry (a process woken or ended since) does not move the clock: the
+        # engine has no such timer.
         while self.heap:
             at, _, p, tok, what = heapq.heappop(self.heap)
-            self.now = at
             if what == "grant":
-                self._grant()
+                if self.waiters:
+                    self.now = at
+                    self._grant()
+            elif isinstance(what, tuple):  # a group's deadline
+                if self.deadline.get(what[0]) == what[1] and any(
+                        not q.done for q in self.timed_procs.get(what[0], ())):
+                    self.now = at
+                    self._deadline(*what)
             elif isinstance(what, Cancel):
                 if not p.done:
+                    self.now = at
                     self._step(p, None, what)
             elif not p.done and not p.dying and p.token == tok:
+                self.now = at
                 self._step(p, None)
 
     def run(self) -> None:
@@ -527,7 +537,8 @@ class Sim:
 
     def _event(self, tid: str) -> None:
         self.events.append((self.now, tid))
-        if self.stop_at == self.now and self.stopper != tid and self.ambiguous is None:
+        if (self.stop_at == self.now and self.stopper != tid and self.ambiguous is None
+                and not self.cleanup):
             self.ambiguous = f"{tid} acts at the instant the run stopped ({self.now})"
 
     # -- one node (S7) ----------------------------------------------------------------------
@@ -617,12 +628,12 @@ class Sim:
         st = self.group_state.setdefault(n, {})
         if st.get("watching") == self.deadline[n]:
             return
-        st["watching"] = self.deadline[n]
-        self.spawn(f"deadline {n}", self._deadline(n, self.deadline[n]))
+        st["watching"] = at = self.deadline[n]
+        self.seq += 1
+        heapq.heappush(self.heap, (at, self.seq, None, 0, (n, at)))
 
-    def _deadline(self, n: int, at: float) -> Proc:
-        yield ("sleep", at - self.now)
-        if self.deadline.get(n) != at or self.stopped:
+    def _deadline(self, n: int, at: float) -> None:
+        if self.stopped:
             return
         self._tie(f"deadline {n}", f"group {n}'s deadline")
         for p in list(self.timed_procs.get(n, [])):
@@ -829,6 +840,7 @@ def simulate(flow: FlowD, calls: dict[str, int] | None = None, *,
     sim = Sim(flow, calls, cache, cache_read, resumed)
     sim.run()
     if sim.stopped:  # S39: cleanup tasks after a fail-fast stop, in plan order, one at a time
+        sim.cleanup = True
         ran = []
         for tid in sim.s.topo:
             t = sim.f.tasks.get(tid)
