@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from reference import FlowD, GroupD, Outcome, Script, SwitchD, TaskD, output_of, simulate
 
@@ -81,20 +81,24 @@ def _tool(t: TaskD) -> Any:
 
 # -- the builder: a description -> a real flow ---------------------------------------------------
 
-def build(fd: FlowD) -> Flow:
+def build(fd: FlowD, pick: Callable[[TaskD], tuple[Any, dict[str, Any]]] | None = None
+          ) -> Flow:
+    """The real flow of ``fd``: its tools by ``pick(task)`` (a tool and extra keyword
+    arguments), by default the async scripted tools above."""
     made: dict[str, Any] = {}
+    pick = pick or (lambda t: (_tool(t), {}))
 
     def task(tid: str) -> Any:
         if tid in made:
             return made[tid]
         t = fd.tasks[tid]
-        fn = _tool(t)
+        fn, extra = pick(t)
         inputs = [task(d) for d in t.deps]
         if t.mapped:
             over = list(t.values) if t.values is not None else task(t.over)  # type: ignore
-            x = fn.map(over, inputs=inputs)
+            x = fn.map(over, inputs=inputs, **extra)
         else:
-            x = fn(tid, inputs)
+            x = fn(tid, inputs, **extra)
         x = x.named(tid)
         opts: dict[str, Any] = {}
         if t.retries:
@@ -197,7 +201,7 @@ TRIGGERS = ["all_success"] * 6 + ["all_done", "none_failed", "one_success", "one
 FEATURES = {
     "switch_no_match": False,  # S34: no match and no default fails (issue 20 bug 7, faults)
     "switch_shared": False,  # S35: a task shared by two cases (issue 20 bug 7, faults)
-    "group_retries": False,  # TEMP
+    "group_retries": True,
     "group_timeout": True,
     "group_backoff": False,  # S30: backoff= on a group (issue 20 bug 10, groups)
     "maps_in_retried_groups": True,
@@ -499,3 +503,111 @@ def test_fuzz(backend: str, case: tuple[FlowD, str], tmp_path: Path) -> None:
     """``pytest -m fuzz``: 10,000 flows per backend (20,000 in all)."""
     check(*case, backend, tmp_path)
 
+
+
+# -- real time: threads, processes, Dask ---------------------------------------------------------
+
+def timing_free(fd: FlowD) -> bool:
+    """Whether the outcome of ``fd`` does not depend on how long things take: nothing
+    stops the run, and no timeout cuts anything off (pools only move start times)."""
+    return fd.continue_on_error and not any(t.timeout for t in fd.tasks.values()) and not any(
+        isinstance(u, GroupD) and u.timeout for u in _units(fd.stages))
+
+
+def _units(stages: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    stack = [stages]
+    while stack:
+        for stage in stack.pop():
+            for u in stage:
+                out.append(u)
+                if isinstance(u, GroupD):
+                    stack.append(u.stages)
+    return out
+
+
+def check_real(fd: FlowD, kind: str, tmp: Path, executor: Any = None) -> None:
+    """One real-time run: the invariants of SEMANTICS.md always; where timing decides
+    nothing, exactly the reference's statuses, outputs and attempt counts."""
+    import diff_tools
+
+    log = tmp / f"calls-{id(fd)}.log"
+    log.write_text("")
+    scripts = {k: [s.duration, list(s.fail), s.ret] for k, s in fd.scripts.items()}
+    fn = diff_tools.work_process if kind == "process" else diff_tools.work_thread
+    flow = build(fd, lambda t: (fn, {"scripts": scripts, "log": str(log)}))
+    result = flowdsl.run(flow, context=dict(fd.context), continue_on_error=fd.continue_on_error,
+                         resources=fd.pools or None, history=False, executor=executor)
+    made: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        made[line] = made.get(line, 0) + 1
+    per_key: dict[str, int] = {}
+    for tid, rec in result.tasks.items():
+        # S11, S39: nothing is left running; a node stays pending only when the run stopped
+        assert rec.status.value != "running", (kind, tid, "left running")
+        if rec.status.value == "pending":
+            assert not result.ok and not fd.continue_on_error, (kind, tid, "left pending")
+        if tid in fd.tasks and not fd.tasks[tid].mapped:
+            per_key[tid] = len(rec.attempts)
+    for tid, n in per_key.items():  # S11: every call is an attempt on its record
+        assert made.get(tid, 0) == n, (kind, tid, "attempts vs calls", n, made.get(tid, 0))
+    calls = sum(made.values())
+    attempts = sum(len(r.attempts) for t, r in result.tasks.items()
+                   if not t.startswith("sw"))
+    assert calls == attempts, (kind, "calls made vs attempts recorded", calls, attempts)
+    assert result.ok == (result.status.value == "completed")  # S42
+    assert (result.status.value == "failed") == bool(result.errors), result.status  # S41
+    if timing_free(fd):
+        ref = simulate(fd)
+        for tid, want in ref.tasks.items():
+            rec = result.tasks[tid]
+            assert rec.status.value == want.status, (kind, tid, rec.status.value, want.status)
+            assert len(rec.attempts) == len(want.attempts), (kind, tid, "attempts")
+            if want.status == "completed":
+                assert result.outputs.get(tid) == want.output, (kind, tid, "output")
+        assert result.status.value == ref.status
+
+
+@st.composite
+def real_flows(draw: Any) -> FlowD:
+    """Flows for real time: no cache, rollback or second run, and short ones."""
+    g = Gen(draw)
+    g.pools = draw(st.booleans())
+    stages: list[list[Any]] = []
+    avail: list[str] = []
+    for _ in range(draw(st.integers(1, 3))):
+        made: list[str] = []
+        stages.append([g.unit(avail, 0, made) for _ in range(draw(st.integers(1, 2)))])
+        avail += made
+    return FlowD(stages, g.tasks, g.scripts, g.context,
+                 continue_on_error=draw(st.booleans()),
+                 pools={"p": draw(st.integers(1, 2))} if g.pools else {})
+
+
+#: Real time: a failure is not shrunk (each try takes real seconds); it is shown as found.
+REAL = settings(EXAMPLES, max_examples=12, phases=[Phase.explicit, Phase.generate])
+
+
+@pytest.mark.parametrize("kind", ["thread", "process"])
+@REAL
+@given(fd=real_flows())
+def test_threads_and_processes_keep_the_invariants(kind: str, fd: FlowD, tmp_path: Path
+                                                   ) -> None:
+    """Sync tools in threads and in worker processes, in real time: 12 flows each."""
+    check_real(fd, kind, tmp_path)
+
+
+def test_dask_keeps_the_invariants(tmp_path: Path) -> None:
+    """The same on a Dask cluster (one worker process, two threads): 4 flows."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  dashboard_address=None,
+                                  scheduler_kwargs={"dashboard": False,
+                                                    "dashboard_address": ":0"}) as cluster:
+
+        @settings(REAL, max_examples=4)
+        @given(fd=real_flows())
+        def one(fd: FlowD) -> None:
+            check_real(fd, "dask", tmp_path, flowdsl.DaskExecutor(cluster))
+
+        one()
