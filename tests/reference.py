@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import json
 import zlib
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ class SwitchD:
     on: str
     cases: dict[str, list[str]]
     default: list[str] | None = None
+    skip: bool = False  # default=flowdsl.SKIP: no match skips every case on purpose (S34)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class Record:
     attempts: list[tuple[float, str]] = field(default_factory=list)  # (start, status)
     parent: str | None = None
     has_output: bool = False
+    key: str | None = None  # a map child's element: the key of its script
 
 
 @dataclass
@@ -157,6 +159,7 @@ class Structure:
         self.members: dict[int, list[str]] = {}  # group index -> member ids (order)
         self.group_of: dict[str, list[int]] = {}  # member -> its groups, inner first
         self.entries: dict[int, list[str]] = {}
+        self.first_gate: dict[str, bool] = {}
         self._walk(flow.stages, None)
         for tid, t in flow.tasks.items():  # data edges (S1): a task waits for its arguments
             for d in [*t.deps, *([t.over] if t.over else [])]:
@@ -222,10 +225,21 @@ class Structure:
         assert isinstance(unit, SwitchD)
         heads: list[str] = []
         tails: list[str] = []
-        paths = [(f"{unit.name}[{k!r}]", k, p) for k, p in unit.cases.items()]
+        # S35: cases given one same path share one gate, chosen by any of their keys
+        shared: list[tuple[list[str], list[str]]] = []
+        for k, p in unit.cases.items():
+            for keys, q in shared:
+                if q is p:
+                    keys.append(k)
+                    break
+            else:
+                shared.append(([k], p))
+        paths: list[tuple[str, Any, list[str]]] = [
+            (f"{unit.name}[{', '.join(map(repr, ks))}]", tuple(ks), p) for ks, p in shared]
         if unit.default is not None:
             paths.append((f"{unit.name}[default]", None, unit.default))
-        for gid, key, path in paths:
+        for n, (gid, key, path) in enumerate(paths):
+            self.first_gate[gid] = n == 0
             self._node(gid)
             self._member(gid, group)
             self.gates[gid] = (unit, key)
@@ -339,8 +353,12 @@ class Sim:
         self.cleanup = False
         self.left: dict[str, int] = {}
         self._self: _P | None = None
+        self.arrived: dict[int, float] = {}  # process -> when it asked for a pool
+        self.resumed_children: dict[str, tuple[str, Any]] = {}
         for tid, out in (resumed or {}).items():
-            if tid in self.recs:
+            if "[" in tid and tid not in self.recs:  # S38: (element, output) of a child
+                self.resumed_children[tid] = out
+            elif tid in self.recs:
                 self.final[tid] = "completed"
                 self.outputs[tid] = out
                 r = self.recs[tid]
@@ -389,6 +407,7 @@ class Sim:
             for q in procs:
                 q.on_done.append(one)
         elif kind == "acquire":
+            self.arrived[id(p)] = self.now
             self.seq += 1
             self.waiters.append((-cmd[2], self.seq, p, cmd[1]))
             self._grant_later()
@@ -426,15 +445,27 @@ class Sim:
         heapq.heappush(self.heap, (self.now, 1 << 60, None, 0, "grant"))
 
     def _grant(self) -> None:
+        # The runner hands nodes ready at one instant over best priority first, so they
+        # also reach the pools in that order. A retried group's driver starts its members in
+        # plan order instead, and then who gets a contested unit is left open (S8).
         self.waiters.sort(key=lambda w: (w[0], w[1]))
         left = []
+        denied_now = [w for w in self.waiters
+                      if self.arrived.get(id(w[2])) == self.now]
         for w in self.waiters:
             if self.free[w[3]] > 0:
                 self.free[w[3]] -= 1
                 self._wake(w[2], self.now)
             else:
                 left.append(w)
+        contested = [w for w in denied_now if w in left]
+        if contested and any(self._in_retried(w[2].name.split(" ", 1)[1])
+                             for w in denied_now):
+            self.ambiguous = self.ambiguous or f"a pool contested at {self.now} in a group"
         self.waiters = left
+
+    def _in_retried(self, tid: str) -> bool:
+        return any(self.s.groups[n].retries for n in self.s.group_of.get(tid, ()))
 
     def run_heap(self) -> None:
         # A stale entry (a process woken or ended since) does not move the clock: the
@@ -593,7 +624,14 @@ class Sim:
         if gate is not None:  # S33: a gate runs only when its case is chosen
             sw, key = gate
             value = self.outputs.get(sw.on)
-            if not ((value == key) if key is not None else value not in sw.cases):
+            if not ((value in key) if key is not None else value not in sw.cases):
+                if (sw.default is None and not sw.skip and self.s.first_gate[tid]
+                        and value not in sw.cases):  # S34: no match, no default: it fails
+                    if not self.f.continue_on_error and len(self.s.succs[sw.on]) > 1:
+                        self._tie(tid, "a switch that matched nothing")
+                        self.ambiguous = self.ambiguous or "the other gates may not start"
+                    self._fail(tid, "failed")
+                    return
                 self._finish(tid, "skipped")
                 return
         timed = [n for n in self.s.group_of.get(tid, []) if self.s.groups[n].timeout is not None]
@@ -740,7 +778,11 @@ class Sim:
                 nxt[0] += 1
                 cid = ids[i]
                 if cid not in self.recs:
-                    self.recs[cid] = Record(cid, parent=tid)
+                    self.recs[cid] = Record(cid, parent=tid, key=values[i])
+                hit = self.resumed_children.get(cid)
+                if hit is not None and hit[0] == values[i]:  # S38: same index, same input
+                    self._finish(cid, "completed", hit[1], True)
+                    continue
                 q = self.spawn(f"child {cid}",
                                self._pooled(cid, values[i], t, [], parent=tid), me)
                 yield ("join", [q])
@@ -765,7 +807,7 @@ class Sim:
         if failed:
             for k in range(nxt[0], len(todo)):
                 cid = ids[todo[k]]
-                self.recs[cid] = Record(cid, parent=tid)
+                self.recs[cid] = Record(cid, parent=tid, key=values[todo[k]])
                 self._finish(cid, "cancelled")
             self._fail(tid, "failed")
             return
@@ -804,7 +846,12 @@ class Sim:
             for k in nested:  # each attempt gets the full timeout
                 self.deadline.pop(k, None)
             if g.backoff:
-                yield ("sleep", g.backoff * 2 ** (attempt - 1))
+                try:
+                    yield ("sleep", g.backoff * 2 ** (attempt - 1))
+                except Cancel:  # S18: the failed part waiting out the group's backoff
+                    for t in todo:
+                        self._finish(t, "cancelled")
+                    raise
 
     def _members(self, todo: list[str]) -> Proc:
         pending = set(todo)
@@ -863,19 +910,3 @@ def simulate(flow: FlowD, calls: dict[str, int] | None = None, *,
     return Outcome(status, dict(sim.recs), sim.errors, rolled, calls, sim.stored,
                    sim.ambiguous, sim.order_free)
 
-
-def flatten(stages: Iterable[Iterable[Any]]) -> list[str]:
-    """Every task id a chain of stages composes (for the generator)."""
-    out: list[str] = []
-    stack = [list(stages)]
-    while stack:
-        for stage in stack.pop():
-            for u in stage:
-                if isinstance(u, str):
-                    out.append(u)
-                elif isinstance(u, GroupD):
-                    stack.append(u.stages)
-                else:
-                    for path in [*u.cases.values(), u.default or []]:
-                        out += path
-    return out

@@ -130,14 +130,20 @@ def build(fd: FlowD, pick: Callable[[TaskD], tuple[Any, dict[str, Any]]] | None 
                 opts["timeout"] = u.timeout
             if u.retries:
                 opts["retries"] = u.retries
+            if u.backoff:
+                opts["backoff"] = Backoff(initial=u.backoff, factor=2, max_delay=1e6)
             if opts:
                 g = g.with_options(**opts)
             if u.when is not None:
                 g = g.when(lambda ctx, k=u.when: ctx[k])
             return g
         assert isinstance(u, SwitchD)
-        cases = {k: chain([task(t) for t in p]) for k, p in u.cases.items()}
+        paths: dict[int, Any] = {}  # one path object given to several cases stays one
+        cases = {k: paths.setdefault(id(p), chain([task(t) for t in p]))
+                 for k, p in u.cases.items()}
         default = None if u.default is None else chain([task(t) for t in u.default])
+        if u.skip:
+            default = flowdsl.SKIP
         return flowdsl.switch(task(u.on), cases, default=default, name=u.name)
 
     def chain(parts: list[Any]) -> Any:
@@ -199,13 +205,13 @@ TRIGGERS = ["all_success"] * 6 + ["all_done", "none_failed", "one_success", "one
 #: Feature switches: a combination the engine does not yet do as SEMANTICS.md says is turned
 #: off here, with the bug it waits for (see the module's report in the issue).
 FEATURES = {
-    "switch_no_match": False,  # S34: no match and no default fails (issue 20 bug 7, faults)
-    "switch_shared": False,  # S35: a task shared by two cases (issue 20 bug 7, faults)
+    "switch_no_match": True,  # S34: no match and no default fails (issue 20 bug 7, faults)
+    "switch_shared": True,  # S35: a task shared by two cases (issue 20 bug 7, faults)
     "group_retries": True,
     "group_timeout": True,
-    "group_backoff": False,  # S30: backoff= on a group (issue 20 bug 10, groups)
+    "group_backoff": True,  # S30: backoff= on a group (issue 20 bug 10, groups)
     "maps_in_retried_groups": True,
-    "resume_maps": False,  # S38: resume by index + input hash (issue 20 bug 9, faults)
+    "resume_maps": True,  # S38: resume by index + input hash (issue 20 bug 9, faults)
 }
 
 
@@ -333,15 +339,17 @@ class Gen:
                                   unique=True)):
                 cases[key] = [self.plain([]) for _ in range(d(st.integers(1, 2)))]
             default = None
-            if d(st.booleans()) or not FEATURES["switch_no_match"]:
+            skip = False
+            how = d(st.integers(0, 2)) if FEATURES["switch_no_match"] else 0
+            if how == 0:
                 default = [self.plain([])]
-            if FEATURES["switch_shared"] and len(cases) > 1 and d(st.booleans()):
-                shared = self.plain([])
-                for p in cases.values():
-                    p.append(shared)
-            sw = SwitchD(name, on, cases, default)
+            skip = how == 1
+            if FEATURES["switch_shared"] and len(cases) < 3 and d(st.booleans()):
+                key = d(st.sampled_from([k for k in ("a", "b", "c") if k not in cases]))
+                cases[key] = next(iter(cases.values()))  # S35: one path for two cases
+            sw = SwitchD(name, on, cases, default, skip)
             for p in [*cases.values(), default or []]:
-                made.extend(p)
+                made.extend(t for t in p if t not in made)
             return sw
         # a group
         name = self.new_id("g")
@@ -470,8 +478,10 @@ def check(fd: FlowD, scenario: str, backend: str, tmp: Path) -> None:
         result2 = engine_run(fd, backend, path)
         compare(fd, ref2, result2, path)
     elif scenario == "resume":
-        reused = {t: r.output for t, r in ref.tasks.items()
-                  if r.status == "completed" and r.parent is None}
+        reused: dict[str, Any] = {t: r.output for t, r in ref.tasks.items()
+                                  if r.status == "completed" and r.parent is None}
+        reused.update({t: (r.key, r.output) for t, r in ref.tasks.items()
+                       if r.status == "completed" and r.parent is not None})
         ref2 = simulate(fd, calls, resumed=reused)
         assume(ref2.ambiguous is None)
         result2 = engine_run(fd, backend, path, resume=result.run_id)
@@ -611,3 +621,30 @@ def test_dask_keeps_the_invariants(tmp_path: Path) -> None:
             check_real(fd, "dask", tmp_path, flowdsl.DaskExecutor(cluster))
 
         one()
+
+
+# -- engine bugs the differential test found -----------------------------------------------------
+
+def test_cleanup_in_a_retried_group_runs_alone() -> None:
+    """S39: after a fail-fast stop only cleanup tasks (all_done, one_failed) run. A cleanup
+    task that is a member of a retried group used to drive its whole group, so the members
+    after it (all_success) ran too, after the run had stopped."""
+    calls: list[str] = []
+
+    @tool(registry=False)
+    async def boom() -> None:
+        await anyio.sleep(0.01)
+        raise ToolError("boom")
+
+    @tool(registry=False)
+    async def step(name: str) -> str:
+        calls.append(name)
+        return name
+
+    first = step("e").named("e").with_options(trigger="all_done")
+    group = Flow("g", first >> step("x").named("x")).with_options(retries=1)
+    result = flowdsl.run([boom().named("b") >> group], history=False)
+    assert result.status == "failed"
+    assert calls == ["e"]
+    assert result.tasks["e"].status == "completed"
+    assert result.tasks["x"].status == "pending"
