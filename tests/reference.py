@@ -861,6 +861,8 @@ class Sim:
 
         def one(t: str) -> Proc:
             yield from self._node(t)
+            if self.stopped and not self.cleanup:  # S39: nothing new starts
+                return
             for s in self.s.succs[t]:
                 if s in waiting:
                     waiting[s] -= 1
@@ -870,9 +872,8 @@ class Sim:
         def start(t: str) -> None:
             procs.append(self.spawn(f"task {t}", one(t), me))
 
-        for t in todo:
-            if not waiting[t]:
-                start(t)
+        for t in [t for t in todo if not waiting[t]]:  # (a start may finish others)
+            start(t)
         while any(not q.done for q in procs):
             yield ("join", [q for q in procs if not q.done])
 

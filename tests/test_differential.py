@@ -648,3 +648,26 @@ def test_cleanup_in_a_retried_group_runs_alone() -> None:
     assert calls == ["e"]
     assert result.tasks["e"].status == "completed"
     assert result.tasks["x"].status == "pending"
+
+
+def test_history_rewrites_a_row_whose_status_changed_after_it_was_written(tmp_path: Path
+                                                                          ) -> None:
+    """S44: a record whose status changes after its row was written (a retried group resets
+    a member to pending, then the run stops before it runs again) reads back as the result
+    says; the history kept the status of the member's first finish."""
+    store = HistoryStore(tmp_path / "h.db")
+    try:
+        obs = store.observer("f")
+        result = flowdsl.RunResult(run_id="r1", flow_name="f", mode="parallel")
+        rec = flowdsl.TaskRecord("m", "work", status=flowdsl.TaskStatus.UPSTREAM_FAILED)
+        result.tasks = {"m": rec}
+        obs.run_started(result, None)
+        obs.task_finished(result, rec, None)
+        rec.status = flowdsl.TaskStatus.PENDING  # reset by its group; never ran again
+        result.status = flowdsl.RunStatus.FAILED
+        obs.run_finished(result)
+        store.flush()
+        rows = {t["task_id"]: t["status"] for t in store.get_run("r1")["tasks"]}
+    finally:
+        store.close()
+    assert rows == {"m": "pending"}
