@@ -556,6 +556,9 @@ class Sim:
         self.stop_at = self.now
         self.stopper = by
         self._tie(by, "the run's stop")
+        for n, at in self.deadline.items():
+            if at == self.now and any(not q.done for q in self.timed_procs.get(n, ())):
+                self.ambiguous = self.ambiguous or f"the stop ties with group {n}'s deadline"
         for p in sorted(self.active, key=lambda q: q.name):
             if p.name.startswith(("task", "group")) and not p.dying:
                 self.cancel(p, "stop")
@@ -663,15 +666,14 @@ class Sim:
             yield from self._pooled(tid, tid, t, [self.outputs.get(d) for d in t.deps])
 
     def _watch(self, n: int) -> None:
-        st = self.group_state.setdefault(n, {})
-        if st.get("watching") == self.deadline[n]:
-            return
-        st["watching"] = at = self.deadline[n]
+        at = self.deadline[n]  # (one entry per member: a consumed one may be needed again)
         self.seq += 1
         heapq.heappush(self.heap, (at, self.seq, None, 0, (n, at)))
 
     def _deadline(self, n: int, at: float) -> None:
-        if self.stopped:
+        if self.stopped and not self.cleanup:
+            if self.stop_at == self.now:
+                self.ambiguous = self.ambiguous or f"group {n}'s deadline ties with the stop"
             return
         self._tie(f"deadline {n}", f"group {n}'s deadline")
         for p in list(self.timed_procs.get(n, [])):
@@ -799,7 +801,11 @@ class Sim:
             lanes = [self.spawn(f"lane {tid}", lane(), me) for _ in range(width)]
             yield ("join", lanes)
         except Cancel as cx:
-            if cx.why.startswith("group"):
+            if cx.why.startswith("group"):  # S29: the children it could not start, too
+                for k in range(nxt[0], len(todo)):
+                    cid = ids[todo[k]]
+                    self.recs[cid] = Record(cid, parent=tid, key=values[todo[k]])
+                    self._fail(cid, "timed_out", tid)
                 self._fail(tid, "timed_out")
             else:
                 self._finish(tid, "cancelled")
