@@ -568,6 +568,10 @@ class Sim:
         for at, who in self.events:
             if at == self.now and who != by and not who.startswith(by + "["):
                 self.ambiguous = self.ambiguous or f"{what} at {at} ties with {who}"
+        for at, _, p, tok, cmd in self.heap:  # a wake due at this very instant
+            if (at == self.now and p is not None and cmd is None and not p.done
+                    and p.token == tok and not p.dying):
+                self.ambiguous = self.ambiguous or f"{what} ties with {p.name} at {at}"
 
     def _event(self, tid: str) -> None:
         self.events.append((self.now, tid))
@@ -831,7 +835,12 @@ class Sim:
             last = attempt == g.retries + 1
             st["hold"] = not last
             st["held"] = []
-            yield from self._members(todo)
+            try:
+                yield from self._members(todo)
+            except Cancel:  # S39: the run stopped: the failures held so far happened
+                self.errors += st["held"]
+                st["hold"], st["held"] = False, []
+                raise
             st["hold"] = False
             again: set[str] = set()
             for t in todo:
@@ -844,6 +853,10 @@ class Sim:
                     self.stop(held[0])
                 return
             todo = [t for t in todo if t in again]
+            for t in todo:  # a map whose input may change runs all its children again
+                if any(p in again for p in self.s.preds[t]):
+                    for c in self.children.get(t, ()):
+                        self.recs[c].status = "pending"
             for t in todo:  # reset: these run again; completed members are kept
                 self.final.pop(t, None)
                 self.outputs.pop(t, None)

@@ -677,3 +677,35 @@ def test_history_rewrites_a_row_whose_status_changed_after_it_was_written(tmp_pa
     finally:
         store.close()
     assert rows == {"m": "pending"}
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_late_top_up_spawns_no_worker(backend: str) -> None:
+    """The drive loop's top-up, scheduled while instant tasks (skipped, reused) finish the
+    run's work in one tick, runs after the last worker left: it used to count the idle
+    workers woken at the end twice and start workers in the closed task group (on trio a
+    TrioInternalError out of run(); found by the differential test under MockClock)."""
+
+    @tool(registry=False)
+    async def slow(k: str) -> str:
+        await anyio.sleep(1)
+        return k
+
+    @tool(registry=False)
+    async def instant(k: str) -> str:
+        return k
+
+    def never(ctx: Any) -> bool:
+        return False
+
+    for n, m in [(1, 3), (2, 4), (4, 2), (5, 5)]:
+        idle = [instant(f"i{i}").named(f"i{i}").when(never) for i in range(n)]
+        after = [instant(f"x{i}").named(f"x{i}").when(never) for i in range(m)]
+        flow = flowdsl.parallel(*idle, slow("s").named("s") >> flowdsl.parallel(*after))
+
+        async def go(flow: Any = flow) -> flowdsl.RunResult:
+            return await flowdsl.arun(flow, history=False)
+
+        result = run_virtual(backend, go)
+        assert result.ok, result.error
+        assert result.summary() == {"completed": 1, "skipped": n + m}
