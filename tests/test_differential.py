@@ -15,6 +15,7 @@ errors, the rollbacks, and the history rows read back. Rules cited: docs/SEMANTI
 from __future__ import annotations
 
 import asyncio
+import os
 import selectors
 from collections.abc import Callable
 from pathlib import Path
@@ -512,12 +513,18 @@ def test_engine_agrees_with_the_reference(backend: str, case: tuple[FlowD, str],
 
 
 @pytest.mark.fuzz
+@pytest.mark.timeout(0)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(EXAMPLES, max_examples=10_000, derandomize=False)
 @given(case=flows())
 def test_fuzz(backend: str, case: tuple[FlowD, str], tmp_path: Path) -> None:
-    """``pytest -m fuzz``: 10,000 flows per backend (20,000 in all)."""
+    """``pytest -m fuzz``: 10,000 flows per backend (20,000 in all). With FLOWDSL_FUZZ_LOG
+    set, each example appends a line to that file (a count survives a run cut short)."""
     check(*case, backend, tmp_path)
+    log = os.environ.get("FLOWDSL_FUZZ_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{backend}\n")
 
 
 
