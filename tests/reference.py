@@ -160,14 +160,19 @@ class Structure:
         self.group_of: dict[str, list[int]] = {}  # member -> its groups, inner first
         self.entries: dict[int, list[str]] = {}
         self.first_gate: dict[str, bool] = {}
+        self.links: list[tuple[str, Any]] = []  # (x, ("group", n)): resolved once known
         self._walk(flow.stages, None)
         for tid, t in flow.tasks.items():  # data edges (S1): a task waits for its arguments
             for d in [*t.deps, *([t.over] if t.over else [])]:
                 self._edge(d, tid)
-        for n in range(len(self.groups)):
+        for n in range(len(self.groups) - 1, -1, -1):  # S3: inner groups first
             inside = set(self.members[n])
             self.entries[n] = [m for m in self.members[n]
                                if not any(p in inside for p in self.preds[m])]
+            for a, b in list(self.links):  # `x >> group` links x to every entry task
+                if b == ("group", n):
+                    for e in self.entries[n]:
+                        self._edge(a, e)
         for n, g in enumerate(self.groups):  # S28: a retried group's entries wait for all
             if g.retries:
                 inside = set(self.members[n])
@@ -205,7 +210,10 @@ class Structure:
                 tails += t
             for a in prev:
                 for b in heads:
-                    self._edge(a, b)
+                    if isinstance(b, tuple):  # a group: its entries are known at the end
+                        self.links.append((a, b))
+                    else:
+                        self._edge(a, b)
             if k == 0:
                 first = heads
             prev = tails
@@ -220,8 +228,8 @@ class Structure:
             n = len(self.groups)
             self.groups.append(unit)
             self.members[n] = []
-            first, last = self._walk(unit.stages, n)
-            return first, last
+            _, last = self._walk(unit.stages, n)
+            return [("group", n)], last  # type: ignore[list-item]
         assert isinstance(unit, SwitchD)
         heads: list[str] = []
         tails: list[str] = []
