@@ -502,6 +502,7 @@ EXAMPLES = settings(max_examples=150, deadline=None, derandomize=True,
                                            HealthCheck.function_scoped_fixture])
 
 
+@pytest.mark.timeout(600)  # (a failure is shrunk, which takes a while)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @EXAMPLES
 @given(case=flows())
