@@ -573,12 +573,17 @@ def check_real(fd: FlowD, kind: str, tmp: Path, executor: Any = None) -> None:
             assert not result.ok and not fd.continue_on_error, (kind, tid, "left pending")
         if tid in fd.tasks and not fd.tasks[tid].mapped:
             per_key[tid] = len(rec.attempts)
-    for tid, n in per_key.items():  # S11: every call is an attempt on its record
-        assert made.get(tid, 0) == n, (kind, tid, "attempts vs calls", n, made.get(tid, 0))
+    # S11: every call is an attempt on its record. In real time an attempt cut off (the run
+    # stopped, a timeout) may end before its thread or worker process ran the tool at all.
+    cut = {t: sum(1 for a in r.attempts if a.status.value in ("cancelled", "timed_out"))
+           for t, r in result.tasks.items()}
+    for tid, n in per_key.items():
+        got = made.get(tid, 0)
+        assert n - cut[tid] <= got <= n, (kind, tid, "attempts vs calls", n, got)
     calls = sum(made.values())
-    attempts = sum(len(r.attempts) for t, r in result.tasks.items()
-                   if not t.startswith("sw"))
-    assert calls == attempts, (kind, "calls made vs attempts recorded", calls, attempts)
+    attempts = sum(len(r.attempts) for t, r in result.tasks.items() if not t.startswith("sw"))
+    cuts = sum(c for t, c in cut.items() if not t.startswith("sw"))
+    assert attempts - cuts <= calls <= attempts, (kind, "calls vs attempts", calls, attempts)
     assert result.ok == (result.status.value == "completed")  # S42
     assert (result.status.value == "failed") == bool(result.errors), result.status  # S41
     if timing_free(fd):
