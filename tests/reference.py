@@ -453,9 +453,6 @@ class Sim:
         heapq.heappush(self.heap, (self.now, 1 << 60, None, 0, "grant"))
 
     def _grant(self) -> None:
-        # The runner hands nodes ready at one instant over best priority first, so they
-        # also reach the pools in that order. A retried group's driver starts its members in
-        # plan order instead, and then who gets a contested unit is left open (S8).
         self.waiters.sort(key=lambda w: (w[0], w[1]))
         left = []
         denied_now = [w for w in self.waiters
@@ -466,14 +463,11 @@ class Sim:
                 self._wake(w[2], self.now)
             else:
                 left.append(w)
-        contested = [w for w in denied_now if w in left]
-        if contested and any(self._in_retried(w[2].name.split(" ", 1)[1])
-                             for w in denied_now):
-            self.ambiguous = self.ambiguous or f"a pool contested at {self.now} in a group"
+        # A free unit goes to the first to ask (S8): among nodes asking at one instant, who
+        # is first depends on how many steps each took to get there, which is left open.
+        if any(w in left for w in denied_now) and any(w not in left for w in denied_now):
+            self.ambiguous = self.ambiguous or f"a pool contested at {self.now}"
         self.waiters = left
-
-    def _in_retried(self, tid: str) -> bool:
-        return any(self.s.groups[n].retries for n in self.s.group_of.get(tid, ()))
 
     def run_heap(self) -> None:
         # A stale entry (a process woken or ended since) does not move the clock: the
