@@ -833,12 +833,14 @@ class Core:
     async def run_cleanup(self, item: Item) -> None:
         """After a fail-fast stop, run the tasks whose trigger rule is meant for failures
         (``all_done``, ``one_failed``: cleanup, notification) once all their upstream tasks
-        are final. Everything else that had not started stays pending."""
+        are final. Everything else that had not started stays pending: a cleanup task in a
+        retried group runs alone (``driven``), since its group's driver would also run the
+        members after it, which must not start once the run stopped."""
         for tid in self.plan.order:
             task = self.tasks[tid]
             if (tid not in item.status and task.trigger in _AFTER_FAILURE
                     and all(p in item.status for p in self.preds[tid])):
-                await self.run_task(tid, item)
+                await self.run_task(tid, item, True)
 
     # -- compensation ------------------------------------------------------------------
     async def rollback(self, timeout: float | None = None) -> int:

@@ -415,7 +415,7 @@ class HistoryObserver:
         self._store = store
         self._flow = flow_name
         self._outputs = store_outputs
-        self._done: set[str] = set()
+        self._done: dict[str, TaskStatus] = {}  # task -> the status its row was written with
         # task id -> how many log lines its written row holds (tasks that kept lines only)
         self._logged: dict[str, int] = {}
         self._run_id: str | None = None
@@ -470,7 +470,7 @@ class HistoryObserver:
         push((TASK, _task_row(result.run_id, record, logs, encoded)))
         for row in _attempt_rows(result.run_id, record):
             push((ATTEMPT, row))
-        self._done.add(record.id)
+        self._done[record.id] = record.status
         self._running.pop(record.id, None)
         store = self._store
         # Wake the writer once when the queue fills (an Event.set per task would hand it
@@ -480,11 +480,13 @@ class HistoryObserver:
 
     def run_finished(self, result: RunResult) -> None:
         push = self._push
-        # Rollback changes a finished task's status after task_finished: write it again (its
-        # output is gone too, so a resume re-runs it).
+        # Rollback changes a finished task's status after task_finished, and so does a
+        # retried group that resets a member which the run then stops before it runs again
+        # (pending): write such a row again (a rolled-back output is gone too, so a resume
+        # re-runs it).
         for r in result.tasks.values():
             # A record merged over items (pipeline) may hold lines its rows do not.
-            if (r.id in self._done and r.status is not TaskStatus.ROLLED_BACK
+            if (self._done.get(r.id) is r.status and r.status is not TaskStatus.ROLLED_BACK
                     and r.rollback_error is None
                     and len(r.logs or ()) == self._logged.get(r.id, 0)):
                 continue

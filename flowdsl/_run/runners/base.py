@@ -79,6 +79,8 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
         # and runs on a single worker.
         nonlocal topping, coming
         topping = False
+        if done >= total:  # all done: the workers may be gone, and their task group closed
+            return
         extra = len(ready) - coming
         while idle and extra > 0:
             idle.pop().set()
@@ -109,6 +111,7 @@ async def drive(core: Core, plan: Plan, item: Item, *, workers: int,
                     push(ready, rank[s])
         while idle:  # the work is done or the run stopped: let everyone out
             idle.pop().set()
+            coming += 1  # (each woken worker counts itself off again)
 
     if limit == 1:
         coming = 1
