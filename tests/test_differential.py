@@ -15,6 +15,8 @@ errors, the rollbacks, and the history rows read back. Rules cited: docs/SEMANTI
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import os
 import selectors
 from collections.abc import Callable
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
@@ -169,7 +172,9 @@ class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     loop: VirtualLoop
 
     def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None or timeout <= 0:
+        if timeout is None or timeout <= 0 or _BUSY[0]:
+            # A worker thread (SQLite: the history, the result cache) is still working: its
+            # answer comes through the loop's self-pipe, so wait for real, not jump.
             return super().select(timeout)
         ready = super().select(0)
         if ready:
@@ -189,13 +194,39 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         return self.virtual
 
 
-def run_virtual(backend: str, fn: Callable[[], Any]) -> Any:
-    if backend == "trio":
-        from trio.testing import MockClock
+#: Worker-thread calls in flight, and the trio clock of the run: virtual time must not move
+#: while the engine waits for a thread (a cache look-up, a history read), which takes no
+#: time in the reference.
+_BUSY = [0]
+_CLOCK: list[Any] = [None]
+_to_thread = anyio.to_thread.run_sync
 
-        return anyio.run(fn, backend="trio",
-                         backend_options={"clock": MockClock(autojump_threshold=0)})
-    return anyio.run(fn, backend="asyncio", backend_options={"loop_factory": VirtualLoop})
+
+async def _counted_to_thread(*args: Any, **kwargs: Any) -> Any:
+    _BUSY[0] += 1
+    clock = _CLOCK[0]
+    if clock is not None:
+        clock.autojump_threshold = math.inf
+    try:
+        return await _to_thread(*args, **kwargs)
+    finally:
+        _BUSY[0] -= 1
+        if clock is not None and not _BUSY[0]:
+            clock.autojump_threshold = 0
+
+
+def run_virtual(backend: str, fn: Callable[[], Any]) -> Any:
+    anyio.to_thread.run_sync = _counted_to_thread  # type: ignore[assignment]
+    try:
+        if backend == "trio":
+            from trio.testing import MockClock
+
+            _CLOCK[0] = MockClock(autojump_threshold=0)
+            return anyio.run(fn, backend="trio", backend_options={"clock": _CLOCK[0]})
+        return anyio.run(fn, backend="asyncio", backend_options={"loop_factory": VirtualLoop})
+    finally:
+        anyio.to_thread.run_sync = _to_thread  # type: ignore[assignment]
+        _CLOCK[0] = None
 
 
 # -- the generator -------------------------------------------------------------------------------
@@ -415,13 +446,17 @@ def engine_run(fd: FlowD, backend: str, path: Path, **options: Any) -> flowdsl.R
 
     async def go() -> flowdsl.RunResult:
         store = HistoryStore(path, store_outputs=True)
+        # The result cache has its own file: one per example, beside its history, so that
+        # no example hits an entry an earlier one stored.
+        cache = flowdsl.CacheStore(path.with_suffix(".cache.db"))
         try:
             return await flowdsl.arun(
                 flow, context=dict(fd.context), continue_on_error=fd.continue_on_error,
                 rollback_on_failure=fd.rollback, resources=fd.pools or None, history=store,
-                **options)
+                cache=cache, **options)
         finally:
             store.close()
+            cache.close()
 
     return run_virtual(backend, go)
 
@@ -471,13 +506,16 @@ def compare(fd: FlowD, ref: Outcome, result: flowdsl.RunResult, path: Path) -> N
         assert len(row["attempts"]) == len(rec.attempts), (tid, "history attempts")
 
 
+_EXAMPLES = itertools.count()
+
+
 def check(fd: FlowD, scenario: str, backend: str, tmp: Path) -> None:
     CALLS.clear()
     ROLLED.clear()
     SCRIPTS.clear()
     SCRIPTS.update(fd.scripts)
     calls: dict[str, int] = {}
-    path = tmp / f"h{id(fd)}.db"
+    path = tmp / f"h{next(_EXAMPLES)}.db"  # one per example (an id() can be reused)
     ref = simulate(fd, calls)
     assume(ref.ambiguous is None)
     result = engine_run(fd, backend, path)
