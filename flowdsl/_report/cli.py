@@ -37,6 +37,7 @@ from .cli_common import (
     MaxConcurrencyOpt,
     ParamOpt,
     ResourcesOpt,
+    SetOpt,
     Target,
     TargetError,
     _err,
@@ -66,9 +67,7 @@ def run(target: Target,
         mode: Annotated[Mode | None, typer.Option("--mode", "-m", help="How to run it "
                                                   "(default: the flow's, else parallel; "
                                                   "pipeline with --items).")] = None,
-        set_: Annotated[list[str] | None, typer.Option(
-            "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
-            "repeatable).")] = None,
+        set_: SetOpt = None,
         context: Annotated[Path | None, typer.Option(
             "--context", "-c", metavar="FILE.json", help="Initial context from a JSON "
             "object file.")] = None,
@@ -419,9 +418,7 @@ def bench(ctx: typer.Context,
                                               "counted.")] = 1,
           resources: ResourcesOpt = None,
           max_concurrency: MaxConcurrencyOpt = None,
-          set_: Annotated[list[str] | None, typer.Option(
-              "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; "
-              "repeatable).")] = None,
+          set_: SetOpt = None,
           imports: ImportOpt = None, params: ParamOpt = None,
           input_: Annotated[str | None, typer.Option(
               "--input", metavar="JSON", help="The value the first pipeline stages receive "

@@ -582,5 +582,7 @@ ParamOpt = Annotated[list[str] | None, typer.Option(
     "module:function (JSON or text; repeatable).")]
 MaxConcurrencyOpt = Annotated[int | None, typer.Option(
     "--max-concurrency", min=1, metavar="N", help="Most tasks running at once.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", metavar="KEY=VALUE", help="Context value (JSON or text; repeatable).")]
 
 
