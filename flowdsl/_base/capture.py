@@ -323,7 +323,7 @@ def _swap_handlers() -> None:
                 tee = terminal.get(id(getattr(h, "stream", None)))
                 if tee is not None:
                     _swapped.append((h, h.stream))
-                    h.setStream(tee)  # type: ignore[arg-type]
+                    h.setStream(tee)
 
 
 def _unswap_handlers() -> None:

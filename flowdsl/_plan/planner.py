@@ -129,23 +129,25 @@ class Plan:
 
     name: str | None
     flow: Any
-    tasks: Mapping[str, Task]
+    tasks: Mapping[str, Task[Any]]
     order: tuple[str, ...]
     levels: tuple[tuple[str, ...], ...]
     predecessors: Mapping[str, tuple[str, ...]]
     successors: Mapping[str, tuple[str, ...]]
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
-    ids: Mapping[Task, str]
+    ids: Mapping[Task[Any], str]
+    groups: tuple[Any, ...]
+    _index: dict[str, int] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
         raise TypeError(msg)
 
     @classmethod
-    def _build(cls, tasks: Mapping[str, Task], preds: Mapping[str, Iterable[str]],
+    def _build(cls, tasks: Mapping[str, Task[Any]], preds: Mapping[str, Iterable[str]],
                name: str | None = None, flow: Any = None, groups: tuple[Any, ...] = (),
-               task_ids: Mapping[Task, str] | None = None) -> Plan:
+               task_ids: Mapping[Task[Any], str] | None = None) -> Plan:
         ids = list(tasks)
         order, succs, bounds = _order(ids, preds)
         p = object.__new__(cls)
@@ -204,9 +206,11 @@ class Plan:
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""
-        if self._index is None:
-            object.__setattr__(self, "_index", {i: n for n, i in enumerate(self.order)})
-        return self._index[task_id]
+        index = self._index
+        if index is None:
+            index = {i: n for n, i in enumerate(self.order)}
+            object.__setattr__(self, "_index", index)
+        return index[task_id]
 
     def durations(self, durations: Mapping[str, float] | None = None,
                   default: float = 1.0) -> dict[str, float]:
@@ -243,7 +247,8 @@ class Plan:
         return rem
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return hooks.get("plan_mimebundle")(self)
+        bundle: dict[str, Any] = hooks.get("plan_mimebundle")(self)
+        return bundle
 
     def lower_bound(self, durations: Mapping[str, float] | None = None,
                     capacities: Mapping[str, int] | None = None,

@@ -90,7 +90,7 @@ class BenchmarkResult:
     durations: dict[str, float]
     repeat: int
     warmup: int
-    last: dict[str, RunResult] = field(default_factory=dict, repr=False)
+    last: dict[str, RunResult[Any]] = field(default_factory=dict, repr=False)
     cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +145,10 @@ class BenchmarkResult:
         label_w, row_h, pad = 90, 22, 6
         scale_w = width - label_w - 70
         top = max([s.max for s in self.modes.values()] + [self.lower_bound, 1e-9])
-        x = lambda v: label_w + scale_w * v / top  # noqa: E731 (a local scale)
+
+        def x(v: float) -> float:  # a local scale
+            return label_w + scale_w * v / top
+
         height = pad * 2 + row_h * len(self.modes) + 14
         parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
                  f'height="{height}" font-family="sans-serif" font-size="11">']
@@ -210,7 +213,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     makespans: dict[str, list[float]] = {m: [] for m in wanted}
     per_task: dict[str, list[float]] = {}
     per_child: dict[str, dict[str, list[float]]] = {}  # mapped task -> child -> durations
-    last: dict[str, RunResult] = {}
+    last: dict[str, RunResult[Any]] = {}
     total = (warmup + repeat) * len(wanted)
     done = 0
     for n in range(warmup + repeat):

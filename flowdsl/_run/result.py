@@ -227,7 +227,7 @@ class RunResult(Generic[R]):
         """True when the run completed without a task failing."""
         return self.status is RunStatus.COMPLETED
 
-    def raise_for_error(self) -> RunResult:
+    def raise_for_error(self) -> RunResult[Any]:
         """Return self if the run succeeded; else raise :class:`RunFailed` from the first error.
 
         Raises:
@@ -266,7 +266,7 @@ class RunResult(Generic[R]):
             "history_error": str(self.history_error) if self.history_error else None,
             "cache_error": str(self.cache_error) if self.cache_error else None,
         }
-        return out if self.masker is None else self.masker.data(out)  # type: ignore
+        return out if self.masker is None else self.masker.data(out)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.summary().items())
@@ -329,10 +329,10 @@ class RunObserver(Protocol):
     """Hooks a run calls as it goes (history, progress displays). Calls must be cheap and must
     not raise; they run on the event loop."""
 
-    def run_started(self, result: RunResult, plan: Any) -> None: ...
+    def run_started(self, result: RunResult[Any], plan: Any) -> None: ...
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None: ...
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None: ...
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None: ...
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None: ...
 
-    def run_finished(self, result: RunResult) -> None: ...
+    def run_finished(self, result: RunResult[Any]) -> None: ...

@@ -165,7 +165,7 @@ def _spec_key(spec: Any) -> tuple[str, ...] | None:
         env = os.environ.get
         return ("", env("FLOWDSL_HISTORY") or "", env("XDG_STATE_HOME") or "", env("HOME") or "")
     if isinstance(spec, (str, os.PathLike)) and os.path.isabs(spec):  # relative: cwd-bound
-        return (os.fspath(spec),)  # type: ignore[arg-type]
+        return (os.fspath(spec),)
     return None
 
 
