@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._base.typed import Unpack
+from .._run.options import BenchmarkRunOptions
 from .._run.result import RunResult
 
 __all__ = ["BenchmarkResult", "ModeStats", "benchmark"]
@@ -172,7 +174,7 @@ class BenchmarkResult:
 def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
               repeat: int = 5, warmup: int = 1, cache: bool = False,
               on_run: Callable[[str, int, int, bool], Any] | None = None,
-              **run_options: Any) -> BenchmarkResult:
+              **run_options: Unpack[BenchmarkRunOptions]) -> BenchmarkResult:
     """Run ``flow`` ``warmup + repeat`` times in each mode and report the makespans.
 
     Args:
@@ -222,7 +224,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
             if on_run is not None:
                 on_run(m, done, total, n < warmup)
             # NO_CACHE: no cache is read or written (cache=False would still write).
-            result = run(p, mode=m, history=False, cache=None if cache else NO_CACHE,
+            result = run(p, mode=Mode(m), history=False, cache=None if cache else NO_CACHE,
                          **run_options)
             if not result.ok:
                 result.raise_for_error()
