@@ -169,7 +169,8 @@ def _json_schema_of(t: Tool[..., Any], p: ParamInfo) -> dict[str, Any] | None:
     if adapter is None:
         return None
     try:
-        return adapter.json_schema()  # type: ignore[no-any-return]
+        schema: dict[str, Any] = adapter.json_schema()
+        return schema
     except Exception:  # not expressible as JSON Schema (an arbitrary class)
         return None
 

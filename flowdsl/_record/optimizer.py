@@ -159,8 +159,8 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
             reasons.append("on the critical path")
         if st is not None and st.p95 is not None and st.p95 >= slow:
             reasons.append(f"slow in history (p95 {st.p95:.3g}s)")
-        elif estimates[i] is not None and estimates[i] >= slow:  # type: ignore[operator]
-            reasons.append(f"slow estimate ({estimates[i]:.3g}s)")
+        elif (estimate := estimates[i]) is not None and estimate >= slow:
+            reasons.append(f"slow estimate ({estimate:.3g}s)")
         if reasons:
             a.bottlenecks.append(Bottleneck(i, t.tool.name, estimates[i], tuple(reasons)))
     a.bottlenecks.sort(key=lambda b: -(b.estimate or 0.0))

@@ -341,10 +341,12 @@ def summary_table(result: RunResult[Any]) -> Any:
     table = Table(title=f"{result.flow_name or 'flow'} ({result.mode}): {result.status} "
                         f"in {result.duration:.3f}s — run {result.run_id}",
                   title_justify="left")
-    for col, kw in (("task", {}), ("tool", {"style": "dim"}), ("status", {}),
-                    ("attempts", {"justify": "right"}), ("duration", {"justify": "right"}),
-                    ("error", {"overflow": "fold"})):
-        table.add_column(col, **kw)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("task", {}), ("tool", {"style": "dim"}), ("status", {}),
+        ("attempts", {"justify": "right"}), ("duration", {"justify": "right"}),
+        ("error", {"overflow": "fold"}))
+    for col, kw in columns:
+        table.add_column(col, **kw)
     for rec in result.tasks.values():
         status = rec.status.value
         d = rec.duration

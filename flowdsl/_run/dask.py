@@ -111,7 +111,7 @@ def _check_pickle(task_id: str, what: str, obj: Any) -> None:
     # Futures, handles and unresolved references are not sent as they are: skip them.
     skip = (distributed.Future, DaskRemote, Task, Ref, CtxRef)
 
-    class _Probe(cloudpickle.Pickler):  # type: ignore[misc]
+    class _Probe(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types: Any
         def persistent_id(self, o: Any) -> Any:
             return "ref" if isinstance(o, skip) else None
 

@@ -202,7 +202,8 @@ class _Worker:
         """The reply to the call sent (in a thread); None when the worker died first, once
         it has been reaped, so that its exit code is known."""
         try:
-            return self.conn.recv_bytes()  # type: ignore[no-any-return]
+            reply: bytes = self.conn.recv_bytes()
+            return reply
         except (EOFError, OSError):
             # Wait for the exit itself (the pipe closes a moment before), without reaping:
             # kill() reaps, on one thread only, and reads the exit code.

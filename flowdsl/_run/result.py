@@ -220,7 +220,8 @@ class RunResult(Generic[R]):
         if self.plan is None:
             msg = "this RunResult has no plan: it was not made by flowdsl.run()"
             raise KeyError(msg)
-        return self.plan.id_of(task)  # type: ignore[no-any-return]
+        task_id: str = self.plan.id_of(task)
+        return task_id
 
     @property
     def ok(self) -> bool:
@@ -280,7 +281,8 @@ class RunResult(Generic[R]):
         return hooks.get("save_timeline")(self, path)
 
     def _repr_html_(self) -> str:
-        return hooks.get("result_html")(self)  # type: ignore[no-any-return]
+        html: str = hooks.get("result_html")(self)
+        return html
 
 
 _END: Any = object()  # an exhausted iterator, in _jsonable

@@ -439,7 +439,10 @@ def _progress_logger(server: str, tool: str) -> Any:
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
         # Called by the session's reader, outside the task's context: enter it again.
-        token = task_scope(*scope)  # type: ignore[misc]
+        if scope is None:  # made outside a task: no record to keep the lines with
+            log.info("mcp_progress", progress=done, total=total, message=message)
+            return
+        token = task_scope(*scope)
         try:
             log.info("mcp_progress", progress=done, total=total, message=message)
         finally:
