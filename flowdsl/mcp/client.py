@@ -428,20 +428,16 @@ async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
         raise McpServerError(msg, server="?") from None
 
 
-def _progress_logger(server: str, tool: str) -> Any:
+def _progress_logger(server: str, tool: str, scope: tuple[Any, Any, bool]) -> Any:
     """While logging is on: a progress callback that keeps the server's progress
     notifications on the task's record (``TaskRecord.logs``), as the tool's own log lines."""
     from .._base.capture import end_task_scope, task_scope
     from .._base.log import get_logger
 
-    scope = log_scope.get()
     log = get_logger(server=server, tool=tool)
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
         # Called by the session's reader, outside the task's context: enter it again.
-        if scope is None:  # made outside a task: no record to keep the lines with
-            log.info("mcp_progress", progress=done, total=total, message=message)
-            return
         token = task_scope(*scope)
         try:
             log.info("mcp_progress", progress=done, total=total, message=message)
@@ -816,7 +812,8 @@ class Toolset:
 
     def _call(self, call: _McpCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         arguments = call.arguments(args, kwargs)
-        progress = _progress_logger(self.name, call.tool) if log_scope.get() else None
+        scope = log_scope.get()  # the calling task's, while logging is on
+        progress = _progress_logger(self.name, call.tool, scope) if scope else None
         owner = self._owner
         if owner is not None and owner[0] is _loop_key():
             return owner[1].call(call.tool, arguments, progress)
