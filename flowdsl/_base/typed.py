@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 if sys.version_info >= (3, 11):
-    from typing import Unpack
+    from typing import Self, Unpack
 else:  # pragma: no cover - exercised by the test suite on Python 3.10
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
-__all__ = ["Unpack"]
+__all__ = ["Self", "Unpack"]

@@ -31,7 +31,7 @@ from .._base.errors import (
     exc_text,
 )
 from .._base.limits import encodable
-from .._base.typed import Unpack
+from .._base.typed import Self, Unpack
 from .spec import OPTIONS, TRIGGERS, Backoff, TaskOptions, ToolLike, ToolSpec, _backoff
 from .walk import nodes
 
@@ -754,7 +754,7 @@ class _Grouped:
         raise NotImplementedError
 
     def when(self, predicate: Callable[..., Any] | None = None, *,
-             on: Task[Any] | Ref | None = None, equals: Any = _MISSING) -> Any:
+             on: Task[Any] | Ref | None = None, equals: Any = _MISSING) -> Self:
         """Run the group only if the condition holds when its first task is ready; else every
         task of it is skipped. Same forms as :meth:`Task.when`."""
         unit = self._unit()
@@ -763,14 +763,16 @@ class _Grouped:
             src = guard.on if isinstance(guard.on, Task) else guard.on.task
             if src in _composed(self._root()):
                 raise _own_member(unit.name, src._label)
-            return self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
+            guarded: Self = self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
+            return guarded
         old = unit.condition
         both = _both(old, predicate)
-        return self._with_unit(unit.evolve(condition=both))
+        conditioned: Self = self._with_unit(unit.evolve(condition=both))
+        return conditioned
 
     def with_options(self, *, timeout: float | None = None, retries: int | None = None,
                      backoff: Any = None, trigger: str | None = None,
-                     name: str | None = None, **options: NoReturn) -> Any:
+                     name: str | None = None, **options: NoReturn) -> Self:
         """Options of the group as a unit: ``timeout`` (seconds for the group's wall time per
         attempt, from its first task's start; its running tasks are cancelled and end
         ``timed_out``), ``retries`` (re-runs of the group's failed part: its failed,
@@ -811,7 +813,8 @@ class _Grouped:
                 msg = f"group name must be a non-empty string, got {name!r}"
                 raise CompositionError(msg)
             changes["name"] = name
-        return self._with_unit(unit.evolve(**changes))
+        changed: Self = self._with_unit(unit.evolve(**changes))
+        return changed
 
 
 def _composed(root: Task[Any] | Fragment[Any]) -> dict[Task[Any], None]:

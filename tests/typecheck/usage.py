@@ -108,3 +108,11 @@ def plan_simulate_benchmark() -> None:
     flowdsl.benchmark(flow, repeat=1, max_concurrency=2)
     flowdsl.benchmark(flow, mode="parallel")  # E: Unexpected keyword argument "mode"
     flowdsl.benchmark(flow, max_concurrency="2")  # E: Argument "max_concurrency" to "benchmark"
+
+
+def groups() -> None:
+    part = fetch("a") >> total(double.map([1]))
+    assert_type(part.with_options(timeout=5.0, retries=1), flowdsl.Fragment[int])
+    named = Flow("g", [fetch("a")])
+    assert_type(named.with_options(retries=2).when(lambda c: True), Flow[Any])
+    named.with_options(retry=2)  # E: Argument "retry" to "with_options" of "_Grouped"
