@@ -31,10 +31,10 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._base.limits": ("Limits", "limits", "set_limits"),
     "._base.secrets": ("Secret",),
     "._graph.builtins": ("SKIP", "branch", "switch"),
-    "._graph.registry": ("ToolRegistry", "default_registry"),
+    "._graph.registry": ("ToolRegistry", "default_registry", "tool"),
     "._graph.spec": ("Backoff", "Cache"),
     "._graph.task": ("Flow", "Fragment", "Task", "chain", "ctx", "each", "parallel", "upstream"),
-    "._graph.tool": ("Tool", "tool"),
+    "._graph.tool": ("Tool",),
     "._plan.planner": ("Plan", "plan"),
     "._plan.policy": ("Mode",),
     "._run.result": ("Attempt", "ErrorInfo", "RunResult", "RunStatus", "TaskRecord", "TaskStatus"),
@@ -108,6 +108,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._graph.builtins import switch as switch
     from ._graph.registry import ToolRegistry as ToolRegistry
     from ._graph.registry import default_registry as default_registry
+    from ._graph.registry import tool as tool
     from ._graph.spec import Backoff as Backoff
     from ._graph.spec import Cache as Cache
     from ._graph.task import Flow as Flow
@@ -119,7 +120,6 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._graph.task import parallel as parallel
     from ._graph.task import upstream as upstream
     from ._graph.tool import Tool as Tool
-    from ._graph.tool import tool as tool
     from ._plan.planner import Plan as Plan
     from ._plan.planner import plan as plan
     from ._plan.policy import Mode as Mode

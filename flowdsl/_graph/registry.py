@@ -1,5 +1,9 @@
 """Tools by name: a registry that ``@tool`` fills, looked up by workflows written as data.
 
+``@tool`` lives here, beside the default registry it registers in (the :class:`Tool` class is
+the tool module's): the decorator imports the registry directly, with no module global to
+patch.
+
 A registry also holds named predicates, so a workflow document can say ``"when": "is_urgent"``
 and run a function the user registered, never code taken from the document itself.
 """
@@ -8,17 +12,22 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import ToolDefinitionError
-from . import tool as _tool_module
-from .tool import Tool, make_tool, tool
+from .spec import ToolSpec
+from .tool import Tool
 
-__all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name"]
+__all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name", "make_tool",
+           "tool"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Predicate = Callable[[Mapping[str, Any]], Any]
 
@@ -261,5 +270,58 @@ class ToolRegistry:
         return f"<ToolRegistry {len(self._tools)} tools>"
 
 
+#: The registry ``@tool`` fills unless given another (``registry=``) or none (``False``).
 default_registry = ToolRegistry(strict=False)
-_tool_module._default_registry = default_registry
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+@overload
+def tool(fn: None = None, /, *, registry: Any = None,
+         **options: Any) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+
+
+def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
+         **options: Any) -> Any:
+    """Declare a tool. Works bare (``@tool``) and with options (``@tool(retries=3)``).
+
+    Args:
+        fn: the function (sync or ``async def``).
+        registry: a :class:`~flowdsl.ToolRegistry` to register in (default: the default one;
+            ``False`` for none).
+        **options: ``name``, ``description``, ``timeout`` (seconds per attempt), ``retries``
+            (extra attempts), ``backoff`` (first delay, or a :class:`Backoff`), ``retry_on``
+            (exception types retried), ``give_up_on`` (types never retried), ``retry_if``
+            (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
+            all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
+            (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
+            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``, ``cache``
+            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs),
+            ``capture`` (``False``: its prints and logging records are not kept with its
+            task).
+
+    Raises:
+        ToolDefinitionError: an option value is invalid; the message names tool, option, value.
+    """
+    if fn is None:
+        return lambda f: tool(f, registry=registry, **options)
+    return make_tool(fn, registry=registry, **options)
+
+
+def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool[Any, Any]:
+    if isinstance(fn, Tool):
+        return fn.with_options(**options) if options else fn
+    if not callable(fn):
+        msg = f"@tool expects a function, got {type(fn).__name__} {fn!r}"
+        raise ToolDefinitionError(msg, value=fn)
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
+    name = options.pop("name", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    base = ToolSpec(name=name, description=inspect.getdoc(fn) or "", is_async=is_async,
+                    executor="async" if is_async else "thread")
+    spec = base.evolve(name=name, **options)
+    t = Tool(fn, spec)
+    if registry is None:
+        default_registry.register(t, replace_same_function=True)
+    elif registry is not False:
+        registry.register(t)
+    return t

@@ -30,9 +30,9 @@ from typing import Any
 import anyio
 
 from .._base.errors import CompositionError, FlowError, PlanValidationError, RunNotFound
-from .._graph.registry import ToolRegistry, default_registry, function_name
+from .._graph.registry import ToolRegistry, default_registry, function_name, make_tool
 from .._graph.task import Flow, Fragment, Task
-from .._graph.tool import Tool, make_tool
+from .._graph.tool import Tool
 
 __all__ = ["Entry", "build_server", "entries", "http_app", "run_server", "serve"]
 
