@@ -35,6 +35,9 @@ class ExecutorKind:
             ``"always"``, ``"cluster"`` (only a cluster, whose workers await coroutines) or
             ``"never"`` (the tool stays where it asked to run).
         doc: one line for the docs.
+        forks: its workers are forked processes: a run whose plan uses it starts the fork
+            helper first, while the process may still have a single thread
+            (``Plan.needs_fork``; see ``flowdsl._run.zygote``).
     """
 
     name: str
@@ -42,22 +45,22 @@ class ExecutorKind:
     local: bool
     override: Literal["always", "cluster", "never"]
     doc: str
+    forks: bool = False
 
 
 #: Every executor name, once. An executor is one class plus one row here.
 EXECUTOR_KINDS: Mapping[str, ExecutorKind] = MappingProxyType({k.name: k for k in (
     ExecutorKind("async", True, True, "cluster", "awaited on the event loop (coroutine tools)"),
     ExecutorKind("thread", False, True, "always", "sync tools in worker threads (the default)"),
-    ExecutorKind("process", False, True, "always", "sync tools in worker processes"),
+    ExecutorKind("process", False, True, "always", "sync tools in worker processes",
+                 forks=True),
     ExecutorKind("inline", True, True, "never", "called on the event loop itself (quick tools)"),
     ExecutorKind("dask", True, False, "always", "a Dask cluster (flowdsl[dask]); its workers "
                  "await coroutine tools"),
 )})
 EXECUTORS = tuple(EXECUTOR_KINDS)
-
-#: A tool or task asked for the process executor: a later run may then start the fork
-#: helper early, while the process still has a single thread (see flowdsl._run.zygote).
-process_tools: list[bool] = []
+#: The executor names whose workers are forked (``Plan.needs_fork``).
+FORKING = frozenset(k for k, row in EXECUTOR_KINDS.items() if row.forks)
 TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed",
             "none_failed_min_one_success")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -252,8 +255,6 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
     if isinstance(value, str):
         if value not in EXECUTORS:
             raise _bad(name, "executor", value, "one of " + ", ".join(map(repr, EXECUTORS)))
-        if value == "process" and not process_tools:
-            process_tools.append(True)
         if is_async and not EXECUTOR_KINDS[value].coroutines:
             ok = " or ".join(repr(k) for k, row in EXECUTOR_KINDS.items() if row.coroutines)
             raise _bad(name, "executor", value, f"{ok} for a coroutine function (it is awaited)")

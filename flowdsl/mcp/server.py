@@ -192,7 +192,7 @@ class _Progress:
 async def _run(ctx: Any, flow: Any, *, context: Mapping[str, Any] | None = None,
                rollback: bool = False, history: Any = None) -> Any:
     """Run ``flow`` with progress notifications to the caller; cancelled with the request."""
-    from .._run.api import arun
+    from .._report.entry import arun
 
     send, receive = anyio.create_memory_object_stream[tuple[int, int, str]](1000)
     progress = _Progress(send)
