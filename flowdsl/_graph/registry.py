@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import ToolDefinitionError
-from .spec import ToolSpec
+from .spec import ToolSpec, document_options
 from .tool import Tool
 
 __all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name", "make_tool",
@@ -289,16 +289,9 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
         fn: the function (sync or ``async def``).
         registry: a :class:`~flowdsl.ToolRegistry` to register in (default: the default one;
             ``False`` for none).
-        **options: ``name``, ``description``, ``timeout`` (seconds per attempt), ``retries``
-            (extra attempts), ``backoff`` (first delay, or a :class:`Backoff`), ``retry_on``
-            (exception types retried), ``give_up_on`` (types never retried), ``retry_if``
-            (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
-            all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
-            (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
-            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``, ``cache``
-            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs),
-            ``capture`` (``False``: its prints and logging records are not kept with its
-            task).
+        **options: the rows of the option table (``flowdsl._graph.spec.OPTIONS``), which
+            validates them:
+            {options}.
 
     Raises:
         ToolDefinitionError: an option value is invalid; the message names tool, option, value.
@@ -306,6 +299,9 @@ def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
     if fn is None:
         return lambda f: tool(f, registry=registry, **options)
     return make_tool(fn, registry=registry, **options)
+
+
+tool.__doc__ = document_options(tool.__doc__)
 
 
 def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool[Any, Any]:

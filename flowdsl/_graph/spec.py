@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import math
 import random
+import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -419,6 +420,18 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
 DERIVED_FIELDS = ("is_async",)
 #: The options a workflow document carries, in table order.
 DOCUMENT_OPTIONS = tuple(k for k, o in OPTIONS.items() if o.document is not None)
+
+
+def document_options(doc: str | None, *, per_task: bool = False, indent: int = 12) -> str:
+    """``doc`` with its ``{options}`` replaced by the table's options, in table order, each
+    with its row's doc line (``per_task``: only those a task may override): the docstrings
+    of ``tool()`` and ``Task.with_options`` say what the table says, so a new option is
+    documented by its row."""
+    rows = [o for o in OPTIONS.values() if o.per_task or not per_task]
+    text = "; ".join(f"``{o.name}``: {o.doc}" for o in rows)
+    pad = " " * indent
+    lines = textwrap.wrap(text, 92 - indent, break_on_hyphens=False)
+    return (doc or "").replace("{options}", ("\n" + pad).join(lines))
 
 
 class ToolLike(Protocol):

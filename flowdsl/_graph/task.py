@@ -31,7 +31,7 @@ from .._base.errors import (
     exc_text,
 )
 from .._base.limits import encodable
-from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
+from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff, document_options
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
@@ -596,11 +596,11 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         raise CompositionError(msg)
 
     def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
-        """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
-        ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
-        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``, ``capture``: the
-        per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
-        ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
+        """Override tool options for this task only, and set its ``trigger`` rule. The
+        options are the per-task rows of ``flowdsl._graph.spec.OPTIONS``, which validates
+        them:
+        {options}.
+        A mapped task also takes ``max_parallel`` (most children running
         at once) and ``max_children`` (the fan-out limit, default 10,000)."""
         if any(k in OPTIONS and not OPTIONS[k].per_task for k in options):
             msg = f"task {self._label!r}: use .named() to rename a task"
@@ -656,6 +656,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         return f"<Task {name} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
 
 
+Task.with_options.__doc__ = document_options(Task.with_options.__doc__, per_task=True, indent=8)
 _FAN_OPTIONS = ("max_parallel", "max_children")
 
 

@@ -35,13 +35,7 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
-from .executors import (
-    AsyncExecutor,
-    Executor,
-    InlineExecutor,
-    ProcessExecutor,
-    ThreadExecutor,
-)
+from .executors import LOCAL, Executor
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
@@ -120,9 +114,8 @@ def _remote_executor(spec: Any) -> Executor:
 
 
 #: The executor a run makes for each local name of the table (EXECUTOR_KINDS), by the
-#: ``name`` each class declares.
-_LOCAL: dict[str, Callable[[], Executor]] = {
-    cls.name: cls for cls in (AsyncExecutor, InlineExecutor, ThreadExecutor, ProcessExecutor)}
+#: ``name`` each class of the executors module declares.
+_LOCAL: Mapping[str, Callable[[], Executor]] = LOCAL
 _TAKES_LOCAL = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override == "always")
 _TAKES_REMOTE = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override != "never")
 
