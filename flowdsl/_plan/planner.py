@@ -138,6 +138,7 @@ class Plan:
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
     ids: Mapping[Task, str]
+    _fork: bool | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
@@ -209,11 +210,12 @@ class Plan:
         """Whether a task of this plan runs on an executor whose workers are forked
         (``executor="process"``): a run of it then starts the fork helper before it starts
         any thread (see ``flowdsl._run.zygote``). Looked up once per plan, on first use."""
-        if self._fork is None:
+        fork = self._fork
+        if fork is None:
             fork = any(isinstance(ex := t.spec.executor, str) and ex in FORKING
                        for t in self.tasks.values())
             object.__setattr__(self, "_fork", fork)
-        return self._fork  # type: ignore[return-value]
+        return fork
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""

@@ -121,23 +121,23 @@ _TAKES_REMOTE = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override != 
 
 
 async def execute(flow: Any, *, mode: str | Mode | None = None,
-               context: Mapping[str, Any] | None = None, input: Any = None,
-               items: Iterable[Any] | None = None, continue_on_error: bool = False,
-               rollback_on_failure: bool = False, timeout: float | None = None,
-               max_concurrency: int | None = None,
-               resources: Mapping[str, int] | Pools | None = None,
-               history_store: Any = None,
-               resume: str | None = None, executor: Any = None,
-               observers: Sequence[RunObserver] = (),
-               durations: Mapping[str, float] | None = None,
-               rng: random.Random | None = None,
-               sleep: Callable[[float], Awaitable[Any]] | None = None,
-               log: bool | None = None, buffer: int = 2,
-               store_outputs: bool | None = None,
-               cache: bool | None = None, cache_store: CacheBackend | None = None,
-               compensation_timeout: float | None = None,
-               max_nodes: int | None = None, max_edges: int | None = None,
-               keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
+                  context: Mapping[str, Any] | None = None, input: Any = None,
+                  items: Iterable[Any] | None = None, continue_on_error: bool = False,
+                  rollback_on_failure: bool = False, timeout: float | None = None,
+                  max_concurrency: int | None = None,
+                  resources: Mapping[str, int] | Pools | None = None,
+                  history_store: Any = None,
+                  resume: str | None = None, executor: Any = None,
+                  observers: Sequence[RunObserver] = (),
+                  durations: Mapping[str, float] | None = None,
+                  rng: random.Random | None = None,
+                  sleep: Callable[[float], Awaitable[Any]] | None = None,
+                  log: bool | None = None, buffer: int = 2,
+                  store_outputs: bool | None = None,
+                  cache: bool | None = None, cache_store: CacheBackend | None = None,
+                  compensation_timeout: float | None = None,
+                  max_nodes: int | None = None, max_edges: int | None = None,
+                  keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
     """Run ``flow`` and return its :class:`RunResult`. The options are ``flowdsl.run``'s
     (documented there), except the three whose defaults live above this layer:
 
