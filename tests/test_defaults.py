@@ -224,8 +224,9 @@ def default_history(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_analyze_with_history_false_creates_no_default_history(default_history: Path) -> None:
-    """Regression (issue 22): analyze() re-derived its settings and its simulations opened
-    the default history for a flow with a mapped task."""
+    """Issue 22's bug: analyze() re-derived its settings and its simulations opened the
+    default history for a flow with a mapped task (fixed before this test was written: it
+    guards the fix, also for optimize, simulate, run and benchmark below)."""
     a = flowdsl.analyze(_mapped(), history=False)
     assert a.total_tasks == 2
     assert not default_history.exists()
