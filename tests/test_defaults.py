@@ -211,6 +211,48 @@ def test_the_fork_helper_starts_for_a_plan_that_needs_it(tmp_path: Path) -> None
         """, tmp_path) == "True True 2"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="fork is POSIX only")
+def test_a_process_tool_in_the_default_registry_starts_the_helper_early(
+        tmp_path: Path) -> None:
+    """A process tool declared in the default registry: the first run, even one with no
+    process task, starts the helper while the process has one thread, so a later run that
+    needs workers forks them although the first run's history writer is alive by then
+    (they see ``__main__``, not a spawned ``__mp_main__``)."""
+    (tmp_path / "dtools.py").write_text(textwrap.dedent("""
+        import sys
+        import flowdsl
+
+        @flowdsl.tool(executor="process")
+        def far(i: int) -> str:
+            return sys.modules["__main__"].__name__
+
+        @flowdsl.tool(executor="inline")
+        def near(i: int) -> int:
+            return i
+        """))
+    out = _script("""
+        import sys
+        sys.path.insert(0, ".")
+        import threading
+        import flowdsl, dtools
+        from flowdsl._run.executors import fork_helper_pid
+        assert flowdsl.default_registry.forks
+        assert flowdsl.run(dtools.near(1)).ok  # the default history: its writer stays
+        print(fork_helper_pid() is not None, threading.active_count() > 1)
+        r = flowdsl.run(flowdsl.parallel(dtools.far(1).named("a"), dtools.far(2).named("b")))
+        print(sorted(r.outputs.values()))
+        """, tmp_path)
+    assert out.splitlines() == ["True True", "['__main__', '__main__']"]
+
+
+def test_a_registry_knows_whether_it_holds_a_forking_tool() -> None:
+    reg = flowdsl.ToolRegistry()
+    reg.register(one)
+    assert not reg.forks
+    reg.register(in_a_process, name="p")
+    assert reg.forks
+
+
 # -- history=False holds everywhere ----------------------------------------------------------
 
 

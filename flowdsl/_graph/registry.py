@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import ToolDefinitionError
-from .spec import ToolSpec, document_options
+from .spec import FORKING, ToolSpec, document_options
 from .tool import Tool
 
 __all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name", "make_tool",
@@ -93,6 +93,7 @@ class ToolRegistry:
         self._ambiguous: dict[str, list[str]] = {}
         self._predicates: dict[str, Predicate] = {}
         self._aliases: dict[str, list[str]] | None = None  # function name -> registry names
+        self._forks = False  # a tool here runs on an executor whose workers are forked
         if isinstance(tools, Mapping):
             for key, t in tools.items():
                 self.register(t, name=key)
@@ -132,7 +133,16 @@ class ToolRegistry:
                 self._ambiguous.setdefault(key, [_origin(old)]).append(_origin(t))
         self._tools[key] = t
         self._aliases = None
+        if not self._forks and isinstance(ex := t.spec.executor, str) and ex in FORKING:
+            self._forks = True
         return t
+
+    @property
+    def forks(self) -> bool:
+        """Whether a tool registered here (now or before) runs on an executor whose workers
+        are forked (``executor="process"``): ``flowdsl.run`` then starts the fork helper at
+        its first single-threaded moment, since a later run may need it."""
+        return self._forks
 
     def tool(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """``@registry.tool`` / ``@registry.tool(name="x.y")``: declare a tool registered here

@@ -11,8 +11,10 @@ where ``run()``'s options become those objects:
   ``cache=True`` (:data:`NO_CACHE`: none at all); the policy (``True``/``False``/``None``)
   goes down with it;
 - ``progress``: the live display, one more observer;
-- the fork helper: started first when the plan needs one (:attr:`Plan.needs_fork`), before
-  opening history or anything else of the run starts a thread (see ``flowdsl._run.zygote``).
+- the fork helper: started first when the plan needs one (:attr:`Plan.needs_fork`), or when
+  the default registry holds a process tool (``ToolRegistry.forks``: a later run will need
+  it), before opening history or anything else of the run starts a thread (see
+  ``flowdsl._run.zygote``).
 
 A record or report module is imported only when an option asks for it, so a run with
 ``history=False, cache=False, progress=False`` loads none but this one. ``flowdsl.run`` and
@@ -29,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any, TypeVar, overload
 
+from .._graph.registry import default_registry
 from .._graph.task import Flow, Fragment, Task
 from .._plan.planner import Plan, plan
 from .._plan.policy import Mode
@@ -66,7 +69,10 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
     given_plan = isinstance(flow, Plan)
     p = flow if given_plan else plan(flow, max_nodes=max_nodes, max_edges=max_edges)
-    if p.needs_fork:  # while the process may still have one thread: see flowdsl._run.zygote
+    # While the process may still have one thread (see flowdsl._run.zygote): for this plan,
+    # or for a later run of the process tools declared in the default registry (this run's
+    # history writer and worker threads would make that later moment too late).
+    if p.needs_fork or default_registry.forks:
         start_fork_helper()
     cache_store = _cache_store(p, cache)
     store = None if history is False else await _history(history)

@@ -8,10 +8,11 @@ forked while the process still had one thread and single-threaded for good, to f
 workers. Spawning instead would re-import everything in each worker and re-run an unguarded
 main script.
 
-A run starts the helper first when its plan needs one (``Plan.needs_fork``: a task on the
-process executor), before anything of the run starts a thread; a process executor made while
-the process has a single thread starts it too. A process whose first run had no process task
-may have threads by the time a later run needs workers: that run spawns them.
+``flowdsl.run`` starts the helper first when its plan needs one (``Plan.needs_fork``: a task
+on the process executor) or the default registry holds a process tool (a later run will need
+it), before anything of the run starts a thread; a process executor made while the process
+has a single thread starts it too. A process tool outside the default registry, first run
+after threads were started, finds no helper: that run spawns its workers.
 
 The helper is a snapshot of the process at the moment it was made. A worker therefore takes
 the parent's environment variables, ``sys.path`` and working directory of the moment it is
