@@ -8,7 +8,6 @@ import importlib as _importlib
 from typing import TYPE_CHECKING
 
 from ._base import hooks as _hooks
-from ._run import stores as _stores
 
 __version__ = "0.1.0"
 
@@ -31,17 +30,16 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._base.limits": ("Limits", "limits", "set_limits"),
     "._base.secrets": ("Secret",),
     "._graph.builtins": ("SKIP", "branch", "switch"),
-    "._graph.registry": ("ToolRegistry", "default_registry"),
+    "._graph.registry": ("ToolRegistry", "default_registry", "tool"),
     "._graph.spec": ("Backoff", "Cache"),
     "._graph.task": ("Flow", "Fragment", "Task", "chain", "ctx", "each", "parallel", "upstream"),
-    "._graph.tool": ("Tool", "tool"),
+    "._graph.tool": ("Tool",),
     "._plan.planner": ("Plan", "plan"),
     "._plan.policy": ("Mode",),
     "._run.result": ("Attempt", "ErrorInfo", "RunResult", "RunStatus", "TaskRecord", "TaskStatus"),
     # Loaded on first use of one of their names, so `import flowdsl` stays light (no sqlite,
     # pydantic or dask until a name that needs them is touched).
     "._base.log": ("enable_logging", "get_logger"),
-    "._run.api": ("arun", "run"),
     "._run.resources": ("Pools",),
     "._run.executors": ("Executor",),
     "._run.dask": ("DaskExecutor",),
@@ -52,6 +50,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._record.simulate": ("simulate",),
     "._record.optimizer": ("analyze", "optimize"),
     "._report.benchmark": ("BenchmarkResult", "benchmark"),
+    "._report.entry": ("arun", "run"),
     "._report.progress": ("progress",),
     "._report.timeline": ("save_timeline",),
     ".compat": (
@@ -108,6 +107,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._graph.builtins import switch as switch
     from ._graph.registry import ToolRegistry as ToolRegistry
     from ._graph.registry import default_registry as default_registry
+    from ._graph.registry import tool as tool
     from ._graph.spec import Backoff as Backoff
     from ._graph.spec import Cache as Cache
     from ._graph.task import Flow as Flow
@@ -119,7 +119,6 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._graph.task import parallel as parallel
     from ._graph.task import upstream as upstream
     from ._graph.tool import Tool as Tool
-    from ._graph.tool import tool as tool
     from ._plan.planner import Plan as Plan
     from ._plan.planner import plan as plan
     from ._plan.policy import Mode as Mode
@@ -131,10 +130,10 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._record.simulate import simulate as simulate
     from ._report.benchmark import BenchmarkResult as BenchmarkResult
     from ._report.benchmark import benchmark as benchmark
+    from ._report.entry import arun as arun
+    from ._report.entry import run as run
     from ._report.progress import progress as progress
     from ._report.timeline import save_timeline as save_timeline
-    from ._run.api import arun as arun
-    from ._run.api import run as run
     from ._run.dask import DaskExecutor as DaskExecutor
     from ._run.executors import Executor as Executor
     from ._run.resources import Pools as Pools
@@ -174,27 +173,12 @@ for _name, _target in {
     "plan_mimebundle": "flowdsl._report.render:plan_mimebundle",
     "result_html": "flowdsl._report.render:result_html",
     "save_timeline": "flowdsl._report.timeline:save_timeline",
-    "progress": "flowdsl._report.progress:progress",
-    "in_notebook": "flowdsl._report.progress:in_notebook",
     "flow_to_dict": "flowdsl._data.documents:flow_to_dict",
     "tool_schema": "flowdsl._data.schema:tool_schema",
     "registry_schemas": "flowdsl._data.schema:registry_schemas",
-    "open_history": "flowdsl._record.history:open_history",
-    "aopen_history": "flowdsl._record.history:aopen_history",
 }.items():
     _hooks.provide(_name, _target)
 del _name, _target
-
-
-def _open_cache(spec: object) -> object:
-    """The result cache store ``run(cache=spec)`` uses (the record layer's, imported on
-    first use so ``import flowdsl`` stays light)."""
-    from ._record.cache import open_cache
-
-    return open_cache(spec)
-
-
-_stores.set_default_store(_open_cache)
 
 
 def __getattr__(name: str) -> object:

@@ -151,7 +151,7 @@ class WorkflowEngine:
             ``{"success": False, "error", "workflow_id"}`` (plus ``problems`` when the
             workflow did not validate, and ``results`` of the tasks that completed).
         """
-        from ._run.api import arun
+        from ._report.entry import arun
 
         workflow.started_at = datetime.now()
         workflow.input_context = {**workflow.input_context, **(context or {})}

@@ -1,7 +1,5 @@
 """Graph layer: declare tools and compose tasks (Task, Fragment, Flow), the tool registry.
 
-Imports only the base layer. Importing the package imports the registry, which sets the default
-registry that ``@tool`` registers in.
+Imports only the base layer. ``@tool`` lives in the registry module, beside the default
+registry it registers in.
 """
-
-from . import registry as _registry  # noqa: F401 (wires the default registry into @tool)

@@ -6,8 +6,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._base.errors import CompositionError
+from .registry import tool
 from .task import Fragment, Guard, Ref, Task, parallel, then
-from .tool import tool
 
 __all__ = ["SKIP", "branch", "gate", "switch"]
 

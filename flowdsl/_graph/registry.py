@@ -1,5 +1,9 @@
 """Tools by name: a registry that ``@tool`` fills, looked up by workflows written as data.
 
+``@tool`` lives here, beside the default registry it registers in (the :class:`Tool` class is
+the tool module's): the decorator imports the registry directly, with no module global to
+patch.
+
 A registry also holds named predicates, so a workflow document can say ``"when": "is_urgent"``
 and run a function the user registered, never code taken from the document itself.
 """
@@ -8,17 +12,23 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .._base import hooks
 from .._base.errors import ToolDefinitionError
-from . import tool as _tool_module
-from .tool import Tool, make_tool, tool
+from .._base.typed import Unpack
+from .spec import FORKING, ToolOptions, ToolSpec, document_options
+from .tool import Tool
 
-__all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name"]
+__all__ = ["FUNCTION_NAME", "ToolRegistry", "default_registry", "function_name", "make_tool",
+           "tool"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Predicate = Callable[[Mapping[str, Any]], Any]
 
@@ -84,6 +94,7 @@ class ToolRegistry:
         self._ambiguous: dict[str, list[str]] = {}
         self._predicates: dict[str, Predicate] = {}
         self._aliases: dict[str, list[str]] | None = None  # function name -> registry names
+        self._forks = False  # a tool here runs on an executor whose workers are forked
         if isinstance(tools, Mapping):
             for key, t in tools.items():
                 self.register(t, name=key)
@@ -123,7 +134,16 @@ class ToolRegistry:
                 self._ambiguous.setdefault(key, [_origin(old)]).append(_origin(t))
         self._tools[key] = t
         self._aliases = None
+        if not self._forks and isinstance(ex := t.spec.executor, str) and ex in FORKING:
+            self._forks = True
         return t
+
+    @property
+    def forks(self) -> bool:
+        """Whether a tool registered here (now or before) runs on an executor whose workers
+        are forked (``executor="process"``): ``flowdsl.run`` then starts the fork helper at
+        its first single-threaded moment, since a later run may need it."""
+        return self._forks
 
     def tool(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """``@registry.tool`` / ``@registry.tool(name="x.y")``: declare a tool registered here
@@ -262,5 +282,55 @@ class ToolRegistry:
         return f"<ToolRegistry {len(self._tools)} tools>"
 
 
+#: The registry ``@tool`` fills unless given another (``registry=``) or none (``False``).
 default_registry = ToolRegistry(strict=False)
-_tool_module._default_registry = default_registry
+
+
+@overload
+def tool(fn: Callable[P, R], /, *, registry: Any = None,
+         **options: Unpack[ToolOptions]) -> Tool[P, R]: ...
+@overload
+def tool(fn: None = None, /, *, registry: Any = None,
+         **options: Unpack[ToolOptions]) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+
+
+def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
+         **options: Any) -> Any:
+    """Declare a tool. Works bare (``@tool``) and with options (``@tool(retries=3)``).
+
+    Args:
+        fn: the function (sync or ``async def``).
+        registry: a :class:`~flowdsl.ToolRegistry` to register in (default: the default one;
+            ``False`` for none).
+        **options: the rows of the option table (``flowdsl._graph.spec.OPTIONS``), which
+            validates them:
+            {options}.
+
+    Raises:
+        ToolDefinitionError: an option value is invalid; the message names tool, option, value.
+    """
+    if fn is None:
+        return lambda f: tool(f, registry=registry, **options)
+    return make_tool(fn, registry=registry, **options)
+
+
+tool.__doc__ = document_options(tool.__doc__)
+
+
+def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool[Any, Any]:
+    if isinstance(fn, Tool):
+        return fn.with_options(**options) if options else fn
+    if not callable(fn):
+        msg = f"@tool expects a function, got {type(fn).__name__} {fn!r}"
+        raise ToolDefinitionError(msg, value=fn)
+    is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
+    name = options.pop("name", None) or getattr(fn, "__name__", None) or type(fn).__name__
+    base = ToolSpec(name=name, description=inspect.getdoc(fn) or "", is_async=is_async,
+                    executor="async" if is_async else "thread")
+    spec = base.evolve(name=name, **options)
+    t = Tool(fn, spec)
+    if registry is None:
+        default_registry.register(t, replace_same_function=True)
+    elif registry is not False:
+        registry.register(t)
+    return t

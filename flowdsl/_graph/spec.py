@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import math
 import random
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -36,6 +37,9 @@ class ExecutorKind:
             ``"always"``, ``"cluster"`` (only a cluster, whose workers await coroutines) or
             ``"never"`` (the tool stays where it asked to run).
         doc: one line for the docs.
+        forks: its workers are forked processes: a run whose plan uses it starts the fork
+            helper first, while the process may still have a single thread
+            (``Plan.needs_fork``; see ``flowdsl._run.zygote``).
     """
 
     name: str
@@ -43,22 +47,22 @@ class ExecutorKind:
     local: bool
     override: Literal["always", "cluster", "never"]
     doc: str
+    forks: bool = False
 
 
 #: Every executor name, once. An executor is one class plus one row here.
 EXECUTOR_KINDS: Mapping[str, ExecutorKind] = MappingProxyType({k.name: k for k in (
     ExecutorKind("async", True, True, "cluster", "awaited on the event loop (coroutine tools)"),
     ExecutorKind("thread", False, True, "always", "sync tools in worker threads (the default)"),
-    ExecutorKind("process", False, True, "always", "sync tools in worker processes"),
+    ExecutorKind("process", False, True, "always", "sync tools in worker processes",
+                 forks=True),
     ExecutorKind("inline", True, True, "never", "called on the event loop itself (quick tools)"),
     ExecutorKind("dask", True, False, "always", "a Dask cluster (flowdsl[dask]); its workers "
                  "await coroutine tools"),
 )})
 EXECUTORS = tuple(EXECUTOR_KINDS)
-
-#: A tool or task asked for the process executor: a later run may then start the fork
-#: helper early, while the process still has a single thread (see flowdsl._run.zygote).
-process_tools: list[bool] = []
+#: The executor names whose workers are forked (``Plan.needs_fork``).
+FORKING = frozenset(k for k, row in EXECUTOR_KINDS.items() if row.forks)
 TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed",
             "none_failed_min_one_success")
 _EMPTY: Mapping[str, int] = MappingProxyType({})
@@ -253,8 +257,6 @@ def _executor(name: str, value: Any, is_async: bool) -> Any:
     if isinstance(value, str):
         if value not in EXECUTORS:
             raise _bad(name, "executor", value, "one of " + ", ".join(map(repr, EXECUTORS)))
-        if value == "process" and not process_tools:
-            process_tools.append(True)
         if is_async and not EXECUTOR_KINDS[value].coroutines:
             ok = " or ".join(repr(k) for k, row in EXECUTOR_KINDS.items() if row.coroutines)
             raise _bad(name, "executor", value, f"{ok} for a coroutine function (it is awaited)")
@@ -461,6 +463,18 @@ class TaskOptions(_PerTaskOptions, total=False):
 DERIVED_FIELDS = ("is_async",)
 #: The options a workflow document carries, in table order.
 DOCUMENT_OPTIONS = tuple(k for k, o in OPTIONS.items() if o.document is not None)
+
+
+def document_options(doc: str | None, *, per_task: bool = False, indent: int = 12) -> str:
+    """``doc`` with its ``{options}`` replaced by the table's options, in table order, each
+    with its row's doc line (``per_task``: only those a task may override): the docstrings
+    of ``tool()`` and ``Task.with_options`` say what the table says, so a new option is
+    documented by its row."""
+    rows = [o for o in OPTIONS.values() if o.per_task or not per_task]
+    text = "; ".join(f"``{o.name}``: {o.doc}" for o in rows)
+    pad = " " * indent
+    lines = textwrap.wrap(text, 92 - indent, break_on_hyphens=False)
+    return (doc or "").replace("{options}", ("\n" + pad).join(lines))
 
 
 class ToolLike(Protocol):

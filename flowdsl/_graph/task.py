@@ -32,7 +32,16 @@ from .._base.errors import (
 )
 from .._base.limits import encodable
 from .._base.typed import Self, Unpack
-from .spec import OPTIONS, TRIGGERS, Backoff, TaskOptions, ToolLike, ToolSpec, _backoff
+from .spec import (
+    OPTIONS,
+    TRIGGERS,
+    Backoff,
+    TaskOptions,
+    ToolLike,
+    ToolSpec,
+    _backoff,
+    document_options,
+)
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
@@ -608,11 +617,11 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
 
     def with_options(self, *, trigger: str | None = None,
                      **options: Unpack[TaskOptions]) -> Task[R_co]:
-        """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
-        ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
-        ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``, ``capture``: the
-        per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
-        ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
+        """Override tool options for this task only, and set its ``trigger`` rule. The
+        options are the per-task rows of ``flowdsl._graph.spec.OPTIONS``, which validates
+        them:
+        {options}.
+        A mapped task also takes ``max_parallel`` (most children running
         at once) and ``max_children`` (the fan-out limit, default 10,000)."""
         # a plain dict: a caller without a type checker may pass any name (refused below)
         given: dict[str, Any] = dict(options)
@@ -670,6 +679,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
         return f"<Task {name} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
 
 
+Task.with_options.__doc__ = document_options(Task.with_options.__doc__, per_task=True, indent=8)
 _FAN_OPTIONS = ("max_parallel", "max_children")
 
 

@@ -1,4 +1,5 @@
-"""Declare: ``@tool`` turns a function into a :class:`Tool`; calling a tool returns a Task.
+"""The :class:`Tool`: a declared function (``@tool``, in the registry module, makes one);
+calling a tool returns a Task.
 
 A Tool is a :class:`wrapt.ObjectProxy` over the user's function, so ``__name__``, ``__doc__``,
 ``__wrapped__`` and :func:`inspect.signature` stay the function's. Its own state lives in
@@ -15,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overlo
 import wrapt
 
 from .._base import hooks
-from .._base.errors import ToolDefinitionError
 from .._base.typed import Unpack
 from .spec import Backoff, ToolOptions, ToolSpec
 from .task import Fragment, Task, _pair, then
 
-__all__ = ["Backoff", "Tool", "ToolSpec", "make_tool", "tool"]
+__all__ = ["Backoff", "Tool", "ToolSpec"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -148,68 +148,8 @@ class Tool(_Proxy, Generic[P, R]):
         return (_tool_by_reference, (fn.__module__, fn.__qualname__, self._self_spec.name))
 
 
-# The registry module sets this when it is imported (it sits above this module: it makes tools
-# by name); the graph package imports both, so a tool declared anywhere is registered.
-_default_registry: Any = None
-
-
 def _tool_by_reference(module: str, qualname: str, name: str) -> Any:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-@overload
-def tool(fn: Callable[P, R], /, *, registry: Any = None,
-         **options: Unpack[ToolOptions]) -> Tool[P, R]: ...
-@overload
-def tool(fn: None = None, /, *, registry: Any = None,
-         **options: Unpack[ToolOptions]) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
-
-
-def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,
-         **options: Any) -> Any:
-    """Declare a tool. Works bare (``@tool``) and with options (``@tool(retries=3)``).
-
-    Args:
-        fn: the function (sync or ``async def``).
-        registry: a :class:`~flowdsl.ToolRegistry` to register in (default: the default one;
-            ``False`` for none).
-        **options: ``name``, ``description``, ``timeout`` (seconds per attempt), ``retries``
-            (extra attempts), ``backoff`` (first delay, or a :class:`Backoff`), ``retry_on``
-            (exception types retried), ``give_up_on`` (types never retried), ``retry_if``
-            (a predicate on the exception; if it raises, no retry), ``deadline`` (seconds for
-            all attempts and backoff together), ``resources`` (pool -> amount), ``rollback``
-            (callable receiving the output), ``executor`` (``"async"``, ``"thread"``, ``"process"``,
-            ``"inline"``, ``"dask"``), ``priority``, ``expected_duration``, ``cache``
-            (``True`` or a :class:`~flowdsl.Cache`: reuse outputs by their inputs),
-            ``capture`` (``False``: its prints and logging records are not kept with its
-            task).
-
-    Raises:
-        ToolDefinitionError: an option value is invalid; the message names tool, option, value.
-    """
-    if fn is None:
-        return lambda f: tool(f, registry=registry, **options)
-    return make_tool(fn, registry=registry, **options)
-
-
-def make_tool(fn: Any, *, registry: Any = None, **options: Any) -> Tool[Any, Any]:
-    if isinstance(fn, Tool):
-        return fn.with_options(**options) if options else fn
-    if not callable(fn):
-        msg = f"@tool expects a function, got {type(fn).__name__} {fn!r}"
-        raise ToolDefinitionError(msg, value=fn)
-    is_async = inspect.iscoroutinefunction(inspect.unwrap(fn))
-    name = options.pop("name", None) or getattr(fn, "__name__", None) or type(fn).__name__
-    base = ToolSpec(name=name, description=inspect.getdoc(fn) or "", is_async=is_async,
-                    executor="async" if is_async else "thread")
-    spec = base.evolve(name=name, **options)
-    t = Tool(fn, spec)
-    if registry is None:
-        if _default_registry is not None:
-            _default_registry.register(t, replace_same_function=True)
-    elif registry is not False:
-        registry.register(t)
-    return t

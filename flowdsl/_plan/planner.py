@@ -17,6 +17,7 @@ from typing import Any
 
 from .._base import hooks
 from .._base.errors import CycleError, GraphTooLargeError, ResourceError
+from .._graph.spec import FORKING
 from .._graph.task import Flow, Task, materialize
 
 __all__ = ["Plan", "check_size", "plan"]
@@ -125,8 +126,8 @@ class Plan:
         sources / sinks: ids with no predecessors / no successors.
     """
 
-    __slots__ = ("_index", "flow", "groups", "ids", "levels", "name", "order", "predecessors",
-                 "sinks", "sources", "successors", "tasks")
+    __slots__ = ("_fork", "_index", "flow", "groups", "ids", "levels", "name", "order",
+                 "predecessors", "sinks", "sources", "successors", "tasks")
 
     name: str | None
     flow: Any
@@ -140,6 +141,7 @@ class Plan:
     ids: Mapping[Task[Any], str]
     groups: tuple[Any, ...]
     _index: dict[str, int] | None
+    _fork: bool | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
@@ -168,6 +170,7 @@ class Plan:
         s(p, "sources", p.levels[0] if p.levels else ())
         s(p, "sinks", tuple([i for i in order if not succs[i]]))
         s(p, "_index", None)  # built by index() on first use
+        s(p, "_fork", None)  # found by needs_fork on first use
         return p
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -204,6 +207,18 @@ class Plan:
             msg = (f"{task!r} is not a task of {self.name or 'this flow'!r} (a copy made by "
                    ".named(), .when() or .with_options() is another task)")
             raise KeyError(msg) from None
+
+    @property
+    def needs_fork(self) -> bool:
+        """Whether a task of this plan runs on an executor whose workers are forked
+        (``executor="process"``): a run of it then starts the fork helper before it starts
+        any thread (see ``flowdsl._run.zygote``). Looked up once per plan, on first use."""
+        fork = self._fork
+        if fork is None:
+            fork = any(isinstance(ex := t.spec.executor, str) and ex in FORKING
+                       for t in self.tasks.values())
+            object.__setattr__(self, "_fork", fork)
+        return fork
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""

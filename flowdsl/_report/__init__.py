@@ -1,1 +1,2 @@
-"""Report layer: mermaid/dot, timelines, live progress and the ``flowdsl`` command line."""
+"""Report layer: the public ``run``/``arun`` (``entry``: a run's defaults, assembled here),
+mermaid/dot, timelines, live progress and the ``flowdsl`` command line."""

@@ -204,7 +204,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     """
     from .._plan.planner import Plan, plan
     from .._plan.policy import Mode
-    from .._run.api import NO_CACHE, run
+    from .entry import NO_CACHE, run
 
     _check(modes, repeat, warmup, run_options)
     if not isinstance(cache, bool):

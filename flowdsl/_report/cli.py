@@ -202,7 +202,7 @@ def _run(flow: Any, stop: _Interrupt, live: Any, **options: Any) -> Any:
     """Run with the progress display and SIGINT/SIGTERM handling; ``None`` when
     interrupted."""
     from .._base.errors import PlanError
-    from .._run.api import run as run_flow
+    from .entry import run as run_flow
 
     observers = [stop] if live is None else [stop, live]
     try:

@@ -1,55 +1,48 @@
-"""The entry points: ``run`` (blocking) and ``arun`` (async, asyncio or trio through anyio).
+"""The run layer's entry: :func:`execute` (async, asyncio or trio through anyio).
 
-``arun`` plans the flow (plan-time problems raise before any tool is called), sets up pools,
-executors, history and the execution core, hands the plan to the mode's runner, and turns
-what happened into a :class:`RunResult` — also when the run fails, times out or is cancelled.
+``execute`` plans the flow (plan-time problems raise before any tool is called), sets up
+pools, executors and the execution core, hands the plan to the mode's runner, and turns what
+happened into a :class:`RunResult` — also when the run fails, times out or is cancelled.
+
+It knows no defaults: the history store, the result cache store and the observers (a
+progress display among them) come in as objects, or None for none. The public
+``flowdsl.run``/``flowdsl.arun`` (``flowdsl._report.entry``, above the record and report
+layers) assemble the default ones and call it, so a run never reaches a layer above this one.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import anyio
 
-from .._base import capture, hooks, secrets
+from .._base import capture, secrets
 from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
-from .._base.typed import Unpack
-from .._graph.spec import EXECUTOR_KINDS, process_tools
-from .._graph.task import Flow, Fragment, Task
+from .._graph.spec import EXECUTOR_KINDS
 from .._graph.walk import nodes
 from .._plan import policy
 from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
-from .caching import RunCache
+from .caching import CacheBackend, RunCache
 from .core import Core, Item
-from .executors import (
-    AsyncExecutor,
-    Executor,
-    InlineExecutor,
-    ProcessExecutor,
-    ThreadExecutor,
-    start_fork_helper,
-)
-from .options import RunOptions
+from .executors import LOCAL, Executor
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
-from .stores import open_backend
 from .tracing import run_tracing
 from .units import context_defaults
 
-__all__ = ["arun", "run"]
+__all__ = ["execute", "run_blocking"]
 
 R = TypeVar("R")
 
@@ -121,48 +114,41 @@ def _remote_executor(spec: Any) -> Executor:
 
 
 #: The executor a run makes for each local name of the table (EXECUTOR_KINDS), by the
-#: ``name`` each class declares.
-_LOCAL: dict[str, Callable[[], Executor]] = {
-    cls.name: cls for cls in (AsyncExecutor, InlineExecutor, ThreadExecutor, ProcessExecutor)}
+#: ``name`` each class of the executors module declares.
+_LOCAL: Mapping[str, Callable[[], Executor]] = LOCAL
 _TAKES_LOCAL = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override == "always")
 _TAKES_REMOTE = tuple(k for k, row in EXECUTOR_KINDS.items() if row.override != "never")
 
 
-async def _history(spec: Any) -> Any:
-    """The run's history store; opening one (SQLite, files) happens off the event loop."""
-    if spec is False:
-        return None
-    return await hooks.get("aopen_history")(spec)
+async def execute(flow: Any, *, mode: str | Mode | None = None,
+                  context: Mapping[str, Any] | None = None, input: Any = None,
+                  items: Iterable[Any] | None = None, continue_on_error: bool = False,
+                  rollback_on_failure: bool = False, timeout: float | None = None,
+                  max_concurrency: int | None = None,
+                  resources: Mapping[str, int] | Pools | None = None,
+                  history_store: Any = None,
+                  resume: str | None = None, executor: Any = None,
+                  observers: Sequence[RunObserver] = (),
+                  durations: Mapping[str, float] | None = None,
+                  rng: random.Random | None = None,
+                  sleep: Callable[[float], Awaitable[Any]] | None = None,
+                  log: bool | None = None, buffer: int = 2,
+                  store_outputs: bool | None = None,
+                  cache: bool | None = None, cache_store: CacheBackend | None = None,
+                  compensation_timeout: float | None = None,
+                  max_nodes: int | None = None, max_edges: int | None = None,
+                  keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
+    """Run ``flow`` and return its :class:`RunResult`. The options are ``flowdsl.run``'s
+    (documented there), except the three whose defaults live above this layer:
 
-
-# Typed as run() is: the result's output type follows the flow's, and the options are checked.
-@overload
-async def arun(flow: Task[R], **options: Unpack[RunOptions]) -> RunResult[R]: ...
-@overload
-async def arun(flow: Fragment[R] | Flow[R], **options: Unpack[RunOptions]) -> RunResult[R]: ...
-@overload
-async def arun(flow: Any, **options: Unpack[RunOptions]) -> RunResult[Any]: ...
-
-
-async def arun(flow: Any, *, mode: str | Mode | None = None,
-               context: Mapping[str, Any] | None = None, input: Any = None,
-               items: Iterable[Any] | None = None, continue_on_error: bool = False,
-               rollback_on_failure: bool = False, timeout: float | None = None,
-               max_concurrency: int | None = None,
-               resources: Mapping[str, int] | Pools | None = None, history: Any = None,
-               resume: str | None = None, executor: Any = None,
-               observers: Sequence[RunObserver] = (),
-               durations: Mapping[str, float] | None = None,
-               rng: random.Random | None = None,
-               sleep: Callable[[float], Awaitable[Any]] | None = None,
-               log: bool | None = None, buffer: int = 2,
-               store_outputs: bool | None = None, progress: bool = False,
-               cache: Any = None, compensation_timeout: float | None = None,
-               max_nodes: int | None = None, max_edges: int | None = None,
-               keep_outputs: bool = True, capture_output: bool = True) -> RunResult[Any]:
-    """Run ``flow`` and return its :class:`RunResult` (see :func:`run` for the options)."""
-    if process_tools:  # any run may be the last moment with a single thread: see zygote.py
-        start_fork_helper()
+    Args:
+        history_store: the run's history store (a ``HistoryStore``, or an object with its
+            observer and read methods); None records nothing.
+        cache: the result cache's policy: None (the tools declared with ``cache=``), True
+            (every task whose arguments can be hashed), False (write only, no reads).
+        cache_store: where cached outputs live (a ``CacheBackend``); None: no caching.
+        observers: every observer of the run, a progress display among them.
+    """
     if isinstance(flow, Plan):
         p = flow
         check_size(len(p.order), sum(map(len, p.predecessors.values())), max_nodes, max_edges)
@@ -180,7 +166,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
     pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
-    store = await _history(history)
+    store = history_store
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
     recorded, counts = await _recorded(p, durations, store)
@@ -194,11 +180,11 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
     result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
                        context=ctx, plan=p, masker=_secrets(p, ctx, input))
-    results_cache = _run_cache(p, cache, result.masker)
+    results_cache = _run_cache(p, cache, cache_store, result.masker)
     if results_cache is not None and results_cache.found:  # Secrets made by key functions
         result.masker = secrets.masker_for(results_cache.found, result.masker)
         results_cache.found = []
-    obs = _observers(observers, store, p, store_outputs, progress)
+    obs = _observers(observers, store, p, store_outputs)
     tracing = run_tracing()  # None, at the cost of a dict look-up, unless OTel is set up
     if tracing is not None:
         obs.append(tracing)
@@ -251,12 +237,8 @@ def _secrets(p: Plan, ctx: Mapping[str, Any], input: Any) -> Masker | None:
 
 
 def _observers(given: Sequence[RunObserver], store: Any, p: Plan,
-               store_outputs: bool | None, progress: bool) -> list[RunObserver]:
+               store_outputs: bool | None) -> list[RunObserver]:
     obs = list(given)
-    if progress:
-        shown = hooks.get("progress")()
-        if shown is not None:
-            obs.append(shown)
     if store is not None:  # history first: it must see every event, whatever others do
         obs.insert(0, store.observer(p.name, store_outputs=store_outputs))
     return obs
@@ -299,28 +281,14 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
                     capture.release()
 
 
-#: ``run(cache=NO_CACHE)``: no result cache at all, not even written (for benchmark(), whose
-#: repeats must each do the whole work and leave no file behind). Internal, not public API.
-NO_CACHE: Any = object()
-
-
-def _run_cache(p: Plan, cache: Any, masker: Any) -> RunCache | None:
-    """The result cache of this run, or None when no task of it is cached (then caching
-    costs nothing). ``cache`` is True (every task), False (write only), None, a path or a
-    store; the store itself comes from the opener the package root installed."""
-    if cache is NO_CACHE:  # benchmark()'s runs: no cache read or written, no file opened
+def _run_cache(p: Plan, cache: bool | None, store: CacheBackend | None,
+               masker: Any) -> RunCache | None:
+    """The result cache of this run, or None without a store (the caller gives one only
+    when a task of the plan is cached: ``RunCache.wanted``). ``cache`` is the policy: True
+    (every task), False (write only) or None (the tools that declare a cache)."""
+    if store is None:
         return None
-    if cache is not None and not isinstance(cache, bool) and not hasattr(cache, "lookup") \
-            and not isinstance(cache, (str, os.PathLike)):
-        msg = (f"run(): cache={cache!r} is invalid: expected True, False, None, a path or a "
-               "flowdsl.CacheStore")
-        raise ValueError(msg)
-    if not RunCache.wanted(p.tasks, cache is True):  # type: ignore[arg-type]
-        return None
-    backend = open_backend(cache)
-    if backend is None:  # FLOWDSL_CACHE=off
-        return None
-    return RunCache(backend, p.tasks, p.ids, read=cache is not False,  # type: ignore[arg-type]
+    return RunCache(store, p.tasks, p.ids, read=cache is not False,  # type: ignore[arg-type]
                     every=cache is True, masker=masker)
 
 
@@ -447,116 +415,33 @@ class _Box:
 
     __slots__ = ("value",)
 
-    def __init__(self, value: RunResult) -> None:
+    def __init__(self, value: Any) -> None:
         self.value = value
 
     def __repr__(self) -> str:
         return "<RunResult box>"
 
 
-async def _boxed(flow: Any, options: RunOptions) -> _Box:
-    return _Box(await arun(flow, **options))
-
-
-def _in_notebook() -> bool:
-    import sys
-
-    if "IPython" not in sys.modules:  # cheap check first: no IPython, no notebook
-        return False
-    return hooks.get("in_notebook")()  # type: ignore[no-any-return]
+async def _boxed(call: Callable[[], Awaitable[R]]) -> _Box:
+    return _Box(await call())
 
 
 def _loop_running() -> bool:
     return current_loop() is not None
 
 
-# A Task is accepted wherever its value is for type checkers, so it gets an overload of its own.
-@overload
-def run(flow: Task[R], *, backend: str = "asyncio",
-        **options: Unpack[RunOptions]) -> RunResult[R]: ...
-@overload
-def run(flow: Fragment[R] | Flow[R], *, backend: str = "asyncio",
-        **options: Unpack[RunOptions]) -> RunResult[R]: ...
-@overload
-def run(flow: Any, *, backend: str = "asyncio",
-        **options: Unpack[RunOptions]) -> RunResult[Any]: ...
-
-
-def run(flow: Any, *, backend: str = "asyncio",
-        **options: Unpack[RunOptions]) -> RunResult[Any]:
-    """Run ``flow`` and block until it ends; returns its :class:`RunResult`.
-
-    Works from plain code and from a thread whose event loop is already running (a notebook
-    cell): then the run gets its own thread and event loop.
-
-    Args:
-        flow: a Flow, Fragment, Task, Tool or list (or a Plan).
-        backend: ``"asyncio"`` or ``"trio"``.
-        mode: ``"sequential"``, ``"parallel"`` (default), ``"pipeline"`` or
-            ``"conditional"`` (or a :class:`Mode`).
-        context: initial context (copied, never mutated).
-        input: the value the first pipeline stages receive.
-        items: values to stream through a pipeline (``mode="pipeline"``).
-        continue_on_error: the run goes on after a failure: each downstream task applies
-            its trigger rule (the default ``all_success`` makes it ``upstream_failed``;
-            ``all_done`` and ``one_failed`` tasks run); independent branches go on.
-        rollback_on_failure: if the run fails, is cancelled or times out, undo completed
-            tasks (their tools' ``rollback``) in reverse completion order. A failed run whose
-            rollbacks all succeeded ends ``rolled_back``; one where a rollback raised ends
-            ``rollback_failed``, with ``result.compensation_error`` grouping those errors.
-        compensation_timeout: seconds each rollback may take (a late one is abandoned and
-            recorded as a rollback error).
-        max_nodes, max_edges: refuse a flow with more tasks or edges
-            (:class:`~flowdsl.GraphTooLargeError`) before anything runs.
-        timeout: seconds for the whole run.
-        max_concurrency: most tasks running at once (parallel default 1000).
-        resources: pool capacities (``{"db": 2}``) or a shared :class:`Pools`.
-        history: ``None`` default store, ``False`` none, a path or a HistoryStore.
-        resume: an earlier run's id: reuse its stored outputs, run only the rest.
-        executor: ``"dask"`` or an Executor object: runs the sync tools there (a cluster
-            runs coroutine tools too; ``inline`` tools always stay on the event loop).
-        observers: hooks called as tasks start and finish.
-        durations: task id -> seconds, for critical-path priority.
-        rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
-        log: emit structlog events (default: :func:`flowdsl.enable_logging`).
-        capture_output: keep each task's prints (stdout, stderr) and standard ``logging``
-            records on its record (``TaskRecord.logs``: history, timelines, the run
-            browser), capped and with secrets masked; they still reach the terminal. ``False``
-            keeps only ``flowdsl.get_logger()`` lines, and those only with ``log`` on. A tool
-            opts out alone with ``@tool(capture=False)``.
-        buffer: pipeline buffer size between stages.
-        keep_outputs: for a pipeline over ``items``: keep each item's sink outputs in the
-            result (``output``, ``outputs``; the default) or none (``False``). Either way an
-            item's other outputs and its state are released once every task finished it,
-            so memory stays flat however many items stream through.
-        progress: show live progress (a terminal display, or a bar in a notebook, where
-            ``run`` turns it on by default; needs ``flowdsl[cli]``).
-        store_outputs: store task outputs (JSON) in history, so the run can be resumed
-            (default: the store's setting, off unless the store was opened with it).
-        cache: ``None`` (default) uses the result cache of the tools declared with
-            ``cache=``; ``True`` caches every task of the run whose arguments can be hashed;
-            ``False`` does not read the cache (results are still written); a path or a
-            :class:`~flowdsl.CacheStore` keeps the declared tools' entries there. Entries
-            live in their own SQLite file, independent of ``history=``: by default
-            ``cache.db`` beside the default history file (``FLOWDSL_CACHE`` names another
-            path, or ``off``). A failed cache write sets ``result.cache_error`` and warns.
-
-    Raises:
-        PlanError: the flow cannot run (cycle, duplicate ids, unknown pool, ...); nothing ran.
-        ValueError: an option value is invalid.
-    """
-    if options.get("progress") is None and _in_notebook():
-        options["progress"] = True  # long notebook runs show a progress bar by default
-    call = partial(_boxed, flow, options)
+def run_blocking(call: Callable[[], Awaitable[R]], backend: str = "asyncio") -> R:
+    """Await ``call()`` from plain code and return its value (``flowdsl.run``'s blocking
+    part). From a thread whose event loop is already running (a notebook cell), which
+    cannot be re-entered, it runs in a thread and event loop of its own."""
+    boxed = partial(_boxed, call)
     if not _loop_running():
-        return anyio.run(call, backend=backend).value
-    # An event loop is running in this thread (a Jupyter cell): it cannot be re-entered, so
-    # the run gets a thread and an event loop of its own.
+        return anyio.run(boxed, backend=backend).value  # type: ignore[no-any-return]
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = anyio.run(call, backend=backend).value
+            box["result"] = anyio.run(boxed, backend=backend).value
         except BaseException as exc:
             box["error"] = exc
 

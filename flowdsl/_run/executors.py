@@ -18,18 +18,20 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
 from .._base.errors import SerializationError, WorkerLost, exc_text
+from .._graph.spec import EXECUTOR_KINDS
 from .._graph.task import Task
 from .._plan.policy import THREAD_WORKERS, cpus
 from .threads import WorkerThreads
 from .zygote import Zygote
 
-__all__ = ["AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
+__all__ = ["LOCAL", "AsyncExecutor", "Executor", "InlineExecutor", "ProcessExecutor", "Remote",
            "ThreadExecutor"]
 
 
@@ -396,3 +398,12 @@ class ProcessExecutor(Executor):
         for w in workers:
             w.proc.join(2.0)
             w.kill()
+
+
+#: The class a run makes for each local row of the executor table (``EXECUTOR_KINDS``): the
+#: class of this module whose ``name`` is the row's. A new local executor is its class here
+#: plus its row (tests/test_option_table.py checks every local row has its class).
+LOCAL: Mapping[str, type[Executor]] = MappingProxyType({
+    cls.name: cls for cls in list(globals().values())
+    if isinstance(cls, type) and issubclass(cls, Executor) and cls.name in EXECUTOR_KINDS
+    and EXECUTOR_KINDS[cls.name].local})

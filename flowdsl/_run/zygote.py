@@ -8,6 +8,12 @@ forked while the process still had one thread and single-threaded for good, to f
 workers. Spawning instead would re-import everything in each worker and re-run an unguarded
 main script.
 
+``flowdsl.run`` starts the helper first when its plan needs one (``Plan.needs_fork``: a task
+on the process executor) or the default registry holds a process tool (a later run will need
+it), before anything of the run starts a thread; a process executor made while the process
+has a single thread starts it too. A process tool outside the default registry, first run
+after threads were started, finds no helper: that run spawns its workers.
+
 The helper is a snapshot of the process at the moment it was made. A worker therefore takes
 the parent's environment variables, ``sys.path`` and working directory of the moment it is
 forked (as spawn does), and :meth:`Zygote.covers` tells whether a tool can be found in the

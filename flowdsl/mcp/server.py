@@ -30,9 +30,9 @@ from typing import Any
 import anyio
 
 from .._base.errors import CompositionError, FlowError, PlanValidationError, RunNotFound
-from .._graph.registry import ToolRegistry, default_registry, function_name
+from .._graph.registry import ToolRegistry, default_registry, function_name, make_tool
 from .._graph.task import Flow, Fragment, Task
-from .._graph.tool import Tool, make_tool
+from .._graph.tool import Tool
 
 __all__ = ["Entry", "build_server", "entries", "http_app", "run_server", "serve"]
 
@@ -192,7 +192,7 @@ class _Progress:
 async def _run(ctx: Any, flow: Any, *, context: Mapping[str, Any] | None = None,
                rollback: bool = False, history: Any = None) -> Any:
     """Run ``flow`` with progress notifications to the caller; cancelled with the request."""
-    from .._run.api import arun
+    from .._report.entry import arun
 
     send, receive = anyio.create_memory_object_stream[tuple[int, int, str]](1000)
     progress = _Progress(send)
