@@ -280,3 +280,17 @@ class TestDocuments:
         assert not ok({"id": "t", "tool": "times_a", "map": [1]})  # num missing
         assert not ok({"id": "t", "tool": "times_a", "map": {"nmu": [1]}, "args": {"a": 2}})
         assert not ok({"id": "t", "tool": "times_a", "map": {"num": 1}, "args": {"a": 2}})
+
+    def test_a_positional_only_parameter_mapped_beside_another_is_unwritable(self) -> None:
+        """A document's named map cannot name a positional-only parameter: to_dict refuses
+        it by name instead of writing a document that does not load."""
+        def po(x: int, /, y: int = 0) -> int:
+            return x + y
+
+        t = tl(po, name="po")
+        reg = flowdsl.ToolRegistry()
+        reg.register(t)
+        with pytest.raises(CompositionError, match=r"'p'.*positional-only"):
+            flow_to_dict(flowdsl.Flow("f", t.map([1, 2], y=each([3, 4])).named("p")), reg)
+        doc = flow_to_dict(flowdsl.Flow("f", t.map([1, 2], y=5).named("p")), reg)
+        assert run(flowdsl.load_flow(doc, reg)).outputs["p"] == [6, 7]

@@ -781,6 +781,9 @@ def _task_data(tid: str, t: Task, preds: tuple[str, ...], registry: ToolRegistry
     # The first parameter alone is written "map": <values>; any other mapped parameters
     # by name, "map": {"<parameter>": <values>, ...} (zipped, like each()).
     by_name = fan is not None and fan.params != tuple(named[:1])
+    if by_name and any(p.positional_only for p in params(t.tool)[0] if p.name in fan.params):
+        raise _unwritable(tid, "it maps a positional-only parameter beside another (a "
+                          "document's map names its parameters)")
     mapped = {p: args.pop(p) for p in fan.params} if fan is not None else {}
     out: dict[str, Any] = {"id": tid, "tool": tool_name,
                            "args": {k: _to_data(v, tid, k, ids) for k, v in args.items()}}
