@@ -1,5 +1,6 @@
 """nox sessions: ``nox -s tests`` runs the suite on every supported Python found here,
-``nox -s lint`` runs ruff, ``nox -s docs`` builds the site with warnings as errors.
+``nox -s lint`` runs ruff, ``nox -s typecheck`` runs ``mypy --strict`` over the package,
+``nox -s docs`` builds the site with warnings as errors.
 
 Supported Pythons are 3.10 to 3.13 (pyproject.toml's classifiers). An interpreter is taken from
 ``PATH`` (``python3.12``) or, where pyenv is installed, from pyenv's versions even when pyenv
@@ -20,7 +21,7 @@ import nox
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 ROOT = Path(__file__).resolve().parent
 
-nox.options.sessions = ["tests", "lint"]
+nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -70,6 +71,14 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.4")
     session.run("ruff", "check", "flowdsl", "tests", "benchmarks", "examples", "noxfile.py",
                 "conftest.py", "docs/conf.py", "docs/_ext")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """``mypy --strict`` over the package ([tool.mypy] in pyproject.toml), with the test
+    extra installed so the optional dependencies' types are checked against too."""
+    session.install("-e", ".[test]")
+    session.run("mypy", "--strict", "flowdsl")
 
 
 @nox.session

@@ -98,7 +98,7 @@ class Workflow:
 
     def _predicates(self) -> dict[str, Callable[..., Any]]:
         # Callable conditions cannot be data: each gets a private predicate name.
-        return {f"{t.task_id}.condition": t.condition for t in self.tasks  # type: ignore[misc]
+        return {f"{t.task_id}.condition": t.condition for t in self.tasks
                 if callable(t.condition)}
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +108,7 @@ class Workflow:
                 "context": dict(self.input_context),
                 "tasks": [t.to_dict(f"{t.task_id}.condition") for t in self.tasks]}
 
-    def to_flow(self, registry: ToolRegistry | None = None) -> Flow:
+    def to_flow(self, registry: ToolRegistry | None = None) -> Flow[Any]:
         """Validate and load this workflow as a Flow (raises PlanValidationError)."""
         from ._data.documents import load_flow
 
@@ -175,7 +175,7 @@ class WorkflowEngine:
             self.active_workflows.pop(workflow.workflow_id, None)
         return self._report(workflow, result)
 
-    def _report(self, workflow: Workflow, result: RunResult) -> dict[str, Any]:
+    def _report(self, workflow: Workflow, result: RunResult[Any]) -> dict[str, Any]:
         workflow.completed_at = datetime.now()
         for t in workflow.tasks:
             rec = result.tasks.get(t.task_id)

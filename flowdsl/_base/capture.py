@@ -35,7 +35,8 @@ import logging
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from types import FrameType
+from typing import Any, TextIO
 
 from .log import MAX_LOG_LINE, RunScope, _clip, keep_line
 from .log import _current as current
@@ -51,7 +52,7 @@ _previous_factory: Callable[..., logging.LogRecord] | None = None
 # far, by (id(record) or 0 outside any task, stream).
 _display: Callable[[str], None] | None = None
 shown: dict[tuple[int, str], str] = {}
-_swapped: list[tuple[logging.StreamHandler, Any]] = []  # type: ignore[type-arg]
+_swapped: list[tuple[logging.StreamHandler[Any], Any]] = []
 _LEVEL = {"stdout": "info", "stderr": "warning"}
 
 
@@ -156,12 +157,12 @@ class _Tee:
     when one is attached, else to the stream it replaced)."""
 
     def __init__(self, target: Any, name: str) -> None:
-        self._target = target
+        self._target: TextIO = target
         self._name = name
 
     def write(self, text: str) -> int:
         if type(text) is not str:  # let the stream raise its own error
-            return self._target.write(text)  # type: ignore[no-any-return]
+            return self._target.write(text)
         scope = current.get()
         if scope is not None and scope[2] and not _from_logging():
             try:
@@ -169,7 +170,7 @@ class _Tee:
             except Exception:  # keeping is a courtesy: it never breaks the tool's print
                 pass
         if _display is None:
-            return self._target.write(text)  # type: ignore[no-any-return]
+            return self._target.write(text)
         _show(0 if scope is None else id(scope[1]), self._name, text)
         return len(text)
 
@@ -190,13 +191,13 @@ _HANDLING = frozenset({logging.Logger.callHandlers.__code__, logging.Handler.han
 
 
 def _from_logging() -> bool:
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(8):  # the handler's emit, a formatter, a stream or two: a few frames up
         if frame is None:
             return False
         if frame.f_code in _HANDLING:
             return True
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return False
 
 
@@ -323,7 +324,7 @@ def _swap_handlers() -> None:
                 tee = terminal.get(id(getattr(h, "stream", None)))
                 if tee is not None:
                     _swapped.append((h, h.stream))
-                    h.setStream(tee)  # type: ignore[arg-type]
+                    h.setStream(tee)
 
 
 def _unswap_handlers() -> None:

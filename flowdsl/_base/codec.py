@@ -178,7 +178,7 @@ _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 def decode(data: bytes | str) -> Any:
     """The value :func:`encode` wrote (raises ValueError on text it did not write)."""
-    tree = _loads(data.decode("ascii") if data.__class__ is bytes else data)  # type: ignore
+    tree = _loads(data.decode("ascii") if isinstance(data, bytes) else data)
     if tree.__class__ in _LEAVES:  # a scalar: nothing to rebuild
         return tree
     out: list[Any] = []

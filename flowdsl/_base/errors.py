@@ -9,10 +9,15 @@ from __future__ import annotations
 import graphlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio brings the backport there
     from exceptiongroup import ExceptionGroup
+
+if TYPE_CHECKING:
+    _ExceptionGroup = ExceptionGroup[Exception]
+else:  # subscripting the backport's class at run time is not promised on Python 3.10
+    _ExceptionGroup = ExceptionGroup
 
 __all__ = [
     "CacheKeyError",
@@ -273,21 +278,25 @@ class McpToolError(ExecutionError):
         self.tool = tool
 
 
-class CompensationError(ExecutionError, ExceptionGroup):  # type: ignore[misc]
+class CompensationError(ExecutionError, _ExceptionGroup):
     """The rollbacks that raised after a failed run, as an exception group; the run's status
     is ``rollback_failed``. ``original`` is the failure that started the rollback."""
 
-    def __new__(cls, msg: str, errors: Sequence[BaseException],
+    original: BaseException | None
+
+    # An ExceptionGroup holds Exceptions only (it refuses a BaseException at run time).
+    def __new__(cls, msg: str, errors: Sequence[Exception],
                 original: BaseException | None = None) -> CompensationError:
         self = super().__new__(cls, msg, list(errors))
         self.original = original
         return self
 
-    def __init__(self, msg: str, errors: Sequence[BaseException],
+    def __init__(self, msg: str, errors: Sequence[Exception],
                  original: BaseException | None = None) -> None:
         super().__init__(msg, list(errors))
 
-    def derive(self, excs: Sequence[BaseException]) -> CompensationError:  # type: ignore
+    def derive(self, excs: Sequence[Exception]) -> CompensationError:  # type: ignore[override]
+        # ExceptionGroup.derive is generic over the member type; this group keeps Exception.
         return CompensationError(self.message, excs, self.original)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Any
 
 __all__ = ["Limits", "encodable", "limits", "set_limits"]
 
@@ -46,7 +47,8 @@ def set_limits(*, max_retries: int | None = None, max_timeout: float | None = No
         ValueError: a value is not a positive number (whole for the byte and retry counts).
     """
     global _current
-    changes = {"max_retries": max_retries, "max_timeout": max_timeout,
+    # checked one by one below (a caller without a type checker may pass anything)
+    changes: dict[str, Any] = {"max_retries": max_retries, "max_timeout": max_timeout,
                "max_stored_output": max_stored_output}
     for name, value in changes.items():
         if value is None:

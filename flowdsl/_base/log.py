@@ -142,7 +142,7 @@ def _ensure_handler(logger: logging.Logger) -> None:
         logger.setLevel(logging.DEBUG if _env == "debug" else logging.INFO)
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]  # generic in typeshed only
     """A handler on whatever ``sys.stderr`` is when a line is written (as the standard
     library's last-resort handler), so a live progress display that takes stderr over
     gets flowdsl's own lines too."""
@@ -150,7 +150,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 

@@ -54,7 +54,8 @@ def loop_clock() -> Callable[[], float]:
             return time.monotonic  # what the standard loops read, without their extra frame
         return running.time
     if loop == "trio":
-        return sys.modules["trio"].current_time  # type: ignore[no-any-return]
+        trio_time: Callable[[], float] = sys.modules["trio"].current_time
+        return trio_time
     return time.perf_counter
 
 
@@ -65,5 +66,7 @@ def threadsafe_caller() -> Callable[[Callable[[], None]], object] | None:
     if loop == "asyncio":
         return asyncio.get_running_loop().call_soon_threadsafe
     if loop == "trio":
-        return sys.modules["trio"].lowlevel.current_trio_token().run_sync_soon  # type: ignore[no-any-return]
+        token = sys.modules["trio"].lowlevel.current_trio_token()
+        run_sync_soon: Callable[[Callable[[], None]], object] = token.run_sync_soon
+        return run_sync_soon
     return None

@@ -134,10 +134,11 @@ def _compile(spec: Any, path: str, predicates: Mapping[str, Any], out: Problems,
                 return None
             parts = [_compile(s, _path(path, combinator, k), predicates, out, depth + 1)
                      for k, s in enumerate(items)]
-            if any(p is None for p in parts):
+            checks = [p for p in parts if p is not None]
+            if len(checks) < len(parts):
                 return None
             agg = all if combinator == "all" else any
-            return lambda c: agg(p(c) for p in parts)  # type: ignore[misc]
+            return lambda c: agg(p(c) for p in checks)
     if "not" in spec:
         if len(spec) != 1:
             bad("'not' takes one condition and nothing else")

@@ -182,7 +182,7 @@ def _check_size(data: Any, max_depth: int, max_nodes: int) -> None:
 class _TaskDoc:
     index: int
     id: str
-    tool: Tool | None
+    tool: Tool[..., Any] | None
     args: dict[str, Any]
     deps: list[str]
     condition: Condition | None = None
@@ -436,7 +436,7 @@ def _check_task(raw: Any, i: int, registry: ToolRegistry, predicates: Mapping[st
     if "id" not in task:
         _problem(out, _path(base, "id"), "missing_field", "missing required field 'id'")
     name = task.get("tool")
-    t: Tool | None = None
+    t: Tool[..., Any] | None = None
     if not isinstance(name, str):
         _problem(out, _path(base, "tool"), "missing_field", "'tool' must name a registered tool")
     elif registry.is_ambiguous(name):
@@ -579,7 +579,7 @@ def validate(data: Any, registry: ToolRegistry, predicates: Mapping[str, Any],
 # -- building --------------------------------------------------------------------------------
 
 
-def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
+def _resolve(value: Any, built: Mapping[str, Task[Any]]) -> Any:
     """Replace reference objects with Task / Ref / ctx() values (``$literal`` values are
     taken as they are, not looked into)."""
     def reference(v: Any) -> Any:
@@ -597,7 +597,7 @@ def _resolve(value: Any, built: Mapping[str, Task]) -> Any:
     return transform(value, reference)
 
 
-def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:
+def _build_task(d: _TaskDoc, built: Mapping[str, Task[Any]]) -> Task[Any]:
     from .schema import params
 
     assert d.tool is not None  # validated
@@ -623,7 +623,7 @@ def _build_task(d: _TaskDoc, built: Mapping[str, Task]) -> Task:
 def load_flow(doc: Any, registry: ToolRegistry | None = None, *,
               predicates: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None,
               resources: Mapping[str, int] | None = None, max_tasks: int = 1000,
-              max_depth: int = 32, max_bytes: int = 1_000_000) -> Flow:
+              max_depth: int = 32, max_bytes: int = 1_000_000) -> Flow[Any]:
     """Load a workflow document (an agent's plan) as a :class:`~flowdsl.Flow`.
 
     The whole document is checked before anything is built, so a tool is never called for a
@@ -647,7 +647,7 @@ def load_flow(doc: Any, registry: ToolRegistry | None = None, *,
     preds = {**registry.predicates, **(predicates or {})}
     head, docs, order = validate(data, registry, preds, resources, max_tasks)
     by_id = {d.id: d for d in docs}
-    built: dict[str, Task] = {}
+    built: dict[str, Task[Any]] = {}
     for i in order:  # dependencies first: a finished Task is what its users refer to
         built[i] = _build_task(by_id[i], built)
     parts = [chain(parallel(*(built[x] for x in dict.fromkeys(d.deps))), built[d.id])
@@ -682,7 +682,7 @@ def _as_fields(keys: list[str], done: list[Any]) -> Any:
     return dict(zip(keys, done))
 
 
-def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task, str]) -> Any:
+def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task[Any], str]) -> Any:
     """An argument value as document data (references as ``$task`` / ``$ctx`` objects, by
     the ids of the plan, ``ids``).
 
@@ -755,7 +755,7 @@ def _to_data(value: Any, task_id: str, where: str, ids: Mapping[Task, str]) -> A
             return top[0]
 
 
-def _condition_data(t: Task, tid: str, names: Mapping[int, str]) -> Any:
+def _condition_data(t: Task[Any], tid: str, names: Mapping[int, str]) -> Any:
     cond = t.condition
     if isinstance(cond, Condition):
         return cond.spec
@@ -766,8 +766,8 @@ def _condition_data(t: Task, tid: str, names: Mapping[int, str]) -> Any:
     return name
 
 
-def _task_data(tid: str, t: Task, preds: tuple[str, ...], registry: ToolRegistry,
-               names: Mapping[int, str], ids: Mapping[Task, str]) -> dict[str, Any]:
+def _task_data(tid: str, t: Task[Any], preds: tuple[str, ...], registry: ToolRegistry,
+               names: Mapping[int, str], ids: Mapping[Task[Any], str]) -> dict[str, Any]:
     from .schema import params
 
     if t.stage_param is not None:
@@ -781,7 +781,8 @@ def _task_data(tid: str, t: Task, preds: tuple[str, ...], registry: ToolRegistry
     # The first parameter alone is written "map": <values>; any other mapped parameters
     # by name, "map": {"<parameter>": <values>, ...} (zipped, like each()).
     by_name = fan is not None and fan.params != tuple(named[:1])
-    if by_name and any(p.positional_only for p in params(t.tool)[0] if p.name in fan.params):
+    if fan is not None and by_name and any(p.positional_only for p in params(t.tool)[0]
+                                           if p.name in fan.params):
         raise _unwritable(tid, "it maps a positional-only parameter beside another (a "
                           "document's map names its parameters)")
     mapped = {p: args.pop(p) for p in fan.params} if fan is not None else {}

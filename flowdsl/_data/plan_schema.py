@@ -86,7 +86,7 @@ def _common_defs() -> dict[str, Any]:
     }
 
 
-def _task_variant(name: str, t: Tool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _task_variant(name: str, t: Tool[..., Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     from .schema import params, tool_schema
 
     ts = tool_schema(t, name=name)

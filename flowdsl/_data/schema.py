@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._graph.registry import function_name
+from .._graph.spec import ToolLike
 from .._graph.tool import Tool
 
 __all__ = ["ParamInfo", "check_value", "params", "provider_schema", "tool_schema"]
@@ -55,7 +56,7 @@ _params_cache: weakref.WeakKeyDictionary[Any, tuple[list[ParamInfo], bool]] = (
     weakref.WeakKeyDictionary())
 
 
-def params(t: Tool) -> tuple[list[ParamInfo], bool]:
+def params(t: ToolLike) -> tuple[list[ParamInfo], bool]:
     """The named parameters of ``t`` and whether it takes ``**kwargs`` (no extra needed)."""
     fn = t.fn
     try:
@@ -90,7 +91,7 @@ def params(t: Tool) -> tuple[list[ParamInfo], bool]:
 _adapters: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def _adapter(t: Tool, p: ParamInfo) -> Any:
+def _adapter(t: Tool[..., Any], p: ParamInfo) -> Any:
     try:
         per_fn = _adapters.setdefault(t.fn, {})
     except TypeError:  # not weakly referenceable: no cache
@@ -111,7 +112,8 @@ def _adapter(t: Tool, p: ParamInfo) -> Any:
     return ad
 
 
-def check_value(t: Tool, p: ParamInfo, value: Any) -> tuple[Any, list[tuple[list[Any], str]]]:
+def check_value(t: Tool[..., Any], p: ParamInfo,
+                value: Any) -> tuple[Any, list[tuple[list[Any], str]]]:
     """Validate ``value`` for parameter ``p`` of ``t``.
 
     Returns:
@@ -162,17 +164,18 @@ def _docs(fn: Any) -> tuple[str, dict[str, str]]:
     return text, {p.arg_name: p.description for p in parsed.params if p.description}
 
 
-def _json_schema_of(t: Tool, p: ParamInfo) -> dict[str, Any] | None:
+def _json_schema_of(t: Tool[..., Any], p: ParamInfo) -> dict[str, Any] | None:
     adapter = _adapter(t, p)
     if adapter is None:
         return None
     try:
-        return adapter.json_schema()  # type: ignore[no-any-return]
+        schema: dict[str, Any] = adapter.json_schema()
+        return schema
     except Exception:  # not expressible as JSON Schema (an arbitrary class)
         return None
 
 
-def tool_schema(t: Tool, *, name: str | None = None) -> dict[str, Any]:
+def tool_schema(t: Tool[..., Any], *, name: str | None = None) -> dict[str, Any]:
     """``{"name", "description", "parameters"}`` for LLM function calling.
 
     ``parameters`` is a JSON Schema object built from the signature and type hints:

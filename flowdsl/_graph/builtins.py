@@ -19,7 +19,7 @@ def gate(value: Any = None, label: str = "") -> Any:
 
 
 def branch(predicate: Callable[[Mapping[str, Any]], Any], then_: Any,
-           else_: Any = None, *, name: str = "branch") -> Fragment:
+           else_: Any = None, *, name: str = "branch") -> Fragment[Any]:
     """An if/else over two paths: ``then_`` runs when ``predicate(context)`` is true when the
     branch is reached, ``else_`` otherwise; the path not taken is skipped.
 
@@ -53,8 +53,8 @@ class _Skip:
 SKIP: Any = _Skip()
 
 
-def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
-           name: str = "switch") -> Fragment:
+def switch(on: Task[Any] | Ref, cases: Mapping[Any, Any], default: Any = None, *,
+           name: str = "switch") -> Fragment[Any]:
     """Pick one of several paths by a value computed at run time.
 
     ``on`` is a Task or a projection (``route["kind"]``); ``cases`` maps values to what runs
@@ -93,7 +93,7 @@ def switch(on: Task | Ref, cases: Mapping[Any, Any], default: Any = None, *,
                 + f" (cases: {listed}"[:200] + "); give it default=<a path> to run then, or "
                 "default=flowdsl.SKIP to skip every case on purpose")
 
-    def case(label: str, test: Callable[[Any], Any], path: Any, fails: bool) -> Fragment:
+    def case(label: str, test: Callable[[Any], Any], path: Any, fails: bool) -> Fragment[Any]:
         g = gate(on, label=label)
         # A given name is used as it is; the default one is an automatic id, numbered by the
         # flow (switch['b'], then switch['b']_2 for a second switch).

@@ -42,7 +42,7 @@ def function_name(name: str) -> str:
     return out
 
 
-def _origin(t: Tool) -> str:
+def _origin(t: Tool[..., Any]) -> str:
     fn = t.fn
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
@@ -77,7 +77,7 @@ class ToolRegistry:
     """
 
     def __init__(self, tools: Any = (), *, strict: bool = True) -> None:
-        self._tools: dict[str, Tool] = {}
+        self._tools: dict[str, Tool[..., Any]] = {}
         # The default registry is not strict: two modules defining a tool of the same name
         # must both import; the name only becomes an error when it is looked up.
         self._strict = strict
@@ -91,8 +91,8 @@ class ToolRegistry:
             for t in tools:
                 self.register(t)
 
-    def register(self, t: Any, *, name: str | None = None,
-                 replace_same_function: bool = False) -> Tool:
+    def register(self, t: Tool[..., Any] | Callable[..., Any], *, name: str | None = None,
+                 replace_same_function: bool = False) -> Tool[..., Any]:
         """Register ``t`` under ``name`` (default: the tool's name) and return it.
 
         Args:
@@ -131,7 +131,7 @@ class ToolRegistry:
         return tool(fn, registry=self, **options) if fn is not None else tool(
             registry=self, **options)
 
-    def __getitem__(self, name: str) -> Tool:
+    def __getitem__(self, name: str) -> Tool[..., Any]:
         if name in self._ambiguous:
             raise _conflict(name, self._ambiguous[name])
         try:
@@ -213,7 +213,7 @@ class ToolRegistry:
         """The registered names, in registration order."""
         return list(self._tools)
 
-    def items(self) -> list[tuple[str, Tool]]:
+    def items(self) -> list[tuple[str, Tool[..., Any]]]:
         """``(name, tool)`` pairs, in registration order."""
         return list(self._tools.items())
 
@@ -225,7 +225,8 @@ class ToolRegistry:
                 (``{"type": "function", "function": {...}}``) or ``"anthropic"``
                 (``{"name", "description", "input_schema"}``).
         """
-        return hooks.get("registry_schemas")(self, style)
+        schemas: list[dict[str, Any]] = hooks.get("registry_schemas")(self, style)
+        return schemas
 
     # -- named predicates, for ``"when": "name"`` in workflow documents ----------------------
 

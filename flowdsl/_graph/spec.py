@@ -8,16 +8,17 @@ import dataclasses
 import inspect
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict
 
 from .._base.errors import ToolDefinitionError
 from .._base.limits import encodable, limits
 
 __all__ = ["DOCUMENT_OPTIONS", "EXECUTORS", "EXECUTOR_KINDS", "OPTIONS", "TRIGGERS", "Backoff",
-           "Cache", "ExecutorKind", "Option", "ToolLike", "ToolSpec"]
+           "Cache", "ExecutorKind", "Option", "TaskOptions", "ToolLike", "ToolOptions",
+           "ToolSpec"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +415,48 @@ OPTIONS: Mapping[str, Option] = MappingProxyType({o.name: o for o in (
     Option("capture", _v_bool, "keep the tool's prints and logging records with its task",
            document={"type": "boolean"}),
 )})
+
+
+# The options as type checkers and IDEs see them: ``@tool(...)`` and ``Tool.with_options`` take
+# ToolOptions, ``Task.with_options`` TaskOptions (``**options: Unpack[...]``), so a misspelt
+# option or a wrong kind of value is reported before anything runs. The values are what a
+# user may pass (each row's ``check`` turns them into the stored ToolSpec field), and
+# tests/test_typing.py checks that the keys are exactly the rows of OPTIONS.
+class _PerTaskOptions(TypedDict, total=False):
+    timeout: float | None
+    retries: int
+    backoff: float | Backoff | Mapping[str, float] | None
+    retry_on: type[BaseException] | Iterable[type[BaseException]]
+    give_up_on: type[BaseException] | Iterable[type[BaseException]]
+    retry_if: Callable[[BaseException], Any] | None
+    deadline: float | None
+    resources: Mapping[str, int] | None
+    rollback: Callable[[Any], Any] | None
+    #: a name of EXECUTORS or an Executor object (the run layer's class, above this one)
+    executor: Any
+    priority: float | None
+    expected_duration: float | None
+    cache: bool | Cache | Literal["refresh"] | None
+    capture: bool
+
+
+class ToolOptions(_PerTaskOptions, total=False):
+    """The keyword options of ``@tool(...)`` and ``Tool.with_options``: the rows of
+    :data:`OPTIONS`."""
+
+    name: str
+    description: str
+
+
+class TaskOptions(_PerTaskOptions, total=False):
+    """The keyword options of ``Task.with_options`` besides ``trigger``: the per-task rows
+    of :data:`OPTIONS`, and for a mapped task ``max_parallel`` (most children running at
+    once) and ``max_children`` (the fan-out limit)."""
+
+    max_parallel: int | None
+    max_children: int
+
+
 #: ToolSpec fields that are no option: derived from the function itself.
 DERIVED_FIELDS = ("is_async",)
 #: The options a workflow document carries, in table order.
@@ -435,5 +478,8 @@ class ToolLike(Protocol):
 
     @property
     def signature(self) -> inspect.Signature: ...
+
+    @property
+    def fn(self) -> Callable[..., Any]: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
 
 from .._base import hooks
 from .._base.errors import (
@@ -32,7 +32,8 @@ from .._base.errors import (
     exc_text,
 )
 from .._base.limits import encodable
-from .spec import OPTIONS, TRIGGERS, Backoff, ToolLike, ToolSpec, _backoff
+from .._base.typed import Self, Unpack
+from .spec import OPTIONS, TRIGGERS, Backoff, TaskOptions, ToolLike, ToolSpec, _backoff
 from .walk import nodes
 
 __all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "Unmapped",
@@ -127,18 +128,19 @@ def _guard(cls: type, binary: Mapping[str, str]) -> None:
         setattr(cls, f"__{name}__", _refuse_op(symbol))
     for name, symbol in _ORDER.items():
         setattr(cls, f"__{name}__", _refuse_order(symbol))
-    cls.__iter__ = _no_iter  # type: ignore[attr-defined]
-    cls.__contains__ = _no_contains  # type: ignore[attr-defined]
-    cls.__len__ = _no_len  # type: ignore[attr-defined]
-    cls.__format__ = _no_format  # type: ignore[method-assign]
+    specials: dict[str, Callable[..., NoReturn]] = {
+        "__iter__": _no_iter, "__contains__": _no_contains, "__len__": _no_len,
+        "__format__": _no_format}
+    for name, refuse in specials.items():
+        setattr(cls, name, refuse)
 
 
-class Ref(_Placeholder):
+class Ref(_Placeholder):  # type: ignore[misc]  # Any on purpose: see _Placeholder
     """A projection of a task's output (``task["key"]``, ``task["a"][0]``) used as an argument."""
 
     __slots__ = ("path", "task")
 
-    def __init__(self, task: Task, path: tuple[Any, ...]) -> None:
+    def __init__(self, task: Task[Any], path: tuple[Any, ...]) -> None:
         self.task = task
         self.path = path
 
@@ -153,7 +155,7 @@ class Ref(_Placeholder):
         raise TypeError(msg)
 
 
-class CtxRef(_Placeholder):
+class CtxRef(_Placeholder):  # type: ignore[misc]  # Any on purpose: see _Placeholder
     """A value read from the run context at run time (see :func:`ctx`)."""
 
     __slots__ = ("default", "key")
@@ -280,7 +282,7 @@ class Guard:
 
     __slots__ = ("fail", "inherit", "on", "reason", "test")
 
-    def __init__(self, on: Task | Ref, test: Callable[[Any], Any],
+    def __init__(self, on: Task[Any] | Ref, test: Callable[[Any], Any],
                  reason: Callable[[str, Any], str], *, inherit: bool = False,
                  fail: Callable[[str, Any], str | None] | None = None) -> None:
         self.on = on
@@ -290,6 +292,13 @@ class Guard:
         # When the test is false: an error message (the task fails, e.g. a switch that
         # matched no case) or None (it is skipped).
         self.fail = fail
+
+
+def _both(old: Callable[..., Any] | None,
+          predicate: Callable[..., Any] | None) -> Callable[..., Any]:
+    """A second ``.when(predicate)`` on the context: both conditions must hold."""
+    new = cast("Callable[..., Any]", predicate)  # _condition refused a non-callable
+    return new if old is None else (lambda c: old(c) and new(c))
 
 
 def _condition(owner: str, predicate: Callable[..., Any] | None, on: Any,
@@ -354,7 +363,7 @@ def upstream() -> UpstreamRef:
     return _UPSTREAM
 
 
-def _scan(value: Any, out: list[Task], needs: list[str], tools: list[Any],
+def _scan(value: Any, out: list[Task[Any]], needs: list[str], tools: list[Any],
           embeds: list[Any] | None = None) -> bool:
     """Collect, left to right, the tasks ``value`` refers to (inside any containers the
     argument walker knows), the context keys it reads without a default, any Tool passed
@@ -512,14 +521,16 @@ class _Composable:
 
     def to_mermaid(self) -> str:
         """The DAG as a mermaid ``flowchart`` text."""
-        return hooks.get("to_mermaid")(self.plan())
+        text: str = hooks.get("to_mermaid")(self.plan())
+        return text
 
     def to_dot(self) -> str:
         """The DAG as graphviz dot text."""
-        return hooks.get("to_dot")(self.plan())
+        text: str = hooks.get("to_dot")(self.plan())
+        return text
 
 
-class Task(_Composable, _Placeholder, Generic[R_co]):
+class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # see _Placeholder
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
     returns a new Task (with the same explicit id, if it has one).
 
@@ -540,7 +551,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
     kwargs: dict[str, Any]
     spec: ToolSpec
     stage_param: str | None
-    upstream: tuple[Task, ...]
+    upstream: tuple[Task[Any], ...]
     dynamic: bool
     condition: Callable[[Mapping[str, Any]], Any] | None
     to_context_map: Mapping[str, str] | str | None
@@ -558,7 +569,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
             args, kwargs, stage_param = (), bound, None
         else:
             args, kwargs, stage_param = _bind_inspect(tool, args, kwargs, partial)
-        refs: list[Task] = []
+        refs: list[Task[Any]] = []
         needs: list[str] = []
         tools: list[Any] = []
         embeds: list[Any] = []
@@ -594,7 +605,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         for slot in Task.__slots__:
             setattr(t, slot, changes.get(slot, getattr(self, slot)))
         t.__class__ = Task
-        return t  # type: ignore[return-value]
+        return t
 
     def __setattr__(self, name: str, value: Any) -> None:
         msg = f"Task {self._label!r} is immutable; use .named(), .when() or .with_options()"
@@ -615,7 +626,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         return self._replace(id=task_id)
 
     def when(self, predicate: Callable[..., Any] | None = None, *,
-             on: Task | Ref | None = None, equals: Any = _MISSING) -> Task[R_co]:
+             on: Task[Any] | Ref | None = None, equals: Any = _MISSING) -> Task[R_co]:
         """Run only if the condition holds when the task is ready; else skip it (and, by
         default, the tasks downstream of it).
 
@@ -627,7 +638,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
         if guard is not None:
             return self._guarded(guard)
         old = self.condition
-        cond = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
+        cond = _both(old, predicate)
         return self._replace(condition=cond)
 
     def _guarded(self, guard: Guard) -> Task[R_co]:
@@ -647,26 +658,29 @@ class Task(_Composable, _Placeholder, Generic[R_co]):
                f"context key, got {mapping!r}")
         raise CompositionError(msg)
 
-    def with_options(self, *, trigger: str | None = None, **options: Any) -> Task[R_co]:
+    def with_options(self, *, trigger: str | None = None,
+                     **options: Unpack[TaskOptions]) -> Task[R_co]:
         """Override tool options for this task only (``timeout``, ``retries``, ``backoff``,
         ``retry_on``, ``give_up_on``, ``retry_if``, ``deadline``, ``resources``,
         ``priority``, ``expected_duration``, ``executor``, ``rollback``, ``cache``, ``capture``: the
         per-task rows of ``flowdsl._graph.spec.OPTIONS``, validated by them) and set its
         ``trigger`` rule. A mapped task also takes ``max_parallel`` (most children running
         at once) and ``max_children`` (the fan-out limit, default 10,000)."""
-        if any(k in OPTIONS and not OPTIONS[k].per_task for k in options):
+        # a plain dict: a caller without a type checker may pass any name (refused below)
+        given: dict[str, Any] = dict(options)
+        if any(k in OPTIONS and not OPTIONS[k].per_task for k in given):
             msg = f"task {self._label!r}: use .named() to rename a task"
             raise CompositionError(msg)
         changes: dict[str, Any] = {}
-        fan_opts = {k: options.pop(k) for k in _FAN_OPTIONS if k in options}
+        fan_opts = {k: given.pop(k) for k in _FAN_OPTIONS if k in given}
         if fan_opts:
             if self.fan is None:
                 msg = (f"task {self._label!r}: {', '.join(fan_opts)} applies to a mapped task "
                        "(tool.map(...)) only")
                 raise CompositionError(msg)
             changes["fan"] = self.fan.evolve(self._label, **fan_opts)
-        if options:
-            changes["spec"] = self.spec.evolve(**options)
+        if given:
+            changes["spec"] = self.spec.evolve(**given)
         if trigger is not None:
             changes["trigger"] = _trigger(f"task {self._label!r}", trigger)
         return self._replace(**changes)
@@ -818,7 +832,8 @@ class _NewTask(Task[Any]):
     """A Task under construction; its class becomes Task once every slot is set."""
 
     __slots__ = ()
-    __setattr__ = object.__setattr__
+    # object's own slot wrapper, not a method calling it: no Python frame per slot set
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
 
 
 _guard(Task, _BINARY)
@@ -878,11 +893,11 @@ class _Grouped:
     def _with_unit(self, unit: Unit) -> Any:
         raise NotImplementedError
 
-    def _root(self) -> Task | Fragment:
+    def _root(self) -> Task[Any] | Fragment[Any]:
         raise NotImplementedError
 
     def when(self, predicate: Callable[..., Any] | None = None, *,
-             on: Task | Ref | None = None, equals: Any = _MISSING) -> Any:
+             on: Task[Any] | Ref | None = None, equals: Any = _MISSING) -> Self:
         """Run the group only if the condition holds when its first task is ready; else every
         task of it is skipped. Same forms as :meth:`Task.when`."""
         unit = self._unit()
@@ -891,14 +906,16 @@ class _Grouped:
             src = guard.on if isinstance(guard.on, Task) else guard.on.task
             if src in _composed(self._root()):
                 raise _own_member(unit.name, src._label)
-            return self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
+            guarded: Self = self._with_unit(unit.evolve(guards=(*unit.guards, guard)))
+            return guarded
         old = unit.condition
-        both = predicate if old is None else (lambda c: old(c) and predicate(c))  # type: ignore
-        return self._with_unit(unit.evolve(condition=both))
+        both = _both(old, predicate)
+        conditioned: Self = self._with_unit(unit.evolve(condition=both))
+        return conditioned
 
     def with_options(self, *, timeout: float | None = None, retries: int | None = None,
                      backoff: Any = None, trigger: str | None = None,
-                     name: str | None = None, **options: Any) -> Any:
+                     name: str | None = None, **options: NoReturn) -> Self:
         """Options of the group as a unit: ``timeout`` (seconds for the group's wall time per
         attempt, from its first task's start; its running tasks are cancelled and end
         ``timed_out``), ``retries`` (re-runs of the group's failed part: its failed,
@@ -939,14 +956,15 @@ class _Grouped:
                 msg = f"group name must be a non-empty string, got {name!r}"
                 raise CompositionError(msg)
             changes["name"] = name
-        return self._with_unit(unit.evolve(**changes))
+        changed: Self = self._with_unit(unit.evolve(**changes))
+        return changed
 
 
-def _composed(root: Task | Fragment) -> dict[Task, None]:
+def _composed(root: Task[Any] | Fragment[Any]) -> dict[Task[Any], None]:
     """The tasks composed (with ``>>``, ``|`` or an embedded Flow) into ``root``, left to
     right, iteratively: a group always holds them, whatever else the walk of a whole flow
     puts in it."""
-    out: dict[Task, None] = {}
+    out: dict[Task[Any], None] = {}
     stack: list[Any] = [root]
     while stack:
         node = stack.pop()
@@ -972,7 +990,7 @@ class Fragment(_Composable, _Grouped, Generic[R_co]):
 
     __slots__ = ("_graph", "kind", "ns", "parts", "unit")
 
-    def __init__(self, kind: str, parts: tuple[Task | Fragment, ...],
+    def __init__(self, kind: str, parts: tuple[Task[Any] | Fragment[Any], ...],
                  unit: Unit | None = None, ns: str | None = None) -> None:
         self.ns = ns  # an embedded Flow's name: its tasks' ids get it as a prefix
         self.kind = kind
@@ -983,10 +1001,10 @@ class Fragment(_Composable, _Grouped, Generic[R_co]):
     def _unit(self) -> Unit:
         return self.unit or Unit(f"({_expr(self, 4)})")
 
-    def _with_unit(self, unit: Unit) -> Fragment:
+    def _with_unit(self, unit: Unit) -> Fragment[Any]:
         return Fragment(self.kind, self.parts, unit, self.ns)
 
-    def _root(self) -> Task | Fragment:
+    def _root(self) -> Task[Any] | Fragment[Any]:
         return self
 
     def __repr__(self) -> str:
@@ -1002,7 +1020,7 @@ def _counts(item: Any) -> str:
     return f"{len(g.tasks)} tasks, {sum(map(len, g.preds.values()))} edges"
 
 
-def _expr(root: Task | Fragment, limit: int = 12) -> str:
+def _expr(root: Task[Any] | Fragment[Any], limit: int = 12) -> str:
     """The expression as Python grouped it, e.g. ``(a >> b) | c``; long ones are elided."""
     out: list[str] = []
     stack: list[Any] = [(root, None, True)]
@@ -1035,13 +1053,14 @@ def _expr(root: Task | Fragment, limit: int = 12) -> str:
     return text if shown <= limit else text[:200]
 
 
-def _coerce(item: Any, other: Any = None) -> Task | Fragment:
+def _coerce(item: Any, other: Any = None) -> Task[Any] | Fragment[Any]:
     if isinstance(item, (Task, Fragment)):
         return item
     if isinstance(item, Flow):
         return item._part()
     if getattr(type(item), "_flowdsl_stage", False):  # a Tool: a pipeline stage
-        return item.stage()
+        stage: Task[Any] = item.stage()
+        return stage
     if isinstance(item, (list, tuple)):
         if not item:
             msg = "cannot compose an empty list of tasks"
@@ -1054,12 +1073,12 @@ def _coerce(item: Any, other: Any = None) -> Task | Fragment:
     raise CompositionError(msg)
 
 
-def then(left: Any, right: Any) -> Fragment:
+def then(left: Any, right: Any) -> Fragment[Any]:
     """``left >> right``: every sink of ``left`` runs before every source of ``right``."""
     return _pair("then", left, right)
 
 
-def _pair(kind: str, left: Any, right: Any) -> Fragment:
+def _pair(kind: str, left: Any, right: Any) -> Fragment[Any]:
     # The binary operators' path: Tasks and Fragments need no coercion (the usual case in a
     # loop such as `flow = flow | t`), so skip _coerce's checks for them.
     nodes = _NODES
@@ -1068,17 +1087,17 @@ def _pair(kind: str, left: Any, right: Any) -> Fragment:
     return Fragment(kind, (a, b))
 
 
-def chain(*items: Any) -> Fragment:
+def chain(*items: Any) -> Fragment[Any]:
     """``chain(a, b, c)`` is ``a >> b >> c``, built in one step for long or generated lists."""
     return _nary("then", items)
 
 
-def parallel(*items: Any) -> Fragment:
+def parallel(*items: Any) -> Fragment[Any]:
     """``parallel(a, b, c)`` is ``a | b | c``, built in one step."""
     return _nary("par", items)
 
 
-def _nary(kind: str, items: tuple[Any, ...]) -> Fragment:
+def _nary(kind: str, items: tuple[Any, ...]) -> Fragment[Any]:
     if not items:
         msg = f"{'chain' if kind == 'then' else 'parallel'}() needs at least one task"
         raise CompositionError(msg)
@@ -1142,12 +1161,12 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
         self.resources = dict(resources) if resources else None
         self.max_concurrency = max_concurrency
         self.unit: Unit | None = None
-        self._as_part: Task | Fragment | None = None
+        self._as_part: Task[Any] | Fragment[Any] | None = None
 
     def _unit(self) -> Unit:
         return self.unit or Unit(self.name)
 
-    def _with_unit(self, unit: Unit) -> Flow:
+    def _with_unit(self, unit: Unit) -> Flow[Any]:
         f = object.__new__(Flow)
         for slot in Flow.__slots__:
             object.__setattr__(f, slot, getattr(self, slot))
@@ -1155,10 +1174,10 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
         f._as_part = None
         return f
 
-    def _root(self) -> Task | Fragment:
+    def _root(self) -> Task[Any] | Fragment[Any]:
         return self.fragment
 
-    def _part(self) -> Fragment:
+    def _part(self) -> Fragment[Any]:
         """What the flow is inside a composition: its fragment wrapped with its name (the
         prefix of its tasks' ids, when embedded), as a group when it is a unit or brings
         context defaults (built once: a Fragment caches its graph)."""
@@ -1173,10 +1192,12 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
 
     def to_dict(self) -> dict[str, Any]:
         """The flow as a workflow document (see :func:`flowdsl.load_flow`)."""
-        return hooks.get("flow_to_dict")(self)
+        document: dict[str, Any] = hooks.get("flow_to_dict")(self)
+        return document
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return hooks.get("flow_mimebundle")(self)
+        bundle: dict[str, Any] = hooks.get("flow_mimebundle")(self)
+        return bundle
 
 
 _UNIT_OPTIONS = ("timeout", "retries", "backoff", "trigger")
@@ -1212,7 +1233,7 @@ class Graph:
 
     __slots__ = ("_ropes", "_sinks", "_sources", "groups", "ids", "preds", "tasks")
 
-    def __init__(self, tasks: dict[str, Task], ids: dict[Task, str],
+    def __init__(self, tasks: dict[str, Task[Any]], ids: dict[Task[Any], str],
                  preds: dict[str, dict[str, None]], src: Any, snk: Any,
                  groups: tuple[Group, ...] = ()) -> None:
         self.tasks = tasks
@@ -1242,7 +1263,7 @@ _EXIT: Any = object()  # marks, on materialize's stack, that the fragment below 
 _LEAVE: Any = object()  # marks, on materialize's stack, that the embedded flow below is complete
 
 
-def _flat(rope: Any) -> list[Task]:
+def _flat(rope: Any) -> list[Task[Any]]:
     """The tasks of a rope, left to right, iteratively; a sub-rope met twice is read once.
 
     A rope is a Task, a list of Tasks or a tuple of ropes: the sources or sinks of a fragment,
@@ -1251,8 +1272,9 @@ def _flat(rope: Any) -> list[Task]:
     if cls is Task:
         return [rope]
     if cls is list:
-        return rope
-    out: list[Task] = []
+        tasks: list[Task[Any]] = rope
+        return tasks
+    out: list[Task[Any]] = []
     seen: set[int] = set()
     stack = [rope]
     while stack:
@@ -1274,7 +1296,7 @@ def _flat(rope: Any) -> list[Task]:
     return out
 
 
-def _who(t: Task) -> str:
+def _who(t: Task[Any]) -> str:
     fn = t.tool.fn
     return f"{t.tool.name} ({getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')})"
 
@@ -1295,8 +1317,8 @@ class _Builder:
                  "tasks", "walked")
 
     def __init__(self, reserved: frozenset[str]) -> None:
-        self.tasks: dict[str, Task] = {}
-        self.ids: dict[Task, str] = {}
+        self.tasks: dict[str, Task[Any]] = {}
+        self.ids: dict[Task[Any], str] = {}
         self.preds: dict[str, dict[str, None]] = {}
         self.counts: dict[str, int] = {}  # stem -> the last number given to it
         self.flows: dict[str, int] = {}  # the same for the names of embedded flows
@@ -1306,7 +1328,7 @@ class _Builder:
         self.walked: set[int] = set()  # id() of the flows passed as arguments, once walked
         self.mapped: list[str] = []  # the ids of mapped tasks (their children's ids derive)
 
-    def place(self, t: Task, prefix: str) -> str:
+    def place(self, t: Task[Any], prefix: str) -> str:
         """Give ``t`` (not yet in the graph) its id and add it."""
         tasks = self.tasks
         key = t.id
@@ -1363,10 +1385,10 @@ class _Builder:
                        "the mapped task")
                 raise DuplicateTaskError(msg, key)
 
-    def add(self, task: Task, prefix: str) -> None:
+    def add(self, task: Task[Any], prefix: str) -> None:
         """Add ``task`` and, first, the tasks its arguments refer to (iteratively)."""
         ids = self.ids
-        todo: list[tuple[Task, bool]] = [(task, False)]
+        todo: list[tuple[Task[Any], bool]] = [(task, False)]
         while todo:
             t, ready = todo.pop()
             if t in ids:
@@ -1391,7 +1413,7 @@ class _Builder:
         self.flows[base] = n
         return f"{base}." if n == 1 else f"{base}_{n}."
 
-    def members(self, frag: Fragment, start: int) -> dict[str, None]:
+    def members(self, frag: Fragment[Any], start: int) -> dict[str, None]:
         """The members of group ``frag``, once all its parts are materialized: every task
         composed inside it and, for an embedded Flow, every task first placed while it was
         walked: the tasks its tasks' arguments refer to (``Flow("g", c(b(a())))`` holds
@@ -1417,7 +1439,7 @@ class _Builder:
         preds = self.preds
         return [m for m in members if not any(p in members for p in preds[m])]
 
-    def group(self, frag: Fragment, members: dict[str, None], entry: list[str],
+    def group(self, frag: Fragment[Any], members: dict[str, None], entry: list[str],
               prefix: str) -> Group:
         """The group of unit fragment ``frag`` (see :meth:`members` and :meth:`entry`), and
         edges from the tasks its conditions read to its entry tasks."""

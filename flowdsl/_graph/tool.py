@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Coroutine
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import wrapt
 
 from .._base import hooks
 from .._base.errors import ToolDefinitionError
-from .spec import Backoff, ToolSpec
+from .._base.typed import Unpack
+from .spec import Backoff, ToolOptions, ToolSpec
 from .task import Fragment, Task, _pair, then
 
 __all__ = ["Backoff", "Tool", "ToolSpec", "make_tool", "tool"]
@@ -26,7 +27,13 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-class Tool(wrapt.ObjectProxy, Generic[P, R]):  # type: ignore[misc]
+if TYPE_CHECKING:  # wrapt's stubs make the proxy generic over what it wraps
+    _Proxy = wrapt.ObjectProxy[Callable[..., Any]]
+else:  # and wrapt before 2.0 cannot be subscripted at run time
+    _Proxy = wrapt.ObjectProxy
+
+
+class Tool(_Proxy, Generic[P, R]):
     """A declared tool: the user's function plus its options.
 
     Calling a tool binds the arguments and returns a :class:`~flowdsl.Task`; nothing runs
@@ -63,7 +70,7 @@ class Tool(wrapt.ObjectProxy, Generic[P, R]):  # type: ignore[misc]
     @property
     def fn(self) -> Callable[P, R]:
         """The raw function, for unit tests and for executors."""
-        return self.__wrapped__  # type: ignore[no-any-return]
+        return cast("Callable[P, R]", self.__wrapped__)
 
     @property
     def signature(self) -> inspect.Signature:
@@ -116,29 +123,31 @@ class Tool(wrapt.ObjectProxy, Generic[P, R]):  # type: ignore[misc]
         """
         return Task._map(self, values, kwargs)
 
-    def with_options(self, **options: Any) -> Tool[P, R]:
-        """A new tool with some options changed; this one is left as it is."""
+    def with_options(self, **options: Unpack[ToolOptions]) -> Tool[P, R]:
+        """A new tool with some options changed (the options of :func:`tool`); this one is
+        left as it is."""
         return Tool(self.__wrapped__, self._self_spec.evolve(**options))
 
     def schema(self) -> dict[str, Any]:
         """The tool's JSON description for LLM function calling (needs ``flowdsl[schema]``)."""
-        return hooks.get("tool_schema")(self)
+        schema: dict[str, Any] = hooks.get("tool_schema")(self)
+        return schema
 
     # A bare tool composes as a pipeline stage. wrapt would forward these operators to the
     # wrapped function (a confusing TypeError), so Tool states them; the composition itself
     # is the task module's, shared with tasks and fragments.
     _flowdsl_stage = True  # read by the task module's coercion: "make me a stage"
 
-    def __rshift__(self, other: Any) -> Fragment:
+    def __rshift__(self, other: Any) -> Fragment[Any]:
         return then(self, other)
 
-    def __rrshift__(self, other: Any) -> Fragment:
+    def __rrshift__(self, other: Any) -> Fragment[Any]:
         return then(other, self)
 
-    def __or__(self, other: Any) -> Fragment:
+    def __or__(self, other: Any) -> Fragment[Any]:
         return _pair("par", self, other)
 
-    def __ror__(self, other: Any) -> Fragment:
+    def __ror__(self, other: Any) -> Fragment[Any]:
         return _pair("par", other, self)
 
     def __repr__(self) -> str:
@@ -165,10 +174,11 @@ def _tool_by_reference(module: str, qualname: str, name: str) -> Any:
 
 
 @overload
-def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+def tool(fn: Callable[P, R], /, *, registry: Any = None,
+         **options: Unpack[ToolOptions]) -> Tool[P, R]: ...
 @overload
 def tool(fn: None = None, /, *, registry: Any = None,
-         **options: Any) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
+         **options: Unpack[ToolOptions]) -> Callable[[Callable[P, R]], Tool[P, R]]: ...
 
 
 def tool(fn: Callable[..., Any] | None = None, /, *, registry: Any = None,

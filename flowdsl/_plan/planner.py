@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -22,12 +22,12 @@ from .._graph.task import Flow, Task, materialize
 __all__ = ["Plan", "check_size", "plan"]
 
 
-def _order(ids: list[str], preds: Mapping[str, Iterable[str]]
+def _order(ids: list[str], preds: Mapping[str, Collection[str]]
            ) -> tuple[list[str], dict[str, list[str]], list[int]]:
     """Kahn's algorithm, a level at a time: (order, successors, start of each level in
     order, then ``len(order)``); raises CycleError."""
     succs: dict[str, list[str]] = {i: [] for i in ids}
-    indeg = {i: len(ps) for i, ps in preds.items()}  # type: ignore[arg-type]
+    indeg = {i: len(ps) for i, ps in preds.items()}
     for i, ps in preds.items():
         for p in ps:
             succs[p].append(i)
@@ -66,9 +66,10 @@ def _longest_path(order: Iterable[str], preds: Mapping[str, Iterable[str]],
         best[i] = arg
     if not dist:
         return [], 0.0
-    end: str | None = max(dist, key=dist.__getitem__)
-    length = dist[end]  # type: ignore[index]
+    last = max(dist, key=dist.__getitem__)
+    length = dist[last]
     path = []
+    end: str | None = last
     while end is not None:
         path.append(end)
         end = best[end]
@@ -129,23 +130,25 @@ class Plan:
 
     name: str | None
     flow: Any
-    tasks: Mapping[str, Task]
+    tasks: Mapping[str, Task[Any]]
     order: tuple[str, ...]
     levels: tuple[tuple[str, ...], ...]
     predecessors: Mapping[str, tuple[str, ...]]
     successors: Mapping[str, tuple[str, ...]]
     sources: tuple[str, ...]
     sinks: tuple[str, ...]
-    ids: Mapping[Task, str]
+    ids: Mapping[Task[Any], str]
+    groups: tuple[Any, ...]
+    _index: dict[str, int] | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         msg = "Plan is built by flowdsl.plan(flow) or flow.plan()"
         raise TypeError(msg)
 
     @classmethod
-    def _build(cls, tasks: Mapping[str, Task], preds: Mapping[str, Iterable[str]],
+    def _build(cls, tasks: Mapping[str, Task[Any]], preds: Mapping[str, Collection[str]],
                name: str | None = None, flow: Any = None, groups: tuple[Any, ...] = (),
-               task_ids: Mapping[Task, str] | None = None) -> Plan:
+               task_ids: Mapping[Task[Any], str] | None = None) -> Plan:
         ids = list(tasks)
         order, succs, bounds = _order(ids, preds)
         p = object.__new__(cls)
@@ -204,9 +207,11 @@ class Plan:
 
     def index(self, task_id: str) -> int:
         """The position of ``task_id`` in :attr:`order`."""
-        if self._index is None:
-            object.__setattr__(self, "_index", {i: n for n, i in enumerate(self.order)})
-        return self._index[task_id]
+        index = self._index
+        if index is None:
+            index = {i: n for n, i in enumerate(self.order)}
+            object.__setattr__(self, "_index", index)
+        return index[task_id]
 
     def durations(self, durations: Mapping[str, float] | None = None,
                   default: float = 1.0) -> dict[str, float]:
@@ -243,7 +248,8 @@ class Plan:
         return rem
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return hooks.get("plan_mimebundle")(self)
+        bundle: dict[str, Any] = hooks.get("plan_mimebundle")(self)
+        return bundle
 
     def lower_bound(self, durations: Mapping[str, float] | None = None,
                     capacities: Mapping[str, int] | None = None,
@@ -301,15 +307,15 @@ class Plan:
         work = dict(span)
         for i, ds in (children or {}).items():
             t = self.tasks.get(i)
-            fan = getattr(t, "fan", None)
-            if fan is None or not ds:
+            if t is None or t.fan is None or not ds:
                 continue
+            fan = t.fan
             lanes = len(ds)
             if fan.max_parallel:
                 lanes = min(lanes, fan.max_parallel)
             if max_concurrency:
                 lanes = min(lanes, max_concurrency)
-            for pool, amount in t.spec.resources.items():  # type: ignore[union-attr]
+            for pool, amount in t.spec.resources.items():
                 cap = (capacities or {}).get(pool)
                 if cap and amount:
                     lanes = min(lanes, max(1, cap // amount))

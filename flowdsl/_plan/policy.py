@@ -110,7 +110,7 @@ class Settings:
     max_concurrency: int | None
 
 
-def flow_of(flow: Any, p: Plan) -> Flow | None:
+def flow_of(flow: Any, p: Plan) -> Flow[Any] | None:
     """The Flow whose defaults apply: ``flow`` itself, or the Flow a Plan was made from."""
     if isinstance(flow, Flow):
         return flow

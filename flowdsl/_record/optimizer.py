@@ -159,8 +159,8 @@ def analyze(flow: Any, history: Any = None, *, mode: str | None = None, resource
             reasons.append("on the critical path")
         if st is not None and st.p95 is not None and st.p95 >= slow:
             reasons.append(f"slow in history (p95 {st.p95:.3g}s)")
-        elif estimates[i] is not None and estimates[i] >= slow:  # type: ignore[operator]
-            reasons.append(f"slow estimate ({estimates[i]:.3g}s)")
+        elif (estimate := estimates[i]) is not None and estimate >= slow:
+            reasons.append(f"slow estimate ({estimate:.3g}s)")
         if reasons:
             a.bottlenecks.append(Bottleneck(i, t.tool.name, estimates[i], tuple(reasons)))
     a.bottlenecks.sort(key=lambda b: -(b.estimate or 0.0))
@@ -208,24 +208,27 @@ def _suggest_pools(a: Analysis, p: Plan, caps: Mapping[str, int], max_concurrenc
 
 def _suggest_tools(a: Analysis, p: Plan, stats: Mapping[str, Any], min_samples: int,
                    max_failure_rate: float, k: float, floor: float) -> None:
-    by_tool: dict[str, list[Task]] = {}
+    by_tool: dict[str, list[Task[Any]]] = {}
     for t in p.tasks.values():
         by_tool.setdefault(tool_identity(t.tool), []).append(t)
     for ident, tasks in by_tool.items():
         name = tasks[0].tool.name
         st = stats.get(ident)
-        trusted = st is not None and st.completed >= min_samples and st.p95 is not None
-        advice = f"timeout={max(floor, k * st.p95):.3g}" if trusted else "a timeout"
+        # the observed p95, when enough calls completed for it to be trusted
+        p95: float | None = (st.p95 if st is not None and st.completed >= min_samples
+                             else None)
+        advice = f"timeout={max(floor, k * p95):.3g}" if p95 is not None else "a timeout"
         timeouts = [t.spec.timeout for t in tasks if t.spec.timeout is not None]
         if len(timeouts) < len(tasks):
-            seen = f" (observed p95 {st.p95:.3g}s)" if trusted else ""
+            seen = f" (observed p95 {p95:.3g}s)" if p95 is not None else ""
             a.suggestions.append(Suggestion("add_timeout", name, (
                 f"add {advice} to tool {name!r}{seen}: without one, a hung call blocks "
                 "the run forever")))
-        elif trusted and (min(timeouts) < st.p95 or st.timeouts >= 0.05 * st.attempts):
+        elif st is not None and p95 is not None and (
+                min(timeouts) < p95 or st.timeouts >= 0.05 * st.attempts):
             a.suggestions.append(Suggestion("raise_timeout", name, (
                 f"raise the timeout of tool {name!r} ({min(timeouts):.3g}s) to "
-                f"{max(floor, k * st.p95):.3g}: its p95 is {st.p95:.3g}s and "
+                f"{max(floor, k * p95):.3g}: its p95 is {p95:.3g}s and "
                 f"{st.timeouts} of {st.attempts} calls timed out")))
         if (st is not None and st.success_rate is not None and st.count >= min_samples
                 and 1 - st.success_rate > max_failure_rate
@@ -310,7 +313,7 @@ def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1
     if best != current:
         changes.append(Change("flow", "mode", current, best, "predicted makespan " + ", ".join(
             f"{m} {s:.3g}s" for m, s in spans.items())))
-    tuned: dict[str, Task] = {}
+    tuned: dict[str, Task[Any]] = {}
     for i, t in p.tasks.items():
         st = a.stats.get(tool_identity(t.tool))
         if st is None or st.completed < min_samples or st.p95 is None:
@@ -325,11 +328,11 @@ def optimize(flow: Any, history: Any = None, *, k: float = 3.0, floor: float = 1
     return Optimization(_rebuild(flow, p, tuned, best), best, changes, spans, a)
 
 
-def _rebuild(flow: Any, p: Plan, tuned: Mapping[str, Task], mode: str) -> Any:
+def _rebuild(flow: Any, p: Plan, tuned: Mapping[str, Task[Any]], mode: str) -> Any:
     """The composition of ``flow`` with ``tuned`` tasks swapped in (and every task that
     refers to a swapped one through its arguments rebuilt to refer to the new one). A new
     task takes the old one's place in the expression, so it gets the same id."""
-    new: dict[Task, Task] = {}  # old task object -> its replacement (itself if unchanged)
+    new: dict[Task[Any], Task[Any]] = {}  # old task object -> its replacement (itself if unchanged)
     for i in p.order:  # topological: argument references are rebuilt before their users
         old = p.tasks[i]
         t = tuned.get(i, old)
@@ -359,12 +362,12 @@ def _rebuild(flow: Any, p: Plan, tuned: Mapping[str, Task], mode: str) -> Any:
     return _reflow(flow, out, mode) if isinstance(flow, Flow) else out
 
 
-def _reflow(flow: Flow, fragment: Any, mode: str | None) -> Flow:
+def _reflow(flow: Flow[Any], fragment: Any, mode: str | None) -> Flow[Any]:
     return Flow(flow.name, fragment, flow.description, mode=mode, context=flow.context,
                 resources=flow.resources, max_concurrency=flow.max_concurrency)
 
 
-def _swap(value: Any, new: Mapping[Task, Task]) -> Any:
+def _swap(value: Any, new: Mapping[Task[Any], Task[Any]]) -> Any:
     """``value`` with every Task and Ref pointing at the rebuilt tasks."""
     def rebuilt(v: Any) -> Any:
         if isinstance(v, Task):

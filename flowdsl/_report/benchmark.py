@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._base.typed import Unpack
+from .._run.options import BenchmarkRunOptions
 from .._run.result import RunResult
 
 __all__ = ["BenchmarkResult", "ModeStats", "benchmark"]
@@ -90,7 +92,7 @@ class BenchmarkResult:
     durations: dict[str, float]
     repeat: int
     warmup: int
-    last: dict[str, RunResult] = field(default_factory=dict, repr=False)
+    last: dict[str, RunResult[Any]] = field(default_factory=dict, repr=False)
     cache: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,7 +147,10 @@ class BenchmarkResult:
         label_w, row_h, pad = 90, 22, 6
         scale_w = width - label_w - 70
         top = max([s.max for s in self.modes.values()] + [self.lower_bound, 1e-9])
-        x = lambda v: label_w + scale_w * v / top  # noqa: E731 (a local scale)
+
+        def x(v: float) -> float:  # a local scale
+            return label_w + scale_w * v / top
+
         height = pad * 2 + row_h * len(self.modes) + 14
         parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
                  f'height="{height}" font-family="sans-serif" font-size="11">']
@@ -169,7 +174,7 @@ class BenchmarkResult:
 def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
               repeat: int = 5, warmup: int = 1, cache: bool = False,
               on_run: Callable[[str, int, int, bool], Any] | None = None,
-              **run_options: Any) -> BenchmarkResult:
+              **run_options: Unpack[BenchmarkRunOptions]) -> BenchmarkResult:
     """Run ``flow`` ``warmup + repeat`` times in each mode and report the makespans.
 
     Args:
@@ -210,7 +215,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
     makespans: dict[str, list[float]] = {m: [] for m in wanted}
     per_task: dict[str, list[float]] = {}
     per_child: dict[str, dict[str, list[float]]] = {}  # mapped task -> child -> durations
-    last: dict[str, RunResult] = {}
+    last: dict[str, RunResult[Any]] = {}
     total = (warmup + repeat) * len(wanted)
     done = 0
     for n in range(warmup + repeat):
@@ -219,7 +224,7 @@ def benchmark(flow: Any, modes: Sequence[str] = ("sequential", "parallel"), *,
             if on_run is not None:
                 on_run(m, done, total, n < warmup)
             # NO_CACHE: no cache is read or written (cache=False would still write).
-            result = run(p, mode=m, history=False, cache=None if cache else NO_CACHE,
+            result = run(p, mode=Mode(m), history=False, cache=None if cache else NO_CACHE,
                          **run_options)
             if not result.ok:
                 result.raise_for_error()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
 from rich.table import Column, Table
@@ -54,7 +54,7 @@ def _guarded(fn: F) -> F:
         except CacheStoreError as exc:
             raise _fail(str(exc), EXIT_STORE) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 @cache_app.callback()

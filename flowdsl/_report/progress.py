@@ -41,7 +41,7 @@ def in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
-    shell = ipython.get_ipython()  # type: ignore[attr-defined]
+    shell = ipython.get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
@@ -58,19 +58,19 @@ class _State:
         self.retries = 0
         self.status: str | None = None
 
-    def run_started(self, result: RunResult, plan: Any) -> None:
+    def run_started(self, result: RunResult[Any], plan: Any) -> None:
         with self.lock:
             self.name = f"{result.flow_name or 'flow'} ({result.mode})"
             self.total = len(plan)
             self.started = time.monotonic()
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         with self.lock:
             if record.parent is not None and record.id not in self.finished:
                 self.total += 1  # a mapped task's child: the plan counted only its parent
             self.running[record.id] = record.tool
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         with self.lock:
             if (record.parent is not None and record.id not in self.running
                     and record.id not in self.finished):
@@ -79,7 +79,7 @@ class _State:
             self.finished[record.id] = record.status.value
             self.retries += max(len(record.attempts) - 1, 0)
 
-    def run_finished(self, result: RunResult) -> None:
+    def run_finished(self, result: RunResult[Any]) -> None:
         with self.lock:
             self.running.clear()
             self.status = result.status
@@ -136,7 +136,7 @@ class LiveProgress:
         self._transient = transient
         self._live: Any = None
 
-    def run_started(self, result: RunResult, plan: Any) -> None:
+    def run_started(self, result: RunResult[Any], plan: Any) -> None:
         from rich.live import Live
 
         self._state.run_started(result, plan)
@@ -154,13 +154,13 @@ class LiveProgress:
     def _above(self, text: str) -> None:
         _print_above(self._live, self.console, text)
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._state.task_started(result, record)
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         self._state.task_finished(result, record, output)
 
-    def run_finished(self, result: RunResult) -> None:
+    def run_finished(self, result: RunResult[Any]) -> None:
         self._state.run_finished(result)
         self.close()
 
@@ -291,19 +291,19 @@ class NotebookProgress:
         else:
             self._handle.update(self._html())
 
-    def run_started(self, result: RunResult, plan: Any) -> None:
+    def run_started(self, result: RunResult[Any], plan: Any) -> None:
         self._state.run_started(result, plan)
         self._update(force=True)
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._state.task_started(result, record)
         self._update()
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         self._state.task_finished(result, record, output)
         self._update()
 
-    def run_finished(self, result: RunResult) -> None:
+    def run_finished(self, result: RunResult[Any]) -> None:
         self._state.run_finished(result)
         self._update(force=True)
 
@@ -333,7 +333,7 @@ def progress(*, console: Any = None) -> LiveProgress | NotebookProgress | None:
     return None
 
 
-def summary_table(result: RunResult) -> Any:
+def summary_table(result: RunResult[Any]) -> Any:
     """A rich ``Table`` of a result: task, tool, status, attempts, duration, error."""
     from rich.table import Table
     from rich.text import Text
@@ -341,10 +341,12 @@ def summary_table(result: RunResult) -> Any:
     table = Table(title=f"{result.flow_name or 'flow'} ({result.mode}): {result.status} "
                         f"in {result.duration:.3f}s — run {result.run_id}",
                   title_justify="left")
-    for col, kw in (("task", {}), ("tool", {"style": "dim"}), ("status", {}),
-                    ("attempts", {"justify": "right"}), ("duration", {"justify": "right"}),
-                    ("error", {"overflow": "fold"})):
-        table.add_column(col, **kw)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, dict[str, Any]], ...] = (
+        ("task", {}), ("tool", {"style": "dim"}), ("status", {}),
+        ("attempts", {"justify": "right"}), ("duration", {"justify": "right"}),
+        ("error", {"overflow": "fold"}))
+    for col, kw in columns:
+        table.add_column(col, **kw)
     for rec in result.tasks.values():
         status = rec.status.value
         d = rec.duration
@@ -357,7 +359,7 @@ def summary_table(result: RunResult) -> Any:
 _LISTED = 10  # the most tasks named per status group in the compact summary
 
 
-def compact_summary(result: RunResult) -> Any:
+def compact_summary(result: RunResult[Any]) -> Any:
     """A short rich summary of a result: a header line, the count of tasks per status, and
     the tasks that failed or did not run with their errors and reasons (a few per group).
     Tasks left ``pending`` by a stop are only counted."""

@@ -274,19 +274,20 @@ def _timing_chain(bars: Sequence[Bar]) -> list[str]:
     One pass over the bars sorted by end, latest first (ties in the bars' order): each step's
     bound ``start + slack`` only falls, and a bar that started at or after the current one
     cannot follow any later step (starts fall too), so no bar is looked at twice."""
-    ran = [b for b in bars if b.start is not None and b.end is not None]
+    # (id, start, end) of the bars that ran: both times known
+    ran = [(b.id, b.start, b.end) for b in bars if b.start is not None and b.end is not None]
     if not ran:
         return []
-    slack = 0.02 * max(b.end for b in ran) + 1e-3  # type: ignore[type-var]
-    order = sorted(range(len(ran)), key=lambda k: (-ran[k].end, k))  # type: ignore[operator]
+    slack = 0.02 * max(end for _, _, end in ran) + 1e-3
+    order = sorted(range(len(ran)), key=lambda k: (-ran[k][2], k))
     cur = ran[order[0]]
     chain = [cur]
     for k in order[1:]:
         b = ran[k]
-        if b.end <= cur.start + slack and b.start < cur.start:  # type: ignore[operator]
+        if b[2] <= cur[1] + slack and b[1] < cur[1]:
             cur = b
             chain.append(cur)
-    return [b.id for b in reversed(chain)]
+    return [b[0] for b in reversed(chain)]
 
 
 def _mark(tl: Timeline) -> Timeline:
@@ -568,7 +569,7 @@ def draw(tl: Timeline) -> Any:
 def _legend_patches(tl: Timeline) -> list[Any]:
     from matplotlib.patches import Patch
 
-    special = {
+    special: dict[str, dict[str, Any]] = {
         "critical": {"facecolor": "white", "edgecolor": CRITICAL, "linewidth": 1.8},
         "failed_attempt": {"facecolor": COLORS["failed"], "hatch": "////",
                            "edgecolor": "white"},

@@ -24,6 +24,7 @@ from .._base.limits import limits
 from .._base.log import logging_enabled
 from .._base.loop import current_loop
 from .._base.secrets import Masker
+from .._base.typed import Unpack
 from .._graph.spec import EXECUTOR_KINDS, process_tools
 from .._graph.task import Flow, Fragment, Task
 from .._graph.walk import nodes
@@ -40,6 +41,7 @@ from .executors import (
     ThreadExecutor,
     start_fork_helper,
 )
+from .options import RunOptions
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
@@ -131,6 +133,15 @@ async def _history(spec: Any) -> Any:
     if spec is False:
         return None
     return await hooks.get("aopen_history")(spec)
+
+
+# Typed as run() is: the result's output type follows the flow's, and the options are checked.
+@overload
+async def arun(flow: Task[R], **options: Unpack[RunOptions]) -> RunResult[R]: ...
+@overload
+async def arun(flow: Fragment[R] | Flow[R], **options: Unpack[RunOptions]) -> RunResult[R]: ...
+@overload
+async def arun(flow: Any, **options: Unpack[RunOptions]) -> RunResult[Any]: ...
 
 
 async def arun(flow: Any, *, mode: str | Mode | None = None,
@@ -443,7 +454,7 @@ class _Box:
         return "<RunResult box>"
 
 
-async def _boxed(flow: Any, options: dict[str, Any]) -> _Box:
+async def _boxed(flow: Any, options: RunOptions) -> _Box:
     return _Box(await arun(flow, **options))
 
 
@@ -461,15 +472,18 @@ def _loop_running() -> bool:
 
 # A Task is accepted wherever its value is for type checkers, so it gets an overload of its own.
 @overload
-def run(flow: Task[R], *, backend: str = "asyncio", **options: Any) -> RunResult[R]: ...
+def run(flow: Task[R], *, backend: str = "asyncio",
+        **options: Unpack[RunOptions]) -> RunResult[R]: ...
 @overload
 def run(flow: Fragment[R] | Flow[R], *, backend: str = "asyncio",
-        **options: Any) -> RunResult[R]: ...
+        **options: Unpack[RunOptions]) -> RunResult[R]: ...
 @overload
-def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any]: ...
+def run(flow: Any, *, backend: str = "asyncio",
+        **options: Unpack[RunOptions]) -> RunResult[Any]: ...
 
 
-def run(flow: Any, *, backend: str = "asyncio", **options: Any) -> RunResult[Any]:
+def run(flow: Any, *, backend: str = "asyncio",
+        **options: Unpack[RunOptions]) -> RunResult[Any]:
     """Run ``flow`` and block until it ends; returns its :class:`RunResult`.
 
     Works from plain code and from a thread whose event loop is already running (a notebook

@@ -111,7 +111,7 @@ def _check_pickle(task_id: str, what: str, obj: Any) -> None:
     # Futures, handles and unresolved references are not sent as they are: skip them.
     skip = (distributed.Future, DaskRemote, Task, Ref, CtxRef)
 
-    class _Probe(cloudpickle.Pickler):  # type: ignore[misc]
+    class _Probe(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types: Any
         def persistent_id(self, o: Any) -> Any:
             return "ref" if isinstance(o, skip) else None
 
@@ -186,7 +186,7 @@ class DaskExecutor(Executor):
         return self._client
 
     # -- lifecycle ---------------------------------------------------------------------
-    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+    def prepare(self, tasks: Mapping[str, Task[Any]], priorities: Mapping[str, float]) -> None:
         """Called by ``run()`` before anything starts: note the tasks' priorities and check
         that their functions and fixed arguments can be pickled.
 
@@ -471,6 +471,7 @@ def _same_loop(client: Any) -> bool:
     import asyncio
 
     try:
-        return client.loop.asyncio_loop is asyncio.get_running_loop()  # type: ignore[no-any-return]
+        same: bool = client.loop.asyncio_loop is asyncio.get_running_loop()
+        return same
     except (AttributeError, RuntimeError):
         return False

@@ -50,7 +50,7 @@ class Executor(abc.ABC):
     #: a local consumer needs them.
     remote: bool = False
 
-    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+    def prepare(self, tasks: Mapping[str, Task[Any]], priorities: Mapping[str, float]) -> None:
         """Before any task runs: see the tasks this executor will run (id -> Task) and their
         scheduling priorities, e.g. to refuse what cannot be sent to a worker."""
 
@@ -75,7 +75,7 @@ class AsyncExecutor(Executor):
 
     name = "async"
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],  # type: ignore[override]
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], *, task_id: str) -> Any:
         # The tool's own coroutine is the awaitable: no wrapper frame on the hot path.
         return fn(*args, **kwargs)
@@ -109,7 +109,7 @@ class ThreadExecutor(Executor):
     async def close(self) -> None:
         self._threads.release()
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],  # type: ignore[override]
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], *, task_id: str) -> Any:
         # Cancelling the await gives the call up: never started, or abandoned to its thread
         # (a thread cannot be interrupted; its late result is discarded).
@@ -178,7 +178,8 @@ def _by_reference(module: str, qualname: str) -> Callable[..., Any]:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     # The module attribute is usually the Tool proxy around the function; call the function.
-    return obj.fn if hasattr(type(obj), "fn") else obj
+    fn: Callable[..., Any] = obj.fn if hasattr(type(obj), "fn") else obj
+    return fn
 
 
 class _Worker:
@@ -201,7 +202,8 @@ class _Worker:
         """The reply to the call sent (in a thread); None when the worker died first, once
         it has been reaped, so that its exit code is known."""
         try:
-            return self.conn.recv_bytes()  # type: ignore[no-any-return]
+            reply: bytes = self.conn.recv_bytes()
+            return reply
         except (EOFError, OSError):
             # Wait for the exit itself (the pipe closes a moment before), without reaping:
             # kill() reaps, on one thread only, and reads the exit code.
@@ -219,7 +221,7 @@ class _Worker:
             if self.proc.is_alive() and not _signal_group(pid, signal.SIGKILL):
                 self.proc.kill()
         self.proc.join()
-        code = self.proc.exitcode
+        code: int | None = self.proc.exitcode
         _signal_group(pid, signal.SIGKILL)
         self.conn.close()
         self.proc.close()
@@ -312,7 +314,7 @@ class ProcessExecutor(Executor):
         self._tools: set[tuple[str, str]] = set()  # (module, qualname) of the run's tools
         start_fork_helper()  # made before the run starts any thread: early is when it is safe
 
-    def prepare(self, tasks: Mapping[str, Task], priorities: Mapping[str, float]) -> None:
+    def prepare(self, tasks: Mapping[str, Task[Any]], priorities: Mapping[str, float]) -> None:
         for task in tasks.values():
             fn = task.tool.fn
             self._tools.add((getattr(fn, "__module__", "") or "", fn.__qualname__))
@@ -377,12 +379,12 @@ class ProcessExecutor(Executor):
             raise SerializationError(msg, task_id=task_id) from exc
         if status == "ok":
             return rest[0]
-        exc, tb = rest
-        if isinstance(exc, pickle.PicklingError) or "pickle" in exc_text(exc).lower():
-            msg = f"task {task_id!r}: its result cannot be sent back from the worker: {exc}"
-            raise SerializationError(msg, task_id=task_id) from exc
-        exc.__flowdsl_traceback__ = tb  # the worker's traceback text, kept for the record
-        raise exc
+        error, tb = rest
+        if isinstance(error, pickle.PicklingError) or "pickle" in exc_text(error).lower():
+            msg = f"task {task_id!r}: its result cannot be sent back from the worker: {error}"
+            raise SerializationError(msg, task_id=task_id) from error
+        error.__flowdsl_traceback__ = tb  # the worker's traceback text, kept for the record
+        raise error
 
     async def close(self) -> None:
         workers, self._all, self._idle = list(self._all), set(), []

@@ -220,14 +220,15 @@ class RunResult(Generic[R]):
         if self.plan is None:
             msg = "this RunResult has no plan: it was not made by flowdsl.run()"
             raise KeyError(msg)
-        return self.plan.id_of(task)  # type: ignore[no-any-return]
+        task_id: str = self.plan.id_of(task)
+        return task_id
 
     @property
     def ok(self) -> bool:
         """True when the run completed without a task failing."""
         return self.status is RunStatus.COMPLETED
 
-    def raise_for_error(self) -> RunResult:
+    def raise_for_error(self) -> RunResult[Any]:
         """Return self if the run succeeded; else raise :class:`RunFailed` from the first error.
 
         Raises:
@@ -266,7 +267,7 @@ class RunResult(Generic[R]):
             "history_error": str(self.history_error) if self.history_error else None,
             "cache_error": str(self.cache_error) if self.cache_error else None,
         }
-        return out if self.masker is None else self.masker.data(out)  # type: ignore
+        return out if self.masker is None else self.masker.data(out)
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{n} {s}" for s, n in self.summary().items())
@@ -280,7 +281,8 @@ class RunResult(Generic[R]):
         return hooks.get("save_timeline")(self, path)
 
     def _repr_html_(self) -> str:
-        return hooks.get("result_html")(self)  # type: ignore[no-any-return]
+        html: str = hooks.get("result_html")(self)
+        return html
 
 
 _END: Any = object()  # an exhausted iterator, in _jsonable
@@ -329,10 +331,10 @@ class RunObserver(Protocol):
     """Hooks a run calls as it goes (history, progress displays). Calls must be cheap and must
     not raise; they run on the event loop."""
 
-    def run_started(self, result: RunResult, plan: Any) -> None: ...
+    def run_started(self, result: RunResult[Any], plan: Any) -> None: ...
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None: ...
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None: ...
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None: ...
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None: ...
 
-    def run_finished(self, result: RunResult) -> None: ...
+    def run_finished(self, result: RunResult[Any]) -> None: ...

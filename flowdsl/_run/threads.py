@@ -264,6 +264,8 @@ class WorkerThreads:
                 call.ok = True
             except BaseException as exc:  # handed to the awaiting task, which re-raises it
                 call.value = _raisable(exc, call.task_id)
+            # released as soon as the call is done (its closure may hold big values); a done
+            # call is never run again, so the fields are typed for the live call
             call.fn = call.args = call.kwargs = call.ctx = None  # type: ignore[assignment]
             port = call.port
             with lock:

@@ -96,7 +96,7 @@ class Tracing:
         return self.epoch_ns + int(t * 1e9)
 
     # -- the run observer ------------------------------------------------------------
-    def run_started(self, result: RunResult, plan: Any) -> None:
+    def run_started(self, result: RunResult[Any], plan: Any) -> None:
         # The caller's current span (a service's request) is the parent.
         attrs = {"flowdsl.run.id": result.run_id, "flowdsl.mode": result.mode,
                  "flowdsl.tasks": len(plan.order)}
@@ -107,16 +107,16 @@ class Tracing:
             attributes=attrs)
         self.run_ctx = self.trace.set_span_in_context(span)
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         pass
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         entry = self.open.pop(id(record), None)
         if entry is not None:
             for att, span in entry[1]:
                 self._end_attempt(att, span)
 
-    def run_finished(self, result: RunResult) -> None:
+    def run_finished(self, result: RunResult[Any]) -> None:
         for _, spans in self.open.values():  # a run stopped hard: end what is left
             for att, span in spans:
                 self._end_attempt(att, span)

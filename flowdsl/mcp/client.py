@@ -37,7 +37,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, cast
 
 import anyio
 
@@ -51,8 +51,9 @@ from .._base.errors import (
 from .._base.log import _current as log_scope
 from .._base.loop import threadsafe_caller
 from .._base.secrets import Secret
+from .._base.typed import Unpack
 from .._graph.registry import ToolRegistry
-from .._graph.spec import Backoff, ToolSpec
+from .._graph.spec import Backoff, ToolOptions, ToolSpec
 from .._graph.task import CtxRef, Ref, Task
 from .._graph.tool import Tool
 from ._transport import ProcessState, stdio_transport
@@ -427,18 +428,17 @@ async def _await_on(loop: asyncio.AbstractEventLoop, coro: Any) -> Any:
         raise McpServerError(msg, server="?") from None
 
 
-def _progress_logger(server: str, tool: str) -> Any:
+def _progress_logger(server: str, tool: str, scope: tuple[Any, Any, bool]) -> Any:
     """While logging is on: a progress callback that keeps the server's progress
     notifications on the task's record (``TaskRecord.logs``), as the tool's own log lines."""
     from .._base.capture import end_task_scope, task_scope
     from .._base.log import get_logger
 
-    scope = log_scope.get()
     log = get_logger(server=server, tool=tool)
 
     async def progress(done: float, total: float | None, message: str | None) -> None:
         # Called by the session's reader, outside the task's context: enter it again.
-        token = task_scope(*scope)  # type: ignore[misc]
+        token = task_scope(*scope)
         try:
             log.info("mcp_progress", progress=done, total=total, message=message)
         finally:
@@ -623,7 +623,7 @@ class _McpSpec(ToolSpec):
         return ToolSpec.evolve(self, **changes)
 
 
-class McpTool(Tool):  # type: ignore[misc]
+class McpTool(Tool[..., Any]):
     """A tool of an MCP server: a :class:`~flowdsl.Tool` whose arguments are also checked
     against the server's JSON schema when they are known (constants at composition, the rest
     when the task starts), each problem naming the parameter."""
@@ -639,7 +639,7 @@ class McpTool(Tool):  # type: ignore[misc]
         return task
 
     def _check(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        call: _McpCall = self.__wrapped__
+        call = self._call
         bound = dict(zip(call.names, args)) if args else {}
         bound.update(kwargs)
         for name, value in bound.items():
@@ -651,13 +651,18 @@ class McpTool(Tool):  # type: ignore[misc]
                        f"argument {name!r} is invalid: {problem}")
                 raise CompositionError(msg)
 
-    def with_options(self, **options: Any) -> McpTool:
+    def with_options(self, **options: Unpack[ToolOptions]) -> McpTool:
         return McpTool(self.__wrapped__, self._self_spec.evolve(**options))
+
+    @property
+    def _call(self) -> _McpCall:
+        # What an McpTool wraps is always the call object of its server's tool (see below).
+        return cast("_McpCall", self.__wrapped__)
 
     @property
     def json_schema(self) -> dict[str, Any]:
         """The tool's input schema as the server gave it."""
-        return dict(self.__wrapped__.schema)
+        return dict(self._call.schema)
 
     # What flowdsl's schema export (Tool.schema(), registry.schemas()) publishes for it.
     _flowdsl_json_schema = json_schema
@@ -665,7 +670,7 @@ class McpTool(Tool):  # type: ignore[misc]
     @property
     def server(self) -> str:
         """The name of the server the tool belongs to."""
-        return str(self.__wrapped__._toolset.name)
+        return str(self._call._toolset.name)
 
     def __repr__(self) -> str:
         return f"<McpTool {self.server}.{self.name}{self._self_signature}>"
@@ -807,7 +812,8 @@ class Toolset:
 
     def _call(self, call: _McpCall, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         arguments = call.arguments(args, kwargs)
-        progress = _progress_logger(self.name, call.tool) if log_scope.get() else None
+        scope = log_scope.get()  # the calling task's, while logging is on
+        progress = _progress_logger(self.name, call.tool, scope) if scope else None
         owner = self._owner
         if owner is not None and owner[0] is _loop_key():
             return owner[1].call(call.tool, arguments, progress)

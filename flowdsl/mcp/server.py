@@ -80,7 +80,7 @@ class Entry:
     annotations: dict[str, Any] | None = None
 
 
-def _tool_entry(key: str, t: Tool) -> Entry:
+def _tool_entry(key: str, t: Tool[..., Any]) -> Entry:
     from .._data.schema import tool_schema
 
     described = tool_schema(t, name=key)
@@ -321,7 +321,7 @@ class _Service:
         flow = load_flow(plan, registry=entry.target)
         return flow, arguments.get("context"), bool(arguments.get("rollback", False))
 
-    def _check(self, entry: Entry, t: Tool, arguments: dict[str, Any]) -> None:
+    def _check(self, entry: Entry, t: Tool[..., Any], arguments: dict[str, Any]) -> None:
         """Every argument's problem at once, each naming its parameter."""
         from .._data.schema import check_value, params
 
@@ -337,7 +337,7 @@ class _Service:
         if problems:
             raise CompositionError(f"cannot call {entry.name!r}: " + "; ".join(problems))
 
-    def _bind(self, entry: Entry, t: Tool, arguments: dict[str, Any]) -> Task[Any]:
+    def _bind(self, entry: Entry, t: Tool[..., Any], arguments: dict[str, Any]) -> Task[Any]:
         self._check(entry, t, arguments)
         return t(**arguments)
 

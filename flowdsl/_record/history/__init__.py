@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -165,11 +165,11 @@ def _spec_key(spec: Any) -> tuple[str, ...] | None:
         env = os.environ.get
         return ("", env("FLOWDSL_HISTORY") or "", env("XDG_STATE_HOME") or "", env("HOME") or "")
     if isinstance(spec, (str, os.PathLike)) and os.path.isabs(spec):  # relative: cwd-bound
-        return (os.fspath(spec),)  # type: ignore[arg-type]
+        return (os.fspath(spec),)
     return None
 
 
-def _cached(spec: Any) -> HistoryStore | bool | None:
+def _cached(spec: Any) -> HistoryStore | Literal[False] | None:
     """The store a spec names if it is open already, ``None`` for no history, ``False``
     when it has to be opened."""
     if spec is False:
@@ -201,7 +201,7 @@ def open_history(spec: Any = None) -> HistoryStore | None:
     """
     found = _cached(spec)
     if found is not False:
-        return found  # type: ignore[return-value]
+        return found
     if not (spec is None or spec is True or isinstance(spec, (str, os.PathLike))):
         msg = f"history= expects None, False, a path or a HistoryStore, got {spec!r}"
         raise TypeError(msg)
@@ -224,7 +224,7 @@ async def aopen_history(spec: Any = None) -> HistoryStore | None:
     one (SQLite, files, migrations) happens in a worker thread."""
     found = _cached(spec)
     if found is not False:
-        return found  # type: ignore[return-value]
+        return found
     return await anyio.to_thread.run_sync(open_history, spec)
 
 

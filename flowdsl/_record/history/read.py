@@ -78,7 +78,8 @@ class ToolStats:
 
 def _merge_windows(rows: Iterable[tuple[int, float, bytes | None]]) -> tuple[int, float,
                                                                                list[float]]:
-    n, total, values = 0, 0.0, []
+    n, total = 0, 0.0
+    values: list[float] = []
     for rn, rsum, blob in rows:
         n += rn
         total += rsum
@@ -272,10 +273,10 @@ class HistoryReader:
             self._flow_cache[flow] = (time.monotonic(), wanted, tasks, tools)
         wide: dict[str, _Fig] = {}
         if scope == "all":
-            wanted = sorted(set(idents.values()) - set(tools))
+            others = sorted(set(idents.values()) - set(tools))
             rows: dict[str, list[tuple[int, float, bytes | None]]] = {}
-            for i in range(0, len(wanted), 500):
-                part = wanted[i:i + 500]
+            for i in range(0, len(others), 500):
+                part = others[i:i + 500]
                 for r in self._query(
                         "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE tool IN "
                         f"({','.join('?' * len(part))})", part):

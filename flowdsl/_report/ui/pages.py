@@ -302,7 +302,8 @@ def horizon(elapsed: float) -> float:
     refreshes instead of being pinned to the edge; it steps out as the run goes on."""
     want = max(elapsed * 1.2, 1.0)
     mag = 10 ** math.floor(math.log10(want))
-    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= want)
+    edge: float = next(m * mag for m in (1, 2, 5, 10) if m * mag >= want)
+    return edge
 
 
 def _as_of(run: Mapping[str, Any], now: float | None) -> tuple[dict[str, Any], float | None]:
