@@ -32,7 +32,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._graph.builtins": ("SKIP", "branch", "switch"),
     "._graph.registry": ("ToolRegistry", "default_registry", "tool"),
     "._graph.spec": ("Backoff", "Cache"),
-    "._graph.task": ("Flow", "Fragment", "Task", "chain", "ctx", "each", "parallel", "upstream"),
+    "._graph.task": ("Flow", "Fragment", "Task", "chain", "ctx", "each", "parallel", "unmapped",
+                      "upstream"),
     "._graph.tool": ("Tool",),
     "._plan.planner": ("Plan", "plan"),
     "._plan.policy": ("Mode",),
@@ -117,6 +118,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._graph.task import ctx as ctx
     from ._graph.task import each as each
     from ._graph.task import parallel as parallel
+    from ._graph.task import unmapped as unmapped
     from ._graph.task import upstream as upstream
     from ._graph.tool import Tool as Tool
     from ._plan.planner import Plan as Plan

@@ -53,6 +53,7 @@ class TaskD:
     over: str | None = None
     values: list[str] | None = None
     max_parallel: int | None = None
+    named: bool = False  # written tool.map(key=...) (map by name): the same semantics
 
     @property
     def mapped(self) -> bool:

@@ -159,6 +159,23 @@ class TestSameResults:
         assert not any(isinstance(v, DaskRemote) for v in remote.outputs["sums"])
         assert remote.tasks["sums[2]"].status is S.COMPLETED
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_maps_by_name_on_the_cluster(self, ex: DaskExecutor, mode: str) -> None:
+        """A map by name (the second parameter over a cluster task's output, zipped with a
+        list, a constant to every child) runs its children on the workers, as locally; a
+        length mismatch fails the same way."""
+        src = dt.inc.map([0, 1, 2]).named("src")
+        flow = src >> dt.add.map(b=src, a=[1, 2, 3]).named("sums") >> dt.pid.map(
+            after=dt.add.map(a=[5, 6], b=2).named("consts")).named("pids")
+        remote = run(flow, mode=mode, executor=ex)
+        local = run(flow, mode=mode)
+        assert remote.ok, remote.error
+        assert remote.outputs["sums"] == local.outputs["sums"] == [2, 4, 6]
+        assert remote.outputs["consts"] == [7, 8]
+        assert os.getpid() not in remote.outputs["pids"]
+        bad = run(dt.add.map(a=[1, 2], b=[1]).named("z"), mode=mode, executor=ex)
+        assert "'b' has 1 elements but 'a' has 2" in bad.tasks["z"].error.message
+
     def test_a_failed_child_on_the_cluster_fails_the_map(self, ex: DaskExecutor) -> None:
         """A child raising on a worker fails its mapped task with the worker's error."""
         r = run(dt.boom.map(["x", "y"]).named("b"), executor=ex, continue_on_error=True)

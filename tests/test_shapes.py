@@ -509,7 +509,7 @@ def _section_blocks() -> list[tuple[str, list[str] | None]]:
             for example in examples(page)]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(len(_section_blocks())))
 def test_readme_section_examples_print_what_they_say(index: int, tmp_path: Path) -> None:
     """Each example of the pages on maps and switches, sub-flows and cached tasks (once the
     README's "Shapes decided at run time") runs in a fresh process and prints exactly the

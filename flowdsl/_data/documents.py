@@ -29,7 +29,18 @@ from .._graph.registry import ToolRegistry, default_registry
 from .._graph.spec import DOCUMENT_OPTIONS, TRIGGERS, _normalize
 from .._graph.spec import OPTIONS as TOOL_OPTIONS
 from .._graph.task import _MISSING as _GRAPH_MISSING
-from .._graph.task import DEFAULT_MAP_LIMIT, CtxRef, Flow, Ref, Task, chain, ctx, parallel
+from .._graph.task import (
+    DEFAULT_MAP_LIMIT,
+    CtxRef,
+    Flow,
+    Ref,
+    Task,
+    chain,
+    ctx,
+    each,
+    parallel,
+    unmapped,
+)
 from .._graph.tool import Tool
 from .._graph.walk import KEEP, transform
 from .conditions import Condition, Problems, _compile, _did_you_mean, _hint, _path, _problem
@@ -178,6 +189,7 @@ class _TaskDoc:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     to_context: Any = None
     map: Any = _GRAPH_MISSING  # the values a mapped task runs its tool over
+    named_map: bool = False  # "map" names the mapped parameters: {"<param>": values, ...}
     fan: dict[str, Any] = dataclasses.field(default_factory=dict)  # max_parallel, ...
     refs: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, task id)
 
@@ -251,21 +263,45 @@ def _scan_refs(value: Any, where: str, doc: _TaskDoc, out: Problems) -> bool:
     return found
 
 
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, dict) and ("$task" in value or "$ctx" in value)
+
+
 def _check_map(doc: _TaskDoc, task: dict[str, Any], tool_name: str, base: str,
-               out: Problems) -> str | None:
-    """Check a mapped task's ``map`` (a list or a ``$task`` reference) and its options;
-    the name of the parameter each element goes to, or None."""
+               out: Problems) -> tuple[str, ...]:
+    """Check a mapped task's ``map`` and its options; the names of the parameters that
+    receive one element per child (none for a task without ``map``).
+
+    ``map`` is a list or a reference (each element goes to the tool's first parameter), or
+    an object naming the mapped parameters, ``{"url": <list or reference>, ...}`` (several
+    are zipped); the other arguments, in ``args``, go unchanged to every child."""
     if "map" not in task:
         for key in _FAN_FIELDS:
             if key in task:
                 _problem(out, _path(base, key), "not_mapped",
                          f"{key!r} applies to a mapped task (one with 'map') only")
-        return None
+        return ()
     value, where = task["map"], _path(base, "map")
-    if not (isinstance(value, list) or (isinstance(value, dict) and (
-            "$task" in value or "$ctx" in value))):
-        _problem(out, where, "bad_map", 'a mapped task\'s "map" is a list or a reference '
-                 '({"$task": "<id>", "path": [...]} or {"$ctx": "<key>"})')
+    named = isinstance(value, dict) and not _is_ref(value)
+    if named:
+        doc.named_map = True
+        doc.map = {}
+        for k, v in value.items():
+            if isinstance(v, list) or _is_ref(v):
+                _scan_refs(v, _path(where, str(k)), doc, out)
+                doc.map[k] = v
+            else:
+                _problem(out, _path(where, str(k)), "bad_map",
+                         f"mapped parameter {k!r} takes a list or a reference "
+                         '({"$task": "<id>", "path": [...]} or {"$ctx": "<key>"}); a value '
+                         "for every child goes in 'args'")
+        if not value:
+            _problem(out, where, "bad_map", "'map' names no parameter to map: give "
+                     '{"<parameter>": <list or reference>, ...}')
+    elif not isinstance(value, list) and not _is_ref(value):
+        _problem(out, where, "bad_map", 'a mapped task\'s "map" is a list, a reference '
+                 '({"$task": "<id>", "path": [...]} or {"$ctx": "<key>"}) or an object of '
+                 'parameter name -> list or reference ({"url": {"$task": "search"}})')
     else:
         _scan_refs(value, where, doc, out)
         doc.map = value
@@ -276,23 +312,46 @@ def _check_map(doc: _TaskDoc, task: dict[str, Any], tool_name: str, base: str,
         elif key in task:
             doc.fan[key] = v
     if doc.tool is None:
-        return None
+        return tuple(value) if named else ()
+    args = task.get("args", {})
+    args = args if isinstance(args, dict) else {}
+    if named:
+        from .schema import params
+
+        plist, var_kw = params(doc.tool)
+        known = {p.name: p for p in plist}
+        for k in value:
+            p = known.get(k)
+            if p is None and not var_kw:
+                close = _did_you_mean(k, known)
+                _problem(out, _path(where, str(k)), "unknown_argument",
+                         f"tool {tool_name!r} has no parameter {k!r} to map{_hint(close)}")
+            elif p is not None and p.positional_only:
+                _problem(out, _path(where, str(k)), "bad_map",
+                         f"parameter {k!r} of tool {tool_name!r} is positional-only and "
+                         "cannot be named; map it with a list or reference as 'map'")
+            elif k in args:
+                _problem(out, _path(base, "args", k), "bad_map",
+                         f"{k!r} is mapped (it is in 'map'); do not also give it in 'args'")
+        return tuple(value)
     first = next(iter(doc.tool.signature.parameters.values()), None)
     if first is None or first.kind in (first.VAR_KEYWORD, first.KEYWORD_ONLY):
         _problem(out, where, "bad_map",
-                 f"tool {tool_name!r} has no positional parameter to receive each element")
-        return None
-    if first.name in task.get("args", {}):
+                 f"tool {tool_name!r} has no positional parameter to receive each element; "
+                 'name the parameter to map: "map": {"<parameter>": <list or reference>}')
+        return ()
+    if first.name in args:
         _problem(out, _path(base, "args", first.name), "bad_map",
-                 f"{first.name!r} receives each element of 'map'; do not also give it")
-    return first.name
+                 f"{first.name!r} receives each element of 'map'; do not also give it (to map "
+                 'another parameter, name it: "map": {"<parameter>": <list or reference>})')
+    return (first.name,)
 
 
 _FAN_FIELDS = ("max_parallel", "max_children")
 
 
 def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Problems,
-                mapped: str | None = None) -> None:
+                mapped: tuple[str, ...] = ()) -> None:
     where = _path(base, "args")
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
         _problem(out, where, "bad_args", "'args' is an object of argument name -> value")
@@ -325,7 +384,7 @@ def _check_args(doc: _TaskDoc, args: Any, tool_name: str, base: str, out: Proble
             _problem(out, _path(where, k, *loc), "wrong_type", message)
         doc.args[k] = v  # as the tool will receive it (a dict may become a dataclass)
     for p in plist:
-        if p.required and p.name not in args and p.name != mapped:
+        if p.required and p.name not in args and p.name not in mapped:
             _problem(out, _path(where, p.name), "missing_argument",
                      f"missing required argument {p.name!r} of tool {tool_name!r}")
 
@@ -545,7 +604,10 @@ def _build_task(d: _TaskDoc, built: Mapping[str, Task[Any]]) -> Task[Any]:
     positional = {p.name for p in params(d.tool)[0] if p.positional_only}
     kwargs = {k: _resolve(v, built) for k, v in d.args.items()}
     pos = [kwargs.pop(p) for p in list(kwargs) if p in positional]
-    if d.map is not _GRAPH_MISSING:
+    if d.named_map:  # every parameter in "map" is mapped, every one in "args" is not
+        task = d.tool.map(**{k: each(_resolve(v, built)) for k, v in d.map.items()},
+                          **{k: unmapped(v) for k, v in kwargs.items()}).named(d.id)
+    elif d.map is not _GRAPH_MISSING:
         task = d.tool.map(_resolve(d.map, built), **kwargs).named(d.id)
     else:
         task = d.tool(*pos, **kwargs).named(d.id)
@@ -716,13 +778,19 @@ def _task_data(tid: str, t: Task[Any], preds: tuple[str, ...], registry: ToolReg
         raise _unwritable(tid, "it takes extra positional arguments (*args)")
     args = {**dict(zip(named, t.args)), **t.kwargs}
     fan = t.fan
-    mapped = args.pop(fan.params[0]) if fan is not None else None
-    if fan is not None and len(fan.params) > 1:
-        raise _unwritable(tid, "it maps keyword arguments with each()")
+    # The first parameter alone is written "map": <values>; any other mapped parameters
+    # by name, "map": {"<parameter>": <values>, ...} (zipped, like each()).
+    by_name = fan is not None and fan.params != tuple(named[:1])
+    if fan is not None and by_name and any(p.positional_only for p in params(t.tool)[0]
+                                           if p.name in fan.params):
+        raise _unwritable(tid, "it maps a positional-only parameter beside another (a "
+                          "document's map names its parameters)")
+    mapped = {p: args.pop(p) for p in fan.params} if fan is not None else {}
     out: dict[str, Any] = {"id": tid, "tool": tool_name,
                            "args": {k: _to_data(v, tid, k, ids) for k, v in args.items()}}
     if fan is not None:
-        out["map"] = _to_data(mapped, tid, "map", ids)
+        out["map"] = ({p: _to_data(v, tid, f"map.{p}", ids) for p, v in mapped.items()}
+                      if by_name else _to_data(mapped[named[0]], tid, "map", ids))
         if fan.max_parallel is not None:
             out["max_parallel"] = fan.max_parallel
         if fan.limit != DEFAULT_MAP_LIMIT:

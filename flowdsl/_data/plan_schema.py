@@ -87,9 +87,12 @@ def _common_defs() -> dict[str, Any]:
 
 
 def _task_variant(name: str, t: Tool[..., Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from .schema import tool_schema
+    from .schema import params, tool_schema
 
     ts = tool_schema(t, name=name)
+    plist, var_kw = params(t)
+    names = [p.name for p in plist if not p.positional_only]
+    values = {"anyOf": [{"type": "array"}, {"$ref": "#/$defs/reference"}]}
     parameters = _rebase(ts["parameters"], f"{name}.")
     defs = {f"{name}.{k}": v for k, v in parameters.pop("$defs", {}).items()}
     _allow_refs(parameters)
@@ -107,23 +110,34 @@ def _task_variant(name: str, t: Tool[..., Any]) -> tuple[dict[str, Any], dict[st
         "trigger": {"enum": list(TRIGGERS)},
         "to_context": {"anyOf": [{"type": "string"}, {"type": "object",
                                   "additionalProperties": {"type": "string"}}]},
-        # A mapped task: the tool runs once per element, which goes to its first parameter.
-        "map": {"anyOf": [{"type": "array"}, {"$ref": "#/$defs/reference"}]},
+        # A mapped task: the tool runs once per element, which goes to its first parameter
+        # (a list or a reference), or to the parameters named ({"url": <list or reference>},
+        # several zipped).
+        "map": {"anyOf": [*values["anyOf"], {
+            "type": "object", "minProperties": 1, "additionalProperties": values,
+            "not": {"$ref": "#/$defs/reference"},
+            **({} if var_kw else {"propertyNames": {"enum": names}})}]},
         "max_parallel": {"type": "integer", "minimum": 1},
         "max_children": {"type": "integer", "minimum": 1},
     }
     need = parameters.pop("required", [])
     first = next(iter(t.signature.parameters), None)
-    rest = [n for n in need if n != first]
 
-    def args_needing(names: list[str]) -> dict[str, Any]:
-        return ({"required": ["args"], "properties": {"args": {"required": names}}}
-                if names else {})
+    # Each required parameter is in "args", or named in an object "map", or (the first)
+    # receives the elements of a list or reference "map".
+    def given(n: str) -> dict[str, Any]:
+        ways: list[dict[str, Any]] = [
+            {"required": ["args"], "properties": {"args": {"required": [n]}}},
+            {"required": ["map"], "properties": {"map": {"type": "object", "required": [n]}}}]
+        if n == first:
+            ways.append({"required": ["map"], "properties": {"map": {"anyOf": [
+                {"type": "array"}, {"$ref": "#/$defs/reference"}]}}})
+        return {"anyOf": ways}
 
     variant = {"type": "object", "required": ["id", "tool"], "additionalProperties": False,
-               "properties": props,
-               "if": {"required": ["map"]}, "then": args_needing(rest),
-               "else": args_needing(need)}
+               "properties": props}
+    if need:
+        variant["allOf"] = [given(n) for n in need]
     return variant, defs
 
 

@@ -18,7 +18,8 @@ again, in any process, gets the same ids.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import difflib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
 
@@ -44,8 +45,9 @@ from .spec import (
 )
 from .walk import nodes
 
-__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "UpstreamRef",
-           "chain", "ctx", "each", "eval_condition", "materialize", "parallel", "upstream"]
+__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "Unmapped",
+           "UpstreamRef", "chain", "ctx", "each", "eval_condition", "materialize", "parallel",
+           "unmapped", "upstream"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
@@ -198,27 +200,76 @@ class Each:
 
 
 def each(values: Any) -> Each:
-    """Mark a keyword argument of ``tool.map(...)`` as mapped too: child *i* receives element
-    *i* of ``values`` (zipped with the mapped values; unequal lengths fail the mapped task)."""
+    """Mark a keyword argument of ``tool.map(...)`` as mapped: child *i* receives element
+    *i* of ``values`` (zipped with the other mapped values; unequal lengths fail the mapped
+    task). Needed in the positional form ``tool.map(values, b=each(...))``, whose other
+    keywords go to every child; in the named form ``tool.map(a=..., b=...)`` a list or a
+    reference is mapped without it."""
     return Each(values)
+
+
+class Unmapped:
+    """An argument of :meth:`Tool.map <flowdsl.Tool.map>` given whole to every child (see
+    :func:`unmapped`)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"unmapped({self.value!r})"
+
+
+def unmapped(value: Any) -> Unmapped:
+    """Pass ``value`` unchanged to every child of ``tool.map(...)``, even a list, a Task, a
+    projection or a ``ctx()`` reference, which the named form ``tool.map(a=..., b=...)``
+    would map (Prefect's ``unmapped``)."""
+    return Unmapped(value)
+
+
+def _mappable(value: Any) -> bool:
+    """Whether the named form of ``tool.map`` maps a keyword given ``value``: a reference (a
+    Task, a projection, a ``ctx()``) or a list-like value, not a string, bytes or mapping."""
+    if isinstance(value, (Task, Ref, CtxRef)):
+        return True
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray,
+                                                                  Mapping, Each, Unmapped))
 
 
 DEFAULT_MAP_LIMIT = 10_000
 
 
 class MapSpec:
-    """How a mapped task fans out: the parameters that take one element per child (the
-    first is the tool's first parameter), whether that one was bound by position, the most
-    children running at once, and the most children allowed."""
+    """How a mapped task fans out: the parameters that take one element per child (in the
+    positional form the first is the tool's first parameter), whether that one was bound by
+    position, the most children running at once, the most children allowed, and whether the
+    map was written by name (``tool.map(a=..., b=...)``; messages then name the parameters as
+    written)."""
 
-    __slots__ = ("limit", "max_parallel", "params", "positional")
+    __slots__ = ("limit", "max_parallel", "named", "params", "positional")
 
     def __init__(self, params: tuple[str, ...], positional: bool,
-                 max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT) -> None:
+                 max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT, *,
+                 named: bool = False) -> None:
         self.params = params
         self.positional = positional
         self.max_parallel = max_parallel
         self.limit = limit
+        self.named = named
+
+    def label(self, name: str) -> str:
+        """A mapped parameter as the user wrote it: ``each(b)`` for a keyword of the
+        positional form, else its name."""
+        return repr(name) if self.named or name == self.params[0] else f"each({name})"
+
+    def not_a_list(self, name: str) -> str:
+        """What to add when parameter ``name`` did not receive a list at run time: in the
+        named form, why it is mapped and how to pass it whole instead."""
+        if not self.named:
+            return ""
+        return (f"; {name!r} is mapped because the map was given a list or a reference for "
+                "it: wrap it in flowdsl.unmapped(...) to pass the value whole to every child")
 
     def evolve(self, task_id: str, **changes: Any) -> MapSpec:
         for key, value in changes.items():
@@ -230,7 +281,7 @@ class MapSpec:
             raise CompositionError(msg)
         return MapSpec(self.params, self.positional,
                        changes.get("max_parallel", self.max_parallel),
-                       changes.get("max_children", self.limit))
+                       changes.get("max_children", self.limit), named=self.named)
 
 
 class Guard:
@@ -342,9 +393,10 @@ def _scan(value: Any, out: list[Task[Any]], needs: list[str], tools: list[Any],
                 needs.append(v.key)
         elif cls is UpstreamRef:
             found = True
-        elif cls is Each:
-            msg = (f"{v!r} marks a mapped argument of tool.map(...); it cannot be used in a "
-                   "plain tool call or inside another value")
+        elif cls is Each or cls is Unmapped:
+            what = "a mapped argument" if cls is Each else "an argument given to every child"
+            msg = (f"{v!r} marks {what} of tool.map(...); it cannot be used in a plain tool "
+                   "call or inside another value")
             raise CompositionError(msg)
         elif cls is Flow or cls is Fragment:
             if embeds is not None:
@@ -643,31 +695,38 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
         return self._replace(**changes)
 
     @classmethod
-    def _map(cls, tool: ToolLike, values: Any, kwargs: dict[str, Any]) -> Task[Any]:
-        """``tool.map(values, **kwargs)``: one task that runs the tool once per element."""
-        params = tool.signature.parameters
-        first = next(iter(params.values()), None)
-        if first is None or first.kind in (first.VAR_KEYWORD, first.KEYWORD_ONLY):
-            msg = (f"cannot map tool {tool.name!r}: it has no positional parameter to "
-                   "receive each element")
-            raise CompositionError(msg)
-        if isinstance(values, (str, bytes, Mapping, Each)):
-            msg = (f"cannot map tool {tool.name!r} over {type(values).__name__} "
-                   f"{values!r}"[:200] + ": expected a Task, a projection task['k'] or a list")
-            raise CompositionError(msg)
-        # A one-shot iterator (a generator, map(), iter()) is read once, here: kept as it
-        # is, the first run would use it up and a second run map over nothing.
-        values = _once(values)
-        mapped = [first.name]
+    def _map(cls, tool: ToolLike, values: tuple[Any, ...], kwargs: dict[str, Any]) -> Task[Any]:
+        """``tool.map(values, **kwargs)`` or ``tool.map(**kwargs)``: one task that runs the
+        tool once per element (see :meth:`Tool.map <flowdsl.Tool.map>` for which arguments
+        are mapped)."""
+        _check_map_names(tool, values, kwargs)
+        mapped: list[str] = []
         plain: dict[str, Any] = {}
-        for k, v in kwargs.items():
-            if v.__class__ is Each:
-                mapped.append(k)
-                plain[k] = _once(v.value)
-            else:
-                plain[k] = v
-        t = cls._bind(tool, (values,), plain, partial=False)
-        return t._replace(fan=MapSpec(tuple(mapped), bool(t.args)))
+        args: tuple[Any, ...] = ()
+        if values:  # the positional form: the first parameter, and each() keywords
+            mapped.append(_first_param(tool, values[0], kwargs))
+            # A one-shot iterator (a generator, map(), iter()) is read once, here: kept as
+            # it is, the first run would use it up and a second run map over nothing.
+            args = (_once(values[0]),)
+            for k, v in kwargs.items():
+                if v.__class__ is Each:
+                    mapped.append(k)
+                    plain[k] = _once(v.value)
+                else:
+                    plain[k] = v.value if v.__class__ is Unmapped else v
+        else:  # the named form: a list or a reference is mapped, any other value is not
+            for k, v in kwargs.items():
+                if v.__class__ is Unmapped:
+                    plain[k] = v.value
+                elif v.__class__ is Each or _mappable(v):
+                    mapped.append(k)
+                    plain[k] = _once(v.value if v.__class__ is Each else v)
+                else:
+                    plain[k] = v
+            if not mapped:
+                _refuse_no_mapped(tool, kwargs)
+        t = cls._bind(tool, args, plain, partial=False)
+        return t._replace(fan=MapSpec(tuple(mapped), bool(t.args), named=not values))
 
     def __getitem__(self, key: Any) -> Ref:
         return Ref(self, (key,))
@@ -681,6 +740,90 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
 
 Task.with_options.__doc__ = document_options(Task.with_options.__doc__, per_task=True, indent=8)
 _FAN_OPTIONS = ("max_parallel", "max_children")
+
+
+def _short(value: Any) -> str:
+    """An argument as a message shows it: a reference as ``<task>``, else a short repr."""
+    if isinstance(value, (Task, Ref)):
+        return "<task>"
+    text = repr(value)
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def _call_text(tool: ToolLike, kwargs: Mapping[str, Any], mapped: str) -> str:
+    """``name.map(param=<values>, other=...)``: how to write a map of ``mapped``."""
+    rest = "".join(f", {k}={_short(v)}" for k, v in kwargs.items() if k != mapped)
+    return f"{tool.name}.map({mapped}=<values>{rest})"
+
+
+def _plain_names(tool: ToolLike) -> list[str]:
+    """The parameters a keyword can name (not ``*args``/``**kwargs``)."""
+    return [n for n, p in tool.signature.parameters.items()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _check_map_names(tool: ToolLike, values: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse, before binding, more than one positional value and a keyword that names no
+    parameter of the tool or a positional-only one; each message says what to write."""
+    params = tool.signature.parameters
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    names = _plain_names(tool)
+    if len(values) > 1:
+        msg = (f"{tool.name}.map(...) takes at most one positional value, the list for its "
+               f"first parameter; to map several parameters, name them (they are zipped): "
+               f"{tool.name}.map(" + ", ".join(f"{n}=..." for n in names[:len(values)]) + ")")
+        raise CompositionError(msg)
+    for k in kwargs:
+        p = params.get(k)
+        if (p is None and not var_kw) or (p is not None and p.kind is p.VAR_POSITIONAL):
+            close = difflib.get_close_matches(k, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            msg = (f"cannot map tool {tool.name!r}: it has no parameter {k!r}{hint}; its "
+                   f"parameters are {', '.join(names) or '(none)'}")
+            raise CompositionError(msg)
+        if p is not None and p.kind is p.POSITIONAL_ONLY:
+            how = (f"map it by position: {tool.name}.map(<values>)" if names and k == names[0]
+                   else "only the first parameter can be mapped, by position")
+            msg = (f"cannot map tool {tool.name!r}: parameter {k!r} is positional-only and "
+                   f"cannot be named; {how}")
+            raise CompositionError(msg)
+
+
+def _first_param(tool: ToolLike, values: Any, kwargs: Mapping[str, Any]) -> str:
+    """The parameter the positional form maps (the tool's first), checked with ``values``."""
+    params = tool.signature.parameters
+    first = next(iter(params.values()), None)
+    names = _plain_names(tool)
+    if first is None or first.kind in (first.VAR_KEYWORD, first.KEYWORD_ONLY):
+        how = f"; name the parameter to map: {tool.name}.map({names[0]}=<values>)" if names else ""
+        msg = (f"cannot map tool {tool.name!r}: it has no positional parameter to "
+               f"receive each element{how}")
+        raise CompositionError(msg)
+    if isinstance(values, (str, bytes, Mapping, Each, Unmapped)):
+        msg = (f"cannot map tool {tool.name!r} over {type(values).__name__} "
+               f"{values!r}"[:200] + ": expected a Task, a projection task['k'] or a list")
+        raise CompositionError(msg)
+    if first.name in kwargs:
+        others = [n for n in names if n != first.name and n not in kwargs]
+        how = _call_text(tool, kwargs, others[0]) if others else f"{tool.name}.map(<name>=...)"
+        msg = (f"cannot map tool {tool.name!r}: {tool.name}.map(<values>, ...) maps the values "
+               f"to its first parameter {first.name!r}, which is also given as "
+               f"{first.name}={_short(kwargs[first.name])}; to map another parameter, name "
+               f"it instead: {how}")
+        raise CompositionError(msg)
+    return first.name
+
+
+def _refuse_no_mapped(tool: ToolLike, kwargs: Mapping[str, Any]) -> NoReturn:
+    """The named form found nothing to map: say which keywords go to every child and why."""
+    given = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
+    free = [n for n in _plain_names(tool) if n not in kwargs]
+    target = free[0] if free else next(iter(kwargs), "<name>")
+    msg = (f"{tool.name}.map({given}) maps no parameter: a keyword is mapped when its value is "
+           "a list (or other iterable), a Task, a projection or a ctx() reference, or is "
+           "wrapped in each(); any other value, or one wrapped in unmapped(), goes to every "
+           f"child. Give the values to map by name: {_call_text(tool, kwargs, target)}")
+    raise CompositionError(msg)
 
 
 def _once(values: Any) -> Any:

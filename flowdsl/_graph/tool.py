@@ -91,22 +91,35 @@ class Tool(_Proxy, Generic[P, R]):
         return Task._bind(self, args, kwargs, partial=True)
 
     @overload
-    def map(self: Tool[P, Coroutine[Any, Any, T]], values: Any, /,
+    def map(self: Tool[P, Coroutine[Any, Any, T]], *values: Any,
             **kwargs: Any) -> Task[list[T]]: ...
     @overload
-    def map(self: Tool[P, T], values: Any, /, **kwargs: Any) -> Task[list[T]]: ...
+    def map(self: Tool[P, T], *values: Any, **kwargs: Any) -> Task[list[T]]: ...
 
-    def map(self, values: Any, /, **kwargs: Any) -> Task[Any]:
-        """One task that runs this tool once per element of ``values`` (a Task, a
-        projection ``task["k"]``, another mapped task or a list), the element going to the
-        first parameter. Keyword arguments wrapped in :func:`flowdsl.each` are mapped too
-        (zipped); the others go unchanged to every child. Its output is the list of the
-        children's outputs, in input order. Children run as ``name[0]``, ``name[1]``, ...
-        with this tool's options; ``.with_options(max_parallel=N)`` bounds how many run at
-        once and ``max_children`` (default 10,000) how many there may be. A one-shot
-        iterator (a generator, ``map()``, ``iter()``) is read into a list here, once, so
-        every run of the flow maps over the same elements. A task whose id is a child's
-        (``name[0]`` beside ``name.map(...)``) is refused when the flow is planned.
+    def map(self, *values: Any, **kwargs: Any) -> Task[Any]:
+        """One task that runs this tool once per element of a runtime list. Its output is
+        the list of the children's outputs, in input order.
+
+        Which arguments are mapped:
+
+        - ``tool.map(values, **kw)`` (positional form): ``values`` (a Task, a projection
+          ``task["k"]``, another mapped task or a list) goes element by element to the first
+          parameter; keywords wrapped in :func:`flowdsl.each` are mapped too; every other
+          keyword goes unchanged to every child.
+        - ``tool.map(a=..., b=..., **kw)`` (named form): a keyword whose value is a list (any
+          iterable but a string, bytes or a mapping), a Task, a projection or a ``ctx()``
+          reference is mapped; any other value (a string, a number, a dict, None, an object)
+          goes unchanged to every child, and so does a value wrapped in
+          :func:`flowdsl.unmapped` (to pass a list or a task's output whole).
+
+        Several mapped parameters are zipped: child *i* gets element *i* of each, and
+        unequal lengths fail the mapped task naming both parameters and lengths. Children
+        run as ``name[0]``, ``name[1]``, ... with this tool's options;
+        ``.with_options(max_parallel=N)`` bounds how many run at once and ``max_children``
+        (default 10,000) how many there may be. A one-shot iterator (a generator, ``map()``,
+        ``iter()``) is read into a list here, once, so every run of the flow maps over the
+        same elements. A task whose id is a child's (``name[0]`` beside ``name.map(...)``)
+        is refused when the flow is planned.
         """
         return Task._map(self, values, kwargs)
 

@@ -94,13 +94,13 @@ def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
         value = args[0] if j == 0 and fan.positional else kwargs[name]
         if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
             msg = (f"mapped task {tid!r} needs a list for its parameter {name!r}, got "
-                   f"{type(value).__name__} {value!r}"[:300])
+                   f"{type(value).__name__} {value!r}"[:300] + fan.not_a_list(name))
             raise TaskInputError(msg)
         cols.append(value if isinstance(value, list) else list(value))
     n = len(cols[0])
     for name, col in zip(fan.params[1:], cols[1:]):
         if len(col) != n:
-            msg = (f"mapped task {tid!r}: each({name}) has {len(col)} elements but "
+            msg = (f"mapped task {tid!r}: {fan.label(name)} has {len(col)} elements but "
                    f"{fan.params[0]!r} has {n}; mapped arguments are zipped and must have "
                    "the same length")
             raise TaskInputError(msg)
