@@ -223,7 +223,9 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
     makespan = max((t.end for t in tasks.values()), default=0.0)
     path, _ = p.critical_path(dur)
     workers = policy.worker_limit(m, mc)
-    bound = p.lower_bound(dur, caps, None if workers >= len(p) else workers)
+    # A mapped task's children run side by side: its span is not its whole duration.
+    kids = {i: [dur[i] / n] * n for i, n in children.items()}
+    bound = p.lower_bound(dur, caps, None if workers >= len(p) else workers, kids)
     item_spans: dict[str, list[tuple[float, float]]] = {}
     if n_items:
         bound = max(bound, _pipeline_bound(p, dur, n_items))
