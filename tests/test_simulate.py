@@ -400,3 +400,26 @@ class TestSameAsTheRunner:
             mp.setattr(sim_module, "arun", failing)
             with pytest.raises(RuntimeError, match="simulated run of 'doomed' ended failed"):
                 simulate(f, history=False)
+
+
+class TestAssumptions:
+    def test_every_task_runs_once(self) -> None:
+        """What a prediction cannot know is assumed (docs/howto/analyze-simulate.md): every
+        case of a switch, a task and a group whose condition is false, a task reading a
+        context key no one gives and a task whose timeout its duration exceeds all run,
+        once, for their whole duration."""
+        import flowdsl as fd
+
+        route = job("route", 1)
+        sw = fd.switch(route["kind"], {"a": job("ca", 2), "b": job("cb", 3)},
+                       default=job("cd", 1))
+        never = job("never", 1).when(lambda c: False)
+        reads = nap(fd.ctx("missing"), seconds=1).named("reads").with_options(
+            expected_duration=4, timeout=0.5, retries=2)
+        group = (job("g1", 1) >> job("g2", 1)).when(lambda c: False)
+        f = Flow("odd", [route >> sw, never, reads, group])
+        sim = simulate(f, history=False)
+        assert set(sim.tasks) == set(f.plan().order)
+        assert all(sim.end[t] - sim.start[t] == sim.durations[t] for t in sim.tasks)
+        assert sim.end["cb"] == 1 + 1 + 3  # route, its gate (1 s: no estimate), the case
+        assert sim.end["reads"] == 4 and sim.makespan == 5
