@@ -34,7 +34,7 @@ _BUSY = [0]
 _CLOCK: list[Any] = [None]
 
 
-class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+class _JumpSelector(selectors.DefaultSelector):
     """A selector that, when nothing is ready and a timer is due later, moves its loop's
     virtual clock to that timer instead of sleeping. With no timer, or while a counted
     worker thread is busy (its answer comes through the loop's self-pipe), it waits for
@@ -44,10 +44,10 @@ class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
 
     def select(self, timeout: float | None = None) -> list[Any]:
         if timeout is None or timeout <= 0 or _BUSY[0]:
-            return super().select(timeout)  # type: ignore[no-any-return]
+            return super().select(timeout)
         ready = super().select(0)
         if ready:
-            return ready  # type: ignore[no-any-return]
+            return ready
         self.loop.virtual += timeout
         return []
 
@@ -90,7 +90,7 @@ def counting_threads() -> Iterator[None]:
     try:
         yield
     finally:
-        anyio.to_thread.run_sync = _to_thread  # type: ignore[assignment]
+        anyio.to_thread.run_sync = _to_thread
 
 
 def run_virtual(fn: Callable[[], Any], backend: str = "asyncio", *,

@@ -184,7 +184,8 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
         buffer: for pipelines over items, the buffer between stages (as in a run).
 
     Raises:
-        ValueError: an unknown mode or a bad ``max_concurrency``.
+        ValueError: an unknown mode, a bad ``max_concurrency``, or ``items`` outside
+            pipeline mode (as :func:`flowdsl.run` refuses them).
         ResourceError: a task needs a pool not in ``resources`` or more than its capacity.
         RuntimeError: the simulated run did not complete (a mapped task's recorded count of
             children over its ``max_children``, for one).
@@ -248,7 +249,7 @@ class _VirtualExecutor(Executor):
         self._free = slots or 0
         self._queue: deque[asyncio.Future[None]] = deque()
 
-    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],  # type: ignore[override]
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], *, task_id: str) -> Any:
         if self.slots is None:
             return fn(*args, **kwargs)
@@ -322,8 +323,8 @@ def _virtual_plan(p: Plan, dur: Mapping[str, float], children: Mapping[str, int]
     retries, groups, inputs) is dropped. Also each task's list of call spans."""
     executors = {kind: _VirtualExecutor(n) for kind, n in limits.items()}
     unlimited = _VirtualExecutor(None)
-    tasks: dict[str, Task] = {}
-    ids: dict[Task, str] = {}
+    tasks: dict[str, Task[Any]] = {}
+    ids: dict[Task[Any], str] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
     specs: dict[tuple[Any, ...], Any] = {}
     for i, t in p.tasks.items():
@@ -331,7 +332,8 @@ def _virtual_plan(p: Plan, dur: Mapping[str, float], children: Mapping[str, int]
         kind = spec.executor
         ex = executors.get(kind, unlimited) if isinstance(kind, str) else unlimited
         n = children.get(i, 1)
-        spans[i] = mine = []
+        mine: list[tuple[float, float]] = []
+        spans[i] = mine
         args: tuple[Any, ...] = ()
         kwargs: dict[str, Any] = {}
         fan = t.fan
