@@ -14,17 +14,13 @@ errors, the rollbacks, and the history rows read back. Rules cited: docs/SEMANTI
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import math
 import os
-import selectors
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.to_thread
 import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
@@ -32,6 +28,7 @@ from reference import FlowD, GroupD, Outcome, Script, SwitchD, TaskD, output_of,
 
 import flowdsl
 from flowdsl import Backoff, Flow, HistoryStore, tool
+from flowdsl._base.virtual import run_virtual as _run_virtual
 
 # -- tools that follow the scripts ---------------------------------------------------------------
 
@@ -166,71 +163,13 @@ def build(fd: FlowD, pick: Callable[[TaskD], tuple[Any, dict[str, Any]]] | None 
     return Flow("diff", stages(fd.stages))
 
 
-# -- virtual time on asyncio ---------------------------------------------------------------------
-
-class _JumpSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
-    """A selector that, when nothing is ready and a timer is due later, moves its loop's
-    virtual clock to that timer instead of sleeping (trio's MockClock autojump, for asyncio).
-    With no timer (a worker thread is busy), it waits for real."""
-
-    loop: VirtualLoop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is None or timeout <= 0 or _BUSY[0]:
-            # A worker thread (SQLite: the history, the result cache) is still working: its
-            # answer comes through the loop's self-pipe, so wait for real, not jump.
-            return super().select(timeout)
-        ready = super().select(0)
-        if ready:
-            return ready
-        self.loop.virtual += timeout
-        return []
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    def __init__(self) -> None:
-        sel = _JumpSelector()
-        super().__init__(sel)
-        sel.loop = self
-        self.virtual = 0.0
-
-    def time(self) -> float:
-        return self.virtual
-
-
-#: Worker-thread calls in flight, and the trio clock of the run: virtual time must not move
-#: while the engine waits for a thread (a cache look-up, a history read), which takes no
-#: time in the reference.
-_BUSY = [0]
-_CLOCK: list[Any] = [None]
-_to_thread = anyio.to_thread.run_sync
-
-
-async def _counted_to_thread(*args: Any, **kwargs: Any) -> Any:
-    _BUSY[0] += 1
-    clock = _CLOCK[0]
-    if clock is not None:
-        clock.autojump_threshold = math.inf
-    try:
-        return await _to_thread(*args, **kwargs)
-    finally:
-        _BUSY[0] -= 1
-        if clock is not None and not _BUSY[0]:
-            clock.autojump_threshold = 0
-
+# -- virtual time ------------------------------------------------------------------------------
 
 def run_virtual(backend: str, fn: Callable[[], Any]) -> Any:
-    anyio.to_thread.run_sync = _counted_to_thread  # type: ignore[assignment]
-    try:
-        if backend == "trio":
-            from trio.testing import MockClock
-
-            _CLOCK[0] = MockClock(autojump_threshold=0)
-            return anyio.run(fn, backend="trio", backend_options={"clock": _CLOCK[0]})
-        return anyio.run(fn, backend="asyncio", backend_options={"loop_factory": VirtualLoop})
-    finally:
-        anyio.to_thread.run_sync = _to_thread  # type: ignore[assignment]
-        _CLOCK[0] = None
+    """``fn`` on virtual time (flowdsl's own virtual clock on asyncio, MockClock on trio);
+    virtual time stands still while the engine waits for a worker thread (a cache look-up,
+    a history read), which takes no time in the reference."""
+    return _run_virtual(fn, backend, count_threads=True)
 
 
 # -- the generator -------------------------------------------------------------------------------

@@ -228,3 +228,198 @@ class TestAgainstRealRuns:
         real = flowdsl.run(f, mode="pipeline", items=list(range(6)), history=False)
         assert real.ok
         assert abs(real.duration - sim.makespan) / sim.makespan < 0.5
+
+
+# -- simulate is the runner: where the old per-mode models disagreed with a run ------------------
+
+@tool(executor="async", registry=False)
+async def numbers(n: int = 4, seconds: float = 1.0) -> list[int]:
+    """The list 0..n-1, after ``seconds``."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return list(range(n))
+
+
+@tool(executor="async", registry=False)
+async def child(x: Any = None, seconds: float = 1.0) -> float:
+    """One mapped child: sleep ``seconds``."""
+    import anyio
+
+    await anyio.sleep(seconds)
+    return seconds
+
+
+def virtual_run(flow: Any, history: Any = False, **options: Any) -> flowdsl.RunResult:
+    """A real run of ``flow`` (real tools, real inputs) on the virtual clock: a task takes
+    exactly its sleep, so a correct prediction matches it to the float."""
+    from flowdsl._base.virtual import run_virtual
+
+    async def go() -> flowdsl.RunResult:
+        return await flowdsl.arun(flow, history=history, **options)
+
+    result = run_virtual(go, count_threads=True)
+    assert result.ok, result.error
+    return result
+
+
+def assert_same(sim: Any, real: flowdsl.RunResult) -> None:
+    """Every task's start and end and the makespan, predicted == run (a mapped task's
+    children are in the run's records, not in the plan's tasks)."""
+    got = {t: (r.started_at, r.ended_at) for t, r in real.tasks.items() if t in sim.tasks}
+    want = {t: (s.start, s.end) for t, s in sim.tasks.items()}
+    assert want.keys() == got.keys()
+    assert sim.lower_bound <= sim.makespan + 1e-9
+    off = {t: (want[t], got[t]) for t in got
+           if any(abs(want[t][k] - got[t][k]) > 1e-9 for k in (0, 1))}  # type: ignore
+    assert not off, f"predicted vs run (start, end) differ: {off}"
+    assert sim.makespan == pytest.approx(real.duration, abs=1e-9)
+
+
+class TestSameAsTheRunner:
+    """simulate() runs the runner itself, so it agrees with a run of the same flow whose
+    tools take exactly their declared durations. The cases are the ones the former
+    discrete-event model got wrong (its figure in each docstring)."""
+
+    STAGES = (("s0", 1), ("s1", 3), ("s2", 1))
+
+    def pipeline(self) -> Any:
+        return chain(*(job(n, s) for n, s in self.STAGES))
+
+    def test_pipeline_max_concurrency(self) -> None:
+        """5 items through stages of 1, 3, 1 s with max_concurrency=1: one call at a time
+        across the stages, 25 s (the old model ignored max_concurrency: 17 s)."""
+        f = self.pipeline()
+        sim = simulate(f, "pipeline", items=5, max_concurrency=1, history=False)
+        real = virtual_run(f, mode="pipeline", items=list(range(5)), max_concurrency=1)
+        assert_same(sim, real)
+        assert sim.makespan == 25
+
+    @pytest.mark.parametrize("buffer", [0, 1, 2, 8])
+    def test_pipeline_buffer(self, buffer: int) -> None:
+        """A fast stage before a slow one is held back by the buffer between them: with
+        buffer=0 the first stage hands over its 5th item at 11 s, not 5 s (the old model
+        had no buffers); the per-item spans are the run's too."""
+        f = self.pipeline()
+        given = {} if buffer == 2 else {"buffer": buffer}  # 2: a run's default
+        sim = simulate(f, "pipeline", items=5, history=False, **given)
+        real = virtual_run(f, mode="pipeline", items=list(range(5)), buffer=buffer)
+        assert_same(sim, real)
+        assert [len(sim.item_spans[s]) for s, _ in self.STAGES] == [5, 5, 5]
+        assert sim.item_spans["s0"][-1][1] == sim.end["s0"]
+        if buffer == 0:
+            assert sim.end["s0"] == 11
+
+    def mapped(self, **options: Any) -> Any:
+        src = numbers(6).named("src").with_options(expected_duration=1)
+        m = child.map(src).named("m").with_options(expected_duration=1, **options)
+        return Flow("fan", [m, job("other", 2, resources={"db": 1})], resources={"db": 2})
+
+    def test_map_under_max_parallel(self, tmp_path: Any) -> None:
+        """6 recorded children of 1 s, 2 at a time: 3 s, as the run's map lanes do (the old
+        model ran a mapped task as one task of 6 s)."""
+        f = self.mapped(max_parallel=2)
+        store = HistoryStore(tmp_path / "h.db")
+        try:
+            real = virtual_run(f, history=store)
+            sim = simulate(f, history=store)
+        finally:
+            store.close()
+        assert sim.children == {"m": 6}
+        assert_same(sim, real)
+        assert sim.end["m"] == 1 + 3
+
+    def test_map_children_take_pool_units(self, tmp_path: Any) -> None:
+        """A mapped task's children each take its pool units: 6 children needing one of
+        2 "db" units beside another task holding one for 2 s end at 5 s (the old model
+        took the units once, for a 6 s task)."""
+        f = self.mapped(resources={"db": 1})
+        store = HistoryStore(tmp_path / "h.db")
+        try:
+            real = virtual_run(f, history=store)
+            sim = simulate(f, history=store)
+        finally:
+            store.close()
+        assert_same(sim, real)
+
+    def test_thread_tools_do_no_thread_work(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Sync (thread) tools are faked by coroutines: no worker thread, no thread hop, so
+        the virtual clock is never fooled, and the tool's body never runs."""
+        import threading
+
+        import anyio.to_thread
+
+        calls: list[Any] = []
+
+        @tool(registry=False)
+        def body(x: Any = None) -> None:
+            calls.append(x)
+
+        def no_threads(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("simulate() hopped to a worker thread")
+
+        monkeypatch.setattr(anyio.to_thread, "run_sync", no_threads)
+        before = threading.active_count()
+        f = parallel(*(body().named(f"w{i}").with_options(expected_duration=1)
+                       for i in range(40)))
+        assert simulate(f, history=False).makespan == 2
+        assert threading.active_count() == before and calls == []
+
+    def test_inside_a_running_event_loop(self) -> None:
+        """From async code (a notebook cell), the simulation gets its own thread and loop."""
+        import anyio
+
+        async def go() -> float:
+            return simulate(self.pipeline(), "pipeline", items=3, history=False).makespan
+
+        assert anyio.run(go) == 1 + 3 * 3 + 1
+
+    def test_history_false_touches_no_file(self, tmp_path: Any,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """simulate(flow, history=False) of a flow with a mapped task opens no history
+        (nor cache) file, even where the default store would be."""
+        monkeypatch.setenv("FLOWDSL_HISTORY", str(tmp_path / "history.db"))
+        monkeypatch.setenv("FLOWDSL_CACHE", str(tmp_path / "cache.db"))
+        sim = simulate(self.mapped(), history=False)
+        assert sim.children == {"m": 1} and list(tmp_path.iterdir()) == []
+
+    def test_a_failed_simulated_run_is_an_error(self) -> None:
+        """A run the simulation cannot complete raises, naming the flow, rather than
+        reporting times of tasks that never ran."""
+        from flowdsl._record import simulate as sim_module
+
+        f = Flow("doomed", job("a", 1) >> job("b", 1))
+        real = sim_module.arun
+
+        async def failing(flow: Any, **options: Any) -> Any:
+            result = await real(flow, **options)
+            result.status = flowdsl.RunStatus.FAILED
+            return result
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sim_module, "arun", failing)
+            with pytest.raises(RuntimeError, match="simulated run of 'doomed' ended failed"):
+                simulate(f, history=False)
+
+
+class TestAssumptions:
+    def test_every_task_runs_once(self) -> None:
+        """What a prediction cannot know is assumed (docs/howto/analyze-simulate.md): every
+        case of a switch, a task and a group whose condition is false, a task reading a
+        context key no one gives and a task whose timeout its duration exceeds all run,
+        once, for their whole duration."""
+        import flowdsl as fd
+
+        route = job("route", 1)
+        sw = fd.switch(route["kind"], {"a": job("ca", 2), "b": job("cb", 3)},
+                       default=job("cd", 1))
+        never = job("never", 1).when(lambda c: False)
+        reads = nap(fd.ctx("missing"), seconds=1).named("reads").with_options(
+            expected_duration=4, timeout=0.5, retries=2)
+        group = (job("g1", 1) >> job("g2", 1)).when(lambda c: False)
+        f = Flow("odd", [route >> sw, never, reads, group])
+        sim = simulate(f, history=False)
+        assert set(sim.tasks) == set(f.plan().order)
+        assert all(sim.end[t] - sim.start[t] == sim.durations[t] for t in sim.tasks)
+        assert sim.end["cb"] == 1 + 1 + 3  # route, its gate (1 s: no estimate), the case
+        assert sim.end["reads"] == 4 and sim.makespan == 5
