@@ -389,7 +389,7 @@ class TestSameAsTheRunner:
         from flowdsl._record import simulate as sim_module
 
         f = Flow("doomed", job("a", 1) >> job("b", 1))
-        real = sim_module.arun
+        real = sim_module.execute
 
         async def failing(flow: Any, **options: Any) -> Any:
             result = await real(flow, **options)
@@ -397,7 +397,7 @@ class TestSameAsTheRunner:
             return result
 
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sim_module, "arun", failing)
+            mp.setattr(sim_module, "execute", failing)
             with pytest.raises(RuntimeError, match="simulated run of 'doomed' ended failed"):
                 simulate(f, history=False)
 

@@ -1,6 +1,6 @@
 """Predict: the real engine on a virtual clock, running no tool.
 
-:func:`simulate` plans the flow, then runs it through :func:`flowdsl.arun` (no history, no
+:func:`simulate` plans the flow, then runs it through the run layer's ``execute`` (no history, no
 result cache, no progress, no observer) on an asyncio event loop whose clock jumps to the
 next timer when nothing is runnable (:mod:`flowdsl._base.virtual`). Every tool call is
 replaced by a virtual sleep of the task's predicted duration (given, declared, recorded in
@@ -43,7 +43,7 @@ from .._graph.task import Task
 from .._plan import policy
 from .._plan.planner import Plan, plan
 from .._plan.policy import Mode
-from .._run.api import NO_CACHE, arun
+from .._run.api import execute
 from .._run.executors import Executor
 
 __all__ = ["SimTask", "Simulation", "resolve_durations", "simulate"]
@@ -206,9 +206,11 @@ def simulate(flow: Any, mode: str | None = None, *, resources: Any = None,
     n_items = None if items is None else (items if isinstance(items, int) else len(items))
     limits = executor_limits if executor_limits is not None else policy.executor_limits()
     fake, spans = _virtual_plan(p, dur, children, limits)
-    go = partial(arun, fake, mode=m, resources=caps, max_concurrency=mc, durations=dur,
+    # The run layer's entry: no history store, no cache store, no progress display, and no
+    # fork helper (no tool body runs), as none is assembled above it.
+    go = partial(execute, fake, mode=m, resources=caps, max_concurrency=mc, durations=dur,
                  items=None if n_items is None else range(n_items), buffer=buffer,
-                 history=False, cache=NO_CACHE, progress=False, log=False,
+                 history_store=None, cache_store=None, log=False,
                  capture_output=False, keep_outputs=False, store_outputs=False)
     result = (run_virtual(go) if current_loop() is None
               else in_fresh_thread(partial(run_virtual, go)))
