@@ -48,11 +48,10 @@ from .write import (
     HOST,
     INSERT_RUN,
     TAIL,
-    UPSERT_ATTEMPT,
-    UPSERT_TASK,
     Batch,
     HistoryObserver,
     aggregate_run,
+    insert_rows,
     tool_identity,
 )
 
@@ -499,6 +498,7 @@ class HistoryStore(HistoryReader):
             while queue:  # only this thread pops (under the lock); the run appends meanwhile
                 batch.extend([pop() for _ in range(len(queue))])
             self._plans.update(batch.plans)
+            batch.settle_running()
             if batch:
                 self._write_batch(batch)
 
@@ -522,8 +522,8 @@ class HistoryStore(HistoryReader):
         with self._transaction() as c:
             c.executemany(INSERT_RUN, batch.start_rows(self._plans))
             tasks, attempts = batch.with_qualnames(self._plans)
-            c.executemany(UPSERT_TASK, tasks)
-            c.executemany(UPSERT_ATTEMPT, attempts)
+            insert_rows(c, "tasks", tasks)
+            insert_rows(c, "attempts", attempts)
             c.executemany(FINISH_RUN, ends)
             flows = {aggregate_run(c, e[-1]) for e in ends}
         for flow in flows:

@@ -31,6 +31,8 @@ SCOPES = ("flow", "all")
 #: Seconds a flow's expected durations are reused without asking SQLite (runs of other
 #: processes show after this long; this process's own runs at once).
 CACHE_SECONDS = 10.0
+#: The largest cached flow (tasks read) that a run's end re-reads at once (see _refresh_flow).
+REFRESH_MAX = 1000
 _CACHE_FLOWS = 64
 _Fig = tuple[int, float, float]  # count, mean, median
 
@@ -108,9 +110,16 @@ class HistoryReader:
 
     def _refresh_flow(self, flow: str) -> None:
         """A run of ``flow`` was recorded: re-read its figures if they are cached (keeping
-        the entry's age, so other processes' runs show when it expires)."""
+        the entry's age, so other processes' runs show when it expires). An entry of more
+        than :data:`REFRESH_MAX` tasks is dropped instead: the next run of the flow reads
+        it in a worker thread, so the rows are read once per run at most, and not at all
+        when no run follows (a re-read is the size of the plan: for 10,000 tasks it cost
+        as much as writing the run's rows, while the run waited for it)."""
         with self._cache_lock:
             hit = self._flow_cache.get(flow)
+            if hit is not None and len(hit[1]) > REFRESH_MAX:
+                del self._flow_cache[flow]
+                return
         if hit is not None:  # called by the writer, right after its commit: no flush
             tasks, tools = self._read_flow(flow, hit[1], flush=False)
             with self._cache_lock:

@@ -1,0 +1,196 @@
+"""What recording costs (issue 26 part 5): rows go to SQLite in a few multi-row statements,
+a task's start costs the run three fields, and a large flow's expected durations are not
+read back at every run's end. Each test checks that the records stay true as well."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowdsl
+from flowdsl import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus, tool
+from flowdsl._record.history import HistoryStore, close_cached
+from flowdsl._record.history import read as history_read
+from flowdsl._record.history.write import ROWS_PER_STATEMENT
+
+
+@pytest.fixture(autouse=True)
+def _no_default_history(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("FLOWDSL_HISTORY", "off")
+    yield
+    close_cached()
+
+
+@tool(executor="async", registry=False)
+async def quick(after: Any = None) -> None:
+    """Do nothing."""
+
+
+def _feed(store: HistoryStore, run_id: str, n: int, *, retried: int = 0,
+          finish: bool = True) -> RunResult:
+    """A synthetic run of ``n`` tasks fed to the store's observer as a run feeds it; the
+    first ``retried`` tasks fail once before they complete (attempt rows of their own)."""
+    result = RunResult(run_id, "f", "parallel")
+    obs = store.observer("f")
+    obs.run_started(result, None)
+    for i in range(n):
+        rec = TaskRecord(f"t{i}", "noop", TaskStatus.RUNNING, started_at=float(i))
+        result.tasks[rec.id] = rec
+        obs.task_started(result, rec)
+        if i < retried:
+            rec.attempts.append(Attempt(1, float(i), i + 0.25, TaskStatus.FAILED,
+                                        ErrorInfo("ValueError", f"boom {i}")))
+        # A single attempt that spans its task has no row of its own (readers imply it).
+        rec.attempts.append(Attempt(len(rec.attempts) + 1, i + 0.25 if i < retried else i,
+                                    i + 0.5, TaskStatus.COMPLETED))
+        rec.status, rec.ended_at = TaskStatus.COMPLETED, i + 0.5
+        obs.task_finished(result, rec, None)
+    if finish:
+        result.status = "completed"
+        result.duration = float(n)
+        obs.run_finished(result)
+        assert store._settle(run_id) is None
+    return result
+
+
+class TestMultiRowWrites:
+    @pytest.mark.parametrize("n", [1, ROWS_PER_STATEMENT - 1, 2 * ROWS_PER_STATEMENT + 77])
+    def test_every_row_is_written_as_fed(self, tmp_path: Path, n: int) -> None:
+        """Full statements, powers of two left over, and attempt rows: each task and each
+        attempt has exactly the row its record gives."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            _feed(store, "r1", n, retried=min(n, 300))
+            tasks = store._rows("SELECT task_id, status, started_at, ended_at, attempts "
+                                "FROM tasks WHERE run_id = 'r1' ORDER BY started_at", ())
+            attempts = store._rows("SELECT task_id, number, status, error_message FROM "
+                                   "attempts WHERE run_id = 'r1' ORDER BY task_id, number", ())
+        assert tasks == [(f"t{i}", "completed", float(i), i + 0.5, 2 if i < 300 else 1)
+                         for i in range(n)]
+        want = sorted((f"t{i}", k, s, m) for i in range(min(n, 300)) for k, s, m in
+                      ((1, "failed", f"boom {i}"), (2, "completed", None)))
+        assert attempts == want
+
+    def test_a_batch_costs_a_few_statements_not_one_per_row(self, tmp_path: Path) -> None:
+        """The sqlite3 module hands the GIL over at every statement step: 1,000 tasks with
+        attempt rows are written in a handful of statements (it was one per row)."""
+        with HistoryStore(tmp_path / "h.db", flush_interval=60.0, flush_rows=10**9) as store:
+            steps: list[str] = []
+            store._conn.set_trace_callback(steps.append)
+            _feed(store, "r1", 1000, retried=1000)
+            store._conn.set_trace_callback(None)
+            (count,) = store._rows("SELECT count(*) FROM attempts WHERE run_id = 'r1'", ())[0]
+        inserts = [s for s in steps if s.startswith(("INSERT INTO tasks",
+                                                     "INSERT OR REPLACE INTO attempts"))]
+        assert count == 2000
+        assert 2 <= len(inserts) <= 20, len(inserts)
+
+    def test_a_later_row_of_a_task_wins_within_one_statement(self, tmp_path: Path) -> None:
+        """A task written twice in one batch (rolled back after it completed) keeps its
+        last status, and the output stored with its first row."""
+        with HistoryStore(tmp_path / "h.db", store_outputs=True, flush_interval=60.0,
+                          flush_rows=10**9) as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", started_at=0.0)
+            result.tasks["a"] = rec
+            obs.task_started(result, rec)
+            rec.attempts.append(Attempt(1, 0.0, 1.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 1.0
+            obs.task_finished(result, rec, {"x": 1})
+            rec.status = TaskStatus.ROLLED_BACK
+            result.status, result.duration = "rolled_back", 1.0
+            obs.run_finished(result)
+            assert store._settle("r1") is None
+            row = store._rows("SELECT status, output FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("rolled_back", '{"x":1}')]
+
+
+class TestRunningRows:
+    def test_a_running_task_is_recorded_while_it_runs(self, tmp_path: Path) -> None:
+        """A start whose row is made in the writer thread still reaches the file while the
+        task runs, with its tool, start and attempt count."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=5.0)
+            obs.task_started(result, rec)
+            store.flush()
+            row = store._rows("SELECT tool, status, started_at, ended_at, attempts FROM tasks "
+                              "WHERE task_id = 'a'", ())
+            rec.attempts.append(Attempt(1, 5.0, 6.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 6.0
+            obs.task_finished(result, rec, None)
+            result.status, result.duration = "completed", 1.0
+            obs.run_finished(result)
+            assert store._settle("r1") is None
+            final = store._rows("SELECT status, ended_at FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("noop", "running", 5.0, None, 0)]
+        assert final == [("completed", 6.0)]
+
+    def test_a_start_after_a_final_row_in_one_batch_keeps_the_output(
+            self, tmp_path: Path) -> None:
+        """A group's retry starts a task again after its final row, in the same batch: the
+        running row wins and the stored output is kept, as with rows made on the loop."""
+        with HistoryStore(tmp_path / "h.db", store_outputs=True, flush_interval=60.0,
+                          flush_rows=10**9) as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=0.0)
+            obs.task_started(result, rec)
+            rec.attempts.append(Attempt(1, 0.0, 1.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 1.0
+            obs.task_finished(result, rec, [1, 2])
+            rec.status, rec.ended_at = TaskStatus.RUNNING, None  # rewound by its group
+            obs.task_started(result, rec)
+            store.flush()
+            row = store._rows("SELECT status, attempts, output FROM tasks WHERE task_id = 'a'",
+                              ())
+        assert row == [("running", 1, "[1,2]")]
+
+    def test_a_start_with_a_reason_is_recorded_as_it_was(self, tmp_path: Path) -> None:
+        """A start whose record carries a reason is snapshotted on the loop, as before."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=1.0,
+                             reason="waiting for resources")
+            obs.task_started(result, rec)
+            rec.reason = "changed later"
+            store.flush()
+            row = store._rows("SELECT status, reason FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("running", "waiting for resources")]
+
+
+class TestDurationsCache:
+    def _flow(self, n: int) -> flowdsl.Fragment:
+        return flowdsl.parallel(*[quick().named(f"q{i}") for i in range(n)])
+
+    @pytest.mark.parametrize("n", [3, history_read.REFRESH_MAX + 1])
+    def test_the_next_run_reads_the_figures_of_the_last(self, tmp_path: Path,
+                                                        n: int) -> None:
+        """Small flows are re-read at a run's end, large ones dropped and read on demand:
+        either way the next run's expected durations count every recorded run."""
+        path = tmp_path / "h.db"
+        flow = self._flow(n)
+        flowdsl.run(flow, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        p = flowdsl.plan(flow)
+        store.durations(p)  # cached now
+        flowdsl.run(flow, history=path).raise_for_error()
+        cached = store.cached_durations(p)
+        assert (cached is None) == (n > history_read.REFRESH_MAX)
+        counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
+        assert counts == {f"q{i}": 2 for i in range(n)}
+        fresh = store.durations(p)
+        assert cached is None or cached == fresh
+        with sqlite3.connect(path) as conn:
+            rows = conn.execute("SELECT task_id, d1, d2 FROM task_stats").fetchall()
+        assert {t: (d1 + d2) / 2 for t, d1, d2 in rows} == pytest.approx(fresh)
