@@ -4,7 +4,6 @@ read back at every run's end. Each test checks that the records stay true as wel
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -168,29 +167,82 @@ class TestRunningRows:
         assert row == [("running", "waiting for resources")]
 
 
+@tool(executor="async", registry=False)
+async def items(n: int) -> list[int]:
+    """``n`` items to map over."""
+    return list(range(n))
+
+
+@tool(executor="async", registry=False)
+async def double(x: int) -> int:
+    """Twice ``x``."""
+    return 2 * x
+
+
 class TestDurationsCache:
-    def _flow(self, n: int) -> flowdsl.Fragment:
-        return flowdsl.parallel(*[quick().named(f"q{i}") for i in range(n)])
+    def _flow(self, n: int) -> flowdsl.Flow:
+        return flowdsl.Flow("cached", flowdsl.parallel(*[quick().named(f"q{i}")
+                                                         for i in range(n)]))
 
     @pytest.mark.parametrize("n", [3, history_read.REFRESH_MAX + 1])
-    def test_the_next_run_reads_the_figures_of_the_last(self, tmp_path: Path,
-                                                        n: int) -> None:
-        """Small flows are re-read at a run's end, large ones dropped and read on demand:
-        either way the next run's expected durations count every recorded run."""
+    def test_figures_taken_in_memory_are_those_sql_gives(self, tmp_path: Path,
+                                                         n: int) -> None:
+        """After each run, the cached figures (brought up to date in memory, never re-read)
+        are exactly what reading task_stats gives: counts, sums and the median of the
+        latest five, over more runs than the window holds."""
         path = tmp_path / "h.db"
         flow = self._flow(n)
+        p = flowdsl.plan(flow)
+        flowdsl.run(flow, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        store.durations(p)  # cached now
+        reads: list[Any] = []
+        real = store._read_flow
+        store._read_flow = lambda *a, **k: reads.append(a) or real(*a, **k)  # type: ignore
+        for _ in range(6):
+            flowdsl.run(flow, history=path).raise_for_error()
+            cached = store.cached_durations(p)
+            ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
+            assert (tasks, tools, sums) == real(key[0], key[1], flush=False)
+            assert cached == store.durations(p)
+            store._flow_cache[key] = (0.0, tasks, tools, sums)  # aged: durations() reads it
+            assert store.cached_durations(p) is None
+            store.durations(p)
+        assert len(reads) == 12  # the durations() calls above only: no re-read at run ends
+        counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
+        assert counts == {f"q{i}": 7 for i in range(n)}
+
+    def test_two_plans_of_one_name_keep_entries_of_their_own(self, tmp_path: Path) -> None:
+        """Runs alternating between two plans of one name each find their own figures in
+        memory (they used to evict each other and read from SQLite at every start)."""
+        path = tmp_path / "h.db"
+        a, b = self._flow(3), self._flow(4)
+        for f in (a, b):
+            flowdsl.run(f, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        pa, pb = flowdsl.plan(a), flowdsl.plan(b)
+        store.durations(pa)
+        store.durations(pb)
+        flowdsl.run(a, history=path).raise_for_error()
+        flowdsl.run(b, history=path).raise_for_error()
+        assert store.cached_durations(pa) == store.durations(pa)
+        assert store.cached_durations(pb) == store.durations(pb)
+        assert set(store.cached_durations(pb) or ()) == {"q0", "q1", "q2", "q3"}
+
+    def test_a_mapped_flow_is_read_again(self, tmp_path: Path) -> None:
+        """Pooled children cannot be brought up to date in memory: the entry is re-read
+        (small) and still gives what SQL gives."""
+        path = tmp_path / "h.db"
+        flow = flowdsl.Flow("mapped", double.map(items(3)))
         flowdsl.run(flow, history=path).raise_for_error()
         store = flowdsl._record.history.open_history(path)
         assert store is not None
         p = flowdsl.plan(flow)
-        store.durations(p)  # cached now
+        store.durations(p)
         flowdsl.run(flow, history=path).raise_for_error()
-        cached = store.cached_durations(p)
-        assert (cached is None) == (n > history_read.REFRESH_MAX)
-        counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
-        assert counts == {f"q{i}": 2 for i in range(n)}
-        fresh = store.durations(p)
-        assert cached is None or cached == fresh
-        with sqlite3.connect(path) as conn:
-            rows = conn.execute("SELECT task_id, d1, d2 FROM task_stats").fetchall()
-        assert {t: (d1 + d2) / 2 for t, d1, d2 in rows} == pytest.approx(fresh)
+        ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
+        assert sums is None and any(t.endswith("[]") for _, t in key[1])
+        assert (tasks, tools) == store._read_flow(key[0], key[1], flush=False)[:2]
+        assert store.cached_durations(p) == store.durations(p)
