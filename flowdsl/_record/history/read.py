@@ -35,9 +35,10 @@ CACHE_SECONDS = 10.0
 REFRESH_MAX = 1000
 _CACHE_FLOWS = 64
 _Fig = tuple[int, float, float]  # count, mean, median
-#: Per task (tool, task id): its task_stats sum and latest durations (d1 newest), as read;
+#: Per task (tool, task id): its task_stats sum and latest durations (d1 newest, the empty
+#: slots left out), as read;
 #: ``None`` for an entry with a mapped task (its children are pooled).
-_Sums = dict[tuple[str, str], tuple[float, tuple[float | None, ...]]] | None
+_Sums = dict[tuple[str, str], tuple[float, tuple[float, ...]]] | None
 _Entry = tuple[float, dict[tuple[str, str], _Fig], dict[str, _Fig], _Sums]
 
 
@@ -399,8 +400,8 @@ class HistoryReader:
             m = len(ds)
             mid = ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
             tasks[(tool, tid)] = (n, total / n, mid)
-            if sums is not None:
-                sums[(tool, tid)] = (total, tuple(recent))
+            if sums is not None:  # empty slots only ever trail (a duration enters at d1)
+                sums[(tool, tid)] = (total, tuple(d for d in recent if d is not None))
             if tid.endswith("]"):  # a child `parent[i]` of a mapped task
                 pooled = children.setdefault((tool, tid.rpartition("[")[0] + "[]"), [0, 0.0, []])
                 pooled[0] += n
@@ -417,9 +418,9 @@ class HistoryReader:
             "task_n > 0", (flow,), flush=flush)}
 
 
-def _median(recent: tuple[float | None, ...]) -> float:
+def _median(recent: tuple[float, ...]) -> float:
     """The median of a task's latest durations, as :meth:`HistoryReader._read_flow` takes it."""
-    ds = sorted(d for d in recent if d is not None)
+    ds = sorted(recent)
     m = len(ds)
     return ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
 

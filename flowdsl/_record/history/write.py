@@ -595,6 +595,11 @@ class HistoryObserver:
         warnings.warn(str(error), HistoryWarning, stacklevel=2)
 
 
+#: Each status's text: a dict look-up (``TaskStatus.value`` is a Python-level property, run
+#: for every row on the event loop).
+_VALUE: dict[TaskStatus, str] = {s: s.value for s in TaskStatus}
+
+
 def _running_row(lazy: tuple[str, TaskRecord, int]) -> tuple[Any, ...]:
     """A started task's row from its RUNNING entry: what :func:`_task_row` gives at its start
     (the fields read here do not change while it runs; the entry was made only for a running
@@ -612,7 +617,7 @@ def _output(row: tuple[Any, ...]) -> Any:
 def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
               ) -> tuple[Any, ...]:
     err = r.error
-    return (run_id, r.id, r.tool, r.status.value, r.started_at, r.ended_at, r.duration,
+    return (run_id, r.id, r.tool, _VALUE[r.status], r.started_at, r.ended_at, r.duration,
             len(r.attempts), err.type if err else None, err.message if err else None,
             r.reason, logs, output)
 
@@ -630,5 +635,6 @@ def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
     for a in atts:
         err = a.error
         rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
-                     a.status.value, err.type if err else None, err.message if err else None))
+                     _VALUE[a.status], err.type if err else None,
+                     err.message if err else None))
     return rows
