@@ -231,6 +231,22 @@ class TestDurationsCache:
         assert store.cached_durations(pb) == store.durations(pb)
         assert set(store.cached_durations(pb) or ()) == {"q0", "q1", "q2", "q3"}
 
+    def test_plans_of_one_name_are_kept_up_to_a_bound(self, tmp_path: Path) -> None:
+        """Every unnamed flow shares one name: the oldest of its plans make way (each entry
+        holds figures per task), the newest are answered from memory."""
+        path = tmp_path / "h.db"
+        flows = [self._flow(k) for k in range(1, 8)]
+        for f in flows:
+            flowdsl.run(f, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        for f in flows:
+            store.durations(flowdsl.plan(f))
+        assert len(store._flow_cache) == history_read._PLANS_PER_FLOW
+        assert store.cached_durations(flowdsl.plan(flows[0])) is None
+        assert store.cached_durations(flowdsl.plan(flows[-1])) == store.durations(
+            flowdsl.plan(flows[-1]))
+
     def test_a_mapped_flow_is_read_again(self, tmp_path: Path) -> None:
         """Pooled children cannot be brought up to date in memory: the entry is re-read
         (small) and still gives what SQL gives."""

@@ -34,6 +34,9 @@ CACHE_SECONDS = 10.0
 #: The largest cached flow (tasks read) that a run's end re-reads at once (see _refresh_flow).
 REFRESH_MAX = 1000
 _CACHE_FLOWS = 64
+#: Cached plans per flow name (unnamed flows all share ``""``; each entry holds figures per
+#: task of its plan).
+_PLANS_PER_FLOW = 4
 _Fig = tuple[int, float, float]  # count, mean, median
 #: Per task (tool, task id): its task_stats sum and latest durations (d1 newest, the empty
 #: slots left out), as read;
@@ -309,9 +312,14 @@ class HistoryReader:
         wanted = _wanted(idents, mapped)
         tasks, tools, sums = self._read_flow(flow, wanted)
         with self._cache_lock:
-            if len(self._flow_cache) >= _CACHE_FLOWS and (flow, wanted) not in self._flow_cache:
-                self._flow_cache.pop(next(iter(self._flow_cache)))
-            self._flow_cache[(flow, wanted)] = (time.monotonic(), tasks, tools, sums)
+            cache = self._flow_cache
+            cache.pop((flow, wanted), None)  # re-inserted last: the newest of its flow
+            same = [k for k in cache if k[0] == flow]
+            for k in same[:max(0, len(same) - _PLANS_PER_FLOW + 1)]:
+                del cache[k]  # the oldest plans of that name (memory: figures per task)
+            if len(cache) >= _CACHE_FLOWS:
+                cache.pop(next(iter(cache)))
+            cache[(flow, wanted)] = (time.monotonic(), tasks, tools, sums)
         wide: dict[str, _Fig] = {}
         if scope == "all":
             wanted = sorted(set(idents.values()) - set(tools))
