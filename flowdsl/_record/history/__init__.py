@@ -48,11 +48,10 @@ from .write import (
     HOST,
     INSERT_RUN,
     TAIL,
-    UPSERT_ATTEMPT,
-    UPSERT_TASK,
     Batch,
     HistoryObserver,
     aggregate_run,
+    insert_rows,
     tool_identity,
 )
 
@@ -321,6 +320,9 @@ class HistoryStore(HistoryReader):
         self._writer: threading.Thread | None = None
         self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
+        # run id -> task id -> (qualified tool, duration) of its completed tasks written so
+        # far (None for the others), until the run's end is written (see _write)
+        self._ran: dict[str, dict[str, tuple[str, float] | None]] = {}
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
         self._settles: list[tuple[str, Callable[[HistoryError | None], None]]] = []
@@ -499,6 +501,7 @@ class HistoryStore(HistoryReader):
             while queue:  # only this thread pops (under the lock); the run appends meanwhile
                 batch.extend([pop() for _ in range(len(queue))])
             self._plans.update(batch.plans)
+            batch.settle_running()
             if batch:
                 self._write_batch(batch)
 
@@ -513,6 +516,7 @@ class HistoryStore(HistoryReader):
             self._lost(batch, exc)
         for end in batch.ends:
             self._plans.pop(end[-1], None)
+            self._ran.pop(end[-1], None)
             _LIVE_RUNS.discard(end[-1])
 
     def _write(self, batch: Batch) -> None:
@@ -522,12 +526,23 @@ class HistoryStore(HistoryReader):
         with self._transaction() as c:
             c.executemany(INSERT_RUN, batch.start_rows(self._plans))
             tasks, attempts = batch.with_qualnames(self._plans)
-            c.executemany(UPSERT_TASK, tasks)
-            c.executemany(UPSERT_ATTEMPT, attempts)
+            insert_rows(c, "tasks", tasks)
+            insert_rows(c, "attempts", attempts)
             c.executemany(FINISH_RUN, ends)
-            flows = {aggregate_run(c, e[-1]) for e in ends}
-        for flow in flows:
-            self._refresh_flow(flow)
+            flows = [aggregate_run(c, e[-1]) for e in ends]
+        # What each run adds to task_stats (as _TASK_STATS selects it: the last row written
+        # of each task, completed with a start and a duration), for the cached figures.
+        ran = self._ran
+        for row in tasks:
+            done = ran.get(row[0])
+            if done is None:
+                done = ran[row[0]] = {}
+            done[row[1]] = ((row[13], row[6]) if row[3] == "completed" and row[4] is not None
+                            and row[6] is not None else None)
+        for e, flow in zip(ends, flows):
+            done = ran.pop(e[-1], None) or {}
+            self._refresh_flow(flow, {(v[0], tid): v[1] for tid, v in done.items()
+                                      if v is not None})
         self._commits += 1
         self._ended += len(ends)
         if self._ended >= self.prune_every:

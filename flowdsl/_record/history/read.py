@@ -31,8 +31,18 @@ SCOPES = ("flow", "all")
 #: Seconds a flow's expected durations are reused without asking SQLite (runs of other
 #: processes show after this long; this process's own runs at once).
 CACHE_SECONDS = 10.0
+#: The largest cached flow (tasks read) that a run's end re-reads at once (see _refresh_flow).
+REFRESH_MAX = 1000
 _CACHE_FLOWS = 64
+#: Cached plans per flow name (unnamed flows all share ``""``; each entry holds figures per
+#: task of its plan).
+_PLANS_PER_FLOW = 4
 _Fig = tuple[int, float, float]  # count, mean, median
+#: Per task (tool, task id): its task_stats sum and latest durations (d1 newest, the empty
+#: slots left out), as read;
+#: ``None`` for an entry with a mapped task (its children are pooled).
+_Sums = dict[tuple[str, str], tuple[float, tuple[float, ...]]] | None
+_Entry = tuple[float, dict[tuple[str, str], _Fig], dict[str, _Fig], _Sums]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,21 +111,56 @@ class HistoryReader:
         raise NotImplementedError
 
     def _init_reader(self) -> None:
-        # flow -> (when read, the (tool, task id) pairs read, per task (tool, task id) ->
-        # (count, mean, median), per tool)
-        self._flow_cache: dict[str, tuple[float, frozenset[tuple[str, str]],
-                                          dict[tuple[str, str], _Fig], dict[str, _Fig]]] = {}
+        # (flow, the (tool, task id) pairs read) -> (when read, per task (tool, task id) ->
+        # (count, mean, median), per tool, per task its sum and latest durations). Plans
+        # of one name that differ (another tool, other tasks) keep entries of their own.
+        self._flow_cache: dict[tuple[str, frozenset[tuple[str, str]]], _Entry] = {}
         self._cache_lock = threading.Lock()
 
-    def _refresh_flow(self, flow: str) -> None:
-        """A run of ``flow`` was recorded: re-read its figures if they are cached (keeping
-        the entry's age, so other processes' runs show when it expires)."""
+    def _refresh_flow(self, flow: str, ran: dict[tuple[str, str], float] | None = None
+                      ) -> None:
+        """A run of ``flow`` was recorded (its end's aggregates are committed; the caller
+        holds the connection): bring its cached figures up to date, keeping each entry's
+        age (so other processes' runs show when it expires).
+
+        ``ran`` is what the run added to ``task_stats``: the duration of each task it
+        completed, by (qualified tool, task id). An entry without mapped tasks takes it in
+        memory, as SQL did (count + 1, sum + duration, the duration first of the latest
+        five), and re-reads only the flow's per-tool rows; another entry is re-read, or
+        dropped when it holds more than :data:`REFRESH_MAX` tasks (the next run reads it in
+        a worker thread). A 10,000-task flow was re-read row by row at every run's end, as
+        long as writing the run's rows, while the run waited for it."""
         with self._cache_lock:
-            hit = self._flow_cache.get(flow)
-        if hit is not None:  # called by the writer, right after its commit: no flush
-            tasks, tools = self._read_flow(flow, hit[1], flush=False)
+            hits = [(k, v) for k, v in self._flow_cache.items() if k[0] == flow]
+        if not hits:
+            return
+        tools: dict[str, _Fig] | None = None
+        for key, (when, tasks, _, sums) in hits:
+            wanted = key[1]
+            if sums is not None and ran is not None:
+                if tools is None:
+                    tools = self._read_tools(flow, flush=False)
+                # In place, under the lock that readers pick figures under (copying a
+                # 10,000-task entry at each small run's end cost more than the update).
+                with self._cache_lock:
+                    for pair in wanted.intersection(ran):  # in C; often none
+                        d = ran[pair]
+                        total, recent = sums.get(pair, (0.0, ()))
+                        total, recent = total + d, (d, *recent[:4])
+                        n = (tasks[pair][0] if pair in tasks else 0) + 1
+                        sums[pair] = (total, recent)
+                        tasks[pair] = (n, total / n, _median(recent))
+                entry: _Entry | None = (when, tasks, tools, sums)
+            elif len(wanted) > REFRESH_MAX:
+                entry = None
+            else:
+                tasks, new_tools, sums = self._read_flow(flow, wanted, flush=False)
+                entry = (when, tasks, new_tools, sums)
             with self._cache_lock:
-                self._flow_cache[flow] = (hit[0], hit[1], tasks, tools)
+                if entry is None:
+                    self._flow_cache.pop(key, None)
+                else:
+                    self._flow_cache[key] = entry
 
     def runs(self, limit: int = 20, *, flow: str | None = None,
              status: str | None = None, offset: int = 0) -> list[dict[str, Any]]:
@@ -266,11 +311,16 @@ class HistoryReader:
         idents = _identities(plan)
         mapped = _mapped(plan)
         wanted = _wanted(idents, mapped)
-        tasks, tools = self._read_flow(flow, wanted)
+        tasks, tools, sums = self._read_flow(flow, wanted)
         with self._cache_lock:
-            if len(self._flow_cache) >= _CACHE_FLOWS:
-                self._flow_cache.pop(next(iter(self._flow_cache)))
-            self._flow_cache[flow] = (time.monotonic(), wanted, tasks, tools)
+            cache = self._flow_cache
+            cache.pop((flow, wanted), None)  # re-inserted last: the newest of its flow
+            same = [k for k in cache if k[0] == flow]
+            for k in same[:max(0, len(same) - _PLANS_PER_FLOW + 1)]:
+                del cache[k]  # the oldest plans of that name (memory: figures per task)
+            if len(cache) >= _CACHE_FLOWS:
+                cache.pop(next(iter(cache)))
+            cache[(flow, wanted)] = (time.monotonic(), tasks, tools, sums)
         wide: dict[str, _Fig] = {}
         if scope == "all":
             others = sorted(set(idents.values()) - set(tools))
@@ -291,16 +341,14 @@ class HistoryReader:
         worker thread."""
         if self.scope != "flow":
             return None
-        with self._cache_lock:
-            hit = self._flow_cache.get(plan.name or "")
-        if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
-            return None
         idents, mapped = _identities(plan), _mapped(plan)
-        if _wanted(idents, mapped) != hit[1]:
-            # Another plan of that name: read its own tasks (in a worker thread), which then
-            # become the entry, so the writer's refresh after each run reads only those.
-            return None
-        return _pick(idents, hit[2], hit[3], "p50", mapped)
+        with self._cache_lock:
+            # A plan of that name not read yet (another tool, other tasks) misses: its own
+            # tasks are read (in a worker thread) and become an entry of their own.
+            hit = self._flow_cache.get((plan.name or "", _wanted(idents, mapped)))
+            if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+                return None
+            return _pick(idents, hit[1], hit[2], "p50", mapped)  # the writer updates in place
 
     def map_counts(self, plan: Plan) -> dict[str, int]:
         """For each mapped task of ``plan``, how many children it had in the latest of the
@@ -352,14 +400,17 @@ class HistoryReader:
         return rows
 
     def _read_flow(self, flow: str, wanted: frozenset[tuple[str, str]], *, flush: bool = True
-                   ) -> tuple[dict[tuple[str, str], _Fig], dict[str, _Fig]]:
+                   ) -> tuple[dict[tuple[str, str], _Fig], dict[str, _Fig], _Sums]:
         tasks = {}
+        sums: _Sums = None if any(tid.endswith("[]") for _, tid in wanted) else {}
         children: dict[tuple[str, str], list[Any]] = {}  # a mapped task's children, pooled
         for tool, tid, n, total, *recent in self._task_rows(flow, wanted, flush):
             ds = sorted(d for d in recent if d is not None)
             m = len(ds)
             mid = ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
             tasks[(tool, tid)] = (n, total / n, mid)
+            if sums is not None:  # empty slots only ever trail (a duration enters at d1)
+                sums[(tool, tid)] = (total, tuple(d for d in recent if d is not None))
             if tid.endswith("]"):  # a child `parent[i]` of a mapped task
                 pooled = children.setdefault((tool, tid.rpartition("[")[0] + "[]"), [0, 0.0, []])
                 pooled[0] += n
@@ -367,10 +418,20 @@ class HistoryReader:
                 pooled[2].extend(ds)
         for key, (n, total, ds) in children.items():
             tasks[key] = (n, total / n, percentile(sorted(ds), 0.5) or 0.0)
-        tools = {tool: _figures([(n, total, recent)]) for tool, n, total, recent in self._rows(
+        return tasks, self._read_tools(flow, flush=flush), sums
+
+    def _read_tools(self, flow: str, *, flush: bool = True) -> dict[str, _Fig]:
+        """The flow's per-tool figures (a row per tool)."""
+        return {tool: _figures([(n, total, recent)]) for tool, n, total, recent in self._rows(
             "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE flow = ? AND "
             "task_n > 0", (flow,), flush=flush)}
-        return tasks, tools
+
+
+def _median(recent: tuple[float, ...]) -> float:
+    """The median of a task's latest durations, as :meth:`HistoryReader._read_flow` takes it."""
+    ds = sorted(recent)
+    m = len(ds)
+    return ds[m // 2] if m % 2 else (ds[m // 2 - 1] + ds[m // 2]) / 2 if m else 0.0
 
 
 def _json_list(text: str | None) -> list[Any] | None:

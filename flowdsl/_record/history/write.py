@@ -13,6 +13,7 @@ the file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -42,6 +43,7 @@ __all__ = [
     "HistoryObserver",
     "aggregate_run",
     "edges_json",
+    "insert_rows",
     "logs_json",
     "nodes_json",
     "percentile",
@@ -87,22 +89,26 @@ def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | N
 #: Durations kept per statistics row: quantiles are over a tool's latest calls.
 WINDOW = 64
 
-# Row kinds on the queue (small ints: the hot path appends (kind, row) tuples).
-START, TASK, ATTEMPT, END, PLAN = range(5)
+# Row kinds on the queue (small ints: the hot path appends (kind, row) tuples). RUNNING is a
+# task's start as (run id, record, attempts so far): the writer makes its row, and only when
+# the task's final row did not come along in the same batch.
+START, TASK, ATTEMPT, END, PLAN, RUNNING = range(6)
 
-UPSERT_TASK = (
+_TASK_HEAD = (
     "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
-    "attempts, error_type, error_message, reason, logs, output, qualname) "
-    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
+    "attempts, error_type, error_message, reason, logs, output, qualname) VALUES ")
+_TASK_TAIL = (
+    " ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
     "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
     "attempts=excluded.attempts, error_type=excluded.error_type, "
     "error_message=excluded.error_message, reason=excluded.reason, "
     "logs=coalesce(excluded.logs, tasks.logs), "
     "output=coalesce(excluded.output, tasks.output), qualname=excluded.qualname")
-UPSERT_ATTEMPT = (
+UPSERT_TASK = f"{_TASK_HEAD}({','.join('?' * 14)}){_TASK_TAIL}"
+_ATTEMPT_HEAD = (
     "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
-    "duration, status, error_type, error_message, qualname) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+    "duration, status, error_type, error_message, qualname) VALUES ")
+UPSERT_ATTEMPT = f"{_ATTEMPT_HEAD}({','.join('?' * 11)})"
 # OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
 INSERT_RUN = (
     "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges, "
@@ -114,6 +120,44 @@ TAIL = "UPDATE tasks SET logs = ? WHERE run_id = ? AND task_id = ? AND status = 
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
     "history_error=? WHERE run_id=?")
+
+
+#: Rows per multi-row statement (14 columns: 3,584 parameters, under SQLite's 32,766).
+ROWS_PER_STATEMENT = 256
+_multi: dict[tuple[str, int], str] = {}
+
+
+def _multi_sql(head: str, tail: str, width: int, rows: int) -> str:
+    key = (head, rows)
+    sql = _multi.get(key)
+    if sql is None:
+        one = f"({','.join('?' * width)})"
+        sql = _multi[key] = f"{head}{','.join([one] * rows)}{tail}"
+    return sql
+
+
+def insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Write ``rows`` (``"tasks"`` or ``"attempts"``) with a few multi-row statements: one
+    per :data:`ROWS_PER_STATEMENT` rows, then one per power of two left. The ``sqlite3``
+    module releases the GIL around every statement step, and a one-row statement is a step
+    per row: written during a run, each of those steps handed the GIL to the event loop and
+    waited to get it back (a row of 10,000 tasks cost the loop as much as the task itself).
+    Rows are written in order, so a later row of a key wins, as one row at a time."""
+    if not rows:
+        return
+    head, tail, width = ((_TASK_HEAD, _TASK_TAIL, 14) if table == "tasks"
+                         else (_ATTEMPT_HEAD, "", 11))
+    chain = itertools.chain.from_iterable
+    k = ROWS_PER_STATEMENT
+    full = len(rows) - len(rows) % k
+    if full:
+        c.executemany(_multi_sql(head, tail, width, k),
+                      [tuple(chain(rows[i:i + k])) for i in range(0, full, k)])
+    i = full
+    while i < len(rows):
+        n = 1 << ((len(rows) - i).bit_length() - 1)  # the largest power of two left
+        c.execute(_multi_sql(head, tail, width, n), tuple(chain(rows[i:i + n])))
+        i += n
 
 
 # -- text and identity -------------------------------------------------------------------------
@@ -216,8 +260,14 @@ class Batch:
             key = (row[0], row[1])
             old = self.tasks.get(key)
             if old is not None and row[-1] is None and old[-1] is not None:
-                row = (*row[:-1], old[-1])
+                row = (*row[:-1], _output(old))
             self.tasks[key] = row
+        elif kind == RUNNING:
+            key = (row[0], row[1].id)
+            old = self.tasks.get(key)
+            # After a final row of the same batch (a group's retry): made now, so that the
+            # stored output carries over as for any later row.
+            self.tasks[key] = row if old is None else (*_running_row(row)[:-1], _output(old))
         elif kind == ATTEMPT:
             self.attempts.append(row)
         elif kind == START:
@@ -236,12 +286,19 @@ class Batch:
                 key = (row[0], row[1])
                 old = get(key)
                 if old is not None and row[-1] is None and old[-1] is not None:
-                    row = (*row[:-1], old[-1])
+                    row = (*row[:-1], _output(old))
                 tasks[key] = row
             elif kind == ATTEMPT:
                 attempt(row)
             else:
                 self.add(kind, row)
+
+    def settle_running(self) -> None:
+        """Make the rows of the tasks whose start is the last thing this batch knows of."""
+        tasks = self.tasks
+        for key, row in tasks.items():
+            if len(row) == 3:
+                tasks[key] = _running_row(row)
 
     def rows(self) -> int:
         return len(self.starts) + len(self.tasks) + len(self.attempts) + len(self.ends)
@@ -437,7 +494,13 @@ class HistoryObserver:
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
         self._running[record.id] = record
-        self._push((TASK, _task_row(result.run_id, record, None, None)))
+        if (record.status is TaskStatus.RUNNING and record.ended_at is None
+                and record.error is None and record.reason is None):
+            # The usual start: three fields, the row is made in the writer thread (most are
+            # never made: the task's final row replaces them in the same batch).
+            self._push((RUNNING, (result.run_id, record, len(record.attempts))))
+        else:
+            self._push((TASK, _task_row(result.run_id, record, None, None)))
 
     def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
         """In the writer thread: the running tasks whose log grew since last written, as
@@ -532,10 +595,29 @@ class HistoryObserver:
         warnings.warn(str(error), HistoryWarning, stacklevel=2)
 
 
+#: Each status's text: a dict look-up (``TaskStatus.value`` is a Python-level property, run
+#: for every row on the event loop).
+_VALUE: dict[TaskStatus, str] = {s: s.value for s in TaskStatus}
+
+
+def _running_row(lazy: tuple[str, TaskRecord, int]) -> tuple[Any, ...]:
+    """A started task's row from its RUNNING entry: what :func:`_task_row` gives at its start
+    (the fields read here do not change while it runs; the entry was made only for a running
+    record whose end time, error and reason were empty)."""
+    run_id, r, attempts = lazy
+    return (run_id, r.id, r.tool, "running", r.started_at, None, None, attempts, None, None,
+            None, None, None)
+
+
+def _output(row: tuple[Any, ...]) -> Any:
+    """The stored output of a batched task row (none in a RUNNING entry)."""
+    return None if len(row) == 3 else row[-1]
+
+
 def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
               ) -> tuple[Any, ...]:
     err = r.error
-    return (run_id, r.id, r.tool, r.status.value, r.started_at, r.ended_at, r.duration,
+    return (run_id, r.id, r.tool, _VALUE[r.status], r.started_at, r.ended_at, r.duration,
             len(r.attempts), err.type if err else None, err.message if err else None,
             r.reason, logs, output)
 
@@ -553,5 +635,6 @@ def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
     for a in atts:
         err = a.error
         rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
-                     a.status.value, err.type if err else None, err.message if err else None))
+                     _VALUE[a.status], err.type if err else None,
+                     err.message if err else None))
     return rows

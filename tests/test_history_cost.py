@@ -1,0 +1,264 @@
+"""What recording costs (issue 26 part 5): rows go to SQLite in a few multi-row statements,
+a task's start costs the run three fields, and a large flow's expected durations are not
+read back at every run's end. Each test checks that the records stay true as well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import flowdsl
+from flowdsl import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus, tool
+from flowdsl._record.history import HistoryStore, close_cached
+from flowdsl._record.history import read as history_read
+from flowdsl._record.history.write import ROWS_PER_STATEMENT
+
+
+@pytest.fixture(autouse=True)
+def _no_default_history(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("FLOWDSL_HISTORY", "off")
+    yield
+    close_cached()
+
+
+@tool(executor="async", registry=False)
+async def quick(after: Any = None) -> None:
+    """Do nothing."""
+
+
+def _feed(store: HistoryStore, run_id: str, n: int, *, retried: int = 0,
+          finish: bool = True) -> RunResult:
+    """A synthetic run of ``n`` tasks fed to the store's observer as a run feeds it; the
+    first ``retried`` tasks fail once before they complete (attempt rows of their own)."""
+    result = RunResult(run_id, "f", "parallel")
+    obs = store.observer("f")
+    obs.run_started(result, None)
+    for i in range(n):
+        rec = TaskRecord(f"t{i}", "noop", TaskStatus.RUNNING, started_at=float(i))
+        result.tasks[rec.id] = rec
+        obs.task_started(result, rec)
+        if i < retried:
+            rec.attempts.append(Attempt(1, float(i), i + 0.25, TaskStatus.FAILED,
+                                        ErrorInfo("ValueError", f"boom {i}")))
+        # A single attempt that spans its task has no row of its own (readers imply it).
+        rec.attempts.append(Attempt(len(rec.attempts) + 1, i + 0.25 if i < retried else i,
+                                    i + 0.5, TaskStatus.COMPLETED))
+        rec.status, rec.ended_at = TaskStatus.COMPLETED, i + 0.5
+        obs.task_finished(result, rec, None)
+    if finish:
+        result.status = "completed"
+        result.duration = float(n)
+        obs.run_finished(result)
+        assert store._settle(run_id) is None
+    return result
+
+
+class TestMultiRowWrites:
+    @pytest.mark.parametrize("n", [1, ROWS_PER_STATEMENT - 1, 2 * ROWS_PER_STATEMENT + 77])
+    def test_every_row_is_written_as_fed(self, tmp_path: Path, n: int) -> None:
+        """Full statements, powers of two left over, and attempt rows: each task and each
+        attempt has exactly the row its record gives."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            _feed(store, "r1", n, retried=min(n, 300))
+            tasks = store._rows("SELECT task_id, status, started_at, ended_at, attempts "
+                                "FROM tasks WHERE run_id = 'r1' ORDER BY started_at", ())
+            attempts = store._rows("SELECT task_id, number, status, error_message FROM "
+                                   "attempts WHERE run_id = 'r1' ORDER BY task_id, number", ())
+        assert tasks == [(f"t{i}", "completed", float(i), i + 0.5, 2 if i < 300 else 1)
+                         for i in range(n)]
+        want = sorted((f"t{i}", k, s, m) for i in range(min(n, 300)) for k, s, m in
+                      ((1, "failed", f"boom {i}"), (2, "completed", None)))
+        assert attempts == want
+
+    def test_a_batch_costs_a_few_statements_not_one_per_row(self, tmp_path: Path) -> None:
+        """The sqlite3 module hands the GIL over at every statement step: 1,000 tasks with
+        attempt rows are written in a handful of statements (it was one per row)."""
+        with HistoryStore(tmp_path / "h.db", flush_interval=60.0, flush_rows=10**9) as store:
+            steps: list[str] = []
+            store._conn.set_trace_callback(steps.append)
+            _feed(store, "r1", 1000, retried=1000)
+            store._conn.set_trace_callback(None)
+            (count,) = store._rows("SELECT count(*) FROM attempts WHERE run_id = 'r1'", ())[0]
+        inserts = [s for s in steps if s.startswith(("INSERT INTO tasks",
+                                                     "INSERT OR REPLACE INTO attempts"))]
+        assert count == 2000
+        assert 2 <= len(inserts) <= 20, len(inserts)
+
+    def test_a_later_row_of_a_task_wins_within_one_statement(self, tmp_path: Path) -> None:
+        """A task written twice in one batch (rolled back after it completed) keeps its
+        last status, and the output stored with its first row."""
+        with HistoryStore(tmp_path / "h.db", store_outputs=True, flush_interval=60.0,
+                          flush_rows=10**9) as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", started_at=0.0)
+            result.tasks["a"] = rec
+            obs.task_started(result, rec)
+            rec.attempts.append(Attempt(1, 0.0, 1.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 1.0
+            obs.task_finished(result, rec, {"x": 1})
+            rec.status = TaskStatus.ROLLED_BACK
+            result.status, result.duration = "rolled_back", 1.0
+            obs.run_finished(result)
+            assert store._settle("r1") is None
+            row = store._rows("SELECT status, output FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("rolled_back", '{"x":1}')]
+
+
+class TestRunningRows:
+    def test_a_running_task_is_recorded_while_it_runs(self, tmp_path: Path) -> None:
+        """A start whose row is made in the writer thread still reaches the file while the
+        task runs, with its tool, start and attempt count."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=5.0)
+            obs.task_started(result, rec)
+            store.flush()
+            row = store._rows("SELECT tool, status, started_at, ended_at, attempts FROM tasks "
+                              "WHERE task_id = 'a'", ())
+            rec.attempts.append(Attempt(1, 5.0, 6.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 6.0
+            obs.task_finished(result, rec, None)
+            result.status, result.duration = "completed", 1.0
+            obs.run_finished(result)
+            assert store._settle("r1") is None
+            final = store._rows("SELECT status, ended_at FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("noop", "running", 5.0, None, 0)]
+        assert final == [("completed", 6.0)]
+
+    def test_a_start_after_a_final_row_in_one_batch_keeps_the_output(
+            self, tmp_path: Path) -> None:
+        """A group's retry starts a task again after its final row, in the same batch: the
+        running row wins and the stored output is kept, as with rows made on the loop."""
+        with HistoryStore(tmp_path / "h.db", store_outputs=True, flush_interval=60.0,
+                          flush_rows=10**9) as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=0.0)
+            obs.task_started(result, rec)
+            rec.attempts.append(Attempt(1, 0.0, 1.0, TaskStatus.COMPLETED))
+            rec.status, rec.ended_at = TaskStatus.COMPLETED, 1.0
+            obs.task_finished(result, rec, [1, 2])
+            rec.status, rec.ended_at = TaskStatus.RUNNING, None  # rewound by its group
+            obs.task_started(result, rec)
+            store.flush()
+            row = store._rows("SELECT status, attempts, output FROM tasks WHERE task_id = 'a'",
+                              ())
+        assert row == [("running", 1, "[1,2]")]
+
+    def test_a_start_with_a_reason_is_recorded_as_it_was(self, tmp_path: Path) -> None:
+        """A start whose record carries a reason is snapshotted on the loop, as before."""
+        with HistoryStore(tmp_path / "h.db") as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=1.0,
+                             reason="waiting for resources")
+            obs.task_started(result, rec)
+            rec.reason = "changed later"
+            store.flush()
+            row = store._rows("SELECT status, reason FROM tasks WHERE task_id = 'a'", ())
+        assert row == [("running", "waiting for resources")]
+
+
+@tool(executor="async", registry=False)
+async def items(n: int) -> list[int]:
+    """``n`` items to map over."""
+    return list(range(n))
+
+
+@tool(executor="async", registry=False)
+async def double(x: int) -> int:
+    """Twice ``x``."""
+    return 2 * x
+
+
+class TestDurationsCache:
+    def _flow(self, n: int) -> flowdsl.Flow:
+        return flowdsl.Flow("cached", flowdsl.parallel(*[quick().named(f"q{i}")
+                                                         for i in range(n)]))
+
+    @pytest.mark.parametrize("n", [3, history_read.REFRESH_MAX + 1])
+    def test_figures_taken_in_memory_are_those_sql_gives(self, tmp_path: Path,
+                                                         n: int) -> None:
+        """After each run, the cached figures (brought up to date in memory, never re-read)
+        are exactly what reading task_stats gives: counts, sums and the median of the
+        latest five, over more runs than the window holds."""
+        path = tmp_path / "h.db"
+        flow = self._flow(n)
+        p = flowdsl.plan(flow)
+        flowdsl.run(flow, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        store.durations(p)  # cached now
+        reads: list[Any] = []
+        real = store._read_flow
+        store._read_flow = lambda *a, **k: reads.append(a) or real(*a, **k)  # type: ignore
+        for _ in range(6):
+            flowdsl.run(flow, history=path).raise_for_error()
+            cached = store.cached_durations(p)
+            ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
+            assert (tasks, tools, sums) == real(key[0], key[1], flush=False)
+            assert cached == store.durations(p)
+            store._flow_cache[key] = (0.0, tasks, tools, sums)  # aged: durations() reads it
+            assert store.cached_durations(p) is None
+            store.durations(p)
+        assert len(reads) == 12  # the durations() calls above only: no re-read at run ends
+        counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
+        assert counts == {f"q{i}": 7 for i in range(n)}
+
+    def test_two_plans_of_one_name_keep_entries_of_their_own(self, tmp_path: Path) -> None:
+        """Runs alternating between two plans of one name each find their own figures in
+        memory (they used to evict each other and read from SQLite at every start)."""
+        path = tmp_path / "h.db"
+        a, b = self._flow(3), self._flow(4)
+        for f in (a, b):
+            flowdsl.run(f, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        pa, pb = flowdsl.plan(a), flowdsl.plan(b)
+        store.durations(pa)
+        store.durations(pb)
+        flowdsl.run(a, history=path).raise_for_error()
+        flowdsl.run(b, history=path).raise_for_error()
+        assert store.cached_durations(pa) == store.durations(pa)
+        assert store.cached_durations(pb) == store.durations(pb)
+        assert set(store.cached_durations(pb) or ()) == {"q0", "q1", "q2", "q3"}
+
+    def test_plans_of_one_name_are_kept_up_to_a_bound(self, tmp_path: Path) -> None:
+        """Every unnamed flow shares one name: the oldest of its plans make way (each entry
+        holds figures per task), the newest are answered from memory."""
+        path = tmp_path / "h.db"
+        flows = [self._flow(k) for k in range(1, 8)]
+        for f in flows:
+            flowdsl.run(f, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        for f in flows:
+            store.durations(flowdsl.plan(f))
+        assert len(store._flow_cache) == history_read._PLANS_PER_FLOW
+        assert store.cached_durations(flowdsl.plan(flows[0])) is None
+        assert store.cached_durations(flowdsl.plan(flows[-1])) == store.durations(
+            flowdsl.plan(flows[-1]))
+
+    def test_a_mapped_flow_is_read_again(self, tmp_path: Path) -> None:
+        """Pooled children cannot be brought up to date in memory: the entry is re-read
+        (small) and still gives what SQL gives."""
+        path = tmp_path / "h.db"
+        flow = flowdsl.Flow("mapped", double.map(items(3)))
+        flowdsl.run(flow, history=path).raise_for_error()
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        p = flowdsl.plan(flow)
+        store.durations(p)
+        flowdsl.run(flow, history=path).raise_for_error()
+        ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
+        assert sums is None and any(t.endswith("[]") for _, t in key[1])
+        assert (tasks, tools) == store._read_flow(key[0], key[1], flush=False)[:2]
+        assert store.cached_durations(p) == store.durations(p)
