@@ -221,7 +221,9 @@ def test_server_killed_mid_run_is_restarted_for_the_retry(tmp_path: Path) -> Non
     and its exit status (the signal), the retry starts the server again and completes."""
     secret = flowdsl.Secret("s3cret-token")
     with connect(_serve(), name="naps", timeout=30, cwd=tmp_path,
-                 env={"NAPS_TOKEN": secret}) as naps:
+                 # the server's own runs record in this test's folder, not the user's history
+                 env={"NAPS_TOKEN": secret,
+                      "FLOWDSL_HISTORY": str(tmp_path / "history.db")}) as naps:
         seen = flowdsl.run(naps.where("NAPS_TOKEN"), history=False).output
         assert seen == {"cwd": str(tmp_path), "value": "s3cret-token"}  # env and cwd reached it
         nap = naps.nap.with_options(retries=1, backoff=0)
