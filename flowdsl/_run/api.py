@@ -32,6 +32,7 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import RunCache
 from .core import Core, Item
+from .core.units import context_defaults
 from .executors import (
     AsyncExecutor,
     Executor,
@@ -45,7 +46,6 @@ from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
 from .stores import open_backend
 from .tracing import run_tracing
-from .units import context_defaults
 
 __all__ = ["arun", "run"]
 

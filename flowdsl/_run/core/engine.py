@@ -6,7 +6,7 @@ events and rollback. Runners only decide *when* to call it and how many calls ov
 
 State: an :class:`Item` is one pass of data through the flow (a plain run has one; a pipeline
 over ``items`` has one per item) and holds each task's status, output and record. The core
-writes statuses only through ``_finish`` so the records, observers and events agree.
+writes statuses only through ``finish`` so the records, observers and events agree.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from .._base import capture as _capture
-from .._base import secrets
-from .._base.errors import (
+from ..._base import capture as _capture
+from ..._base import secrets
+from ..._base.errors import (
     CompositionError,
     MissingContextError,
     TaskFailed,
@@ -32,10 +32,10 @@ from .._base.errors import (
     exc_repr,
     exc_text,
 )
-from .._base.log import MAX_TASK_LOGS, RunScope, engine_logger
-from .._base.loop import loop_clock
-from .._base.secrets import MaskedLogger
-from .._graph.task import (
+from ..._base.log import MAX_TASK_LOGS, RunScope, engine_logger
+from ..._base.loop import loop_clock
+from ..._base.secrets import MaskedLogger
+from ..._graph.task import (
     _MISSING,
     CtxRef,
     Flow,
@@ -47,14 +47,14 @@ from .._graph.task import (
     eval_condition,
     materialize,
 )
-from .._graph.walk import KEEP, nodes, transform
-from .._plan.planner import Plan
-from .caching import RunCache
-from .executors import Executor, Remote
+from ..._graph.walk import KEEP, nodes, transform
+from ..._plan.planner import Plan
+from ..caching import RunCache
+from ..executors import Executor, Remote
+from ..resources import Pools
+from ..result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+from ..tracing import Tracing
 from .fanout import run_map
-from .resources import Pools
-from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
-from .tracing import Tracing
 from .units import Units, group_timeout, group_turn
 
 __all__ = ["MAX_KEPT_ATTEMPTS", "Core", "Item", "fold"]
@@ -135,8 +135,11 @@ class Core:
         # The most children of one mapped task running at once; the runner sets it from the
         # mode's concurrency (sequential: 1).
         self.child_limit = 1
+        # Every task, best first: the order the runner's loop takes ready tasks in, which a
+        # retried group's attempt keeps for its members (the runner sets it).
+        self.ranked: Sequence[str] = plan.order
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
-        self._halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        self.halted: dict[str, str] = {}  # mapped task -> why its running children stop
         # Map children's input hashes, computed only while history stores outputs, and a
         # resumed run's finished children: mapped task -> index -> (input hash, output, why).
         self.child_keys = False
@@ -213,10 +216,10 @@ class Core:
         it.left = len(self.plan.order)
         self.items[index] = it
         if index >= 0 and secrets.in_use():  # an item may bring Secrets of its own
-            self._register_secrets(value)
+            self.register_secrets(value)
         return it
 
-    def _register_secrets(self, value: Any) -> None:
+    def register_secrets(self, value: Any) -> None:
         found = [v for v in nodes(value) if isinstance(v, secrets.Secret)]
         masker = secrets.masker_for(found, self.masker) if found else self.masker
         if masker is self.masker or masker is None:
@@ -283,13 +286,13 @@ class Core:
                 if status[p] is not COMPLETED:
                     verdict = self._verdict(task, preds, item)
                     if verdict is not None:
-                        return self._finish(tid, item, item.records.get(tid) if driven else None,
+                        return self.finish(tid, item, item.records.get(tid) if driven else None,
                                             verdict[0], reason=verdict[1])
                     break
             else:  # every predecessor completed: only one_failed refuses to run then
                 if task.trigger == "one_failed" or (
                         self.units is not None and self._rule(task) == "one_failed"):
-                    return self._finish(tid, item, item.records.get(tid) if driven else None,
+                    return self.finish(tid, item, item.records.get(tid) if driven else None,
                                         SKIPPED, reason="no upstream task failed")
         # A retried group's next attempt goes on with the member's record (units.py reset
         # it): the calls of every attempt stay on it.
@@ -303,13 +306,13 @@ class Core:
                 why = await units.gate(tid, item.units, self._ctx_view,
                                        lambda guards, owner: self._guards(guards, owner, item))
                 if why is not None:  # the members downstream repeat the group's reason
-                    return self._finish(tid, item, rec, SKIPPED, reason=_Inherited(why))
+                    return self.finish(tid, item, rec, SKIPPED, reason=_Inherited(why))
             if task.condition is not None and not self._condition(task):
-                return self._finish(tid, item, rec, SKIPPED, reason="its condition was false")
+                return self.finish(tid, item, rec, SKIPPED, reason="its condition was false")
             if task.guards:
                 why = await self._guards(task.guards, f"task {tid!r}", item)
                 if why is not None:
-                    return self._finish(tid, item, rec, SKIPPED, reason=why)
+                    return self.finish(tid, item, rec, SKIPPED, reason=why)
             if task.dynamic or task.stage_param is not None:
                 if self.remote:
                     await self._localize_inputs(task, item)
@@ -317,33 +320,33 @@ class Core:
             else:
                 args, kwargs = task.args, task.kwargs
         except TaskInputError as exc:
-            return self._failed(tid, item, rec, exc, 0)
+            return self.fail(tid, item, rec, exc, 0)
         if units is not None and tid in units.timed:
             return await self._bounded(tid, task, item, rec, args, kwargs)
         if task.fan is not None:
             return await run_map(self, tid, task, item, rec, args, kwargs)
-        return await self._pooled(tid, task, item, rec, args, kwargs)
+        return await self.pooled(tid, task, item, rec, args, kwargs)
 
     async def _bounded(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a member of a group with a timeout under the group's deadline."""
         at, name, timeout = self.units.deadline(tid, item.units)  # type: ignore[union-attr]
         if anyio.current_time() >= at:
-            return self._failed(tid, item, rec, group_timeout(tid, name, timeout, False, 0), 0)
+            return self.fail(tid, item, rec, group_timeout(tid, name, timeout, False, 0), 0)
         self._cut[id(rec)] = (at, name, timeout)
         try:
             with anyio.CancelScope(deadline=at):
                 if task.fan is not None:
                     return await run_map(self, tid, task, item, rec, args, kwargs)
-                return await self._pooled(tid, task, item, rec, args, kwargs)
+                return await self.pooled(tid, task, item, rec, args, kwargs)
         finally:
             del self._cut[id(rec)]
-        return item.status[tid]  # cut off: _stopped recorded it timed out
+        return item.status[tid]  # cut off: interrupted recorded it timed out
 
-    def _stopped(self, tid: str, item: Item, rec: TaskRecord, why: str, attempts: int) -> None:
+    def interrupted(self, tid: str, item: Item, rec: TaskRecord, why: str, attempts: int) -> None:
         """Record a task whose await was cancelled: timed out when its group's deadline
         passed, else cancelled with ``why``."""
-        cut = self._cut_at(item, rec)
+        cut = self.cut_at(item, rec)
         if cut is not None and anyio.current_time() >= cut[0]:
             late = group_timeout(tid, cut[1], cut[2], True, attempts)
             # The attempt cut off in flight timed out too; one that had already ended (the
@@ -351,11 +354,11 @@ class Core:
             if attempts and rec.attempts[-1].status is CANCELLED:
                 att = rec.attempts[-1]
                 att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)
-            self._failed(tid, item, rec, late, attempts)
+            self.fail(tid, item, rec, late, attempts)
             return
-        self._finish(tid, item, rec, CANCELLED, reason=why)
+        self.finish(tid, item, rec, CANCELLED, reason=why)
 
-    def _cut_at(self, item: Item, rec: TaskRecord) -> tuple[float, str, float] | None:
+    def cut_at(self, item: Item, rec: TaskRecord) -> tuple[float, str, float] | None:
         """The deadline of the group a task (or a mapped member's child) runs under."""
         if not self._cut:
             return None
@@ -364,15 +367,15 @@ class Core:
             cut = self._cut.get(id(item.records[rec.parent]))
         return cut
 
-    async def _pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a task or one child of a mapped task: through the result cache when it is
-        cached (a hit skips the tool and its pools), else :meth:`_compute`."""
+        cached (a hit skips the tool and its pools), else :meth:`compute`."""
         if self.cache is not None and self.ids[task] in self.cache.policies:
             return await self.cache.run_task(self, tid, task, item, rec, args, kwargs)
-        return await self._compute(tid, task, item, rec, args, kwargs)
+        return await self.compute(tid, task, item, rec, args, kwargs)
 
-    async def _compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Acquire the task's pools, run its attempts, release the pools."""
         demand = task.spec.resources
@@ -381,7 +384,7 @@ class Core:
             try:
                 await self.pools.acquire(demand, self.priorities.get(self.ids[task], 0.0), tid)
             except BaseException:  # the run stopped while this task waited for its pools
-                self._stopped(tid, item, rec, "the run stopped while it waited for resources", 0)
+                self.interrupted(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
             rec.reason = None
         try:
@@ -391,7 +394,7 @@ class Core:
                 self.pools.release(demand)
         return status
 
-    def _cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    def cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
                 value: Any, reason: str = "output restored from the result cache"
                 ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
@@ -400,11 +403,11 @@ class Core:
         rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
-                self._map_output(task, value)
+                self.map_output(task, value)
             except TaskInputError as exc:
-                return self._failed(tid, item, rec, exc, 0)
+                return self.fail(tid, item, rec, exc, 0)
         item.outputs[tid] = value
-        return self._finish(tid, item, rec, CACHED, output=value)
+        return self.finish(tid, item, rec, CACHED, output=value)
 
     def _verdict(self, task: Task, preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
@@ -553,7 +556,7 @@ class Core:
         if rec.started_at is None:  # else a group's retry: the record began with its first
             rec.started_at = started
         if self.observers or self.log:
-            self._started(tid, rec)
+            self.started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
         # The tool's prints, logging records and get_logger() lines are kept on rec (unless
         # the run or the tool opted out): each call runs in the task's scope (a context
@@ -600,7 +603,7 @@ class Core:
                         # No attempt may start after the deadline: give up now, not later.
                         late = self._timeout(tid, spec, n, "deadline")
                         late.__cause__ = exc
-                        return self._failed(tid, item, rec, late, n)
+                        return self.fail(tid, item, rec, late, n)
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=exc_repr(exc))
@@ -609,17 +612,17 @@ class Core:
                     try:
                         await self.sleep(delay)
                     except BaseException:
-                        self._stopped(tid, item, rec, "cancelled while waiting to retry: "
+                        self.interrupted(tid, item, rec, "cancelled while waiting to retry: "
                                       + self._stop_why(rec), n)
                         raise
                     continue
-                return self._failed(tid, item, rec, exc, n)
+                return self.fail(tid, item, rec, exc, n)
             except BaseException:  # cancellation, KeyboardInterrupt: never retried
                 att.ended_at = self.now()
                 att.status = CANCELLED
-                why = self._halted.get(rec.parent, "the run stopped") if rec.parent else (
+                why = self.halted.get(rec.parent, "the run stopped") if rec.parent else (
                     "the run stopped")
-                self._stopped(tid, item, rec, why, n)
+                self.interrupted(tid, item, rec, why, n)
                 raise
             att.ended_at = ended = self.now()
             att.status = COMPLETED
@@ -628,13 +631,13 @@ class Core:
             try:
                 if self.remote and isinstance(out, Remote):  # the context lives here
                     out = await out.fetch()
-                self._map_output(task, out)
+                self.map_output(task, out)
             except Exception as exc:
-                return self._failed(tid, item, rec, exc, n)
+                return self.fail(tid, item, rec, exc, n)
         item.outputs[tid] = out
         if self.track_completed:
             self.completed.append((tid, item))
-        return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
+        return self.finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task, item: Item) -> None:
         """Fetch the remote outputs this task needs here: every upstream output for a task
@@ -728,7 +731,7 @@ class Core:
             msg = f"task {tid!r} exceeded its {spec.timeout:g}s timeout (attempt {n})"
         return TaskTimeout(msg, task_id=tid, attempts=n, kind=kind)
 
-    def _map_output(self, task: Task, out: Any) -> None:
+    def map_output(self, task: Task, out: Any) -> None:
         mapping = task.to_context_map
         if isinstance(mapping, str):
             self.context[mapping] = out
@@ -743,14 +746,14 @@ class Core:
                 raise TaskInputError(msg) from exc
 
     # -- recording ---------------------------------------------------------------------
-    def _finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
+    def finish(self, tid: str, item: Item, rec: TaskRecord | None, status: TaskStatus,
                 *, reason: str | None = None, output: Any = None,
                 ended: float | None = None) -> TaskStatus:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
         rec.status = status
         if output is not None and secrets.in_use():  # an output may bring Secrets of its own
-            self._register_secrets(output)
+            self.register_secrets(output)
         if reason is not None:
             rec.reason = reason
         if self.masker is not None and rec.reason:
@@ -768,7 +771,7 @@ class Core:
                 reason=rec.reason, duration=rec.duration, attempts=len(rec.attempts))
         return status
 
-    def _failed(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
+    def fail(self, tid: str, item: Item, rec: TaskRecord, exc: BaseException,
                 attempts: int) -> TaskStatus:
         """Record a failure; unless ``continue_on_error``, stop the run (a failed child of
         a mapped task stops only its siblings: its parent fails once they are final)."""
@@ -794,7 +797,7 @@ class Core:
             held = self.held.get((rec.parent or tid, item.index))
         if held is not None:  # its group will run it again: not the run's error (yet)
             held.append(err)
-            self._finish(tid, item, rec, status)
+            self.finish(tid, item, rec, status)
             return status
         self._count_error(tid, item, rec, err)
         return status
@@ -811,20 +814,20 @@ class Core:
         if item.index >= 0:
             self.result.item_errors[item.index] = rec.error
         if item.status.get(tid) is None:
-            self._finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
+            self.finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
         if not self.continue_on_error and rec.parent is None:
             self.abort()
 
     def _stop_why(self, rec: TaskRecord) -> str:
         """Why a task is being stopped: its map sibling failed, or the run stopped (after
         which task's failure, when one caused it)."""
-        if rec.parent is not None and rec.parent in self._halted:
-            return self._halted[rec.parent]
+        if rec.parent is not None and rec.parent in self.halted:
+            return self.halted[rec.parent]
         err = self.result.error
         culprit = getattr(err, "task_id", None) if self.stopped else None
         return f"the run stopped after {culprit!r} failed" if culprit else "the run stopped"
 
-    def _started(self, tid: str, rec: TaskRecord) -> None:
+    def started(self, tid: str, rec: TaskRecord) -> None:
         for ob in self.observers:
             ob.task_started(self.result, rec)
         if self.log:

@@ -37,11 +37,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
-import anyio.abc
 
-from .._base.errors import TaskTimeout
-from .._graph.task import Group, Task, eval_condition
-from .result import TaskRecord, TaskStatus
+from ..._base.errors import TaskTimeout
+from ..._graph.task import Group, Task, eval_condition
+from ..result import TaskRecord, TaskStatus
+from .loop import drive, inside
 
 __all__ = ["Units", "context_defaults", "group_timeout", "group_turn"]
 
@@ -148,11 +148,12 @@ class _Core(Protocol):
     plan: Any
     children: dict[str, list[str]]
     rng: Any
+    ranked: Sequence[str]
 
     async def run_task(self, tid: str, item: Any, driven: bool = False) -> TaskStatus: ...
     def release(self, errors: list[tuple[str, Any, BaseException]]) -> None: ...
     def sleep(self, seconds: float) -> Awaitable[Any]: ...
-    def _finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
+    def finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
                 reason: str | None = None) -> TaskStatus: ...
 
 
@@ -264,7 +265,7 @@ def _cancel(core: _Core, item: Any, tid: str, why: str) -> None:
     rec = item.records.get(tid)
     if rec is not None:
         rec.error = None
-    core._finish(tid, item, rec, TaskStatus.CANCELLED, reason=why)
+    core.finish(tid, item, rec, TaskStatus.CANCELLED, reason=why)
 
 
 def _failed_part(core: _Core, todo: Sequence[str], item: Any) -> list[str]:
@@ -278,26 +279,12 @@ def _failed_part(core: _Core, todo: Sequence[str], item: Any) -> list[str]:
 
 
 async def _run_members(core: _Core, todo: Sequence[str], item: Any) -> None:
-    """Run ``todo`` (members, topological) as their dependencies inside the group finish,
-    at most ``core.child_limit`` at once."""
-    pending = set(todo)
-    waiting = {t: sum(1 for p in core.preds[t] if p in pending) for t in todo}
-    succs: dict[str, list[str]] = {t: [] for t in todo}
-    for t in todo:
-        for p in core.preds[t]:
-            if p in pending:
-                succs[p].append(t)
-    limiter = anyio.CapacityLimiter(max(1, core.child_limit))
-
-    async def one(t: str, tg: anyio.abc.TaskGroup) -> None:
-        async with limiter:
-            await core.run_task(t, item, True)
-        for s in succs[t]:
-            waiting[s] -= 1
-            if not waiting[s]:
-                tg.start_soon(one, s, tg)
-
-    async with anyio.create_task_group() as tg:
-        for t in todo:
-            if not waiting[t]:
-                tg.start_soon(one, t, tg)
+    """Run ``todo`` (members, topological) through the one scheduling loop: each once its
+    dependencies inside the group are done, at most ``core.child_limit`` at once, ready
+    members in the runner's order (``core.ranked``)."""
+    rank = {t: r for r, t in enumerate(core.ranked)}
+    order = sorted(todo, key=rank.__getitem__)
+    succs, waiting = inside(order, core.preds)
+    run_task = core.run_task
+    await drive(order, lambda t: run_task(t, item, True), workers=core.child_limit,
+                stop=lambda: core.stopped, succs=succs, waiting=waiting, kind="group")
