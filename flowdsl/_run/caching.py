@@ -443,7 +443,7 @@ class RunCache:
             same = self._same_run(key, policy)
             if same is not None:
                 return core.cached(tid, task, item, rec, same[0],  # type: ignore
-                                    reason=f"output of an identical call in this run ({same[1]})")
+                                   reason=f"output of an identical call in this run ({same[1]})")
             row = self.rows.get(key)
             if row is not None:  # looked up before: a hit costs no await and no claim
                 value, refused = self._decode(row, policy)

@@ -17,7 +17,7 @@ While history stores outputs, each child's record carries a hash of its input, s
 its output; a resumed run reuses a finished child whose index and input hash match, and
 runs only the rest.
 
-In a retried group (see units.py), the mapped task's next attempt runs only the children that
+In a retried group (see groups.py), the mapped task's next attempt runs only the children that
 did not complete (the group says which to keep), on their records; in a group with a timeout,
 its children cut off, and those that could not start, end ``timed_out`` with it.
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 
@@ -35,8 +35,10 @@ from ..._base import secrets
 from ..._base.errors import TaskFailed, TaskInputError
 from ..._graph.task import Task
 from ..executors import Remote
-from ..result import RunResult, TaskRecord, TaskStatus
+from ..result import TaskRecord, TaskStatus
 from .loop import drive
+from .record import Item
+from .steps import Steps
 from .units import group_timeout
 
 __all__ = ["input_key", "run_map"]
@@ -45,44 +47,6 @@ COMPLETED = TaskStatus.COMPLETED
 CANCELLED = TaskStatus.CANCELLED
 RUNNING = TaskStatus.RUNNING
 TIMED_OUT = TaskStatus.TIMED_OUT
-
-
-class _Item(Protocol):
-    outputs: dict[str, Any]
-    status: dict[str, TaskStatus]
-    records: dict[str, TaskRecord]
-    units: dict[Any, Any]
-
-
-class _Core(Protocol):
-    """What the fan-out needs of the core (see ``core.Core``)."""
-
-    result: RunResult
-    child_limit: int
-    continue_on_error: bool
-    remote: bool
-    children: dict[str, list[str]]
-    halted: dict[str, str]
-    child_keys: bool
-    reused: dict[str, dict[int, tuple[str, Any, str]]]
-    observers: tuple[Any, ...]
-    log: Any
-    cache: Any
-    ids: Any
-
-    def now(self) -> float: ...
-    def started(self, tid: str, rec: TaskRecord) -> None: ...
-    def finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
-                reason: str | None = None, output: Any = None) -> TaskStatus: ...
-    def fail(self, tid: str, item: Any, rec: TaskRecord, exc: BaseException,
-                attempts: int) -> TaskStatus: ...
-    def map_output(self, task: Task, out: Any) -> None: ...
-    def interrupted(self, tid: str, item: Any, rec: TaskRecord, why: str, attempts: int
-                 ) -> None: ...
-    def cut_at(self, item: Any, rec: TaskRecord) -> tuple[float, str, float] | None: ...
-    async def pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
-                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
-    def register_secrets(self, value: Any) -> None: ...
 
 
 def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -114,7 +78,7 @@ def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
     return cols
 
 
-async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord,
+async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
     """Run mapped task ``tid``: its children, then its own final status (see module doc)."""
     fan = task.fan
@@ -218,7 +182,7 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     return core.finish(tid, item, rec, COMPLETED, output=outs)
 
 
-def _child(item: _Item, cid: str, name: str, tid: str, redo: frozenset[int] | None
+def _child(item: Item, cid: str, name: str, tid: str, redo: frozenset[int] | None
            ) -> TaskRecord:
     """The record of a child that never started (a group's retry keeps the one it had)."""
     child = item.records.get(cid) if redo is not None else None
@@ -227,7 +191,7 @@ def _child(item: _Item, cid: str, name: str, tid: str, redo: frozenset[int] | No
     return child
 
 
-def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: list[str],
+def _fail(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord, ids: list[str],
           failed: list[int], started: int, redo: frozenset[int] | None) -> TaskStatus:
     """Fail mapped task ``tid`` once its children are final; children that never started
     (the siblings of a failure) are recorded as cancelled."""

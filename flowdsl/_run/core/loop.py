@@ -2,7 +2,7 @@
 
 Every kind of node goes through :func:`drive`: a runner's tasks (parallel and conditional
 with their policy's order and concurrency, sequential with one worker in plan order), a
-retried group's members on each attempt (runners/base.py and units.py), and a mapped task's
+retried group's members on each attempt (runners/base.py and groups.py), and a mapped task's
 children (fanout.py: nodes without edges, as many workers as the map's width).
 
 State: ``waiting[n]`` counts the predecessors of node ``n`` inside the set not yet done; a
