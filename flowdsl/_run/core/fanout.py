@@ -120,18 +120,19 @@ async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord
             for p, c in rest:
                 k[p] = c[i]
         cid = ids[i]
-        rec_i = item.records.get(cid) if redo is not None else None
-        if rec_i is None:  # (a group's retry goes on with the child's record)
-            rec_i = item.records[cid] = TaskRecord(cid, name, resources=task.spec.resources,
-                                                   parent=tid)
+        child = item.records.get(cid) if redo is not None else None
+        if child is None:  # (a group's retry goes on with the child's record)
+            child = item.records[cid] = TaskRecord(cid, name,
+                                                       resources=task.spec.resources,
+                                                       parent=tid)
         if keyed:
-            key = rec_i.input_key = input_key(a, k)
+            key = child.input_key = input_key(a, k)
             hit = reuse.get(i) if reuse is not None else None
             if hit is not None and key is not None and hit[0] == key:
                 item.outputs[cid] = hit[1]  # same index, same input: not run again
-                core.finish(cid, item, rec_i, COMPLETED, reason=hit[2], output=hit[1])
+                core.finish(cid, item, child, COMPLETED, reason=hit[2], output=hit[1])
                 return
-        status = await core.pooled(cid, task, item, rec_i, a, k)
+        status = await core.pooled(cid, task, item, child, a, k)
         if status.failed:
             failed.append(i)
             if not core.continue_on_error:

@@ -36,7 +36,7 @@ async def group_turn(core: Steps, tid: str, item: Item) -> TaskStatus:
     if done is None:
         done = item.units[key] = anyio.Event()
         try:
-            await _drive(core, units.retried[tid], item)
+            await _run_group(core, units.retried[tid], item)
         finally:
             done.set()
     else:
@@ -44,15 +44,15 @@ async def group_turn(core: Steps, tid: str, item: Item) -> TaskStatus:
     return item.status.get(tid, TaskStatus.PENDING)  # type: ignore[no-any-return]
 
 
-async def _drive(core: Steps, n: int, item: Item) -> None:
+async def _run_group(core: Steps, n: int, item: Item) -> None:
     """Run group ``n``'s members, then its failed part again while retries are left (the
-    group-retry rule in the module docstring)."""
+    group-retry rule in units.py's docstring)."""
     units = core.units
     assert units is not None
     group = units.groups[n]
     unit = group.unit
-    inside = set(group.members)
-    todo = [t for t in core.plan.order if t in inside]  # topological
+    members = set(group.members)
+    todo = [t for t in core.plan.order if t in members]  # topological
     tries = unit.retries + 1
     for attempt in range(1, tries + 1):
         last = attempt == tries
