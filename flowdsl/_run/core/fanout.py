@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -106,11 +106,12 @@ async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord
     keyed = core.child_keys
     reuse = core.reused.get(tid) if core.reused else None  # a resume's finished children
 
-    async def run_child(i: int) -> None:
+    def call_child(i: int) -> Awaitable[TaskStatus] | None:
+        # The call of child ``i``, for the loop to await (None: nothing to run).
         nonlocal nxt
         nxt = i + 1  # the loop takes the children in index order
         if redo is not None and i in redo:
-            return  # completed in an earlier attempt of its group: kept
+            return None  # completed in an earlier attempt of its group: kept
         if fan.positional:
             a, k = (first[i], *args[1:]), kwargs
             if rest:
@@ -131,8 +132,10 @@ async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord
             if hit is not None and key is not None and hit[0] == key:
                 item.outputs[cid] = hit[1]  # same index, same input: not run again
                 core.finish(cid, item, child, COMPLETED, reason=hit[2], output=hit[1])
-                return
-        status = await core.pooled(cid, task, item, child, a, k)
+                return None
+        return core.pooled(cid, task, item, child, a, k)
+
+    def ended(i: int, status: TaskStatus) -> None:
         if status.failed:
             failed.append(i)
             if not core.continue_on_error:
@@ -155,7 +158,7 @@ async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord
         with anyio.CancelScope() as scope:
             # The one loop, over the children's indices (no edges), ``width`` workers; a
             # failure that stops the siblings cancels the scope, and the loop with it.
-            await drive(range(n), run_child, workers=width,
+            await drive(range(n), call_child, workers=width, then=ended,
                         stop=lambda: scope.cancel_called, kind="map")
     except BaseException:  # the run stopped: the children already recorded themselves
         # Cut off by its group's timeout, it ends timed out, and so do the children that

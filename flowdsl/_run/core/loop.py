@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 
@@ -31,6 +31,7 @@ from ..._base.loop import call_soon
 __all__ = ["drive", "inside"]
 
 N = TypeVar("N")
+R = TypeVar("R")
 
 #: How many times :func:`drive` has started, by what it drove ("plan", "group", "map");
 #: tests/test_one_loop.py reads it to check no second scheduler comes back. One dict
@@ -38,12 +39,17 @@ N = TypeVar("N")
 DRIVES: dict[str, int] = {"plan": 0, "group": 0, "map": 0}
 
 
-async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[Any]], *, workers: int,
-                stop: Callable[[], bool], succs: Mapping[N, Sequence[N]] | None = None,
+async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[R] | None], *,
+                workers: int, stop: Callable[[], bool],
+                then: Callable[[N, R], None] | None = None,
+                succs: Mapping[N, Sequence[N]] | None = None,
                 waiting: dict[N, int] | None = None, kind: str = "plan") -> None:
-    """Call ``call(node)`` for every node of ``ranked`` (best first), each once its
+    """Await ``call(node)`` for every node of ``ranked`` (best first), each once its
     predecessors are done, at most ``workers`` at once, until all are done or ``stop()``
-    says so (checked before each node starts).
+    says so (checked before each node starts). ``call`` may return None (nothing to await:
+    the node is done at once); ``then(node, result)``, when given, sees each awaited result.
+    (``call`` is a plain function returning the awaitable, so a node costs no coroutine of
+    the loop's own: a wide map's children pay only for the core's.)
 
     ``succs`` and ``waiting`` (node -> its successors, node -> how many predecessors it
     waits for, both within the set; ``waiting`` is consumed) give the edges; without them
@@ -60,8 +66,9 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[Any]], *, wor
     else:
         assert waiting is not None
         # The heap holds ranks (plain ints compare fastest); ranked[r] is the node.
-        rank = {t: r for r, t in enumerate(ranked)}
-        ready = [r for r, t in enumerate(ranked) if not waiting[t]]  # sorted: a heap
+        rank = dict(zip(ranked, range(total)))
+        ready = [rank[t] for t, n in waiting.items() if not n]
+        heapq.heapify(ready)
     done = 0
     idle: list[anyio.Event] = []
     limit = max(1, min(workers, total))
@@ -90,31 +97,51 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[Any]], *, wor
     async def worker() -> None:
         nonlocal done, coming, topping
         coming -= 1
-        while done < total and not stop():
-            if not ready:
+        # The loop's own names as locals: a closure cell costs more to read per node.
+        heap, take, put, node_at, edges, count = ready, pop, push, ranked, succs, waiting
+        start, after, halt = call, then, stop
+        while done < total and not halt():
+            if not heap:
                 ev = anyio.Event()
                 idle.append(ev)
                 await ev.wait()
                 coming -= 1
                 continue
-            node = ranked[pop(ready)]
-            if ready and not topping and (idle or alive < limit):
+            node = node_at[take(heap)]
+            if heap and not topping and (idle or alive < limit):
                 topping = call_soon(top_up)
-            await call(node)
+            aw = start(node)
+            if aw is not None:
+                result = await aw
+                if after is not None:
+                    after(node, result)
             done += 1
+            if edges is not None:
+                for s in edges[node]:
+                    left = count[s] - 1  # type: ignore[index]
+                    count[s] = left  # type: ignore[index]
+                    if not left:
+                        put(heap, rank[s])
+        while idle:  # the work is done or the loop stopped: let everyone out
+            idle.pop().set()
+            coming += 1  # (each woken worker counts itself off again)
+
+    if limit == 1:
+        # One worker, run here: nobody to wake or top up, and with one worker a node is
+        # ready or everything is done, so the same loop needs no counts and no cells.
+        while ready and not stop():
+            node = ranked[pop(ready)]
+            aw = call(node)
+            if aw is not None:
+                result = await aw
+                if then is not None:
+                    then(node, result)
             if succs is not None:
                 for s in succs[node]:
                     left = waiting[s] - 1  # type: ignore[index]
                     waiting[s] = left  # type: ignore[index]
                     if not left:
                         push(ready, rank[s])
-        while idle:  # the work is done or the loop stopped: let everyone out
-            idle.pop().set()
-            coming += 1  # (each woken worker counts itself off again)
-
-    if limit == 1:  # one worker, awaited here: no task group, nothing to top up
-        alive = coming = 1
-        await worker()
         return
     async with anyio.create_task_group() as tg:
 

@@ -50,6 +50,7 @@ async def drive_plan(core: Core, plan: Plan, item: Item, *, workers: int,
     group's members keep that order (the core reads it from ``core.ranked``)."""
     core.ranked = ranked
     run_task = core.run_task
+    preds = plan.predecessors
     await drive(ranked, lambda tid: run_task(tid, item), workers=workers,
                 stop=lambda: core.stopped, succs=plan.successors,
-                waiting={t: len(p) for t, p in plan.predecessors.items()})
+                waiting=dict(zip(preds, map(len, preds.values()))))
