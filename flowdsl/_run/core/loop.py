@@ -43,13 +43,18 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[R] | None], *
                 workers: int, stop: Callable[[], bool],
                 then: Callable[[N, R], None] | None = None,
                 succs: Mapping[N, Sequence[N]] | None = None,
-                waiting: dict[N, int] | None = None, kind: str = "plan") -> None:
+                waiting: dict[N, int] | None = None, ordered: bool = False,
+                kind: str = "plan") -> None:
     """Await ``call(node)`` for every node of ``ranked`` (best first), each once its
     predecessors are done, at most ``workers`` at once, until all are done or ``stop()``
     says so (checked before each node starts). ``call`` may return None (nothing to await:
     the node is done at once); ``then(node, result)``, when given, sees each awaited result.
     (``call`` is a plain function returning the awaitable, so a node costs no coroutine of
     the loop's own: a wide map's children pay only for the core's.)
+
+    ``ordered`` says ``ranked`` respects the edges (a topological order): with one worker,
+    no node can then be waiting when its turn comes, so the edges need no counting and the
+    nodes go in ``ranked`` order as if independent (sequential mode is this case).
 
     ``succs`` and ``waiting`` (node -> its successors, node -> how many predecessors it
     waits for, both within the set; ``waiting`` is consumed) give the edges; without them
@@ -60,6 +65,8 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[R] | None], *
         return
     push, pop = heapq.heappush, heapq.heappop
     rank: dict[N, int] = {}
+    if ordered and workers <= 1:
+        succs = None
     if succs is None:  # independent nodes: every one is ready, taken in rank order
         ready = list(range(total - 1, -1, -1))
         pop = list.pop

@@ -51,6 +51,10 @@ async def drive_plan(core: Core, plan: Plan, item: Item, *, workers: int,
     core.ranked = ranked
     run_task = core.run_task
     preds = plan.predecessors
+    # One worker in plan order (sequential; conditional by default): the loop needs no
+    # in-degree counts (see drive's ``ordered``).
+    ordered = workers == 1 and tuple(ranked) == plan.order
     await drive(ranked, lambda tid: run_task(tid, item), workers=workers,
                 stop=lambda: core.stopped, succs=plan.successors,
-                waiting=dict(zip(preds, map(len, preds.values()))))
+                waiting=None if ordered else dict(zip(preds, map(len, preds.values()))),
+                ordered=ordered)
