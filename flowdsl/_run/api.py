@@ -35,12 +35,12 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
+from .core.units import context_defaults
 from .executors import LOCAL, Executor
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
 from .runners import RUNNERS
 from .tracing import run_tracing
-from .units import context_defaults
 
 __all__ = ["execute", "run_blocking"]
 

@@ -381,7 +381,7 @@ class RunCache:
                 keys.append(key)
         if self.found:
             found, self.found = self.found, []
-            core._register_secrets(found)
+            core.register_secrets(found)
         want = [k for k in dict.fromkeys(keys) if k not in self.looked]
         if want and self.read and self.error is None:
             try:
@@ -421,17 +421,17 @@ class RunCache:
     async def run_task(self, core: Any, tid: str, task: Task, item: Any, rec: Any,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a cached task (or child): restore its output on a hit, wait for an identical
-        call of this run, or compute it with ``core._compute`` and queue the new entry."""
+        call of this run, or compute it with ``core.compute`` and queue the new entry."""
         try:
             key = self.key(tid, task, args, kwargs, core.masker)
         except (TaskInputError, CacheKeyError) as exc:
-            return core._failed(tid, item, rec, exc, 0)  # type: ignore[no-any-return]
+            return core.fail(tid, item, rec, exc, 0)  # type: ignore[no-any-return]
         finally:
             if self.found:
                 found, self.found = self.found, []
-                core._register_secrets(found)
+                core.register_secrets(found)
         if key is None or self.error is not None:
-            return await core._compute(tid, task, item, rec, args, kwargs)  # type: ignore
+            return await core.compute(tid, task, item, rec, args, kwargs)  # type: ignore
         policy = self.policies.get(self.ids[task], _EVERY)
         while True:  # an identical call is computing: wait for it (then it may have failed)
             done = self.running.get(key)
@@ -442,14 +442,14 @@ class RunCache:
         if not policy.refresh:
             same = self._same_run(key, policy)
             if same is not None:
-                return core._cached(tid, task, item, rec, same[0],  # type: ignore
-                                    reason=f"output of an identical call in this run ({same[1]})")
+                return core.cached(tid, task, item, rec, same[0],  # type: ignore
+                                   reason=f"output of an identical call in this run ({same[1]})")
             row = self.rows.get(key)
             if row is not None:  # looked up before: a hit costs no await and no claim
                 value, refused = self._decode(row, policy)
                 if refused is None:
                     self._hit(key, task.tool.name)
-                    return core._cached(tid, task, item, rec, value)  # type: ignore
+                    return core.cached(tid, task, item, rec, value)  # type: ignore
         event = self.running[key] = anyio.Event()
         try:
             if not policy.refresh and refused is None and key not in self.looked:
@@ -458,8 +458,8 @@ class RunCache:
                     value, refused = self._decode(row, policy)
                     if refused is None:
                         self._hit(key, task.tool.name)
-                        return core._cached(tid, task, item, rec, value)  # type: ignore
-            status = await core._compute(tid, task, item, rec, args, kwargs)
+                        return core.cached(tid, task, item, rec, value)  # type: ignore
+            status = await core.compute(tid, task, item, rec, args, kwargs)
             if status is COMPLETED:
                 why = await self._remember(core, key, task, policy, item.outputs[tid], tid)
                 if refused is not None:

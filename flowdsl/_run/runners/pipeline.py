@@ -22,7 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ..._plan.planner import Plan
 from ..._plan.policy import Mode, ranked, worker_limit
 from ..core import Core, Item
-from .base import RunOptions, drive
+from .base import RunOptions, drive_plan
 
 
 class PipelineRunner:
@@ -31,8 +31,8 @@ class PipelineRunner:
     async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
         core.child_limit = worker_limit(Mode.PIPELINE, options.max_concurrency)
         if options.items is None:
-            await drive(core, plan, item, workers=core.child_limit,
-                        ranked=ranked(plan, Mode.PIPELINE, core.priorities))
+            await drive_plan(core, plan, item, workers=core.child_limit,
+                             ranked=ranked(plan, Mode.PIPELINE, core.priorities))
             return
         await _stream(core, plan, options)
 

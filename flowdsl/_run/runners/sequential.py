@@ -1,21 +1,17 @@
-"""Sequential mode: one task at a time in the plan's topological order (the baseline)."""
+"""Sequential mode: one task at a time in the plan's topological order (the baseline).
+
+It is the shared ready-heap loop with one worker and the plan's order as the rank: with one
+worker the loop takes tasks exactly in that order (each next task's predecessors all come
+before it). A mapped task's children run one at a time too (``worker_limit`` is 1).
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from ..._plan.planner import Plan
 from ..._plan.policy import Mode
-from ..core import Core, Item
-from .base import RunOptions
+from .base import ReadyQueueRunner
 
 
-class SequentialRunner:
-    mode: ClassVar[str] = Mode.SEQUENTIAL.value
-
-    async def run(self, core: Core, plan: Plan, item: Item, options: RunOptions) -> None:
-        core.child_limit = 1  # a mapped task's children too run one at a time
-        for tid in plan.order:
-            if core.stopped:
-                return
-            await core.run_task(tid, item)
+class SequentialRunner(ReadyQueueRunner):
+    mode: ClassVar[Mode] = Mode.SEQUENTIAL

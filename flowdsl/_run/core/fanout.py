@@ -3,10 +3,11 @@
 The planner keeps a mapped task as one node, and the runner gives it one slot like any task.
 When the core runs it, the mapped values are resolved here and the task expands into one child
 per element (``fetch[0]``, ``fetch[1]``, ...). The children run under the mapped task's slot
-on a few lanes (at most ``max_parallel``, and the mode's concurrency: one in sequential mode),
+on a few workers (at most ``max_parallel``, and the mode's concurrency: one in sequential mode),
 each child through the core's one path for pools, executor, timeout, retries and rollback, with
-its own record. No coroutine is made per child, so a wide map costs about what the same tasks
-written statically cost.
+its own record. The children are fed by the one scheduling loop (loop.py's ``drive`` over their
+indices, no edges, the map's width as its workers): no task is spawned per child, so a wide map
+costs about what the same tasks written statically cost.
 
 A failed child stops its siblings (they end ``cancelled``), unless the run continues on
 errors; the mapped task fails once every sibling is final. Its output is the list of the
@@ -16,7 +17,7 @@ While history stores outputs, each child's record carries a hash of its input, s
 its output; a resumed run reuses a finished child whose index and input hash match, and
 runs only the rest.
 
-In a retried group (see units.py), the mapped task's next attempt runs only the children that
+In a retried group (see groups.py), the mapped task's next attempt runs only the children that
 did not complete (the group says which to keep), on their records; in a group with a timeout,
 its children cut off, and those that could not start, end ``timed_out`` with it.
 """
@@ -25,16 +26,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Any
 
 import anyio
 
-from .._base import secrets
-from .._base.errors import TaskFailed, TaskInputError
-from .._graph.task import Task
-from .executors import Remote
-from .result import RunResult, TaskRecord, TaskStatus
+from ..._base import secrets
+from ..._base.errors import TaskFailed, TaskInputError
+from ..._graph.task import Task
+from ..executors import Remote
+from ..result import TaskRecord, TaskStatus
+from .loop import drive
+from .record import Item
+from .steps import Steps
 from .units import group_timeout
 
 __all__ = ["input_key", "run_map"]
@@ -43,44 +47,6 @@ COMPLETED = TaskStatus.COMPLETED
 CANCELLED = TaskStatus.CANCELLED
 RUNNING = TaskStatus.RUNNING
 TIMED_OUT = TaskStatus.TIMED_OUT
-
-
-class _Item(Protocol):
-    outputs: dict[str, Any]
-    status: dict[str, TaskStatus]
-    records: dict[str, TaskRecord]
-    units: dict[Any, Any]
-
-
-class _Core(Protocol):
-    """What the fan-out needs of the core (see ``core.Core``)."""
-
-    result: RunResult
-    child_limit: int
-    continue_on_error: bool
-    remote: bool
-    children: dict[str, list[str]]
-    _halted: dict[str, str]
-    child_keys: bool
-    reused: dict[str, dict[int, tuple[str, Any, str]]]
-    observers: tuple[Any, ...]
-    log: Any
-    cache: Any
-    ids: Any
-
-    def now(self) -> float: ...
-    def _started(self, tid: str, rec: TaskRecord) -> None: ...
-    def _finish(self, tid: str, item: Any, rec: TaskRecord | None, status: TaskStatus, *,
-                reason: str | None = None, output: Any = None) -> TaskStatus: ...
-    def _failed(self, tid: str, item: Any, rec: TaskRecord, exc: BaseException,
-                attempts: int) -> TaskStatus: ...
-    def _map_output(self, task: Task, out: Any) -> None: ...
-    def _stopped(self, tid: str, item: Any, rec: TaskRecord, why: str, attempts: int
-                 ) -> None: ...
-    def _cut_at(self, item: Any, rec: TaskRecord) -> tuple[float, str, float] | None: ...
-    async def _pooled(self, tid: str, task: Task, item: Any, rec: TaskRecord,
-                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus: ...
-    def _register_secrets(self, value: Any) -> None: ...
 
 
 def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -112,7 +78,7 @@ def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
     return cols
 
 
-async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord,
+async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
     """Run mapped task ``tid``: its children, then its own final status (see module doc)."""
     fan = task.fan
@@ -120,7 +86,7 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     try:
         cols = columns(tid, task, args, kwargs)
     except TaskInputError as exc:
-        return core._failed(tid, item, rec, exc, 0)
+        return core.fail(tid, item, rec, exc, 0)
     n = len(cols[0])
     # A retried group's next attempt: the children it keeps (completed), or None.
     redo: frozenset[int] | None = item.units.pop(("redo", tid), None) if item.units else None
@@ -128,7 +94,7 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     if rec.started_at is None:  # else a group's retry: the record began with its first
         rec.started_at = core.now()
     if core.observers or core.log:
-        core._started(tid, rec)
+        core.started(tid, rec)
     ids = [f"{tid}[{i}]" for i in range(n)]
     known = core.children.get(tid)
     if known is None or len(known) < n:  # over pipeline items: the widest fan-out
@@ -140,43 +106,44 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     keyed = core.child_keys
     reuse = core.reused.get(tid) if core.reused else None  # a resume's finished children
 
-    async def lane(scope: anyio.CancelScope) -> None:
+    def call_child(i: int) -> Awaitable[TaskStatus] | None:
+        # The call of child ``i``, for the loop to await (None: nothing to run).
         nonlocal nxt
-        while nxt < n and not scope.cancel_called:
-            i = nxt
-            nxt += 1
-            if redo is not None and i in redo:
-                continue  # completed in an earlier attempt of its group: kept
-            if fan.positional:
-                a, k = (first[i], *args[1:]), kwargs
-                if rest:
-                    k = {**kwargs, **{p: c[i] for p, c in rest}}
-            else:
-                a, k = args, {**kwargs, fan.params[0]: first[i]}
-                for p, c in rest:
-                    k[p] = c[i]
-            cid = ids[i]
-            child = item.records.get(cid) if redo is not None else None
-            if child is None:  # (a group's retry goes on with the child's record)
-                child = item.records[cid] = TaskRecord(cid, name,
+        nxt = i + 1  # the loop takes the children in index order
+        if redo is not None and i in redo:
+            return None  # completed in an earlier attempt of its group: kept
+        if fan.positional:
+            a, k = (first[i], *args[1:]), kwargs
+            if rest:
+                k = {**kwargs, **{p: c[i] for p, c in rest}}
+        else:
+            a, k = args, {**kwargs, fan.params[0]: first[i]}
+            for p, c in rest:
+                k[p] = c[i]
+        cid = ids[i]
+        child = item.records.get(cid) if redo is not None else None
+        if child is None:  # (a group's retry goes on with the child's record)
+            child = item.records[cid] = TaskRecord(cid, name,
                                                        resources=task.spec.resources,
                                                        parent=tid)
-            if keyed:
-                key = child.input_key = input_key(a, k)
-                hit = reuse.get(i) if reuse is not None else None
-                if hit is not None and key is not None and hit[0] == key:
-                    item.outputs[cid] = hit[1]  # same index, same input: not run again
-                    core._finish(cid, item, child, COMPLETED, reason=hit[2], output=hit[1])
-                    continue
-            status = await core._pooled(cid, task, item, child, a, k)
-            if status.failed:
-                failed.append(i)
-                if not core.continue_on_error:
-                    core._halted[tid] = f"a sibling, {ids[i]!r}, failed"
-                    scope.cancel()
+        if keyed:
+            key = child.input_key = input_key(a, k)
+            hit = reuse.get(i) if reuse is not None else None
+            if hit is not None and key is not None and hit[0] == key:
+                item.outputs[cid] = hit[1]  # same index, same input: not run again
+                core.finish(cid, item, child, COMPLETED, reason=hit[2], output=hit[1])
+                return None
+        return core.pooled(cid, task, item, child, a, k)
+
+    def ended(i: int, status: TaskStatus) -> None:
+        if status.failed:
+            failed.append(i)
+            if not core.continue_on_error:
+                core.halted[tid] = f"a sibling, {ids[i]!r}, failed"
+                scope.cancel()
 
     if secrets.in_use():  # elements drawn from a generator may bring Secrets
-        core._register_secrets(cols)
+        core.register_secrets(cols)
     if core.cache is not None and core.ids[task] in core.cache.policies:
         # The children's cache entries in one query, before any of them runs.
         def child_args(i: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -189,23 +156,21 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
     width = min(n, fan.max_parallel or n, core.child_limit)
     try:
         with anyio.CancelScope() as scope:
-            if width <= 1:
-                await lane(scope)
-            else:
-                async with anyio.create_task_group() as tg:
-                    for _ in range(width):
-                        tg.start_soon(lane, scope)
+            # The one loop, over the children's indices (no edges), ``width`` workers; a
+            # failure that stops the siblings cancels the scope, and the loop with it.
+            await drive(range(n), call_child, workers=width, then=ended,
+                        stop=lambda: scope.cancel_called, kind="map")
     except BaseException:  # the run stopped: the children already recorded themselves
         # Cut off by its group's timeout, it ends timed out, and so do the children that
         # could not start; else it is cancelled.
-        core._stopped(tid, item, rec, "the run stopped", 0)
-        cut = core._cut_at(item, rec) if rec.status is TIMED_OUT else None
+        core.interrupted(tid, item, rec, "the run stopped", 0)
+        cut = core.cut_at(item, rec) if rec.status is TIMED_OUT else None
         if cut is not None:
             for i in range(nxt, n):
                 if redo is None or i not in redo:
                     child = _child(item, ids[i], name, tid, redo)
                     late = group_timeout(ids[i], cut[1], cut[2], False, 0)
-                    core._failed(ids[i], item, child, late, 0)
+                    core.fail(ids[i], item, child, late, 0)
         raise
     if failed:
         return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt, redo)
@@ -214,14 +179,14 @@ async def run_map(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecor
         outs = await _fetch(outs)
     try:
         if task.to_context_map is not None:
-            core._map_output(task, outs)
+            core.map_output(task, outs)
     except Exception as exc:
-        return core._failed(tid, item, rec, exc, 0)
+        return core.fail(tid, item, rec, exc, 0)
     item.outputs[tid] = outs
-    return core._finish(tid, item, rec, COMPLETED, output=outs)
+    return core.finish(tid, item, rec, COMPLETED, output=outs)
 
 
-def _child(item: _Item, cid: str, name: str, tid: str, redo: frozenset[int] | None
+def _child(item: Item, cid: str, name: str, tid: str, redo: frozenset[int] | None
            ) -> TaskRecord:
     """The record of a child that never started (a group's retry keeps the one it had)."""
     child = item.records.get(cid) if redo is not None else None
@@ -230,7 +195,7 @@ def _child(item: _Item, cid: str, name: str, tid: str, redo: frozenset[int] | No
     return child
 
 
-def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: list[str],
+def _fail(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord, ids: list[str],
           failed: list[int], started: int, redo: frozenset[int] | None) -> TaskStatus:
     """Fail mapped task ``tid`` once its children are final; children that never started
     (the siblings of a failure) are recorded as cancelled."""
@@ -238,7 +203,7 @@ def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: 
     for i in range(started, len(ids)):
         if redo is None or i not in redo:
             child = _child(item, ids[i], task.tool.name, tid, redo)
-            core._finish(ids[i], item, child, CANCELLED, reason=why)
+            core.finish(ids[i], item, child, CANCELLED, reason=why)
     bad = item.records[ids[failed[0]]]
     err = bad.error
     detail = f"{err.type}: {err.message}" if err is not None else bad.status.value
@@ -247,7 +212,7 @@ def _fail(core: _Core, tid: str, task: Task, item: _Item, rec: TaskRecord, ids: 
     exc = TaskFailed(msg, task_id=tid, attempts=0)
     if err is not None and err.exception is not None:
         exc.__cause__ = err.exception
-    return core._failed(tid, item, rec, exc, 0)
+    return core.fail(tid, item, rec, exc, 0)
 
 
 _KEYS = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
