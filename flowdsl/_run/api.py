@@ -77,7 +77,7 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     # takes the sync tools. Explicitly 'inline' tools always stay on the event loop.
     takes = _TAKES_REMOTE if remote is not None and remote.remote else _TAKES_LOCAL
     for tid, task in p.tasks.items():
-        spec = task.spec  # type: ignore[attr-defined]
+        spec = task.spec
         ex = by_spec.get(id(spec))
         if ex is None:
             ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
@@ -108,7 +108,7 @@ def _remote_executor(spec: Any) -> Executor:
     if spec == "dask":
         from .dask import DaskExecutor
 
-        return DaskExecutor()  # type: ignore[no-any-return]
+        return DaskExecutor()
     msg = f"run(): executor={spec!r} is invalid: expected 'dask' or an Executor object"
     raise ValueError(msg)
 
@@ -178,8 +178,9 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
             ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
-    result = RunResult(run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value,
-                       context=ctx, plan=p, masker=_secrets(p, ctx, input))
+    result: RunResult[Any] = RunResult(
+        run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value, context=ctx, plan=p,
+        masker=_secrets(p, ctx, input))
     results_cache = _run_cache(p, cache, cache_store, result.masker)
     if results_cache is not None and results_cache.found:  # Secrets made by key functions
         result.masker = secrets.masker_for(results_cache.found, result.masker)
@@ -261,7 +262,7 @@ async def _drive(core: Core, runner: Any, p: Plan, item: Item, options: _Options
             if timeout is not None:
                 scope.deadline = anyio.current_time() + timeout
             await runner.run(core, p, item, options)
-        if scope.cancelled_caught and not core.stopped:
+        if scope.cancelled_caught and not core.stopped and timeout is not None:
             result.status = RunStatus.TIMED_OUT
             result.error = result.error or RunTimeout(
                 f"the run exceeded its {timeout:g}s timeout", timeout=timeout)
@@ -288,7 +289,7 @@ def _run_cache(p: Plan, cache: bool | None, store: CacheBackend | None,
     (every task), False (write only) or None (the tools that declare a cache)."""
     if store is None:
         return None
-    return RunCache(store, p.tasks, p.ids, read=cache is not False,  # type: ignore[arg-type]
+    return RunCache(store, p.tasks, p.ids, read=cache is not False,
                     every=cache is True, masker=masker)
 
 
@@ -300,7 +301,7 @@ async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
     if store is None:
         return None, None
     given = given or {}
-    need = not all(t in given or task.spec.expected_duration is not None  # type: ignore
+    need = not all(t in given or task.spec.expected_duration is not None
                    for t, task in p.tasks.items())
     mapped = any(getattr(task, "fan", None) is not None for task in p.tasks.values())
     if not need and not mapped:
@@ -347,11 +348,11 @@ async def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> No
     for tid in found:
         item.outputs[tid] = stored[tid]
         item.status[tid] = TaskStatus.COMPLETED
-        item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,  # type: ignore
+        item.records[tid] = TaskRecord(tid, p.tasks[tid].tool.name,
                                        status=TaskStatus.COMPLETED, reason=why)
 
 
-async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: bool,
+async def _finish(core: Core, p: Plan, result: RunResult[Any], item: Item, rollback: bool,
                   obs: Sequence[RunObserver], streamed: bool,
                   compensation_timeout: float | None) -> None:
     if rollback and result.status is not RunStatus.COMPLETED:
@@ -376,7 +377,7 @@ async def _finish(core: Core, p: Plan, result: RunResult, item: Item, rollback: 
         result.output = [o[0] if len(o) == 1 else o for o in per_item]
     else:
         records = item.records
-        result.tasks = {t: records.get(t) or TaskRecord(t, p.tasks[t].tool.name)  # type: ignore
+        result.tasks = {t: records.get(t) or TaskRecord(t, p.tasks[t].tool.name)
                         for t in p.order}
         if core.children:  # a mapped task's children follow it
             result.tasks = _with_children(result.tasks, core.children, records)

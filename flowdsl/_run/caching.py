@@ -40,7 +40,7 @@ import json
 import pickle
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -180,8 +180,8 @@ class RunCache:
         masker: the run's secrets when it starts (None: none).
     """
 
-    def __init__(self, backend: CacheBackend, tasks: Mapping[str, Task],
-                 ids: Mapping[Task, str], *, read: bool, every: bool,
+    def __init__(self, backend: CacheBackend, tasks: Mapping[str, Task[Any]],
+                 ids: Mapping[Task[Any], str], *, read: bool, every: bool,
                  masker: secrets.Masker | None = None) -> None:
         self.backend = backend
         self.ids = ids
@@ -235,13 +235,13 @@ class RunCache:
         self.tools = sorted({tasks[tid].tool.name for tid in self.policies})
 
     @staticmethod
-    def wanted(tasks: Mapping[str, Task], every: bool) -> bool:
+    def wanted(tasks: Mapping[str, Task[Any]], every: bool) -> bool:
         """Whether a run of ``tasks`` needs the cache at all."""
         return every or any(t.spec.cache is not None for t in tasks.values())
 
     # -- keys ----------------------------------------------------------------------------
 
-    def key(self, tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any],
+    def key(self, tid: str, task: Task[Any], args: tuple[Any, ...], kwargs: dict[str, Any],
             masker: secrets.Masker | None = None) -> str | None:
         """The key of a call of ``task`` with these arguments; None when the task is only
         cached run-wide and its arguments cannot be hashed (or, before the run opened the
@@ -294,7 +294,7 @@ class RunCache:
         assert self._mac is not None
         return "s" + hmac.new(self._mac, text.encode(), hashlib.sha256).hexdigest()[1:]
 
-    def _prefix(self, task: Task, policy: Cache) -> str:
+    def _prefix(self, task: Task[Any], policy: Cache) -> str:
         """What every key of this tool and policy starts with (computed once per run)."""
         fn, name = task.tool.fn, task.tool.name
         qual = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', name)}"
@@ -365,8 +365,9 @@ class RunCache:
             batch.done.set()
         return self.rows.get(key)
 
-    async def prefetch_children(self, core: Any, ids: list[str], task: Task,
-                                child_args: Any) -> None:
+    async def prefetch_children(self, core: Any, ids: list[str], task: Task[Any],
+                                child_args: Callable[[int], tuple[tuple[Any, ...],
+                                                                  dict[str, Any]]]) -> None:
         """Look up a mapped task's children's keys in one query, before any of them runs
         (a child whose key cannot be made fails on its own when it runs)."""
         if not self.read or self.error is not None or self.policies[self.ids[task]].refresh:
@@ -374,7 +375,8 @@ class RunCache:
         keys = []
         for i, cid in enumerate(ids):
             try:
-                key = self.key(cid, task, *child_args(i), core.masker)
+                args, kwargs = child_args(i)
+                key = self.key(cid, task, args, kwargs, core.masker)
             except (TaskInputError, CacheKeyError, TypeError):
                 continue
             if key is not None:
@@ -418,7 +420,7 @@ class RunCache:
 
     # -- one task ------------------------------------------------------------------------
 
-    async def run_task(self, core: Any, tid: str, task: Task, item: Any, rec: Any,
+    async def run_task(self, core: Any, tid: str, task: Task[Any], item: Any, rec: Any,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a cached task (or child): restore its output on a hit, wait for an identical
         call of this run, or compute it with ``core.compute`` and queue the new entry."""
@@ -510,7 +512,7 @@ class RunCache:
         except Exception as exc:  # a row written by someone else: any fault is a refusal
             return None, f"cache entry refused: it cannot be decoded ({exc!r}); recomputed"
 
-    async def _remember(self, core: Any, key: str, task: Task, policy: Cache, out: Any,
+    async def _remember(self, core: Any, key: str, task: Task[Any], policy: Cache, out: Any,
                         tid: str) -> str | None:
         """Queue ``out`` under ``key``; the reason when it is not stored."""
         if core.remote and isinstance(out, Remote):  # a value on a cluster: the file is here

@@ -203,7 +203,7 @@ class RunResult(Generic[R]):
     error: BaseException | None = None
     errors: list[BaseException] = field(default_factory=list)
     item_errors: dict[int, ErrorInfo] = field(default_factory=dict)
-    rollback_errors: list[BaseException] = field(default_factory=list)
+    rollback_errors: list[Exception] = field(default_factory=list)
     history_error: BaseException | None = None
     cache_error: BaseException | None = None
     plan: Any = field(default=None, repr=False, compare=False)

@@ -90,7 +90,7 @@ class Core(Steps):
             return await run_map(self, tid, task, item, rec, args, kwargs)
         return await self.pooled(tid, task, item, rec, args, kwargs)
 
-    async def _bounded(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def _bounded(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                        args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a member of a group with a timeout under the group's deadline."""
         at, name, timeout = self.units.deadline(tid, item.units)  # type: ignore[union-attr]

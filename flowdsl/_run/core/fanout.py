@@ -49,7 +49,7 @@ RUNNING = TaskStatus.RUNNING
 TIMED_OUT = TaskStatus.TIMED_OUT
 
 
-def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
+def columns(tid: str, task: Task[Any], args: tuple[Any, ...], kwargs: dict[str, Any]
             ) -> list[list[Any]]:
     """The resolved mapped arguments, one list per mapped parameter, checked: each is a
     list-like value, all have the same length, and there are no more than the limit."""
@@ -78,7 +78,7 @@ def columns(tid: str, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
     return cols
 
 
-async def run_map(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord,
+async def run_map(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
     """Run mapped task ``tid``: its children, then its own final status (see module doc)."""
     fan = task.fan
@@ -195,7 +195,7 @@ def _child(item: Item, cid: str, name: str, tid: str, redo: frozenset[int] | Non
     return child
 
 
-def _fail(core: Steps, tid: str, task: Task, item: Item, rec: TaskRecord, ids: list[str],
+def _fail(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskRecord, ids: list[str],
           failed: list[int], started: int, redo: frozenset[int] | None) -> TaskStatus:
     """Fail mapped task ``tid`` once its children are final; children that never started
     (the siblings of a failure) are recorded as cancelled."""

@@ -41,7 +41,7 @@ async def group_turn(core: Steps, tid: str, item: Item) -> TaskStatus:
             done.set()
     else:
         await done.wait()
-    return item.status.get(tid, TaskStatus.PENDING)  # type: ignore[no-any-return]
+    return item.status.get(tid, TaskStatus.PENDING)
 
 
 async def _run_group(core: Steps, n: int, item: Item) -> None:

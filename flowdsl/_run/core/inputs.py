@@ -24,7 +24,7 @@ class Inputs:
 
     __slots__ = ("context", "fed", "ids", "preds", "stage_from")
 
-    def __init__(self, tasks: Mapping[str, Task], ids: Mapping[Task, str],
+    def __init__(self, tasks: Mapping[str, Task[Any]], ids: Mapping[Task[Any], str],
                  preds: Mapping[str, tuple[str, ...]], context: dict[str, Any]) -> None:
         self.ids = ids
         self.preds = preds
@@ -36,7 +36,7 @@ class Inputs:
             i: tuple(p for p in preds[i] if p not in {ids[u] for u in t.upstream})
             for i, t in tasks.items() if t.stage_param is not None}
 
-    def of(self, task: Task, item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def of(self, task: Task[Any], item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Task ``task``'s arguments for ``item``: references to other tasks' outputs (and
         projections), ``ctx()`` values, a stage's input from the stage before it."""
         args, kwargs = task.args, task.kwargs
@@ -54,7 +54,7 @@ class Inputs:
                 kwargs = {**kwargs, task.stage_param: value}
         return args, kwargs
 
-    def _resolve(self, value: Any, task: Task, item: Item) -> Any:
+    def _resolve(self, value: Any, task: Task[Any], item: Item) -> Any:
         cls = value.__class__
         ids = self.ids
         if cls is Task:
@@ -81,9 +81,9 @@ class Inputs:
 
         return transform(value, swap)
 
-    def _project(self, ref: Ref, task: Task, item: Item) -> Any:
+    def _project(self, ref: Ref, task: Task[Any], item: Item) -> Any:
         src = self.ids[ref.task]
-        out = item.outputs.get(src)
+        out: Any = item.outputs.get(src)
         for key in ref.path:
             try:
                 out = out[key]
@@ -94,7 +94,7 @@ class Inputs:
                 raise TaskInputError(msg) from exc
         return out
 
-    def _ctx_value(self, ref: CtxRef, task: Task) -> Any:
+    def _ctx_value(self, ref: CtxRef, task: Task[Any]) -> Any:
         if ref.key in self.context:
             return self.context[ref.key]
         if ref.default is not _MISSING:

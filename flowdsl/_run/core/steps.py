@@ -73,7 +73,7 @@ class Steps:
     """The core's state and the steps of one task's life (see the module docstring); the
     public methods are what the map, group and cache code call."""
 
-    def __init__(self, plan: Plan, result: RunResult, *, context: dict[str, Any],
+    def __init__(self, plan: Plan, result: RunResult[Any], *, context: dict[str, Any],
                  executors: Mapping[str, Executor], pools: Pools,
                  priorities: Mapping[str, float], continue_on_error: bool = False,
                  observers: Sequence[RunObserver] = (), log: bool = False,
@@ -86,13 +86,13 @@ class Steps:
         active = [g for g in plan.groups if g.unit.condition is not None or g.unit.guards
                   or g.unit.timeout is not None or g.unit.trigger is not None
                   or g.unit.retries]
-        self.units = Units(active, plan.tasks) if active else None  # type: ignore[arg-type]
+        self.units = Units(active, plan.tasks) if active else None
         self._retried = self.units.retried if self.units is not None else {}
         # (member, item) -> its failures while its retried group may still mend them
         self.held: dict[tuple[str, int], list[BaseException]] = {}
         self._cut: dict[int, tuple[float, str, float]] = {}  # id(record) -> group deadline
-        self.tasks: Mapping[str, Task] = plan.tasks  # type: ignore[assignment]
-        self.ids: Mapping[Task, str] = plan.ids  # a referenced Task object -> its id here
+        self.tasks: Mapping[str, Task[Any]] = plan.tasks
+        self.ids: Mapping[Task[Any], str] = plan.ids  # a referenced Task[Any] object -> its id here
         self.preds = plan.predecessors
         self.result = result
         self.context = context
@@ -278,7 +278,7 @@ class Steps:
             cut = self._cut.get(id(item.records[rec.parent]))
         return cut
 
-    async def pooled(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def pooled(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                      args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Run a task or one child of a mapped task: through the result cache when it is
         cached (a hit skips the tool and its pools), else :meth:`compute`."""
@@ -286,7 +286,7 @@ class Steps:
             return await self.cache.run_task(self, tid, task, item, rec, args, kwargs)
         return await self.compute(tid, task, item, rec, args, kwargs)
 
-    async def compute(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def compute(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                       args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         """Acquire the task's pools, run its attempts, release the pools."""
         demand = task.spec.resources
@@ -305,7 +305,7 @@ class Steps:
                 self.pools.release(demand)
         return status
 
-    def cached(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    def cached(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                value: Any, reason: str = "output restored from the result cache"
                ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
@@ -320,7 +320,7 @@ class Steps:
         item.outputs[tid] = value
         return self.finish(tid, item, rec, CACHED, output=value)
 
-    def _verdict(self, task: Task, preds: Sequence[str], item: Item
+    def _verdict(self, task: Task[Any], preds: Sequence[str], item: Item
                  ) -> tuple[TaskStatus, str] | None:
         """Apply the task's trigger rule to its predecessors' statuses: None means run."""
         return verdict(self._rule(task), preds, item.status, item.records)
@@ -333,7 +333,7 @@ class Steps:
             src = self.ids[on if isinstance(on, Task) else on.task]
             if self.remote and isinstance(item.outputs.get(src), Remote):
                 item.outputs[src] = await item.outputs[src].fetch()
-            value = item.outputs.get(src)
+            value: Any = item.outputs.get(src)
             name = src if isinstance(on, Task) else src + "".join(f"[{k!r}]" for k in on.path)
             for key in () if isinstance(on, Task) else on.path:
                 try:
@@ -353,17 +353,17 @@ class Steps:
                 return Inherited(why) if g.inherit else why
         return None
 
-    def _rule(self, task: Task) -> str:
+    def _rule(self, task: Task[Any]) -> str:
         """The task's trigger rule: its own, or its group's for a group's entry task."""
         if self.units is None:
             return task.trigger
         return self.units.trigger.get(self.ids[task], task.trigger)
 
-    def _condition(self, task: Task) -> bool:
+    def _condition(self, task: Task[Any]) -> bool:
         return eval_condition(task.condition, self._ctx_view,
                               f"the condition of task {self.ids[task]!r}")
 
-    async def _attempts(self, tid: str, task: Task, item: Item, rec: TaskRecord,
+    async def _attempts(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
                         args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskStatus:
         spec = task.spec
         ex = self.executors[self.ids[task]]  # a mapped task's children run on its executor
@@ -377,6 +377,7 @@ class Steps:
         if self.observers or self.log:
             self.started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
+        out: Any = None  # the last attempt's output (every path to its use sets it)
         # The tool's prints, logging records and get_logger() lines are kept on rec (unless
         # the run or the tool opted out): each call runs in the task's scope (a context
         # variable, the whole per-attempt cost of capture; see flowdsl/_base/capture.py).
@@ -458,7 +459,7 @@ class Steps:
             self.completed.append((tid, item))
         return self.finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
-    async def _localize_inputs(self, task: Task, item: Item) -> None:
+    async def _localize_inputs(self, task: Task[Any], item: Item) -> None:
         """Fetch the remote outputs this task needs here: every upstream output for a task
         on a local executor, only the projected ones (``task["k"]``) for a remote task (the
         others travel between workers as handles)."""
@@ -550,7 +551,7 @@ class Steps:
             msg = f"task {tid!r} exceeded its {spec.timeout:g}s timeout (attempt {n})"
         return TaskTimeout(msg, task_id=tid, attempts=n, kind=kind)
 
-    def map_output(self, task: Task, out: Any) -> None:
+    def map_output(self, task: Task[Any], out: Any) -> None:
         mapping = task.to_context_map
         if isinstance(mapping, str):
             self.context[mapping] = out
@@ -630,7 +631,7 @@ class Steps:
         self.result.errors.append(err)
         if self.result.error is None:
             self.result.error = err
-        if item.index >= 0:
+        if item.index >= 0 and rec.error is not None:  # (a failure always has its error)
             self.result.item_errors[item.index] = rec.error
         if item.status.get(tid) is None:
             self.finish(tid, item, rec, TIMED_OUT if isinstance(err, TaskTimeout) else FAILED)
@@ -682,12 +683,12 @@ class Steps:
                         self.log.info("task_rolled_back", task=tid)
         return done
 
-    def _task_of(self, tid: str) -> Task:
+    def _task_of(self, tid: str) -> Task[Any]:
         """The task of ``tid``, or of the mapped task ``tid`` (``name[i]``) is a child of."""
         task = self.tasks.get(tid)
         return task if task is not None else self.tasks[tid.rpartition("[")[0]]
 
 
-def _projected(task: Task, ids: Mapping[Task, str]) -> set[str]:
+def _projected(task: Task[Any], ids: Mapping[Task[Any], str]) -> set[str]:
     """Ids of the upstream tasks whose outputs ``task`` projects (``task["k"]``)."""
     return {ids[v.task] for v in nodes((task.args, task.kwargs)) if isinstance(v, Ref)}

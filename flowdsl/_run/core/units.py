@@ -57,7 +57,7 @@ def context_defaults(groups: Sequence[Group]) -> dict[str, Any]:
 class Units:
     """The run-time side of a plan's groups (see the module docstring)."""
 
-    def __init__(self, groups: Sequence[Group], tasks: Mapping[str, Task]) -> None:
+    def __init__(self, groups: Sequence[Group], tasks: Mapping[str, Task[Any]]) -> None:
         self.groups = list(groups)
         self.gated: dict[str, tuple[int, ...]] = {}  # member -> its conditioned groups
         self.timed: dict[str, tuple[int, ...]] = {}  # member -> its timed groups
