@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["call_soon", "current_loop", "loop_clock", "threadsafe_caller"]
+__all__ = ["call_soon", "current_loop", "in_fresh_thread", "loop_clock", "threadsafe_caller"]
 
 
 def current_loop() -> str | None:
@@ -70,3 +72,23 @@ def threadsafe_caller() -> Callable[[Callable[[], None]], object] | None:
         run_sync_soon: Callable[[Callable[[], None]], object] = token.run_sync_soon
         return run_sync_soon
     return None
+
+
+def in_fresh_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a thread of its own, joined before returning (its result or its
+    exception): how code that starts an event loop runs from a thread whose loop is
+    already running (a notebook cell)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target, name="flowdsl-virtual")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import math
 import selectors
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-__all__ = ["VirtualLoop", "counting_threads", "in_fresh_thread", "run_virtual"]
+__all__ = ["VirtualLoop", "counting_threads", "run_virtual"]
 
 #: Worker-thread calls in flight (see :func:`counting_threads`), and the trio clock of the
 #: run in progress (its autojump is turned off while a thread works).
@@ -99,7 +98,7 @@ def run_virtual(fn: Callable[[], Any], backend: str = "asyncio", *,
     ``MockClock(autojump_threshold=0)`` (trio must be installed). With ``count_threads``,
     worker-thread calls through anyio stop the clock while they run (see
     :func:`counting_threads`). Must be called with no event loop running in this thread
-    (see :func:`in_fresh_thread`)."""
+    (see :func:`flowdsl._base.loop.in_fresh_thread`)."""
     if backend not in ("asyncio", "trio"):
         msg = f"run_virtual(): backend={backend!r} is invalid: expected 'asyncio' or 'trio'"
         raise ValueError(msg)
@@ -122,21 +121,3 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def in_fresh_thread(fn: Callable[[], Any]) -> Any:
-    """``fn()`` in a thread of its own, joined before returning (its result or its
-    exception): how code that starts an event loop runs from a thread whose loop is
-    already running (a notebook cell)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # re-raised in the caller's thread
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="flowdsl-virtual")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from .._base.loop import current_loop
-from .._base.virtual import in_fresh_thread, run_virtual
+from .._base.loop import current_loop, in_fresh_thread
+from .._base.virtual import run_virtual
 from .._graph.task import Task
 from .._plan import policy
 from .._plan.planner import Plan, plan

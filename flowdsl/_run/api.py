@@ -13,7 +13,6 @@ layers) assemble the default ones and call it, so a run never reaches a layer ab
 from __future__ import annotations
 
 import random
-import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from .._base import capture, secrets
 from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
-from .._base.loop import current_loop
+from .._base.loop import current_loop, in_fresh_thread
 from .._base.secrets import Masker
 from .._graph.spec import EXECUTOR_KINDS
 from .._graph.walk import nodes
@@ -438,17 +437,6 @@ def run_blocking(call: Callable[[], Awaitable[R]], backend: str = "asyncio") -> 
     boxed = partial(_boxed, call)
     if not _loop_running():
         return anyio.run(boxed, backend=backend).value  # type: ignore[no-any-return]
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = anyio.run(boxed, backend=backend).value
-        except BaseException as exc:
-            box["error"] = exc
-
-    t = threading.Thread(target=target, name="flowdsl-run")
-    t.start()
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    return box["result"]  # type: ignore[no-any-return]
+    # a thread of its own, whose event loop this one's does not block
+    return in_fresh_thread(  # type: ignore[no-any-return]
+        lambda: anyio.run(boxed, backend=backend).value)
