@@ -691,9 +691,14 @@ class Sim:
         """S8-S11, S36: a cache lookup, pools, then the attempts."""
         r = self.recs[tid]
         ckey = (key, json.dumps(inputs, sort_keys=True))
-        if t.cache and self.cache_read and ckey in self.cache:
-            r.started_at = self.now
-            self._finish(tid, "cached", self.cache[ckey], True)
+        # S36: an entry stored earlier in this run counts (a member that its group's retry
+        # runs again finds the one its own earlier attempt stored), as do earlier runs'.
+        found = ckey in self.stored or (self.cache_read and ckey in self.cache)
+        if t.cache and found:
+            if r.started_at is None:  # S30: a re-run member's record began with its first
+                r.started_at = self.now
+            out = self.stored[ckey] if ckey in self.stored else self.cache[ckey]
+            self._finish(tid, "cached", out, True)
             return
         if t.pool is not None:
             try:

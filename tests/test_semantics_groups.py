@@ -491,3 +491,32 @@ class TestGroupTimeoutDuringBackoff:
         assert [a.status for a in rec.attempts] == [S.FAILED]
         assert rec.attempts[0].error is not None and rec.attempts[0].error.type == "OSError"
         assert "group 'g' ran past its 0.2s timeout" in str(r.error)
+
+
+# -- S36: the cache and a group's retry ----------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_member_run_again_by_its_group_finds_its_own_entry(backend: str,
+                                                              tmp_path: Path) -> None:
+    """S36, S30: `p >> m` in a retried group, p failing once, m (cached, all_done) taking
+    nothing from p. Attempt 1 calls m; attempt 2 runs m again (downstream of p) and finds
+    the entry its own call stored: m ends cached, with its one call kept as its attempt
+    and its start that of that attempt (it was reset to the lookup's), saying why."""
+    c = Calls()
+    p = c.tool("p", fail=lambda n, x: n == 1, seconds=0.05)
+    m = c.tool("m", cache=True, seconds=0.01)
+    group = Flow("g", p() >> m().with_options(trigger="all_done")).with_options(retries=1)
+    store = flowdsl.CacheStore(tmp_path / "cache.db")
+    try:
+        r = run(group, backend=backend, cache=store)
+    finally:
+        store.close()
+    assert r.ok, r.error
+    assert c.count("m") == 1 and c.count("p") == 2
+    rec = r.tasks["m"]
+    assert rec.status is S.CACHED
+    assert [a.status for a in rec.attempts] == [S.COMPLETED]
+    assert rec.started_at == rec.attempts[0].started_at
+    assert rec.started_at < r.tasks["p"].attempts[1].started_at
+    assert rec.reason == "output of its own call in an earlier attempt of its group"
+

@@ -441,9 +441,10 @@ class RunCache:
         refused = None
         if not policy.refresh:
             same = self._same_run(key, policy)
-            if same is not None:
-                return core._cached(tid, task, item, rec, same[0],  # type: ignore
-                                    reason=f"output of an identical call in this run ({same[1]})")
+            if same is not None:  # (S36a: a member run again by its group finds its own)
+                why = ("output of its own call in an earlier attempt of its group"
+                       if same[1] == tid else f"output of an identical call in this run ({same[1]})")
+                return core._cached(tid, task, item, rec, same[0], reason=why)  # type: ignore
             row = self.rows.get(key)
             if row is not None:  # looked up before: a hit costs no await and no claim
                 value, refused = self._decode(row, policy)

@@ -396,7 +396,8 @@ class Core:
                 ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
         back; downstream sees a completed task."""
-        rec.started_at = self.now()
+        if rec.started_at is None:  # else a group's retry (S30, S36): the record began with
+            rec.started_at = self.now()  # its first attempt, which it keeps
         rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
