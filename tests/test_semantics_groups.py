@@ -520,3 +520,20 @@ def test_a_member_run_again_by_its_group_finds_its_own_entry(backend: str,
     assert rec.started_at < r.tasks["p"].attempts[1].started_at
     assert rec.reason == "output of its own call in an earlier attempt of its group"
 
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_group_retry_leaves_the_clock_of_a_group_beside_it(backend: str) -> None:
+    """S29, S30: a retry of group r starts the clocks of r and the groups inside it over,
+    no other. Timed group t (`a >> b`, 0.5 s) runs beside r, whose member fails once at
+    0.1 s: b, started at 0.3 s, is still cut off at 0.5 s. (A retry used to reset every
+    group's clock, so b got a fresh 0.5 s and completed; found by the differential test.)"""
+    c = Calls()
+    timed = Flow("t", c.tool("a", seconds=0.3)() >> c.tool("b", seconds=0.3)()
+                 ).with_options(timeout=0.5)
+    retried = Flow("r", c.tool("f", fail=lambda n, x: n == 1, seconds=0.1)()
+                   ).with_options(retries=1)
+    r = run(flowdsl.parallel(timed, retried), backend=backend, continue_on_error=True)
+    assert r.tasks["r.f"].status is S.COMPLETED
+    assert r.tasks["t.a"].status is S.COMPLETED
+    assert r.tasks["t.b"].status is S.TIMED_OUT, r.tasks["t.b"]
+    assert not r.ok
