@@ -442,8 +442,8 @@ class RunCache:
         if not policy.refresh:
             same = self._same_run(key, policy)
             if same is not None:  # (S36a: a member run again by its group finds its own)
-                why = ("output of its own call in an earlier attempt of its group"
-                       if same[1] == tid else f"output of an identical call in this run ({same[1]})")
+                why = (f"output of an identical call in this run ({same[1]})" if same[1] != tid
+                       else "output of its own call in an earlier attempt of its group")
                 return core._cached(tid, task, item, rec, same[0], reason=why)  # type: ignore
             row = self.rows.get(key)
             if row is not None:  # looked up before: a hit costs no await and no claim
