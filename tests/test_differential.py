@@ -560,13 +560,16 @@ def test_engine_agrees_with_the_reference(backend: str, case: tuple[FlowD, str],
 @pytest.mark.timeout(0)
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 @settings(EXAMPLES, max_examples=int(os.environ.get("FLOWDSL_FUZZ_EXAMPLES", "10000")),
-          derandomize=False)
+          derandomize=False,
+          # FLOWDSL_FUZZ_NOSHRINK: report a failure as found (shrinking one takes minutes)
+          phases=[Phase.explicit, Phase.reuse, Phase.generate]
+          if os.environ.get("FLOWDSL_FUZZ_NOSHRINK") else list(Phase))
 @given(case=flows())
 def test_fuzz(backend: str, case: tuple[FlowD, str], tmp_path: Path) -> None:
     """``pytest -m fuzz``: 10,000 flows per backend (20,000 in all). With FLOWDSL_FUZZ_LOG
     set, each example appends a line to that file (a count survives a run cut short);
     FLOWDSL_FUZZ_EXAMPLES sets the count per backend (a long run in chunks, each with its
-    own ``--hypothesis-seed``)."""
+    own ``--hypothesis-seed``; FLOWDSL_FUZZ_NOSHRINK shows a failure unshrunk)."""
     check(*case, backend, tmp_path)
     log = os.environ.get("FLOWDSL_FUZZ_LOG")
     if log:
