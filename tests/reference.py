@@ -864,6 +864,9 @@ class Sim:
                 if any(p in again for p in self.s.preds[t]):
                     for c in self.children.get(t, ()):
                         self.recs[c].status = "pending"
+            for t in todo:  # S38: a reused member run again is called, children and all
+                for c in [c for c in self.resumed_children if c.startswith(t + "[")]:
+                    del self.resumed_children[c]
             for t in todo:  # reset: these run again; completed members are kept
                 self.final.pop(t, None)
                 self.outputs.pop(t, None)

@@ -399,10 +399,8 @@ class Gen:
         if FEATURES["group_timeout"] and d(st.integers(0, 2)) == 0:
             g.timeout = d(st.integers(1, 4)) + 3 / 256  # never a task timeout's fraction
         maps = any(self.tasks[t].mapped for t in inner if t in self.tasks)
-        # Not in a resumed run: a member reused from the earlier run that its group's retry
-        # then runs again (it is downstream of a failed member) is a case SEMANTICS.md leaves
-        # open; the engine runs a reused map's children again there (fuzz, seed in report).
-        if FEATURES["group_retries"] and not self.resume and d(st.integers(0, 1)) == 0 and (
+        # In a resumed run too: a reused member that the retry runs again is called (S38).
+        if FEATURES["group_retries"] and d(st.integers(0, 1)) == 0 and (
                 not maps or FEATURES["maps_in_retried_groups"]):
             g.retries = d(st.integers(1, 2))
             if FEATURES["group_backoff"]:
