@@ -613,6 +613,10 @@ class Sim:
         """SEMANTICS S7: one node, from ready to final."""
         if tid in self.final:
             return
+        # Ready now: an event, for a decision taken without running (a skip, an input that
+        # is not a list) at the instant another node stops the run is made in an order the
+        # rules leave open.
+        self._event(tid)
         v = self.verdict(tid)
         if v is not None:
             self._finish(tid, v)
@@ -860,9 +864,10 @@ class Sim:
                     self.stop(held[0])
                 return
             todo = [t for t in todo if t in again]
-            for t in todo:  # a map whose input may change runs all its children again
-                if any(p in again for p in self.s.preds[t]):
-                    for c in self.children.get(t, ()):
+            for t in todo:  # a map whose input may change runs all its children again,
+                every = any(p in again for p in self.s.preds[t])  # else those not completed
+                for c in self.children.get(t, ()):  # (S30: pending until they run again)
+                    if every or self.recs[c].status not in FINAL_OK:
                         self.recs[c].status = "pending"
             for t in todo:  # S38: a reused member run again is called, children and all
                 for c in [c for c in self.resumed_children if c.startswith(t + "[")]:

@@ -230,8 +230,8 @@ class TestGroupTimeoutOverAMap:
         reason it could not start."""
         slow = Calls().tool("slow", seconds=lambda x: x)
         r = run(Flow("g", slow.map([0.5, 0.5])).with_options(timeout=0.2), mode="sequential")
-        assert r.tasks["slow[1]"].status is S.TIMED_OUT
-        assert r.tasks["slow[1]"].error.message == (
+        assert r.tasks["g.slow[1]"].status is S.TIMED_OUT
+        assert r.tasks["g.slow[1]"].error.message == (
             "task 'slow[1]' could not start: group 'g' ran past its 0.2s timeout")
 
     @pytest.mark.parametrize("mode", ["sequential", "parallel"])
@@ -245,7 +245,7 @@ class TestGroupTimeoutOverAMap:
         r = run(Flow("g", slow.map([1, 2])).with_options(timeout=0.3, retries=1), mode=mode)
         assert r.ok and r.errors == [], r.errors
         assert {x: c.count("slow", x) for x in (1, 2)} == {1: 1, 2: 2}
-        assert [a.status for a in r.tasks["slow[1]"].attempts] == [S.TIMED_OUT,
+        assert [a.status for a in r.tasks["g.slow[1]"].attempts] == [S.TIMED_OUT,
                                                                     S.COMPLETED]
 
 
@@ -469,8 +469,8 @@ class TestThreadTools:
         tool = tl(slow, executor="thread")
         r = run(Flow("g", tool.map([0.01, 0.6])).with_options(timeout=0.2), mode="parallel")
         assert not r.ok and r.status == "failed"
-        assert r.tasks["slow[0]"].status is S.COMPLETED
-        assert r.tasks["slow[1]"].status is S.TIMED_OUT
+        assert r.tasks["g.slow[0]"].status is S.COMPLETED
+        assert r.tasks["g.slow[1]"].status is S.TIMED_OUT
         assert r.tasks["slow"].status is S.TIMED_OUT
         _no_task_running(r)
 
@@ -537,3 +537,21 @@ def test_a_group_retry_leaves_the_clock_of_a_group_beside_it(backend: str) -> No
     assert r.tasks["t.a"].status is S.COMPLETED
     assert r.tasks["t.b"].status is S.TIMED_OUT, r.tasks["t.b"]
     assert not r.ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reset_child_the_stop_left_unstarted_is_pending(backend: str) -> None:
+    """S30: a mapped member's child cut off by its group's timeout (could not start) and
+    reset for the group's next attempt, which the run stops before it starts, is pending:
+    not the timed_out of the attempt before (the reference said so; the engine is right)."""
+    c = Calls()
+    slow = c.tool("slow", seconds=lambda x: 0.3 if x == 0 else 0.01)
+    group = Flow("g", slow.map([0, 1]).with_options(max_parallel=1)).with_options(
+        timeout=0.1, retries=2)
+    stop = c.tool("stop", fail=lambda n, x: True, seconds=0.25)()
+    r = run(flowdsl.parallel(group, stop), backend=backend)
+    assert r.tasks["stop"].status is S.FAILED
+    kid = r.tasks["g.slow[1]"]
+    assert kid.status is S.PENDING and kid.attempts == [], kid
+    assert r.tasks["g.slow[0]"].status is S.CANCELLED
+    assert c.count("slow", 1) == 0
