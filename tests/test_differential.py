@@ -239,6 +239,7 @@ TRIGGERS = ["all_success"] * 6 + ["all_done", "none_failed", "one_success", "one
 FEATURES = {
     "switch_no_match": True,  # S34: no match and no default fails (issue 20 bug 7, faults)
     "switch_shared": True,  # S35: a task shared by two cases (issue 20 bug 7, faults)
+    "switch_join": True,  # S35: a task at the end of two case paths (a join)
     "group_retries": True,
     "group_timeout": True,
     "group_backoff": True,  # S30: backoff= on a group (issue 20 bug 10, groups)
@@ -380,6 +381,12 @@ class Gen:
             if FEATURES["switch_shared"] and len(cases) < 3 and d(st.booleans()):
                 key = d(st.sampled_from([k for k in ("a", "b", "c") if k not in cases]))
                 cases[key] = next(iter(cases.values()))  # S35: one path for two cases
+            elif FEATURES["switch_join"] and len(cases) < 3 and d(st.integers(0, 2)) == 0:
+                # S35: a task shared deeper, at the end of two case paths: a join (under
+                # all_success it is skipped, as one of its paths always is)
+                key = d(st.sampled_from([k for k in ("a", "b", "c") if k not in cases]))
+                tail = d(st.sampled_from([p[-1] for p in cases.values()]))
+                cases[key] = [self.plain([]), tail]
             sw = SwitchD(name, on, cases, default, skip)
             for p in [*cases.values(), default or []]:
                 made.extend(t for t in p if t not in made)
