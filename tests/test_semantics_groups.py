@@ -230,8 +230,8 @@ class TestGroupTimeoutOverAMap:
         reason it could not start."""
         slow = Calls().tool("slow", seconds=lambda x: x)
         r = run(Flow("g", slow.map([0.5, 0.5])).with_options(timeout=0.2), mode="sequential")
-        assert r.tasks["g.slow[1]"].status is S.TIMED_OUT
-        assert r.tasks["g.slow[1]"].error.message == (
+        assert r.tasks["slow[1]"].status is S.TIMED_OUT
+        assert r.tasks["slow[1]"].error.message == (
             "task 'slow[1]' could not start: group 'g' ran past its 0.2s timeout")
 
     @pytest.mark.parametrize("mode", ["sequential", "parallel"])
@@ -245,7 +245,7 @@ class TestGroupTimeoutOverAMap:
         r = run(Flow("g", slow.map([1, 2])).with_options(timeout=0.3, retries=1), mode=mode)
         assert r.ok and r.errors == [], r.errors
         assert {x: c.count("slow", x) for x in (1, 2)} == {1: 1, 2: 2}
-        assert [a.status for a in r.tasks["g.slow[1]"].attempts] == [S.TIMED_OUT,
+        assert [a.status for a in r.tasks["slow[1]"].attempts] == [S.TIMED_OUT,
                                                                     S.COMPLETED]
 
 
@@ -469,8 +469,8 @@ class TestThreadTools:
         tool = tl(slow, executor="thread")
         r = run(Flow("g", tool.map([0.01, 0.6])).with_options(timeout=0.2), mode="parallel")
         assert not r.ok and r.status == "failed"
-        assert r.tasks["g.slow[0]"].status is S.COMPLETED
-        assert r.tasks["g.slow[1]"].status is S.TIMED_OUT
+        assert r.tasks["slow[0]"].status is S.COMPLETED
+        assert r.tasks["slow[1]"].status is S.TIMED_OUT
         assert r.tasks["slow"].status is S.TIMED_OUT
         _no_task_running(r)
 
