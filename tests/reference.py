@@ -124,7 +124,7 @@ class Outcome:
     status: str
     tasks: dict[str, Record]
     errors: list[str]  # the task ids of result.errors, in order
-    rolled_back: list[str]  # rollbacks called, in order
+    rolled_back: list[tuple[str, Any]]  # rollbacks called, in order: (task, its call's output)
     calls: dict[str, int]
     stored: dict[tuple[str, str], Any]  # cache entries written
     ambiguous: str | None = None
@@ -347,7 +347,9 @@ class Sim:
         self.stopped = False
         self.stop_at: float | None = None
         self.stopper: str | None = None
-        self.completed: list[str] = []  # for rollback, in completion order
+        # for rollback, in completion order, each call with its output (S37: a member that its
+        # group's retry reset and called again is rolled back once per completed call)
+        self.completed: list[tuple[str, Any]] = []
         self.ambiguous: str | None = None
         self.free = dict(flow.pools)
         self.waiters: list[tuple[float, int, _P, str]] = []  # (-priority, arrival, proc, pool)
@@ -754,7 +756,7 @@ class Sim:
             else:
                 r.attempts.append((start, "completed"))
                 if self.f.rollback and t.rollback:
-                    self.completed.append(tid)
+                    self.completed.append((tid, output_of(key, inputs, script)))
                 self._finish(tid, "completed", output_of(key, inputs, script), True)
                 return
             r.attempts.append((start, status))
@@ -935,10 +937,10 @@ def simulate(flow: FlowD, calls: dict[str, int] | None = None, *,
         if len(ran) > 1:  # their start times depend on the plan's order
             sim.order_free.update(ran)
     status = "failed" if sim.errors else "completed"
-    rolled: list[str] = []
+    rolled: list[tuple[str, Any]] = []
     if flow.rollback and status != "completed":  # S37
-        for tid in reversed(sim.completed):
-            rolled.append(tid)
+        for tid, out in reversed(sim.completed):
+            rolled.append((tid, out))
             sim.recs[tid].status = "rolled_back"
         if rolled:
             status = "rolled_back"

@@ -555,3 +555,19 @@ def test_a_reset_child_the_stop_left_unstarted_is_pending(backend: str) -> None:
     assert kid.status is S.PENDING and kid.attempts == [], kid
     assert r.tasks["g.slow[0]"].status is S.CANCELLED
     assert c.count("slow", 1) == 0
+
+
+def test_a_reset_member_is_rolled_back_with_its_calls_output() -> None:
+    """S37, S30: b (one_failed) completes in the group's first attempt, is reset for the
+    second, and the run stops (a fails again) before it runs again: its rollback still gets
+    what its call returned. (It got None: the reset had dropped the output.)"""
+    undone: list[Any] = []
+    c = Calls()
+    a = c.tool("a", fail=lambda n, x: True, seconds=0.02)
+    b = c.tool("b", rollback=undone.append)
+    flow = Flow("g", a() >> c.tool("mid")() >> b("out").with_options(trigger="one_failed")
+                ).with_options(retries=1)
+    r = run(flow, rollback_on_failure=True)
+    assert c.count("a") == 2 and c.count("b") == 1
+    assert undone == ["out"]
+    assert r.tasks["b"].status is S.ROLLED_BACK and r.status == "rolled_back"

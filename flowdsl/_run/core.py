@@ -144,7 +144,9 @@ class Core:
         self.scope: anyio.CancelScope | None = None
         # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
         # since they hold every item of a pipeline alive.
-        self.completed: list[tuple[str, Item]] = []
+        # Each with the output of that call: a group's retry may reset the member (its output
+        # goes) and call it again, and each call that completed is rolled back with its own.
+        self.completed: list[tuple[str, Item, Any]] = []
         self.track_completed = rollback
         # Items in flight (a pipeline releases each one once every task has finished it:
         # its records are folded into `merged`, its sinks' outputs moved to `kept`).
@@ -634,7 +636,7 @@ class Core:
                 return self._failed(tid, item, rec, exc, n)
         item.outputs[tid] = out
         if self.track_completed:
-            self.completed.append((tid, item))
+            self.completed.append((tid, item, out))
         return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task, item: Item) -> None:
@@ -851,7 +853,7 @@ class Core:
         the rest still run. Returns how many tasks were rolled back."""
         done = 0
         with anyio.CancelScope(shield=True):
-            for tid, item in reversed(self.completed):
+            for tid, item, output in reversed(self.completed):
                 undo = self._task_of(tid).spec.rollback
                 rec = item.records[tid]
                 if undo is None:
@@ -859,7 +861,7 @@ class Core:
                         self.log.info("task_rollback_skipped", task=tid, reason="no rollback")
                     continue
                 try:
-                    await self._undo(tid, undo, item.outputs.get(tid), timeout)
+                    await self._undo(tid, undo, output, timeout)
                 except Exception as exc:
                     rec.rollback_error = ErrorInfo.from_exception(exc, self.masker)
                     self.result.rollback_errors.append(exc)
