@@ -146,7 +146,8 @@ class Core:
         # since they hold every item of a pipeline alive.
         # Each with the output of that call: a group's retry may reset the member (its output
         # goes) and call it again, and each call that completed is rolled back with its own.
-        self.completed: list[tuple[str, Item, Any]] = []
+        # (A list, not a tuple: localize() replaces a remote output in it by its value.)
+        self.completed: list[list[Any]] = []
         self.track_completed = rollback
         # Items in flight (a pipeline releases each one once every task has finished it:
         # its records are folded into `merged`, its sinks' outputs moved to `kept`).
@@ -636,7 +637,7 @@ class Core:
                 return self._failed(tid, item, rec, exc, n)
         item.outputs[tid] = out
         if self.track_completed:
-            self.completed.append((tid, item, out))
+            self.completed.append([tid, item, out])
         return self._finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task, item: Item) -> None:
@@ -669,6 +670,7 @@ class Core:
             if isinstance(v, Remote)]
         found += [(out, n, v) for out in self.kept.values() for n, v in enumerate(out)
                   if isinstance(v, Remote)]
+        found += [(c, 2, c[2]) for c in self.completed if isinstance(c[2], Remote)]
         by_type: dict[type, list[tuple[Any, Any, Remote]]] = {}
         for entry in found:
             by_type.setdefault(type(entry[2]), []).append(entry)
