@@ -125,7 +125,7 @@ class Outcome:
     status: str
     tasks: dict[str, Record]
     errors: list[str]  # the task ids of result.errors, in order
-    rolled_back: list[str]  # rollbacks called, in order
+    rolled_back: list[tuple[str, Any]]  # rollbacks called, in order: (task, its call's output)
     calls: dict[str, int]
     stored: dict[tuple[str, str], Any]  # cache entries written
     ambiguous: str | None = None
@@ -348,7 +348,9 @@ class Sim:
         self.stopped = False
         self.stop_at: float | None = None
         self.stopper: str | None = None
-        self.completed: list[str] = []  # for rollback, in completion order
+        # for rollback, in completion order, each call with its output (S37: a member that its
+        # group's retry reset and called again is rolled back once per completed call)
+        self.completed: list[tuple[str, Any]] = []
         self.ambiguous: str | None = None
         self.free = dict(flow.pools)
         self.waiters: list[tuple[float, int, _P, str]] = []  # (-priority, arrival, proc, pool)
@@ -614,6 +616,10 @@ class Sim:
         """SEMANTICS S7: one node, from ready to final."""
         if tid in self.final:
             return
+        # Ready now: an event, for a decision taken without running (a skip, an input that
+        # is not a list) at the instant another node stops the run is made in an order the
+        # rules leave open.
+        self._event(tid)
         v = self.verdict(tid)
         if v is not None:
             self._finish(tid, v)
@@ -692,9 +698,14 @@ class Sim:
         """S8-S11, S36: a cache lookup, pools, then the attempts."""
         r = self.recs[tid]
         ckey = (key, json.dumps(inputs, sort_keys=True))
-        if t.cache and self.cache_read and ckey in self.cache:
-            r.started_at = self.now
-            self._finish(tid, "cached", self.cache[ckey], True)
+        # S36: an entry stored earlier in this run counts (a member that its group's retry
+        # runs again finds the one its own earlier attempt stored), as do earlier runs'.
+        found = ckey in self.stored or (self.cache_read and ckey in self.cache)
+        if t.cache and found:
+            if r.started_at is None:  # S30: a re-run member's record began with its first
+                r.started_at = self.now
+            out = self.stored[ckey] if ckey in self.stored else self.cache[ckey]
+            self._finish(tid, "cached", out, True)
             return
         if t.pool is not None:
             try:
@@ -746,7 +757,7 @@ class Sim:
             else:
                 r.attempts.append((start, "completed"))
                 if self.f.rollback and t.rollback:
-                    self.completed.append(tid)
+                    self.completed.append((tid, output_of(key, inputs, script)))
                 self._finish(tid, "completed", output_of(key, inputs, script), True)
                 return
             r.attempts.append((start, status))
@@ -856,10 +867,14 @@ class Sim:
                     self.stop(held[0])
                 return
             todo = [t for t in todo if t in again]
-            for t in todo:  # a map whose input may change runs all its children again
-                if any(p in again for p in self.s.preds[t]):
-                    for c in self.children.get(t, ()):
+            for t in todo:  # a map whose input may change runs all its children again,
+                every = any(p in again for p in self.s.preds[t])  # else those not completed
+                for c in self.children.get(t, ()):  # (S30: pending until they run again)
+                    if every or self.recs[c].status not in FINAL_OK:
                         self.recs[c].status = "pending"
+            for t in todo:  # S38: a reused member run again is called, children and all
+                for c in [c for c in self.resumed_children if c.startswith(t + "[")]:
+                    del self.resumed_children[c]
             for t in todo:  # reset: these run again; completed members are kept
                 self.final.pop(t, None)
                 self.outputs.pop(t, None)
@@ -923,10 +938,10 @@ def simulate(flow: FlowD, calls: dict[str, int] | None = None, *,
         if len(ran) > 1:  # their start times depend on the plan's order
             sim.order_free.update(ran)
     status = "failed" if sim.errors else "completed"
-    rolled: list[str] = []
+    rolled: list[tuple[str, Any]] = []
     if flow.rollback and status != "completed":  # S37
-        for tid in reversed(sim.completed):
-            rolled.append(tid)
+        for tid, out in reversed(sim.completed):
+            rolled.append((tid, out))
             sim.recs[tid].status = "rolled_back"
         if rolled:
             status = "rolled_back"

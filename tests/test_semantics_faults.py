@@ -390,3 +390,43 @@ def test_resume_of_a_map_after_its_upstream(tmp_path: Path) -> None:
         assert second.tasks["listing"].reason == f"reused from run {first.run_id}"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_reused_member_run_again_by_its_group_is_called(tmp_path: Path, mode: str) -> None:
+    """S38, S30: in a resumed run, a member reused from the earlier run that its group's
+    retry runs again (it comes after a failed member) is called again, a mapped one with
+    all its children: reuse happens where a node is first reached. (SEMANTICS.md left this
+    open and the reference reused the children a second time; the engine calls them.)"""
+    calls: list[Any] = []
+
+    @tl
+    def p() -> str:
+        calls.append("p")
+        if calls.count("p") <= 3:  # run 1: both group attempts; the resume: its first
+            raise ValueError("p fails")
+        return "p"
+
+    @tl
+    def m(x: int) -> int:
+        calls.append(x)
+        return x * 2
+
+    flow = flowdsl.Flow("g", p() >> m.map([1, 2]).with_options(trigger="all_done")
+                        ).with_options(retries=1)
+    store = flowdsl.HistoryStore(tmp_path / "h.db", store_outputs=True)
+    try:
+        first = flowdsl.run(flow, history=store, mode=mode)
+        assert not first.ok and first.tasks["m"].status is S.COMPLETED
+        assert sorted(c for c in calls if c != "p") == [1, 1, 2, 2]
+        calls.clear()
+        calls.extend(["p"] * 2)  # p's calls go on counting
+        second = flowdsl.run(flow, history=store, mode=mode, resume=first.run_id)
+    finally:
+        store.close()
+    assert second.ok, second.error
+    assert sorted(c for c in calls if c != "p") == [1, 2]  # the retry called both
+    assert second.outputs["m"] == [2, 4]
+    for i in (0, 1):
+        kid = second.tasks[f"m[{i}]"]
+        assert kid.status is S.COMPLETED and len(kid.attempts) == 1, kid

@@ -491,3 +491,83 @@ class TestGroupTimeoutDuringBackoff:
         assert [a.status for a in rec.attempts] == [S.FAILED]
         assert rec.attempts[0].error is not None and rec.attempts[0].error.type == "OSError"
         assert "group 'g' ran past its 0.2s timeout" in str(r.error)
+
+
+# -- S36: the cache and a group's retry ----------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_member_run_again_by_its_group_finds_its_own_entry(backend: str,
+                                                              tmp_path: Path) -> None:
+    """S36, S30: `p >> m` in a retried group, p failing once, m (cached, all_done) taking
+    nothing from p. Attempt 1 calls m; attempt 2 runs m again (downstream of p) and finds
+    the entry its own call stored: m ends cached, with its one call kept as its attempt
+    and its start that of that attempt (it was reset to the lookup's), saying why."""
+    c = Calls()
+    p = c.tool("p", fail=lambda n, x: n == 1, seconds=0.05)
+    m = c.tool("m", cache=True, seconds=0.01)
+    group = Flow("g", p() >> m().with_options(trigger="all_done")).with_options(retries=1)
+    store = flowdsl.CacheStore(tmp_path / "cache.db")
+    try:
+        r = run(group, backend=backend, cache=store)
+    finally:
+        store.close()
+    assert r.ok, r.error
+    assert c.count("m") == 1 and c.count("p") == 2
+    rec = r.tasks["m"]
+    assert rec.status is S.CACHED
+    assert [a.status for a in rec.attempts] == [S.COMPLETED]
+    assert rec.started_at == rec.attempts[0].started_at
+    assert rec.started_at < r.tasks["p"].attempts[1].started_at
+    assert rec.reason == "output of its own call in an earlier attempt of its group"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_group_retry_leaves_the_clock_of_a_group_beside_it(backend: str) -> None:
+    """S29, S30: a retry of group r starts the clocks of r and the groups inside it over,
+    no other. Timed group t (`a >> b`, 0.5 s) runs beside r, whose member fails once at
+    0.1 s: b, started at 0.3 s, is still cut off at 0.5 s. (A retry used to reset every
+    group's clock, so b got a fresh 0.5 s and completed; found by the differential test.)"""
+    c = Calls()
+    timed = Flow("t", c.tool("a", seconds=0.3)() >> c.tool("b", seconds=0.3)()
+                 ).with_options(timeout=0.5)
+    retried = Flow("r", c.tool("f", fail=lambda n, x: n == 1, seconds=0.1)()
+                   ).with_options(retries=1)
+    r = run(flowdsl.parallel(timed, retried), backend=backend, continue_on_error=True)
+    assert r.tasks["r.f"].status is S.COMPLETED
+    assert r.tasks["t.a"].status is S.COMPLETED
+    assert r.tasks["t.b"].status is S.TIMED_OUT, r.tasks["t.b"]
+    assert not r.ok
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_reset_child_the_stop_left_unstarted_is_pending(backend: str) -> None:
+    """S30: a mapped member's child cut off by its group's timeout (could not start) and
+    reset for the group's next attempt, which the run stops before it starts, is pending:
+    not the timed_out of the attempt before (the reference said so; the engine is right)."""
+    c = Calls()
+    slow = c.tool("slow", seconds=lambda x: 0.3 if x == 0 else 0.01)
+    group = Flow("g", slow.map([0, 1]).with_options(max_parallel=1)).with_options(
+        timeout=0.1, retries=2)
+    stop = c.tool("stop", fail=lambda n, x: True, seconds=0.25)()
+    r = run(flowdsl.parallel(group, stop), backend=backend)
+    assert r.tasks["stop"].status is S.FAILED
+    kid = r.tasks["g.slow[1]"]
+    assert kid.status is S.PENDING and kid.attempts == [], kid
+    assert r.tasks["g.slow[0]"].status is S.CANCELLED
+    assert c.count("slow", 1) == 0
+
+
+def test_a_reset_member_is_rolled_back_with_its_calls_output() -> None:
+    """S37, S30: b (one_failed) completes in the group's first attempt, is reset for the
+    second, and the run stops (a fails again) before it runs again: its rollback still gets
+    what its call returned. (It got None: the reset had dropped the output.)"""
+    undone: list[Any] = []
+    c = Calls()
+    a = c.tool("a", fail=lambda n, x: True, seconds=0.02)
+    b = c.tool("b", rollback=undone.append)
+    flow = Flow("g", a() >> c.tool("mid")() >> b("out").with_options(trigger="one_failed")
+                ).with_options(retries=1)
+    r = run(flow, rollback_on_failure=True)
+    assert c.count("a") == 2 and c.count("b") == 1
+    assert undone == ["out"]
+    assert r.tasks["b"].status is S.ROLLED_BACK and r.status == "rolled_back"

@@ -970,16 +970,21 @@ class _Grouped:
         return changed
 
 
-def _composed(root: Task[Any] | Fragment[Any]) -> dict[Task[Any], None]:
+def _composed(root: Task[Any] | Fragment[Any],
+              known: dict[int, dict[Task[Any], None]] | None = None) -> dict[Task[Any], None]:
     """The tasks composed (with ``>>``, ``|`` or an embedded Flow) into ``root``, left to
     right, iteratively: a group always holds them, whatever else the walk of a whole flow
-    puts in it."""
+    puts in it. ``known`` (id(fragment) -> its composed tasks) holds the answers for the
+    groups inside ``root`` already asked: they are copied, not walked again, so the members
+    of nested groups cost the size of the answers, not depth x size."""
     out: dict[Task[Any], None] = {}
     stack: list[Any] = [root]
     while stack:
         node = stack.pop()
         if node.__class__ is Task:
             out[node] = None
+        elif known is not None and node is not root and id(node) in known:
+            out.update(known[id(node)])
         else:
             stack.extend(reversed(node.parts))
     return out
@@ -1323,8 +1328,8 @@ class _Builder:
     (the explicit ids of the flow, known after a walk met one too late) and every id taken.
     """
 
-    __slots__ = ("clashed", "counts", "explicit", "flows", "ids", "mapped", "preds", "reserved",
-                 "tasks", "walked")
+    __slots__ = ("clashed", "composed", "counts", "explicit", "flows", "ids", "mapped", "preds",
+                 "reserved", "tasks", "walked")
 
     def __init__(self, reserved: frozenset[str]) -> None:
         self.tasks: dict[str, Task[Any]] = {}
@@ -1337,6 +1342,8 @@ class _Builder:
         self.reserved = reserved
         self.walked: set[int] = set()  # id() of the flows passed as arguments, once walked
         self.mapped: list[str] = []  # the ids of mapped tasks (their children's ids derive)
+        # id(group fragment) -> the tasks composed into it, for the groups around it
+        self.composed: dict[int, dict[Task[Any], None]] = {}
 
     def place(self, t: Task[Any], prefix: str) -> str:
         """Give ``t`` (not yet in the graph) its id and add it."""
@@ -1431,7 +1438,10 @@ class _Builder:
         so the tasks its arguments bring in stay outside it, as its inputs. ``start`` is how
         many tasks the graph had when the walk entered the group."""
         tasks, ids = self.tasks, self.ids
-        composed = [ids[t] for t in _composed(frag)]
+        # The groups inside ``frag`` were complete before it (the walk is depth first):
+        # their answers are reused, so nested groups are linear in what they hold.
+        found = self.composed[id(frag)] = _composed(frag, self.composed)
+        composed = [ids[t] for t in found]
         if frag.ns is None:
             return dict.fromkeys(composed)
         new = dict.fromkeys(list(islice(reversed(tasks), len(tasks) - start))[::-1])

@@ -443,9 +443,10 @@ class RunCache:
         refused = None
         if not policy.refresh:
             same = self._same_run(key, policy)
-            if same is not None:
-                return core.cached(tid, task, item, rec, same[0],  # type: ignore
-                                   reason=f"output of an identical call in this run ({same[1]})")
+            if same is not None:  # (S36a: a member run again by its group finds its own)
+                again = (f"output of an identical call in this run ({same[1]})" if same[1] != tid
+                         else "output of its own call in an earlier attempt of its group")
+                return core.cached(tid, task, item, rec, same[0], reason=again)  # type: ignore
             row = self.rows.get(key)
             if row is not None:  # looked up before: a hit costs no await and no claim
                 value, refused = self._decode(row, policy)

@@ -79,6 +79,12 @@ async def _run_group(core: Steps, n: int, item: Item) -> None:
                 _give_up(core, again, item, why)
                 raise
         _reset(core, again, item)
+        # S30: the clocks of this group and of the groups inside it start over, and only
+        # theirs. (Every group's clock was reset here: a member of a timed group beside this
+        # one that started after the retry got a new, later deadline, and ran past it.)
+        for k in range(len(units.groups)):
+            if ("deadline", k) in item.units and members.issuperset(units.groups[k].members):
+                del item.units[("deadline", k)]
         todo = again
 
 
@@ -91,7 +97,7 @@ def _unhold(core: Steps, todo: Sequence[str], item: Item) -> list[tuple[str, Any
 
 def _reset(core: Steps, again: Sequence[str], item: Item) -> None:
     """Make ``again`` (the failed part) ready to run: statuses and outputs go, records are
-    rewound (their attempts stay), the group's clocks start over."""
+    rewound (their attempts stay)."""
     redo = set(again)
     for t in again:
         kids = core.children.get(t)
@@ -106,8 +112,6 @@ def _reset(core: Steps, again: Sequence[str], item: Item) -> None:
                     _rewind(item, c)
             item.units[("redo", t)] = keep
         _rewind(item, t)
-    for k in [k for k in item.units if k[0] == "deadline"]:
-        del item.units[k]
 
 
 def _rewind(item: Item, tid: str) -> None:

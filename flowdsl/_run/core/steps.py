@@ -130,7 +130,10 @@ class Steps:
         self.scope: anyio.CancelScope | None = None
         # Completed (task, item) pairs, for rollback: kept only when the run may roll back,
         # since they hold every item of a pipeline alive.
-        self.completed: list[tuple[str, Item]] = []
+        # Each with the output of that call: a group's retry may reset the member (its output
+        # goes) and call it again, and each call that completed is rolled back with its own.
+        # (A list, not a tuple: localize() replaces a remote output in it by its value.)
+        self.completed: list[list[Any]] = []
         self.track_completed = rollback
         # Items in flight (a pipeline releases each one once every task has finished it:
         # its records are folded into `merged`, its sinks' outputs moved to `kept`).
@@ -310,7 +313,8 @@ class Steps:
                ) -> TaskStatus:
         """End ``tid`` with a cached output: the tool is not called and nothing is rolled
         back; downstream sees a completed task."""
-        rec.started_at = self.now()
+        if rec.started_at is None:  # else a group's retry (S30, S36): the record began with
+            rec.started_at = self.now()  # its first attempt, which it keeps
         rec.reason = reason
         if task.to_context_map is not None and rec.parent is None:
             try:
@@ -456,7 +460,7 @@ class Steps:
                 return self.fail(tid, item, rec, exc, n)
         item.outputs[tid] = out
         if self.track_completed:
-            self.completed.append((tid, item))
+            self.completed.append([tid, item, out])
         return self.finish(tid, item, rec, COMPLETED, output=out, ended=ended)
 
     async def _localize_inputs(self, task: Task[Any], item: Item) -> None:
@@ -489,6 +493,7 @@ class Steps:
             if isinstance(v, Remote)]
         found += [(out, n, v) for out in self.kept.values() for n, v in enumerate(out)
                   if isinstance(v, Remote)]
+        found += [(c, 2, c[2]) for c in self.completed if isinstance(c[2], Remote)]
         by_type: dict[type, list[tuple[Any, Any, Remote]]] = {}
         for entry in found:
             by_type.setdefault(type(entry[2]), []).append(entry)
@@ -661,7 +666,7 @@ class Steps:
         the rest still run. Returns how many tasks were rolled back."""
         done = 0
         with anyio.CancelScope(shield=True):
-            for tid, item in reversed(self.completed):
+            for tid, item, output in reversed(self.completed):
                 undo = self._task_of(tid).spec.rollback
                 rec = item.records[tid]
                 if undo is None:
@@ -669,7 +674,7 @@ class Steps:
                         self.log.info("task_rollback_skipped", task=tid, reason="no rollback")
                     continue
                 try:
-                    await run_undo(tid, undo, item.outputs.get(tid), timeout)
+                    await run_undo(tid, undo, output, timeout)
                 except Exception as exc:
                     rec.rollback_error = ErrorInfo.from_exception(exc, self.masker)
                     self.result.rollback_errors.append(exc)
