@@ -251,6 +251,8 @@ class Core:
         out: dict[str, TaskRecord] = {}
         for t in self.plan.order:
             out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
+            if out[t].items:  # unfinished items were folded last
+                out[t].items.sort(key=_item_index)  # type: ignore[union-attr]
             for c in self.children.get(t, ()):  # a mapped task's children follow it
                 if c in self.merged:
                     out[c] = self.merged[c]
@@ -297,6 +299,8 @@ class Core:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, task.tool.name,
                                                  resources=task.spec.resources)
+            if item.index >= 0:  # a pipeline item's record names its item
+                rec.item = item.index
         units = self.units
         try:
             if units is not None and tid in units.gated:
@@ -748,6 +752,8 @@ class Core:
                 ended: float | None = None) -> TaskStatus:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
+            if item.index >= 0:
+                rec.item = item.index
         rec.status = status
         if output is not None and secrets.in_use():  # an output may bring Secrets of its own
             self._register_secrets(output)
@@ -918,11 +924,14 @@ MAX_KEPT_ATTEMPTS = 1000
 def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
     """Fold one item's record of task ``tid`` into its summary: the worst status, the
     attempts (up to MAX_KEPT_ATTEMPTS), the first error and reason, the earliest start and
-    the latest end."""
+    the latest end; the record itself joins the summary's ``items`` (one per stage x item,
+    so timelines and statistics see each item's own call)."""
     m = merged.get(tid)
     if m is None:
         m = merged[tid] = TaskRecord(tid, rec.tool, status=rec.status,
                                      resources=rec.resources, parent=rec.parent)
+        if rec.item is not None:
+            m.items = []
     elif _SEVERITY[rec.status] < _SEVERITY[m.status]:
         m.status = rec.status
     room = MAX_KEPT_ATTEMPTS - len(m.attempts)
@@ -932,6 +941,8 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         m.started_at = rec.started_at
     if rec.ended_at is not None and (m.ended_at is None or rec.ended_at > m.ended_at):
         m.ended_at = rec.ended_at
+    if m.items is not None and rec.item is not None:
+        m.items.append(rec)
     if m.error is None:
         m.error = rec.error
     if m.reason is None:
@@ -942,6 +953,10 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         room = MAX_TASK_LOGS - len(m.logs)
         if room > 0:
             m.logs.extend(rec.logs[:room])
+
+
+def _item_index(rec: TaskRecord) -> int:
+    return rec.item or 0
 
 
 # Each final status under an event of its own (task_upstream_failed is not task_skipped).
