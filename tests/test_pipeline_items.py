@@ -210,6 +210,27 @@ class TestBrowser:
         assert body.count('class="task child ') == 2 * N
 
 
+    def test_a_live_run_shows_its_stages_running(self, recorded: tuple[Path, Any]) -> None:
+        """While the run goes on, history holds its items' rows but not yet its stages'
+        (written at the end): the page shows each stage running over the items so far,
+        the items grouped under it."""
+        from flowdsl._report.ui.pages import run_body
+
+        path, r = recorded
+        with HistoryStore(path) as store:
+            run = store.get_run(r.run_id)
+        run["status"] = "running"
+        run["tasks"] = [t for t in run["tasks"]
+                        if t["items"] is None and t["task_id"] != "second@4"]
+        page = run_body(run, plan=r.plan, now=run["started_at"] + 1.0)
+        assert page.live and page.body.count("data-item=") == 2 * N - 1
+        assert f"{N} items of first" in page.body and f"{N - 1} items of second" in page.body
+        assert "in progress: 4 item(s) recorded so far" in page.body
+        stage_rows = re.findall(r'<tr id="task-\d+" class="task (\w+)" data-task="(\w+)"',
+                                page.body)
+        assert sorted(stage_rows) == [("running", "first"), ("running", "second")]
+
+
 class TestFailure:
     def test_a_failing_item_has_its_own_record(self, tmp_path: Path) -> None:
         """Item 2 fails in the first stage: its record (and only its) is failed with the

@@ -306,6 +306,37 @@ def horizon(elapsed: float) -> float:
     return next(m * mag for m in (1, 2, 5, 10) if m * mag >= want)
 
 
+def _live_stages(run: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A running pipeline over items has rows for its stages' items (``stage@i``) but none yet
+    for the stages, which are written when the run ends: each such stage is shown running
+    from its first item's start, over the items recorded so far."""
+    tasks = run.get("tasks") or []
+    if run.get("status") != "running" or not any(t.get("item") is not None for t in tasks):
+        return run
+    have = {str(t["task_id"]) for t in tasks}
+    stages: dict[str, dict[str, Any]] = {}
+    out: list[Mapping[str, Any]] = []
+    for t in tasks:
+        stage = child_of(str(t["task_id"])) if t.get("item") is not None else ""
+        if stage and stage not in have:
+            row = stages.get(stage)
+            if row is None:
+                row = stages[stage] = {
+                    "task_id": stage, "tool": t.get("tool"), "qualname": t.get("qualname"),
+                    "status": "running", "started_at": t.get("started_at"), "ended_at": None,
+                    "duration": None, "attempts": [], "error_type": None,
+                    "error_message": None, "reason": None, "logs": [], "item": None,
+                    "items": 0}
+                out.append(row)
+            row["items"] += 1
+            row["reason"] = f"in progress: {row['items']} item(s) recorded so far"
+            if t.get("started_at") is not None and (row["started_at"] is None
+                                                     or t["started_at"] < row["started_at"]):
+                row["started_at"] = t["started_at"]
+        out.append(t)
+    return {**run, "tasks": out}
+
+
 def _as_of(run: Mapping[str, Any], now: float | None) -> tuple[dict[str, Any], float | None]:
     """The run as drawn at ``now``: while it runs, its running tasks' bars (and attempts)
     reach the present, so they grow on each refresh; also its elapsed time."""
@@ -339,7 +370,7 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
         edges: the graph's edges when neither the record nor ``plan`` has them.
         now: the time now (Unix time): a running run's elapsed time and growing bars.
     """
-    run, elapsed = _as_of(run, now)
+    run, elapsed = _as_of(_live_stages(run), now)
     tasks = run.get("tasks") or []
     recorded = {str(t["task_id"]) for t in tasks}
     if plan is not None and not {i for i in recorded if not child_of(i)} <= plan.tasks.keys():
