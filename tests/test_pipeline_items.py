@@ -264,3 +264,46 @@ class TestProgress:
         assert r.status == "completed"
         assert (len(state.finished), state.total, state.items) == (2 * N, 2 * N, N)
         assert not state.running
+
+
+class TestManyItems:
+    def test_a_result_keeps_a_bounded_sample_history_keeps_all(self, tmp_path: Path) -> None:
+        """Over many items the result keeps the first MAX_KEPT_ITEMS records per stage and
+        every item that did not complete (memory stays flat, PL1), and counts them all;
+        history writes every item and counts every call."""
+        from flowdsl._run.result import MAX_KEPT_ITEMS
+
+        n = MAX_KEPT_ITEMS + 36
+        with HistoryStore(tmp_path / "h.db") as store:
+            r = flowdsl.run(picky.stage(), mode="pipeline", items=range(n), history=store,
+                            continue_on_error=True)
+            rows = store.get_run(r.run_id)["tasks"]
+            (stats,) = [v for k, v in store.tool_stats().items() if k.endswith(".picky")]
+        stage = r.tasks["picky"]
+        assert stage.item_count == n and stage.to_dict()["item_count"] == n
+        assert [x.item for x in stage.items] == list(range(MAX_KEPT_ITEMS))
+        assert stage.items[2].status == "failed"
+        assert len([t for t in rows if t["item"] is not None]) == n
+        assert [t["items"] for t in rows if t["items"] is not None] == [n]
+        assert (stats.count, stats.attempts, stats.failed) == (n, n, 1)
+        tl = from_result(r)
+        assert len([b for b in tl.bars if b.item is not None]) == MAX_KEPT_ITEMS
+        (bar,) = [b for b in tl.bars if b.items is not None]
+        assert bar.items == n and f"{MAX_KEPT_ITEMS} of its {n} items drawn" in (bar.reason or "")
+
+    def test_a_late_failure_is_kept(self) -> None:
+        """An item that fails past the kept sample still has its record in the result."""
+        from flowdsl._run.result import MAX_KEPT_ITEMS
+
+        @tool(registry=False)
+        def late(x: int) -> int:
+            if x == MAX_KEPT_ITEMS + 5:
+                msg = f"item {x} is bad"
+                raise ValueError(msg)
+            return x
+
+        r = flowdsl.run(late.stage(), mode="pipeline", items=range(MAX_KEPT_ITEMS + 10),
+                        continue_on_error=True)
+        items = r.tasks["late"].items
+        assert len(items) == MAX_KEPT_ITEMS + 1
+        assert items[-1].item == MAX_KEPT_ITEMS + 5 and items[-1].status == "failed"

@@ -190,7 +190,11 @@ def from_result(result: Any) -> Timeline:
             bars.append(Bar(r.id if r.item is None else f"{r.id}@{r.item}", r.tool,
                             str(r.status), r.started_at, r.ended_at, spans, _err(r.error),
                             r.reason, _lane(r.resources), logs=_log_lines(r.logs),
-                            item=r.item, items=None if r.items is None else len(r.items)))
+                            item=r.item, items=r.item_count))
+        if rec.items is not None and len(rec.items) < (rec.item_count or 0):
+            bars[-1 - len(rec.items)].reason = (
+                f"{len(rec.items)} of its {rec.item_count} items drawn: a result keeps the "
+                "first items and those that did not complete; the run's history keeps all")
     path: list[str] = []
     if result.plan is not None and bars:
         path = _run_path(bars, result.plan.predecessors)

@@ -53,7 +53,15 @@ from .caching import RunCache
 from .executors import Executor, Remote
 from .fanout import run_map
 from .resources import Pools
-from .result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
+from .result import (
+    MAX_KEPT_ITEMS,
+    Attempt,
+    ErrorInfo,
+    RunObserver,
+    RunResult,
+    TaskRecord,
+    TaskStatus,
+)
 from .tracing import Tracing
 from .units import Units, group_timeout, group_turn
 
@@ -931,7 +939,7 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         m = merged[tid] = TaskRecord(tid, rec.tool, status=rec.status,
                                      resources=rec.resources, parent=rec.parent)
         if rec.item is not None:
-            m.items = []
+            m.items, m.item_count = [], 0
     elif _SEVERITY[rec.status] < _SEVERITY[m.status]:
         m.status = rec.status
     room = MAX_KEPT_ATTEMPTS - len(m.attempts)
@@ -942,7 +950,9 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
     if rec.ended_at is not None and (m.ended_at is None or rec.ended_at > m.ended_at):
         m.ended_at = rec.ended_at
     if m.items is not None and rec.item is not None:
-        m.items.append(rec)
+        m.item_count = (m.item_count or 0) + 1
+        if len(m.items) < MAX_KEPT_ITEMS or rec.status not in _DONE_WELL:
+            m.items.append(rec)
     if m.error is None:
         m.error = rec.error
     if m.reason is None:
@@ -953,6 +963,9 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         room = MAX_TASK_LOGS - len(m.logs)
         if room > 0:
             m.logs.extend(rec.logs[:room])
+
+
+_DONE_WELL = frozenset({COMPLETED, CACHED})
 
 
 def _item_index(rec: TaskRecord) -> int:

@@ -110,6 +110,11 @@ class Attempt:
                 "error": self.error.to_dict() if self.error else None}
 
 
+#: A pipeline stage's summary keeps the records of this many items (and of every item that
+#: did not complete): a result's memory stays flat over any number of items.
+MAX_KEPT_ITEMS = 64
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """What happened to one task in one run."""
@@ -136,8 +141,13 @@ class TaskRecord:
     item: int | None = None
     #: A pipeline over ``items``: on a stage's summary (``result.tasks[stage]``), its
     #: per-item records in item order (each with ``item`` set: its own start, end, status,
-    #: attempts and error), the items the run reached only; ``None`` for any other task.
+    #: attempts and error): the first :data:`MAX_KEPT_ITEMS` items and every item that did
+    #: not complete, so memory stays flat over any number of items (history keeps them all);
+    #: ``None`` for any other task.
     items: list[TaskRecord] | None = None
+    #: A pipeline stage's summary: how many items it recorded (``len(items)`` unless some
+    #: were left out of ``items``); ``None`` for any other task.
+    item_count: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -152,7 +162,7 @@ class TaskRecord:
         extra += f", {len(self.attempts)} attempt(s)" if len(self.attempts) > 1 else ""
         extra += f": {self.reason}" if self.reason else ""
         extra += f" ({self.error.type}: {self.error.message})" if self.error else ""
-        extra += f" over {len(self.items)} item(s)" if self.items is not None else ""
+        extra += f" over {self.item_count} item(s)" if self.item_count is not None else ""
         at = f"@{self.item}" if self.item is not None else ""
         return f"<TaskRecord {self.id + at!r} {self.status.value}{extra}>"
 
@@ -166,8 +176,8 @@ class TaskRecord:
                 else None, "resources": dict(self.resources), "logs": list(self.logs or ()),
                 **({"parent": self.parent} if self.parent is not None else {}),
                 **({"item": self.item} if self.item is not None else {}),
-                **({"items": [r.to_dict() for r in self.items]} if self.items is not None
-                   else {})}
+                **({"items": [r.to_dict() for r in self.items], "item_count": self.item_count}
+                   if self.items is not None else {})}
 
 
 R = TypeVar("R")

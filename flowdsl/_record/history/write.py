@@ -552,7 +552,7 @@ def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
     return (run_id, r.id if item is None else f"{r.id}@{item}", r.tool, r.status.value,
             r.started_at, r.ended_at, r.duration, len(r.attempts), err.type if err else None,
             err.message if err else None, r.reason, item,
-            None if r.items is None else len(r.items), logs, output)
+            r.item_count, logs, output)
 
 
 def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
