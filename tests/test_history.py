@@ -196,11 +196,16 @@ class TestLogsAndEdges:
         assert canary.encode() not in raw and b"hist-log" not in raw
 
     def test_pipeline_stage_lines_of_every_item(self, tmp_path: Path) -> None:
-        """A stage run over items keeps the lines of every item, as its merged record."""
+        """A stage run over items keeps the lines of every item, as its merged record, and
+        each item's row (``stage@i``) its own."""
         with HistoryStore(tmp_path / "h.db") as store:
             r = flowdsl.run(chatter, mode="pipeline", items=[1, 2, 3], history=store, log=True)
-            (task,) = store.get_run(r.run_id)["tasks"]
+            rows = store.get_run(r.run_id)["tasks"]
+        (task,) = [t for t in rows if t["items"] is not None]
         assert len(task["logs"]) == 6 == len(r.tasks[task["task_id"]].logs or ())
+        items = sorted((t for t in rows if t["item"] is not None), key=lambda t: t["item"])
+        assert [t["task_id"] for t in items] == [f"{task['task_id']}@{i}" for i in range(3)]
+        assert [len(t["logs"]) for t in items] == [1, 2, 3]  # item n logs n lines
 
     def test_edges_are_the_plans(self, tmp_path: Path) -> None:
         """The run row keeps the plan's edges as task id pairs; a run fed without a plan

@@ -262,3 +262,23 @@ class TestDurationsCache:
         assert sums is None and any(t.endswith("[]") for _, t in key[1])
         assert (tasks, tools) == store._read_flow(key[0], key[1], flush=False)[:2]
         assert store.cached_durations(p) == store.durations(p)
+
+    def test_a_pipeline_over_items_is_read_again(self, tmp_path: Path) -> None:
+        """A pipeline's stages count one figure per item under the stage's id (SQL pools
+        the ``stage@i`` rows): the entry is re-read at the run's end, and gives what SQL
+        gives, the stage's per-item time."""
+        path = tmp_path / "h.db"
+        flow = flowdsl.Flow("piped", double.stage() >> double.stage())
+        runs = dict(mode="pipeline", items=[1, 2, 3, 4], history=path)
+        flowdsl.run(flow, **runs).raise_for_error()  # type: ignore[arg-type]
+        store = flowdsl._record.history.open_history(path)
+        assert store is not None
+        p = flowdsl.plan(flow)
+        store.durations(p)
+        for _ in range(2):
+            flowdsl.run(flow, **runs).raise_for_error()  # type: ignore[arg-type]
+            ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
+            assert (tasks, tools, sums) == store._read_flow(key[0], key[1], flush=False)
+            assert store.cached_durations(p) == store.durations(p)
+        counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
+        assert counts == {"double": 12, "double_2": 12}  # 3 runs x 4 items, per stage

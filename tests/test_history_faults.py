@@ -322,7 +322,7 @@ def test_a_version_2_file_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with HistoryStore(path) as store:
-        assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 4
+        assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 5
         old = store.get_run("old2")
         assert old["edges"] is None and old["tasks"][0]["logs"] == []
         assert store.tool_stats("m.ok")["m.ok"].completed == 1

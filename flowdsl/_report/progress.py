@@ -57,6 +57,10 @@ class _State:
         self.finished: dict[str, str] = {}  # task id -> final status
         self.retries = 0
         self.status: str | None = None
+        # A pipeline over items: its stages that have begun an item (the plan counted each
+        # stage once; from then on each stage x item counts) and how many items came in.
+        self.stages: set[str] = set()
+        self.items = 0
 
     def run_started(self, result: RunResult[Any], plan: Any) -> None:
         with self.lock:
@@ -66,17 +70,28 @@ class _State:
 
     def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         with self.lock:
-            if record.parent is not None and record.id not in self.finished:
+            key = record.id if record.item is None else self._item(record)
+            if record.parent is not None and key not in self.finished:
                 self.total += 1  # a mapped task's child: the plan counted only its parent
-            self.running[record.id] = record.tool
+            self.running[key] = record.tool
+
+    def _item(self, record: TaskRecord) -> str:
+        """A pipeline stage x item's key (``stage@i``), counted once in the total."""
+        key = f"{record.id}@{record.item}"
+        if key not in self.running and key not in self.finished:
+            self.total += 1 if record.id in self.stages else 0
+            self.stages.add(record.id)
+            self.items = max(self.items, (record.item or 0) + 1)
+        return key
 
     def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         with self.lock:
-            if (record.parent is not None and record.id not in self.running
-                    and record.id not in self.finished):
+            key = record.id if record.item is None else self._item(record)
+            if (record.parent is not None and key not in self.running
+                    and key not in self.finished):
                 self.total += 1  # a child that never started (cancelled with its siblings)
-            self.running.pop(record.id, None)
-            self.finished[record.id] = record.status.value
+            self.running.pop(key, None)
+            self.finished[key] = record.status.value
             self.retries += max(len(record.attempts) - 1, 0)
 
     def run_finished(self, result: RunResult[Any]) -> None:
@@ -99,6 +114,7 @@ class _State:
             total, name, status = self.total, self.name, self.status
             elapsed = time.monotonic() - self.started
             retries = self.retries
+            items = self.items
         head = Table.grid(padding=(0, 1))
         head.add_row(Text(name, style="bold"),
                      ProgressBar(total=max(total, 1), completed=min(done, total), width=30),
@@ -106,6 +122,7 @@ class _State:
                      Text(f"{len(running)} running", style=_STYLE["running"]),
                      Text(f"{failed} failed", style=_STYLE["failed"] if failed else "dim"),
                      Text(f"{retries} retries", style="dim") if retries else Text(""),
+                     Text(f"{items} item(s) in", style="dim") if items else Text(""),
                      Text(f"{elapsed:6.1f}s", style="cyan"),
                      Text(status or "", style=_STYLE.get(status or "", "bold")))
         lines: list[Any] = [head]

@@ -2,7 +2,9 @@
 HTML page, from a :class:`~flowdsl.RunResult` or from a run kept in history.
 
 Both pictures are drawn from one :class:`Timeline` value: one :class:`Bar` per task with its
-attempts, status, error and swimlane (the pools it used), and the critical path. For a result
+attempts, status, error and swimlane (the pools it used), and the critical path. A pipeline
+over items adds a bar per stage x item (``stage@i``, drawn under its stage, whose own bar is
+drawn pale: it spans its items, it is no call of its own). For a result
 the critical path comes from its plan and the measured durations; a history run keeps its plan's
 edges, which give it the same way; only a run recorded without them (an older file) falls back
 to the chain of tasks that each started right as the one before ended
@@ -29,6 +31,7 @@ __all__ = [
     "Bar",
     "Span",
     "Timeline",
+    "child_of",
     "from_history",
     "from_result",
     "legend_items",
@@ -73,6 +76,10 @@ class Bar:
     #: On the critical path, the time this task waited, ready but not started, as
     #: ``(ready, start, why)`` ("pool db", "a worker"): part of the path, drawn as a wait.
     queued: tuple[float, float, str] | None = None
+    #: A pipeline stage's item bar (``stage@i``): the item's index; else ``None``.
+    item: int | None = None
+    #: A pipeline stage's own bar: how many item bars it spans; else ``None``.
+    items: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -116,10 +123,34 @@ class Timeline:
         return max([self.duration, *ends, 1e-9])
 
     def rows(self) -> list[Bar]:
-        """Bars grouped by lane, each lane in start order (tasks that never ran last)."""
+        """Bars grouped by lane, each lane in start order (tasks that never ran last); a
+        pipeline stage's item bars follow their stage's bar, in item order."""
         order = {lane: n for n, lane in enumerate(self.lanes)}
-        return sorted(self.bars, key=lambda b: (order[b.lane], b.start is None,
-                                                b.start or 0.0, b.id))
+        items: dict[str, list[Bar]] = {}
+        stages = {b.id for b in self.bars if b.items is not None}
+        for b in self.bars:
+            if b.item is not None and child_of(b.id) in stages:
+                items.setdefault(child_of(b.id), []).append(b)
+        top = sorted((b for b in self.bars if not (b.item is not None and child_of(b.id)
+                                                   in stages)),
+                     key=lambda b: (order[b.lane], b.start is None, b.start or 0.0, b.id))
+        if not items:
+            return top
+        out = []
+        for b in top:
+            out.append(b)
+            out += sorted(items.get(b.id, ()), key=lambda c: c.item or 0)
+        return out
+
+
+def child_of(tid: str) -> str:
+    """The task a recorded id belongs to: ``parent`` for a mapped task's child ``parent[i]``
+    and for a pipeline stage's item ``parent@i``; ``""`` for any other id (callers check that
+    ``parent`` is a task of the run: ``switch['b']`` is no child)."""
+    if tid.endswith("]"):
+        return tid.rpartition("[")[0]
+    head, at, tail = tid.rpartition("@")
+    return head if at and tail.isdigit() else ""
 
 
 def _lane(resources: Mapping[str, int] | None) -> str:
@@ -151,11 +182,19 @@ def from_result(result: Any) -> Timeline:
     its plan's edges and through the pool waits that held tasks up (:func:`_run_path`)."""
     bars = []
     for rec in result.tasks.values():
-        spans = [Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
-                      else a.started_at, str(a.status), _err(a.error)) for a in rec.attempts]
-        bars.append(Bar(rec.id, rec.tool, str(rec.status), rec.started_at, rec.ended_at, spans,
-                        _err(rec.error), rec.reason, _lane(rec.resources),
-                        logs=_log_lines(rec.logs)))
+        # A pipeline stage: its items' bars, and its own (no attempts: the items hold them)
+        for r in (rec, *(rec.items or ())):
+            spans = [] if r.items is not None else [
+                Span(a.number, a.started_at, a.ended_at if a.ended_at is not None
+                     else a.started_at, str(a.status), _err(a.error)) for a in r.attempts]
+            bars.append(Bar(r.id if r.item is None else f"{r.id}@{r.item}", r.tool,
+                            str(r.status), r.started_at, r.ended_at, spans, _err(r.error),
+                            r.reason, _lane(r.resources), logs=_log_lines(r.logs),
+                            item=r.item, items=r.item_count))
+        if rec.items is not None and len(rec.items) < (rec.item_count or 0):
+            bars[-1 - len(rec.items)].reason = (
+                f"{len(rec.items)} of its {rec.item_count} items drawn: a result keeps the "
+                "first items and those that did not complete; the run's history keeps all")
     path: list[str] = []
     if result.plan is not None and bars:
         path = _run_path(bars, result.plan.predecessors)
@@ -179,10 +218,13 @@ def from_history(run: Mapping[str, Any], plan: Any = None) -> Timeline:
                       else None) for a in t.get("attempts", []) if a["started_at"] is not None]
         error = f"{t['error_type']}: {t['error_message']}" if t.get("error_type") else None
         task = plan.tasks.get(t["task_id"]) if plan is not None else None
+        if task is None and plan is not None and t.get("item") is not None:
+            task = plan.tasks.get(child_of(t["task_id"]))  # a pipeline stage's item
         lane = _lane(getattr(getattr(task, "spec", None), "resources", None))
         bars.append(Bar(t["task_id"], t["tool"] or "", t["status"], t["started_at"],
                         t["ended_at"], spans, error, t.get("reason"), lane,
-                        logs=_log_lines(t.get("logs"))))
+                        logs=_log_lines(t.get("logs")), item=t.get("item"),
+                        items=t.get("items")))
     tl = Timeline(f"{run.get('flow') or 'flow'} ({run.get('mode') or '?'})", run["run_id"],
                   run["status"], run.get("duration") or 0.0, bars, [])
     if plan is not None and bars:
@@ -257,10 +299,10 @@ def _run_path(bars: Sequence[Bar], preds: Mapping[str, Sequence[str]], *,
 
 def _edge_preds(bars: Sequence[Bar], edges: Sequence[Sequence[str]]) -> dict[str, list[str]]:
     """Task id -> predecessors from a run's recorded edges. A mapped task's children
-    (``id[i]``) are not nodes: their parent's bar spans them."""
+    (``id[i]``) and a pipeline stage's items (``id@i``) are not nodes: their parent's bar
+    spans them."""
     ids = {b.id for b in bars}
-    preds: dict[str, list[str]] = {b.id: [] for b in bars
-                                   if not (b.id.endswith("]") and b.id.rpartition("[")[0] in ids)}
+    preds: dict[str, list[str]] = {b.id: [] for b in bars if child_of(b.id) not in ids}
     for a, b in edges:
         if a in preds and b in preds:
             preds[b].append(a)
@@ -319,6 +361,7 @@ _CSS = f"""
  #f5c39e 3px,#f5c39e 6px)}}
 .fdt .bar.queued{{background:repeating-linear-gradient(90deg,{WAIT_COLOR},{WAIT_COLOR} 2px,
  #fff 2px,#fff 4px);border:1px dashed {CRITICAL}}}
+.fdt .bar.stage{{opacity:.35}}
 .fdt .crit{{outline:2px solid {CRITICAL};outline-offset:0}}
 .fdt .tip{{display:none;position:absolute;left:0;top:18px;z-index:5;background:#fff;
  border:1px solid #999;padding:4px 6px;white-space:pre;font-size:11px;
@@ -343,6 +386,11 @@ _TIP_LOGS = 8  # the most log lines shown in a bar's tooltip
 
 def _tip(b: Bar) -> str:
     lines = [f"{b.id}  (tool {b.tool})", f"status: {b.status}"]
+    if b.item is not None:
+        lines.append(f"pipeline item {b.item}")
+    if b.items is not None:
+        lines.append(f"pipeline stage over {b.items} item(s): from its first item's start "
+                     "to its last item's end (each item has a bar of its own)")
     if b.duration is not None:
         lines.append(f"{b.start:.3f}s → {b.end:.3f}s ({b.duration:.3f}s)")
     if b.retried:
@@ -375,9 +423,10 @@ def _pct(x: float, end: float) -> str:
 
 def _bar_html(b: Bar, end: float) -> str:
     name = html.escape(b.id)
+    row = "row" if b.item is None else f'row" data-item="{b.item}'
     if b.start is None or b.end is None:
         why = html.escape(b.reason or b.status)
-        return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
+        return (f'<div class="{row}"><div class="name" title="{name}">{name}</div>'
                 f'<div class="track"><span style="color:#888;padding-left:4px">'
                 f"{html.escape(b.status)}: {why}</span></div></div>")
     left, width = _pct(b.start, end), _pct(max(b.end - b.start, 0.0), end)
@@ -389,7 +438,8 @@ def _bar_html(b: Bar, end: float) -> str:
         f"width:{_pct(max(a.end - a.start, 0.0), span)};"
         f'background-color:{COLORS.get(a.status, "#999")}"></div>'
         for a in b.attempts) if b.retried else ""
-    cls = "bar" + (" waited" if b.retried else "") + (" crit" if b.critical else "")
+    cls = ("bar" + (" waited" if b.retried else "") + (" crit" if b.critical else "")
+           + (" stage" if b.items is not None else ""))
     style = "" if b.retried else f"background:{COLORS.get(b.status, '#999')}"
     tip = html.escape(_tip(b))
     queued = ""
@@ -398,7 +448,7 @@ def _bar_html(b: Bar, end: float) -> str:
         queued = (f'<div class="bar queued" style="left:{_pct(q0, end)};'
                   f'width:{_pct(max(q1 - q0, 0.0), end)}" title="'
                   f'{html.escape(f"{b.id} waited {q1 - q0:.3f}s for {why}")}"></div>')
-    return (f'<div class="row"><div class="name" title="{name}">{name}</div>'
+    return (f'<div class="{row}"><div class="name" title="{name}">{name}</div>'
             f'<div class="track">{queued}<div class="{cls}" style="left:{left};width:{width};'
             f'{style}" title="{tip}">{inner}<div class="tip">{tip}</div></div>'
             "</div></div>")
@@ -448,10 +498,18 @@ def _children(bars: Sequence[Bar]) -> dict[str, list[Bar]]:
     ids = {b.id for b in bars}
     out: dict[str, list[Bar]] = {}
     for b in bars:
-        parent = b.id.rpartition("[")[0] if b.id.endswith("]") else ""
+        parent = child_of(b.id)
         if parent and parent in ids:
             out.setdefault(parent, []).append(b)
     return out
+
+
+def kin(children: Sequence[Any]) -> str:
+    """What a group of children are called: ``items`` (a pipeline stage's), else ``map
+    children``."""
+    first = children[0]
+    tid = first.id if isinstance(first, Bar) else str(first["task_id"])
+    return "map children" if tid.endswith("]") else "items"
 
 
 def timeline_fragment(tl: Timeline, *, group: bool = False) -> str:
@@ -481,8 +539,8 @@ def timeline_fragment(tl: Timeline, *, group: bool = False) -> str:
         if children:
             running = any(c.status == "running" for c in children)
             parts.append(f'<details class="kids" data-parent="{html.escape(b.id)}"'
-                         f'{" open" if running else ""}><summary>{len(children)} map '
-                         f"children of {html.escape(b.id)}</summary>"
+                         f'{" open" if running else ""}><summary>{len(children)} '
+                         f"{kin(children)} of {html.escape(b.id)}</summary>"
                          + "".join(_bar_html(c, end) for c in children) + "</details>")
     if len(rows) > LONG:
         parts.append(f'<div class="axis">{axis}</div>')
@@ -538,9 +596,10 @@ def draw(tl: Timeline) -> Any:
             q0, q1, _ = b.queued
             ax.barh(y, max(q1 - q0, tiny), left=q0, height=0.4, color=WAIT_COLOR,
                     hatch="xx", edgecolor=CRITICAL, linewidth=0.8, linestyle="--")
-        if not b.retried:
+        if not b.retried:  # a pipeline stage's own bar is pale: its items' bars are the work
             ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7,
-                    color=COLORS.get(b.status, "#999999"), **edge)
+                    color=COLORS.get(b.status, "#999999"),
+                    alpha=0.35 if b.items is not None else 1.0, **edge)
             continue
         # Retried: the span is a pale wait, each attempt is painted in its own status.
         ax.barh(y, max(b.end - b.start, tiny), left=b.start, height=0.7, color=WAIT_COLOR,

@@ -110,6 +110,11 @@ class Attempt:
                 "error": self.error.to_dict() if self.error else None}
 
 
+#: A pipeline stage's summary keeps the records of this many items (and of every item that
+#: did not complete): a result's memory stays flat over any number of items.
+MAX_KEPT_ITEMS = 64
+
+
 @dataclass(slots=True)
 class TaskRecord:
     """What happened to one task in one run."""
@@ -131,6 +136,18 @@ class TaskRecord:
     #: A map child's input hash (its arguments as canonical JSON), set only while history
     #: stores outputs: a resume reuses the child's stored output when index and hash match.
     input_key: str | None = None
+    #: A pipeline over ``items``: on a stage's per-item record, the item's index (0-based);
+    #: ``None`` everywhere else.
+    item: int | None = None
+    #: A pipeline over ``items``: on a stage's summary (``result.tasks[stage]``), its
+    #: per-item records in item order (each with ``item`` set: its own start, end, status,
+    #: attempts and error): the first :data:`MAX_KEPT_ITEMS` items and every item that did
+    #: not complete, so memory stays flat over any number of items (history keeps them all);
+    #: ``None`` for any other task.
+    items: list[TaskRecord] | None = None
+    #: A pipeline stage's summary: how many items it recorded (``len(items)`` unless some
+    #: were left out of ``items``); ``None`` for any other task.
+    item_count: int | None = None
 
     @property
     def duration(self) -> float | None:
@@ -145,7 +162,9 @@ class TaskRecord:
         extra += f", {len(self.attempts)} attempt(s)" if len(self.attempts) > 1 else ""
         extra += f": {self.reason}" if self.reason else ""
         extra += f" ({self.error.type}: {self.error.message})" if self.error else ""
-        return f"<TaskRecord {self.id!r} {self.status.value}{extra}>"
+        extra += f" over {self.item_count} item(s)" if self.item_count is not None else ""
+        at = f"@{self.item}" if self.item is not None else ""
+        return f"<TaskRecord {self.id + at!r} {self.status.value}{extra}>"
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "tool": self.tool, "status": self.status.value,
@@ -155,7 +174,10 @@ class TaskRecord:
                 "error": self.error.to_dict() if self.error else None,
                 "rollback_error": self.rollback_error.to_dict() if self.rollback_error
                 else None, "resources": dict(self.resources), "logs": list(self.logs or ()),
-                **({"parent": self.parent} if self.parent is not None else {})}
+                **({"parent": self.parent} if self.parent is not None else {}),
+                **({"item": self.item} if self.item is not None else {}),
+                **({"items": [r.to_dict() for r in self.items], "item_count": self.item_count}
+                   if self.items is not None else {})}
 
 
 R = TypeVar("R")

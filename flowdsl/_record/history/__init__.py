@@ -1,7 +1,8 @@
 """Record: every run's journal in SQLite (standard library ``sqlite3``), and statistics from it.
 
 Layout: ``runs`` (one row per run, with its plan's edges as JSON), ``tasks`` (one per task
-of a run, with its tool's module-qualified name and the log lines it kept, as JSON),
+of a run, with its tool's module-qualified name and the log lines it kept, as JSON; a
+pipeline over items adds one per stage x item, ``stage@i``),
 ``attempts`` (one per call of a tool), and ``stats`` and
 ``task_stats`` (aggregates per flow and qualified tool, and per task, updated in the
 transaction that writes a run's end);
@@ -58,7 +59,7 @@ from .write import (
 __all__ = ["HistoryObserver", "HistoryStore", "HistoryView", "ToolStats", "aopen_history",
            "default_path", "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _T = TypeVar("_T")
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
@@ -76,7 +77,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, task_id TEXT NOT NULL,
     tool TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     attempts INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT, reason TEXT,
-    output TEXT, qualname TEXT, logs TEXT, PRIMARY KEY (run_id, task_id));
+    output TEXT, qualname TEXT, logs TEXT, item INTEGER, items INTEGER,
+    PRIMARY KEY (run_id, task_id));
 CREATE TABLE IF NOT EXISTS attempts (
     run_id TEXT NOT NULL, task_id TEXT NOT NULL, number INTEGER NOT NULL, tool TEXT,
     started_at REAL, ended_at REAL, duration REAL, status TEXT NOT NULL, error_type TEXT,
@@ -108,6 +110,7 @@ def _migrate_1(c: sqlite3.Connection) -> None:
     c.execute("DROP INDEX IF EXISTS tasks_tool")
     c.execute("DROP INDEX IF EXISTS attempts_tool")
     _create(c)
+    _migrate_4_pipeline_items(c)  # the aggregates' SQL reads the columns it adds
     for (run_id,) in c.execute("SELECT run_id FROM runs WHERE status NOT IN ('running', "
                                "'interrupted') ORDER BY seq").fetchall():
         aggregate_run(c, run_id)
@@ -130,6 +133,17 @@ def _migrate_3_writer_liveness(c: sqlite3.Connection) -> None:
     c.execute("ALTER TABLE runs ADD COLUMN heartbeat REAL")
 
 
+def _migrate_4_pipeline_items(c: sqlite3.Connection) -> None:
+    """Version 4 -> 5 (pipelines recorded per item): a stage's per-item row (``stage@i``)
+    holds its item's index in ``item``, and the stage's summary row the number of its items
+    in ``items`` (statistics count the item rows, not the summary). Older runs have neither:
+    their pipeline stages read back as one row each, as they were written."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(tasks)")}
+    for col in ("item", "items"):
+        if col not in have:  # version 1 files got them early (see _migrate_1)
+            c.execute(f"ALTER TABLE tasks ADD COLUMN {col} INTEGER")
+
+
 def _create(c: sqlite3.Connection) -> None:
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
@@ -138,7 +152,8 @@ def _create(c: sqlite3.Connection) -> None:
 
 # Migrations from version N to N+1, applied in order inside the opening transaction.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness}
+    1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness,
+    4: _migrate_4_pipeline_items}
 
 
 def default_path() -> Path:
@@ -322,7 +337,7 @@ class HistoryStore(HistoryReader):
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
         # run id -> task id -> (qualified tool, duration) of its completed tasks written so
         # far (None for the others), until the run's end is written (see _write)
-        self._ran: dict[str, dict[str, tuple[str, float] | None]] = {}
+        self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
         self._settles: list[tuple[str, Callable[[HistoryError | None], None]]] = []
@@ -532,17 +547,24 @@ class HistoryStore(HistoryReader):
             flows = [aggregate_run(c, e[-1]) for e in ends]
         # What each run adds to task_stats (as _TASK_STATS selects it: the last row written
         # of each task, completed with a start and a duration), for the cached figures.
+        # A pipeline over items (a row with ``item`` or ``items`` set) adds one figure per
+        # item under its stage's id: its flow's cached figures are read again instead.
         ran = self._ran
         for row in tasks:
+            if row[0] in ran and ran[row[0]] is None:
+                continue
+            if row[11] is not None or row[12] is not None:
+                ran[row[0]] = None
+                continue
             done = ran.get(row[0])
             if done is None:
                 done = ran[row[0]] = {}
-            done[row[1]] = ((row[13], row[6]) if row[3] == "completed" and row[4] is not None
+            done[row[1]] = ((row[-1], row[6]) if row[3] == "completed" and row[4] is not None
                             and row[6] is not None else None)
         for e, flow in zip(ends, flows):
-            done = ran.pop(e[-1], None) or {}
-            self._refresh_flow(flow, {(v[0], tid): v[1] for tid, v in done.items()
-                                      if v is not None})
+            had = ran.pop(e[-1], {})
+            self._refresh_flow(flow, None if had is None else {
+                (v[0], tid): v[1] for tid, v in had.items() if v is not None})
         self._commits += 1
         self._ended += len(ends)
         if self._ended >= self.prune_every:

@@ -186,7 +186,9 @@ class HistoryReader:
         return {r["flow"]: r["n"] for r in rows}
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        """One run with its ``tasks`` (in the order they started), each task's ``attempts``
+        """One run with its ``tasks`` (in the order they started), each task's ``attempts``,
+        ``item`` (a pipeline stage's item row ``stage@i``: ``i``; else ``None``), ``items``
+        (a pipeline stage's summary row: how many items it recorded; else ``None``)
         and ``logs`` (the lines its tool kept, as on :attr:`TaskRecord.logs`; ``[]`` for
         none), and the plan's ``edges`` (``[[pred, succ], ...]`` by task id; ``None`` for a
         run recorded without them).
@@ -204,7 +206,7 @@ class HistoryReader:
         run["edges"] = _json_list(run["edges"])
         tasks = self._query(
             "SELECT task_id, tool, qualname, status, started_at, ended_at, duration, attempts, "
-            "error_type, error_message, reason, logs FROM tasks WHERE run_id = ? "
+            "error_type, error_message, reason, logs, item, items FROM tasks WHERE run_id = ? "
             "ORDER BY started_at IS NULL, started_at, rowid", (run_id,))
         attempts = self._query(
             "SELECT task_id, number, started_at, ended_at, duration, status, error_type, "
@@ -214,7 +216,8 @@ class HistoryReader:
             by_task.setdefault(a.pop("task_id"), []).append(a)
         for t in tasks:
             found = by_task.get(t["task_id"])
-            if found is None and t["attempts"] == 1 and t["status"] == "completed":
+            if (found is None and t["attempts"] == 1 and t["status"] == "completed"
+                    and t["items"] is None):
                 # written without its one attempt row: the task's own row is that attempt
                 found = [{"number": 1, "started_at": t["started_at"],
                           "ended_at": t["ended_at"], "duration": t["duration"],

@@ -96,15 +96,16 @@ START, TASK, ATTEMPT, END, PLAN, RUNNING = range(6)
 
 _TASK_HEAD = (
     "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
-    "attempts, error_type, error_message, reason, logs, output, qualname) VALUES ")
+    "attempts, error_type, error_message, reason, item, items, logs, output, qualname) "
+    "VALUES ")
 _TASK_TAIL = (
     " ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
     "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
     "attempts=excluded.attempts, error_type=excluded.error_type, "
-    "error_message=excluded.error_message, reason=excluded.reason, "
-    "logs=coalesce(excluded.logs, tasks.logs), "
+    "error_message=excluded.error_message, reason=excluded.reason, item=excluded.item, "
+    "items=excluded.items, logs=coalesce(excluded.logs, tasks.logs), "
     "output=coalesce(excluded.output, tasks.output), qualname=excluded.qualname")
-UPSERT_TASK = f"{_TASK_HEAD}({','.join('?' * 14)}){_TASK_TAIL}"
+UPSERT_TASK = f"{_TASK_HEAD}({','.join('?' * 16)}){_TASK_TAIL}"
 _ATTEMPT_HEAD = (
     "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
     "duration, status, error_type, error_message, qualname) VALUES ")
@@ -122,7 +123,7 @@ FINISH_RUN = (
     "history_error=? WHERE run_id=?")
 
 
-#: Rows per multi-row statement (14 columns: 3,584 parameters, under SQLite's 32,766).
+#: Rows per multi-row statement (16 columns: 4,096 parameters, under SQLite's 32,766).
 ROWS_PER_STATEMENT = 256
 _multi: dict[tuple[str, int], str] = {}
 
@@ -145,7 +146,7 @@ def insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) 
     Rows are written in order, so a later row of a key wins, as one row at a time."""
     if not rows:
         return
-    head, tail, width = ((_TASK_HEAD, _TASK_TAIL, 14) if table == "tasks"
+    head, tail, width = ((_TASK_HEAD, _TASK_TAIL, 16) if table == "tasks"
                          else (_ATTEMPT_HEAD, "", 11))
     chain = itertools.chain.from_iterable
     k = ROWS_PER_STATEMENT
@@ -263,7 +264,7 @@ class Batch:
                 row = (*row[:-1], _output(old))
             self.tasks[key] = row
         elif kind == RUNNING:
-            key = (row[0], row[1].id)
+            key = (row[0], _row_id(row[1]))
             old = self.tasks.get(key)
             # After a final row of the same batch (a group's retry): made now, so that the
             # stored output carries over as for any later row.
@@ -337,6 +338,8 @@ class Batch:
             task = p.tasks.get(row[1]) if p is not None else None
             if task is None and p is not None and row[1].endswith("]"):
                 task = p.tasks.get(row[1].rpartition("[")[0])  # a mapped task's child
+            elif task is None and p is not None and "@" in row[1]:
+                task = p.tasks.get(row[1].rpartition("@")[0])  # a pipeline stage's item
             if task is None:
                 return safe_text(row[3 if len(row) == 10 else 2])  # type: ignore[no-any-return]
             qual = memo.get(id(task.tool))
@@ -379,13 +382,16 @@ def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
 # -- the aggregates ------------------------------------------------------------------------------
 
 _KEY = "coalesce(t.qualname, t.tool, '?')"
-_RAN = ("t.run_id = ? AND t.started_at IS NOT NULL AND t.status NOT IN ('running', "
-        "'interrupted', 'pending')")
+# A pipeline stage's summary row (``items`` set) is no call: its item rows count instead.
+_RAN = ("t.run_id = ? AND t.started_at IS NOT NULL AND t.items IS NULL AND t.status NOT IN "
+        "('running', 'interrupted', 'pending')")
 # Per task: count, sum and the latest five durations, shifted in SQL (the right-hand sides
 # of an UPDATE see the old row), so a run of 10,000 tasks costs one statement, no Python.
+# A pipeline stage's item rows (``stage@i``) count under the stage: its per-item time.
 _TASK_STATS = (
     "INSERT INTO task_stats (flow, tool, task_id, n, total, d1) "
-    f"SELECT ?, {_KEY}, t.task_id, 1, t.duration, t.duration FROM tasks t "
+    f"SELECT ?, {_KEY}, CASE WHEN t.item IS NULL THEN t.task_id ELSE substr(t.task_id, 1, "
+    "length(t.task_id) - length(t.item) - 1) END, 1, t.duration, t.duration FROM tasks t "
     f"WHERE {_RAN} AND t.status = 'completed' AND t.duration IS NOT NULL "
     "ON CONFLICT (flow, tool, task_id) DO UPDATE SET n = n + 1, total = total + "
     "excluded.total, d5 = d4, d4 = d3, d3 = d2, d2 = d1, d1 = excluded.d1")
@@ -401,8 +407,8 @@ _CALLS = (
     "(SELECT coalesce(a.qualname, a.tool, '?') AS q, a.status AS status, a.duration AS "
     "duration, a.ended_at AS ended_at FROM attempts a WHERE a.run_id = ?1 UNION ALL "
     f"SELECT {_KEY}, 'completed', t.duration, t.ended_at FROM tasks t WHERE t.run_id = ?1 AND "
-    "t.attempts = 1 AND t.status = 'completed' AND NOT EXISTS (SELECT 1 FROM attempts a "
-    "WHERE a.run_id = t.run_id AND a.task_id = t.task_id))")
+    "t.attempts = 1 AND t.status = 'completed' AND t.items IS NULL AND NOT EXISTS (SELECT 1 "
+    "FROM attempts a WHERE a.run_id = t.run_id AND a.task_id = t.task_id))")
 _TOOL_CALLS = (
     "SELECT q, count(*), sum(status = 'timed_out'), "
     "max(CASE WHEN status = 'completed' THEN duration END), count(CASE WHEN status = "
@@ -493,7 +499,7 @@ class HistoryObserver:
         self._store._run_started(result.run_id, self)
 
     def task_started(self, result: RunResult, record: TaskRecord) -> None:
-        self._running[record.id] = record
+        self._running[record.id if record.item is None else _row_id(record)] = record
         if (record.status is TaskStatus.RUNNING and record.ended_at is None
                 and record.error is None and record.reason is None):
             # The usual start: three fields, the row is made in the writer thread (most are
@@ -533,8 +539,11 @@ class HistoryObserver:
         push((TASK, _task_row(result.run_id, record, logs, encoded)))
         for row in _attempt_rows(result.run_id, record):
             push((ATTEMPT, row))
-        self._done[record.id] = record.status
-        self._running.pop(record.id, None)
+        if record.item is None:
+            self._done[record.id] = record.status
+            self._running.pop(record.id, None)
+        else:  # a pipeline item's row; its stage's summary is written at the run's end
+            self._running.pop(_row_id(record), None)
         store = self._store
         # Wake the writer once when the queue fills (an Event.set per task would hand it
         # the GIL at every task).
@@ -605,8 +614,8 @@ def _running_row(lazy: tuple[str, TaskRecord, int]) -> tuple[Any, ...]:
     (the fields read here do not change while it runs; the entry was made only for a running
     record whose end time, error and reason were empty)."""
     run_id, r, attempts = lazy
-    return (run_id, r.id, r.tool, "running", r.started_at, None, None, attempts, None, None,
-            None, None, None)
+    return (run_id, _row_id(r), r.tool, "running", r.started_at, None, None, attempts, None,
+            None, None, r.item, r.item_count, None, None)
 
 
 def _output(row: tuple[Any, ...]) -> Any:
@@ -614,27 +623,36 @@ def _output(row: tuple[Any, ...]) -> Any:
     return None if len(row) == 3 else row[-1]
 
 
+def _row_id(r: TaskRecord) -> str:
+    """A record's task id in history: ``stage@i`` for a pipeline stage's item ``i``."""
+    return r.id if r.item is None else f"{r.id}@{r.item}"
+
+
 def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
               ) -> tuple[Any, ...]:
     err = r.error
-    return (run_id, r.id, r.tool, _VALUE[r.status], r.started_at, r.ended_at, r.duration,
-            len(r.attempts), err.type if err else None, err.message if err else None,
-            r.reason, logs, output)
+    item = r.item
+    return (run_id, r.id if item is None else f"{r.id}@{item}", r.tool, _VALUE[r.status],
+            r.started_at, r.ended_at, r.duration, len(r.attempts), err.type if err else None,
+            err.message if err else None, r.reason, item, r.item_count, logs, output)
 
 
 def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
     """The task's attempt rows; none for a task that completed at its first attempt, whose
     one attempt is its own row's (start, end, status): readers imply it (half the rows)."""
     atts = r.attempts
+    if r.items is not None:  # a pipeline stage's summary: its item rows hold the calls
+        return []
     if len(atts) == 1:
         a = atts[0]
         if (a.status is TaskStatus.COMPLETED and r.status is TaskStatus.COMPLETED
                 and a.started_at == r.started_at and a.ended_at == r.ended_at):
             return []
     rows = []
+    tid = _row_id(r)
     for a in atts:
         err = a.error
-        rows.append((run_id, r.id, a.number, r.tool, a.started_at, a.ended_at, a.duration,
+        rows.append((run_id, tid, a.number, r.tool, a.started_at, a.ended_at, a.duration,
                      _VALUE[a.status], err.type if err else None,
                      err.message if err else None))
     return rows

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..timeline import COLORS
+from ..timeline import COLORS, kin
 
 __all__ = ["Layout", "graph_svg", "layout"]
 
@@ -223,7 +223,7 @@ def graph_svg(tasks: Sequence[Mapping[str, object]], edges: Iterable[tuple[str, 
                   else Counter())
         tip = f"{n} (tool {tool}): {status}" if tool else f"{n}: {status}"
         if children:
-            tip += f"; {len(children)} map children: " + ", ".join(
+            tip += f"; {len(children)} {kin(children)}: " + ", ".join(
                 f"{k} {v}" for k, v in counts.most_common())
         node = [f'<g class="node {html.escape(status)}" data-task="{esc[n]}"'
                 + (f' data-children="{len(children)}"' if children else "") + ">",

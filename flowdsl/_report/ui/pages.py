@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..._run.result import RunStatus
-from ..timeline import COLORS, from_history, timeline_fragment
+from ..timeline import COLORS, child_of, from_history, kin, timeline_fragment
 from .graph import graph_svg
 
 __all__ = ["BADGES", "RUN_STATUSES", "Page", "badge_colors", "contrast", "page", "run_body",
@@ -272,7 +272,7 @@ def _task_rows(tasks: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
             rows.append(
                 f'<tr class="kids" id="{anchors[tid]}-children" data-parent="{_E(tid)}">'
                 f'<td colspan="8"><details{" open" if counts.get("running") else ""}>'
-                f"<summary>{len(children)} map children of <code>{_E(tid)}</code>: "
+                f"<summary>{len(children)} {kin(children)} of <code>{_E(tid)}</code>: "
                 f'{summary}</summary><table class="tasks inner">{_TASK_HEAD}'
                 f"<tbody>{inner}</tbody></table></details></td></tr>")
     return (f"<table class=tasks>{_TASK_HEAD}<tbody>{''.join(rows)}</tbody></table>")
@@ -280,15 +280,16 @@ def _task_rows(tasks: Sequence[Mapping[str, Any]], anchors: Mapping[str, str],
 
 def split_children(tasks: Sequence[Mapping[str, Any]], known: Iterable[str] = ()
                    ) -> tuple[list[Mapping[str, Any]], dict[str, list[Mapping[str, Any]]]]:
-    """A run's tasks without the mapped tasks' children, and those children by parent: a
-    child's id is its parent's with ``[i]`` after it, and its parent is a task of the run
-    (a switch's gate ``switch['b']`` is not a child: ``switch`` is no task)."""
+    """A run's tasks without the mapped tasks' children and the pipeline stages' items, and
+    those by parent: a child's id is its parent's with ``[i]`` (an item's: ``@i``) after it,
+    and its parent is a task of the run (a switch's gate ``switch['b']`` is not a child:
+    ``switch`` is no task)."""
     ids = {str(t["task_id"]) for t in tasks} | set(known)
     top: list[Mapping[str, Any]] = []
     kids: dict[str, list[Mapping[str, Any]]] = {}
     for t in tasks:
         tid = str(t["task_id"])
-        parent = tid.rpartition("[")[0] if tid.endswith("]") else ""
+        parent = child_of(tid)
         if parent and parent in ids:
             kids.setdefault(parent, []).append(t)
         else:
@@ -304,6 +305,37 @@ def horizon(elapsed: float) -> float:
     mag = 10 ** math.floor(math.log10(want))
     edge: float = next(m * mag for m in (1, 2, 5, 10) if m * mag >= want)
     return edge
+
+
+def _live_stages(run: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A running pipeline over items has rows for its stages' items (``stage@i``) but none yet
+    for the stages, which are written when the run ends: each such stage is shown running
+    from its first item's start, over the items recorded so far."""
+    tasks = run.get("tasks") or []
+    if run.get("status") != "running" or not any(t.get("item") is not None for t in tasks):
+        return run
+    have = {str(t["task_id"]) for t in tasks}
+    stages: dict[str, dict[str, Any]] = {}
+    out: list[Mapping[str, Any]] = []
+    for t in tasks:
+        stage = child_of(str(t["task_id"])) if t.get("item") is not None else ""
+        if stage and stage not in have:
+            row = stages.get(stage)
+            if row is None:
+                row = stages[stage] = {
+                    "task_id": stage, "tool": t.get("tool"), "qualname": t.get("qualname"),
+                    "status": "running", "started_at": t.get("started_at"), "ended_at": None,
+                    "duration": None, "attempts": [], "error_type": None,
+                    "error_message": None, "reason": None, "logs": [], "item": None,
+                    "items": 0}
+                out.append(row)
+            row["items"] += 1
+            row["reason"] = f"in progress: {row['items']} item(s) recorded so far"
+            if t.get("started_at") is not None and (row["started_at"] is None
+                                                     or t["started_at"] < row["started_at"]):
+                row["started_at"] = t["started_at"]
+        out.append(t)
+    return {**run, "tasks": out}
 
 
 def _as_of(run: Mapping[str, Any], now: float | None) -> tuple[dict[str, Any], float | None]:
@@ -339,10 +371,10 @@ def run_body(run: Mapping[str, Any], *, plan: Any = None,
         edges: the graph's edges when neither the record nor ``plan`` has them.
         now: the time now (Unix time): a running run's elapsed time and growing bars.
     """
-    run, elapsed = _as_of(run, now)
+    run, elapsed = _as_of(_live_stages(run), now)
     tasks = run.get("tasks") or []
     recorded = {str(t["task_id"]) for t in tasks}
-    if plan is not None and not {i for i in recorded if not i.endswith("]")} <= plan.tasks.keys():
+    if plan is not None and not {i for i in recorded if not child_of(i)} <= plan.tasks.keys():
         plan = None  # another version of the flow: its edges and path would mislead
     graph_edges = _edges_of(run, plan, edges)
     order = _order_of(run, plan, graph_edges)
@@ -421,7 +453,7 @@ def _graph_kids(kids: Mapping[str, Sequence[Mapping[str, Any]]],
                 if len(children) > CHIPS else "")
         out.append(f'<details class="graph-kids" data-parent="{_E(parent)}"'
                    f'{" open" if counts.get("running") else ""}><summary><code>{_E(parent)}'
-                   f"</code>: {len(children)} map children "
+                   f"</code>: {len(children)} {kin(children)} "
                    + " ".join(f"{_badge(st)}&nbsp;{n}" for st, n in counts.most_common())
                    + f'</summary><div class="chips">{chips}{more}</div></details>')
     return "".join(out)

@@ -63,6 +63,8 @@ class Core(Steps):
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, task.tool.name,
                                                  resources=task.spec.resources)
+            if item.index >= 0:  # a pipeline item's record names its item
+                rec.item = item.index
         units = self.units
         try:
             if units is not None and tid in units.gated:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..._base.log import MAX_TASK_LOGS
-from ..result import TaskRecord, TaskStatus
+from ..result import MAX_KEPT_ITEMS, TaskRecord, TaskStatus
 
-__all__ = ["EVENTS", "LEVELS", "MAX_KEPT_ATTEMPTS", "Item", "fold"]
+__all__ = ["EVENTS", "LEVELS", "MAX_KEPT_ATTEMPTS", "Item", "fold", "item_index"]
 
 COMPLETED = TaskStatus.COMPLETED
 SKIPPED = TaskStatus.SKIPPED
@@ -49,11 +49,14 @@ MAX_KEPT_ATTEMPTS = 1000
 def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
     """Fold one item's record of task ``tid`` into its summary: the worst status, the
     attempts (up to MAX_KEPT_ATTEMPTS), the first error and reason, the earliest start and
-    the latest end."""
+    the latest end; the record itself joins the summary's ``items`` (one per stage x item,
+    so timelines and statistics see each item's own call)."""
     m = merged.get(tid)
     if m is None:
         m = merged[tid] = TaskRecord(tid, rec.tool, status=rec.status,
                                      resources=rec.resources, parent=rec.parent)
+        if rec.item is not None:
+            m.items, m.item_count = [], 0
     elif _SEVERITY[rec.status] < _SEVERITY[m.status]:
         m.status = rec.status
     room = MAX_KEPT_ATTEMPTS - len(m.attempts)
@@ -63,6 +66,10 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         m.started_at = rec.started_at
     if rec.ended_at is not None and (m.ended_at is None or rec.ended_at > m.ended_at):
         m.ended_at = rec.ended_at
+    if m.items is not None and rec.item is not None:
+        m.item_count = (m.item_count or 0) + 1
+        if len(m.items) < MAX_KEPT_ITEMS or rec.status not in _DONE_WELL:
+            m.items.append(rec)
     if m.error is None:
         m.error = rec.error
     if m.reason is None:
@@ -73,6 +80,14 @@ def fold(merged: dict[str, TaskRecord], tid: str, rec: TaskRecord) -> None:
         room = MAX_TASK_LOGS - len(m.logs)
         if room > 0:
             m.logs.extend(rec.logs[:room])
+
+
+_DONE_WELL = frozenset({TaskStatus.COMPLETED, TaskStatus.CACHED})
+
+
+def item_index(rec: TaskRecord) -> int:
+    """A per-item record's sort key: its item's index."""
+    return rec.item or 0
 
 
 # Each final status under an event of its own (task_upstream_failed is not task_skipped).

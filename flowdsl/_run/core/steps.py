@@ -54,7 +54,7 @@ from ..resources import Pools
 from ..result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
 from ..tracing import Tracing
 from .inputs import Inputs
-from .record import EVENTS, LEVELS, Item, fold
+from .record import EVENTS, LEVELS, Item, fold, item_index
 from .rollback import run_undo
 from .trigger import Inherited, verdict
 from .units import Units, group_timeout
@@ -237,6 +237,8 @@ class Steps:
         out: dict[str, TaskRecord] = {}
         for t in self.plan.order:
             out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
+            if out[t].items:  # unfinished items were folded last
+                out[t].items.sort(key=item_index)  # type: ignore[union-attr]
             for c in self.children.get(t, ()):  # a mapped task's children follow it
                 if c in self.merged:
                     out[c] = self.merged[c]
@@ -576,6 +578,8 @@ class Steps:
                ended: float | None = None) -> TaskStatus:
         if rec is None:
             rec = item.records[tid] = TaskRecord(tid, self.tasks[tid].tool.name)
+            if item.index >= 0:
+                rec.item = item.index
         rec.status = status
         if output is not None and secrets.in_use():  # an output may bring Secrets of its own
             self.register_secrets(output)
