@@ -489,7 +489,7 @@ class HistoryObserver:
         self._tailed: dict[str, int] = {}
         self._masker: Any = None
 
-    def run_started(self, result: RunResult, plan: Any) -> None:
+    def run_started(self, result: RunResult[Any], plan: Any) -> None:
         self._run_id = result.run_id
         self._masker = result.masker
         if plan is not None:
@@ -498,7 +498,7 @@ class HistoryObserver:
                             "running", result.started_at.timestamp(), HOST, os.getpid())))
         self._store._run_started(result.run_id, self)
 
-    def task_started(self, result: RunResult, record: TaskRecord) -> None:
+    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._running[record.id if record.item is None else _row_id(record)] = record
         if (record.status is TaskStatus.RUNNING and record.ended_at is None
                 and record.error is None and record.reason is None):
@@ -512,20 +512,20 @@ class HistoryObserver:
         """In the writer thread: the running tasks whose log grew since last written, as
         ``(logs JSON, run id, task id)`` rows (secrets masked), and the line counts they
         hold (:meth:`tailed` once written). A browser shows them as the task's live tail."""
-        rows, counts = [], {}
+        rows: list[tuple[str, str, str]] = []
+        counts: dict[str, int] = {}
         for tid, rec in self._running.copy().items():  # a copy: the run adds and removes
             logs = rec.logs
-            n = len(logs) if logs else 0
-            if not n or n == self._tailed.get(tid):
+            if not logs or len(logs) == self._tailed.get(tid):
                 continue
-            counts[tid] = n
-            rows.append((logs_json(list(logs[:n]), self._masker), self._run_id or "", tid))
+            n = counts[tid] = len(logs)
+            rows.append((logs_json(list(logs[:n]), self._masker) or "", self._run_id or "", tid))
         return rows, counts
 
     def tailed(self, counts: dict[str, int]) -> None:
         self._tailed.update(counts)
 
-    def task_finished(self, result: RunResult, record: TaskRecord, output: Any) -> None:
+    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
         encoded = None
         if self._outputs and record.status is TaskStatus.COMPLETED:
             key = record.input_key  # a map child's: kept beside its output for a resume
@@ -550,7 +550,7 @@ class HistoryObserver:
         if len(store._queue) >= store.flush_rows and not store._wake.is_set():
             store._wake.set()
 
-    def run_finished(self, result: RunResult) -> None:
+    def run_finished(self, result: RunResult[Any]) -> None:
         push = self._push
         # Rollback changes a finished task's status after task_finished, and so does a
         # retried group that resets a member which the run then stops before it runs again
@@ -577,7 +577,7 @@ class HistoryObserver:
                     result.run_id)))
         self._store._run_ended(result.run_id)
 
-    async def arun_finished(self, result: RunResult) -> None:
+    async def arun_finished(self, result: RunResult[Any]) -> None:
         """Wait, without blocking the event loop, until the run's rows are in the file; a
         write failure becomes ``result.history_error`` and a :class:`HistoryWarning`, never
         an exception."""
