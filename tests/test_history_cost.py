@@ -269,14 +269,17 @@ class TestDurationsCache:
         gives, the stage's per-item time."""
         path = tmp_path / "h.db"
         flow = flowdsl.Flow("piped", double.stage() >> double.stage())
-        runs = dict(mode="pipeline", items=[1, 2, 3, 4], history=path)
-        flowdsl.run(flow, **runs).raise_for_error()  # type: ignore[arg-type]
+        def run() -> None:
+            flowdsl.run(flow, mode="pipeline", items=[1, 2, 3, 4],
+                        history=path).raise_for_error()
+
+        run()
         store = flowdsl._record.history.open_history(path)
         assert store is not None
         p = flowdsl.plan(flow)
         store.durations(p)
         for _ in range(2):
-            flowdsl.run(flow, **runs).raise_for_error()  # type: ignore[arg-type]
+            run()
             ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
             assert (tasks, tools, sums) == store._read_flow(key[0], key[1], flush=False)
             assert store.cached_durations(p) == store.durations(p)
