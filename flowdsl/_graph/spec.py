@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypedDict
 
 from .._base.errors import ToolDefinitionError
+from .._base.frozen import Frozen, frozen_dataclass
 from .._base.limits import encodable, limits
 
 __all__ = ["DOCUMENT_OPTIONS", "EXECUTORS", "EXECUTOR_KINDS", "OPTIONS", "TRIGGERS", "Backoff",
@@ -131,8 +132,9 @@ class Cache:
     refresh: bool = False
 
 
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class ToolSpec:
+class ToolSpec(Frozen):
     """The validated options of a tool (or of one task, after per-task overrides)."""
 
     name: str
@@ -153,6 +155,10 @@ class ToolSpec:
     cache: Cache | None = None
     #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
     capture: bool = True
+
+    def _copy_hint(self) -> str:
+        return ("make a changed copy: task.with_options(...) for one task, the tool's "
+                "@tool(...) options for all of its tasks, or spec.evolve(...)")
 
     def evolve(self, **changes: Any) -> ToolSpec:
         """A copy with ``changes`` validated and applied (``cache="refresh"`` keeps the
