@@ -250,6 +250,12 @@ class MapSpec(Frozen):
 
     __slots__ = ("limit", "max_parallel", "named", "params", "positional")
 
+    params: tuple[str, ...]
+    positional: bool
+    max_parallel: int | None
+    limit: int
+    named: bool
+
     def __init__(self, params: tuple[str, ...], positional: bool,
                  max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT, *,
                  named: bool = False) -> None:
@@ -854,7 +860,7 @@ class _NewTask(Task[Any]):
     # object's own slot wrappers, not methods calling them: no Python frame per slot set (both,
     # since one C slot serves setting and deleting: a Python __delattr__ would slow setting)
     __setattr__ = object.__setattr__  # type: ignore[assignment]
-    __delattr__ = object.__delattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
 
 
 _guard(Task, _BINARY)
@@ -869,6 +875,15 @@ class Unit(Frozen):
 
     __slots__ = ("backoff", "condition", "context", "guards", "name", "retries", "timeout",
                  "trigger")
+
+    name: str
+    retries: int
+    backoff: Backoff | None
+    condition: Callable[[Mapping[str, Any]], Any] | None
+    guards: tuple[Guard, ...]
+    timeout: float | None
+    trigger: str | None
+    context: Mapping[str, Any] | None
 
     def __init__(self, name: str, condition: Callable[[Mapping[str, Any]], Any] | None = None,
                  guards: tuple[Guard, ...] = (), timeout: float | None = None,
@@ -1027,7 +1042,7 @@ class Fragment(_Composable, _Grouped, Frozen, Generic[R_co]):
              unit: Unit | None = None, ns: str | None = None) -> Fragment[Any]:
         """``Fragment(kind, parts, unit, ns)`` on the composition hot path (every ``>>`` and
         ``|``): built as an open _NewFragment, then sealed, as a Task is."""
-        f = object.__new__(_NewFragment)
+        f: Fragment[Any] = object.__new__(_NewFragment)
         f.ns = ns
         f.kind = kind
         f.parts = parts
@@ -1068,7 +1083,7 @@ class _NewFragment(Fragment[Any]):
 
     __slots__ = ()
     __setattr__ = object.__setattr__  # type: ignore[assignment]
-    __delattr__ = object.__delattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
 
 
 def _counts(item: Any) -> str:
