@@ -5,12 +5,13 @@ the attribute and says how to make a changed copy; the value is unchanged afterw
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 from typing import Any
 
 import pytest
 
-from flowdsl import Flow, FlowError, FrozenError, tool
+from flowdsl import Backoff, Cache, Flow, FlowError, FrozenError, tool
 
 
 @tool
@@ -75,6 +76,17 @@ def test_a_new_attribute_is_refused_too(cls: str) -> None:
     value, _, _ = _values()[cls]
     with pytest.raises(FrozenError, match=rf"{cls}\.colour"):
         value.colour = "red"
+
+
+@pytest.mark.parametrize("value", [Backoff(initial=1.0), Cache(ttl=5.0)])
+def test_the_public_option_values_refuse_the_same_way(value: Any) -> None:
+    """Backoff and Cache (frozen dataclasses) raise the same FrozenError, not dataclasses'
+    FrozenInstanceError, which names neither the class nor the way out."""
+    cls = type(value).__name__
+    with pytest.raises(FrozenError, match=rf"{cls}\.ttl.*dataclasses\.replace"):
+        value.ttl = 1.0
+    changed = dataclasses.replace(value)
+    assert changed == value and changed is not value
 
 
 def test_the_issue_examples_leave_no_stale_graph() -> None:

@@ -69,8 +69,9 @@ TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class Backoff(Frozen):
     """Exponential backoff between attempts: ``min(initial * factor**(n-1), max_delay)``.
 
     Args:
@@ -85,6 +86,9 @@ class Backoff:
     max_delay: float = 30.0
     jitter: Literal["none", "full"] = "none"
 
+    def _copy_hint(self) -> str:
+        return "make a changed copy with dataclasses.replace(backoff, ...) or a new Backoff(...)"
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The delay after failed attempt number ``attempt`` (1-based)."""
         base = min(self.initial * self.factor ** (attempt - 1), self.max_delay)
@@ -97,8 +101,9 @@ class Backoff:
         return [self.delay(n, rng) for n in range(1, attempts)]
 
 
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class Cache:
+class Cache(Frozen):
     """Cache a tool's output by its inputs: ``@tool(cache=Cache(...))`` (``cache=True`` is
     ``Cache()``).
 
@@ -130,6 +135,9 @@ class Cache:
     serializer: Literal["json", "pickle"] = "json"
     mask_secrets: bool = False
     refresh: bool = False
+
+    def _copy_hint(self) -> str:
+        return "make a changed copy with dataclasses.replace(cache, ...) or a new Cache(...)"
 
 
 @frozen_dataclass
