@@ -22,7 +22,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     "._base.errors": (
         "CacheKeyError", "CacheStoreError", "CacheWarning", "CompensationError",
         "CompositionError", "CycleError", "DuplicateTaskError", "ExecutionError", "FlowError",
-        "GraphTooLargeError", "HistoryError", "HistoryWarning", "McpServerError", "McpToolError",
+        "FrozenError", "GraphTooLargeError", "HistoryError", "HistoryWarning", "McpServerError",
+        "McpToolError",
         "MissingContextError", "PlanError", "PlanValidationError", "ResourceError", "RunFailed",
         "RunNotFound", "RunTimeout", "SerializationError", "TaskFailed", "TaskInputError",
         "TaskTimeout", "ToolDefinitionError", "WorkerLost",
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._base.errors import DuplicateTaskError as DuplicateTaskError
     from ._base.errors import ExecutionError as ExecutionError
     from ._base.errors import FlowError as FlowError
+    from ._base.errors import FrozenError as FrozenError
     from ._base.errors import GraphTooLargeError as GraphTooLargeError
     from ._base.errors import HistoryError as HistoryError
     from ._base.errors import HistoryWarning as HistoryWarning

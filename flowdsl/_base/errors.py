@@ -29,6 +29,7 @@ __all__ = [
     "DuplicateTaskError",
     "ExecutionError",
     "FlowError",
+    "FrozenError",
     "GraphTooLargeError",
     "HistoryError",
     "HistoryWarning",
@@ -75,6 +76,28 @@ class ToolDefinitionError(FlowError, ValueError):
 
 class CompositionError(FlowError, TypeError):
     """Raised when tasks are composed or bound wrongly (``>>`` with an int, a missing argument)."""
+
+
+class FrozenError(FlowError, AttributeError):
+    """Raised on assigning to (or deleting) an attribute of a flowdsl value (a Task, Fragment,
+    Flow, Plan, ToolSpec, or a map's or group's spec): values are immutable, so a change is a
+    changed copy; the message says how to make one.
+
+    Attributes:
+        owner: the class's name, e.g. ``"Flow"``.
+        attribute: the attribute assigned to or deleted.
+        hint: how to make a changed copy instead.
+    """
+
+    def __init__(self, owner: str, attribute: str, hint: str, *, deleting: bool = False,
+                 what: str | None = None) -> None:
+        self.owner = owner
+        self.attribute = attribute
+        self.hint = hint
+        verb = "delete" if deleting else "assign to"
+        super().__init__(f"cannot {verb} {owner}.{attribute}: {what or 'a ' + owner} is "
+                         "immutable (plans, tasks and fragments are values, shared freely); "
+                         f"{hint}")
 
 
 class PlanError(FlowError, ValueError):

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal, Protocol, TypedDict
 
 from .._base.errors import ToolDefinitionError
+from .._base.frozen import Frozen, frozen_dataclass
 from .._base.limits import encodable, limits
 
 __all__ = ["DOCUMENT_OPTIONS", "EXECUTORS", "EXECUTOR_KINDS", "OPTIONS", "TRIGGERS", "Backoff",
@@ -68,8 +69,9 @@ TRIGGERS = ("all_success", "all_done", "none_failed", "one_success", "one_failed
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
 
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class Backoff(Frozen):
     """Exponential backoff between attempts: ``min(initial * factor**(n-1), max_delay)``.
 
     Args:
@@ -84,6 +86,9 @@ class Backoff:
     max_delay: float = 30.0
     jitter: Literal["none", "full"] = "none"
 
+    def _copy_hint(self) -> str:
+        return "make a changed copy with dataclasses.replace(backoff, ...) or a new Backoff(...)"
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The delay after failed attempt number ``attempt`` (1-based)."""
         base = min(self.initial * self.factor ** (attempt - 1), self.max_delay)
@@ -96,8 +101,9 @@ class Backoff:
         return [self.delay(n, rng) for n in range(1, attempts)]
 
 
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class Cache:
+class Cache(Frozen):
     """Cache a tool's output by its inputs: ``@tool(cache=Cache(...))`` (``cache=True`` is
     ``Cache()``).
 
@@ -130,9 +136,13 @@ class Cache:
     mask_secrets: bool = False
     refresh: bool = False
 
+    def _copy_hint(self) -> str:
+        return "make a changed copy with dataclasses.replace(cache, ...) or a new Cache(...)"
 
+
+@frozen_dataclass
 @dataclass(frozen=True, slots=True)
-class ToolSpec:
+class ToolSpec(Frozen):
     """The validated options of a tool (or of one task, after per-task overrides)."""
 
     name: str
@@ -153,6 +163,10 @@ class ToolSpec:
     cache: Cache | None = None
     #: Keep the tool's prints and logging records with its task (flowdsl/_base/capture.py).
     capture: bool = True
+
+    def _copy_hint(self) -> str:
+        return ("make a changed copy: task.with_options(...) for one task, the tool's "
+                "@tool(...) options for all of its tasks, or spec.evolve(...)")
 
     def evolve(self, **changes: Any) -> ToolSpec:
         """A copy with ``changes`` validated and applied (``cache="refresh"`` keeps the

@@ -31,6 +31,7 @@ from .._base.errors import (
     ToolDefinitionError,
     exc_text,
 )
+from .._base.frozen import Frozen
 from .._base.limits import encodable
 from .._base.typed import Self, Unpack
 from .spec import (
@@ -240,7 +241,7 @@ def _mappable(value: Any) -> bool:
 DEFAULT_MAP_LIMIT = 10_000
 
 
-class MapSpec:
+class MapSpec(Frozen):
     """How a mapped task fans out: the parameters that take one element per child (in the
     positional form the first is the tool's first parameter), whether that one was bound by
     position, the most children running at once, the most children allowed, and whether the
@@ -249,14 +250,25 @@ class MapSpec:
 
     __slots__ = ("limit", "max_parallel", "named", "params", "positional")
 
+    params: tuple[str, ...]
+    positional: bool
+    max_parallel: int | None
+    limit: int
+    named: bool
+
     def __init__(self, params: tuple[str, ...], positional: bool,
                  max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT, *,
                  named: bool = False) -> None:
-        self.params = params
-        self.positional = positional
-        self.max_parallel = max_parallel
-        self.limit = limit
-        self.named = named
+        s = object.__setattr__
+        s(self, "params", params)
+        s(self, "positional", positional)
+        s(self, "max_parallel", max_parallel)
+        s(self, "limit", limit)
+        s(self, "named", named)
+
+    def _copy_hint(self) -> str:
+        return ("make a changed copy: mapped_task.with_options(max_parallel=..., "
+                "max_children=...)")
 
     def label(self, name: str) -> str:
         """A mapped parameter as the user wrote it: ``each(b)`` for a keyword of the
@@ -539,7 +551,7 @@ class _Composable:
         return text
 
 
-class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # see _Placeholder
+class Task(_Composable, _Placeholder, Frozen, Generic[R_co]):  # type: ignore[misc]  # see _Placeholder
     """One node: a tool with bound arguments and per-task settings. Immutable; every setter
     returns a new Task (with the same explicit id, if it has one).
 
@@ -606,7 +618,7 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
         t.guards = ()
         t.embeds = tuple(embeds) if embeds else ()
         t.upstream = tuple(dict.fromkeys(refs)) if refs else ()
-        t.__class__ = Task  # sealed from here on: Task.__setattr__ refuses changes
+        t.__class__ = Task  # sealed from here on: Frozen.__setattr__ refuses changes
         return t
 
     def _replace(self, **changes: Any) -> Task[R_co]:
@@ -616,9 +628,12 @@ class Task(_Composable, _Placeholder, Generic[R_co]):  # type: ignore[misc]  # s
         t.__class__ = Task
         return t
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        msg = f"Task {self._label!r} is immutable; use .named(), .when() or .with_options()"
-        raise AttributeError(msg)
+    def _copy_hint(self) -> str:
+        return ("make a changed copy with .named(...), .when(...), .with_options(...) or "
+                ".to_context(...)")
+
+    def _what(self) -> str:
+        return f"Task {self._label!r}"
 
     @property
     def _label(self) -> str:
@@ -842,15 +857,17 @@ class _NewTask(Task[Any]):
     """A Task under construction; its class becomes Task once every slot is set."""
 
     __slots__ = ()
-    # object's own slot wrapper, not a method calling it: no Python frame per slot set
+    # object's own slot wrappers, not methods calling them: no Python frame per slot set (both,
+    # since one C slot serves setting and deleting: a Python __delattr__ would slow setting)
     __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
 
 
 _guard(Task, _BINARY)
 _guard(Ref, {**_BINARY, "rshift": ">>", "or": "|"})  # a projection is an argument, not a stage
 
 
-class Unit:
+class Unit(Frozen):
     """What makes a group of tasks one unit (``.when()``/``.with_options()`` on a Fragment or
     an embedded Flow): a condition on the context, conditions on other tasks' outputs, a
     timeout on the group's wall time, retries (with a backoff between attempts), a trigger
@@ -859,25 +876,35 @@ class Unit:
     __slots__ = ("backoff", "condition", "context", "guards", "name", "retries", "timeout",
                  "trigger")
 
+    name: str
+    retries: int
+    backoff: Backoff | None
+    condition: Callable[[Mapping[str, Any]], Any] | None
+    guards: tuple[Guard, ...]
+    timeout: float | None
+    trigger: str | None
+    context: Mapping[str, Any] | None
+
     def __init__(self, name: str, condition: Callable[[Mapping[str, Any]], Any] | None = None,
                  guards: tuple[Guard, ...] = (), timeout: float | None = None,
                  trigger: str | None = None,
                  context: Mapping[str, Any] | None = None, retries: int = 0,
                  backoff: Backoff | None = None) -> None:
-        self.name = name
-        self.retries = retries
-        self.backoff = backoff  # None: a group's next attempt starts at once
-        self.condition = condition
-        self.guards = guards
-        self.timeout = timeout
-        self.trigger = trigger
-        self.context = context
+        s = object.__setattr__
+        s(self, "name", name)
+        s(self, "retries", retries)
+        s(self, "backoff", backoff)  # None: a group's next attempt starts at once
+        s(self, "condition", condition)
+        s(self, "guards", guards)
+        s(self, "timeout", timeout)
+        s(self, "trigger", trigger)
+        s(self, "context", context)
 
-    def evolve(self, **changes: Any) -> Unit:
-        u = object.__new__(Unit)
-        for slot in Unit.__slots__:
-            setattr(u, slot, changes.get(slot, getattr(self, slot)))
-        return u
+    def _copy_hint(self) -> str:
+        return ("make a changed copy: fragment_or_flow.with_options(...) or .when(...) "
+                "(they change its unit)")
+
+    evolve = Frozen._evolve
 
 
 class Group:
@@ -998,7 +1025,7 @@ def _own_member(group: str, member: str) -> CompositionError:
     return CompositionError(msg)
 
 
-class Fragment(_Composable, _Grouped, Generic[R_co]):
+class Fragment(_Composable, _Grouped, Frozen, Generic[R_co]):
     """Tasks composed with ``>>`` (kind ``"then"``) or ``|`` (kind ``"par"``); with
     ``.when()``/``.with_options()`` the group runs as one unit. For type checkers, ``R_co``
     is the type of the run's ``output``: the last task's for ``a >> b``."""
@@ -1007,23 +1034,61 @@ class Fragment(_Composable, _Grouped, Generic[R_co]):
 
     def __init__(self, kind: str, parts: tuple[Task[Any] | Fragment[Any], ...],
                  unit: Unit | None = None, ns: str | None = None) -> None:
-        self.ns = ns  # an embedded Flow's name: its tasks' ids get it as a prefix
-        self.kind = kind
-        self.parts = parts
-        self.unit = unit
-        self._graph: Graph | None = None
+        # The public constructor; flowdsl itself builds with _new (faster: no call per slot).
+        s = object.__setattr__
+        s(self, "ns", ns)  # an embedded Flow's name: its tasks' ids get it as a prefix
+        s(self, "kind", kind)
+        s(self, "parts", parts)
+        s(self, "unit", unit)
+        s(self, "_graph", None)  # derived: set once by materialize()
+
+    @staticmethod
+    def _new(kind: str, parts: tuple[Task[Any] | Fragment[Any], ...],
+             unit: Unit | None = None, ns: str | None = None) -> Fragment[Any]:
+        """``Fragment(kind, parts, unit, ns)`` on the composition hot path (every ``>>`` and
+        ``|``): built as an open _NewFragment, then sealed, as a Task is."""
+        f: Fragment[Any] = object.__new__(_NewFragment)
+        f.ns = ns
+        f.kind = kind
+        f.parts = parts
+        f.unit = unit
+        f._graph = None
+        f.__class__ = Fragment
+        return f
+
+    ns: str | None
+    kind: str
+    parts: tuple[Task[Any] | Fragment[Any], ...]
+    unit: Unit | None
+    _graph: Graph | None
+
+    def _copy_hint(self) -> str:
+        return ("compose a new one (a >> b, a | b, chain(...), parallel(...)), or make a "
+                "changed copy with .with_options(...) or .when(...)")
+
+    @classmethod
+    def _derived(cls) -> tuple[str, ...]:
+        return ("_graph",)
 
     def _unit(self) -> Unit:
         return self.unit or Unit(f"({_expr(self, 4)})")
 
     def _with_unit(self, unit: Unit) -> Fragment[Any]:
-        return Fragment(self.kind, self.parts, unit, self.ns)
+        return Fragment._new(self.kind, self.parts, unit, self.ns)
 
     def _root(self) -> Task[Any] | Fragment[Any]:
         return self
 
     def __repr__(self) -> str:
         return f"<Fragment {_expr(self)}: {_counts(self)}>"
+
+
+class _NewFragment(Fragment[Any]):
+    """A Fragment under construction (see :class:`_NewTask`)."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__
 
 
 def _counts(item: Any) -> str:
@@ -1099,7 +1164,7 @@ def _pair(kind: str, left: Any, right: Any) -> Fragment[Any]:
     nodes = _NODES
     a = left if left.__class__ in nodes else _coerce(left, right)
     b = right if right.__class__ in nodes else _coerce(right, left)
-    return Fragment(kind, (a, b))
+    return Fragment._new(kind, (a, b))
 
 
 def chain(*items: Any) -> Fragment[Any]:
@@ -1117,13 +1182,13 @@ def _nary(kind: str, items: tuple[Any, ...]) -> Fragment[Any]:
         msg = f"{'chain' if kind == 'then' else 'parallel'}() needs at least one task"
         raise CompositionError(msg)
     parts = tuple(_coerce(i) for i in items)
-    return Fragment(kind, parts)
+    return Fragment._new(kind, parts)
 
 
 _NODES = frozenset({Task, Fragment})
 
 
-class Flow(_Composable, _Grouped, Generic[R_co]):
+class Flow(_Composable, _Grouped, Frozen, Generic[R_co]):
     """A named workflow around a composition; it can itself be embedded in a larger one.
 
     Embedded, its ``context`` gives defaults merged under the run's context (the run's
@@ -1168,26 +1233,43 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
             msg = (f"Flow name must be a non-empty string that UTF-8 can encode (no lone "
                    f"surrogates), got {name!r}")
             raise CompositionError(msg)
-        self.name = name
-        self.fragment: Task[Any] | Fragment[Any] = _coerce(fragment)
-        self.description = description
-        self.mode = mode
-        self.context = dict(context) if context else None
-        self.resources = dict(resources) if resources else None
-        self.max_concurrency = max_concurrency
-        self.unit: Unit | None = None
-        self._as_part: Task[Any] | Fragment[Any] | None = None
+        s = object.__setattr__
+        s(self, "name", name)
+        s(self, "fragment", _coerce(fragment))
+        s(self, "description", description)
+        s(self, "mode", mode)
+        s(self, "context", dict(context) if context else None)
+        s(self, "resources", dict(resources) if resources else None)
+        s(self, "max_concurrency", max_concurrency)
+        s(self, "unit", None)
+        s(self, "_as_part", None)  # derived: set once by _part()
+
+    name: str
+    fragment: Task[Any] | Fragment[Any]
+    description: str
+    mode: str | None
+    context: dict[str, Any] | None
+    resources: dict[str, int] | None
+    max_concurrency: int | None
+    unit: Unit | None
+    _as_part: Fragment[Any] | None
+
+    def _copy_hint(self) -> str:
+        return (f"make a changed copy: Flow({self.name!r}, flow.fragment, ...) with the new "
+                "settings, or .with_options(...)/.when(...) for its options as a unit")
+
+    def _what(self) -> str:
+        return f"Flow {self.name!r}"
+
+    @classmethod
+    def _derived(cls) -> tuple[str, ...]:
+        return ("_as_part",)
 
     def _unit(self) -> Unit:
         return self.unit or Unit(self.name)
 
     def _with_unit(self, unit: Unit) -> Flow[Any]:
-        f = object.__new__(Flow)
-        for slot in Flow.__slots__:
-            object.__setattr__(f, slot, getattr(self, slot))
-        f.unit = unit
-        f._as_part = None
-        return f
+        return self._evolve(unit=unit)
 
     def _root(self) -> Task[Any] | Fragment[Any]:
         return self.fragment
@@ -1196,11 +1278,13 @@ class Flow(_Composable, _Grouped, Generic[R_co]):
         """What the flow is inside a composition: its fragment wrapped with its name (the
         prefix of its tasks' ids, when embedded), as a group when it is a unit or brings
         context defaults (built once: a Fragment caches its graph)."""
-        if self._as_part is None:
+        part = self._as_part
+        if part is None:
             unit = (None if self.unit is None and not self.context else
                     (self.unit or Unit(self.name)).evolve(context=self.context))
-            self._as_part = Fragment("then", (self.fragment,), unit, self.name)
-        return self._as_part
+            part = Fragment._new("then", (self.fragment,), unit, self.name)
+            object.__setattr__(self, "_as_part", part)
+        return part
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {_counts(self)}>"
@@ -1518,7 +1602,7 @@ def materialize(item: Any) -> Graph:
     except _Clash as clash:
         g = _walk(root, frozenset(clash.args[0]))
     if root.__class__ is Fragment:
-        root._graph = g
+        object.__setattr__(root, "_graph", g)  # a derived cache: see flowdsl._base.frozen
     return g
 
 

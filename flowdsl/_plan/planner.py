@@ -17,6 +17,7 @@ from typing import Any
 
 from .._base import hooks
 from .._base.errors import CycleError, GraphTooLargeError, ResourceError
+from .._base.frozen import Frozen
 from .._graph.spec import FORKING
 from .._graph.task import Flow, Task, materialize
 
@@ -111,7 +112,7 @@ def _find_cycle(ids: list[str], preds: Mapping[str, Iterable[str]],
     return [*cycle, cycle[0]]
 
 
-class Plan:
+class Plan(Frozen):
     """An immutable, validated plan of a flow. Build it with :func:`plan` or ``flow.plan()``.
 
     Attributes:
@@ -173,9 +174,13 @@ class Plan:
         s(p, "_fork", None)  # found by needs_fork on first use
         return p
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        msg = "a Plan is immutable"
-        raise AttributeError(msg)
+    def _copy_hint(self) -> str:
+        return ("plan a changed flow instead: flowdsl.plan(flow) or flow.plan() of a copy made "
+                "with .named(...), .when(...) or .with_options(...)")
+
+    @classmethod
+    def _derived(cls) -> tuple[str, ...]:
+        return ("_fork", "_index")
 
     def __len__(self) -> int:
         return len(self.order)
