@@ -18,15 +18,13 @@ from ..._graph.task import Task
 from ..result import TaskRecord, TaskStatus
 from .fanout import run_map
 from .groups import group_turn
-from .record import Item
+from .record import COMPLETED, SKIPPED, Item
 from .steps import Steps
 from .trigger import AFTER_FAILURE, Inherited
 from .units import group_timeout
 
 __all__ = ["Core"]
 
-COMPLETED = TaskStatus.COMPLETED
-SKIPPED = TaskStatus.SKIPPED
 
 
 class Core(Steps):

@@ -37,16 +37,12 @@ from ..._graph.task import Task
 from ..executors import Remote
 from ..result import TaskRecord, TaskStatus
 from .loop import drive
-from .record import Item
+from .record import CANCELLED, COMPLETED, RUNNING, TIMED_OUT, Item
 from .steps import Steps
 from .units import group_timeout
 
 __all__ = ["input_key", "run_map"]
 
-COMPLETED = TaskStatus.COMPLETED
-CANCELLED = TaskStatus.CANCELLED
-RUNNING = TaskStatus.RUNNING
-TIMED_OUT = TaskStatus.TIMED_OUT
 
 
 def columns(tid: str, task: Task[Any], args: tuple[Any, ...], kwargs: dict[str, Any]

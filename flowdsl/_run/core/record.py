@@ -9,7 +9,12 @@ from typing import Any
 from ..._base.log import MAX_TASK_LOGS
 from ..result import MAX_KEPT_ITEMS, TaskRecord, TaskStatus
 
-__all__ = ["EVENTS", "LEVELS", "MAX_KEPT_ATTEMPTS", "Item", "fold", "item_index"]
+__all__ = ["CACHED", "CANCELLED", "COMPLETED", "EVENTS", "FAILED", "LEVELS", "MAX_KEPT_ATTEMPTS",
+           "PENDING", "RUNNING", "SKIPPED", "TIMED_OUT", "UPSTREAM_FAILED", "Item", "fold",
+           "item_index"]
+
+# The statuses as module globals, for the core's modules to import: a global look-up is
+# cheaper than an enum attribute on the per-task path.
 
 COMPLETED = TaskStatus.COMPLETED
 SKIPPED = TaskStatus.SKIPPED

@@ -54,19 +54,25 @@ from ..resources import Pools
 from ..result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
 from ..tracing import Tracing
 from .inputs import Inputs
-from .record import EVENTS, LEVELS, Item, fold, item_index
+from .record import (
+    CACHED,
+    CANCELLED,
+    COMPLETED,
+    EVENTS,
+    FAILED,
+    LEVELS,
+    RUNNING,
+    TIMED_OUT,
+    Item,
+    fold,
+    item_index,
+)
 from .rollback import run_undo
 from .trigger import Inherited, verdict
 from .units import Units, group_timeout
 
 __all__ = ["Steps"]
 
-COMPLETED = TaskStatus.COMPLETED
-RUNNING = TaskStatus.RUNNING
-FAILED = TaskStatus.FAILED
-TIMED_OUT = TaskStatus.TIMED_OUT
-CANCELLED = TaskStatus.CANCELLED
-CACHED = TaskStatus.CACHED
 
 
 class Steps:

@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ..result import TaskRecord, TaskStatus
+from .record import COMPLETED, SKIPPED, UPSTREAM_FAILED
 
 __all__ = ["AFTER_FAILURE", "Inherited", "verdict"]
 
-COMPLETED = TaskStatus.COMPLETED
-SKIPPED = TaskStatus.SKIPPED
-UPSTREAM_FAILED = TaskStatus.UPSTREAM_FAILED
 
 #: The rules meant for failures (cleanup, notification): they run after a fail-fast stop.
 AFTER_FAILURE = frozenset({"all_done", "one_failed"})
