@@ -89,6 +89,19 @@ def test_docstrings_name_every_per_task_option():
         assert f"``{key}``" in inspect.getdoc(flowdsl.tool), key
 
 
+@pytest.mark.parametrize("pad", ["", "    ", "        "])
+def test_documented_options_take_the_indentation_they_replace(pad):
+    """Regression: Python 3.13 dedents docstrings at compile time; a fixed indent for the
+    inserted option lines broke the docs build there (docutils: unexpected indentation)."""
+    from flowdsl._graph.spec import document_options
+    doc = f"Summary.\n\n{pad}Options:\n{pad}{{options}}.\n{pad}After."
+    lines = document_options(doc).splitlines()
+    body = lines[lines.index(f"{pad}Options:") + 1:-1]
+    assert len(body) > 3 and "``timeout``" in "\n".join(body)
+    assert all(line.startswith(pad) and not line[len(pad)].isspace() for line in body)
+    assert lines[-1] == f"{pad}After."
+
+
 @pytest.mark.parametrize(("options", "key"), [
     ({"deadline": 5.0}, "deadline"),
     ({"expected_duration": 2.0}, "expected_duration"),

@@ -479,16 +479,19 @@ DERIVED_FIELDS = ("is_async",)
 DOCUMENT_OPTIONS = tuple(k for k, o in OPTIONS.items() if o.document is not None)
 
 
-def document_options(doc: str | None, *, per_task: bool = False, indent: int = 12) -> str:
+def document_options(doc: str | None, *, per_task: bool = False) -> str:
     """``doc`` with its ``{options}`` replaced by the table's options, in table order, each
     with its row's doc line (``per_task``: only those a task may override): the docstrings
     of ``tool()`` and ``Task.with_options`` say what the table says, so a new option is
-    documented by its row."""
+    documented by its row. The wrapped lines take the indentation of the ``{options}``
+    line as found: Python 3.13 dedents docstrings at compile time, earlier ones do not."""
+    doc = doc or ""
+    line_start = doc.rfind("\n", 0, max(doc.find("{options}"), 0)) + 1
+    pad = doc[line_start:len(doc) - len(doc[line_start:].lstrip(" "))]
     rows = [o for o in OPTIONS.values() if o.per_task or not per_task]
     text = "; ".join(f"``{o.name}``: {o.doc}" for o in rows)
-    pad = " " * indent
-    lines = textwrap.wrap(text, 92 - indent, break_on_hyphens=False)
-    return (doc or "").replace("{options}", ("\n" + pad).join(lines))
+    lines = textwrap.wrap(text, max(40, 92 - len(pad)), break_on_hyphens=False)
+    return doc.replace("{options}", ("\n" + pad).join(lines))
 
 
 class ToolLike(Protocol):

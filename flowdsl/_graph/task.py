@@ -753,7 +753,7 @@ class Task(_Composable, _Placeholder, Frozen, Generic[R_co]):  # type: ignore[mi
         return f"<Task {name} {kind}={self.tool.name}" + (f" after [{deps}]>" if deps else ">")
 
 
-Task.with_options.__doc__ = document_options(Task.with_options.__doc__, per_task=True, indent=8)
+Task.with_options.__doc__ = document_options(Task.with_options.__doc__, per_task=True)
 _FAN_OPTIONS = ("max_parallel", "max_children")
 
 
