@@ -42,6 +42,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     # Loaded on first use of one of their names, so `import flowdsl` stays light (no sqlite,
     # pydantic or dask until a name that needs them is touched).
     "._base.log": ("enable_logging", "get_logger"),
+    "._run.events": ("Event", "EventConsumerWarning", "EventKind"),
     "._run.resources": ("Pools",),
     "._run.executors": ("Executor",),
     "._run.dask": ("DaskExecutor",),
@@ -139,6 +140,9 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._report.progress import progress as progress
     from ._report.timeline import save_timeline as save_timeline
     from ._run.dask import DaskExecutor as DaskExecutor
+    from ._run.events import Event as Event
+    from ._run.events import EventConsumerWarning as EventConsumerWarning
+    from ._run.events import EventKind as EventKind
     from ._run.executors import Executor as Executor
     from ._run.resources import Pools as Pools
     from ._run.result import Attempt as Attempt

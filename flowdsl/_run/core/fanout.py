@@ -89,8 +89,8 @@ async def run_map(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskR
     rec.status = RUNNING
     if rec.started_at is None:  # else a group's retry: the record began with its first
         rec.started_at = core.now()
-    if core.observers or core.log:
-        core.started(tid, rec)
+    if core.observers or core.log or core.events is not None:
+        core.started(tid, rec, mapped=True)
     ids = [f"{tid}[{i}]" for i in range(n)]
     known = core.children.get(tid)
     if known is None or len(known) < n:  # over pipeline items: the widest fan-out
