@@ -62,6 +62,9 @@ class EventKind(str, enum.Enum):
     TASK_WAITING_TO_RETRY = "task_waiting_to_retry"
     #: The node reached a final status (detail: its :class:`~flowdsl.TaskStatus`).
     TASK_FINISHED = "task_finished"
+    #: A retried group's next attempt makes the node pending again (S30): it will be ready
+    #: again, or stay pending if the group's attempt stops first.
+    TASK_RESET = "task_reset"
     #: A rollback undid the node (S37).
     TASK_ROLLED_BACK = "task_rolled_back"
     #: A pipeline item entered the flow (item: its index).
@@ -90,6 +93,7 @@ ATTEMPT_FAILED = EventKind.ATTEMPT_FAILED
 TASK_WAITING_TO_RETRY = EventKind.TASK_WAITING_TO_RETRY
 TASK_FINISHED = EventKind.TASK_FINISHED
 TASK_ROLLED_BACK = EventKind.TASK_ROLLED_BACK
+TASK_RESET = EventKind.TASK_RESET
 ITEM_STARTED = EventKind.ITEM_STARTED
 ITEM_FINISHED = EventKind.ITEM_FINISHED
 LOG = EventKind.LOG
