@@ -217,7 +217,7 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     options = _Options(max_concurrency, items, buffer)
     if consumers:
         events = core.open_events(consumers)
-        events.put(RUN_STARTED, detail=p.name)
+        events.put(RUN_STARTED, detail=p)  # the plan: frozen, safe to share with threads
         for tid, status in item.status.items():  # reused from the resumed run: final now
             events.put(TASK_FINISHED, tid, None, None, status)
     for ob in obs:

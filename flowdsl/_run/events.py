@@ -47,7 +47,7 @@ __all__ = ["CLOSE_WAIT", "MAX_PENDING", "POLL_INTERVAL", "Event", "EventConsumer
 class EventKind(str, enum.Enum):
     """What an :class:`Event` says happened (a str enum: ``kind == "task_finished"`` works)."""
 
-    #: The run began (detail: the flow's name).
+    #: The run began (detail: its :class:`~flowdsl.Plan`, frozen: its name, tasks, order).
     RUN_STARTED = "run_started"
     #: The node's predecessors are final and the core took it up (S7): its trigger rule,
     #: conditions and cache are next.
