@@ -107,6 +107,9 @@ def test_a_retried_task_goes_through_every_transition_in_order() -> None:
     assert by[K.TASK_FINISHED, "flaky", 2].time >= rec.ended_at  # type: ignore[operator]
     assert by[K.TASK_FINISHED, "flaky", 2].detail is flowdsl.TaskStatus.COMPLETED
     assert ev[-1].detail is flowdsl.RunStatus.COMPLETED
+    start = ev[0].detail
+    assert (start.run_id, start.mode, list(start.plan.order)) == (result.run_id, "parallel",
+                                                             ["one", "flaky"])
     assert got.threads == {"flowdsl-events"}  # never the event loop's thread
 
 

@@ -35,7 +35,14 @@ from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
 from .core.units import context_defaults
-from .events import RUN_FINISHED, RUN_STARTED, TASK_FINISHED, EventConsumer, is_consumer
+from .events import (
+    RUN_FINISHED,
+    RUN_STARTED,
+    TASK_FINISHED,
+    EventConsumer,
+    RunStart,
+    is_consumer,
+)
 from .executors import LOCAL, Executor
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
@@ -215,15 +222,15 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         await _reuse(store, resume, p, item, core)
     runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
-    if consumers:
-        events = core.open_events(consumers)
-        events.put(RUN_STARTED, detail=p)  # the plan: frozen, safe to share with threads
-        for tid, status in item.status.items():  # reused from the resumed run: final now
-            events.put(TASK_FINISHED, tid, None, None, status)
     for ob in obs:
         ob.run_started(result, p)
     if core.log:
         core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
+    if consumers:  # (opened last: from here on, _finish closes it, whatever happens)
+        events = core.open_events(consumers)
+        events.put(RUN_STARTED, detail=RunStart(result.run_id, p.name, m.value, p))
+        for tid, status in item.status.items():  # reused from the resumed run: final now
+            events.put(TASK_FINISHED, tid, None, None, status)
     try:
         await _drive(core, runner, p, item, options, opened, timeout)
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...

@@ -36,18 +36,21 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 import anyio.to_thread
 
+if TYPE_CHECKING:
+    from .._plan.planner import Plan
+
 __all__ = ["CLOSE_WAIT", "MAX_PENDING", "POLL_INTERVAL", "Event", "EventConsumer",
-           "EventConsumerWarning", "EventKind", "EventLog", "is_consumer"]
+           "EventConsumerWarning", "EventKind", "EventLog", "RunStart", "is_consumer"]
 
 
 class EventKind(str, enum.Enum):
     """What an :class:`Event` says happened (a str enum: ``kind == "task_finished"`` works)."""
 
-    #: The run began (detail: its :class:`~flowdsl.Plan`, frozen: its name, tasks, order).
+    #: The run began (detail: a :class:`RunStart`: run id, flow name, mode and the plan).
     RUN_STARTED = "run_started"
     #: The node's predecessors are final and the core took it up (S7): its trigger rule,
     #: conditions and cache are next.
@@ -125,6 +128,16 @@ class Event:
     item: int | None = None
     attempt: int | None = None
     detail: Any = None
+
+
+class RunStart(NamedTuple):
+    """The ``detail`` of ``run_started``: what a view needs to draw the run from the start
+    (the plan is frozen, so consumers may read it from their thread)."""
+
+    run_id: str
+    flow: str | None
+    mode: str
+    plan: Plan
 
 
 #: What ``run(..., observers=[...])`` accepts besides a ``RunObserver``: a callable that

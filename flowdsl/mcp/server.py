@@ -179,8 +179,8 @@ class _Progress:
         notes = []
         for e in batch:
             if e.kind is EventKind.RUN_STARTED:
-                self.tasks = e.detail.tasks
-                self.total = len(e.detail.order)
+                self.tasks = e.detail.plan.tasks
+                self.total = len(e.detail.plan.order)
             elif e.kind is EventKind.TASK_FINISHED and e.task in self.tasks:
                 # (a map child is left out: its mapped task reports once it ends)
                 self.done += 1
