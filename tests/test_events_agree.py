@@ -1,8 +1,8 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
 switches, trigger rules, pools, rollback, cache hits and resumes): the result's statuses and
-attempts, the history rows and run row, live progress's counts and the timelines drawn from
-the result and from history all say what the events say."""
+attempts, the history rows and run row, live progress (a consumer of the stream) and the
+timelines drawn from the result and from history all say what the events say."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from test_differential import CALLS, ROLLED, SCRIPTS, engine_run, flows
 
@@ -68,15 +67,9 @@ def agree(result: Any, events: Sequence[Event], progress: _State, path: Path) ->
         assert rec.status.value == view.status(tid), (tid, rec.status, view.status(tid))
         assert len(rec.attempts) == view.attempts[tid], (tid, "attempts")
     assert set(view.final) <= set(result.tasks)
-    # live progress (its own hooks): the last final status of every node it saw; the nodes
-    # it did not see are those reused from a resumed run (final before this run began).
-    # Progress has no hook for a group's reset: a node reset and not run again still shows
-    # its first final status there (test_progress_keeps_a_reset_node_finished below).
-    for key, status in progress.finished.items():
-        if key not in view.reset:
-            assert status == view.final[key], (key, "progress")
-    for key in set(view.final) - set(progress.finished):
-        assert (result.tasks[key].reason or "").startswith("reused from run"), key
+    # live progress (a consumer of the stream): every final node, with its status
+    assert progress.finished == view.final, "progress"
+    assert not progress.running
     assert progress.status == result.status
     # history: the run row and one row per node that became final
     store = HistoryStore(path)
@@ -131,10 +124,10 @@ def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path
         agree(result, got, progress, path)
 
 
-@pytest.mark.xfail(strict=True, reason="live progress keeps its own hooks, which have no "
-                   "reset: a member a retried group resets and never runs again stays "
-                   "finished there (pending in the result and the event stream)")
-def test_progress_keeps_a_reset_node_finished(tmp_path: Path) -> None:
+def test_progress_forgets_a_reset_node(tmp_path: Path) -> None:
+    """A member a retried group resets and never runs again is pending in the result, the
+    stream and live progress (progress kept its first final status while it had hooks of
+    its own)."""
     from reference import FlowD, GroupD, Script, TaskD
 
     def t(tid: str, **kw: Any) -> TaskD:

@@ -131,7 +131,7 @@ async def _history(spec: Any) -> Any:
     return await aopen_history(spec)
 
 
-def _progress() -> RunObserver | None:
+def _progress() -> EventConsumer | None:
     from .progress import progress
 
     return progress()

@@ -195,9 +195,12 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         results_cache.found = []
     consumers: list[EventConsumer] = []  # callables: they read the event stream
     hooked: list[RunObserver] = []
+    ends: list[Any] = []  # consumers with run_started / run_finished hooks (a display)
     for ob in observers:
         if is_consumer(ob):
             consumers.append(ob)
+            if hasattr(ob, "run_started"):
+                ends.append(ob)
         else:
             hooked.append(cast("RunObserver", ob))
     obs = _observers(hooked, store, p, store_outputs)
@@ -222,7 +225,7 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         await _reuse(store, resume, p, item, core)
     runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
-    for ob in obs:
+    for ob in (*obs, *ends):
         ob.run_started(result, p)
     if core.log:
         core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
@@ -236,15 +239,15 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = RunStatus.CANCELLED
         with anyio.CancelScope(shield=True):
-            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
-                  compensation_timeout)
+            await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                          items is not None, compensation_timeout)
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             result.error = result.error or exc
         raise
     if result.status is RunStatus.RUNNING:
         result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
-    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
-                  compensation_timeout)
+    await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                  items is not None, compensation_timeout)
     return result
 
 
@@ -373,7 +376,7 @@ async def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> No
 
 
 async def _finish(core: Core, p: Plan, result: RunResult[Any], item: Item, rollback: bool,
-                  obs: Sequence[RunObserver], streamed: bool,
+                  obs: Sequence[Any], streamed: bool,
                   compensation_timeout: float | None) -> None:
     if rollback and result.status is not RunStatus.COMPLETED:
         undone = await core.rollback(compensation_timeout)
@@ -405,18 +408,17 @@ async def _finish(core: Core, p: Plan, result: RunResult[Any], item: Item, rollb
         outs = [item.outputs.get(s) for s in p.sinks]
         result.output = outs[0] if len(outs) == 1 else outs
     events = core.events
-    if events is not None:
-        events.put(RUN_FINISHED, detail=result.status)
     try:
+        if events is not None:  # the consumers read the last events (off the loop) before
+            events.put(RUN_FINISHED, detail=result.status)  # any view hears the run ended
+            await events.close()
+    finally:
         for ob in obs:
             ob.run_finished(result)
         for ob in obs:  # observers that write elsewhere (history) wait here, off the loop
             settle = getattr(ob, "arun_finished", None)
             if settle is not None:
                 await settle(result)
-    finally:
-        if events is not None:  # the consumers read the last events (off the loop)
-            await events.close()
     if core.log:
         level = "info" if result.status is RunStatus.COMPLETED else (
             "warning" if result.status is RunStatus.CANCELLED else "error")
