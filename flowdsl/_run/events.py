@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeGuard
 
 import anyio.to_thread
 
+from .._base.errors import EventConsumerWarning
+
 if TYPE_CHECKING:
     from .._plan.planner import Plan
 
@@ -143,10 +145,6 @@ class RunStart(NamedTuple):
 #: What ``run(..., observers=[...])`` accepts besides a ``RunObserver``: a callable that
 #: takes each batch of events, in order. It runs in the run's reader thread.
 EventConsumer = Callable[[Sequence[Event]], object]
-
-
-class EventConsumerWarning(UserWarning):
-    """An event consumer was detached: it raised, or was still reading when the run ended."""
 
 
 class EventLog:
