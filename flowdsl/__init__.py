@@ -21,7 +21,8 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     # Loaded with the package (the modules in _AT_IMPORT): light, and used by every program.
     "._base.errors": (
         "CacheKeyError", "CacheStoreError", "CacheWarning", "CompensationError",
-        "CompositionError", "CycleError", "DuplicateTaskError", "ExecutionError", "FlowError",
+        "CompositionError", "CycleError", "DuplicateTaskError", "EventConsumerWarning",
+        "ExecutionError", "FlowError",
         "FrozenError", "GraphTooLargeError", "HistoryError", "HistoryWarning", "McpServerError",
         "McpToolError",
         "MissingContextError", "PlanError", "PlanValidationError", "ResourceError", "RunFailed",
@@ -42,6 +43,7 @@ _PUBLIC: dict[str, tuple[str, ...]] = {
     # Loaded on first use of one of their names, so `import flowdsl` stays light (no sqlite,
     # pydantic or dask until a name that needs them is touched).
     "._base.log": ("enable_logging", "get_logger"),
+    "._run.events": ("Event", "EventKind"),
     "._run.resources": ("Pools",),
     "._run.executors": ("Executor",),
     "._run.dask": ("DaskExecutor",),
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._base.errors import CompositionError as CompositionError
     from ._base.errors import CycleError as CycleError
     from ._base.errors import DuplicateTaskError as DuplicateTaskError
+    from ._base.errors import EventConsumerWarning as EventConsumerWarning
     from ._base.errors import ExecutionError as ExecutionError
     from ._base.errors import FlowError as FlowError
     from ._base.errors import FrozenError as FrozenError
@@ -139,6 +142,8 @@ if TYPE_CHECKING:  # the names of _PUBLIC, for type checkers (never run)
     from ._report.progress import progress as progress
     from ._report.timeline import save_timeline as save_timeline
     from ._run.dask import DaskExecutor as DaskExecutor
+    from ._run.events import Event as Event
+    from ._run.events import EventKind as EventKind
     from ._run.executors import Executor as Executor
     from ._run.resources import Pools as Pools
     from ._run.result import Attempt as Attempt

@@ -27,6 +27,7 @@ __all__ = [
     "CompositionError",
     "CycleError",
     "DuplicateTaskError",
+    "EventConsumerWarning",
     "ExecutionError",
     "FlowError",
     "FrozenError",
@@ -338,6 +339,11 @@ class RunFailed(ExecutionError):
 class HistoryError(FlowError, ValueError):
     """Raised when a history file cannot be used (written by a newer schema, corrupt rows,
     a path that cannot be opened)."""
+
+
+class EventConsumerWarning(FlowError, RuntimeWarning):
+    """Warned (not raised) when a consumer of a run's event stream was detached: it raised,
+    or was still reading when the run ended. The run itself is unaffected."""
 
 
 class HistoryWarning(FlowError, RuntimeWarning):

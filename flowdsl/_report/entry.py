@@ -38,6 +38,7 @@ from .._plan.planner import Plan, plan
 from .._plan.policy import Mode
 from .._run.api import execute, run_blocking
 from .._run.caching import CacheBackend, RunCache
+from .._run.events import EventConsumer
 from .._run.executors import start_fork_helper
 from .._run.options import RunOptions
 from .._run.resources import Pools
@@ -68,7 +69,7 @@ async def arun(flow: Any, *, mode: str | Mode | None = None,
                max_concurrency: int | None = None,
                resources: Mapping[str, int] | Pools | None = None, history: Any = None,
                resume: str | None = None, executor: Any = None,
-               observers: Sequence[RunObserver] = (),
+               observers: Sequence[RunObserver | EventConsumer] = (),
                durations: Mapping[str, float] | None = None,
                rng: random.Random | None = None,
                sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -130,7 +131,7 @@ async def _history(spec: Any) -> Any:
     return await aopen_history(spec)
 
 
-def _progress() -> RunObserver | None:
+def _progress() -> EventConsumer | None:
     from .progress import progress
 
     return progress()
@@ -189,7 +190,10 @@ def run(flow: Any, *, backend: str = "asyncio",
         resume: an earlier run's id: reuse its stored outputs, run only the rest.
         executor: ``"dask"`` or an Executor object: runs the sync tools there (a cluster
             runs coroutine tools too; ``inline`` tools always stay on the event loop).
-        observers: hooks called as tasks start and finish.
+        observers: hooks called as tasks start and finish (``RunObserver`` objects), and
+            consumers of the run's event stream: callables given each batch of
+            :class:`flowdsl.Event`, in order, in a thread of the run's (see the how-to
+            "Watch a run's events").
         durations: task id -> seconds, for critical-path priority.
         rng, sleep: a seeded RNG for backoff jitter and a sleep function (tests).
         log: emit structlog events (default: :func:`flowdsl.enable_logging`).

@@ -1,4 +1,4 @@
-"""Report: live progress of a run, as a :class:`~flowdsl._run.result.RunObserver`.
+"""Report: live progress of a run, drawn from its event stream (flowdsl/_run/events.py).
 
 - :class:`LiveProgress`: a rich ``Live`` display for terminals (a bar of tasks done, counts
   of running and failed tasks, elapsed time and the tasks running now), refreshed by rich's
@@ -9,9 +9,11 @@
   display that is updated in place, so it needs no widget library and stays in the saved
   notebook.
 
-:func:`progress` picks the right one (or ``None`` when output is neither). The hooks run on
-the run's event loop (possibly another thread than the display's), so the state they share
-with the renderer is guarded by a lock.
+:func:`progress` picks the right one (or ``None`` when output is neither). The state
+(:class:`_State`) reads the run's events in the run's reader thread, and a display's
+``run_started`` and ``run_finished`` hooks start and stop it on the event loop; the state
+they share with the renderer is guarded by a lock. ``run()`` calls ``run_finished`` once
+every event was read, so the last picture is the run's end.
 
     result = flowdsl.run(flow, observers=[p] if (p := progress()) else [])
 """
@@ -21,9 +23,11 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from .._base import capture
+from .._run.events import Event, EventKind
 from .._run.result import RunResult, TaskRecord, TaskStatus
 from .palette import STATUS_COLORS
 
@@ -45,6 +49,10 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
+#: The task events the display counts (ready, pool waits, log lines are not drawn).
+_SHOWN = frozenset({EventKind.TASK_STARTED, EventKind.TASK_FINISHED, EventKind.TASK_RESET})
+
+
 class _State:
     """What the display shows; written by the hooks, read by the renderer."""
 
@@ -61,43 +69,67 @@ class _State:
         # stage once; from then on each stage x item counts) and how many items came in.
         self.stages: set[str] = set()
         self.items = 0
+        self.tasks: Any = {}  # the plan's tasks (a map child's id is not among them)
 
-    def run_started(self, result: RunResult[Any], plan: Any) -> None:
+    def begin(self, flow: str | None, mode: str, plan: Any) -> None:
         with self.lock:
-            self.name = f"{result.flow_name or 'flow'} ({result.mode})"
-            self.total = len(plan)
-            self.started = time.monotonic()
+            self._begin(flow, mode, plan)
 
-    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
+    def _begin(self, flow: str | None, mode: str, plan: Any) -> None:
+        if self.tasks:  # begun already (by a display's run_started hook)
+            return
+        self.name = f"{flow or 'flow'} ({mode})"
+        self.total = len(plan)
+        self.tasks = plan.tasks
+        self.started = time.monotonic()
+
+    def __call__(self, batch: Sequence[Event]) -> None:
+        """Read a batch of the run's events (in the run's reader thread): the display's
+        state is the stream's, with no hooks of its own."""
         with self.lock:
-            key = record.id if record.item is None else self._item(record)
-            if record.parent is not None and key not in self.finished:
-                self.total += 1  # a mapped task's child: the plan counted only its parent
-            self.running[key] = record.tool
+            for e in batch:
+                kind, tid = e.kind, e.task
+                if tid is None:
+                    if kind is EventKind.RUN_STARTED:
+                        start = e.detail
+                        self._begin(start.flow, start.mode, start.plan)
+                    elif kind is EventKind.RUN_FINISHED:
+                        self.running.clear()
+                        self.status = e.detail
+                    elif kind is EventKind.ITEM_STARTED and e.item is not None:
+                        self.items = max(self.items, e.item + 1)
+                    continue
+                if kind not in _SHOWN:
+                    continue
+                key = tid if e.item is None else self._item(tid, e.item)
+                child = tid not in self.tasks  # a mapped task's child: the plan counted
+                if kind is EventKind.TASK_STARTED:  # only its parent
+                    if child and key not in self.finished and key not in self.running:
+                        self.total += 1
+                    self.running[key] = self._tool(tid)
+                elif kind is EventKind.TASK_FINISHED:
+                    if child and key not in self.running and key not in self.finished:
+                        self.total += 1  # a child that never started (cancelled with its
+                    self.running.pop(key, None)  # siblings)
+                    self.finished[key] = str(e.detail)
+                    self.retries += max((e.attempt or 0) - 1, 0)
+                elif kind is EventKind.TASK_RESET:  # a retried group runs it again
+                    self.finished.pop(key, None)
 
-    def _item(self, record: TaskRecord) -> str:
+    def _tool(self, tid: str) -> str:
+        task = self.tasks.get(tid)
+        if task is None:  # a map child: its mapped task's tool
+            task = self.tasks.get(tid.rpartition("[")[0])
+        return task.tool.name if task is not None else tid
+
+    def _item(self, tid: str, item: int) -> str:
         """A pipeline stage x item's key (``stage@i``), counted once in the total."""
-        key = f"{record.id}@{record.item}"
+        key = f"{tid}@{item}"
         if key not in self.running and key not in self.finished:
-            self.total += 1 if record.id in self.stages else 0
-            self.stages.add(record.id)
-            self.items = max(self.items, (record.item or 0) + 1)
+            self.total += 1 if tid in self.stages else 0
+            self.stages.add(tid)
+            self.items = max(self.items, item + 1)
         return key
-
-    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
-        with self.lock:
-            key = record.id if record.item is None else self._item(record)
-            if (record.parent is not None and key not in self.running
-                    and key not in self.finished):
-                self.total += 1  # a child that never started (cancelled with its siblings)
-            self.running.pop(key, None)
-            self.finished[key] = record.status.value
-            self.retries += max(len(record.attempts) - 1, 0)
-
-    def run_finished(self, result: RunResult[Any]) -> None:
-        with self.lock:
-            self.running.clear()
-            self.status = result.status
 
     def renderable(self) -> Any:
         """A rich renderable of the current state (a bar, a counts line, running tasks)."""
@@ -135,7 +167,8 @@ class _State:
 
 
 class LiveProgress:
-    """A terminal progress display (rich ``Live``) driven by a run's observer hooks.
+    """A terminal progress display (rich ``Live``) drawn from a run's event stream; its
+    ``run_started`` and ``run_finished`` hooks only start and stop the display.
 
     Args:
         console: the rich ``Console`` to draw on (default: a new one on stdout).
@@ -154,9 +187,11 @@ class LiveProgress:
         self._live: Any = None
 
     def run_started(self, result: RunResult[Any], plan: Any) -> None:
+        """The run begins (on its event loop, before any task): the display and the
+        protection of printed lines start now, so a task's first print goes above it."""
         from rich.live import Live
 
-        self._state.run_started(result, plan)
+        self._state.begin(result.flow_name, result.mode, plan)
         if self._live is None:
             console = _pin(self.console)
             # get_renderable: rich's refresh thread rebuilds the picture, so the elapsed time
@@ -171,14 +206,13 @@ class LiveProgress:
     def _above(self, text: str) -> None:
         _print_above(self._live, self.console, text)
 
-    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
-        self._state.task_started(result, record)
-
-    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
-        self._state.task_finished(result, record, output)
+    def __call__(self, batch: Sequence[Event]) -> None:
+        """The run's events (see :class:`_State`)."""
+        self._state(batch)
 
     def run_finished(self, result: RunResult[Any]) -> None:
-        self._state.run_finished(result)
+        """The run ended and every event was read: the last picture, then stop."""
+        self._state.status = result.status
         self.close()
 
     def close(self) -> None:
@@ -309,19 +343,16 @@ class NotebookProgress:
             self._handle.update(self._html())
 
     def run_started(self, result: RunResult[Any], plan: Any) -> None:
-        self._state.run_started(result, plan)
+        self._state.begin(result.flow_name, result.mode, plan)
         self._update(force=True)
 
-    def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
-        self._state.task_started(result, record)
-        self._update()
-
-    def task_finished(self, result: RunResult[Any], record: TaskRecord, output: Any) -> None:
-        self._state.task_finished(result, record, output)
+    def __call__(self, batch: Sequence[Event]) -> None:
+        """The run's events (see :class:`_State`)."""
+        self._state(batch)
         self._update()
 
     def run_finished(self, result: RunResult[Any]) -> None:
-        self._state.run_finished(result)
+        self._state.status = result.status
         self._update(force=True)
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 
@@ -35,6 +35,14 @@ from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
 from .core.units import context_defaults
+from .events import (
+    RUN_FINISHED,
+    RUN_STARTED,
+    TASK_FINISHED,
+    EventConsumer,
+    RunStart,
+    is_consumer,
+)
 from .executors import LOCAL, Executor
 from .resources import Pools
 from .result import RunObserver, RunResult, RunStatus, TaskRecord, TaskStatus
@@ -127,7 +135,7 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
                   resources: Mapping[str, int] | Pools | None = None,
                   history_store: Any = None,
                   resume: str | None = None, executor: Any = None,
-                  observers: Sequence[RunObserver] = (),
+                  observers: Sequence[RunObserver | EventConsumer] = (),
                   durations: Mapping[str, float] | None = None,
                   rng: random.Random | None = None,
                   sleep: Callable[[float], Awaitable[Any]] | None = None,
@@ -146,7 +154,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         cache: the result cache's policy: None (the tools declared with ``cache=``), True
             (every task whose arguments can be hashed), False (write only, no reads).
         cache_store: where cached outputs live (a ``CacheBackend``); None: no caching.
-        observers: every observer of the run, a progress display among them.
+        observers: every observer of the run, a progress display among them, and the
+            consumers of its event stream (callables; see events.py).
     """
     if isinstance(flow, Plan):
         p = flow
@@ -184,7 +193,17 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     if results_cache is not None and results_cache.found:  # Secrets made by key functions
         result.masker = secrets.masker_for(results_cache.found, result.masker)
         results_cache.found = []
-    obs = _observers(observers, store, p, store_outputs)
+    consumers: list[EventConsumer] = []  # callables: they read the event stream
+    hooked: list[RunObserver] = []
+    ends: list[Any] = []  # consumers with run_started / run_finished hooks (a display)
+    for ob in observers:
+        if is_consumer(ob):
+            consumers.append(ob)
+            if hasattr(ob, "run_started"):
+                ends.append(ob)
+        else:
+            hooked.append(cast("RunObserver", ob))
+    obs = _observers(hooked, store, p, store_outputs)
     tracing = run_tracing()  # None, at the cost of a dict look-up, unless OTel is set up
     if tracing is not None:
         obs.append(tracing)
@@ -206,24 +225,29 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         await _reuse(store, resume, p, item, core)
     runner = RUNNERS[m]()
     options = _Options(max_concurrency, items, buffer)
-    for ob in obs:
+    for ob in (*obs, *ends):
         ob.run_started(result, p)
     if core.log:
         core.log.info("run_started", flow=p.name, mode=m.value, tasks=len(p.order))
+    if consumers:  # (opened last: from here on, _finish closes it, whatever happens)
+        events = core.open_events(consumers)
+        events.put(RUN_STARTED, detail=RunStart(result.run_id, p.name, m.value, p))
+        for tid, status in item.status.items():  # reused from the resumed run: final now
+            events.put(TASK_FINISHED, tid, None, None, status)
     try:
         await _drive(core, runner, p, item, options, opened, timeout)
     except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
         result.status = RunStatus.CANCELLED
         with anyio.CancelScope(shield=True):
-            await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
-                  compensation_timeout)
+            await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                          items is not None, compensation_timeout)
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             result.error = result.error or exc
         raise
     if result.status is RunStatus.RUNNING:
         result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
-    await _finish(core, p, result, item, rollback_on_failure, obs, items is not None,
-                  compensation_timeout)
+    await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                  items is not None, compensation_timeout)
     return result
 
 
@@ -352,7 +376,7 @@ async def _reuse(store: Any, run_id: str, p: Plan, item: Item, core: Core) -> No
 
 
 async def _finish(core: Core, p: Plan, result: RunResult[Any], item: Item, rollback: bool,
-                  obs: Sequence[RunObserver], streamed: bool,
+                  obs: Sequence[Any], streamed: bool,
                   compensation_timeout: float | None) -> None:
     if rollback and result.status is not RunStatus.COMPLETED:
         undone = await core.rollback(compensation_timeout)
@@ -383,12 +407,18 @@ async def _finish(core: Core, p: Plan, result: RunResult[Any], item: Item, rollb
         result.outputs = item.outputs
         outs = [item.outputs.get(s) for s in p.sinks]
         result.output = outs[0] if len(outs) == 1 else outs
-    for ob in obs:
-        ob.run_finished(result)
-    for ob in obs:  # observers that write elsewhere (history) wait here, off the loop
-        settle = getattr(ob, "arun_finished", None)
-        if settle is not None:
-            await settle(result)
+    events = core.events
+    try:
+        if events is not None:  # the consumers read the last events (off the loop) before
+            events.put(RUN_FINISHED, detail=result.status)  # any view hears the run ended
+            await events.close()
+    finally:
+        for ob in obs:
+            ob.run_finished(result)
+        for ob in obs:  # observers that write elsewhere (history) wait here, off the loop
+            settle = getattr(ob, "arun_finished", None)
+            if settle is not None:
+                await settle(result)
     if core.log:
         level = "info" if result.status is RunStatus.COMPLETED else (
             "warning" if result.status is RunStatus.CANCELLED else "error")

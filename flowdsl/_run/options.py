@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypedDict
 
 from .._plan.policy import Mode
+from .events import EventConsumer
 from .resources import Pools
 from .result import RunObserver
 
@@ -37,7 +38,7 @@ class BenchmarkRunOptions(TypedDict, total=False):
     max_concurrency: int | None
     resources: Mapping[str, int] | Pools | None
     executor: Any  # "dask" or an Executor object
-    observers: Sequence[RunObserver]
+    observers: Sequence[RunObserver | EventConsumer]
     durations: Mapping[str, float] | None
     rng: random.Random | None
     sleep: Callable[[float], Awaitable[Any]] | None

@@ -350,8 +350,10 @@ def _jsonable(value: Any) -> Any:
 
 
 class RunObserver(Protocol):
-    """Hooks a run calls as it goes (history, progress displays). Calls must be cheap and must
-    not raise; they run on the event loop."""
+    """Hooks a run calls as it goes (history, OpenTelemetry). Calls must be cheap and must
+    not raise; they run on the event loop. A view that only reads what happened is better
+    a consumer of the run's event stream (a callable in ``observers``; events.py): it runs
+    off the loop, in order, and cannot fail or slow the run."""
 
     def run_started(self, result: RunResult[Any], plan: Any) -> None: ...
 

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import anyio.from_thread
 
 from .._base.errors import CompositionError, FlowError, PlanValidationError, RunNotFound
 from .._graph.registry import ToolRegistry, default_registry, function_name, make_tool
 from .._graph.task import Flow, Fragment, Task
 from .._graph.tool import Tool
+from .._run.events import Event, EventKind
 
 __all__ = ["Entry", "build_server", "entries", "http_app", "run_server", "serve"]
 
@@ -162,40 +164,45 @@ def entries(targets: Sequence[str] = (), registry: ToolRegistry | None = None) -
 
 
 class _Progress:
-    """A run observer that queues one progress notification per finished task."""
+    """An event consumer (it runs in the run's reader thread, off the event loop) that
+    queues one progress notification per final task of the plan, through ``portal`` onto the
+    event loop, where the notifications are sent."""
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, portal: Any) -> None:
         self.send = send
+        self.portal = portal
+        self.tasks: Any = ()  # the plan's task ids: a map child's is not among them
         self.total = 0
         self.done = 0
 
-    def run_started(self, result: Any, plan: Any) -> None:
-        self.total = len(plan.order)
+    def __call__(self, batch: Sequence[Event]) -> None:
+        notes = []
+        for e in batch:
+            if e.kind is EventKind.RUN_STARTED:
+                self.tasks = e.detail.plan.tasks
+                self.total = len(e.detail.plan.order)
+            elif e.kind is EventKind.TASK_FINISHED and e.task in self.tasks:
+                # (a map child is left out: its mapped task reports once it ends)
+                self.done += 1
+                notes.append((self.done, max(self.total, self.done), f"{e.task}: {e.detail}"))
+        if notes:
+            self.portal.call(self._queue, notes)
 
-    def task_started(self, result: Any, record: Any) -> None:
-        pass
-
-    def task_finished(self, result: Any, record: Any, output: Any) -> None:
-        if record.parent is not None:  # a map child: its mapped task reports once it ends
-            return
-        self.done += 1
-        try:
-            self.send.send_nowait((self.done, max(self.total, self.done),
-                                   f"{record.id}: {record.status.value}"))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # a slow client misses an intermediate notification, never a result
-
-    def run_finished(self, result: Any) -> None:
-        pass
+    def _queue(self, notes: list[tuple[int, int, str]]) -> None:
+        for note in notes:
+            try:
+                self.send.send_nowait(note)
+            except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # a slow client misses an intermediate notification, never a result
 
 
 async def _run(ctx: Any, flow: Any, *, context: Mapping[str, Any] | None = None,
                rollback: bool = False, history: Any = None) -> Any:
-    """Run ``flow`` with progress notifications to the caller; cancelled with the request."""
+    """Run ``flow`` with progress notifications to the caller (read from the run's event
+    stream); cancelled with the request."""
     from .._report.entry import arun
 
     send, receive = anyio.create_memory_object_stream[tuple[int, int, str]](1000)
-    progress = _Progress(send)
 
     async def report() -> None:
         async with receive:
@@ -205,10 +212,11 @@ async def _run(ctx: Any, flow: Any, *, context: Mapping[str, Any] | None = None,
                 except Exception:  # the client went away: the run goes on to its record
                     return
 
-    async with anyio.create_task_group() as tg:
+    async with anyio.create_task_group() as tg, anyio.from_thread.BlockingPortal() as portal:
         tg.start_soon(report)
         try:
-            return await arun(flow, context=dict(context or {}), observers=[progress],
+            return await arun(flow, context=dict(context or {}),
+                              observers=[_Progress(send, portal)],
                               rollback_on_failure=rollback, history=history,
                               store_outputs=True)
         finally:

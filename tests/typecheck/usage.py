@@ -7,7 +7,7 @@ Only type-checked, never run or imported: everything sits in functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -76,6 +76,17 @@ def run_options() -> None:
     run(flow, mode=flowdsl.Mode.SEQUENTIAL, backend="trio")
     named = Flow("named", [flow])
     assert_type(run(named).output, Any | None)  # a Flow's output type is not tracked
+    seen: list[flowdsl.Event] = []
+    run(flow, observers=[seen.extend])  # an event consumer: a callable taking a batch
+
+    def consume(batch: Sequence[flowdsl.Event]) -> None:
+        for event in batch:
+            assert_type(event.kind, flowdsl.EventKind)
+            assert_type(event.seq, int)
+
+    run(flow, observers=[consume])
+    run(flow, observers=[lambda batch: None, consume])
+    run(flow, observers=[1])  # E: List item 0 has incompatible type "int"
 
 
 async def arun_options() -> None:

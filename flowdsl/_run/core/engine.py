@@ -15,6 +15,7 @@ import anyio
 
 from ..._base.errors import TaskInputError
 from ..._graph.task import Task
+from ..events import TASK_READY
 from ..result import TaskRecord, TaskStatus
 from .fanout import run_map
 from .groups import group_turn
@@ -39,6 +40,8 @@ class Core(Steps):
             return item.status[tid]
         if self._retried and not driven and tid in self._retried:
             return await group_turn(self, tid, item)
+        if self.events is not None:
+            self.events.put(TASK_READY, tid, item.index if item.index >= 0 else None)
         task = self.tasks[tid]
         preds = self.preds[tid]
         if preds:

@@ -34,6 +34,7 @@ import anyio
 from ..._base import secrets
 from ..._base.errors import TaskFailed, TaskInputError
 from ..._graph.task import Task
+from ..events import TASK_READY
 from ..executors import Remote
 from ..result import TaskRecord, TaskStatus
 from .loop import drive
@@ -89,8 +90,8 @@ async def run_map(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskR
     rec.status = RUNNING
     if rec.started_at is None:  # else a group's retry: the record began with its first
         rec.started_at = core.now()
-    if core.observers or core.log:
-        core.started(tid, rec)
+    if core.observers or core.log or core.events is not None:
+        core.started(tid, rec, mapped=True)
     ids = [f"{tid}[{i}]" for i in range(n)]
     known = core.children.get(tid)
     if known is None or len(known) < n:  # over pipeline items: the widest fan-out
@@ -117,6 +118,8 @@ async def run_map(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskR
             for p, c in rest:
                 k[p] = c[i]
         cid = ids[i]
+        if core.events is not None:
+            core.events.put(TASK_READY, cid, item.index if item.index >= 0 else None)
         child = item.records.get(cid) if redo is not None else None
         if child is None:  # (a group's retry goes on with the child's record)
             child = item.records[cid] = TaskRecord(cid, name,

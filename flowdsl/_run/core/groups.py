@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 
+from ..events import TASK_RESET
 from ..result import TaskStatus
 from .loop import drive, inside
 from .record import Item
@@ -109,12 +110,14 @@ def _reset(core: Steps, again: Sequence[str], item: Item) -> None:
                              if same and item.status.get(c) is TaskStatus.COMPLETED)
             for i, c in enumerate(kids):
                 if i not in keep:
-                    _rewind(item, c)
+                    _rewind(core, item, c)
             item.units[("redo", t)] = keep
-        _rewind(item, t)
+        _rewind(core, item, t)
 
 
-def _rewind(item: Item, tid: str) -> None:
+def _rewind(core: Steps, item: Item, tid: str) -> None:
+    if core.events is not None and tid in item.status:  # final -> pending again
+        core.events.put(TASK_RESET, tid, item.index if item.index >= 0 else None)
     item.status.pop(tid, None)
     item.outputs.pop(tid, None)
     rec = item.records.get(tid)

@@ -49,6 +49,19 @@ from ..._graph.task import (
 from ..._graph.walk import nodes
 from ..._plan.planner import Plan
 from ..caching import RunCache
+from ..events import (
+    ATTEMPT_FAILED,
+    ITEM_FINISHED,
+    ITEM_STARTED,
+    LOG,
+    TASK_FINISHED,
+    TASK_ROLLED_BACK,
+    TASK_STARTED,
+    TASK_WAITING_FOR_POOLS,
+    TASK_WAITING_TO_RETRY,
+    EventConsumer,
+    EventLog,
+)
 from ..executors import Executor, Remote
 from ..resources import Pools
 from ..result import Attempt, ErrorInfo, RunObserver, RunResult, TaskRecord, TaskStatus
@@ -109,6 +122,12 @@ class Steps:
         self.continue_on_error = continue_on_error
         self.observers = tuple(observers)
         self.tracing: Tracing | None = None  # set by Tracing.attach when a provider is set
+        # The run's event stream (events.py): None, and one `is not None` test per
+        # transition, unless the run has an event consumer. (task, item) -> how many of its
+        # record's log lines went to the stream (lines are kept in tools' threads; the loop
+        # adds them).
+        self.events: EventLog | None = None
+        self._logged: dict[tuple[str, int | None], int] = {}
         # The run's secrets (see flowdsl/_base/secrets.py): None, and free, without any.
         self.masker = masker = result.masker
         self.log = engine_logger(run_id=result.run_id) if log else None
@@ -204,6 +223,8 @@ class Steps:
         it = Item(index, value, {})
         it.left = len(self.plan.order)
         self.items[index] = it
+        if index >= 0 and self.events is not None:
+            self.events.put(ITEM_STARTED, None, index)
         if index >= 0 and secrets.in_use():  # an item may bring Secrets of its own
             self.register_secrets(value)
         return it
@@ -233,6 +254,8 @@ class Steps:
             out = item.outputs
             self.kept[item.index] = [out.get(s) for s in self.plan.sinks]
         del self.items[item.index]
+        if self.events is not None:
+            self.events.put(ITEM_FINISHED, None, item.index)
 
     def summary(self) -> dict[str, TaskRecord]:
         """One record per task over every item of a pipeline (see :func:`fold`)."""
@@ -249,6 +272,13 @@ class Steps:
                 if c in self.merged:
                     out[c] = self.merged[c]
         return out
+
+    def open_events(self, consumers: Sequence[EventConsumer]) -> EventLog:
+        """Start the run's event stream, read by ``consumers`` (events.py), on the run's
+        clock."""
+        self.events = EventLog(consumers, self._clock, self._t0)
+        self.events.start()
+        return self.events
 
     def now(self) -> float:
         """Seconds since the run started (the one clock of records and timelines)."""
@@ -303,8 +333,16 @@ class Steps:
         demand = task.spec.resources
         if demand:
             rec.reason = "waiting for resources"
+            # With a stream, a demand that fits now is taken here (as acquire would), so that
+            # only a node that really waits says so.
+            ev = self.events
+            got = ev is not None and self.pools.try_acquire(demand, tid)
+            if ev is not None and not got:
+                ev.put(TASK_WAITING_FOR_POOLS, tid, rec.item, None, dict(demand))
             try:
-                await self.pools.acquire(demand, self.priorities.get(self.ids[task], 0.0), tid)
+                if not got:
+                    await self.pools.acquire(demand, self.priorities.get(self.ids[task], 0.0),
+                                             tid)
             except BaseException:  # the run stopped while this task waited for its pools
                 self.interrupted(tid, item, rec, "the run stopped while it waited for resources", 0)
                 raise
@@ -386,7 +424,7 @@ class Steps:
         started = self.now()
         if rec.started_at is None:  # else a group's retry: the record began with its first
             rec.started_at = started
-        if self.observers or self.log:
+        if self.observers or self.log or self.events is not None:
             self.started(tid, rec)
         deadline_at = None if spec.deadline is None else started + spec.deadline
         out: Any = None  # the last attempt's output (every path to its use sets it)
@@ -401,6 +439,8 @@ class Steps:
             n += 1
             att = Attempt(len(rec.attempts) + 1, started if n == 1 else self.now())
             rec.attempts.append(att)
+            if n > 1 and self.events is not None:  # (the first start is in started())
+                self.events.put(TASK_STARTED, tid, rec.item, att.number)
             limit, kind = spec.timeout, "attempt"
             if deadline_at is not None:
                 left = deadline_at - att.started_at
@@ -429,6 +469,8 @@ class Steps:
                 att.ended_at = self.now()
                 att.status = TIMED_OUT if isinstance(exc, TaskTimeout) else FAILED
                 att.error = ErrorInfo.from_exception(exc, self.masker)
+                if self.events is not None:
+                    self.events.put(ATTEMPT_FAILED, tid, rec.item, att.number, att.error)
                 if self._retryable(spec, exc, n, rec):
                     delay = spec.backoff.delay(n, self.rng)
                     if deadline_at is not None and att.ended_at + delay >= deadline_at:
@@ -439,6 +481,8 @@ class Steps:
                     if self.log:
                         self.log.warning("task_retrying", task=tid, attempt=n, delay=delay,
                                       error=exc_repr(exc))
+                    if self.events is not None:
+                        self.events.put(TASK_WAITING_TO_RETRY, tid, rec.item, att.number, delay)
                     # The wait sits inside this handler, out of reach of the handler below
                     # for cancellation: a stop during it must still end the task.
                     try:
@@ -600,6 +644,11 @@ class Steps:
         if self.observers:
             for ob in self.observers:
                 ob.task_finished(self.result, rec, output)
+        ev = self.events
+        if ev is not None:
+            if rec.logs:
+                self._log_lines(ev, rec)
+            ev.put(TASK_FINISHED, tid, rec.item, len(rec.attempts) or None, status)
         if self.log:
             getattr(self.log, LEVELS.get(status, "info"))(
                 EVENTS.get(status, "task_finished"), task=tid, status=status.value,
@@ -662,7 +711,21 @@ class Steps:
         culprit = getattr(err, "task_id", None) if self.stopped else None
         return f"the run stopped after {culprit!r} failed" if culprit else "the run stopped"
 
-    def started(self, tid: str, rec: TaskRecord) -> None:
+    def _log_lines(self, ev: EventLog, rec: TaskRecord) -> None:
+        """Put the record's log lines not yet in the stream there (each with its time)."""
+        logs = rec.logs or []
+        key = (rec.id, rec.item)
+        sent = self._logged.get(key, 0)
+        for line in logs[sent:]:
+            ev.put(LOG, rec.id, rec.item, None, line)
+        self._logged[key] = len(logs)
+
+    def started(self, tid: str, rec: TaskRecord, mapped: bool = False) -> None:
+        """``tid`` starts running: its first attempt, or (``mapped``) its children, whose
+        attempts are their own (so its start names no attempt)."""
+        if self.events is not None:
+            self.events.put(TASK_STARTED, tid, rec.item,
+                            None if mapped else len(rec.attempts) + 1)
         for ob in self.observers:
             ob.task_started(self.result, rec)
         if self.log:
@@ -694,6 +757,8 @@ class Steps:
                     done += 1
                     rec.status = TaskStatus.ROLLED_BACK
                     item.status[tid] = TaskStatus.ROLLED_BACK
+                    if self.events is not None:
+                        self.events.put(TASK_ROLLED_BACK, tid, rec.item)
                     if self.log:
                         self.log.info("task_rolled_back", task=tid)
         return done

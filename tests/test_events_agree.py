@@ -1,0 +1,146 @@
+"""Every view of a run agrees with its event stream (issue 26 part 1), on the differential
+generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
+switches, trigger rules, pools, rollback, cache hits and resumes): the result's statuses and
+attempts, the history rows and run row, live progress (a consumer of the stream) and the
+timelines drawn from the result and from history all say what the events say."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from test_differential import CALLS, ROLLED, SCRIPTS, engine_run, flows
+
+from flowdsl import Event, EventKind, HistoryStore
+from flowdsl._report.progress import _State
+from flowdsl._report.timeline import from_history, from_result
+
+K = EventKind
+_N = itertools.count()
+
+
+class View:
+    """What the events alone say of each node (``stage@i`` for a pipeline item)."""
+
+    def __init__(self, events: Sequence[Event]) -> None:
+        self.events = list(events)
+        self.final: dict[str, str] = {}  # the last task_finished (before any rollback),
+        # unless a task_reset came after it
+        self.rolled: set[str] = set()
+        self.reset: set[str] = set()  # nodes a retried group made pending again
+        self.attempts: Counter[str] = Counter()
+        self.ready: set[str] = set()
+        self.run_status: str | None = None
+        for e in self.events:
+            key = f"{e.task}" if e.item is None else f"{e.task}@{e.item}"
+            if e.kind is K.TASK_FINISHED:
+                self.final[key] = str(e.detail)
+            elif e.kind is K.TASK_RESET:  # a retried group's next attempt: pending again
+                del self.final[key]
+                self.reset.add(key)
+            elif e.kind is K.TASK_ROLLED_BACK:
+                self.rolled.add(key)
+            elif e.kind is K.TASK_STARTED and e.attempt is not None:
+                self.attempts[key] += 1
+            elif e.kind is K.TASK_READY:
+                self.ready.add(key)
+            elif e.kind is K.RUN_FINISHED:
+                self.run_status = str(e.detail)
+
+    def status(self, key: str) -> str:
+        """The node's status now: pending if it never became final."""
+        if key in self.rolled:
+            return "rolled_back"
+        return self.final.get(key, "pending")
+
+
+def agree(result: Any, events: Sequence[Event], progress: _State, path: Path) -> None:
+    view = View(events)
+    assert [e.seq for e in view.events] == list(range(len(view.events)))
+    assert view.run_status == result.status.value
+    # RunResult
+    for tid, rec in result.tasks.items():
+        assert rec.status.value == view.status(tid), (tid, rec.status, view.status(tid))
+        assert len(rec.attempts) == view.attempts[tid], (tid, "attempts")
+    assert set(view.final) <= set(result.tasks)
+    # live progress (a consumer of the stream): every final node, with its status
+    assert progress.finished == view.final, "progress"
+    assert not progress.running
+    assert progress.status == result.status
+    # history: the run row and one row per node that became final
+    store = HistoryStore(path)
+    try:
+        run = store.get_run(result.run_id)
+    finally:
+        store.close()
+    assert run["status"] == view.run_status
+    rows = {r["task_id"]: r for r in run["tasks"]}
+    for tid in result.tasks:
+        row = rows.get(tid)
+        if row is None:
+            assert view.status(tid) == "pending", (tid, "no history row")
+            continue
+        assert row["status"] == view.status(tid), (tid, "history status")
+        assert len(row["attempts"]) == view.attempts[tid], (tid, "history attempts")
+    # timelines: one bar per node, with the events' status
+    for tl in (from_result(result), from_history(run, result.plan)):
+        for bar in tl.bars:
+            assert bar.status == view.status(bar.id), (bar.id, "timeline")
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                 HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(case=flows())
+def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path: Path
+                                                 ) -> None:
+    fd, scenario = case
+    CALLS.clear()
+    ROLLED.clear()
+    SCRIPTS.clear()
+    SCRIPTS.update(fd.scripts)
+    path = tmp_path / f"h{next(_N)}.db"
+    runs = [{}, {}] if scenario == "cache" else [{}]
+    first: Any = None
+    for options in runs:
+        if scenario == "resume" and first is not None:
+            options = {"resume": first.run_id}
+        got: list[Event] = []
+        progress = _State()
+        result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
+                            **options)
+        agree(result, got, progress, path)
+        first = first or result
+    if scenario == "resume":
+        got = []
+        progress = _State()
+        result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
+                            resume=first.run_id)
+        agree(result, got, progress, path)
+
+
+def test_progress_forgets_a_reset_node(tmp_path: Path) -> None:
+    """A member a retried group resets and never runs again is pending in the result, the
+    stream and live progress (progress kept its first final status while it had hooks of
+    its own)."""
+    from reference import FlowD, GroupD, Script, TaskD
+
+    def t(tid: str, **kw: Any) -> TaskD:
+        return TaskD(id=tid, deps=[], **kw)
+
+    fd = FlowD([[GroupD("g", [["a"], ["b"]], retries=1)]],
+               {"a": t("a", timeout=1.0), "b": t("b")},
+               {"a": Script(2.0, (), None), "b": Script(1.0, (), None)}, {})
+    SCRIPTS.clear()
+    SCRIPTS.update(fd.scripts)
+    got: list[Event] = []
+    progress = _State()
+    result = engine_run(fd, "asyncio", tmp_path / "h.db", observers=[got.extend, progress])
+    assert result.tasks["b"].status == "pending"
+    assert View(got).status("b") == "pending"
+    assert "b" not in progress.finished
