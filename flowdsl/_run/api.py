@@ -34,6 +34,7 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
+from .core.subflows import sub_plan
 from .core.units import context_defaults
 from .executors import LOCAL, Executor
 from .resources import Pools
@@ -81,6 +82,14 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
         if ex is None:
             ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
         per_task[tid] = ex
+        if task.fan is not None and task.fan.sub is not None:
+            # A mapped sub-flow's tasks run on their own executors (by id ``node.task``).
+            for sid, sub in sub_plan(task.fan.sub).tasks.items():
+                spec = sub.spec
+                ex = by_spec.get(id(spec))
+                if ex is None:
+                    ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
+                per_task[f"{tid}.{sid}"] = ex
     opened = list({id(e): e for e in per_task.values()}.values())
     return per_task, opened
 

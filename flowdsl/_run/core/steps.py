@@ -129,6 +129,7 @@ class Steps:
         self.ranked: Sequence[str] = plan.order
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self.halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        self.subs: dict[str, Any] = {}  # mapped sub-flow -> its Shape (subflows.py), once
         # Map children's input hashes, computed only while history stores outputs, and a
         # resumed run's finished children: mapped task -> index -> (input hash, output, why).
         self.child_keys = False
@@ -629,7 +630,9 @@ class Steps:
             err.__cause__ = exc
         held = None
         if self.held:  # a mapped member's children are held with it
-            held = self.held.get((rec.parent or tid, item.index))
+            held = self.held.get((tid, item.index))
+            if held is None and rec.parent is not None:
+                held = self.held.get((rec.parent, item.index))
         if held is not None:  # its group will run it again: not the run's error (yet)
             held.append(err)
             self.finish(tid, item, rec, status)
