@@ -82,6 +82,28 @@ def test_empty_list_gives_an_empty_output(mode: str) -> None:
     assert r.output == []
 
 
+def test_pipeline_items_each_map_their_own_list() -> None:
+    @tl
+    def upto(n: int) -> list[int]:
+        return list(range(n))
+
+    @tl
+    async def dbl(x: int) -> int:
+        return 2 * x
+
+    @tl
+    def tot(xs: list[int]) -> int:
+        return sum(xs)
+
+    a = upto.stage()
+    m = Flow("per", dbl >> dbl.stage().named("again")).map(a)
+    r = run(Flow("p", a >> m >> tot(m)), mode="pipeline", items=[3, 1, 2])
+    assert r.status.value == "completed", r.error
+    assert r.output == [12, 0, 4]
+    assert r.tasks["per[2].again"].item_count == 1  # only the first item had a third element
+    assert r.tasks["per[0].again"].item_count == 3
+
+
 def test_a_downstream_task_gets_the_list() -> None:
     m = per_item().map(found(2))
     r = run(m >> total(m))
@@ -296,3 +318,37 @@ def test_workflow_documents_refuse_it_clearly() -> None:
     with pytest.raises(CompositionError, match=r"task 'per_item': it is a mapped sub-flow "
                        r"\(per_item\.map\(\.\.\.\).*cannot express"):
         flow_to_dict(Flow("f", per_item().map(["a"])))
+
+
+def test_an_outer_retried_group_reruns_only_the_failed_elements() -> None:
+    calls: dict[int, int] = {}
+
+    @tl
+    async def once(x: int) -> int:
+        calls[x] = calls.get(x, 0) + 1
+        if x == 1 and calls[x] == 1:
+            raise ValueError("once")
+        return x
+
+    m = Flow("per", once >> store).map([0, 1, 2])
+    r = run(Flow("outer", Flow("g", m).with_options(retries=1)))
+    assert r.status.value == "completed", r.error
+    assert r.output == ["stored 0", "stored 1", "stored 2"]
+    assert calls == {0: 1, 1: 2, 2: 1}  # the completed elements are kept
+    assert r.errors == []
+
+
+def test_an_outer_group_timeout_cuts_the_elements_off() -> None:
+    @tl
+    async def nap(x: float) -> float:
+        await anyio.sleep(x)
+        return x
+
+    m = Flow("per", nap >> store).map([0.01, 0.5, 0.01])
+    r = run(Flow("outer", Flow("g", m).with_options(timeout=0.2)), mode="sequential")
+    assert r.status.value == "failed"
+    st = {k: v.status for k, v in r.tasks.items()}
+    assert st["g.per"] is S.TIMED_OUT
+    assert st["g.per[0].store"] is S.COMPLETED
+    assert st["g.per[1].nap"] is S.TIMED_OUT
+    assert st["g.per[2].store"] is S.TIMED_OUT  # could not start

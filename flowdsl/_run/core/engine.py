@@ -3,8 +3,9 @@
 ``Core.run_task(task_id, item)`` is the only code that knows about trigger rules, conditions,
 argument resolution, resources, executors, timeouts, retries with backoff, output mapping,
 events and rollback (the steps live in steps.py, trigger.py, inputs.py, record.py and
-rollback.py; the map, sub-flow and group code in fanout.py, subflows.py and groups.py). Runners only decide *when*
-to call it and how many calls overlap, through the one scheduling loop (loop.py).
+rollback.py; the map, sub-flow and group code in fanout.py, subflows.py and groups.py).
+Runners only decide *when* to call it and how many calls overlap, through the one scheduling
+loop (loop.py).
 """
 
 from __future__ import annotations

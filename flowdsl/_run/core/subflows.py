@@ -182,7 +182,9 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
     k = len(shape.order)
     pres = [f"{tid}[{i}]." for i in range(n)]
     kids = [p + s for p in pres for s in shape.order]
-    core.children[tid] = kids
+    known = core.children.get(tid)
+    if known is None or len(known) < len(kids):  # over pipeline items: the widest
+        core.children[tid] = kids
     # The values every element shares (unmapped keywords), then each element's own.
     base = dict(kwargs)
     if fan.positional:
