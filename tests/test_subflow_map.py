@@ -352,3 +352,27 @@ def test_an_outer_group_timeout_cuts_the_elements_off() -> None:
     assert st["g.per[0].store"] is S.COMPLETED
     assert st["g.per[1].nap"] is S.TIMED_OUT
     assert st["g.per[2].store"] is S.TIMED_OUT  # could not start
+
+
+def test_task_options_on_the_mapped_node_are_refused() -> None:
+    with pytest.raises(CompositionError, match=r"task 'per_item' is a mapped sub-flow: it "
+                       r"takes max_parallel, max_children and trigger; retries belong"):
+        per_item().map(["a"]).with_options(retries=2)
+
+
+def test_rollback_reaches_the_steps() -> None:
+    undone: list[Any] = []
+
+    @tl(rollback=undone.append)
+    async def make(x: str) -> str:
+        return f"made {x}"
+
+    @tl
+    def boom(xs: list[Any]) -> None:
+        raise RuntimeError("late failure")
+
+    m = Flow("per", make >> parse).map(["a", "b"])
+    r = run(Flow("f", m >> boom(m)), rollback_on_failure=True)
+    assert r.status.value == "rolled_back"
+    assert sorted(undone) == ["made a", "made b"]
+    assert r.tasks["per[1].make"].status is S.ROLLED_BACK

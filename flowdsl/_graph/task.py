@@ -707,6 +707,12 @@ class Task(_Composable, _Placeholder, Frozen, Generic[R_co]):  # type: ignore[mi
                        "(tool.map(...)) only")
                 raise CompositionError(msg)
             changes["fan"] = self.fan.evolve(self._label, **fan_opts)
+        if given and self.fan is not None and self.fan.sub is not None:
+            msg = (f"task {self._label!r} is a mapped sub-flow: it takes max_parallel, "
+                   f"max_children and trigger; {', '.join(given)} belong on its tasks, or on "
+                   "the sub-flow as a unit (.with_options(timeout=, retries=, backoff=), "
+                   "applied per element)")
+            raise CompositionError(msg)
         if given:
             changes["spec"] = self.spec.evolve(**given)
         if trigger is not None:

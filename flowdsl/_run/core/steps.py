@@ -286,8 +286,12 @@ class Steps:
         if not self._cut:
             return None
         cut = self._cut.get(id(rec))
-        if cut is None and rec.parent is not None:
-            cut = self._cut.get(id(item.records[rec.parent]))
+        if rec.parent is not None:
+            # A mapped sub-flow's step runs under its element's deadline and its mapped
+            # node's: the earlier one cuts it.
+            outer = self._cut.get(id(item.records[rec.parent]))
+            if outer is not None and (cut is None or outer[0] < cut[0]):
+                cut = outer
         return cut
 
     async def pooled(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
@@ -704,7 +708,12 @@ class Steps:
     def _task_of(self, tid: str) -> Task[Any]:
         """The task of ``tid``, or of the mapped task ``tid`` (``name[i]``) is a child of."""
         task = self.tasks.get(tid)
-        return task if task is not None else self.tasks[tid.rpartition("[")[0]]
+        if task is not None:
+            return task
+        head, dot, step = tid.rpartition("].")
+        if dot and head.rpartition("[")[0] in self.subs:  # a mapped sub-flow's step
+            return self.subs[head.rpartition("[")[0]].tasks[step]  # type: ignore[no-any-return]
+        return self.tasks[tid.rpartition("[")[0]]
 
 
 def _projected(task: Task[Any], ids: Mapping[Task[Any], str]) -> set[str]:
