@@ -2,8 +2,8 @@
 and ``(a >> b).map(xs)``. Each element runs the steps as its own chain, depth-first; children
 are named ``per_item[i].task`` with their own records; the sub-flow's when/timeout/retries apply
 per element; the output is the list of the elements' outputs in input order; ``max_parallel``
-bounds the elements in flight; a failed element fails the mapped node (SEMANTICS.md, "Mapped
-sub-flows"). In every mode; on Dask in tests/test_dask.py."""
+bounds the elements in flight; a failed element fails the mapped node (SEMANTICS.md S49-S52;
+the differential test draws them too). In every mode; on Dask in tests/test_dask.py."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ failures, group deadlines) is shared with the core. The sub-flow's own group opt
 ``when``, ``timeout``, ``retries``, ``backoff``) are groups of the element's tasks, so they apply
 per element. Nothing of this runs for a flow without a mapped sub-flow.
 
-Outcome (SEMANTICS.md, "Mapped sub-flows"): an element fails when one of its tasks fails, times
+Outcome (SEMANTICS.md S49-S52): an element fails when one of its tasks fails, times
 out or is cancelled; a failed element stops the elements in flight (their tasks end
 ``cancelled``) and those not started (their tasks are recorded ``cancelled``), unless the run
 continues on errors, and the mapped node fails once every element is final. Otherwise its
