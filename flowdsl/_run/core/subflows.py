@@ -54,7 +54,8 @@ class Shape:
     """A mapped sub-flow as planned once per run: its tasks in order (entry tasks made to
     resolve their inputs, where each element's values go), edges, sinks and active groups."""
 
-    __slots__ = ("entries", "groups", "ids", "order", "plan", "preds", "sinks", "tasks")
+    __slots__ = ("entries", "groups", "ids", "order", "plan", "preds", "sinks", "stage_from",
+                 "tasks", "width")
 
     def __init__(self, sub: SubMap) -> None:
         p = sub_plan(sub)
@@ -74,6 +75,12 @@ class Shape:
             tasks[s] = t
         self.tasks = tasks
         self.ids = ids
+        # What each stage takes its input from (sub ids), worked out once: each element's
+        # resolver gets it renamed.
+        self.stage_from = Inputs(tasks, ids, self.preds, {}).stage_from
+        # The most tasks of one element that can run at once: 1 for a chain, whose element
+        # then runs on the loop's one-worker path (no task group per element).
+        self.width = max(1, p.width)
         self.groups = [g for g in p.groups if g.unit.condition is not None or g.unit.guards
                        or g.unit.timeout is not None or g.unit.trigger is not None
                        or g.unit.retries]
@@ -100,12 +107,21 @@ class _ElementInputs(Inputs):
 
     __slots__ = ("feed",)
 
-    def __init__(self, tasks: Mapping[str, Task[Any]], ids: Mapping[Task[Any], str],
-                 preds: Mapping[str, tuple[str, ...]], context: dict[str, Any],
-                 feed: dict[str, dict[str, Any]]) -> None:
-        super().__init__(tasks, ids, preds, context)
+    feed: dict[str, dict[str, Any]]
+
+    @classmethod
+    def make(cls, ids: Mapping[Task[Any], str], preds: Mapping[str, tuple[str, ...]],
+             context: dict[str, Any], stage_from: dict[str, tuple[str, ...]],
+             feed: dict[str, dict[str, Any]]) -> _ElementInputs:
+        """An element's resolver, from its shape's work renamed (no per-task scan)."""
+        self = object.__new__(cls)
+        self.ids = ids
+        self.preds = preds
+        self.context = context
         self.fed = False  # a first stage takes the element, not the run's input
+        self.stage_from = stage_from
         self.feed = feed
+        return self
 
     def of(self, task: Task[Any], item: Item) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args, kwargs = super().of(task, item)
@@ -142,7 +158,8 @@ def _element_view(core: Steps, shape: Shape, pre: str, values: dict[str, Any]
     el.preds = preds
     el.ids = ids
     el.executors = executors
-    el.inputs = _ElementInputs(tasks, ids, preds, core.context, feed)
+    stage_from = {pre + s: tuple(pre + p for p in src) for s, src in shape.stage_from.items()}
+    el.inputs = _ElementInputs.make(ids, preds, core.context, stage_from, feed)
     el.cache = None  # the sub-flow's tasks are not cached (their ids are per element)
     el.ranked = order
     el.plan = _Order(order)  # type: ignore[assignment]
@@ -219,9 +236,14 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
                 return group_turn(el, t, eit)
             return run_task(t, eit, True)
 
-        succs, waiting = inside(order, preds)
-        await drive(order, step, workers=core.child_limit, succs=succs, waiting=waiting,
-                    stop=lambda: core.stopped, ordered=True, kind="group")
+        workers = min(core.child_limit, shape.width)
+        if workers == 1:  # one at a time in plan order (topological): no edges to count
+            await drive(order, step, workers=1, stop=lambda: core.stopped, ordered=True,
+                        kind="group")
+        else:
+            succs, waiting = inside(order, preds)
+            await drive(order, step, workers=workers, succs=succs, waiting=waiting,
+                        stop=lambda: core.stopped, ordered=True, kind="group")
         status = item.status
         return FAILED if any(status.get(f) in _BAD for f in order) else COMPLETED
 
