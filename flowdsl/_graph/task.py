@@ -256,7 +256,7 @@ class MapSpec(Frozen):
     max_parallel: int | None
     limit: int
     named: bool
-    sub: Any  # a mapped sub-flow's SubMap (flowdsl/_graph/submap.py), else None
+    sub: Any  # a mapped sub-flow's SubMap (below, with Flow.map), else None
 
     def __init__(self, params: tuple[str, ...], positional: bool,
                  max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT, *,

@@ -1,8 +1,9 @@
 """A mapped sub-flow (``Flow("per_item", a >> b).map(items)``) at run time: each element runs
 the sub-flow's tasks as its own chain, depth-first.
 
-The mapped node is a mapped task whose map spec carries a :class:`~flowdsl._graph.submap.SubMap`
-(its element lists are resolved and checked as a mapped task's: fanout.columns). The elements
+The mapped node is a mapped task whose map spec carries a
+:class:`~flowdsl._graph.task.SubMap` (its element lists are resolved and checked as a mapped
+task's: fanout.columns). The elements
 are fed by the one scheduling loop (loop.py's ``drive`` over their indices, no edges, at most
 ``max_parallel`` and the mode's concurrency at once); each element's chain is ``drive`` again,
 over its own tasks with their edges, as a group attempt is. Element ``i``'s tasks are real core
