@@ -94,6 +94,16 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
     return per_task, opened
 
 
+def _sub_task(p: Plan, key: str) -> Any:
+    """The task of a mapped sub-flow's step, by its executor key ``node.step``."""
+    for tid, task in p.tasks.items():
+        if task.fan is not None and task.fan.sub is not None and key.startswith(tid + "."):
+            sub = sub_plan(task.fan.sub).tasks.get(key[len(tid) + 1:])
+            if sub is not None:
+                return sub
+    raise KeyError(key)
+
+
 def _pick(kind: Any, remote: Executor | None, takes: tuple[str, ...],
           shared: dict[Any, Executor]) -> Executor:
     if remote is not None and kind in takes:
@@ -185,7 +195,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
-            ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
+            ex.prepare({t: p.tasks[t] if t in p.tasks else _sub_task(p, t)
+                    for t, e in per_task.items() if e is ex}, priorities)
     result: RunResult[Any] = RunResult(
         run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value, context=ctx, plan=p,
         masker=_secrets(p, ctx, input))
