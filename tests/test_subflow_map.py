@@ -386,3 +386,43 @@ def test_benchmark_runs_and_a_first_element_is_done_sooner() -> None:
     f = subflow_bench.run(n=60, repeats=1, step_ms=10.0, width=20)
     assert f["subflow_first_done_s"] < f["chained_first_done_s"]
     assert {"subflow_vs_static", "chained_vs_static", "subflow_makespan_s"} <= set(f)
+
+
+@tl
+def upto(n: int) -> list[int]:
+    return list(range(n))
+
+
+@tl
+async def inc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_map_inside_a_mapped_sub_flow(mode: str) -> None:
+    """A sub-flow's step may be a mapped task or a mapped sub-flow itself: its children are
+    named under the element, and result.tasks lists them after their parent."""
+    a = upto.stage()
+    inner = Flow("inner", inc >> inc.stage().named("again"))
+    r = run(Flow("outer", a >> inner.map(a)).map([1, 2]), mode=mode)
+    assert r.status.value == "completed", r.error
+    assert r.output == [[2], [2, 3]]
+    assert list(r.tasks)[:5] == ["outer", "outer[0].upto", "outer[0].inner",
+                                 "outer[0].inner[0].inc", "outer[0].inner[0].again"]
+    b = upto.stage()
+    r = run(Flow("outer", b >> inc.map(b).named("m")).map([2]), mode=mode)
+    assert r.output == [[1, 2]]
+    assert r.tasks["outer[0].m[1]"].parent == "outer[0].m"
+
+
+def test_a_run_timeout_cancels_the_elements() -> None:
+    @tl
+    async def slow(x: int) -> int:
+        await anyio.sleep(5)
+        return x
+
+    r = run(Flow("per", slow >> inc).map([1, 2, 3]), timeout=0.1)
+    assert r.status.value == "timed_out"
+    assert r.tasks["per"].status is S.CANCELLED
+    assert {r.tasks[f"per[{i}].{s}"].status for i in range(3) for s in ("slow", "inc")} == {
+        S.CANCELLED}

@@ -82,26 +82,32 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
         if ex is None:
             ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
         per_task[tid] = ex
-        if task.fan is not None and task.fan.sub is not None:
-            # A mapped sub-flow's tasks run on their own executors (by id ``node.task``).
-            for sid, sub in sub_plan(task.fan.sub).tasks.items():
-                spec = sub.spec
-                ex = by_spec.get(id(spec))
-                if ex is None:
-                    ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
-                per_task[f"{tid}.{sid}"] = ex
+    for key, _, _, step in sub_steps(p):
+        # A mapped sub-flow's steps run on their own executors (keyed ``node.step``; the
+        # core finds them by sub-flow: Core.sub_executors).
+        spec = step.spec
+        ex = by_spec.get(id(spec))
+        if ex is None:
+            ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
+        per_task[key] = ex
     opened = list({id(e): e for e in per_task.values()}.values())
     return per_task, opened
 
 
-def _sub_task(p: Plan, key: str) -> Any:
-    """The task of a mapped sub-flow's step, by its executor key ``node.step``."""
-    for tid, task in p.tasks.items():
-        if task.fan is not None and task.fan.sub is not None and key.startswith(tid + "."):
-            sub = sub_plan(task.fan.sub).tasks.get(key[len(tid) + 1:])
-            if sub is not None:
-                return sub
-    raise KeyError(key)
+def sub_steps(p: Plan) -> list[tuple[str, Any, str, Any]]:
+    """Every step of the plan's mapped sub-flows, nested ones too (iteratively): its key
+    (``node.step``, ``node.step.inner``...), its SubMap, its id in the sub-flow and its task;
+    empty, at the cost of one test per task, for a plan without any."""
+    out: list[tuple[str, Any, str, Any]] = []
+    todo = [(tid, t.fan.sub) for tid, t in p.tasks.items()
+            if t.fan is not None and t.fan.sub is not None]
+    while todo:
+        node, sub = todo.pop()
+        for sid, step in sub_plan(sub).tasks.items():
+            out.append((f"{node}.{sid}", sub, sid, step))
+            if step.fan is not None and step.fan.sub is not None:
+                todo.append((f"{node}.{sid}", step.fan.sub))
+    return out
 
 
 def _pick(kind: Any, remote: Executor | None, takes: tuple[str, ...],
@@ -184,6 +190,7 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
     per_task, opened = _executors(p, executor)
+    steps = sub_steps(p)
     store = history_store
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
@@ -195,8 +202,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
-            ex.prepare({t: p.tasks[t] if t in p.tasks else _sub_task(p, t)
-                    for t, e in per_task.items() if e is ex}, priorities)
+            every = {**p.tasks, **{key: step for key, _, _, step in steps}} if steps else p.tasks
+            ex.prepare({t: every[t] for t, e in per_task.items() if e is ex}, priorities)
     result: RunResult[Any] = RunResult(
         run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value, context=ctx, plan=p,
         masker=_secrets(p, ctx, input))
@@ -215,6 +222,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
                 capture=capture_output)
     if tracing is not None:
         tracing.attach(core)
+    for key, sub, sid, _ in steps:  # each sub-flow's steps' executors, by the sub-flow
+        core.sub_executors.setdefault(id(sub), {})[sid] = per_task[key]
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
@@ -422,9 +431,13 @@ def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str
     out: dict[str, TaskRecord] = {}
     for t, rec in tasks.items():
         out[t] = rec
-        for c in children.get(t, ()):
+        # its children, depth-first (a mapped sub-flow's step may be mapped itself)
+        stack = list(reversed(children.get(t, ())))
+        while stack:
+            c = stack.pop()
             if c in records:
                 out[c] = records[c]
+            stack.extend(reversed(children.get(c, ())))
     return out
 
 

@@ -130,6 +130,8 @@ class Steps:
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self.halted: dict[str, str] = {}  # mapped task -> why its running children stop
         self.subs: dict[str, Any] = {}  # mapped sub-flow -> its Shape (subflows.py), once
+        # id(SubMap) -> its steps' executors by step id (set by run() when it has any)
+        self.sub_executors: dict[int, dict[str, Executor]] = {}
         # Map children's input hashes, computed only while history stores outputs, and a
         # resumed run's finished children: mapped task -> index -> (input hash, output, why).
         self.child_keys = False

@@ -55,10 +55,11 @@ class Shape:
     """A mapped sub-flow as planned once per run: its tasks in order (entry tasks made to
     resolve their inputs, where each element's values go), edges, sinks and active groups."""
 
-    __slots__ = ("entries", "groups", "ids", "order", "plan", "preds", "sinks", "stage_from",
-                 "tasks", "width")
+    __slots__ = ("entries", "executors", "groups", "ids", "order", "plan", "preds", "sinks",
+                 "stage_from", "tasks", "width")
 
-    def __init__(self, sub: SubMap) -> None:
+    def __init__(self, sub: SubMap, executors: dict[str, Executor]) -> None:
+        self.executors = executors  # step id -> its executor (run() chose them)
         p = sub_plan(sub)
         self.plan = p
         self.order = list(p.order)
@@ -98,7 +99,7 @@ def sub_plan(sub: SubMap) -> Plan:
 def shape_of(core: Steps, tid: str, sub: SubMap) -> Shape:
     shape: Shape | None = core.subs.get(tid)
     if shape is None:
-        shape = core.subs[tid] = Shape(sub)
+        shape = core.subs[tid] = Shape(sub, core.sub_executors[id(sub)])
     return shape
 
 
@@ -148,9 +149,8 @@ def _element_view(core: Steps, shape: Shape, pre: str, values: dict[str, Any]
     tasks = {pre + s: shape.tasks[s] for s in shape.order}
     ids = {t: pre + s for t, s in shape.ids.items()}
     preds = {pre + s: tuple(pre + p for p in shape.preds[s]) for s in shape.order}
-    main_ex = core.executors
-    node = pre[:pre.rindex("[")]
-    executors: dict[str, Executor] = {pre + s: main_ex[f"{node}.{s}"] for s in shape.order}
+    on = shape.executors
+    executors: dict[str, Executor] = {pre + s: on[s] for s in shape.order}
     feed = {pre + e: {k: values[k] for k in names if k in values}
             for e, names in shape.entries.items()}
     el = object.__new__(type(core))
