@@ -426,3 +426,13 @@ def test_a_run_timeout_cancels_the_elements() -> None:
     assert r.tasks["per"].status is S.CANCELLED
     assert {r.tasks[f"per[{i}].{s}"].status for i in range(3) for s in ("slow", "inc")} == {
         S.CANCELLED}
+
+
+def test_steps_never_started_are_recorded_with_their_own_tool() -> None:
+    r = run(Flow("per_item", picky >> parse).map(["u1", "u2", "u3"]).with_options(
+        max_parallel=1))
+    rec = r.tasks["per_item[2].parse"]
+    assert rec.status is S.CANCELLED
+    assert rec.tool == "parse"
+    assert rec.started_at is None
+    assert rec.reason == "not started: a sibling element, 'per_item[0]', failed"

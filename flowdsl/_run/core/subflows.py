@@ -44,7 +44,7 @@ from .inputs import Inputs
 from .loop import drive, inside
 from .record import CANCELLED, COMPLETED, FAILED, RUNNING, TIMED_OUT, Item
 from .steps import Steps
-from .units import Units
+from .units import Units, group_timeout
 
 __all__ = ["Shape", "run_subflow", "shape_of"]
 
@@ -208,10 +208,9 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
     if fan.positional:
         base[fan.params[0]] = None
     rest = list(zip(fan.params, cols))
-    name = task.tool.name
     failed: list[int] = []
-    started = [False] * n
     sinks = shape.sinks
+    tools = [shape.tasks[s].tool.name for s in shape.order] * n  # each kid's tool, by index
 
     def kept(i: int) -> bool:
         return redo is not None and all(j in redo for j in range(i * k, i * k + k))
@@ -249,7 +248,6 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
         return FAILED if any(status.get(f) in _BAD for f in order) else COMPLETED
 
     def call_element(i: int) -> Awaitable[TaskStatus] | None:
-        started[i] = True
         if kept(i):
             return None
         return run_element(i)
@@ -269,12 +267,12 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
     except BaseException:
         core.interrupted(tid, item, rec, "the run stopped", 0)
         cut = core.cut_at(item, rec) if rec.status is TIMED_OUT else None
-        _close(core, item, kids, name, tid, "the run stopped", cut)
+        _close(core, item, kids, tools, tid, "the run stopped", cut)
         raise
     if failed or any(item.status.get(c) in _BAD for c in kids):
         bad = sorted(failed) or [i for i in range(n)
                                  if any(item.status.get(pres[i] + s) in _BAD for s in shape.order)]
-        return _fail(core, tid, item, rec, kids, pres, shape, bad, name)
+        return _fail(core, tid, item, rec, kids, pres, shape, bad, tools)
     outs: list[Any] = []
     for p in pres:
         if len(sinks) == 1:
@@ -292,18 +290,16 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
     return core.finish(tid, item, rec, COMPLETED, output=outs)
 
 
-def _close(core: Steps, item: Item, kids: list[str], name: str, tid: str, why: str,
+def _close(core: Steps, item: Item, kids: list[str], tools: list[str], tid: str, why: str,
            cut: tuple[float, str, float] | None) -> None:
     """Record the children that never ended (never started, or their element stopped):
     cancelled with ``why``, or timed out when the mapped node's group timed out."""
-    from .units import group_timeout
-
-    for c in kids:
+    for c, tool in zip(kids, tools):
         if c in item.status:
             continue
         child = item.records.get(c)
         if child is None:
-            child = item.records[c] = TaskRecord(c, name, parent=tid)
+            child = item.records[c] = TaskRecord(c, tool, parent=tid)
             if item.index >= 0:
                 child.item = item.index
         if cut is not None:
@@ -313,10 +309,10 @@ def _close(core: Steps, item: Item, kids: list[str], name: str, tid: str, why: s
 
 
 def _fail(core: Steps, tid: str, item: Item, rec: TaskRecord, kids: list[str],
-          pres: list[str], shape: Shape, failed: list[int], name: str) -> TaskStatus:
+          pres: list[str], shape: Shape, failed: list[int], tools: list[str]) -> TaskStatus:
     """Fail mapped sub-flow ``tid`` once its elements are final."""
     first = pres[failed[0]][:-1]
-    _close(core, item, kids, name, tid, f"not started: a sibling element, {first!r}, failed",
+    _close(core, item, kids, tools, tid, f"not started: a sibling element, {first!r}, failed",
            None)
     culprit = next((pres[failed[0]] + s for s in shape.order
                     if item.status.get(pres[failed[0]] + s) in _BAD), pres[failed[0]])
