@@ -67,8 +67,10 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
-def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Executor]]:
-    """The executor of each task, and the executors to open and close for this run."""
+def _executors(p: Plan, override: Any, steps: list[tuple[str, Any, str, Any]] | None = None
+               ) -> tuple[dict[str, Executor], list[Executor]]:
+    """The executor of each task (and of each mapped sub-flow's step, ``steps`` from
+    :func:`sub_steps`), and the executors to open and close for this run."""
     shared: dict[Any, Executor] = {}
     by_spec: dict[int, Executor] = {}  # tasks of one tool share its spec: decide once
     per_task: dict[str, Executor] = {}
@@ -82,7 +84,7 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
         if ex is None:
             ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
         per_task[tid] = ex
-    for key, _, _, step in sub_steps(p):
+    for key, _, _, step in sub_steps(p) if steps is None else steps:
         # A mapped sub-flow's steps run on their own executors (keyed ``node.step``; the
         # core finds them by sub-flow: Core.sub_executors).
         spec = step.spec
@@ -189,8 +191,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         raise ValueError(msg)
     pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
-    per_task, opened = _executors(p, executor)
     steps = sub_steps(p)
+    per_task, opened = _executors(p, executor, steps)
     store = history_store
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
