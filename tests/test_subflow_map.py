@@ -436,3 +436,42 @@ def test_steps_never_started_are_recorded_with_their_own_tool() -> None:
     assert rec.tool == "parse"
     assert rec.started_at is None
     assert rec.reason == "not started: a sibling element, 'per_item[0]', failed"
+
+
+def test_resume_reuses_a_completed_mapped_sub_flow_whole_and_reruns_an_unfinished_one(
+        tmp_path: Any) -> None:
+    """SEMANTICS S52: a resumed run reuses a completed mapped sub-flow (its output) whole,
+    and runs every element of an unfinished one again (no per-element reuse yet)."""
+    calls: list[str] = []
+    fail = {"u1"}
+
+    @tl
+    async def get(url: str) -> str:
+        calls.append(url)
+        if url in fail:
+            raise ValueError(url)
+        return url.upper()
+
+    @tl
+    def src() -> list[str]:
+        calls.append("src")
+        return ["u0", "u1", "u2"]
+
+    s = src()
+    m = Flow("per", get >> parse).map(s)
+    flow = Flow("f", s >> m)
+    store = flowdsl.HistoryStore(tmp_path / "h.db", store_outputs=True)
+    try:
+        first = flowdsl.run(flow, history=store, continue_on_error=True)
+        assert first.tasks["per"].status is S.FAILED
+        calls.clear()
+        fail.clear()
+        second = flowdsl.run(flow, history=store, resume=first.run_id)
+        assert second.ok, second.error
+        assert second.output == [2, 2, 2]
+        assert sorted(calls) == ["u0", "u1", "u2"]  # src reused, every element again
+        calls.clear()
+        third = flowdsl.run(flow, history=store, resume=second.run_id)
+        assert third.output == [2, 2, 2] and calls == []
+    finally:
+        store.close()
