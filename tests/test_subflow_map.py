@@ -102,6 +102,11 @@ def test_pipeline_items_each_map_their_own_list() -> None:
     assert r.output == [12, 0, 4]
     assert r.tasks["per[2].again"].item_count == 1  # only the first item had a third element
     assert r.tasks["per[0].again"].item_count == 3
+    b = upto.stage()
+    inner = Flow("outer", b >> inc.map(b).named("m")).map(a)
+    r = run(Flow("p", a >> inner), mode="pipeline", items=[2])
+    assert r.output == [[[], [1]]]
+    assert r.tasks["outer[1].m[0]"].status is S.COMPLETED  # a child's children are listed
 
 
 def test_a_downstream_task_gets_the_list() -> None:

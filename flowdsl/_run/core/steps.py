@@ -248,9 +248,14 @@ class Steps:
             out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
             if out[t].items:  # unfinished items were folded last
                 out[t].items.sort(key=item_index)  # type: ignore[union-attr]
-            for c in self.children.get(t, ()):  # a mapped task's children follow it
-                if c in self.merged:
-                    out[c] = self.merged[c]
+            kids = self.children.get(t)
+            if kids:  # a mapped task's children follow it (theirs after each, depth-first)
+                stack = list(reversed(kids))
+                while stack:
+                    c = stack.pop()
+                    if c in self.merged:
+                        out[c] = self.merged[c]
+                    stack.extend(reversed(self.children.get(c, ())))
         return out
 
     def now(self) -> float:
