@@ -585,7 +585,7 @@ class Sim:
     def _tie(self, by: str, what: str) -> None:
         """Flag an outcome that depends on the order of events at this same instant."""
         for at, who in self.events:
-            if at == self.now and who != by and not who.startswith(by + "["):
+            if at == self.now and who != by and not who.startswith((by + "[", by + ".")):
                 self.ambiguous = self.ambiguous or f"{what} at {at} ties with {who}"
         for at, _, p, tok, cmd in self.heap:  # a wake due at this very instant
             if (at == self.now and p is not None and cmd is None and not p.done
@@ -893,7 +893,7 @@ class Sim:
                     failed.append(i)
                     if not self.f.continue_on_error and not halted[0]:
                         halted[0] = True  # S52: a failed element stops its siblings
-                        self._tie(culprit, "a sibling element's failure")
+                        self._tie(pres[i], "a sibling element's failure")
                         for q2 in list(me.kids):
                             if not q2.done and q2.name.startswith("element"):
                                 self.cancel(q2, f"sibling {pres[i]}")
@@ -1029,6 +1029,10 @@ class Sim:
                     self.stop(held[0])
                 return
             todo = [t for t in todo if t in again]
+            # S52: a mapped sub-flow's steps as they ended, for a stop during the backoff
+            prior = {c: self.recs[c].status for t in todo
+                     if t in self.f.tasks and self.f.tasks[t].sub is not None
+                     for c in self.children.get(t, ()) if c in self.recs}
             for t in todo:  # a map whose input may change runs all its children again,
                 every = any(p in again for p in self.s.preds[t])  # else those not completed
                 for c in self.children.get(t, ()):  # (S30: pending until they run again)
@@ -1050,6 +1054,11 @@ class Sim:
                 except Cancel:  # S18: the failed part waiting out the group's backoff
                     for t in todo:
                         self._finish(t, "cancelled")
+                    for c, was in prior.items():  # S52: its steps that did not complete
+                        if was in BAD:  # end cancelled; the others keep how they ended
+                            self._finish(c, "cancelled")
+                        else:
+                            self.recs[c].status = was
                     raise
 
     def _members(self, todo: list[str]) -> Proc:

@@ -723,6 +723,19 @@ FOUND: dict[str, tuple[FlowD, str]] = {
                     't8': Script(duration=1.09375, ret=[])},
            rollback=True),
      'once'),
+    # sm2's element failed, its retried group g1 waited out its backoff, and t3's failure
+    # stopped the run then: the element's failed step ends cancelled, as a mapped member's
+    # failed child does (reference fixed; S30, S52)
+    'a_stop_in_the_backoff_of_a_group_around_a_mapped_sub_flow': (FlowD(
+        stages=[[GroupD(name='g1', stages=[['sm2']], retries=1, backoff=2.0), 't3']],
+        tasks={'sm2': TaskD(id='sm2', values=['k1.0'], sub=['s0', 's1']),
+               't3': TaskD(id='t3')},
+        scripts={'k1.0': Script(duration=1.0),
+                 'k1.0/0': Script(duration=1.0625, fail=(1,)),
+                 'k1.0/1': Script(duration=1.078125),
+                 'sm2': Script(),
+                 't3': Script(duration=2.03125, fail=(1,))}),
+     'once'),
 }
 
 

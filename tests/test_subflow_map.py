@@ -480,3 +480,18 @@ def test_resume_reuses_a_completed_mapped_sub_flow_whole_and_reruns_an_unfinishe
         assert third.output == [2, 2, 2] and calls == []
     finally:
         store.close()
+
+
+def test_a_mapped_sub_flow_runs_as_cleanup_after_a_fail_fast_stop() -> None:
+    """S39: a node whose trigger rule is one_failed runs after the stop; a mapped sub-flow's
+    elements run then too (they were left pending)."""
+    @tl
+    def bad() -> None:
+        raise RuntimeError("down")
+
+    m = per_item().map(["a", "b"]).with_options(trigger="one_failed")
+    r = run(Flow("f", bad() >> m))
+    assert r.status.value == "failed"
+    assert r.tasks["per_item"].status is S.COMPLETED
+    assert r.outputs["per_item"] == ["stored 4", "stored 4"]
+    assert r.tasks["per_item[1].store"].status is S.COMPLETED

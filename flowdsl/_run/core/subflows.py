@@ -238,12 +238,12 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
 
         workers = min(core.child_limit, shape.width)
         if workers == 1:  # one at a time in plan order (topological): no edges to count
-            await drive(order, step, workers=1, stop=lambda: core.stopped, ordered=True,
+            await drive(order, step, workers=1, stop=lambda: scope.cancel_called, ordered=True,
                         kind="group")
         else:
             succs, waiting = inside(order, preds)
             await drive(order, step, workers=workers, succs=succs, waiting=waiting,
-                        stop=lambda: core.stopped, ordered=True, kind="group")
+                        stop=lambda: scope.cancel_called, ordered=True, kind="group")
         status = item.status
         return FAILED if any(status.get(f) in _BAD for f in order) else COMPLETED
 
