@@ -54,6 +54,14 @@ class TaskD:
     values: list[str] | None = None
     max_parallel: int | None = None
     named: bool = False  # written tool.map(key=...) (map by name): the same semantics
+    # A mapped sub-flow (S49-S52) over ``values``: the names of its steps, a chain run per
+    # element (step j of element e calls the script "<e>/<j>"), and the sub-flow's options
+    # as a unit, applied per element.
+    sub: list[str] | None = None
+    sub_when: str | None = None
+    sub_timeout: float | None = None
+    sub_retries: int = 0
+    sub_backoff: float = 0.0
 
     @property
     def mapped(self) -> bool:
@@ -366,6 +374,8 @@ class Sim:
         self._self: _P | None = None
         self.arrived: dict[int, float] = {}  # process -> when it asked for a pool
         self.resumed_children: dict[str, tuple[str, Any]] = {}
+        # a mapped sub-flow's step -> the failures its element's retry may still mend (S51)
+        self.sub_hold: dict[str, list[str]] = {}
         for tid, out in (resumed or {}).items():
             if "[" in tid and tid not in self.recs:  # S38: (element, output) of a child
                 self.resumed_children[tid] = out
@@ -545,6 +555,10 @@ class Sim:
         """A failure (S14, S15): recorded; the run stops under fail-fast (S39), unless a
         retried group holds it (S31). A map child's failure stops only its map (S24)."""
         self._finish(tid, status)
+        held = self.sub_hold.get(tid)
+        if held is not None:  # S51: its element will run it again
+            held.append(tid)
+            return
         for n in self.s.group_of.get(parent or tid, []):
             st = self.group_state.get(n)
             if st is not None and st.get("hold"):
@@ -571,7 +585,7 @@ class Sim:
     def _tie(self, by: str, what: str) -> None:
         """Flag an outcome that depends on the order of events at this same instant."""
         for at, who in self.events:
-            if at == self.now and who != by and not who.startswith(by + "["):
+            if at == self.now and who != by and not who.startswith((by + "[", by + ".")):
                 self.ambiguous = self.ambiguous or f"{what} at {at} ties with {who}"
         for at, _, p, tok, cmd in self.heap:  # a wake due at this very instant
             if (at == self.now and p is not None and cmd is None and not p.done
@@ -673,7 +687,9 @@ class Sim:
             self._finish(tid, "completed", self.outputs.get(gate[0].on), True)
             return
         assert t is not None
-        if t.mapped:
+        if t.sub is not None:
+            yield from self._submap(tid, t)
+        elif t.mapped:
             yield from self._map(tid, t)
         else:
             yield from self._pooled(tid, tid, t, [self.outputs.get(d) for d in t.deps])
@@ -837,6 +853,152 @@ class Sim:
             return
         self._finish(tid, "completed", [self.recs[c].output for c in ids], True)
 
+    # -- mapped sub-flows (S49-S52) ----------------------------------------------------------
+    def _open(self, cid: str, parent: str) -> bool:
+        """Whether ``cid`` has no final status yet (never started, or reset for a retry)."""
+        r = self.recs.get(cid)
+        return r is None or r.status in ("pending", "running")
+
+    def _submap(self, tid: str, t: TaskD) -> Proc:
+        assert t.sub is not None and t.values is not None
+        r = self.recs[tid]
+        values, steps = t.values, t.sub
+        if r.started_at is None:
+            r.started_at = self.now
+        n, k = len(values), len(steps)
+        pres = [f"{tid}[{i}]" for i in range(n)]
+        kids = [f"{p}.{s}" for p in pres for s in steps]
+        self.children[tid] = kids
+        # S30 (an outer group's retry): an element whose steps all completed is kept
+        todo = [i for i in range(n)
+                if any(self.recs.get(c) is None or self.recs[c].status not in FINAL_OK
+                       for c in kids[i * k:i * k + k])]
+        width = min(len(todo), t.max_parallel or len(todo), 1000)
+        failed: list[int] = []
+        nxt = [0]
+        me = self._self
+        halted = [False]
+        bad = ("failed", "timed_out", "cancelled")
+
+        def lane() -> Proc:
+            while nxt[0] < len(todo) and not halted[0]:
+                i = todo[nxt[0]]
+                nxt[0] += 1
+                mine = kids[i * k:i * k + k]
+                q = self.spawn(f"element {pres[i]}",
+                               self._element(tid, t, i, values[i], mine), me)
+                yield ("join", [q])
+                culprit = next((c for c in mine if self.recs[c].status in bad), None)
+                if culprit is not None:
+                    failed.append(i)
+                    if not self.f.continue_on_error and not halted[0]:
+                        halted[0] = True  # S52: a failed element stops its siblings
+                        self._tie(pres[i], "a sibling element's failure")
+                        for q2 in list(me.kids):
+                            if not q2.done and q2.name.startswith("element"):
+                                self.cancel(q2, f"sibling {pres[i]}")
+
+        try:
+            lanes = [self.spawn(f"lane {tid}", lane(), me) for _ in range(width)]
+            yield ("join", lanes)
+        except Cancel as cx:
+            for c in kids:  # S52: the steps that never ended
+                if self._open(c, tid):
+                    self.recs[c] = self.recs.get(c) or Record(c, parent=tid)
+                    if cx.why.startswith("group"):
+                        self._fail(c, "timed_out", tid)
+                    else:
+                        self._finish(c, "cancelled")
+            if cx.why.startswith("group"):
+                self._fail(tid, "timed_out")
+            else:
+                self._finish(tid, "cancelled")
+            raise
+        if failed or any(self.recs.get(c) is not None and self.recs[c].status in bad
+                         for c in kids):
+            for c in kids:
+                if self._open(c, tid):
+                    self.recs[c] = self.recs.get(c) or Record(c, parent=tid)
+                    self._finish(c, "cancelled")
+            self._fail(tid, "failed")
+            return
+        last = steps[-1]
+        self._finish(tid, "completed", [self.recs[f"{p}.{last}"].output
+                                        if self.recs[f"{p}.{last}"].has_output else None
+                                        for p in pres], True)
+
+    def _element(self, tid: str, t: TaskD, i: int, e: str, mine: list[str]) -> Proc:
+        """S50, S51: one element's chain, with the sub-flow's options as a unit."""
+        key = ("el", tid, i)
+        self.deadline.pop(key, None)  # S51: the element's clock starts with its first step
+        todo = [j for j in range(len(mine))
+                if self.recs.get(mine[j]) is None or self.recs[mine[j]].status not in FINAL_OK]
+        tries = t.sub_retries + 1
+        for attempt in range(1, tries + 1):
+            last = attempt == tries
+            held: list[str] = []
+            if not last:
+                for j in todo:
+                    self.sub_hold[mine[j]] = held
+            try:
+                yield from self._chain(tid, t, e, mine, todo, key)
+            except Cancel:
+                for j in todo:
+                    self.sub_hold.pop(mine[j], None)
+                self.errors += held  # S39: the failures held so far happened
+                raise
+            for j in todo:
+                self.sub_hold.pop(mine[j], None)
+            first = next((j for j in todo if self.final.get(mine[j]) in BAD), None)
+            if first is None or last or self.stopped:
+                self.errors += held
+                return
+            todo = [j for j in todo if j >= first]
+            for j in todo:  # reset: these run again; the completed steps are kept
+                self.final.pop(mine[j], None)
+                self.outputs.pop(mine[j], None)
+                self.recs[mine[j]].status = "pending"
+                self.recs[mine[j]].has_output = False
+            self.deadline.pop(key, None)  # each attempt gets the full timeout
+            if t.sub_backoff:
+                try:
+                    yield ("sleep", t.sub_backoff * 2 ** (attempt - 1))
+                except Cancel:  # S18: the failed part waiting out the backoff
+                    for j in todo:
+                        self._finish(mine[j], "cancelled")
+                    raise
+
+    def _chain(self, tid: str, t: TaskD, e: str, mine: list[str], todo: list[int],
+               key: Any) -> Proc:
+        for j in todo:
+            cid = mine[j]
+            if cid not in self.recs:
+                self.recs[cid] = Record(cid, parent=tid)
+            self._event(cid)
+            if j > 0:  # S20 (all_success) on the step before it
+                before = self.final.get(mine[j - 1])
+                if before != "completed":
+                    self._finish(cid, "skipped" if before == "skipped" else "upstream_failed")
+                    continue
+            if t.sub_when is not None and not self.f.context.get(t.sub_when):  # S27
+                self._finish(cid, "skipped")
+                continue
+            inputs = [e if j == 0 else self.outputs.get(mine[j - 1])]
+            step = TaskD(cid)
+            if t.sub_timeout is None:
+                yield from self._pooled(cid, f"{e}/{j}", step, inputs, parent=tid)
+                continue
+            at = self.deadline.setdefault(key, self.now + t.sub_timeout)  # S29, per element (S51)
+            if self.now >= at:
+                self._fail(cid, "timed_out", tid)
+                continue
+            inner = self.spawn(f"bounded {cid}",
+                               self._pooled(cid, f"{e}/{j}", step, inputs, parent=tid),
+                               self._self)
+            self.timed_procs.setdefault(key, []).append(inner)  # type: ignore[arg-type]
+            self._watch(key)  # type: ignore[arg-type]
+            yield ("join", [inner])
+
     # -- retried groups (S30, S31) ----------------------------------------------------------
     def _drive(self, n: int) -> Proc:
         g = self.s.groups[n]
@@ -867,6 +1029,10 @@ class Sim:
                     self.stop(held[0])
                 return
             todo = [t for t in todo if t in again]
+            # S52: a mapped sub-flow's steps as they ended, for a stop during the backoff
+            prior = {c: self.recs[c].status for t in todo
+                     if t in self.f.tasks and self.f.tasks[t].sub is not None
+                     for c in self.children.get(t, ()) if c in self.recs}
             for t in todo:  # a map whose input may change runs all its children again,
                 every = any(p in again for p in self.s.preds[t])  # else those not completed
                 for c in self.children.get(t, ()):  # (S30: pending until they run again)
@@ -888,6 +1054,11 @@ class Sim:
                 except Cancel:  # S18: the failed part waiting out the group's backoff
                     for t in todo:
                         self._finish(t, "cancelled")
+                    for c, was in prior.items():  # S52: its steps that did not complete
+                        if was in BAD:  # end cancelled; the others keep how they ended
+                            self._finish(c, "cancelled")
+                        else:
+                            self.recs[c].status = was
                     raise
 
     def _members(self, todo: list[str]) -> Proc:

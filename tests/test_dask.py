@@ -176,6 +176,30 @@ class TestSameResults:
         bad = run(dt.add.map(a=[1, 2], b=[1]).named("z"), mode=mode, executor=ex)
         assert "'b' has 1 elements but 'a' has 2" in bad.tasks["z"].error.message
 
+    @pytest.mark.parametrize("mode", MODES)
+    def test_mapped_sub_flows_on_the_cluster(self, ex: DaskExecutor, mode: str) -> None:
+        """A sub-flow mapped per element (a Flow by position, a fragment by name) runs each
+        element's steps on the workers, as locally; the output is the elements' outputs in
+        input order, as plain values; a step raising on a worker fails its element."""
+        src = dt.add(0, 3).named("src")
+        per = flowdsl.Flow("per", dt.inc.stage() >> dt.add.stage(b=100) >> dt.pid.stage())
+        m = per.map([1, 2, 3])
+        named = (dt.add.stage() >> dt.inc.stage()).map(a=[1, 2], b=10).named("ab")
+        flow = src >> m >> named
+        remote = run(flow, mode=mode, executor=ex)
+        local = run(flow, mode=mode)
+        assert remote.ok, remote.error
+        assert remote.outputs["ab"] == local.outputs["ab"] == [12, 13]
+        assert len(remote.outputs["per"]) == 3
+        assert os.getpid() not in remote.outputs["per"]
+        assert not any(isinstance(v, DaskRemote) for v in remote.outputs["per"])
+        assert remote.tasks["per[2].add"].status is S.COMPLETED
+        assert remote.outputs["per[2].add"] == 104
+        bad = run(flowdsl.Flow("b", dt.boom.stage() >> dt.inc.stage()).map(["x", "y"]),
+                  mode=mode, executor=ex, continue_on_error=True)
+        assert bad.tasks["b"].status is S.FAILED
+        assert "ValueError: x" in bad.tasks["b"].error.message
+
     def test_a_failed_child_on_the_cluster_fails_the_map(self, ex: DaskExecutor) -> None:
         """A child raising on a worker fails its mapped task with the worker's error."""
         r = run(dt.boom.map(["x", "y"]).named("b"), executor=ex, continue_on_error=True)

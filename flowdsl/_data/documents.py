@@ -772,6 +772,9 @@ def _task_data(tid: str, t: Task[Any], preds: tuple[str, ...], registry: ToolReg
 
     if t.stage_param is not None:
         raise _unwritable(tid, "it is a pipeline stage fed by the previous stage")
+    if t.fan is not None and t.fan.sub is not None:
+        raise _unwritable(tid, f"it is a mapped sub-flow ({t.fan.sub.name}.map(...): its "
+                          "tasks run per element)")
     tool_name = next((k for k, v in registry.items() if v.fn is t.tool.fn), t.tool.name)
     named = [p.name for p in params(t.tool)[0]]
     if len(t.args) > len(named):

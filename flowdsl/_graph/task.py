@@ -19,6 +19,7 @@ again, in any process, gets the same ids.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
@@ -46,9 +47,9 @@ from .spec import (
 )
 from .walk import nodes
 
-__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "Task", "Unmapped",
-           "UpstreamRef", "chain", "ctx", "each", "eval_condition", "materialize", "parallel",
-           "unmapped", "upstream"]
+__all__ = ["CtxRef", "Each", "Flow", "Fragment", "Guard", "MapSpec", "Ref", "SubMap", "Task",
+           "Unmapped", "UpstreamRef", "chain", "ctx", "each", "eval_condition", "materialize",
+           "parallel", "unmapped", "upstream"]
 
 _MISSING: Any = type("_Missing", (), {"__repr__": lambda self: "<missing>"})()
 _ATOMS = frozenset({int, float, str, bool, bytes, type(None)})
@@ -248,23 +249,25 @@ class MapSpec(Frozen):
     map was written by name (``tool.map(a=..., b=...)``; messages then name the parameters as
     written)."""
 
-    __slots__ = ("limit", "max_parallel", "named", "params", "positional")
+    __slots__ = ("limit", "max_parallel", "named", "params", "positional", "sub")
 
     params: tuple[str, ...]
     positional: bool
     max_parallel: int | None
     limit: int
     named: bool
+    sub: Any  # a mapped sub-flow's SubMap (below, with Flow.map), else None
 
     def __init__(self, params: tuple[str, ...], positional: bool,
                  max_parallel: int | None = None, limit: int = DEFAULT_MAP_LIMIT, *,
-                 named: bool = False) -> None:
+                 named: bool = False, sub: Any = None) -> None:
         s = object.__setattr__
         s(self, "params", params)
         s(self, "positional", positional)
         s(self, "max_parallel", max_parallel)
         s(self, "limit", limit)
         s(self, "named", named)
+        s(self, "sub", sub)
 
     def _copy_hint(self) -> str:
         return ("make a changed copy: mapped_task.with_options(max_parallel=..., "
@@ -293,7 +296,8 @@ class MapSpec(Frozen):
             raise CompositionError(msg)
         return MapSpec(self.params, self.positional,
                        changes.get("max_parallel", self.max_parallel),
-                       changes.get("max_children", self.limit), named=self.named)
+                       changes.get("max_children", self.limit), named=self.named,
+                       sub=self.sub)
 
 
 class Guard:
@@ -703,6 +707,12 @@ class Task(_Composable, _Placeholder, Frozen, Generic[R_co]):  # type: ignore[mi
                        "(tool.map(...)) only")
                 raise CompositionError(msg)
             changes["fan"] = self.fan.evolve(self._label, **fan_opts)
+        if given and self.fan is not None and self.fan.sub is not None:
+            msg = (f"task {self._label!r} is a mapped sub-flow: it takes max_parallel, "
+                   f"max_children and trigger; {', '.join(given)} belong on its tasks, or on "
+                   "the sub-flow as a unit (.with_options(timeout=, retries=, backoff=), "
+                   "applied per element)")
+            raise CompositionError(msg)
         if given:
             changes["spec"] = self.spec.evolve(**given)
         if trigger is not None:
@@ -1082,6 +1092,19 @@ class Fragment(_Composable, _Grouped, Frozen, Generic[R_co]):
     def __repr__(self) -> str:
         return f"<Fragment {_expr(self)}: {_counts(self)}>"
 
+    def map(self, *values: Any, **kwargs: Any) -> Task[list[R_co]]:
+        """This fragment run once per element of a runtime list, each element as its own chain
+        of its tasks (depth-first: element 0 can finish while element 9 starts), as one
+        mapped task named after it; its output is the list of the elements' outputs (each
+        the fragment's output) in input order. ``.map(values)`` gives each element to the one
+        entry task's free parameter (a stage's input); ``.map(url=values, lang="de")`` gives
+        each keyword to every entry task with that parameter (mapped when a list or a
+        reference, as :meth:`Tool.map <flowdsl.Tool.map>`'s named form). The children run as
+        ``name[i].task``; the fragment's ``when``/``timeout``/``retries``/``backoff`` apply per
+        element; ``.with_options(max_parallel=N, max_children=M)`` on the mapped task bounds
+        the elements in flight and their number."""
+        return map_subflow(self, values, kwargs)
+
 
 class _NewFragment(Fragment[Any]):
     """A Fragment under construction (see :class:`_NewTask`)."""
@@ -1288,6 +1311,19 @@ class Flow(_Composable, _Grouped, Frozen, Generic[R_co]):
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}: {_counts(self)}>"
+
+    def map(self, *values: Any, **kwargs: Any) -> Task[list[R_co]]:
+        """This flow run once per element of a runtime list, each element as its own chain
+        of its tasks (depth-first: element 0 can finish while element 9 starts), as one
+        mapped task named after it; its output is the list of the elements' outputs (each
+        the flow's output) in input order. ``.map(values)`` gives each element to the one
+        entry task's free parameter (a stage's input); ``.map(url=values, lang="de")`` gives
+        each keyword to every entry task with that parameter (mapped when a list or a
+        reference, as :meth:`Tool.map <flowdsl.Tool.map>`'s named form). The children run as
+        ``name[i].task``; the flow's ``when``/``timeout``/``retries``/``backoff`` apply per
+        element; ``.with_options(max_parallel=N, max_children=M)`` on the mapped task bounds
+        the elements in flight and their number."""
+        return map_subflow(self, values, kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         """The flow as a workflow document (see :func:`flowdsl.load_flow`)."""
@@ -1683,3 +1719,161 @@ def _walk(root: Any, reserved: frozenset[str]) -> Graph:
         b.check_children()
     src, snk = (root, root) if root.__class__ is Task else ends[id(root)]
     return Graph(tasks, ids, preds, src, snk, tuple(groups))
+
+
+# -- a whole sub-flow mapped per element: Flow(...).map(xs), (a >> b).map(xs) ----------
+# A whole sub-flow mapped over a runtime list: ``Flow("per_item", a >> b).map(items)``.
+#
+# The mapped sub-flow is one node of its flow: a mapped task (a :class:`~.task.MapSpec` fan-out,
+# so the element lists are resolved, checked and zipped as for ``tool.map``) whose tool is a
+# stand-in named after the sub-flow and whose map spec carries a :class:`SubMap`. At run time
+# (flowdsl/_run/core/subflows.py) each element runs the sub-flow's tasks as its own chain,
+# depth-first, as ``name[i].task`` children.
+#
+# Where an element goes: the positional form ``.map(values)`` needs exactly one entry task (a
+# task with no predecessor inside the sub-flow) with a free parameter (a pipeline stage's input,
+# as ``fetch >> parse`` leaves ``fetch``'s); the named form ``.map(url=values, lang="de")`` gives
+# each keyword to every entry task that has a parameter of that name (mapped when its value is a
+# list or a reference, as ``tool.map``'s named form; :func:`flowdsl.unmapped` passes one whole).
+
+
+class SubMap:
+    """What a mapped sub-flow runs per element: the sub-flow (a Flow), its name (the prefix of
+    the children's ids is the mapped task's id), and which entry task takes which of the
+    element's values (entry id -> the names it takes)."""
+
+    __slots__ = ("entries", "flow", "name", "plan")
+
+    def __init__(self, flow: Flow[Any], name: str, entries: dict[str, tuple[str, ...]]) -> None:
+        self.flow = flow
+        self.name = name
+        self.entries = entries
+        self.plan: Any = None  # the sub-flow's plan, made once by the run core
+
+    def __repr__(self) -> str:
+        return f"<SubMap {self.name!r}>"
+
+
+def _stem(fragment: Any) -> str:
+    unit = fragment.unit
+    if unit is not None and not unit.name.startswith("("):
+        return str(unit.name)
+    labels = [t._label for t in materialize(fragment).tasks.values()]
+    return "_".join(labels[:3]) + ("_etc" if len(labels) > 3 else "")
+
+
+def map_subflow(source: Flow[Any] | Fragment[Any], values: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Task[Any]:
+    """``flow.map(values)`` / ``flow.map(name=values, ...)``: see the module docstring."""
+    if isinstance(source, Flow):
+        flow, name = source, source.name
+    else:
+        name = _stem(source)
+        flow = Flow(name, source)
+    g = materialize(flow)
+    what = f"sub-flow {name!r}"
+    if not g.tasks:
+        msg = f"cannot map {what}: it has no tasks"
+        raise CompositionError(msg)
+    entry_ids = [t for t, p in g.preds.items() if not p]
+    if len(values) > 1:
+        msg = (f"{name}.map(...) takes at most one positional value, the list whose elements go "
+               f"to the entry task; to map several parameters, name them (they are zipped)")
+        raise CompositionError(msg)
+    entries: dict[str, tuple[str, ...]] = {}
+    if values:
+        if kwargs:
+            msg = (f"cannot map {what}: give either one list by position or every input by "
+                   f"name (.map({', '.join(f'{k}=...' for k in kwargs)}, <param>=<values>)), "
+                   "not both")
+            raise CompositionError(msg)
+        if len(entry_ids) != 1:
+            shown = ", ".join(f"{t!r} ({_free(g.tasks[t])})" for t in entry_ids)
+            msg = (f"cannot map {what} by position: it has {len(entry_ids)} entry tasks "
+                   f"({shown}), so which one takes each element is ambiguous; name the "
+                   "parameter to map: .map(<param>=<values>) (every entry task with that "
+                   "parameter takes it)")
+            raise CompositionError(msg)
+        entry = g.tasks[entry_ids[0]]
+        param = entry.stage_param
+        if param is None:
+            msg = (f"cannot map {what} by position: its entry task {entry_ids[0]!r} has no "
+                   "free parameter to take each element (all are bound); name the parameter "
+                   f"to map instead: .map(<param>=<values>) (its parameters: "
+                   f"{_free(entry)})")
+            raise CompositionError(msg)
+        entries[entry_ids[0]] = (param,)
+        names: list[str] = [param]
+    else:
+        if not kwargs:
+            msg = f"{name}.map() needs the values to map: .map(values) or .map(<param>=values)"
+            raise CompositionError(msg)
+        names = list(kwargs)
+        for t in entry_ids:
+            params = g.tasks[t].tool.signature.parameters
+            taken = tuple(k for k in names if k in params)
+            if taken:
+                entries[t] = taken
+        for k in names:
+            if not any(k in v for v in entries.values()):
+                shown = ", ".join(f"{t!r} ({_free(g.tasks[t])})" for t in entry_ids)
+                msg = (f"cannot map {what}: no entry task has a parameter {k!r}; its entry "
+                       f"tasks and their parameters: {shown}")
+                raise CompositionError(msg)
+        if not any(_maps(v) for v in kwargs.values()):
+            given = ", ".join(f"{k}={v!r}"[:60] for k, v in kwargs.items())
+            msg = (f"{name}.map({given}) maps nothing: a keyword is mapped when its value is "
+                   "a list (or other iterable), a Task, a projection or a ctx() reference; "
+                   "any other value, or one wrapped in unmapped(), goes to every element")
+            raise CompositionError(msg)
+    stand_in: Any = _StandIn(name, names, _module_of(flow))
+    t = Task._map(stand_in, values, kwargs)
+    fan = t.fan
+    assert fan is not None
+    return t._replace(fan=MapSpec(fan.params, fan.positional, fan.max_parallel, fan.limit,
+                                  named=fan.named, sub=SubMap(flow, name, entries)))
+
+
+def _maps(value: Any) -> bool:
+    return value.__class__ is Each or _mappable(value)
+
+
+def _free(task: Any) -> str:
+    names = list(task.tool.signature.parameters)
+    return ", ".join(names) or "no parameters"
+
+
+class _StandIn:
+    """A mapped sub-flow's tool: named after the sub-flow, with the mapped names as its
+    parameters; never called (the core runs the sub-flow's tasks per element instead)."""
+
+    def __init__(self, name: str, params: list[str], module: str) -> None:
+        self._self_spec = ToolSpec(name=name, executor="inline")
+        self.signature = inspect.Signature(
+            [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params])
+        self._self_plain = (tuple(params), frozenset(params), len(params))
+        self.__name__ = self.__qualname__ = name
+        self.__module__ = module
+
+    @property
+    def name(self) -> str:
+        return self._self_spec.name
+
+    @property
+    def spec(self) -> ToolSpec:
+        return self._self_spec
+
+    @property
+    def fn(self) -> Callable[..., Any]:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        msg = f"sub-flow {self.name!r} runs its tasks per element; its stand-in is not called"
+        raise CompositionError(msg)
+
+
+def _module_of(flow: Flow[Any]) -> str:
+    """The module of the sub-flow's first task's tool (history names the stand-in by it)."""
+    for t in materialize(flow).tasks.values():
+        return getattr(t.tool.fn, "__module__", "") or ""
+    return ""

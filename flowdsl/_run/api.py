@@ -34,6 +34,7 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
+from .core.subflows import sub_plan
 from .core.units import context_defaults
 from .events import (
     RUN_FINISHED,
@@ -74,8 +75,10 @@ def _positive(name: str, value: Any) -> None:
         raise ValueError(msg)
 
 
-def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Executor]]:
-    """The executor of each task, and the executors to open and close for this run."""
+def _executors(p: Plan, override: Any, steps: list[tuple[str, Any, str, Any]] | None = None
+               ) -> tuple[dict[str, Executor], list[Executor]]:
+    """The executor of each task (and of each mapped sub-flow's step, ``steps`` from
+    :func:`sub_steps`), and the executors to open and close for this run."""
     shared: dict[Any, Executor] = {}
     by_spec: dict[int, Executor] = {}  # tasks of one tool share its spec: decide once
     per_task: dict[str, Executor] = {}
@@ -89,8 +92,32 @@ def _executors(p: Plan, override: Any) -> tuple[dict[str, Executor], list[Execut
         if ex is None:
             ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
         per_task[tid] = ex
+    for key, _, _, step in sub_steps(p) if steps is None else steps:
+        # A mapped sub-flow's steps run on their own executors (keyed ``node.step``; the
+        # core finds them by sub-flow: Core.sub_executors).
+        spec = step.spec
+        ex = by_spec.get(id(spec))
+        if ex is None:
+            ex = by_spec[id(spec)] = _pick(spec.executor, remote, takes, shared)
+        per_task[key] = ex
     opened = list({id(e): e for e in per_task.values()}.values())
     return per_task, opened
+
+
+def sub_steps(p: Plan) -> list[tuple[str, Any, str, Any]]:
+    """Every step of the plan's mapped sub-flows, nested ones too (iteratively): its key
+    (``node.step``, ``node.step.inner``...), its SubMap, its id in the sub-flow and its task;
+    empty, at the cost of one test per task, for a plan without any."""
+    out: list[tuple[str, Any, str, Any]] = []
+    todo = [(tid, t.fan.sub) for tid, t in p.tasks.items()
+            if t.fan is not None and t.fan.sub is not None]
+    while todo:
+        node, sub = todo.pop()
+        for sid, step in sub_plan(sub).tasks.items():
+            out.append((f"{node}.{sid}", sub, sid, step))
+            if step.fan is not None and step.fan.sub is not None:
+                todo.append((f"{node}.{sid}", step.fan.sub))
+    return out
 
 
 def _pick(kind: Any, remote: Executor | None, takes: tuple[str, ...],
@@ -173,7 +200,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         raise ValueError(msg)
     pools = resources if isinstance(resources, Pools) else Pools(resources)
     p.check_resources(pools.capacities)
-    per_task, opened = _executors(p, executor)
+    steps = sub_steps(p)
+    per_task, opened = _executors(p, executor, steps)
     store = history_store
     if p.groups:  # embedded flows' context defaults, under the flow's and the run's
         ctx = {**context_defaults(p.groups), **ctx}
@@ -185,7 +213,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
     del estimates
     for ex in opened:  # remote executors check tasks and take priorities before any runs
         if type(ex).prepare is not Executor.prepare:
-            ex.prepare({t: p.tasks[t] for t, e in per_task.items() if e is ex}, priorities)
+            every = {**p.tasks, **{key: step for key, _, _, step in steps}} if steps else p.tasks
+            ex.prepare({t: every[t] for t, e in per_task.items() if e is ex}, priorities)
     result: RunResult[Any] = RunResult(
         run_id=uuid.uuid4().hex[:12], flow_name=p.name, mode=m.value, context=ctx, plan=p,
         masker=_secrets(p, ctx, input))
@@ -214,6 +243,8 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
                 capture=capture_output)
     if tracing is not None:
         tracing.attach(core)
+    for key, sub, sid, _ in steps:  # each sub-flow's steps' executors, by the sub-flow
+        core.sub_executors.setdefault(id(sub), {})[sid] = per_task[key]
     core.check_start(input_given=input is not None or items is not None)
     # Map children's input hashes go to history with their outputs (a resume matches them),
     # and are compared on a resume: worked out only then.
@@ -432,9 +463,13 @@ def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str
     out: dict[str, TaskRecord] = {}
     for t, rec in tasks.items():
         out[t] = rec
-        for c in children.get(t, ()):
+        # its children, depth-first (a mapped sub-flow's step may be mapped itself)
+        stack = list(reversed(children.get(t, ())))
+        while stack:
+            c = stack.pop()
             if c in records:
                 out[c] = records[c]
+            stack.extend(reversed(children.get(c, ())))
     return out
 
 

@@ -45,6 +45,13 @@ def tools_and_tasks() -> None:
     double(fetch("a")["n"])  # so does a projection
 
 
+def mapped_sub_flows() -> None:
+    per = Flow("per", fetch("a") >> double(1))
+    assert_type(per.map(url=["a", "b"]), Task[list[int]])  # the sub-flow's output, per element
+    assert_type((fetch("a") >> double(1)).map(url=["a"]), Task[list[int]])
+    total(per.map(url=["a"]).with_options(max_parallel=2))
+
+
 def tool_options() -> None:
     same: Tool[[str], dict[str, int]] = fetch.with_options(timeout=3.0, retries=1)
     del same

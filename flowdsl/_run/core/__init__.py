@@ -5,8 +5,8 @@
 - engine.py: :class:`Core`, whose ``run_task(task_id, item)`` is the only code that knows
   about trigger rules, conditions, inputs, resources, executors, timeouts, retries, output
   mapping, events and rollback; it dispatches to
-- fanout.py (a mapped task's children) and groups.py (a retried group's attempts), which
-  call the public steps of
+- fanout.py (a mapped task's children), subflows.py (a mapped sub-flow's elements, each
+  its own chain) and groups.py (a retried group's attempts), which call the public steps of
 - steps.py: :class:`Steps`, the core's state and the steps of one task's life (pools, cache,
   attempts, recording, inputs, guards, rollback), with
 - trigger.py (trigger rules), inputs.py (argument resolution), record.py (:class:`Item`,
@@ -14,7 +14,7 @@
   conditions, timeouts and trigger rules) below it.
 
 Imports go one way: loop, record, trigger, inputs, rollback, units < steps < fanout, groups
-< engine. The runners import ``Core`` and ``drive`` from here.
+< subflows < engine. The runners import ``Core`` and ``drive`` from here.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 ``Core.run_task(task_id, item)`` is the only code that knows about trigger rules, conditions,
 argument resolution, resources, executors, timeouts, retries with backoff, output mapping,
 events and rollback (the steps live in steps.py, trigger.py, inputs.py, record.py and
-rollback.py; the map and group code in fanout.py and groups.py). Runners only decide *when*
-to call it and how many calls overlap, through the one scheduling loop (loop.py).
+rollback.py; the map, sub-flow and group code in fanout.py, subflows.py and groups.py).
+Runners only decide *when* to call it and how many calls overlap, through the one scheduling
+loop (loop.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .fanout import run_map
 from .groups import group_turn
 from .record import COMPLETED, SKIPPED, Item
 from .steps import Steps
+from .subflows import run_subflow
 from .trigger import AFTER_FAILURE, Inherited
 from .units import group_timeout
 
@@ -90,6 +92,8 @@ class Core(Steps):
         if units is not None and tid in units.timed:
             return await self._bounded(tid, task, item, rec, args, kwargs)
         if task.fan is not None:
+            if task.fan.sub is not None:
+                return await run_subflow(self, tid, task, item, rec, args, kwargs)
             return await run_map(self, tid, task, item, rec, args, kwargs)
         return await self.pooled(tid, task, item, rec, args, kwargs)
 
@@ -103,6 +107,8 @@ class Core(Steps):
         try:
             with anyio.CancelScope(deadline=at):
                 if task.fan is not None:
+                    if task.fan.sub is not None:
+                        return await run_subflow(self, tid, task, item, rec, args, kwargs)
                     return await run_map(self, tid, task, item, rec, args, kwargs)
                 return await self.pooled(tid, task, item, rec, args, kwargs)
         finally:

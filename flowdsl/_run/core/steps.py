@@ -148,6 +148,9 @@ class Steps:
         self.ranked: Sequence[str] = plan.order
         self.children: dict[str, list[str]] = {}  # mapped task -> its children's ids
         self.halted: dict[str, str] = {}  # mapped task -> why its running children stop
+        self.subs: dict[str, Any] = {}  # mapped sub-flow -> its Shape (subflows.py), once
+        # id(SubMap) -> its steps' executors by step id (set by run() when it has any)
+        self.sub_executors: dict[int, dict[str, Executor]] = {}
         # Map children's input hashes, computed only while history stores outputs, and a
         # resumed run's finished children: mapped task -> index -> (input hash, output, why).
         self.child_keys = False
@@ -268,9 +271,14 @@ class Steps:
             out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
             if out[t].items:  # unfinished items were folded last
                 out[t].items.sort(key=item_index)  # type: ignore[union-attr]
-            for c in self.children.get(t, ()):  # a mapped task's children follow it
-                if c in self.merged:
-                    out[c] = self.merged[c]
+            kids = self.children.get(t)
+            if kids:  # a mapped task's children follow it (theirs after each, depth-first)
+                stack = list(reversed(kids))
+                while stack:
+                    c = stack.pop()
+                    if c in self.merged:
+                        out[c] = self.merged[c]
+                    stack.extend(reversed(self.children.get(c, ())))
         return out
 
     def open_events(self, consumers: Sequence[EventConsumer]) -> EventLog:
@@ -315,8 +323,12 @@ class Steps:
         if not self._cut:
             return None
         cut = self._cut.get(id(rec))
-        if cut is None and rec.parent is not None:
-            cut = self._cut.get(id(item.records[rec.parent]))
+        if rec.parent is not None:
+            # A mapped sub-flow's step runs under its element's deadline and its mapped
+            # node's: the earlier one cuts it.
+            outer = self._cut.get(id(item.records[rec.parent]))
+            if outer is not None and (cut is None or outer[0] < cut[0]):
+                cut = outer
         return cut
 
     async def pooled(self, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
@@ -678,7 +690,9 @@ class Steps:
             err.__cause__ = exc
         held = None
         if self.held:  # a mapped member's children are held with it
-            held = self.held.get((rec.parent or tid, item.index))
+            held = self.held.get((tid, item.index))
+            if held is None and rec.parent is not None:
+                held = self.held.get((rec.parent, item.index))
         if held is not None:  # its group will run it again: not the run's error (yet)
             held.append(err)
             self.finish(tid, item, rec, status)
@@ -766,7 +780,12 @@ class Steps:
     def _task_of(self, tid: str) -> Task[Any]:
         """The task of ``tid``, or of the mapped task ``tid`` (``name[i]``) is a child of."""
         task = self.tasks.get(tid)
-        return task if task is not None else self.tasks[tid.rpartition("[")[0]]
+        if task is not None:
+            return task
+        head, dot, step = tid.rpartition("].")
+        if dot and head.rpartition("[")[0] in self.subs:  # a mapped sub-flow's step
+            return self.subs[head.rpartition("[")[0]].tasks[step]  # type: ignore[no-any-return]
+        return self.tasks[tid.rpartition("[")[0]]
 
 
 def _projected(task: Task[Any], ids: Mapping[Task[Any], str]) -> set[str]:
