@@ -736,6 +736,21 @@ FOUND: dict[str, tuple[FlowD, str]] = {
                  'sm2': Script(),
                  't3': Script(duration=2.03125, fail=(1,))}),
      'once'),
+    # t1's failure stopped the run; sm2 (all_done) ran as cleanup, but each element's
+    # retried sub-flow group saw the stop and ran none of its steps: sm2 completed with its
+    # children pending (engine fixed: an attempt that begins after the stop runs; S52)
+    'a_cleanup_mapped_sub_flow_with_retries_runs_its_steps': (FlowD(
+        stages=[['t1'], ['sm2']],
+        tasks={'t1': TaskD(id='t1'),
+               'sm2': TaskD(id='sm2', trigger='all_done', values=['k1.0', 'k1.1'],
+                            sub=['s0', 's1'], sub_retries=1)},
+        scripts={'k1.0': Script(duration=1.0), 'k1.1': Script(duration=1.0),
+                 'k1.0/0': Script(duration=1.0625), 'k1.0/1': Script(duration=1.078125),
+                 'k1.1/0': Script(duration=1.09375, fail=(1,)),
+                 'k1.1/1': Script(duration=1.109375),
+                 'sm2': Script(),
+                 't1': Script(duration=1.03125, fail=(1,))}),
+     'once'),
 }
 
 

@@ -9,7 +9,7 @@ find their tasks final.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -162,5 +162,9 @@ async def _run_members(core: Steps, todo: Sequence[str], item: Item) -> None:
     order = sorted(todo, key=rank.__getitem__)
     succs, waiting = inside(order, core.preds)
     run_task = core.run_task
+    # Only a stop that comes after the attempt began halts it. One that begins after the stop
+    # is a mapped sub-flow's element run as cleanup (all_done, one_failed): it runs to its
+    # end, as the cleanup task's own steps do (the stop cancels it anyway if it comes later).
+    stop: Callable[[], bool] = (lambda: False) if core.stopped else (lambda: core.stopped)
     await drive(order, lambda t: run_task(t, item, True), workers=core.child_limit,
-                stop=lambda: core.stopped, succs=succs, waiting=waiting, kind="group")
+                stop=stop, succs=succs, waiting=waiting, kind="group")

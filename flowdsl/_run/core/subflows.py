@@ -195,8 +195,9 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
     rec.status = RUNNING
     if rec.started_at is None:
         rec.started_at = core.now()
-    if core.observers or core.log:
-        core.started(tid, rec)
+    if core.observers or core.log or core.events is not None:
+        # its elements' steps have attempts of their own, as a mapped task's children do
+        core.started(tid, rec, mapped=True)
     k = len(shape.order)
     pres = [f"{tid}[{i}]." for i in range(n)]
     kids = [p + s for p in pres for s in shape.order]
