@@ -1314,15 +1314,9 @@ class Flow(_Composable, _Grouped, Frozen, Generic[R_co]):
 
     def map(self, *values: Any, **kwargs: Any) -> Task[list[R_co]]:
         """This flow run once per element of a runtime list, each element as its own chain
-        of its tasks (depth-first: element 0 can finish while element 9 starts), as one
-        mapped task named after it; its output is the list of the elements' outputs (each
-        the flow's output) in input order. ``.map(values)`` gives each element to the one
-        entry task's free parameter (a stage's input); ``.map(url=values, lang="de")`` gives
-        each keyword to every entry task with that parameter (mapped when a list or a
-        reference, as :meth:`Tool.map <flowdsl.Tool.map>`'s named form). The children run as
-        ``name[i].task``; the flow's ``when``/``timeout``/``retries``/``backoff`` apply per
-        element; ``.with_options(max_parallel=N, max_children=M)`` on the mapped task bounds
-        the elements in flight and their number."""
+        of its tasks, as one mapped task named after the flow: as :meth:`Fragment.map
+        <flowdsl.Fragment.map>`, with the flow's ``when``/``timeout``/``retries``/``backoff``
+        applied per element."""
         return map_subflow(self, values, kwargs)
 
     def to_dict(self) -> dict[str, Any]:

@@ -173,7 +173,13 @@ async def run_map(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskR
         raise
     if failed:
         return _fail(core, tid, task, item, rec, ids, sorted(failed), nxt, redo)
-    outs = [item.outputs[c] for c in ids]
+    return await complete(core, tid, task, item, rec, [item.outputs[c] for c in ids])
+
+
+async def complete(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskRecord,
+                   outs: list[Any]) -> TaskStatus:
+    """Finish mapped node ``tid`` (a task or a sub-flow) with its children's outputs ``outs``
+    in input order: fetched from the workers when remote, mapped into the context."""
     if core.remote and any(isinstance(o, Remote) for o in outs):
         outs = await _fetch(outs)
     try:

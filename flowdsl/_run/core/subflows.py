@@ -36,9 +36,9 @@ import anyio
 from ..._base.errors import TaskFailed, TaskInputError
 from ..._graph.task import Group, SubMap, Task
 from ..._plan.planner import Plan, plan
-from ..executors import Executor, Remote
+from ..executors import Executor
 from ..result import TaskRecord, TaskStatus
-from .fanout import _fetch, columns
+from .fanout import columns, complete
 from .groups import group_turn
 from .inputs import Inputs
 from .loop import drive, inside
@@ -280,15 +280,7 @@ async def run_subflow(core: Steps, tid: str, task: Task[Any], item: Item, rec: T
             outs.append(item.outputs.get(p + sinks[0]))
         else:
             outs.append({s: item.outputs.get(p + s) for s in sinks})
-    if core.remote and any(isinstance(o, Remote) for o in outs):
-        outs = await _fetch(outs)
-    try:
-        if task.to_context_map is not None:
-            core.map_output(task, outs)
-    except Exception as exc:
-        return core.fail(tid, item, rec, exc, 0)
-    item.outputs[tid] = outs
-    return core.finish(tid, item, rec, COMPLETED, output=outs)
+    return await complete(core, tid, task, item, rec, outs)
 
 
 def _close(core: Steps, item: Item, kids: list[str], tools: list[str], tid: str, why: str,
