@@ -34,6 +34,7 @@ from .._plan.planner import Plan, check_size, plan
 from .._plan.policy import Mode
 from .caching import CacheBackend, RunCache
 from .core import Core, Item
+from .core.record import descendants
 from .core.subflows import sub_plan
 from .core.units import context_defaults
 from .events import (
@@ -463,13 +464,10 @@ def _with_children(tasks: dict[str, TaskRecord], children: Mapping[str, list[str
     out: dict[str, TaskRecord] = {}
     for t, rec in tasks.items():
         out[t] = rec
-        # its children, depth-first (a mapped sub-flow's step may be mapped itself)
-        stack = list(reversed(children.get(t, ())))
-        while stack:
-            c = stack.pop()
-            if c in records:
-                out[c] = records[c]
-            stack.extend(reversed(children.get(c, ())))
+        if t in children:
+            for c in descendants(children, t):
+                if c in records:
+                    out[c] = records[c]
     return out
 
 

@@ -209,11 +209,19 @@ def _fail(core: Steps, tid: str, task: Task[Any], item: Item, rec: TaskRecord, i
         if redo is None or i not in redo:
             child = _child(item, ids[i], task.tool.name, tid, redo)
             core.finish(ids[i], item, child, CANCELLED, reason=why)
-    bad = item.records[ids[failed[0]]]
-    err = bad.error
-    detail = f"{err.type}: {err.message}" if err is not None else bad.status.value
-    msg = (f"mapped task {tid!r} failed: {len(failed)} of {len(ids)} children failed "
-           f"(first: {ids[failed[0]]!r}, {detail})")
+    return fail_mapped(core, tid, item, rec, f"mapped task {tid!r}",
+                       f"{len(failed)} of {len(ids)} children", ids[failed[0]])
+
+
+def fail_mapped(core: Steps, tid: str, item: Item, rec: TaskRecord, what: str, count: str,
+                culprit: str) -> TaskStatus:
+    """Fail mapped node ``tid`` (a task or a sub-flow) for its failed children, naming the
+    first (``culprit``) with its error, which becomes the failure's cause."""
+    bad = item.records.get(culprit)
+    err = bad.error if bad is not None else None
+    detail = (f"{err.type}: {err.message}" if err is not None
+              else bad.status.value if bad is not None else "failed")
+    msg = f"{what} failed: {count} failed (first: {culprit!r}, {detail})"
     exc = TaskFailed(msg, task_id=tid, attempts=0)
     if err is not None and err.exception is not None:
         exc.__cause__ = err.exception

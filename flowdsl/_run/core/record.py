@@ -4,14 +4,15 @@ merges a pipeline item's records into one summary per task."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from ..._base.log import MAX_TASK_LOGS
 from ..result import MAX_KEPT_ITEMS, TaskRecord, TaskStatus
 
 __all__ = ["CACHED", "CANCELLED", "COMPLETED", "EVENTS", "FAILED", "LEVELS", "MAX_KEPT_ATTEMPTS",
-           "PENDING", "RUNNING", "SKIPPED", "TIMED_OUT", "UPSTREAM_FAILED", "Item", "fold",
-           "item_index"]
+           "PENDING", "RUNNING", "SKIPPED", "TIMED_OUT", "UPSTREAM_FAILED", "Item", "descendants",
+           "fold", "item_index"]
 
 # The statuses as module globals, for the core's modules to import: a global look-up is
 # cheaper than an enum attribute on the per-task path.
@@ -97,3 +98,13 @@ def item_index(rec: TaskRecord) -> int:
 
 # Each final status under an event of its own (task_upstream_failed is not task_skipped).
 EVENTS = {s: f"task_{s.value}" for s in TaskStatus}
+
+
+def descendants(children: Mapping[str, Sequence[str]], tid: str) -> Iterator[str]:
+    """The children of mapped node ``tid``, each followed by its own (a mapped sub-flow's
+    step may be mapped itself): depth-first, in input order, iteratively."""
+    stack = list(reversed(children.get(tid, ())))
+    while stack:
+        c = stack.pop()
+        yield c
+        stack.extend(reversed(children.get(c, ())))

@@ -77,6 +77,7 @@ from .record import (
     RUNNING,
     TIMED_OUT,
     Item,
+    descendants,
     fold,
     item_index,
 )
@@ -271,14 +272,10 @@ class Steps:
             out[t] = self.merged.get(t) or TaskRecord(t, self.tasks[t].tool.name)
             if out[t].items:  # unfinished items were folded last
                 out[t].items.sort(key=item_index)  # type: ignore[union-attr]
-            kids = self.children.get(t)
-            if kids:  # a mapped task's children follow it (theirs after each, depth-first)
-                stack = list(reversed(kids))
-                while stack:
-                    c = stack.pop()
+            if t in self.children:  # a mapped task's children follow it
+                for c in descendants(self.children, t):
                     if c in self.merged:
                         out[c] = self.merged[c]
-                    stack.extend(reversed(self.children.get(c, ())))
         return out
 
     def open_events(self, consumers: Sequence[EventConsumer]) -> EventLog:

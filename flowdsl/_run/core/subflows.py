@@ -33,12 +33,12 @@ from typing import Any
 
 import anyio
 
-from ..._base.errors import TaskFailed, TaskInputError
+from ..._base.errors import TaskInputError
 from ..._graph.task import Group, SubMap, Task
 from ..._plan.planner import Plan, plan
 from ..executors import Executor
 from ..result import TaskRecord, TaskStatus
-from .fanout import columns, complete
+from .fanout import columns, complete, fail_mapped
 from .groups import group_turn
 from .inputs import Inputs
 from .loop import drive, inside
@@ -309,13 +309,5 @@ def _fail(core: Steps, tid: str, item: Item, rec: TaskRecord, kids: list[str],
            None)
     culprit = next((pres[failed[0]] + s for s in shape.order
                     if item.status.get(pres[failed[0]] + s) in _BAD), pres[failed[0]])
-    bad = item.records.get(culprit)
-    err = bad.error if bad is not None else None
-    detail = (f"{err.type}: {err.message}" if err is not None
-              else bad.status.value if bad is not None else "failed")
-    msg = (f"mapped sub-flow {tid!r} failed: {len(failed)} of {len(pres)} elements failed "
-           f"(first: {culprit!r}, {detail})")
-    exc = TaskFailed(msg, task_id=tid, attempts=0)
-    if err is not None and err.exception is not None:
-        exc.__cause__ = err.exception
-    return core.fail(tid, item, rec, exc, 0)
+    return fail_mapped(core, tid, item, rec, f"mapped sub-flow {tid!r}",
+                       f"{len(failed)} of {len(pres)} elements", culprit)
