@@ -152,6 +152,32 @@ class TestRunningRows:
                               ())
         assert row == [("running", 1, "[1,2]")]
 
+    def test_a_running_row_is_written_once(self, tmp_path: Path) -> None:
+        """The writer makes a running task's row at its first write only: later writes
+        while it runs send no statement for it (a long task costs one row, not one per
+        write), unless it starts again."""
+        with HistoryStore(tmp_path / "h.db", flush_interval=60.0,
+                          flush_rows=10**9) as store:
+            result = RunResult("r1", "f", "parallel")
+            obs = store.observer("f")
+            obs.run_started(result, None)
+            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=1.0)
+            obs.task_started(result, rec)
+            sent: list[str] = []
+            store._conn.set_trace_callback(sent.append)
+            store.flush()
+            first = [q for q in sent if "INTO tasks" in q]
+            sent.clear()
+            store.flush()
+            second = [q for q in sent if "INTO tasks" in q]
+            rec.attempts.append(Attempt(1, 1.0, 2.0, TaskStatus.FAILED))
+            obs.task_started(result, rec)  # its next attempt: the row shows two attempts
+            store.flush()
+            store._conn.set_trace_callback(None)
+            row = store._rows("SELECT status, attempts FROM tasks WHERE task_id = 'a'", ())
+        assert len(first) == 1 and second == []
+        assert row == [("running", 1)]
+
     def test_a_start_with_a_reason_is_recorded_as_it_was(self, tmp_path: Path) -> None:
         """A start whose record carries a reason is snapshotted on the loop, as before."""
         with HistoryStore(tmp_path / "h.db") as store:
@@ -202,6 +228,11 @@ class TestDurationsCache:
         store._read_flow = lambda *a, **k: reads.append(a) or real(*a, **k)  # type: ignore
         for _ in range(6):
             flowdsl.run(flow, history=path).raise_for_error()
+            # The writer folds a run into the figures just after the run returns; until
+            # then nothing is answered from memory. flush() waits for it.
+            if store._pending:
+                assert store.cached_durations(p) is None
+            store.flush()
             cached = store.cached_durations(p)
             ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
             assert (tasks, tools, sums) == real(key[0], key[1], flush=False)
@@ -227,6 +258,7 @@ class TestDurationsCache:
         store.durations(pb)
         flowdsl.run(a, history=path).raise_for_error()
         flowdsl.run(b, history=path).raise_for_error()
+        store.flush()  # the runs' figures are folded in just after they return
         assert store.cached_durations(pa) == store.durations(pa)
         assert store.cached_durations(pb) == store.durations(pb)
         assert set(store.cached_durations(pb) or ()) == {"q0", "q1", "q2", "q3"}
@@ -258,6 +290,7 @@ class TestDurationsCache:
         p = flowdsl.plan(flow)
         store.durations(p)
         flowdsl.run(flow, history=path).raise_for_error()
+        store.flush()
         ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
         assert sums is None and any(t.endswith("[]") for _, t in key[1])
         assert (tasks, tools) == store._read_flow(key[0], key[1], flush=False)[:2]
@@ -280,8 +313,123 @@ class TestDurationsCache:
         store.durations(p)
         for _ in range(2):
             run()
+            store.flush()
             ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
             assert (tasks, tools, sums) == store._read_flow(key[0], key[1], flush=False)
             assert store.cached_durations(p) == store.durations(p)
         counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
         assert counts == {"double": 12, "double_2": 12}  # 3 runs x 4 items, per stage
+
+
+class TestDeferredStatistics:
+    """A large run returns once its rows are written; the writer folds it into the
+    statistics just after. Readers wait for that, so no figure misses a run that returned.
+    (Every run counts as large here; a small one is folded in before it returns.)"""
+
+    @pytest.fixture(autouse=True)
+    def _every_run_large(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr("flowdsl._record.history.FOLD_INLINE_MAX", 0)
+
+    def _flow(self) -> flowdsl.Flow:
+        return flowdsl.Flow("deferred", quick().named("a") >> quick().named("b"))
+
+    def test_a_run_does_not_wait_for_its_statistics(self, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        import threading
+
+        from flowdsl._record.history import write
+
+        gate, entered = threading.Event(), threading.Event()
+        real = write.aggregate_once
+
+        def held(c: Any, run_id: str) -> Any:
+            entered.set()
+            assert gate.wait(30.0), "the run never returned while its statistics waited"
+            return real(c, run_id)
+
+        monkeypatch.setattr("flowdsl._record.history.aggregate_once", held)
+        with HistoryStore(tmp_path / "h.db") as store:
+            result = flowdsl.run(self._flow(), history=store)
+            assert result.ok and result.history_error is None
+            assert entered.wait(10.0)  # the writer is folding it in, held, and run() returned
+            gate.set()
+            stats = store.tool_stats()
+            (row,) = store._rows("SELECT aggregated FROM runs", ())
+        assert row == (None,)
+        assert sum(s.count for s in stats.values()) == 2
+
+    def test_readers_see_the_run_that_returned(self, tmp_path: Path) -> None:
+        with HistoryStore(tmp_path / "h.db") as store:
+            for _ in range(3):
+                flowdsl.run(self._flow(), history=store).raise_for_error()
+                counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
+                assert set(counts.values()) == {counts["a"]}
+            assert counts == {"a": 3, "b": 3}
+            p = flowdsl.plan(self._flow())
+            assert set(store.durations(p)) == {"a", "b"}
+
+    def test_a_run_left_unfolded_is_folded_in_when_a_store_opens_the_file(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A process that ended between writing a run and folding it in (killed): the next
+        store to open the file folds it in, once."""
+        path = tmp_path / "h.db"
+        store = HistoryStore(path)
+        monkeypatch.setattr(store, "_aggregate", lambda: None)  # the writer never gets to it
+        flowdsl.run(self._flow(), history=store).raise_for_error()
+        store.close()
+        with HistoryStore(path) as other:
+            (flag,) = other._rows("SELECT aggregated FROM runs", (), flush=False)
+            counts = dict(other._rows("SELECT task_id, n FROM task_stats", ()))
+        assert flag == (None,) and counts == {"a": 1, "b": 1}
+        with HistoryStore(path) as again:  # and only once
+            assert dict(again._rows("SELECT task_id, n FROM task_stats", ())) == counts
+
+    def test_two_stores_fold_a_run_in_once(self, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+        """The store that wrote a run and another that opened the file meanwhile both try to
+        fold it in: one claims it, the other finds it done (no double count) and reads the
+        figures again instead of adding the run to its memory."""
+        path = tmp_path / "h.db"
+        with HistoryStore(path) as first:
+            p = flowdsl.plan(self._flow())
+            flowdsl.run(self._flow(), history=first).raise_for_error()
+            first.durations(p)  # figures in memory
+            with monkeypatch.context() as m:
+                m.setattr(first, "_aggregate", lambda: None)
+                flowdsl.run(self._flow(), history=first).raise_for_error()
+            assert first._pending
+            with HistoryStore(path) as second:
+                assert dict(second._rows("SELECT task_id, n FROM task_stats", ())) == {
+                    "a": 2, "b": 2}
+            first.flush()  # claims nothing: the second store folded it in
+            assert not first._pending
+            counts = dict(first._rows("SELECT task_id, n FROM task_stats", ()))
+            cached = first.cached_durations(p)
+            assert cached == first.durations(p)
+        assert counts == {"a": 2, "b": 2}
+
+
+def test_a_small_run_is_in_the_statistics_when_it_returns(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Under FOLD_INLINE_MAX task rows, the run's statistics are written with its end, in
+    the transaction run() waits for: another connection sees them as soon as it returns,
+    and the writer has nothing left to fold in."""
+    import sqlite3
+
+    from flowdsl._record import history
+
+    folded: list[str] = []
+    real = history.aggregate_once
+    monkeypatch.setattr(history, "aggregate_once",
+                        lambda c, run_id: folded.append(run_id) or real(c, run_id))
+    path = tmp_path / "h.db"
+    with HistoryStore(path) as store:
+        flow = flowdsl.Flow("small", quick().named("a") >> quick().named("b"))
+        result = flowdsl.run(flow, history=store)
+        assert folded == [result.run_id] and not store._pending
+        with sqlite3.connect(path) as other:
+            counts = dict(other.execute("SELECT task_id, n FROM task_stats").fetchall())
+            (flag,) = other.execute("SELECT aggregated FROM runs").fetchone()
+        other.close()
+    assert counts == {"a": 1, "b": 1} and flag is None

@@ -91,7 +91,7 @@ class TestWriterFailures:
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A bug inside the writer loses rows only with a report: on the result, as a
         warning, in the log and on the run row, which is finished (16.1)."""
-        def broken(self: Any, plans: Any) -> Any:
+        def broken(self: Any, *args: Any) -> Any:
             raise RuntimeError("writer bug")
 
         monkeypatch.setattr(history_write.Batch, "with_qualnames", broken)
@@ -322,7 +322,7 @@ def test_a_version_2_file_is_migrated(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with HistoryStore(path) as store:
-        assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 5
+        assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 6
         old = store.get_run("old2")
         assert old["edges"] is None and old["tasks"][0]["logs"] == []
         assert store.tool_stats("m.ok")["m.ok"].completed == 1
@@ -344,6 +344,7 @@ class TestReadCost:
         store._conn.set_progress_handler(tick, 100)
         try:
             assert flowdsl.run(f, history=store).ok
+            store.flush()  # and its statistics, folded in just after it returns
         finally:
             store._conn.set_progress_handler(None, 100)
         return count[0]

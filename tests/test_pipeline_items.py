@@ -147,7 +147,7 @@ class TestHistory:
         conn.commit()
         conn.close()
         with HistoryStore(path) as store:
-            assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 5
+            assert store._query("PRAGMA user_version")[0]["user_version"] == SCHEMA_VERSION == 6
             assert {t["item"] for t in store.get_run(old.run_id)["tasks"]} == {None}
             r = flowdsl.run(two_stages(), mode="pipeline", items=[1, 2], history=store)
             ids = {t["task_id"] for t in store.get_run(r.run_id)["tasks"]}

@@ -367,6 +367,14 @@ async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
             return hist, None
 
     def read() -> tuple[Mapping[str, float] | None, Mapping[str, int] | None]:
+        if not mapped:
+            # The memory missed because a run's figures were being folded in (the writer
+            # does it just after the run returns): wait for them, then answer from memory,
+            # not by reading the flow's rows again.
+            store.flush()
+            hist = store.cached_durations(p)
+            if hist is not None:
+                return hist, None
         return (store.durations(p) if need else None,
                 store.map_counts(p) if mapped else None)
 

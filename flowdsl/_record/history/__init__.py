@@ -51,7 +51,7 @@ from .write import (
     TAIL,
     Batch,
     HistoryObserver,
-    aggregate_run,
+    aggregate_once,
     insert_rows,
     tool_identity,
 )
@@ -59,7 +59,10 @@ from .write import (
 __all__ = ["HistoryObserver", "HistoryStore", "HistoryView", "ToolStats", "aopen_history",
            "default_path", "open_history", "tool_identity"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+#: A run of fewer task rows is folded into the statistics in the transaction that writes its
+#: end; a larger one just after it returns (see HistoryStore._write).
+FOLD_INLINE_MAX = 1000
 _T = TypeVar("_T")
 # run ids of runs in progress in this process, over every store instance: a store opening a
 # file must not mark a run of its own process as interrupted.
@@ -70,7 +73,7 @@ CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE, flow TEXT,
     mode TEXT, status TEXT NOT NULL, started_at REAL, ended_at REAL, duration REAL,
     error_type TEXT, error_message TEXT, host TEXT, pid INTEGER, history_error TEXT,
-    edges TEXT, nodes TEXT, proc_start TEXT, heartbeat REAL);
+    edges TEXT, nodes TEXT, proc_start TEXT, heartbeat REAL, aggregated INTEGER);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_flow ON runs(flow, seq);
 CREATE TABLE IF NOT EXISTS tasks (
@@ -111,9 +114,9 @@ def _migrate_1(c: sqlite3.Connection) -> None:
     c.execute("DROP INDEX IF EXISTS attempts_tool")
     _create(c)
     _migrate_4_pipeline_items(c)  # the aggregates' SQL reads the columns it adds
-    for (run_id,) in c.execute("SELECT run_id FROM runs WHERE status NOT IN ('running', "
-                               "'interrupted') ORDER BY seq").fetchall():
-        aggregate_run(c, run_id)
+    _migrate_5_deferred_aggregates(c)
+    c.execute("UPDATE runs SET aggregated = 0 WHERE status NOT IN ('running', 'interrupted')")
+    # folded in by _setup, once every migration is done
 
 
 def _migrate_2(c: sqlite3.Connection) -> None:
@@ -144,6 +147,15 @@ def _migrate_4_pipeline_items(c: sqlite3.Connection) -> None:
             c.execute(f"ALTER TABLE tasks ADD COLUMN {col} INTEGER")
 
 
+def _migrate_5_deferred_aggregates(c: sqlite3.Connection) -> None:
+    """Version 5 -> 6: a finished run's statistics are folded in after its rows are written,
+    not in the same transaction (a run no longer waits for them). ``runs.aggregated = 0``
+    marks a run whose statistics are still to come; older runs have NULL: folded in."""
+    have = {row[1] for row in c.execute("PRAGMA table_info(runs)")}
+    if "aggregated" not in have:
+        c.execute("ALTER TABLE runs ADD COLUMN aggregated INTEGER")
+
+
 def _create(c: sqlite3.Connection) -> None:
     for stmt in _SCHEMA.split(";"):
         if stmt.strip():
@@ -153,7 +165,7 @@ def _create(c: sqlite3.Connection) -> None:
 # Migrations from version N to N+1, applied in order inside the opening transaction.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness,
-    4: _migrate_4_pipeline_items}
+    4: _migrate_4_pipeline_items, 5: _migrate_5_deferred_aggregates}
 
 
 def default_path() -> Path:
@@ -335,9 +347,15 @@ class HistoryStore(HistoryReader):
         self._writer: threading.Thread | None = None
         self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
+        # run id -> its plan's task ids -> qualified tool names (Batch.with_qualnames), as long
+        self._quals: dict[str, dict[str, str]] = {}
         # run id -> task id -> (qualified tool, duration) of its completed tasks written so
         # far (None for the others), until the run's end is written (see _write)
         self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
+        # Runs written whose statistics are still to be folded in (see _aggregate), each
+        # with what it ran; until then, expected durations are not read from memory.
+        self._pending: list[tuple[str, dict[str, tuple[str, float] | None] | None]] = []
+        self._sizes: dict[str, int] = {}  # run id -> its task rows written, until its end
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
         self._settles: list[tuple[str, Callable[[HistoryError | None], None]]] = []
@@ -395,6 +413,10 @@ class HistoryStore(HistoryReader):
                 _MIGRATIONS[v](c)
             c.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
             self._mark_interrupted()
+            # Runs whose statistics a writer did not fold in before its process ended.
+            for (run_id,) in c.execute("SELECT run_id FROM runs WHERE aggregated = 0 "
+                                       "ORDER BY seq").fetchall():
+                aggregate_once(c, run_id)
 
     def _mark_interrupted(self) -> None:
         """Runs left 'running' by a process that is gone become 'interrupted'."""
@@ -504,19 +526,30 @@ class HistoryStore(HistoryReader):
         return HistoryObserver(self, flow_name, keep)
 
     def flush(self) -> None:
-        """Write every waiting row now, in one transaction. A write that fails is never
-        raised here: it is logged and kept for the runs it concerns (see ``_settle``)."""
+        """Write every waiting row now, in one transaction, and fold the finished runs into
+        the statistics. A write that fails is never raised here: it is logged and kept for
+        the runs it concerns (see ``_settle``)."""
+        self._flush_rows()
+        self._aggregate()
+
+    def _flush_rows(self) -> None:
+        """Write every waiting row now, in one transaction (what a run's end waits for)."""
         # Taking the connection first keeps batches in order between the writer thread and
         # a caller flushing at the same moment.
         with self._db_lock:
             if self.closed:
                 return
+            # Taken before the drain: an observer active now queued its run's start row
+            # before it became active, so the drain below holds it (running rows need it).
+            with self._state:
+                observers = [o for o in self._active.values() if o is not None]
             batch = Batch()
             pop, queue = self._queue.popleft, self._queue
             while queue:  # only this thread pops (under the lock); the run appends meanwhile
                 batch.extend([pop() for _ in range(len(queue))])
             self._plans.update(batch.plans)
-            batch.settle_running()
+            for obs in observers:
+                obs.running_rows(batch.tasks)
             if batch:
                 self._write_batch(batch)
 
@@ -531,20 +564,30 @@ class HistoryStore(HistoryReader):
             self._lost(batch, exc)
         for end in batch.ends:
             self._plans.pop(end[-1], None)
+            self._quals.pop(end[-1], None)
             self._ran.pop(end[-1], None)
+            self._sizes.pop(end[-1], None)
             _LIVE_RUNS.discard(end[-1])
 
     def _write(self, batch: Batch) -> None:
         errors = self._errors
         ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
                 for e in batch.ends]
+        sizes = self._sizes
         with self._transaction() as c:
             c.executemany(INSERT_RUN, batch.start_rows(self._plans))
-            tasks, attempts = batch.with_qualnames(self._plans)
+            tasks, attempts = batch.with_qualnames(self._plans, self._quals)
             insert_rows(c, "tasks", tasks)
             insert_rows(c, "attempts", attempts)
             c.executemany(FINISH_RUN, ends)
-            flows = [aggregate_run(c, e[-1]) for e in ends]
+            added = collections.Counter(row[0] for row in tasks)
+            # A small run is folded into the statistics here, in the transaction its end
+            # waits for (a transaction of its own, and the next run's wait for it, would
+            # cost more than the folding); a large one just after it returns (_aggregate).
+            inline = [aggregate_once(c, e[-1]) if sizes.get(e[-1], 0) + added[e[-1]]
+                      < FOLD_INLINE_MAX else None for e in ends]
+        for run_id, n in added.items():
+            sizes[run_id] = sizes.get(run_id, 0) + n
         # What each run adds to task_stats (as _TASK_STATS selects it: the last row written
         # of each task, completed with a start and a duration), for the cached figures.
         # A pipeline over items (a row with ``item`` or ``items`` set) adds one figure per
@@ -561,14 +604,49 @@ class HistoryStore(HistoryReader):
                 done = ran[row[0]] = {}
             done[row[1]] = ((row[-1], row[6]) if row[3] == "completed" and row[4] is not None
                             and row[6] is not None else None)
-        for e, flow in zip(ends, flows):
+        for e, folded in zip(ends, inline):
             had = ran.pop(e[-1], {})
-            self._refresh_flow(flow, None if had is None else {
-                (v[0], tid): v[1] for tid, v in had.items() if v is not None})
+            sizes.pop(e[-1], None)
+            if folded is None:
+                self._pending.append((e[-1], had))
+            elif folded[0] is not None:
+                self._refresh_flow(folded[0], None if had is None or not folded[1] else {
+                    (v[0], tid): v[1] for tid, v in had.items() if v is not None})
         self._commits += 1
         self._ended += len(ends)
         if self._ended >= self.prune_every:
             self._wake.set()  # the writer thread prunes, in the background
+
+    def _aggregate(self) -> None:
+        """Fold the runs written since the last call into ``task_stats`` and ``stats``, in
+        one transaction, and bring the cached figures up to date. The writer thread does it
+        just after it lets the runs return; readers (:meth:`flush`) and the next run's
+        expected durations wait for it, so no figure misses a run that returned. A run whose
+        aggregation fails keeps ``aggregated = 0`` and is folded in when a store next opens
+        the file."""
+        with self._db_lock:
+            if self.closed or not self._pending:
+                return
+            pending = list(self._pending)
+
+            def go() -> list[tuple[str | None, bool]]:
+                with self._transaction() as c:
+                    return [aggregate_once(c, run_id) for run_id, _ in pending]
+
+            try:
+                done = self._retry(go)
+            except Exception as exc:  # the rows are written; only the figures wait
+                with self._cache_lock:
+                    self._flow_cache.clear()
+                if logging_enabled():
+                    get_logger(path=self.path).warning("history_aggregate_failed",
+                                                       error=str(exc))
+                done = []
+            for (flow, ours), (_, had) in zip(done, pending):
+                if flow is not None:
+                    self._refresh_flow(flow, None if had is None or not ours else {
+                        (v[0], tid): v[1] for tid, v in had.items() if v is not None})
+            del self._pending[:len(pending)]  # only _write appends, under the same lock
 
     def _lost(self, batch: Batch, exc: BaseException) -> None:
         """A batch could not be written: every run it concerns gets the error, the log hears
@@ -633,7 +711,8 @@ class HistoryStore(HistoryReader):
     def _settle(self, run_id: str) -> HistoryError | None:
         """In a worker thread at a run's end: write its rows and return the write failure
         that concerned it, if any."""
-        self.flush()
+        self._flush_rows()
+        self._wake.set()  # the writer folds the run into the statistics, after it returns
         if self._ended >= 2 * self.prune_every:
             # The writer thread prunes in the background; when runs end faster than it
             # keeps up, the run's end helps, so the file stays bounded.
@@ -656,8 +735,9 @@ class HistoryStore(HistoryReader):
             # them, so this flush writes them.
             with self._state:
                 settles, self._settles = self._settles, []
-            self.flush()
-            self._answer(settles)
+            self._flush_rows()
+            self._answer(settles)  # the runs return; their statistics follow
+            self._aggregate()
             try:
                 if self._ended >= self.prune_every:
                     self.prune()

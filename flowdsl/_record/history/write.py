@@ -41,6 +41,7 @@ __all__ = [
     "WINDOW",
     "Batch",
     "HistoryObserver",
+    "aggregate_once",
     "aggregate_run",
     "edges_json",
     "insert_rows",
@@ -89,10 +90,11 @@ def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | N
 #: Durations kept per statistics row: quantiles are over a tool's latest calls.
 WINDOW = 64
 
-# Row kinds on the queue (small ints: the hot path appends (kind, row) tuples). RUNNING is a
-# task's start as (run id, record, attempts so far): the writer makes its row, and only when
-# the task's final row did not come along in the same batch.
-START, TASK, ATTEMPT, END, PLAN, RUNNING = range(6)
+# Row kinds on the queue (small ints: the hot path appends (kind, row) tuples). A task's start
+# puts nothing on it: the writer thread makes the rows of the tasks running at each write from
+# the observers' records (HistoryObserver.running_rows), so the tasks that end before the next
+# write cost no row at all.
+START, TASK, ATTEMPT, END, PLAN = range(5)
 
 _TASK_HEAD = (
     "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
@@ -118,9 +120,12 @@ INSERT_RUN = (
 HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
 #: A running task's log lines so far (its final row, written later, holds them all).
 TAIL = "UPDATE tasks SET logs = ? WHERE run_id = ? AND task_id = ? AND status = 'running'"
+# ``aggregated = 0``: the run's statistics are still to be folded in (aggregate_once).
 FINISH_RUN = (
     "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
-    "history_error=? WHERE run_id=?")
+    "history_error=?, aggregated=0 WHERE run_id=?")
+#: Claims a finished run's aggregation: one writer, once (transactions are exclusive).
+CLAIM = "UPDATE runs SET aggregated = NULL WHERE run_id = ? AND aggregated = 0"
 
 
 #: Rows per multi-row statement (16 columns: 4,096 parameters, under SQLite's 32,766).
@@ -261,14 +266,8 @@ class Batch:
             key = (row[0], row[1])
             old = self.tasks.get(key)
             if old is not None and row[-1] is None and old[-1] is not None:
-                row = (*row[:-1], _output(old))
+                row = (*row[:-1], old[-1])
             self.tasks[key] = row
-        elif kind == RUNNING:
-            key = (row[0], _row_id(row[1]))
-            old = self.tasks.get(key)
-            # After a final row of the same batch (a group's retry): made now, so that the
-            # stored output carries over as for any later row.
-            self.tasks[key] = row if old is None else (*_running_row(row)[:-1], _output(old))
         elif kind == ATTEMPT:
             self.attempts.append(row)
         elif kind == START:
@@ -280,26 +279,19 @@ class Batch:
 
     def extend(self, items: Iterable[tuple[int, Any]]) -> None:
         """:meth:`add` for many rows, with the per-task kinds inlined (the writer drains
-        three rows per task: a call per row was a fifth of its Python time)."""
+        a row or two per task: a call per row was a fifth of its Python time)."""
         tasks, get, attempt = self.tasks, self.tasks.get, self.attempts.append
         for kind, row in items:
             if kind == TASK:
                 key = (row[0], row[1])
                 old = get(key)
                 if old is not None and row[-1] is None and old[-1] is not None:
-                    row = (*row[:-1], _output(old))
+                    row = (*row[:-1], old[-1])
                 tasks[key] = row
             elif kind == ATTEMPT:
                 attempt(row)
             else:
                 self.add(kind, row)
-
-    def settle_running(self) -> None:
-        """Make the rows of the tasks whose start is the last thing this batch knows of."""
-        tasks = self.tasks
-        for key, row in tasks.items():
-            if len(row) == 3:
-                tasks[key] = _running_row(row)
 
     def rows(self) -> int:
         return len(self.starts) + len(self.tasks) + len(self.attempts) + len(self.ends)
@@ -327,28 +319,57 @@ class Batch:
         return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
                  PROC_START, now) for row in self.starts]
 
-    def with_qualnames(self, plans: dict[str, Any]
+    def with_qualnames(self, plans: dict[str, Any], quals: dict[str, dict[str, str]]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The task and attempt rows, each with its task's qualified tool name (from its
-        run's plan; the bare name when the run came without one)."""
+        run's plan; the bare name when the run came without one). ``quals`` keeps, per run,
+        each plan task's name, made once per run (a look-up per row after that)."""
         memo: dict[int, str] = {}
 
-        def qualname(row: tuple[Any, ...]) -> str:
+        def ident(tool: Any) -> str:
+            qual = memo.get(id(tool))
+            if qual is None:
+                qual = memo[id(tool)] = safe_text(tool_identity(tool))
+            return qual
+
+        def table(run_id: str) -> dict[str, str]:
+            tab = quals.get(run_id)
+            if tab is None:
+                tab = quals[run_id] = {}
+                p = plans.get(run_id)
+                get = memo.get
+                for tid, t in (p.tasks.items() if p is not None else ()):
+                    tool = t.tool  # a flow's tasks share a few tools: a look-up per task
+                    q = get(id(tool))
+                    tab[tid] = q if q is not None else ident(tool)
+            return tab
+
+        def other(row: tuple[Any, ...]) -> str:
+            """A row whose id is no plan task's: a mapped task's child or a stage's item."""
             p = plans.get(row[0])
-            task = p.tasks.get(row[1]) if p is not None else None
-            if task is None and p is not None and row[1].endswith("]"):
+            task = None
+            if p is not None and row[1].endswith("]"):
                 task = p.tasks.get(row[1].rpartition("[")[0])  # a mapped task's child
-            elif task is None and p is not None and "@" in row[1]:
+            elif p is not None and "@" in row[1]:
                 task = p.tasks.get(row[1].rpartition("@")[0])  # a pipeline stage's item
             if task is None:
                 return safe_text(row[3 if len(row) == 10 else 2])  # type: ignore[no-any-return]
-            qual = memo.get(id(task.tool))
-            if qual is None:
-                qual = memo[id(task.tool)] = safe_text(tool_identity(task.tool))
-            return qual
+            return ident(task.tool)
 
-        return ([(*row, qualname(row)) for row in self.tasks.values()],
-                [(*row, qualname(row)) for row in self.attempts])
+        def named(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+            out: list[tuple[Any, ...]] = []
+            run_id: str | None = None
+            tab: dict[str, str] = {}
+            append = out.append
+            for row in rows:
+                if row[0] != run_id:
+                    run_id = row[0]
+                    tab = table(run_id)
+                q = tab.get(row[1])
+                append((*row, q if q is not None else other(row)))
+            return out
+
+        return named(self.tasks.values()), named(self.attempts)
 
 
 def edges_json(plan: Any) -> str | None:
@@ -464,6 +485,16 @@ def aggregate_run(c: sqlite3.Connection, run_id: str) -> str:
     return flow
 
 
+def aggregate_once(c: sqlite3.Connection, run_id: str) -> tuple[str | None, bool]:
+    """Fold a finished run into the statistics unless some writer did already (this store's
+    writer after the run, or any store opening the file after a crash): its flow (None when
+    the run is gone) and whether this call folded it."""
+    if c.execute(CLAIM, (run_id,)).rowcount == 1:
+        return aggregate_run(c, run_id), True
+    row = c.execute("SELECT flow FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    return (None if row is None else row[0] or ""), False
+
+
 # -- the observer --------------------------------------------------------------------------------
 
 class HistoryObserver:
@@ -471,8 +502,8 @@ class HistoryObserver:
     queue; :meth:`arun_finished` waits (in a worker thread) for the run's rows to be written
     and attaches a write failure to the result."""
 
-    __slots__ = ("_done", "_flow", "_logged", "_masker", "_outputs", "_push", "_run_id",
-                 "_running", "_store", "_tailed")
+    __slots__ = ("_done", "_ended", "_flow", "_logged", "_masker", "_outputs", "_push",
+                 "_run_id", "_running", "_shown", "_store", "_tailed")
 
     def __init__(self, store: Any, flow_name: str | None, store_outputs: bool) -> None:
         self._store = store
@@ -487,6 +518,10 @@ class HistoryObserver:
         # the writer thread's live tails, how many lines of each it wrote.
         self._running: dict[str, TaskRecord] = {}
         self._tailed: dict[str, int] = {}
+        # Writer thread only: the running tasks whose 'running' row it wrote, with the start
+        # and attempt count that row shows (see running_rows).
+        self._shown: dict[str, tuple[float | None, int]] = {}
+        self._ended = False  # set by the loop before the run's end row is queued
         self._masker: Any = None
 
     def run_started(self, result: RunResult[Any], plan: Any) -> None:
@@ -500,13 +535,41 @@ class HistoryObserver:
 
     def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._running[record.id if record.item is None else _row_id(record)] = record
-        if (record.status is TaskStatus.RUNNING and record.ended_at is None
+        if not (record.status is TaskStatus.RUNNING and record.ended_at is None
                 and record.error is None and record.reason is None):
-            # The usual start: three fields, the row is made in the writer thread (most are
-            # never made: the task's final row replaces them in the same batch).
-            self._push((RUNNING, (result.run_id, record, len(record.attempts))))
-        else:
             self._push((TASK, _task_row(result.run_id, record, None, None)))
+        # The usual start queues nothing: the writer makes the row of a task still running
+        # at its next write (running_rows); most tasks end before and never get one.
+
+    def running_rows(self, tasks: dict[tuple[str, str], tuple[Any, ...]]) -> None:
+        """In the writer thread, once the queue is drained into ``tasks`` (a batch's rows): add
+        a 'running' row for each task running now that the file does not show as running yet.
+
+        A task's final row is queued before its record leaves ``_running``, so a record seen
+        here that is no longer running had its final row drained (now or before) and gets
+        none; one running again after a final row of this batch (a retried group's next
+        attempt) replaces it, keeping its stored output. Runs whose end is queued get none:
+        their end rewrites every task that did not finish (``run_finished``)."""
+        if self._ended:
+            return
+        run_id = self._run_id or ""
+        shown = self._shown
+        now = self._running.copy()  # the run adds and removes meanwhile
+        for tid in [t for t in shown if t not in now]:
+            del shown[tid]
+        for tid, rec in now.items():
+            if not (rec.status is TaskStatus.RUNNING and rec.ended_at is None
+                    and rec.error is None and rec.reason is None):
+                shown.pop(tid, None)
+                continue
+            mark = (rec.started_at, len(rec.attempts))
+            key = (run_id, tid)
+            old = tasks.get(key)
+            if old is None and shown.get(tid) == mark:
+                continue
+            row = _running_row(run_id, rec)
+            tasks[key] = row if old is None else (*row[:-1], old[-1])
+            shown[tid] = mark
 
     def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
         """In the writer thread: the running tasks whose log grew since last written, as
@@ -551,6 +614,7 @@ class HistoryObserver:
             store._wake.set()
 
     def run_finished(self, result: RunResult[Any]) -> None:
+        self._ended = True  # before the end row: the writer adds no 'running' row after it
         push = self._push
         # Rollback changes a finished task's status after task_finished, and so does a
         # retried group that resets a member which the run then stops before it runs again
@@ -609,18 +673,12 @@ class HistoryObserver:
 _VALUE: dict[TaskStatus, str] = {s: s.value for s in TaskStatus}
 
 
-def _running_row(lazy: tuple[str, TaskRecord, int]) -> tuple[Any, ...]:
-    """A started task's row from its RUNNING entry: what :func:`_task_row` gives at its start
-    (the fields read here do not change while it runs; the entry was made only for a running
-    record whose end time, error and reason were empty)."""
-    run_id, r, attempts = lazy
-    return (run_id, _row_id(r), r.tool, "running", r.started_at, None, None, attempts, None,
-            None, None, r.item, r.item_count, None, None)
-
-
-def _output(row: tuple[Any, ...]) -> Any:
-    """The stored output of a batched task row (none in a RUNNING entry)."""
-    return None if len(row) == 3 else row[-1]
+def _running_row(run_id: str, r: TaskRecord) -> tuple[Any, ...]:
+    """A running task's row, made in the writer thread: what :func:`_task_row` gives for a
+    running record whose end time, error and reason are empty (the fields read here do not
+    change while it runs)."""
+    return (run_id, _row_id(r), r.tool, "running", r.started_at, None, None, len(r.attempts),
+            None, None, None, r.item, r.item_count, None, None)
 
 
 def _row_id(r: TaskRecord) -> str:
