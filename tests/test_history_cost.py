@@ -108,16 +108,23 @@ class TestMultiRowWrites:
         assert row == [("rolled_back", '{"x":1}')]
 
 
+def _started(store: HistoryStore, **record: Any) -> tuple[RunResult, Any, TaskRecord]:
+    """Run ``r1`` of flow ``f`` begun on the store, with task ``a`` started (the record's
+    fields as given; running by default)."""
+    result = RunResult("r1", "f", "parallel")
+    obs = store.observer("f")
+    obs.run_started(result, None)
+    rec = TaskRecord("a", "noop", record.pop("status", TaskStatus.RUNNING), **record)
+    obs.task_started(result, rec)
+    return result, obs, rec
+
+
 class TestRunningRows:
     def test_a_running_task_is_recorded_while_it_runs(self, tmp_path: Path) -> None:
         """A start whose row is made in the writer thread still reaches the file while the
         task runs, with its tool, start and attempt count."""
         with HistoryStore(tmp_path / "h.db") as store:
-            result = RunResult("r1", "f", "parallel")
-            obs = store.observer("f")
-            obs.run_started(result, None)
-            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=5.0)
-            obs.task_started(result, rec)
+            result, obs, rec = _started(store, started_at=5.0)
             store.flush()
             row = store._rows("SELECT tool, status, started_at, ended_at, attempts FROM tasks "
                               "WHERE task_id = 'a'", ())
@@ -137,11 +144,7 @@ class TestRunningRows:
         running row wins and the stored output is kept, as with rows made on the loop."""
         with HistoryStore(tmp_path / "h.db", store_outputs=True, flush_interval=60.0,
                           flush_rows=10**9) as store:
-            result = RunResult("r1", "f", "parallel")
-            obs = store.observer("f")
-            obs.run_started(result, None)
-            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=0.0)
-            obs.task_started(result, rec)
+            result, obs, rec = _started(store, started_at=0.0)
             rec.attempts.append(Attempt(1, 0.0, 1.0, TaskStatus.COMPLETED))
             rec.status, rec.ended_at = TaskStatus.COMPLETED, 1.0
             obs.task_finished(result, rec, [1, 2])
@@ -158,11 +161,7 @@ class TestRunningRows:
         write), unless it starts again."""
         with HistoryStore(tmp_path / "h.db", flush_interval=60.0,
                           flush_rows=10**9) as store:
-            result = RunResult("r1", "f", "parallel")
-            obs = store.observer("f")
-            obs.run_started(result, None)
-            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=1.0)
-            obs.task_started(result, rec)
+            result, obs, rec = _started(store, started_at=1.0)
             sent: list[str] = []
             store._conn.set_trace_callback(sent.append)
             store.flush()
@@ -181,12 +180,7 @@ class TestRunningRows:
     def test_a_start_with_a_reason_is_recorded_as_it_was(self, tmp_path: Path) -> None:
         """A start whose record carries a reason is snapshotted on the loop, as before."""
         with HistoryStore(tmp_path / "h.db") as store:
-            result = RunResult("r1", "f", "parallel")
-            obs = store.observer("f")
-            obs.run_started(result, None)
-            rec = TaskRecord("a", "noop", TaskStatus.RUNNING, started_at=1.0,
-                             reason="waiting for resources")
-            obs.task_started(result, rec)
+            *_, rec = _started(store, started_at=1.0, reason="waiting for resources")
             rec.reason = "changed later"
             store.flush()
             row = store._rows("SELECT status, reason FROM tasks WHERE task_id = 'a'", ())
