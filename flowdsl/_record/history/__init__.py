@@ -4,8 +4,9 @@ Layout: ``runs`` (one row per run, with its plan's edges as JSON), ``tasks`` (on
 of a run, with its tool's module-qualified name and the log lines it kept, as JSON; a
 pipeline over items adds one per stage x item, ``stage@i``),
 ``attempts`` (one per call of a tool), and ``stats`` and
-``task_stats`` (aggregates per flow and qualified tool, and per task, updated in the
-transaction that writes a run's end);
+``task_stats`` (aggregates per flow and qualified tool, and per task, folded in by the
+writer thread once a run's end is written: in the same transaction for a small run, just
+after the run returns for a large one, ``runs.aggregated = 0`` marking it until then);
 ``PRAGMA user_version`` holds the schema version, and older files are migrated when opened.
 Table and column names are constants; every value goes through a placeholder.
 

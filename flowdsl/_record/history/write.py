@@ -1,14 +1,15 @@
 """Record, the writing half of the history: rows as the run makes them, the batch the writer
 thread turns them into, and the per-tool aggregates it keeps up to date.
 
-The run's side is an append to a deque per row (no lock, no SQLite). The writer drains the
-deque into a :class:`Batch` (a task's later row replaces its earlier one), fills in what costs
-time (each task's module-qualified tool name, from the run's plan), and writes the batch in one
-transaction. When a run's end row is written, the same transaction folds the run's task and
-call durations into ``task_stats`` (per flow, qualified tool and task: count, sum and the
-latest five durations) and ``stats`` (per flow and qualified tool: counts, sums, the latest
-64 durations), so reading expected durations costs the flow's tools and tasks, not the rows in
-the file.
+The run's side is an append to a deque per finished task (no lock, no SQLite); a start
+appends nothing (the writer makes the rows of the tasks running at each write from the run's
+records). The writer drains the deque into a :class:`Batch` (a task's later row replaces its
+earlier one), fills in what costs time (each task's module-qualified tool name, from the
+run's plan), and writes the batch in one transaction. Once a run's end row is written,
+:func:`aggregate_once` folds the run's task and call durations into ``task_stats`` (per flow,
+qualified tool and task: count, sum and the latest five durations) and ``stats`` (per flow
+and qualified tool: counts, sums, the latest 64 durations), so reading expected durations
+costs the flow's tools and tasks, not the rows in the file.
 """
 
 from __future__ import annotations
