@@ -348,8 +348,6 @@ class HistoryStore(HistoryReader):
         self._writer: threading.Thread | None = None
         self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
-        # run id -> its plan's task ids -> qualified tool names (Batch.with_qualnames), as long
-        self._quals: dict[str, dict[str, str]] = {}
         # run id -> task id -> (qualified tool, duration) of its completed tasks written so
         # far (None for the others), until the run's end is written (see _write)
         self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
@@ -565,7 +563,6 @@ class HistoryStore(HistoryReader):
             self._lost(batch, exc)
         for end in batch.ends:
             self._plans.pop(end[-1], None)
-            self._quals.pop(end[-1], None)
             self._ran.pop(end[-1], None)
             self._sizes.pop(end[-1], None)
             _LIVE_RUNS.discard(end[-1])
@@ -577,7 +574,7 @@ class HistoryStore(HistoryReader):
         sizes = self._sizes
         with self._transaction() as c:
             c.executemany(INSERT_RUN, batch.start_rows(self._plans))
-            tasks, attempts = batch.with_qualnames(self._plans, self._quals)
+            tasks, attempts = batch.with_qualnames(self._plans)
             insert_rows(c, "tasks", tasks)
             insert_rows(c, "attempts", attempts)
             c.executemany(FINISH_RUN, ends)

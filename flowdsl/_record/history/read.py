@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..._base.errors import HistoryError, RunNotFound
 from ..._run.result import TaskStatus
-from .write import CHILD_INPUT, percentile, tool_identity, unpack
+from .write import CHILD_INPUT, percentile, plan_keys, unpack
 
 if TYPE_CHECKING:
     from ..._plan.planner import Plan
@@ -312,7 +312,7 @@ class HistoryReader:
             raise ValueError(msg)
         scope = self.scope if scope is None else _check_scope("durations", scope)
         flow = plan.name or ""
-        idents, mapped, wanted = _keys(plan)
+        idents, mapped, wanted = plan_keys(plan)
         tasks, tools, sums = self._read_flow(flow, wanted)
         with self._cache_lock:
             cache = self._flow_cache
@@ -344,7 +344,7 @@ class HistoryReader:
         if self.scope != "flow" or self._pending:
             # A run whose figures are not folded in yet: read (and wait for them) in SQLite.
             return None
-        idents, mapped, wanted = _keys(plan)
+        idents, mapped, wanted = plan_keys(plan)
         with self._cache_lock:
             # A plan of that name not read yet (another tool, other tasks) misses: its own
             # tasks are read (in a worker thread) and become an entry of their own.
@@ -357,7 +357,7 @@ class HistoryReader:
         """For each mapped task of ``plan``, how many children it had in the latest of the
         flow's runs (among its last 20) that ran it. Mapped tasks never recorded are left
         out. Costs a few index lookups per mapped task, whatever the size of the file."""
-        mapped = sorted(_mapped(plan))
+        mapped = sorted(plan_keys(plan)[1])
         if not mapped or plan.name is None:
             return {}
         runs = [r for (r,) in self._rows("SELECT run_id FROM runs WHERE flow = ? ORDER BY "
@@ -476,48 +476,6 @@ def _tool_stats(name: str, rows: list[dict[str, Any]]) -> ToolStats:
 
 
 
-#: Plans whose keys were made lately: (task ids, ids of the task objects) -> (the task
-#: objects, kept so their ids stay theirs, and the keys). A flow run again is planned
-#: again, into the same task objects: its keys are made once, not at every run's start on
-#: the event loop (a 10,000-task plan's took 20-60 ms).
-_KEYS: dict[tuple[tuple[str, ...], tuple[int, ...]],
-            tuple[tuple[Any, ...], tuple[dict[str, str], frozenset[str],
-                                         frozenset[tuple[str, str]]]]] = {}
-_KEYS_KEPT = 8
-
-
-def _keys(plan: Any) -> tuple[dict[str, str], frozenset[str], frozenset[tuple[str, str]]]:
-    """A plan's tool identities by task id, its mapped tasks and the (tool, task id) pairs
-    its durations read; made once per set of task objects (a task's tool, fan-out and id
-    never change: tasks are frozen)."""
-    tasks = tuple(plan.tasks.values())
-    key = (tuple(plan.tasks), tuple(map(id, tasks)))
-    hit = _KEYS.get(key)
-    if hit is not None:
-        return hit[1]
-    idents, mapped = _identities(plan), _mapped(plan)
-    made = (idents, mapped, _wanted(idents, mapped))
-    if len(_KEYS) >= _KEYS_KEPT:
-        try:  # runs in several threads may trim at once: losing a race costs nothing
-            _KEYS.pop(next(iter(_KEYS)))
-        except (KeyError, RuntimeError, StopIteration):
-            pass
-    _KEYS[key] = (tasks, made)
-    return made
-
-
-def _identities(plan: Any) -> dict[str, str]:
-    idents: dict[str, str] = {}
-    memo: dict[int, str] = {}
-    for tid, task in plan.tasks.items():
-        tool = task.tool
-        ident = memo.get(id(tool))
-        if ident is None:
-            ident = memo[id(tool)] = tool_identity(tool)
-        idents[tid] = ident
-    return idents
-
-
 def _figures(rows: Iterable[tuple[int, float, bytes | None]]) -> _Fig:
     """Count, mean and median of durations kept as (count, sum, latest window) rows."""
     n, total, values = _merge_windows(rows)
@@ -538,17 +496,6 @@ def _pick(idents: dict[str, str], tasks: dict[tuple[str, str], _Fig],
             out[tid] = found[k]
     return out
 
-
-
-def _wanted(idents: dict[str, str], mapped: frozenset[str]) -> frozenset[tuple[str, str]]:
-    """The (tool, task id) pairs a plan's durations read (``id[]`` for a mapped task)."""
-    return frozenset((ident, tid + "[]" if tid in mapped else tid)
-                     for tid, ident in idents.items())
-
-
-def _mapped(plan: Any) -> frozenset[str]:
-    return frozenset(t for t, task in plan.tasks.items()
-                     if getattr(task, "fan", None) is not None)
 
 
 def _like(text: str) -> str:

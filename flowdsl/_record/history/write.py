@@ -49,6 +49,7 @@ __all__ = [
     "logs_json",
     "nodes_json",
     "percentile",
+    "plan_keys",
     "safe_text",
     "stored_json",
     "tool_identity",
@@ -320,11 +321,11 @@ class Batch:
         return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
                  PROC_START, now) for row in self.starts]
 
-    def with_qualnames(self, plans: dict[str, Any], quals: dict[str, dict[str, str]]
+    def with_qualnames(self, plans: dict[str, Any]
                        ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """The task and attempt rows, each with its task's qualified tool name (from its
-        run's plan; the bare name when the run came without one). ``quals`` keeps, per run,
-        each plan task's name, made once per run (a look-up per row after that)."""
+        run's plan, :func:`plan_keys`: made once per flow, a look-up per row; the bare name
+        when the run came without a plan)."""
         memo: dict[int, str] = {}
 
         def ident(tool: Any) -> str:
@@ -334,16 +335,8 @@ class Batch:
             return qual
 
         def table(run_id: str) -> dict[str, str]:
-            tab = quals.get(run_id)
-            if tab is None:
-                tab = quals[run_id] = {}
-                p = plans.get(run_id)
-                get = memo.get
-                for tid, t in (p.tasks.items() if p is not None else ()):
-                    tool = t.tool  # a flow's tasks share a few tools: a look-up per task
-                    q = get(id(tool))
-                    tab[tid] = q if q is not None else ident(tool)
-            return tab
+            p = plans.get(run_id)
+            return {} if p is None or getattr(p, "tasks", None) is None else plan_keys(p)[0]
 
         def other(row: tuple[Any, ...]) -> str:
             """A row whose id is no plan task's: a mapped task's child or a stage's item."""
@@ -371,6 +364,63 @@ class Batch:
             return out
 
         return named(self.tasks.values()), named(self.attempts)
+
+
+# -- a plan's keys in history ---------------------------------------------------------------
+
+#: Plans whose keys were made lately: (task ids, ids of the task objects) -> (the task
+#: objects, kept so their ids stay theirs, and the keys). A flow run again is planned
+#: again, into the same task objects: its keys are made once, not at every run's start on
+#: the event loop (a 10,000-task plan's took 20-60 ms).
+_KEYS: dict[tuple[tuple[str, ...], tuple[int, ...]],
+            tuple[tuple[Any, ...], tuple[dict[str, str], frozenset[str],
+                                         frozenset[tuple[str, str]]]]] = {}
+_KEYS_KEPT = 8
+
+
+def plan_keys(plan: Any) -> tuple[dict[str, str], frozenset[str], frozenset[tuple[str, str]]]:
+    """A plan's tool identities by task id (as history stores them), its mapped tasks and
+    the (tool, task id) pairs its expected durations read; made once per set of task
+    objects (a task's tool, fan-out and id never change: tasks are frozen). The writer
+    names rows by them and the reader looks figures up by them."""
+    tasks = tuple(plan.tasks.values())
+    key = (tuple(plan.tasks), tuple(map(id, tasks)))
+    hit = _KEYS.get(key)
+    if hit is not None:
+        return hit[1]
+    idents, mapped = _identities(plan), _mapped(plan)
+    made = (idents, mapped, _wanted(idents, mapped))
+    if len(_KEYS) >= _KEYS_KEPT:
+        try:  # runs in several threads may trim at once: losing a race costs nothing
+            _KEYS.pop(next(iter(_KEYS)))
+        except (KeyError, RuntimeError, StopIteration):
+            pass
+    _KEYS[key] = (tasks, made)
+    return made
+
+
+def _identities(plan: Any) -> dict[str, str]:
+    idents: dict[str, str] = {}
+    memo: dict[int, str] = {}
+    for tid, task in plan.tasks.items():
+        tool = task.tool
+        ident = memo.get(id(tool))
+        if ident is None:
+            ident = memo[id(tool)] = safe_text(tool_identity(tool))
+        idents[tid] = ident
+    return idents
+
+
+def _wanted(idents: dict[str, str], mapped: frozenset[str]) -> frozenset[tuple[str, str]]:
+    """The (tool, task id) pairs a plan's durations read (``id[]`` for a mapped task)."""
+    return frozenset((ident, tid + "[]" if tid in mapped else tid)
+                     for tid, ident in idents.items())
+
+
+def _mapped(plan: Any) -> frozenset[str]:
+    return frozenset(t for t, task in plan.tasks.items()
+                     if getattr(task, "fan", None) is not None)
+
 
 
 def edges_json(plan: Any) -> str | None:
