@@ -602,14 +602,12 @@ class HistoryStore(HistoryReader):
                 done = ran[row[0]] = {}
             done[row[1]] = ((row[-1], row[6]) if row[3] == "completed" and row[4] is not None
                             and row[6] is not None else None)
-        for e, folded in zip(ends, inline):
+        for e, folded in zip(ends, inline):  # _write_batch drops the ended runs' sizes
             had = ran.pop(e[-1], {})
-            sizes.pop(e[-1], None)
             if folded is None:
                 self._pending.append((e[-1], had))
-            elif folded[0] is not None:
-                self._refresh_flow(folded[0], None if had is None or not folded[1] else {
-                    (v[0], tid): v[1] for tid, v in had.items() if v is not None})
+            else:
+                self._refreshed(folded, had)
         self._commits += 1
         self._ended += len(ends)
         if self._ended >= self.prune_every:
@@ -640,11 +638,20 @@ class HistoryStore(HistoryReader):
                     get_logger(path=self.path).warning("history_aggregate_failed",
                                                        error=str(exc))
                 done = []
-            for (flow, ours), (_, had) in zip(done, pending):
-                if flow is not None:
-                    self._refresh_flow(flow, None if had is None or not ours else {
-                        (v[0], tid): v[1] for tid, v in had.items() if v is not None})
+            for folded, (_, had) in zip(done, pending):
+                self._refreshed(folded, had)
             del self._pending[:len(pending)]  # only _write appends, under the same lock
+
+    def _refreshed(self, folded: tuple[str | None, bool],
+                   had: dict[str, tuple[str, float] | None] | None) -> None:
+        """Bring the cached figures of a run's flow up to date once :func:`aggregate_once`
+        gave ``folded`` (its flow, None when the run is gone, and whether this store folded
+        it): in memory from what it ran, when it was this store's to fold and ``had`` says
+        (a pipeline over items says None), else by reading them again."""
+        flow, ours = folded
+        if flow is not None:
+            self._refresh_flow(flow, None if had is None or not ours else {
+                (v[0], tid): v[1] for tid, v in had.items() if v is not None})
 
     def _lost(self, batch: Batch, exc: BaseException) -> None:
         """A batch could not be written: every run it concerns gets the error, the log hears

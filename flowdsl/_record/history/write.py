@@ -326,29 +326,18 @@ class Batch:
         """The task and attempt rows, each with its task's qualified tool name (from its
         run's plan, :func:`plan_keys`: made once per flow, a look-up per row; the bare name
         when the run came without a plan)."""
-        memo: dict[int, str] = {}
-
-        def ident(tool: Any) -> str:
-            qual = memo.get(id(tool))
-            if qual is None:
-                qual = memo[id(tool)] = safe_text(tool_identity(tool))
-            return qual
-
         def table(run_id: str) -> dict[str, str]:
             p = plans.get(run_id)
-            return {} if p is None or getattr(p, "tasks", None) is None else plan_keys(p)[0]
+            return {} if p is None else plan_keys(p)[0]
 
-        def other(row: tuple[Any, ...]) -> str:
-            """A row whose id is no plan task's: a mapped task's child or a stage's item."""
-            p = plans.get(row[0])
-            task = None
-            if p is not None and row[1].endswith("]"):
-                task = p.tasks.get(row[1].rpartition("[")[0])  # a mapped task's child
-            elif p is not None and "@" in row[1]:
-                task = p.tasks.get(row[1].rpartition("@")[0])  # a pipeline stage's item
-            if task is None:
-                return safe_text(row[3 if len(row) == 10 else 2])  # type: ignore[no-any-return]
-            return ident(task.tool)
+        def other(row: tuple[Any, ...], tab: dict[str, str]) -> str:
+            """A row whose id is no plan task's: a mapped task's child or a stage's item
+            (named as its parent or stage), else the bare tool name."""
+            tid = row[1]
+            parent = (tid.rpartition("[")[0] if tid.endswith("]")
+                      else tid.rpartition("@")[0] if "@" in tid else None)
+            q = tab.get(parent) if parent else None
+            return q if q is not None else safe_text(row[3 if len(row) == 10 else 2])
 
         def named(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             out: list[tuple[Any, ...]] = []
@@ -360,7 +349,7 @@ class Batch:
                     run_id = row[0]
                     tab = table(run_id)
                 q = tab.get(row[1])
-                append((*row, q if q is not None else other(row)))
+                append((*row, q if q is not None else other(row, tab)))
             return out
 
         return named(self.tasks.values()), named(self.attempts)
@@ -586,8 +575,7 @@ class HistoryObserver:
 
     def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._running[record.id if record.item is None else _row_id(record)] = record
-        if not (record.status is TaskStatus.RUNNING and record.ended_at is None
-                and record.error is None and record.reason is None):
+        if not _usual_start(record):
             self._push((TASK, _task_row(result.run_id, record, None, None)))
         # The usual start queues nothing: the writer makes the row of a task still running
         # at its next write (running_rows); most tasks end before and never get one.
@@ -609,8 +597,7 @@ class HistoryObserver:
         for tid in [t for t in shown if t not in now]:
             del shown[tid]
         for tid, rec in now.items():
-            if not (rec.status is TaskStatus.RUNNING and rec.ended_at is None
-                    and rec.error is None and rec.reason is None):
+            if not _usual_start(rec):
                 shown.pop(tid, None)
                 continue
             mark = (rec.started_at, len(rec.attempts))
@@ -724,10 +711,18 @@ class HistoryObserver:
 _VALUE: dict[TaskStatus, str] = {s: s.value for s in TaskStatus}
 
 
+def _usual_start(r: TaskRecord) -> bool:
+    """Whether a record is running with no end time, error or reason: the writer makes its
+    row (:func:`_running_row`), the loop queues none."""
+    return (r.status is TaskStatus.RUNNING and r.ended_at is None and r.error is None
+            and r.reason is None)
+
+
 def _running_row(run_id: str, r: TaskRecord) -> tuple[Any, ...]:
     """A running task's row, made in the writer thread: what :func:`_task_row` gives for a
-    running record whose end time, error and reason are empty (the fields read here do not
-    change while it runs)."""
+    record of :func:`_usual_start` (the fields read here do not change while it runs; the
+    others are written as that state has them, so a record changing meanwhile never gives a
+    torn row)."""
     return (run_id, _row_id(r), r.tool, "running", r.started_at, None, None, len(r.attempts),
             None, None, None, r.item, r.item_count, None, None)
 
