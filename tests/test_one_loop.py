@@ -223,3 +223,36 @@ def test_map_children_statuses_unchanged_by_the_loop() -> None:
     st = {k: v.status for k, v in r.tasks.items()}
     assert st["boom[1]"] is TaskStatus.FAILED
     assert st["boom[2]"] is TaskStatus.CANCELLED and st["boom[3]"] is TaskStatus.CANCELLED
+
+
+@pytest.mark.parametrize("shape", ["wide", "map", "group"])
+def test_a_finished_run_leaves_no_cycle_holding_its_records(shape: str) -> None:
+    """The loop's closures refer to each other (spawn, worker, top_up) and to the core:
+    left as a cycle, they kept every record of a run for the cyclic collector, and a
+    10,000-task run cost a later run a full collection. Once the result is dropped, the
+    records go by reference counting (with the collector off, none is left as garbage)."""
+    import gc
+
+    from flowdsl import TaskRecord
+
+    flows = {"wide": flowdsl.parallel(*[noop(i) for i in range(50)]),
+             "map": noop.map(list(range(50))),
+             "group": Flow("g", flowdsl.parallel(*[noop(i) for i in range(50)])
+                           ).with_options(retries=1)}
+    flow = flows[shape]
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        r = run(flow, mode="parallel", max_concurrency=4)
+        assert r.ok and len(r.tasks) >= 50
+        del r
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, TaskRecord)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+    assert left == []
