@@ -8,6 +8,7 @@ the ratios compare like with like on a machine whose speed drifts.
 
 from __future__ import annotations
 
+import gc
 import random
 import statistics
 import time
@@ -32,6 +33,10 @@ VARIANTS: tuple[tuple[str, Any, Any], ...] = (
 
 
 def _timed(fn: Callable[[], Any]) -> float:
+    # As _harness.timed: the cyclic collector starts each variant at zero, so the counts one
+    # variant ran up do not trigger a collection during the next (a full collection of a
+    # large heap took 15-40 ms, and with runs in turn it always landed on the same variant).
+    gc.collect()
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start

@@ -86,6 +86,40 @@ class TestMultiRowWrites:
         assert count == 2000
         assert 2 <= len(inserts) <= 20, len(inserts)
 
+    def test_two_runs_in_one_batch_keep_their_own_rows(self, tmp_path: Path) -> None:
+        """Rows of two runs with the same task ids, queued in turn into one batch (the
+        batch keeps them by run, then task): each run gets its own rows and attempts."""
+        with HistoryStore(tmp_path / "h.db", flush_interval=60.0, flush_rows=10**9) as store:
+            results, observers = {}, {}
+            for run_id in ("r1", "r2"):
+                results[run_id] = RunResult(run_id, "f", "parallel")
+                observers[run_id] = store.observer("f")
+                observers[run_id].run_started(results[run_id], None)
+            for i in range(3):
+                for k, run_id in enumerate(("r1", "r2")):
+                    rec = TaskRecord(f"t{i}", "noop", TaskStatus.RUNNING,
+                                     started_at=float(10 * k + i))
+                    results[run_id].tasks[rec.id] = rec
+                    observers[run_id].task_started(results[run_id], rec)
+                    rec.attempts.append(Attempt(1, rec.started_at, rec.started_at + 0.1,
+                                                TaskStatus.FAILED, ErrorInfo("E", run_id)))
+                    rec.attempts.append(Attempt(2, rec.started_at + 0.1,
+                                                rec.started_at + 0.5, TaskStatus.COMPLETED))
+                    rec.status, rec.ended_at = TaskStatus.COMPLETED, rec.started_at + 0.5
+                    observers[run_id].task_finished(results[run_id], rec, None)
+            for run_id in ("r1", "r2"):
+                results[run_id].status, results[run_id].duration = "completed", 1.0
+                observers[run_id].run_finished(results[run_id])
+            assert store._settle("r1") is None and store._settle("r2") is None
+            tasks = store._rows("SELECT run_id, task_id, started_at, qualname FROM tasks "
+                                "ORDER BY run_id, task_id", ())
+            attempts = store._rows("SELECT run_id, task_id, number, error_message FROM "
+                                   "attempts ORDER BY run_id, task_id, number", ())
+        assert tasks == [(r, f"t{i}", float(10 * k + i), "noop")
+                         for k, r in enumerate(("r1", "r2")) for i in range(3)]
+        assert attempts == [(r, f"t{i}", n, r if n == 1 else None)
+                            for r in ("r1", "r2") for i in range(3) for n in (1, 2)]
+
     def test_a_later_row_of_a_task_wins_within_one_statement(self, tmp_path: Path) -> None:
         """A task written twice in one batch (rolled back after it completed) keeps its
         last status, and the output stored with its first row."""

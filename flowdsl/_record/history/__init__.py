@@ -343,7 +343,8 @@ class HistoryStore(HistoryReader):
         self.closed = False
         self._db_lock = threading.RLock()  # one connection, shared by the writer and callers
         self._state = threading.Lock()  # the writer thread, the active runs, the counters
-        self._queue: collections.deque[tuple[int, Any]] = collections.deque()
+        # Task and attempt rows, and (kind, row) pairs for the others (write.TASK_WIDTH).
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
@@ -574,15 +575,15 @@ class HistoryStore(HistoryReader):
         sizes = self._sizes
         with self._transaction() as c:
             c.executemany(INSERT_RUN, batch.start_rows(self._plans))
-            tasks, attempts = batch.with_qualnames(self._plans)
-            insert_rows(c, "tasks", tasks)
-            insert_rows(c, "attempts", attempts)
+            tasks, names, attempts, attempt_names = batch.with_qualnames(self._plans)
+            insert_rows(c, "tasks", tasks, names)
+            insert_rows(c, "attempts", attempts, attempt_names)
             c.executemany(FINISH_RUN, ends)
-            added = collections.Counter(row[0] for row in tasks)
+            added = {run_id: len(rows) for run_id, rows in batch.tasks.items()}
             # A small run is folded into the statistics here, in the transaction its end
             # waits for (a transaction of its own, and the next run's wait for it, would
             # cost more than the folding); a large one just after it returns (_aggregate).
-            inline = [aggregate_once(c, e[-1]) if sizes.get(e[-1], 0) + added[e[-1]]
+            inline = [aggregate_once(c, e[-1]) if sizes.get(e[-1], 0) + added.get(e[-1], 0)
                       < FOLD_INLINE_MAX else None for e in ends]
         for run_id, n in added.items():
             sizes[run_id] = sizes.get(run_id, 0) + n
@@ -591,7 +592,7 @@ class HistoryStore(HistoryReader):
         # A pipeline over items (a row with ``item`` or ``items`` set) adds one figure per
         # item under its stage's id: its flow's cached figures are read again instead.
         ran = self._ran
-        for row in tasks:
+        for row, name in zip(tasks, names):
             if row[0] in ran and ran[row[0]] is None:
                 continue
             if row[11] is not None or row[12] is not None:
@@ -600,7 +601,7 @@ class HistoryStore(HistoryReader):
             done = ran.get(row[0])
             if done is None:
                 done = ran[row[0]] = {}
-            done[row[1]] = ((row[-1], row[6]) if row[3] == "completed" and row[4] is not None
+            done[row[1]] = ((name, row[6]) if row[3] == "completed" and row[4] is not None
                             and row[6] is not None else None)
         for e, folded in zip(ends, inline):  # _write_batch drops the ended runs' sizes
             had = ran.pop(e[-1], {})

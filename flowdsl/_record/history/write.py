@@ -14,7 +14,6 @@ costs the flow's tools and tasks, not the rows in the file.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import socket
@@ -96,7 +95,11 @@ WINDOW = 64
 # puts nothing on it: the writer thread makes the rows of the tasks running at each write from
 # the observers' records (HistoryObserver.running_rows), so the tasks that end before the next
 # write cost no row at all.
-START, TASK, ATTEMPT, END, PLAN = range(5)
+START, END, PLAN = range(3)
+#: The queue holds task rows and attempt rows as they are (told apart by their widths) and
+#: the run's other rows as ``(kind, row)`` pairs: a wrapper tuple per row was one more object
+#: per task for the cyclic collector to count, and a run's collections grew with them.
+TASK_WIDTH, ATTEMPT_WIDTH = 15, 10
 
 _TASK_HEAD = (
     "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
@@ -144,27 +147,38 @@ def _multi_sql(head: str, tail: str, width: int, rows: int) -> str:
     return sql
 
 
-def insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """Write ``rows`` (``"tasks"`` or ``"attempts"``) with a few multi-row statements: one
-    per :data:`ROWS_PER_STATEMENT` rows, then one per power of two left. The ``sqlite3``
-    module releases the GIL around every statement step, and a one-row statement is a step
-    per row: written during a run, each of those steps handed the GIL to the event loop and
-    waited to get it back (a row of 10,000 tasks cost the loop as much as the task itself).
-    Rows are written in order, so a later row of a key wins, as one row at a time."""
+def insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]],
+                names: list[str]) -> None:
+    """Write ``rows`` (``"tasks"`` or ``"attempts"``), each with its qualified tool name
+    from ``names``, with a few multi-row statements: one per :data:`ROWS_PER_STATEMENT`
+    rows, then one per power of two left. The ``sqlite3`` module releases the GIL around
+    every statement step, and a one-row statement is a step per row: written during a run,
+    each of those steps handed the GIL to the event loop and waited to get it back (a row of
+    10,000 tasks cost the loop as much as the task itself). Each statement's parameters are
+    one flat list (a row copied with its name appended was an object per row for the cyclic
+    collector). Rows are written in order, so a later row of a key wins, as one at a time."""
     if not rows:
         return
     head, tail, width = ((_TASK_HEAD, _TASK_TAIL, 16) if table == "tasks"
                          else (_ATTEMPT_HEAD, "", 11))
-    chain = itertools.chain.from_iterable
+
+    def flat(lo: int, hi: int) -> list[Any]:
+        out: list[Any] = []
+        put, add = out.extend, out.append
+        for row, name in zip(rows[lo:hi], names[lo:hi]):
+            put(row)
+            add(name)
+        return out
+
     k = ROWS_PER_STATEMENT
     full = len(rows) - len(rows) % k
     if full:
         c.executemany(_multi_sql(head, tail, width, k),
-                      [tuple(chain(rows[i:i + k])) for i in range(0, full, k)])
+                      [flat(i, i + k) for i in range(0, full, k)])
     i = full
     while i < len(rows):
         n = 1 << ((len(rows) - i).bit_length() - 1)  # the largest power of two left
-        c.execute(_multi_sql(head, tail, width, n), tuple(chain(rows[i:i + n])))
+        c.execute(_multi_sql(head, tail, width, n), flat(i, i + n))
         i += n
 
 
@@ -249,13 +263,14 @@ def percentile(values: list[float], q: float) -> float | None:
 class Batch:
     """Rows waiting to be written, in the order the foreign keys need (runs, tasks, attempts,
     run ends). A task's later row replaces its earlier one (its 'running' row is never written
-    when its final row comes along in time), keeping a stored output."""
+    when its final row comes along in time), keeping a stored output. Task rows are kept by
+    run id, then task id (a key tuple per row was one more object for the cyclic collector)."""
 
     __slots__ = ("attempts", "ends", "plans", "starts", "tasks")
 
     def __init__(self) -> None:
         self.starts: list[tuple[Any, ...]] = []
-        self.tasks: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self.tasks: dict[str, dict[str, tuple[Any, ...]]] = {}  # run id -> task id -> row
         self.attempts: list[tuple[Any, ...]] = []
         self.ends: list[tuple[Any, ...]] = []
         self.plans: dict[str, Any] = {}
@@ -263,43 +278,42 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.starts or self.tasks or self.attempts or self.ends)
 
-    def add(self, kind: int, row: Any) -> None:
-        if kind == TASK:
-            key = (row[0], row[1])
-            old = self.tasks.get(key)
-            if old is not None and row[-1] is None and old[-1] is not None:
-                row = (*row[:-1], old[-1])
-            self.tasks[key] = row
-        elif kind == ATTEMPT:
-            self.attempts.append(row)
-        elif kind == START:
-            self.starts.append(row)
-        elif kind == END:
-            self.ends.append(row)
-        else:
-            self.plans[row[0]] = row[1]
-
-    def extend(self, items: Iterable[tuple[int, Any]]) -> None:
-        """:meth:`add` for many rows, with the per-task kinds inlined (the writer drains
-        a row or two per task: a call per row was a fifth of its Python time)."""
-        tasks, get, attempt = self.tasks, self.tasks.get, self.attempts.append
-        for kind, row in items:
-            if kind == TASK:
-                key = (row[0], row[1])
-                old = get(key)
+    def extend(self, items: Iterable[tuple[Any, ...]]) -> None:
+        """Take rows as the queue holds them (see :data:`TASK_WIDTH`), with the per-task
+        kinds inlined (the writer drains a row or two per task: a call per row was a fifth
+        of its Python time)."""
+        runs, attempt = self.tasks, self.attempts.append
+        last: str | None = None
+        tasks: dict[str, tuple[Any, ...]] = {}
+        for row in items:
+            width = len(row)
+            if width == TASK_WIDTH:
+                run_id = row[0]
+                if run_id is not last:  # the rows of one run share their id's object
+                    got = runs.get(run_id)
+                    tasks = runs[run_id] = {} if got is None else got
+                    last = run_id
+                old = tasks.get(row[1])
                 if old is not None and row[-1] is None and old[-1] is not None:
                     row = (*row[:-1], old[-1])
-                tasks[key] = row
-            elif kind == ATTEMPT:
+                tasks[row[1]] = row
+            elif width == ATTEMPT_WIDTH:
                 attempt(row)
             else:
-                self.add(kind, row)
+                kind, body = row
+                if kind == START:
+                    self.starts.append(body)
+                elif kind == END:
+                    self.ends.append(body)
+                else:
+                    self.plans[body[0]] = body[1]
 
     def rows(self) -> int:
-        return len(self.starts) + len(self.tasks) + len(self.attempts) + len(self.ends)
+        return (len(self.starts) + sum(map(len, self.tasks.values())) + len(self.attempts)
+                + len(self.ends))
 
     def run_ids(self) -> set[str]:
-        ids = {r[0] for r in self.starts} | {k[0] for k in self.tasks}
+        ids = {r[0] for r in self.starts} | set(self.tasks)
         ids.update(r[0] for r in self.attempts)
         ids.update(r[-1] for r in self.ends)
         return ids
@@ -311,7 +325,9 @@ class Batch:
 
         self.starts, self.attempts = clean(self.starts), clean(self.attempts)
         self.ends = clean(self.ends)
-        self.tasks = {k: tuple(safe_text(v) for v in row) for k, row in self.tasks.items()}
+        self.tasks = {safe_text(run_id): {safe_text(tid): tuple(safe_text(v) for v in row)
+                                          for tid, row in rows.items()}
+                      for run_id, rows in self.tasks.items()}
 
     def start_rows(self, plans: dict[str, Any]) -> list[tuple[Any, ...]]:
         """The run rows, each with its plan's edges and task ids (``None`` when the run came
@@ -321,11 +337,11 @@ class Batch:
         return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
                  PROC_START, now) for row in self.starts]
 
-    def with_qualnames(self, plans: dict[str, Any]
-                       ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """The task and attempt rows, each with its task's qualified tool name (from its
-        run's plan, :func:`plan_keys`: made once per flow, a look-up per row; the bare name
-        when the run came without a plan)."""
+    def with_qualnames(self, plans: dict[str, Any]) -> tuple[
+            list[tuple[Any, ...]], list[str], list[tuple[Any, ...]], list[str]]:
+        """The task rows and their tasks' qualified tool names, then the attempt rows and
+        theirs (from each run's plan, :func:`plan_keys`: made once per flow, a look-up per
+        row; the bare name when the run came without a plan)."""
         def table(run_id: str) -> dict[str, str]:
             p = plans.get(run_id)
             return {} if p is None else plan_keys(p)[0]
@@ -339,8 +355,7 @@ class Batch:
             q = tab.get(parent) if parent else None
             return q if q is not None else safe_text(row[3 if len(row) == 10 else 2])
 
-        def named(rows: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-            out: list[tuple[Any, ...]] = []
+        def named(rows: list[tuple[Any, ...]], out: list[str]) -> None:
             run_id: str | None = None
             tab: dict[str, str] = {}
             append = out.append
@@ -349,10 +364,16 @@ class Batch:
                     run_id = row[0]
                     tab = table(run_id)
                 q = tab.get(row[1])
-                append((*row, q if q is not None else other(row, tab)))
-            return out
+                append(q if q is not None else other(row, tab))
 
-        return named(self.tasks.values()), named(self.attempts)
+        tasks: list[tuple[Any, ...]] = []
+        for rows in self.tasks.values():
+            tasks += rows.values()
+        task_names: list[str] = []
+        attempt_names: list[str] = []
+        named(tasks, task_names)
+        named(self.attempts, attempt_names)
+        return tasks, task_names, self.attempts, attempt_names
 
 
 # -- a plan's keys in history ---------------------------------------------------------------
@@ -576,13 +597,14 @@ class HistoryObserver:
     def task_started(self, result: RunResult[Any], record: TaskRecord) -> None:
         self._running[record.id if record.item is None else _row_id(record)] = record
         if not _usual_start(record):
-            self._push((TASK, _task_row(result.run_id, record, None, None)))
+            self._push(_task_row(result.run_id, record, None, None))
         # The usual start queues nothing: the writer makes the row of a task still running
         # at its next write (running_rows); most tasks end before and never get one.
 
-    def running_rows(self, tasks: dict[tuple[str, str], tuple[Any, ...]]) -> None:
-        """In the writer thread, once the queue is drained into ``tasks`` (a batch's rows): add
-        a 'running' row for each task running now that the file does not show as running yet.
+    def running_rows(self, tasks: dict[str, dict[str, tuple[Any, ...]]]) -> None:
+        """In the writer thread, once the queue is drained into ``tasks`` (a batch's rows, by
+        run id and task id): add a 'running' row for each task running now that the file
+        does not show as running yet.
 
         A task's final row is queued before its record leaves ``_running``, so a record seen
         here that is no longer running had its final row drained (now or before) and gets
@@ -594,6 +616,9 @@ class HistoryObserver:
         run_id = self._run_id or ""
         shown = self._shown
         now = self._running.copy()  # the run adds and removes meanwhile
+        rows = tasks.get(run_id)
+        if rows is None:
+            rows = tasks[run_id] = {}
         for tid in [t for t in shown if t not in now]:
             del shown[tid]
         for tid, rec in now.items():
@@ -601,13 +626,14 @@ class HistoryObserver:
                 shown.pop(tid, None)
                 continue
             mark = (rec.started_at, len(rec.attempts))
-            key = (run_id, tid)
-            old = tasks.get(key)
+            old = rows.get(tid)
             if old is None and shown.get(tid) == mark:
                 continue
             row = _running_row(run_id, rec)
-            tasks[key] = row if old is None else (*row[:-1], old[-1])
+            rows[tid] = row if old is None else (*row[:-1], old[-1])
             shown[tid] = mark
+        if not rows:  # (an empty entry would count the run in the batch)
+            del tasks[run_id]
 
     def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
         """In the writer thread: the running tasks whose log grew since last written, as
@@ -637,9 +663,9 @@ class HistoryObserver:
             logs = logs_json(record.logs, result.masker)
             self._logged[record.id] = len(record.logs)
         push = self._push
-        push((TASK, _task_row(result.run_id, record, logs, encoded)))
+        push(_task_row(result.run_id, record, logs, encoded))
         for row in _attempt_rows(result.run_id, record):
-            push((ATTEMPT, row))
+            push(row)
         if record.item is None:
             self._done[record.id] = record.status
             self._running.pop(record.id, None)
@@ -669,9 +695,9 @@ class HistoryObserver:
             out = (stored_json(result.outputs[r.id], result.masker, task_id=r.id)
                    if self._outputs and r.status is
                    TaskStatus.COMPLETED and r.id in result.outputs else None)
-            push((TASK, _task_row(result.run_id, r, logs_json(r.logs, result.masker), out)))
+            push(_task_row(result.run_id, r, logs_json(r.logs, result.masker), out))
             for row in _attempt_rows(result.run_id, r):
-                push((ATTEMPT, row))
+                push(row)
         etype, emsg = ((type(result.error).__qualname__, message_of(result.error))
                        if result.error is not None else (None, None))
         ended = result.started_at.timestamp() + result.duration
