@@ -22,7 +22,7 @@ import sys
 import time
 import warnings
 from array import array
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -767,17 +767,18 @@ def _task_row(run_id: str, r: TaskRecord, logs: str | None, output: str | None
             err.message if err else None, r.reason, item, r.item_count, logs, output)
 
 
-def _attempt_rows(run_id: str, r: TaskRecord) -> list[tuple[Any, ...]]:
+def _attempt_rows(run_id: str, r: TaskRecord) -> Sequence[tuple[Any, ...]]:
     """The task's attempt rows; none for a task that completed at its first attempt, whose
-    one attempt is its own row's (start, end, status): readers imply it (half the rows)."""
+    one attempt is its own row's (start, end, status): readers imply it (half the rows).
+    None is the empty tuple, not a new list: most tasks have none, on the event loop."""
     atts = r.attempts
     if r.items is not None:  # a pipeline stage's summary: its item rows hold the calls
-        return []
+        return ()
     if len(atts) == 1:
         a = atts[0]
         if (a.status is TaskStatus.COMPLETED and r.status is TaskStatus.COMPLETED
                 and a.started_at == r.started_at and a.ended_at == r.ended_at):
-            return []
+            return ()
     rows = []
     tid = _row_id(r)
     for a in atts:
