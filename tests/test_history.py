@@ -508,6 +508,58 @@ class TestConcurrency:
                                 "'completed'")[0]["n"] == 0
 
 
+    def test_runs_side_by_side_on_one_loop_each_get_their_own_rows(
+            self, tmp_path: Path) -> None:
+        """Four runs of one flow (the same task ids) interleave on one event loop and one
+        store, with a retried task and a map, and a batch flushed mid-run: each run's rows
+        are its own records exactly (status, attempt count, start and end)."""
+        import anyio
+
+        calls: dict[str, int] = {}
+
+        @tool(executor="async", registry=False)
+        async def flaky(tag: str, pause: float) -> str:
+            calls[tag] = calls.get(tag, 0) + 1
+            await anyio.sleep(pause)
+            if calls[tag] == 1:
+                raise ValueError(f"first call of {tag}")
+            return tag
+
+        @tool(executor="async", registry=False)
+        async def step(x: int, pause: float) -> int:
+            await anyio.sleep(pause)
+            return x
+
+        def flow(tag: str, pause: float) -> Any:
+            return Flow("side", flaky(tag, pause).with_options(retries=1, backoff=0.0)
+                        >> step.map(list(range(5)), pause=pause)
+                        >> step(1, pause).named("last"))
+
+        results: dict[str, flowdsl.RunResult] = {}
+        with HistoryStore(tmp_path / "h.db", flush_rows=3) as store:
+            async def one(tag: str, pause: float) -> None:
+                results[tag] = await flowdsl.arun(flow(tag, pause), history=store)
+
+            async def main() -> None:
+                async with anyio.create_task_group() as tg:
+                    for k, tag in enumerate("abcd"):
+                        tg.start_soon(one, tag, 0.002 * (k + 1))
+
+            anyio.run(main)
+            runs = {tag: store.get_run(r.run_id) for tag, r in results.items()}
+        assert len({r.run_id for r in results.values()}) == 4
+        for tag, r in results.items():
+            assert r.ok, tag
+            rows = {row["task_id"]: row for row in runs[tag]["tasks"]}
+            assert set(rows) == set(r.tasks), tag
+            for tid, rec in r.tasks.items():
+                row = rows[tid]
+                assert (row["status"], len(row["attempts"]), row["started_at"],
+                        row["ended_at"]) == (rec.status.value, len(rec.attempts),
+                                             rec.started_at, rec.ended_at), (tag, tid)
+            assert len(rows["flaky"]["attempts"]) == 2, tag
+
+
 KILLED = textwrap.dedent("""
     import sys, time, anyio
     import flowdsl
