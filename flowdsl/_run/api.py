@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import anyio
 
-from .._base import capture, secrets
+from .._base import capture, collector, secrets
 from .._base.errors import CompensationError, PlanError, RunTimeout, exc_repr
 from .._base.limits import limits
 from .._base.log import logging_enabled
@@ -266,20 +266,23 @@ async def execute(flow: Any, *, mode: str | Mode | None = None,
         events.put(RUN_STARTED, detail=RunStart(result.run_id, p.name, m.value, p))
         for tid, status in item.status.items():  # reused from the resumed run: final now
             events.put(TASK_FINISHED, tid, None, None, status)
-    try:
-        await _drive(core, runner, p, item, options, opened, timeout)
-    except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
-        result.status = RunStatus.CANCELLED
-        with anyio.CancelScope(shield=True):
-            await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
-                          items is not None, compensation_timeout)
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            result.error = result.error or exc
-        raise
-    if result.status is RunStatus.RUNNING:
-        result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
-    await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
-                  items is not None, compensation_timeout)
+    # A large run's plan, core and records are not rescanned by the cyclic collector again
+    # and again while it runs (_base/collector.py).
+    with collector.frozen(len(p.tasks)):
+        try:
+            await _drive(core, runner, p, item, options, opened, timeout)
+        except BaseException as exc:  # cancelled from outside, KeyboardInterrupt, ...
+            result.status = RunStatus.CANCELLED
+            with anyio.CancelScope(shield=True):
+                await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                              items is not None, compensation_timeout)
+            if not isinstance(exc, anyio.get_cancelled_exc_class()):
+                result.error = result.error or exc
+            raise
+        if result.status is RunStatus.RUNNING:
+            result.status = RunStatus.FAILED if result.errors else RunStatus.COMPLETED
+        await _finish(core, p, result, item, rollback_on_failure, [*obs, *ends],
+                      items is not None, compensation_timeout)
     return result
 
 
