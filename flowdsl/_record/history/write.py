@@ -357,7 +357,7 @@ class Batch:
             parent = (tid.rpartition("[")[0] if tid.endswith("]")
                       else tid.rpartition("@")[0] if "@" in tid else None)
             q = tab.get(parent) if parent else None
-            return q if q is not None else safe_text(row[3 if len(row) == 10 else 2])
+            return q if q is not None else safe_text(row[3 if len(row) == ATTEMPT_WIDTH else 2])
 
         def named(rows: list[tuple[Any, ...]], out: list[str]) -> None:
             run_id: str | None = None
@@ -622,9 +622,7 @@ class HistoryObserver:
         run_id = self._run_id or ""
         shown = self._shown
         now = self._running.copy()  # the run adds and removes meanwhile
-        rows = tasks.get(run_id)
-        if rows is None:
-            rows = tasks[run_id] = {}
+        rows = tasks.get(run_id) or {}
         for tid in [t for t in shown if t not in now]:
             del shown[tid]
         for tid, rec in now.items():
@@ -638,8 +636,8 @@ class HistoryObserver:
             row = _running_row(run_id, rec)
             rows[tid] = row if old is None else (*row[:-1], old[-1])
             shown[tid] = mark
-        if not rows:  # (an empty entry would count the run in the batch)
-            del tasks[run_id]
+        if rows:  # (an empty entry would count the run in the batch)
+            tasks[run_id] = rows
 
     def tails(self) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
         """In the writer thread: the running tasks whose log grew since last written, as

@@ -82,7 +82,7 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[R] | None], *
     alive = 0
     coming = 0  # workers started or woken that have not looked at the heap yet
     topping = False
-    spawn: Callable[[int], None] = lambda k: None  # noqa: E731 -- set once the group exists
+    spawn: Callable[[int], None] = _no_spawn  # set once the group exists
 
     def top_up() -> None:
         # Runs only once the worker that asked for it has actually waited: then every ready
@@ -171,7 +171,7 @@ async def drive(ranked: Sequence[N], call: Callable[[N], Awaitable[R] | None], *
 
 
 def _no_spawn(k: int) -> None:
-    pass
+    """:func:`drive`'s ``spawn`` before its task group exists and after it is gone."""
 
 
 def inside(nodes: Sequence[N], preds: Mapping[N, Sequence[N]]
