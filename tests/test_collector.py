@@ -75,7 +75,7 @@ def test_a_program_that_froze_objects_keeps_its_freeze() -> None:
         assert run(_wide(collector.FREEZE_MIN)).ok
         # (Frozen objects that die leave the count: it can only fall unless someone
         # freezes more, and a run's freeze would add its plan and core, thousands.)
-        assert 0 < min(seen) and max(seen) <= before
+        assert min(seen) > 0 and max(seen) <= before
         assert 0 < gc.get_freeze_count() <= before
     finally:
         gc.unfreeze()

@@ -272,7 +272,7 @@ class TestImpliedAttempts:
     def test_an_explicit_row_is_not_counted_twice(self, tmp_path: Path) -> None:
         """A run written before (every attempt has its row) aggregates as it did: its
         completed single attempts count once."""
-        from flowdsl._record.history.write import aggregate_run
+        from flowdsl._record.history.sink import aggregate_run
 
         with HistoryStore(tmp_path / "h.db") as store:
             c = store._conn

@@ -13,7 +13,7 @@ import flowdsl
 from flowdsl import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus, tool
 from flowdsl._record.history import HistoryStore, close_cached
 from flowdsl._record.history import read as history_read
-from flowdsl._record.history.write import ROWS_PER_STATEMENT
+from flowdsl._record.history.sink import ROWS_PER_STATEMENT
 
 
 @pytest.fixture(autouse=True)
@@ -256,15 +256,16 @@ class TestDurationsCache:
         store._read_flow = lambda *a, **k: reads.append(a) or real(*a, **k)  # type: ignore
         for _ in range(6):
             flowdsl.run(flow, history=path).raise_for_error()
-            # The writer folds a run into the figures just after the run returns; until
-            # then nothing is answered from memory. flush() waits for it.
-            if store._pending:
-                assert store.cached_durations(p) is None
+            # The writer folds a run into SQL just after the run returns; the tasks' own
+            # figures take it in memory before (expected() makes sure, as the next run's
+            # start does), and answer then what SQL answers once it is folded.
+            early = store.expected(p)
             store.flush()
             cached = store.cached_durations(p)
             ((key, (_, tasks, tools, sums)),) = store._flow_cache.items()
             assert (tasks, tools, sums) == real(key[0], key[1], flush=False)
             assert cached == store.durations(p)
+            assert early == cached
             store._flow_cache[key] = (0.0, tasks, tools, sums)  # aged: durations() reads it
             assert store.cached_durations(p) is None
             store.durations(p)
@@ -365,10 +366,10 @@ class TestDeferredStatistics:
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
         import threading
 
-        from flowdsl._record.history import write
+        from flowdsl._record.history import sink
 
         gate, entered = threading.Event(), threading.Event()
-        real = write.aggregate_once
+        real = sink.aggregate_once
 
         def held(c: Any, run_id: str) -> Any:
             entered.set()
@@ -385,6 +386,42 @@ class TestDeferredStatistics:
             (row,) = store._rows("SELECT aggregated FROM runs", ())
         assert row == (None,)
         assert sum(s.count for s in stats.values()) == 2
+
+    def test_the_next_run_does_not_wait_for_the_fold(self, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+        """While the writer folds a run in (held here), the tasks' own figures in memory
+        take it already: the next run's expected durations come from memory, and are those
+        SQL gives once the fold is done. A task new to the flow takes its tool's figures,
+        which do wait for the fold."""
+        import threading
+
+        from flowdsl._record.history import sink
+
+        gate, entered = threading.Event(), threading.Event()
+        real = sink.aggregate_once
+
+        def held(c: Any, run_id: str) -> Any:
+            entered.set()
+            assert gate.wait(30.0), "the figures were not answered while the fold waited"
+            return real(c, run_id)
+
+        p = flowdsl.plan(self._flow())
+        grown = flowdsl.plan(flowdsl.Flow("deferred", quick().named("a") >> quick().named("b")
+                                          >> quick().named("c")))
+        with HistoryStore(tmp_path / "h.db") as store:
+            flowdsl.run(self._flow(), history=store).raise_for_error()
+            before = store.durations(p)  # the flow's figures in memory now
+            assert set(store.durations(grown)) == {"a", "b", "c"}  # "c": its tool's
+            monkeypatch.setattr("flowdsl._record.history.aggregate_once", held)
+            flowdsl.run(self._flow(), history=store).raise_for_error()
+            assert entered.wait(10.0)  # the writer is folding the second run in, held
+            early = store.expected(p)
+            assert store.expected(grown) is None  # "c" is new: its tool's figures wait
+            gate.set()
+            store.flush()
+            assert early is not None and set(early) == {"a", "b"}
+            assert early == store.durations(p) != before
+            assert set(store.expected(grown) or ()) == {"a", "b", "c"}
 
     def test_readers_see_the_run_that_returned(self, tmp_path: Path) -> None:
         with HistoryStore(tmp_path / "h.db") as store:

@@ -371,11 +371,14 @@ async def _recorded(p: Plan, given: Mapping[str, float] | None, store: Any
 
     def read() -> tuple[Mapping[str, float] | None, Mapping[str, int] | None]:
         if not mapped:
-            # The memory missed because a run's figures were being folded in (the writer
-            # does it just after the run returns): wait for them, then answer from memory,
-            # not by reading the flow's rows again.
-            store.flush()
-            hist = store.cached_durations(p)
+            # The memory missed because a run that returned is not in it yet (the writer
+            # takes it just after the run returns): take it here, then, if the figures
+            # wanted wait for its fold, wait for that; answer from memory, not by reading
+            # the flow's rows again.
+            hist = getattr(store, "expected", store.cached_durations)(p)
+            if hist is None:
+                store.flush()
+                hist = store.cached_durations(p)
             if hist is not None:
                 return hist, None
         return (store.durations(p) if need else None,

@@ -43,19 +43,18 @@ from ..._base.errors import HistoryError
 from ..._base.log import get_logger, logging_enabled
 from .liveness import HEARTBEAT_EVERY, pid_alive, proc_start
 from .read import HistoryReader, ToolStats, _check_scope
-from .view import HistoryView
-from .write import (
+from .sink import (
     FINISH_RUN,
-    HEARTBEAT,
-    HOST,
     INSERT_RUN,
-    TAIL,
-    Batch,
-    HistoryObserver,
+    SINK_MIN_ROWS,
+    Rows,
+    Sink,
     aggregate_once,
-    insert_rows,
-    tool_identity,
+    configure,
+    write_rows,
 )
+from .view import HistoryView
+from .write import HEARTBEAT, HOST, TAIL, Batch, HistoryObserver, tool_identity
 
 __all__ = ["HistoryObserver", "HistoryStore", "HistoryView", "ToolStats", "aopen_history",
            "default_path", "open_history", "tool_identity"]
@@ -167,6 +166,31 @@ def _create(c: sqlite3.Connection) -> None:
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _migrate_1, 2: _migrate_2, 3: _migrate_3_writer_liveness,
     4: _migrate_4_pipeline_items, 5: _migrate_5_deferred_aggregates}
+
+
+class _Unfolded:
+    """A run written whose statistics are still to be folded in: what it ran (task id ->
+    (qualified tool, duration) of its completed tasks; None for a pipeline over items), its
+    flow (None when its row is gone), and whether the tasks' own cached figures took it."""
+
+    __slots__ = ("applied", "flow", "had", "run_id")
+
+    def __init__(self, run_id: str, had: dict[str, tuple[str, float] | None] | None,
+                 flow: str | None) -> None:
+        self.run_id, self.had, self.flow = run_id, had, flow
+        self.applied = False
+
+
+def _pairs(had: dict[str, tuple[str, float] | None]) -> dict[tuple[str, str], float]:
+    """What a run added to ``task_stats``, by (qualified tool, task id), from what the
+    writer kept of its completed tasks (task id -> (qualified tool, duration))."""
+    return {(v[0], tid): v[1] for tid, v in had.items() if v is not None}
+
+
+def _text(status: Any) -> Any:
+    """A run's status as the plain text SQLite stores (the helper process takes plain values
+    only: ``marshal``)."""
+    return getattr(status, "value", status)
 
 
 def default_path() -> Path:
@@ -354,7 +378,8 @@ class HistoryStore(HistoryReader):
         self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
         # Runs written whose statistics are still to be folded in (see _aggregate), each
         # with what it ran; until then, expected durations are not read from memory.
-        self._pending: list[tuple[str, dict[str, tuple[str, float] | None] | None]] = []
+        self._pending: list[_Unfolded] = []
+        self._apply_lock = threading.Lock()  # _apply_pending, from the writer or a run
         self._sizes: dict[str, int] = {}  # run id -> its task rows written, until its end
         self._errors: dict[str, HistoryError] = {}  # run id -> the first write failure
         # runs whose end waits for their rows: (run id, called with the run's write error)
@@ -363,6 +388,9 @@ class HistoryStore(HistoryReader):
         self._commits = 0  # transactions since the last WAL checkpoint
         self._ckpt_conn: sqlite3.Connection | None = None  # the writer thread's, for those
         self._checkpointed = time.monotonic()
+        # The helper process that writes large batches (sink.py): None until one is wanted,
+        # then kept (dead, if it could not start or died) until the store closes.
+        self._sink: Sink | None = None
         self._init_reader()
         self._conn = self._connect()
 
@@ -392,14 +420,7 @@ class HistoryStore(HistoryReader):
 
     def _setup(self) -> None:
         c = self._conn
-        c.execute("PRAGMA busy_timeout = 30000")
-        c.execute("PRAGMA foreign_keys = ON")
-        if self.path != ":memory:":
-            c.execute("PRAGMA journal_mode = WAL")
-            c.execute("PRAGMA synchronous = NORMAL")  # durable across a process crash in WAL
-            # No checkpoint inside a commit (a run's end would pay for copying the WAL): the
-            # writer thread checkpoints in the background (_write_loop).
-            c.execute("PRAGMA wal_autocheckpoint = 0")
+        configure(c, self.path)
         with self._transaction():
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -497,6 +518,7 @@ class HistoryStore(HistoryReader):
                 self.prune()
         finally:
             self.closed = True
+            self._close_sink()
             with self._db_lock:
                 self._conn.close()
             if self._ckpt_conn is not None:
@@ -570,21 +592,23 @@ class HistoryStore(HistoryReader):
 
     def _write(self, batch: Batch) -> None:
         errors = self._errors
-        ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
+        ends = [(_text(e[0]), *e[1:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
                 for e in batch.ends]
         sizes = self._sizes
-        with self._transaction() as c:
-            c.executemany(INSERT_RUN, batch.start_rows(self._plans))
-            tasks, names, attempts, attempt_names = batch.with_qualnames(self._plans)
-            insert_rows(c, "tasks", tasks, names)
-            insert_rows(c, "attempts", attempts, attempt_names)
-            c.executemany(FINISH_RUN, ends)
-            added = {run_id: len(rows) for run_id, rows in batch.tasks.items()}
-            # A small run is folded into the statistics here, in the transaction its end
-            # waits for (a transaction of its own, and the next run's wait for it, would
-            # cost more than the folding); a large one just after it returns (_aggregate).
-            inline = [aggregate_once(c, e[-1]) if sizes.get(e[-1], 0) + added.get(e[-1], 0)
-                      < FOLD_INLINE_MAX else None for e in ends]
+        tasks, names, attempts, attempt_names = batch.with_qualnames(self._plans)
+        rows = (batch.start_rows(self._plans), tasks, names, attempts, attempt_names, ends)
+        added = {run_id: len(by_task) for run_id, by_task in batch.tasks.items()}
+        if self._sent(batch, rows):  # a helper process wrote them: the figures fold later
+            inline: list[tuple[str | None, bool] | None] = [None] * len(ends)
+        else:
+            with self._transaction() as c:
+                write_rows(c, rows)
+                # A small run is folded into the statistics here, in the transaction its
+                # end waits for (a transaction of its own, and the next run's wait for it,
+                # would cost more than the folding); a large one just after it returns
+                # (_aggregate).
+                inline = [aggregate_once(c, e[-1]) if sizes.get(e[-1], 0) + added.get(e[-1], 0)
+                          < FOLD_INLINE_MAX else None for e in ends]
         for run_id, n in added.items():
             sizes[run_id] = sizes.get(run_id, 0) + n
         # What each run adds to task_stats (as _TASK_STATS selects it: the last row written
@@ -605,30 +629,82 @@ class HistoryStore(HistoryReader):
                             and row[6] is not None else None)
         for e, folded in zip(ends, inline):  # _write_batch drops the ended runs' sizes
             had = ran.pop(e[-1], {})
-            if folded is None:
-                self._pending.append((e[-1], had))
-            else:
-                self._refreshed(folded, had)
+            if folded is not None:
+                self._refreshed(folded, had, False)
+                continue
+            # Folded into SQL just after the run returns (_aggregate); the tasks' own figures
+            # in memory take it before (_apply_pending), so that the next run's expected
+            # durations need not wait for the fold.
+            flow = self._conn.execute("SELECT flow FROM runs WHERE run_id = ?",
+                                      (e[-1],)).fetchone()
+            self._pending.append(_Unfolded(e[-1], had, None if flow is None else flow[0] or ""))
         self._commits += 1
         self._ended += len(ends)
         if self._ended >= self.prune_every:
             self._wake.set()  # the writer thread prunes, in the background
 
+    def _sent(self, batch: Batch, rows: Rows) -> bool:
+        """Whether the helper process wrote ``rows`` (sink.py): a batch of
+        :data:`~.sink.SINK_MIN_ROWS` rows or more, to a file. The first such batch starts the
+        helper and is written here, as is every batch until the helper is ready, and every
+        one after it died or could not start."""
+        if batch.rows() < SINK_MIN_ROWS or self.path == ":memory:":
+            return False
+        sink = self._sink
+        if sink is None:
+            self._sink = Sink.start(self.path)
+            return False
+        return sink.ready() and sink.write(rows)
+
+    def _close_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.close()
+
+    def _apply_pending(self) -> None:
+        """Bring the tasks' own cached figures up to date with the runs written but not
+        folded into SQL yet, in memory, as the fold will (HistoryReader._refresh_flow). The writer
+        thread does it just after the runs return, before the fold; a run that asks for
+        expected durations meanwhile does it itself (``expected``) rather than wait for the
+        fold: a 10,000-task run waited 60-110 ms for the previous one's."""
+        with self._apply_lock:
+            for run in list(self._pending):
+                if not run.applied:
+                    if run.had is not None and run.flow is not None:
+                        self._refresh_flow(run.flow, _pairs(run.had), tools=False)
+                    run.applied = True
+
+    def expected(self, plan: Any) -> dict[str, float] | None:
+        """In a worker thread: :meth:`cached_durations` once the runs written so far count
+        in memory (None when the answer needs SQL)."""
+        self._apply_pending()
+        return self.cached_durations(plan)
+
     def _aggregate(self) -> None:
         """Fold the runs written since the last call into ``task_stats`` and ``stats``, in
         one transaction, and bring the cached figures up to date. The writer thread does it
-        just after it lets the runs return; readers (:meth:`flush`) and the next run's
-        expected durations wait for it, so no figure misses a run that returned. A run whose
+        just after it lets the runs return; readers (:meth:`flush`) wait for it, so no figure
+        misses a run that returned, and so do the next run's expected durations where the
+        tasks' own figures in memory do not answer them (:meth:`_apply_pending`). A run whose
         aggregation fails keeps ``aggregated = 0`` and is folded in when a store next opens
         the file."""
+        self._apply_pending()
         with self._db_lock:
             if self.closed or not self._pending:
                 return
             pending = list(self._pending)
+            run_ids = [run.run_id for run in pending]
 
             def go() -> list[tuple[str | None, bool]]:
+                # In the helper process when there is one: a fold is a few statements over
+                # the run's rows, and each one here waited for the GIL of the run going on.
+                sink = self._sink
+                if sink is not None and sink.ready():
+                    done = sink.fold(run_ids)
+                    if done is not None:
+                        return done
                 with self._transaction() as c:
-                    return [aggregate_once(c, run_id) for run_id, _ in pending]
+                    return [aggregate_once(c, run_id) for run_id in run_ids]
 
             try:
                 done = self._retry(go)
@@ -639,20 +715,24 @@ class HistoryStore(HistoryReader):
                     get_logger(path=self.path).warning("history_aggregate_failed",
                                                        error=str(exc))
                 done = []
-            for folded, (_, had) in zip(done, pending):
-                self._refreshed(folded, had)
+            for folded, run in zip(done, pending):
+                self._refreshed(folded, run.had, run.applied)
             del self._pending[:len(pending)]  # only _write appends, under the same lock
 
     def _refreshed(self, folded: tuple[str | None, bool],
-                   had: dict[str, tuple[str, float] | None] | None) -> None:
+                   had: dict[str, tuple[str, float] | None] | None, applied: bool) -> None:
         """Bring the cached figures of a run's flow up to date once :func:`aggregate_once`
         gave ``folded`` (its flow, None when the run is gone, and whether this store folded
         it): in memory from what it ran, when it was this store's to fold and ``had`` says
-        (a pipeline over items says None), else by reading them again."""
+        (a pipeline over items says None), else by reading them again. ``applied``: the
+        tasks' own figures took the run already (_apply_pending); the tools' follow now."""
         flow, ours = folded
-        if flow is not None:
-            self._refresh_flow(flow, None if had is None or not ours else {
-                (v[0], tid): v[1] for tid, v in had.items() if v is not None})
+        if flow is None:
+            return
+        if had is None or not ours:
+            self._refresh_flow(flow, None)
+        else:
+            self._refresh_flow(flow, {} if applied else _pairs(had))
 
     def _lost(self, batch: Batch, exc: BaseException) -> None:
         """A batch could not be written: every run it concerns gets the error, the log hears

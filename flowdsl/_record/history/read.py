@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ..._base.errors import HistoryError, RunNotFound
 from ..._run.result import TaskStatus
-from .write import CHILD_INPUT, percentile, plan_keys, unpack
+from .sink import unpack
+from .write import CHILD_INPUT, percentile, plan_keys
 
 if TYPE_CHECKING:
     from ..._plan.planner import Plan
@@ -118,8 +119,8 @@ class HistoryReader:
         self._flow_cache: dict[tuple[str, frozenset[tuple[str, str]]], _Entry] = {}
         self._cache_lock = threading.Lock()
 
-    def _refresh_flow(self, flow: str, ran: dict[tuple[str, str], float] | None = None
-                      ) -> None:
+    def _refresh_flow(self, flow: str, ran: dict[tuple[str, str], float] | None = None,
+                      *, tools: bool = True) -> None:
         """A run of ``flow`` was recorded (its end's aggregates are committed; the caller
         holds the connection): bring its cached figures up to date, keeping each entry's
         age (so other processes' runs show when it expires).
@@ -130,17 +131,22 @@ class HistoryReader:
         five), and re-reads only the flow's per-tool rows; another entry is re-read, or
         dropped when it holds more than :data:`REFRESH_MAX` tasks (the next run reads it in
         a worker thread). A 10,000-task flow was re-read row by row at every run's end, as
-        long as writing the run's rows, while the run waited for it."""
+        long as writing the run's rows, while the run waited for it.
+
+        ``tools=False``: the run is not folded into SQL yet (the writer folds it just after
+        the run returns). Entries take ``ran`` in memory and keep their tools' figures,
+        which the call after the fold (``ran={}``) reads again; entries that cannot take it
+        in memory are dropped."""
         with self._cache_lock:
             hits = [(k, v) for k, v in self._flow_cache.items() if k[0] == flow]
         if not hits:
             return
-        tools: dict[str, _Fig] | None = None
-        for key, (when, tasks, _, sums) in hits:
+        new_tools: dict[str, _Fig] | None = None
+        for key, (when, tasks, old_tools, sums) in hits:
             wanted = key[1]
             if sums is not None and ran is not None:
-                if tools is None:
-                    tools = self._read_tools(flow, flush=False)
+                if tools and new_tools is None:
+                    new_tools = self._read_tools(flow, flush=False)
                 # In place, under the lock that readers pick figures under (copying a
                 # 10,000-task entry at each small run's end cost more than the update).
                 with self._cache_lock:
@@ -151,12 +157,13 @@ class HistoryReader:
                         n = (tasks[pair][0] if pair in tasks else 0) + 1
                         sums[pair] = (total, recent)
                         tasks[pair] = (n, total / n, _median(recent))
-                entry: _Entry | None = (when, tasks, tools, sums)
-            elif len(wanted) > REFRESH_MAX:
+                entry: _Entry | None = (when, tasks, old_tools if new_tools is None else new_tools,
+                                         sums)
+            elif len(wanted) > REFRESH_MAX or not tools:
                 entry = None
             else:
-                tasks, new_tools, sums = self._read_flow(flow, wanted, flush=False)
-                entry = (when, tasks, new_tools, sums)
+                tasks, read_tools, sums = self._read_flow(flow, wanted, flush=False)
+                entry = (when, tasks, read_tools, sums)
             with self._cache_lock:
                 if entry is None:
                     self._flow_cache.pop(key, None)
@@ -341,8 +348,10 @@ class HistoryReader:
         """:meth:`durations` (median, the store's scope) when it can be answered from memory
         without SQLite, else ``None``: what a run asks on the event loop before it goes to a
         worker thread."""
-        if self.scope != "flow" or self._pending:
-            # A run whose figures are not folded in yet: read (and wait for them) in SQLite.
+        pending = self._pending
+        # A run not folded into SQL yet whose tasks' figures are not in memory either (a
+        # pipeline over items): read, and wait for the fold, in SQLite.
+        if self.scope != "flow" or not all(run.applied for run in pending):
             return None
         idents, mapped, wanted = plan_keys(plan)
         with self._cache_lock:
@@ -350,6 +359,10 @@ class HistoryReader:
             # tasks are read (in a worker thread) and become an entry of their own.
             hit = self._flow_cache.get((plan.name or "", wanted))
             if hit is None or time.monotonic() - hit[0] > CACHE_SECONDS:
+                return None
+            if pending and not hit[1].keys() >= wanted:
+                # A task new to the flow takes its tool's figures, which take the runs not
+                # folded yet only once they are: wait for them.
                 return None
             return _pick(idents, hit[1], hit[2], "p50", mapped)  # the writer updates in place
 

@@ -18,11 +18,9 @@ import json
 import operator
 import os
 import socket
-import sqlite3
 import sys
 import time
 import warnings
-from array import array
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,9 @@ from .liveness import PROC_START
 __all__ = [
     "CHILD_INPUT",
     "HOST",
-    "WINDOW",
     "Batch",
     "HistoryObserver",
-    "aggregate_once",
-    "aggregate_run",
     "edges_json",
-    "insert_rows",
     "logs_json",
     "nodes_json",
     "percentile",
@@ -53,7 +47,6 @@ __all__ = [
     "safe_text",
     "stored_json",
     "tool_identity",
-    "unpack",
 ]
 
 HOST = socket.gethostname()
@@ -89,9 +82,6 @@ def stored_json(value: Any, masker: Any = None, *, task_id: str = "") -> str | N
     return text
 
 
-#: Durations kept per statistics row: quantiles are over a tool's latest calls.
-WINDOW = 64
-
 # Row kinds on the queue (small ints: the hot path appends (kind, row) tuples). A task's start
 # puts nothing on it: the writer thread makes the rows of the tasks running at each write from
 # the observers' records (HistoryObserver.running_rows), so the tasks that end before the next
@@ -102,85 +92,11 @@ START, END, PLAN = range(3)
 #: per task for the cyclic collector to count, and a run's collections grew with them.
 TASK_WIDTH, ATTEMPT_WIDTH = 15, 10
 
-_TASK_HEAD = (
-    "INSERT INTO tasks (run_id, task_id, tool, status, started_at, ended_at, duration, "
-    "attempts, error_type, error_message, reason, item, items, logs, output, qualname) "
-    "VALUES ")
-_TASK_TAIL = (
-    " ON CONFLICT (run_id, task_id) DO UPDATE SET tool=excluded.tool, status=excluded.status, "
-    "started_at=excluded.started_at, ended_at=excluded.ended_at, duration=excluded.duration, "
-    "attempts=excluded.attempts, error_type=excluded.error_type, "
-    "error_message=excluded.error_message, reason=excluded.reason, item=excluded.item, "
-    "items=excluded.items, logs=coalesce(excluded.logs, tasks.logs), "
-    "output=coalesce(excluded.output, tasks.output), qualname=excluded.qualname")
-UPSERT_TASK = f"{_TASK_HEAD}({','.join('?' * 16)}){_TASK_TAIL}"
-_ATTEMPT_HEAD = (
-    "INSERT OR REPLACE INTO attempts (run_id, task_id, number, tool, started_at, ended_at, "
-    "duration, status, error_type, error_message, qualname) VALUES ")
-UPSERT_ATTEMPT = f"{_ATTEMPT_HEAD}({','.join('?' * 11)})"
-# OR IGNORE, never OR REPLACE: replacing a run row would delete its tasks (ON DELETE CASCADE).
-INSERT_RUN = (
-    "INSERT OR IGNORE INTO runs (run_id, flow, mode, status, started_at, host, pid, edges, "
-    "nodes, proc_start, heartbeat) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 #: The writer thread's heartbeat on its runs in progress (see ``liveness``).
 HEARTBEAT = "UPDATE runs SET heartbeat = ? WHERE run_id = ? AND status = 'running'"
 #: A running task's log lines so far (its final row, written later, holds them all).
 TAIL = "UPDATE tasks SET logs = ? WHERE run_id = ? AND task_id = ? AND status = 'running'"
-# ``aggregated = 0``: the run's statistics are still to be folded in (aggregate_once).
-FINISH_RUN = (
-    "UPDATE runs SET status=?, ended_at=?, duration=?, error_type=?, error_message=?, "
-    "history_error=?, aggregated=0 WHERE run_id=?")
-#: Claims a finished run's aggregation: one writer, once (transactions are exclusive).
-CLAIM = "UPDATE runs SET aggregated = NULL WHERE run_id = ? AND aggregated = 0"
 
-
-#: Rows per multi-row statement (16 columns: 4,096 parameters, under SQLite's 32,766).
-ROWS_PER_STATEMENT = 256
-_multi: dict[tuple[str, int], str] = {}
-
-
-def _multi_sql(head: str, tail: str, width: int, rows: int) -> str:
-    key = (head, rows)
-    sql = _multi.get(key)
-    if sql is None:
-        one = f"({','.join('?' * width)})"
-        sql = _multi[key] = f"{head}{','.join([one] * rows)}{tail}"
-    return sql
-
-
-def insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]],
-                names: list[str]) -> None:
-    """Write ``rows`` (``"tasks"`` or ``"attempts"``), each with its qualified tool name
-    from ``names``, with a few multi-row statements: one per :data:`ROWS_PER_STATEMENT`
-    rows, then one per power of two left. The ``sqlite3`` module releases the GIL around
-    every statement step, and a one-row statement is a step per row: written during a run,
-    each of those steps handed the GIL to the event loop and waited to get it back (a row of
-    10,000 tasks cost the loop as much as the task itself). Each statement's parameters are
-    one flat list (a row copied with its name appended was an object per row for the cyclic
-    collector). Rows are written in order, so a later row of a key wins, as one at a time."""
-    if not rows:
-        return
-    head, tail, width = ((_TASK_HEAD, _TASK_TAIL, 16) if table == "tasks"
-                         else (_ATTEMPT_HEAD, "", 11))
-
-    def flat(lo: int, hi: int) -> list[Any]:
-        out: list[Any] = []
-        put, add = out.extend, out.append
-        for row, name in zip(rows[lo:hi], names[lo:hi]):
-            put(row)
-            add(name)
-        return out
-
-    k = ROWS_PER_STATEMENT
-    full = len(rows) - len(rows) % k
-    if full:
-        c.executemany(_multi_sql(head, tail, width, k),
-                      [flat(i, i + k) for i in range(0, full, k)])
-    i = full
-    while i < len(rows):
-        n = 1 << ((len(rows) - i).bit_length() - 1)  # the largest power of two left
-        c.execute(_multi_sql(head, tail, width, n), flat(i, i + n))
-        i += n
 
 
 # -- text and identity -------------------------------------------------------------------------
@@ -221,33 +137,6 @@ def tool_identity(tool: Any) -> str:
 
 
 # -- durations as compact windows ----------------------------------------------------------------
-
-def unpack(blob: bytes | None) -> array[float]:
-    """The durations kept in a statistics row (little-endian float64s)."""
-    out = array("d")
-    if blob:
-        out.frombytes(blob)
-        if sys.byteorder == "big":
-            out.byteswap()
-    return out
-
-
-def _pack(values: array[float]) -> bytes:
-    if sys.byteorder == "big":
-        values = array("d", values)
-        values.byteswap()
-    return values.tobytes()
-
-
-def _window(old: bytes | None, new: list[float]) -> bytes | None:
-    if not new:
-        return old
-    values = unpack(old)
-    values.extend(new)
-    if len(values) > WINDOW:
-        del values[:len(values) - WINDOW]
-    return _pack(values)
-
 
 def percentile(values: list[float], q: float) -> float | None:
     """The ``q`` quantile (0..1) of sorted ``values``, interpolated linearly."""
@@ -465,101 +354,6 @@ def logs_json(logs: list[dict[str, Any]] | None, masker: Any) -> str | None:
     if masker is not None:
         logs = masker.data(logs)
     return json.dumps(logs, separators=(",", ":"), default=repr)
-
-
-# -- the aggregates ------------------------------------------------------------------------------
-
-_KEY = "coalesce(t.qualname, t.tool, '?')"
-# A pipeline stage's summary row (``items`` set) is no call: its item rows count instead.
-_RAN = ("t.run_id = ? AND t.started_at IS NOT NULL AND t.items IS NULL AND t.status NOT IN "
-        "('running', 'interrupted', 'pending')")
-# Per task: count, sum and the latest five durations, shifted in SQL (the right-hand sides
-# of an UPDATE see the old row), so a run of 10,000 tasks costs one statement, no Python.
-# A pipeline stage's item rows (``stage@i``) count under the stage: its per-item time.
-_TASK_STATS = (
-    "INSERT INTO task_stats (flow, tool, task_id, n, total, d1) "
-    f"SELECT ?, {_KEY}, CASE WHEN t.item IS NULL THEN t.task_id ELSE substr(t.task_id, 1, "
-    "length(t.task_id) - length(t.item) - 1) END, 1, t.duration, t.duration FROM tasks t "
-    f"WHERE {_RAN} AND t.status = 'completed' AND t.duration IS NOT NULL "
-    "ON CONFLICT (flow, tool, task_id) DO UPDATE SET n = n + 1, total = total + "
-    "excluded.total, d5 = d4, d4 = d3, d3 = d2, d2 = d1, d1 = excluded.d1")
-# Per tool: counts and sums by GROUP BY; the latest WINDOW durations by row_number().
-_TOOL_TASKS = (
-    f"SELECT {_KEY} AS q, max(t.tool), count(*), sum(t.status = 'completed'), "
-    "sum(t.status IN ('failed', 'timed_out')), count(CASE WHEN t.status = 'completed' THEN "
-    "t.duration END), total(CASE WHEN t.status = 'completed' THEN t.duration END) "
-    f"FROM tasks t WHERE {_RAN} GROUP BY q")
-# A run's calls: its attempt rows, and the attempt a completed single-attempt task implies
-# when it has no row (the writer leaves out the row that would repeat the task's own).
-_CALLS = (
-    "(SELECT coalesce(a.qualname, a.tool, '?') AS q, a.status AS status, a.duration AS "
-    "duration, a.ended_at AS ended_at FROM attempts a WHERE a.run_id = ?1 UNION ALL "
-    f"SELECT {_KEY}, 'completed', t.duration, t.ended_at FROM tasks t WHERE t.run_id = ?1 AND "
-    "t.attempts = 1 AND t.status = 'completed' AND t.items IS NULL AND NOT EXISTS (SELECT 1 "
-    "FROM attempts a WHERE a.run_id = t.run_id AND a.task_id = t.task_id))")
-_TOOL_CALLS = (
-    "SELECT q, count(*), sum(status = 'timed_out'), "
-    "max(CASE WHEN status = 'completed' THEN duration END), count(CASE WHEN status = "
-    "'completed' THEN duration END), total(CASE WHEN status = 'completed' THEN "
-    f"duration END) FROM {_CALLS} GROUP BY q")
-# The latest WINDOW durations of one tool in the run (a bounded sort, oldest first after).
-_TOOL_TASK_DURS = (
-    f"SELECT t.duration FROM tasks t WHERE {_RAN.replace('?', '?1')} AND {_KEY} = ?2 AND "
-    "t.status = 'completed' "
-    f"AND t.duration IS NOT NULL ORDER BY t.ended_at DESC LIMIT {WINDOW}")
-_TOOL_CALL_DURS = (
-    f"SELECT duration FROM {_CALLS} WHERE q = ?2 AND status = 'completed' AND duration IS "
-    f"NOT NULL ORDER BY ended_at DESC LIMIT {WINDOW}")
-_STATS_COLS = ("flow, tool, name, tasks, completed, failed, attempts, timeouts, task_n, "
-               "task_sum, task_recent, call_n, call_sum, call_max, call_recent")
-_UPSERT_STATS = f"INSERT OR REPLACE INTO stats ({_STATS_COLS}) VALUES ({','.join('?' * 15)})"
-
-
-def aggregate_run(c: sqlite3.Connection, run_id: str) -> str:
-    """Fold one finished run's tasks and calls into ``task_stats`` and ``stats`` (inside the
-    caller's transaction); returns the run's flow (``""`` for none). Costs the run's rows,
-    in SQLite, and a lookup per tool of the run."""
-    row = c.execute("SELECT flow FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    if row is None:
-        return ""
-    flow = row[0] or ""
-    c.execute(_TASK_STATS, (flow, run_id))
-    tools: dict[str, list[Any]] = {}
-    for q, name, n, done, failed, tn, tsum in c.execute(_TOOL_TASKS, (run_id,)):
-        # name, tasks, completed, failed, attempts, timeouts, call_max,
-        # task (n, sum, durations), call (n, sum, durations)
-        tools[q] = [name, n, done or 0, failed or 0, 0, 0, None, tn, tsum, [], 0, 0.0, []]
-    if not tools:
-        return flow
-    for q, n, timeouts, cmax, cn, csum in c.execute(_TOOL_CALLS, (run_id,)):
-        if q in tools:
-            tools[q][4:7] = [n, timeouts or 0, cmax]
-            tools[q][10:12] = [cn, csum]
-    for q, a in tools.items():
-        a[9] = [d for (d,) in c.execute(_TOOL_TASK_DURS, (run_id, q))][::-1]
-        a[12] = [d for (d,) in c.execute(_TOOL_CALL_DURS, (run_id, q))][::-1]
-    out = []
-    for q, a in tools.items():
-        o = c.execute("SELECT tasks, completed, failed, attempts, timeouts, task_n, task_sum, "
-                      "task_recent, call_n, call_sum, call_max, call_recent FROM stats WHERE "
-                      "flow = ? AND tool = ?", (flow, q)).fetchone()
-        o = o or (0, 0, 0, 0, 0, 0, 0.0, None, 0, 0.0, None, None)
-        cmax = a[6] if o[10] is None or (a[6] is not None and a[6] > o[10]) else o[10]
-        out.append((flow, q, a[0], o[0] + a[1], o[1] + a[2], o[2] + a[3], o[3] + a[4],
-                    o[4] + a[5], o[5] + a[7], o[6] + a[8], _window(o[7], a[9]), o[8] + a[10],
-                    o[9] + a[11], cmax, _window(o[11], a[12])))
-    c.executemany(_UPSERT_STATS, out)
-    return flow
-
-
-def aggregate_once(c: sqlite3.Connection, run_id: str) -> tuple[str | None, bool]:
-    """Fold a finished run into the statistics unless some writer did already (this store's
-    writer after the run, or any store opening the file after a crash): its flow (None when
-    the run is gone) and whether this call folded it."""
-    if c.execute(CLAIM, (run_id,)).rowcount == 1:
-        return aggregate_run(c, run_id), True
-    row = c.execute("SELECT flow FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    return (None if row is None else row[0] or ""), False
 
 
 # -- the observer --------------------------------------------------------------------------------
