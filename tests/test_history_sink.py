@@ -1,4 +1,4 @@
-"""The helper process that writes a store's large batches and folds its large runs
+"""S44 through the helper process that writes a store's large batches and folds its large runs
 (``flowdsl/_record/history/sink.py``): what it writes is what the run did, it never loses a
 row when it dies or fails, it is not the terminal's to interrupt, and it ends with the store.
 Each run here is checked row by row against its records."""

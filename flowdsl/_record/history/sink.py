@@ -11,12 +11,12 @@ blob and waits on the pipe (the GIL free meanwhile).
 
 When: the writer thread starts the helper the first time a batch of at least
 :data:`SINK_MIN_ROWS` rows is to be written to a file, writes in this process until the
-helper says it is ready (it boots in about 30 ms: this module imports the standard library
+helper says it is ready (it boots in 35-40 ms: this module imports the standard library
 only, and runs by its path), and then sends it every batch that large. Smaller batches (the
 small runs, whose end waits for a write that folds their statistics in the same transaction)
 stay in this process. The helper ends with the store, or when this process ends (its end of
 the pipe closes): a store that wrote a large batch keeps it between runs (starting one took
-the first 30 ms of writes of each large run back to this process). It runs in a session of
+the first 35-40 ms of writes of each large run back to this process). It runs in a session of
 its own, so the Ctrl-C a terminal sends to the run's process group does not reach it. A
 process forked from this one (``multiprocessing``) writes in its own process: the pipe is
 its parent's.
