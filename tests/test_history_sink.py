@@ -197,6 +197,7 @@ def test_a_helper_that_cannot_start_leaves_the_writing_here(
         assert store._sink is not None and store._sink.dead
 
 
+@pytest.mark.skipif(sqlite3.sqlite_version_info < (3, 25), reason="no window functions")
 def test_many_tools_fold_as_one_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run of more tools than the per-tool statements serve is folded by one windowed
     statement: the statistics it gives are those of the per-tool statements, the latest

@@ -226,7 +226,9 @@ _TOOL_CALLS = (
 # of the run's rows (2-3 ms for 10,000 rows); with many tools, one window function over the
 # run's rows (about 20 ms, whatever the number of tools: a statement per tool scanned them
 # all once per tool, and a flow of 10,000 tools took its fold 55 s).
-_PER_TOOL_MAX = 8
+# (An SQLite older than 3.25, which Python 3.10 may be built with, has no window functions:
+# a statement per tool there.)
+_PER_TOOL_MAX = 8 if sqlite3.sqlite_version_info >= (3, 25) else 1 << 62
 _TASK_DURS = (f"FROM tasks t WHERE {_RAN} AND t.status = 'completed' AND t.duration IS NOT "
               "NULL")
 _CALL_DURS = f"FROM {_CALLS} WHERE status = 'completed' AND duration IS NOT NULL"
