@@ -377,7 +377,8 @@ class HistoryStore(HistoryReader):
         # far (None for the others), until the run's end is written (see _write)
         self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
         # Runs written whose statistics are still to be folded in (see _aggregate), each
-        # with what it ran; until then, expected durations are not read from memory.
+        # with what it ran; expected durations are read from memory once the tasks' own
+        # figures took them (_apply_pending).
         self._pending: list[_Unfolded] = []
         self._apply_lock = threading.Lock()  # _apply_pending, from the writer or a run
         self._sizes: dict[str, int] = {}  # run id -> its task rows written, until its end
@@ -663,8 +664,8 @@ class HistoryStore(HistoryReader):
 
     def _apply_pending(self) -> None:
         """Bring the tasks' own cached figures up to date with the runs written but not
-        folded into SQL yet, in memory, as the fold will (HistoryReader._refresh_flow). The writer
-        thread does it just after the runs return, before the fold; a run that asks for
+        folded into SQL yet, in memory, as the fold will (HistoryReader._refresh_flow). The
+        writer thread does it just after the runs return, before the fold; a run that asks for
         expected durations meanwhile does it itself (``expected``) rather than wait for the
         fold: a 10,000-task run waited 60-110 ms for the previous one's."""
         with self._apply_lock:
@@ -715,9 +716,13 @@ class HistoryStore(HistoryReader):
                     get_logger(path=self.path).warning("history_aggregate_failed",
                                                        error=str(exc))
                 done = []
-            for folded, run in zip(done, pending):
-                self._refreshed(folded, run.had, run.applied)
-            del self._pending[:len(pending)]  # only _write appends, under the same lock
+            # Under the lock of _apply_pending: a run it takes meanwhile (the next run's
+            # expected()) is taken into memory once, there or here.
+            with self._apply_lock:
+                for folded, run in zip(done, pending):
+                    self._refreshed(folded, run.had, run.applied)
+                    run.applied = True
+                del self._pending[:len(pending)]  # only _write appends, under _db_lock
 
     def _refreshed(self, folded: tuple[str | None, bool],
                    had: dict[str, tuple[str, float] | None] | None, applied: bool) -> None:
