@@ -362,8 +362,10 @@ class TestDeferredStatistics:
     def _flow(self) -> flowdsl.Flow:
         return flowdsl.Flow("deferred", quick().named("a") >> quick().named("b"))
 
-    def test_a_run_does_not_wait_for_its_statistics(self, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    @staticmethod
+    def _hold_folds(monkeypatch: pytest.MonkeyPatch, why: str) -> tuple[Any, Any]:
+        """Hold every fold the writer starts until ``gate`` is set (``entered`` once one
+        began); ``why`` is the failure when the gate stays shut."""
         import threading
 
         from flowdsl._record.history import sink
@@ -373,10 +375,16 @@ class TestDeferredStatistics:
 
         def held(c: Any, run_id: str) -> Any:
             entered.set()
-            assert gate.wait(30.0), "the run never returned while its statistics waited"
+            assert gate.wait(30.0), why
             return real(c, run_id)
 
         monkeypatch.setattr("flowdsl._record.history.aggregate_once", held)
+        return gate, entered
+
+    def test_a_run_does_not_wait_for_its_statistics(self, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        gate, entered = self._hold_folds(
+            monkeypatch, "the run never returned while its statistics waited")
         with HistoryStore(tmp_path / "h.db") as store:
             result = flowdsl.run(self._flow(), history=store)
             assert result.ok and result.history_error is None
@@ -393,18 +401,6 @@ class TestDeferredStatistics:
         take it already: the next run's expected durations come from memory, and are those
         SQL gives once the fold is done. A task new to the flow takes its tool's figures,
         which do wait for the fold."""
-        import threading
-
-        from flowdsl._record.history import sink
-
-        gate, entered = threading.Event(), threading.Event()
-        real = sink.aggregate_once
-
-        def held(c: Any, run_id: str) -> Any:
-            entered.set()
-            assert gate.wait(30.0), "the figures were not answered while the fold waited"
-            return real(c, run_id)
-
         p = flowdsl.plan(self._flow())
         grown = flowdsl.plan(flowdsl.Flow("deferred", quick().named("a") >> quick().named("b")
                                           >> quick().named("c")))
@@ -412,7 +408,8 @@ class TestDeferredStatistics:
             flowdsl.run(self._flow(), history=store).raise_for_error()
             before = store.durations(p)  # the flow's figures in memory now
             assert set(store.durations(grown)) == {"a", "b", "c"}  # "c": its tool's
-            monkeypatch.setattr("flowdsl._record.history.aggregate_once", held)
+            gate, entered = self._hold_folds(
+                monkeypatch, "the figures were not answered while the fold waited")
             flowdsl.run(self._flow(), history=store).raise_for_error()
             assert entered.wait(10.0)  # the writer is folding the second run in, held
             early = store.expected(p)
