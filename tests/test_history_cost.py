@@ -378,7 +378,7 @@ class TestDeferredStatistics:
             assert gate.wait(30.0), why
             return real(c, run_id)
 
-        monkeypatch.setattr("flowdsl._record.history.aggregate_once", held)
+        monkeypatch.setattr(sink, "aggregate_once", held)  # (fold_runs calls it)
         return gate, entered
 
     def test_a_run_does_not_wait_for_its_statistics(self, tmp_path: Path,

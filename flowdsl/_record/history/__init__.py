@@ -49,8 +49,10 @@ from .sink import (
     SINK_MIN_ROWS,
     Rows,
     Sink,
+    Transaction,
     aggregate_once,
     configure,
+    fold_runs,
     write_rows,
 )
 from .view import HistoryView
@@ -185,12 +187,6 @@ def _pairs(had: dict[str, tuple[str, float] | None]) -> dict[tuple[str, str], fl
     """What a run added to ``task_stats``, by (qualified tool, task id), from what the
     writer kept of its completed tasks (task id -> (qualified tool, duration))."""
     return {(v[0], tid): v[1] for tid, v in had.items() if v is not None}
-
-
-def _text(status: Any) -> Any:
-    """A run's status as the plain text SQLite stores (the helper process takes plain values
-    only: ``marshal``)."""
-    return getattr(status, "value", status)
 
 
 def default_path() -> Path:
@@ -458,26 +454,8 @@ class HistoryStore(HistoryReader):
             "UPDATE tasks SET status = 'interrupted' WHERE run_id = ? AND status = 'running'",
             dead)
 
-    class _Tx:
-        __slots__ = ("conn",)
-
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
-
-        def __enter__(self) -> sqlite3.Connection:
-            # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so two
-            # writers never deadlock upgrading read locks.
-            self.conn.execute("BEGIN IMMEDIATE")
-            return self.conn
-
-        def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
-            if et is None:
-                self.conn.execute("COMMIT")
-            elif self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-
-    def _transaction(self) -> HistoryStore._Tx:
-        return HistoryStore._Tx(self._conn)
+    def _transaction(self) -> Transaction:
+        return Transaction(self._conn)
 
     def _retry(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` under the connection lock, retrying while another writer holds the
@@ -593,7 +571,7 @@ class HistoryStore(HistoryReader):
 
     def _write(self, batch: Batch) -> None:
         errors = self._errors
-        ends = [(_text(e[0]), *e[1:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
+        ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
                 for e in batch.ends]
         sizes = self._sizes
         tasks, names, attempts, attempt_names = batch.with_qualnames(self._plans)
@@ -671,7 +649,7 @@ class HistoryStore(HistoryReader):
         with self._apply_lock:
             for run in list(self._pending):
                 if not run.applied:
-                    if run.had is not None and run.flow is not None:
+                    if run.flow is not None and run.had is not None:
                         self._refresh_flow(run.flow, _pairs(run.had), tools=False)
                     run.applied = True
 
@@ -705,7 +683,7 @@ class HistoryStore(HistoryReader):
                     if done is not None:
                         return done
                 with self._transaction() as c:
-                    return [aggregate_once(c, run_id) for run_id in run_ids]
+                    return fold_runs(c, run_ids)
 
             try:
                 done = self._retry(go)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from ..._base.errors import HistoryError, RunNotFound
 from ..._run.result import TaskStatus
 from .sink import unpack
-from .write import CHILD_INPUT, percentile, plan_keys
+from .write import CHILD_INPUT, plan_keys
 
 if TYPE_CHECKING:
     from ..._plan.planner import Plan
@@ -441,6 +441,16 @@ class HistoryReader:
         return {tool: _figures([(n, total, recent)]) for tool, n, total, recent in self._rows(
             "SELECT tool, task_n, task_sum, task_recent FROM stats WHERE flow = ? AND "
             "task_n > 0", (flow,), flush=flush)}
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of sorted ``values``, interpolated linearly."""
+    if not values:
+        return None
+    pos = (len(values) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 def _median(recent: tuple[float, ...]) -> float:

@@ -48,8 +48,8 @@ from array import array
 from typing import Any
 
 __all__ = ["CLAIM", "FINISH_RUN", "INSERT_RUN", "ROWS_PER_STATEMENT", "SINK_MIN_ROWS", "WINDOW",
-           "Sink", "aggregate_once", "aggregate_run", "configure", "insert_rows", "unpack",
-           "write_rows"]
+           "Sink", "Transaction", "aggregate_once", "aggregate_run", "configure", "fold_runs",
+           "insert_rows", "unpack", "write_rows"]
 
 #: A batch of this many rows or more is written by the helper process (see above).
 SINK_MIN_ROWS = 1024
@@ -139,6 +139,27 @@ def write_rows(c: sqlite3.Connection, rows: Rows) -> None:
     insert_rows(c, "tasks", tasks, names)
     insert_rows(c, "attempts", attempts, attempt_names)
     c.executemany(FINISH_RUN, ends)
+
+
+class Transaction:
+    """``with Transaction(c):`` one write transaction (the store's and the helper's)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        # IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so two
+        # writers never deadlock upgrading read locks.
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, et: Any, ev: Any, tb: Any) -> None:
+        if et is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
 
 def configure(c: sqlite3.Connection, path: str) -> None:
@@ -299,6 +320,11 @@ def aggregate_once(c: sqlite3.Connection, run_id: str) -> tuple[str | None, bool
     return (None if row is None else row[0] or ""), False
 
 
+def fold_runs(c: sqlite3.Connection, run_ids: list[str]) -> list[tuple[str | None, bool]]:
+    """:func:`aggregate_once` of each run, in the caller's transaction."""
+    return [aggregate_once(c, run_id) for run_id in run_ids]
+
+
 # -- the pipe ----------------------------------------------------------------------------------
 
 _HEAD = struct.Struct("<Q")
@@ -331,7 +357,7 @@ def _answer(error: BaseException | None, value: Any) -> bytes:
 
 def _serve(path: str) -> None:
     """The helper: do each request it is sent (``("w", rows)``: :func:`write_rows`;
-    ``("f", run ids)``: :func:`aggregate_once` for each) in one transaction, answer with
+    ``("f", run ids)``: :func:`fold_runs`) in one transaction, answer with
     ``(error, result)``, and end when the writer's end of the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run's process decides
     c = sqlite3.connect(path, timeout=30.0, isolation_level=None)
@@ -347,16 +373,13 @@ def _serve(path: str) -> None:
         error: BaseException | None = None
         value: Any = None
         try:
-            c.execute("BEGIN IMMEDIATE")
-            if op == "w":
-                write_rows(c, payload)
-            else:
-                value = [aggregate_once(c, run_id) for run_id in payload]
-            c.execute("COMMIT")
+            with Transaction(c):
+                if op == "w":
+                    write_rows(c, payload)
+                else:
+                    value = fold_runs(c, payload)
         except Exception as exc:
             error, value = exc, None
-            if c.in_transaction:
-                c.execute("ROLLBACK")
         reply = _answer(error, value)
         _write_all(fd_out, _HEAD.pack(len(reply)) + reply)
 
@@ -400,8 +423,10 @@ class Sink:
 
     def ready(self) -> bool:
         """Whether the helper said it is ready (never waits)."""
-        if self._ready or self.dead or os.getpid() != self._owner:
-            return self._ready and os.getpid() == self._owner
+        if self.dead or os.getpid() != self._owner:
+            return False
+        if self._ready:
+            return True
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         fd = proc.stdout.fileno()
@@ -418,8 +443,8 @@ class Sink:
         return self._call("w", rows)[0]
 
     def fold(self, run_ids: list[str]) -> list[tuple[str | None, bool]] | None:
-        """:func:`aggregate_once` of each run, in one transaction of the helper's: what it
-        gave, or None when the helper could not (fold them here); its error raised."""
+        """:func:`fold_runs` in one transaction of the helper's: what it gave, or None when
+        the helper could not (fold them here); its error raised."""
         done, value = self._call("f", run_ids)
         return value if done else None
 

@@ -42,7 +42,6 @@ __all__ = [
     "edges_json",
     "logs_json",
     "nodes_json",
-    "percentile",
     "plan_keys",
     "safe_text",
     "stored_json",
@@ -134,18 +133,6 @@ def tool_identity(tool: Any) -> str:
     if isinstance(name, str) and name != getattr(fn, "__name__", name):
         qual = f"{qual}[{name}]"
     return f"{module}.{qual}" if module else qual
-
-
-# -- durations as compact windows ----------------------------------------------------------------
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of sorted ``values``, interpolated linearly."""
-    if not values:
-        return None
-    pos = (len(values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
 
 
 # -- the batch -----------------------------------------------------------------------------------
@@ -499,8 +486,9 @@ class HistoryObserver:
         etype, emsg = ((type(result.error).__qualname__, message_of(result.error))
                        if result.error is not None else (None, None))
         ended = result.started_at.timestamp() + result.duration
-        push((END, (result.status, ended, result.duration, etype, emsg, None,
-                    result.run_id)))
+        # The status as plain text: the helper process takes plain values only (marshal).
+        push((END, (getattr(result.status, "value", result.status), ended, result.duration,
+                    etype, emsg, None, result.run_id)))
         self._store._run_ended(result.run_id)
 
     async def arun_finished(self, result: RunResult[Any]) -> None:
