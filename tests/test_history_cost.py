@@ -420,6 +420,24 @@ class TestDeferredStatistics:
             assert early == store.durations(p) != before
             assert set(store.expected(grown) or ()) == {"a", "b", "c"}
 
+    def test_a_pipeline_run_not_folded_is_not_answered_from_memory(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A pipeline over items counts per item under its stage: the figures in memory
+        cannot take it before its fold, so they are dropped, and expected durations wait."""
+        p = flowdsl.plan(self._flow())
+        with HistoryStore(tmp_path / "h.db") as store:
+            flowdsl.run(self._flow(), history=store).raise_for_error()
+            assert set(store.durations(p)) == {"a", "b"}  # in memory now
+            gate, entered = self._hold_folds(
+                monkeypatch, "the fold of the pipeline run was never let go")
+            flowdsl.run(self._flow(), mode="pipeline", items=[1, 2, 3],
+                        history=store).raise_for_error()
+            assert entered.wait(10.0)
+            assert store.expected(p) is None
+            gate.set()
+            store.flush()
+            assert set(store.durations(p)) == {"a", "b"}
+
     def test_readers_see_the_run_that_returned(self, tmp_path: Path) -> None:
         with HistoryStore(tmp_path / "h.db") as store:
             for _ in range(3):

@@ -649,8 +649,9 @@ class HistoryStore(HistoryReader):
         with self._apply_lock:
             for run in list(self._pending):
                 if not run.applied:
-                    if run.flow is not None and run.had is not None:
-                        self._refresh_flow(run.flow, _pairs(run.had), tools=False)
+                    if run.flow is not None:  # (a pipeline's, had None: its entries go)
+                        self._refresh_flow(run.flow, None if run.had is None
+                                           else _pairs(run.had), tools=False)
                     run.applied = True
 
     def expected(self, plan: Any) -> dict[str, float] | None:
