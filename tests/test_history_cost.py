@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import flowdsl
 from flowdsl import Attempt, ErrorInfo, RunResult, TaskRecord, TaskStatus, tool
 from flowdsl._record.history import HistoryStore, close_cached
 from flowdsl._record.history import read as history_read
+from flowdsl._record.history import write as history_write
 from flowdsl._record.history.sink import ROWS_PER_STATEMENT
 
 
@@ -26,6 +28,12 @@ def _no_default_history(monkeypatch: pytest.MonkeyPatch) -> Any:
 @tool(executor="async", registry=False)
 async def quick(after: Any = None) -> None:
     """Do nothing."""
+
+
+@tool(executor="async", registry=False)
+async def nap() -> None:
+    """Sleep 2 ms."""
+    await anyio.sleep(0.002)
 
 
 def _feed(store: HistoryStore, run_id: str, n: int, *, retried: int = 0,
@@ -272,6 +280,24 @@ class TestDurationsCache:
         assert len(reads) == 12  # the durations() calls above only: no re-read at run ends
         counts = dict(store._rows("SELECT task_id, n FROM task_stats", ()))
         assert counts == {f"q{i}": 7 for i in range(n)}
+
+    def test_a_plans_keys_are_made_once_per_run_however_many_batches(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The writer names every batch's rows by the plan's keys: a run of many batches
+        makes them once (made per batch, a 100,000-task run spent 0.1-0.4 s on them), and
+        every row is named by its tool."""
+        calls: list[int] = []
+        real = history_write._plan_keys
+        monkeypatch.setattr(history_write, "_plan_keys",
+                            lambda plan: calls.append(len(plan.tasks)) or real(plan))
+        flow = flowdsl.Flow("napping", flowdsl.chain(*[nap().named(f"n{i}") for i in range(40)]))
+        with HistoryStore(tmp_path / "h.db", flush_rows=1, flush_interval=0.005) as store:
+            result = flowdsl.run(flow, history=store)
+            batches = store._commits
+            names = {n for (n,) in store._rows("SELECT DISTINCT qualname FROM tasks", ())}
+        assert result.ok and batches >= 5
+        assert calls == [40]
+        assert names == {history_write.plan_keys(flowdsl.plan(flow))[0]["n0"]}
 
     def test_two_plans_of_one_name_keep_entries_of_their_own(self, tmp_path: Path) -> None:
         """Runs alternating between two plans of one name each find their own figures in
