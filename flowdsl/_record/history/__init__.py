@@ -329,7 +329,9 @@ class HistoryStore(HistoryReader):
             run); outputs that are not JSON are not stored. Never pickle.
         flush_interval: at most this many seconds pass between a task ending and its rows
             reaching the file.
-        flush_rows: write at once when this many rows are waiting.
+        flush_rows: write at once when this many rows are waiting (by default
+            :data:`~.sink.SINK_MIN_ROWS`, 1,024: a batch the helper process writes, so
+            the end of a large run waits for a short batch in flight, not a long one).
         prune_every: prune after this many finished runs (default ``keep_last // 10``,
             between 1 and 100).
         scope: which history expected durations and statistics read by default: ``"flow"``
@@ -344,7 +346,7 @@ class HistoryStore(HistoryReader):
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", *, keep_last: int = 1000,
                  store_outputs: bool = False, flush_interval: float = 0.2,
-                 flush_rows: int = 4096, prune_every: int | None = None,
+                 flush_rows: int = SINK_MIN_ROWS, prune_every: int | None = None,
                  scope: str = "flow") -> None:
         for name, value in (("keep_last", keep_last), ("prune_every", prune_every)):
             if value is None and name == "prune_every":
