@@ -56,7 +56,7 @@ from .sink import (
     write_rows,
 )
 from .view import HistoryView
-from .write import HEARTBEAT, HOST, TAIL, Batch, HistoryObserver, tool_identity
+from .write import HEARTBEAT, HOST, TAIL, Batch, HistoryObserver, plan_keys, tool_identity
 
 __all__ = ["HistoryObserver", "HistoryStore", "HistoryView", "ToolStats", "aopen_history",
            "default_path", "open_history", "tool_identity"]
@@ -371,6 +371,11 @@ class HistoryStore(HistoryReader):
         self._writer: threading.Thread | None = None
         self._active: dict[str, Any] = {}  # run id -> its observer, while it runs
         self._plans: dict[str, Any] = {}  # run id -> plan, until the run's end is written
+        # run id -> its plan's qualified tool names by task id (write.plan_keys), as long:
+        # looked up once per run, not at each batch (finding them again took a 100,000-task
+        # run's plan three tuples of its size per batch: 0.1-0.4 s a run). Kept per run,
+        # not per plan object: a plan kept past its run was freed on a later run's loop.
+        self._names: dict[str, dict[str, str]] = {}
         # run id -> task id -> (qualified tool, duration) of its completed tasks written so
         # far (None for the others), until the run's end is written (see _write)
         self._ran: dict[str, dict[str, tuple[str, float] | None] | None] = {}
@@ -551,6 +556,8 @@ class HistoryStore(HistoryReader):
             while queue:  # only this thread pops (under the lock); the run appends meanwhile
                 batch.extend([pop() for _ in range(len(queue))])
             self._plans.update(batch.plans)
+            for run_id, p in batch.plans.items():
+                self._names[run_id] = plan_keys(p)[0]
             for obs in observers:
                 obs.running_rows(batch.tasks)
             if batch:
@@ -567,6 +574,7 @@ class HistoryStore(HistoryReader):
             self._lost(batch, exc)
         for end in batch.ends:
             self._plans.pop(end[-1], None)
+            self._names.pop(end[-1], None)
             self._ran.pop(end[-1], None)
             self._sizes.pop(end[-1], None)
             _LIVE_RUNS.discard(end[-1])
@@ -576,7 +584,7 @@ class HistoryStore(HistoryReader):
         ends = [(*e[:5], str(errors[e[-1]]) if e[-1] in errors else None, e[-1])
                 for e in batch.ends]
         sizes = self._sizes
-        tasks, names, attempts, attempt_names = batch.with_qualnames(self._plans)
+        tasks, names, attempts, attempt_names = batch.with_qualnames(self._names)
         rows = (batch.start_rows(self._plans), tasks, names, attempts, attempt_names, ends)
         added = {run_id: len(by_task) for run_id, by_task in batch.tasks.items()}
         if self._sent(batch, rows):  # a helper process wrote them: the figures fold later

@@ -217,14 +217,13 @@ class Batch:
         return [(*row, edges_json(plans.get(row[0])), nodes_json(plans.get(row[0])),
                  PROC_START, now) for row in self.starts]
 
-    def with_qualnames(self, plans: dict[str, Any]) -> tuple[
+    def with_qualnames(self, keys: dict[str, dict[str, str]]) -> tuple[
             list[tuple[Any, ...]], list[str], list[tuple[Any, ...]], list[str]]:
         """The task rows and their tasks' qualified tool names, then the attempt rows and
-        theirs (from each run's plan, :func:`plan_keys`: made once per flow, a look-up per
-        row; the bare name when the run came without a plan)."""
+        theirs (``keys``: run id -> its plan's :func:`plan_keys` names, a look-up per row;
+        the bare name when the run came without a plan)."""
         def table(run_id: str) -> dict[str, str]:
-            p = plans.get(run_id)
-            return {} if p is None else plan_keys(p)[0]
+            return keys.get(run_id) or {}
 
         def other(row: tuple[Any, ...], tab: dict[str, str]) -> str:
             """A row whose id is no plan task's: a mapped task's child or a stage's item
@@ -268,11 +267,6 @@ _KEYS: dict[tuple[tuple[str, ...], tuple[int, ...]],
             tuple[tuple[Any, ...], tuple[dict[str, str], frozenset[str],
                                          frozenset[tuple[str, str]]]]] = {}
 _KEYS_KEPT = 8
-#: The same by plan object: id -> (the plan, kept so its id stays its own, and the keys).
-#: The writer asks at every batch of a run, and the key above costs three tuples of the
-#: plan's size to make (a 100,000-task run's 25-100 batches spent 0.1-0.4 s on them).
-_BY_PLAN: dict[int, tuple[Any, tuple[dict[str, str], frozenset[str],
-                                      frozenset[tuple[str, str]]]]] = {}
 
 
 def plan_keys(plan: Any) -> tuple[dict[str, str], frozenset[str], frozenset[tuple[str, str]]]:
@@ -280,26 +274,6 @@ def plan_keys(plan: Any) -> tuple[dict[str, str], frozenset[str], frozenset[tupl
     the (tool, task id) pairs its expected durations read; made once per set of task
     objects (a task's tool, fan-out and id never change: tasks are frozen). The writer
     names rows by them and the reader looks figures up by them."""
-    seen = _BY_PLAN.get(id(plan))
-    if seen is not None and seen[0] is plan:
-        return seen[1]
-    made = _plan_keys(plan)
-    _keep(_BY_PLAN, id(plan), (plan, made))
-    return made
-
-
-def _keep(memo: dict[Any, Any], key: Any, value: Any) -> None:
-    """Add to a memo of at most :data:`_KEYS_KEPT` entries, the oldest going first."""
-    if len(memo) >= _KEYS_KEPT:
-        try:  # runs in several threads may trim at once: losing a race costs nothing
-            memo.pop(next(iter(memo)))
-        except (KeyError, RuntimeError, StopIteration):
-            pass
-    memo[key] = value
-
-
-def _plan_keys(plan: Any) -> tuple[dict[str, str], frozenset[str],
-                                   frozenset[tuple[str, str]]]:
     tasks = tuple(plan.tasks.values())
     key = (tuple(plan.tasks), tuple(map(id, tasks)))
     hit = _KEYS.get(key)
@@ -307,7 +281,12 @@ def _plan_keys(plan: Any) -> tuple[dict[str, str], frozenset[str],
         return hit[1]
     idents, mapped = _identities(plan), _mapped(plan)
     made = (idents, mapped, _wanted(idents, mapped))
-    _keep(_KEYS, key, (tasks, made))
+    if len(_KEYS) >= _KEYS_KEPT:
+        try:  # runs in several threads may trim at once: losing a race costs nothing
+            _KEYS.pop(next(iter(_KEYS)))
+        except (KeyError, RuntimeError, StopIteration):
+            pass
+    _KEYS[key] = (tasks, made)
     return made
 
 
