@@ -170,6 +170,20 @@ def test_a_timeout_is_an_attempt_failed_then_timed_out() -> None:
     assert ev[K.TASK_FINISHED].detail is flowdsl.TaskStatus.TIMED_OUT
 
 
+def test_an_attempt_cut_by_its_groups_deadline_is_an_attempt_failed() -> None:
+    """The group's timeout ends the attempt in flight timed out (its record says so): the
+    stream says so too, before the task's timed-out finish (it said nothing of it)."""
+    result, got = run(flowdsl.Flow("g", nap(5.0)).with_options(timeout=0.05))
+    assert result.status == "failed"
+    (att,) = result.tasks["nap"].attempts
+    assert att.status is flowdsl.TaskStatus.TIMED_OUT
+    assert got.of("nap") == [("task_ready", None), ("task_started", 1), ("attempt_failed", 1),
+                             ("task_finished", 1)]
+    ev = {e.kind: e for e in got.events if e.task == "nap"}
+    assert ev[K.ATTEMPT_FAILED].detail == att.error
+    assert ev[K.TASK_FINISHED].detail is flowdsl.TaskStatus.TIMED_OUT
+
+
 def test_fail_fast_cancels_the_running_ones() -> None:
     result, got = run(flowdsl.parallel(boom(), nap(5.0)))
     assert result.status == "failed"

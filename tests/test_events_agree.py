@@ -1,17 +1,19 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
 switches, trigger rules, pools, rollback, cache hits and resumes): the result's statuses and
-attempts, the history rows and run row, live progress (a consumer of the stream) and the
-timelines drawn from the result and from history all say what the events say."""
+attempts, the history rows and run row, live progress (a consumer of the stream), the
+timelines drawn from the result and from history, and the OpenTelemetry spans (run and
+attempts, with the SDK's in-memory exporter) all say what the events say."""
 
 from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from test_differential import CALLS, ROLLED, SCRIPTS, engine_run, flows
 
@@ -21,6 +23,28 @@ from flowdsl._report.timeline import from_history, from_result
 
 K = EventKind
 _N = itertools.count()
+
+
+@pytest.fixture
+def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An SDK tracer provider with an in-memory exporter as the global one for the test
+    (as tests/test_otel.py), or None where the test extra's SDK is not installed."""
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+            InMemorySpanExporter,
+        )
+    except ImportError:
+        yield None
+        return
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
+    yield exporter
+    provider.shutdown()
 
 
 class View:
@@ -33,6 +57,7 @@ class View:
         self.rolled: set[str] = set()
         self.reset: set[str] = set()  # nodes a retried group made pending again
         self.attempts: Counter[str] = Counter()
+        self.failed: set[tuple[str, int]] = set()  # (node, attempt) that failed or timed out
         self.ready: set[str] = set()
         self.run_status: str | None = None
         for e in self.events:
@@ -46,6 +71,8 @@ class View:
                 self.rolled.add(key)
             elif e.kind is K.TASK_STARTED and e.attempt is not None:
                 self.attempts[key] += 1
+            elif e.kind is K.ATTEMPT_FAILED and e.attempt is not None:
+                self.failed.add((key, e.attempt))
             elif e.kind is K.TASK_READY:
                 self.ready.add(key)
             elif e.kind is K.RUN_FINISHED:
@@ -58,8 +85,37 @@ class View:
         return self.final.get(key, "pending")
 
 
-def agree(result: Any, events: Sequence[Event], progress: _State, path: Path) -> None:
+def agree_spans(view: View, spans: Any) -> None:
+    """The run span has the run's status; each node has one attempt span per attempt the
+    events started, numbered as they are, in error where the events say it failed."""
+    from opentelemetry.trace import StatusCode
+
+    finished = spans.get_finished_spans()
+    (run,) = [s for s in finished if s.name.startswith("flowdsl.run")]
+    assert run.attributes["flowdsl.status"] == view.run_status, "run span"
+    numbers: dict[str, list[int]] = {}
+    failed: set[tuple[str, int]] = set()
+    for s in finished:
+        if not s.name.startswith("flowdsl.task "):
+            continue
+        a = s.attributes
+        key = (a["flowdsl.task.id"] if "flowdsl.item" not in a
+               else f"{a['flowdsl.task.id']}@{a['flowdsl.item']}")
+        numbers.setdefault(key, []).append(a["flowdsl.attempt"])
+        if s.status.status_code is StatusCode.ERROR:
+            failed.add((key, a["flowdsl.attempt"]))
+    assert {k: len(v) for k, v in numbers.items()} == {
+        k: n for k, n in view.attempts.items() if n}, "attempt spans"
+    for key, got in numbers.items():
+        assert sorted(got) == list(range(1, len(got) + 1)), (key, "attempt numbers")
+    assert failed == view.failed, "failed attempt spans"
+
+
+def agree(result: Any, events: Sequence[Event], progress: _State, path: Path,
+          spans: Any = None) -> None:
     view = View(events)
+    if spans is not None:  # OpenTelemetry
+        agree_spans(view, spans)
     assert [e.seq for e in view.events] == list(range(len(view.events)))
     assert view.run_status == result.status.value
     # RunResult
@@ -97,8 +153,8 @@ def agree(result: Any, events: Sequence[Event], progress: _State, path: Path) ->
                                  HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(case=flows())
-def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path: Path
-                                                 ) -> None:
+def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path: Path,
+                                                 spans: Any) -> None:
     fd, scenario = case
     CALLS.clear()
     ROLLED.clear()
@@ -112,16 +168,20 @@ def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path
             options = {"resume": first.run_id}
         got: list[Event] = []
         progress = _State()
+        if spans is not None:
+            spans.clear()
         result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
                             **options)
-        agree(result, got, progress, path)
+        agree(result, got, progress, path, spans)
         first = first or result
     if scenario == "resume":
         got = []
         progress = _State()
+        if spans is not None:
+            spans.clear()
         result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
                             resume=first.run_id)
-        agree(result, got, progress, path)
+        agree(result, got, progress, path, spans)
 
 
 def test_progress_forgets_a_reset_node(tmp_path: Path) -> None:

@@ -311,6 +311,8 @@ class Steps:
             if attempts and rec.attempts[-1].status is CANCELLED:
                 att = rec.attempts[-1]
                 att.status, att.error = TIMED_OUT, ErrorInfo.from_exception(late, self.masker)
+                if self.events is not None:  # S11a: it ended timed out, as its record says
+                    self.events.put(ATTEMPT_FAILED, tid, rec.item, att.number, att.error)
             self.fail(tid, item, rec, late, attempts)
             return
         self.finish(tid, item, rec, CANCELLED, reason=why)
