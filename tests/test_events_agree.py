@@ -1,6 +1,7 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
-switches, trigger rules, pools, rollback, cache hits and resumes): the result's statuses and
+switches, trigger rules, pools, rollback, cache hits and resumes), and on generated pipelines
+over items (each stage x item a node, with retries and failures): the result's statuses and
 attempts, the history rows and run row, live progress (a consumer of the stream), the
 timelines drawn from the result and from history, and the OpenTelemetry spans (run and
 attempts, with the SDK's in-memory exporter) all say what the events say."""
@@ -15,9 +16,11 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_differential import CALLS, ROLLED, SCRIPTS, engine_run, flows
 
-from flowdsl import Event, EventKind, HistoryStore
+import flowdsl
+from flowdsl import Event, EventKind, HistoryStore, tool
 from flowdsl._report.progress import _State
 from flowdsl._report.timeline import from_history, from_result
 
@@ -204,3 +207,98 @@ def test_progress_forgets_a_reset_node(tmp_path: Path) -> None:
     assert result.tasks["b"].status == "pending"
     assert View(got).status("b") == "pending"
     assert "b" not in progress.finished
+
+
+# -- pipelines over items (not in the differential generator): each stage x item a node ------
+
+#: S5: a stage's summary takes the worst of its items' statuses, in this order.
+_WORST = ["failed", "timed_out", "cancelled", "upstream_failed", "rolled_back", "running",
+          "pending", "skipped", "completed", "cached"]
+_SCRIPT: dict[tuple[str, int], str] = {}  # (stage, item) -> "fail" or "flaky" (else returns)
+_CALLED: set[tuple[str, int]] = set()
+
+
+def _stage_tool(name: str) -> Any:
+    @tool(name=name, registry=False, executor="inline")
+    def step(x: int) -> int:
+        how = _SCRIPT.get((name, x))
+        if how == "fail" or (how == "flaky" and (name, x) not in _CALLED):
+            _CALLED.add((name, x))
+            msg = f"{name} fails item {x}"
+            raise ValueError(msg)
+        return x
+
+    return step
+
+
+@st.composite
+def pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, int]], int, dict[tuple[str, int], str],
+                                        bool]:
+    stages = [(f"s{k}", draw(st.sampled_from([0, 1])))
+              for k in range(draw(st.integers(1, 3)))]
+    n = draw(st.integers(1, 5))
+    script = {(s, i): how for s, _ in stages for i in range(n)
+              if (how := draw(st.sampled_from(["ok", "ok", "ok", "fail", "flaky"]))) != "ok"}
+    return stages, n, script, draw(st.booleans())
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=pipelines())
+def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
+        case: tuple[list[tuple[str, int]], int, dict[tuple[str, int], str], bool],
+        tmp_path: Path, spans: Any) -> None:
+    """Each stage x item: the result's item records, the stage's summary (S5), the history
+    rows ``stage@i``, live progress, the timelines and the attempt spans say what the
+    events say."""
+    stages, n, script, keep_going = case
+    _SCRIPT.clear()
+    _SCRIPT.update(script)
+    _CALLED.clear()
+    flow: Any = None
+    for name, retries in stages:
+        stage = _stage_tool(name).with_options(retries=retries, backoff=0).stage()
+        flow = stage if flow is None else flow >> stage
+    got: list[Event] = []
+    progress = _State()
+    if spans is not None:
+        spans.clear()
+    path = tmp_path / f"p{next(_N)}.db"
+    with HistoryStore(path) as store:
+        result = flowdsl.run(flow, mode="pipeline", items=range(n), history=store,
+                             continue_on_error=keep_going, observers=[got.extend, progress])
+        run = store.get_run(result.run_id)
+    view = View(got)
+    assert [e.seq for e in view.events] == list(range(len(view.events)))
+    assert view.run_status == result.status.value
+    if spans is not None:
+        agree_spans(view, spans)
+    assert progress.finished == view.final, "progress"
+    rows = {r["task_id"]: r for r in run["tasks"]}
+    for name, _ in stages:
+        rec = result.tasks[name]
+        items = {x.item: x for x in rec.items or ()}
+        keys = {f"{name}@{i}" for i in items}
+        assert {k for k in view.final if k.startswith(f"{name}@")} <= keys, name
+        for i, x in items.items():
+            key = f"{name}@{i}"
+            assert x.status.value == view.status(key), (key, x.status, view.status(key))
+            assert len(x.attempts) == view.attempts[key], (key, "attempts")
+            row = rows.get(key)
+            if row is None:
+                assert view.status(key) == "pending", (key, "no history row")
+            else:
+                assert row["status"] == view.status(key), (key, "history status")
+                assert len(row["attempts"]) == view.attempts[key], (key, "history attempts")
+        # S5: the summary is the worst of its items (pending while none began), with every
+        # item's attempts
+        worst = min((x.status.value for x in items.values()), key=_WORST.index,
+                    default="pending")
+        assert rec.status.value == worst, (name, rec.status, worst)
+        assert len(rec.attempts) == sum(len(x.attempts) for x in items.values()), name
+        assert rows[name]["status"] == worst, (name, "history summary")
+    for tl in (from_result(result), from_history(run, result.plan)):
+        for bar in tl.bars:
+            want = (view.status(bar.id) if "@" in bar.id
+                    else result.tasks[bar.id].status.value)
+            assert bar.status == want, (bar.id, "timeline")
