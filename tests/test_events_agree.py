@@ -1,10 +1,10 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
 switches, trigger rules, pools, rollback, cache hits and resumes), and on generated pipelines
-over items (each stage x item a node, with retries and failures): the result's statuses and
-attempts, the history rows and run row, live progress (a consumer of the stream), the
-timelines drawn from the result and from history, and the OpenTelemetry spans (run and
-attempts, with the SDK's in-memory exporter) all say what the events say."""
+over items (each stage x item a node, with retries, failures and timeouts): the result's
+statuses and attempts, the history rows and run row, live progress (a consumer of the
+stream), the timelines drawn from the result and from history, and the OpenTelemetry spans
+(run and attempts, with the SDK's in-memory exporter) all say what the events say."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -214,14 +215,18 @@ def test_progress_forgets_a_reset_node(tmp_path: Path) -> None:
 #: S5: a stage's summary takes the worst of its items' statuses, in this order.
 _WORST = ["failed", "timed_out", "cancelled", "upstream_failed", "rolled_back", "running",
           "pending", "skipped", "completed", "cached"]
-_SCRIPT: dict[tuple[str, int], str] = {}  # (stage, item) -> "fail" or "flaky" (else returns)
+#: (stage, item) -> "fail", "flaky" (fails its first call) or "slow" (outlasts the stage's
+#: timeout); else the call returns at once.
+_SCRIPT: dict[tuple[str, int], str] = {}
 _CALLED: set[tuple[str, int]] = set()
 
 
 def _stage_tool(name: str) -> Any:
-    @tool(name=name, registry=False, executor="inline")
-    def step(x: int) -> int:
+    @tool(name=name, registry=False, executor="async")
+    async def step(x: int) -> int:
         how = _SCRIPT.get((name, x))
+        if how == "slow":
+            await anyio.sleep(1.0)  # cut at the stage's timeout
         if how == "fail" or (how == "flaky" and (name, x) not in _CALLED):
             _CALLED.add((name, x))
             msg = f"{name} fails item {x}"
@@ -238,7 +243,8 @@ def pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, int]], int, dict[tuple[s
               for k in range(draw(st.integers(1, 3)))]
     n = draw(st.integers(1, 5))
     script = {(s, i): how for s, _ in stages for i in range(n)
-              if (how := draw(st.sampled_from(["ok", "ok", "ok", "fail", "flaky"]))) != "ok"}
+              if (how := draw(st.sampled_from(["ok", "ok", "ok", "fail", "flaky", "slow"])))
+              != "ok"}
     return stages, n, script, draw(st.booleans())
 
 
@@ -257,7 +263,8 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
     _CALLED.clear()
     flow: Any = None
     for name, retries in stages:
-        stage = _stage_tool(name).with_options(retries=retries, backoff=0).stage()
+        stage = _stage_tool(name).with_options(retries=retries, backoff=0,
+                                               timeout=0.02).stage()
         flow = stage if flow is None else flow >> stage
     got: list[Event] = []
     progress = _State()
