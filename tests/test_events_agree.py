@@ -1,10 +1,11 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
 switches, trigger rules, pools, rollback, cache hits and resumes), and on generated pipelines
-over items (each stage x item a node, with retries, failures and timeouts): the result's
-statuses and attempts, the history rows and run row, live progress (a consumer of the
-stream), the timelines drawn from the result and from history, and the OpenTelemetry spans
-(run and attempts, with the SDK's in-memory exporter) all say what the events say."""
+over items (each stage x item a node, with retries, failures, timeouts and a pool): the
+result's statuses and attempts, the history rows and run row, live progress (a consumer of
+the stream), the timelines drawn from the result and from history, and the OpenTelemetry
+spans (run and attempts, pool waits, with the SDK's in-memory exporter) all say what the
+events say."""
 
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ class View:
         self.attempts: Counter[str] = Counter()
         self.failed: set[tuple[str, int]] = set()  # (node, attempt) that failed or timed out
         self.ready: set[str] = set()
+        self.waited: set[str] = set()  # nodes that waited for pools
         self.run_status: str | None = None
         for e in self.events:
             key = f"{e.task}" if e.item is None else f"{e.task}@{e.item}"
@@ -79,6 +81,8 @@ class View:
                 self.failed.add((key, e.attempt))
             elif e.kind is K.TASK_READY:
                 self.ready.add(key)
+            elif e.kind is K.TASK_WAITING_FOR_POOLS:
+                self.waited.add(key)
             elif e.kind is K.RUN_FINISHED:
                 self.run_status = str(e.detail)
 
@@ -99,6 +103,7 @@ def agree_spans(view: View, spans: Any) -> None:
     assert run.attributes["flowdsl.status"] == view.run_status, "run span"
     numbers: dict[str, list[int]] = {}
     failed: set[tuple[str, int]] = set()
+    waited: set[str] = set()  # nodes whose first attempt span has a pool wait
     for s in finished:
         if not s.name.startswith("flowdsl.task "):
             continue
@@ -108,11 +113,15 @@ def agree_spans(view: View, spans: Any) -> None:
         numbers.setdefault(key, []).append(a["flowdsl.attempt"])
         if s.status.status_code is StatusCode.ERROR:
             failed.add((key, a["flowdsl.attempt"]))
+        if any(ev.name == "flowdsl.pool_wait" for ev in s.events):
+            waited.add(key)
     assert {k: len(v) for k, v in numbers.items()} == {
         k: n for k, n in view.attempts.items() if n}, "attempt spans"
     for key, got in numbers.items():
         assert sorted(got) == list(range(1, len(got) + 1)), (key, "attempt numbers")
     assert failed == view.failed, "failed attempt spans"
+    # A wait for pools is an event of the attempt that followed it (none if none did).
+    assert waited == {k for k in view.waited if view.attempts[k]}, "pool waits"
 
 
 def agree(result: Any, events: Sequence[Event], progress: _State, path: Path,
@@ -225,8 +234,8 @@ def _stage_tool(name: str) -> Any:
     @tool(name=name, registry=False, executor="async")
     async def step(x: int) -> int:
         how = _SCRIPT.get((name, x))
-        if how == "slow":
-            await anyio.sleep(1.0)  # cut at the stage's timeout
+        # Holds its pool unit over a scheduler step at least: stages overlap, and wait.
+        await anyio.sleep(1.0 if how == "slow" else 0)  # (slow: cut at the stage's timeout)
         if how == "fail" or (how == "flaky" and (name, x) not in _CALLED):
             _CALLED.add((name, x))
             msg = f"{name} fails item {x}"
@@ -237,12 +246,14 @@ def _stage_tool(name: str) -> Any:
 
 
 @st.composite
-def pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, int]], int, dict[tuple[str, int], str],
-                                        bool]:
-    stages = [(f"s{k}", draw(st.sampled_from([0, 1])))
+def pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, int, bool]], int,
+                                        dict[tuple[str, int], str], bool]:
+    # (name, retries, whether it takes the one unit of pool "p")
+    pooled = st.sampled_from([True, True, False])
+    stages = [(f"s{k}", draw(st.sampled_from([0, 1])), draw(pooled))
               for k in range(draw(st.integers(1, 3)))]
     n = draw(st.integers(1, 5))
-    script = {(s, i): how for s, _ in stages for i in range(n)
+    script = {(s, i): how for s, _, _ in stages for i in range(n)
               if (how := draw(st.sampled_from(["ok", "ok", "ok", "fail", "flaky", "slow"])))
               != "ok"}
     return stages, n, script, draw(st.booleans())
@@ -252,7 +263,7 @@ def pipelines(draw: st.DrawFn) -> tuple[list[tuple[str, int]], int, dict[tuple[s
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=pipelines())
 def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
-        case: tuple[list[tuple[str, int]], int, dict[tuple[str, int], str], bool],
+        case: tuple[list[tuple[str, int, bool]], int, dict[tuple[str, int], str], bool],
         tmp_path: Path, spans: Any) -> None:
     """Each stage x item: the result's item records, the stage's summary (S5), the history
     rows ``stage@i``, live progress, the timelines and the attempt spans say what the
@@ -262,9 +273,10 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
     _SCRIPT.update(script)
     _CALLED.clear()
     flow: Any = None
-    for name, retries in stages:
-        stage = _stage_tool(name).with_options(retries=retries, backoff=0,
-                                               timeout=0.02).stage()
+    for name, retries, pooled in stages:
+        stage = _stage_tool(name).with_options(retries=retries, backoff=0, timeout=0.02,
+                                               resources={"p": 1} if pooled else None
+                                               ).stage()
         flow = stage if flow is None else flow >> stage
     got: list[Event] = []
     progress = _State()
@@ -273,7 +285,8 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
     path = tmp_path / f"p{next(_N)}.db"
     with HistoryStore(path) as store:
         result = flowdsl.run(flow, mode="pipeline", items=range(n), history=store,
-                             continue_on_error=keep_going, observers=[got.extend, progress])
+                             resources={"p": 1}, continue_on_error=keep_going,
+                             observers=[got.extend, progress])
         run = store.get_run(result.run_id)
     view = View(got)
     assert [e.seq for e in view.events] == list(range(len(view.events)))
@@ -282,7 +295,7 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
         agree_spans(view, spans)
     assert progress.finished == view.final, "progress"
     rows = {r["task_id"]: r for r in run["tasks"]}
-    for name, _ in stages:
+    for name, _, _ in stages:
         rec = result.tasks[name]
         items = {x.item: x for x in rec.items or ()}
         keys = {f"{name}@{i}" for i in items}
