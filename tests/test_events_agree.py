@@ -1,11 +1,11 @@
 """Every view of a run agrees with its event stream (issue 26 part 1), on the differential
 generator's flows (tests/test_differential.py: maps, groups with retries and timeouts,
-switches, trigger rules, pools, rollback, cache hits and resumes), and on generated pipelines
-over items (each stage x item a node, with retries, failures, timeouts and a pool): the
-result's statuses and attempts, the history rows and run row, live progress (a consumer of
-the stream), the timelines drawn from the result and from history, and the OpenTelemetry
-spans (run and attempts, pool waits, with the SDK's in-memory exporter) all say what the
-events say."""
+switches, trigger rules, pools, rollback, cache hits and resumes; on asyncio and on trio),
+and on generated pipelines over items (each stage x item a node, with retries, failures,
+timeouts and a pool): the result's statuses and attempts, the history rows and run row, live
+progress (a consumer of the stream), the timelines drawn from the result and from history,
+and the OpenTelemetry spans (run and attempts, pool waits, with the SDK's in-memory
+exporter) all say what the events say."""
 
 from __future__ import annotations
 
@@ -166,8 +166,9 @@ def agree(result: Any, events: Sequence[Event], progress: _State, path: Path,
                                  HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture])
 @given(case=flows())
-def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path: Path,
-                                                 spans: Any) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_every_view_agrees_with_the_event_stream(backend: str, case: tuple[Any, str],
+                                                 tmp_path: Path, spans: Any) -> None:
     fd, scenario = case
     CALLS.clear()
     ROLLED.clear()
@@ -183,7 +184,7 @@ def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path
         progress = _State()
         if spans is not None:
             spans.clear()
-        result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
+        result = engine_run(fd, backend, path, observers=[got.extend, progress],
                             **options)
         agree(result, got, progress, path, spans)
         first = first or result
@@ -192,7 +193,7 @@ def test_every_view_agrees_with_the_event_stream(case: tuple[Any, str], tmp_path
         progress = _State()
         if spans is not None:
             spans.clear()
-        result = engine_run(fd, "asyncio", path, observers=[got.extend, progress],
+        result = engine_run(fd, backend, path, observers=[got.extend, progress],
                             resume=first.run_id)
         agree(result, got, progress, path, spans)
 
