@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +28,6 @@ from flowdsl._report.timeline import from_history, from_result
 
 K = EventKind
 _N = itertools.count()
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An SDK tracer provider with an in-memory exporter as the global one for the test
-    (as tests/test_otel.py), or None where the test extra's SDK is not installed."""
-    try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
-            InMemorySpanExporter,
-        )
-    except ImportError:
-        yield None
-        return
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
-    yield exporter
-    provider.shutdown()
 
 
 class View:
@@ -95,10 +73,12 @@ class View:
 
 def agree_spans(view: View, spans: Any) -> None:
     """The run span has the run's status; each node has one attempt span per attempt the
-    events started, numbered as they are, in error where the events say it failed."""
+    events started, numbered as they are, in error where the events say it failed. The
+    spans read are cleared: the next run's are its own."""
     from opentelemetry.trace import StatusCode
 
     finished = spans.get_finished_spans()
+    spans.clear()
     (run,) = [s for s in finished if s.name.startswith("flowdsl.run")]
     assert run.attributes["flowdsl.status"] == view.run_status, "run span"
     numbers: dict[str, list[int]] = {}
@@ -124,20 +104,36 @@ def agree_spans(view: View, spans: Any) -> None:
     assert waited == {k for k in view.waited if view.attempts[k]}, "pool waits"
 
 
+def agree_stream(view: View, result: Any, progress: _State, spans: Any) -> None:
+    """The stream is whole and ends with the run's status; live progress and the spans
+    (where the SDK is installed) say what it says."""
+    assert [e.seq for e in view.events] == list(range(len(view.events)))
+    assert view.run_status == result.status.value
+    if spans is not None:  # OpenTelemetry
+        agree_spans(view, spans)
+    assert progress.finished == view.final, "progress"
+
+
+def agree_row(view: View, key: str, rows: dict[str, Any]) -> None:
+    """The node's history row has the events' status and attempts (none while pending)."""
+    row = rows.get(key)
+    if row is None:
+        assert view.status(key) == "pending", (key, "no history row")
+        return
+    assert row["status"] == view.status(key), (key, "history status")
+    assert len(row["attempts"]) == view.attempts[key], (key, "history attempts")
+
+
 def agree(result: Any, events: Sequence[Event], progress: _State, path: Path,
           spans: Any = None) -> None:
     view = View(events)
-    if spans is not None:  # OpenTelemetry
-        agree_spans(view, spans)
-    assert [e.seq for e in view.events] == list(range(len(view.events)))
-    assert view.run_status == result.status.value
+    agree_stream(view, result, progress, spans)
     # RunResult
     for tid, rec in result.tasks.items():
         assert rec.status.value == view.status(tid), (tid, rec.status, view.status(tid))
         assert len(rec.attempts) == view.attempts[tid], (tid, "attempts")
     assert set(view.final) <= set(result.tasks)
-    # live progress (a consumer of the stream): every final node, with its status
-    assert progress.finished == view.final, "progress"
+    # live progress (a consumer of the stream): every final node (agree_stream), no more
     assert not progress.running
     assert progress.status == result.status
     # history: the run row and one row per node that became final
@@ -149,12 +145,7 @@ def agree(result: Any, events: Sequence[Event], progress: _State, path: Path,
     assert run["status"] == view.run_status
     rows = {r["task_id"]: r for r in run["tasks"]}
     for tid in result.tasks:
-        row = rows.get(tid)
-        if row is None:
-            assert view.status(tid) == "pending", (tid, "no history row")
-            continue
-        assert row["status"] == view.status(tid), (tid, "history status")
-        assert len(row["attempts"]) == view.attempts[tid], (tid, "history attempts")
+        agree_row(view, tid, rows)
     # timelines: one bar per node, with the events' status
     for tl in (from_result(result), from_history(run, result.plan)):
         for bar in tl.bars:
@@ -182,8 +173,6 @@ def test_every_view_agrees_with_the_event_stream(backend: str, case: tuple[Any, 
             options = {"resume": first.run_id}
         got: list[Event] = []
         progress = _State()
-        if spans is not None:
-            spans.clear()
         result = engine_run(fd, backend, path, observers=[got.extend, progress],
                             **options)
         agree(result, got, progress, path, spans)
@@ -191,8 +180,6 @@ def test_every_view_agrees_with_the_event_stream(backend: str, case: tuple[Any, 
     if scenario == "resume":
         got = []
         progress = _State()
-        if spans is not None:
-            spans.clear()
         result = engine_run(fd, backend, path, observers=[got.extend, progress],
                             resume=first.run_id)
         agree(result, got, progress, path, spans)
@@ -281,8 +268,6 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
         flow = stage if flow is None else flow >> stage
     got: list[Event] = []
     progress = _State()
-    if spans is not None:
-        spans.clear()
     path = tmp_path / f"p{next(_N)}.db"
     with HistoryStore(path) as store:
         result = flowdsl.run(flow, mode="pipeline", items=range(n), history=store,
@@ -290,11 +275,7 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
                              observers=[got.extend, progress])
         run = store.get_run(result.run_id)
     view = View(got)
-    assert [e.seq for e in view.events] == list(range(len(view.events)))
-    assert view.run_status == result.status.value
-    if spans is not None:
-        agree_spans(view, spans)
-    assert progress.finished == view.final, "progress"
+    agree_stream(view, result, progress, spans)
     rows = {r["task_id"]: r for r in run["tasks"]}
     for name, _, _ in stages:
         rec = result.tasks[name]
@@ -305,12 +286,7 @@ def test_every_view_of_a_pipeline_agrees_with_the_event_stream(
             key = f"{name}@{i}"
             assert x.status.value == view.status(key), (key, x.status, view.status(key))
             assert len(x.attempts) == view.attempts[key], (key, "attempts")
-            row = rows.get(key)
-            if row is None:
-                assert view.status(key) == "pending", (key, "no history row")
-            else:
-                assert row["status"] == view.status(key), (key, "history status")
-                assert len(row["attempts"]) == view.attempts[key], (key, "history attempts")
+            agree_row(view, key, rows)
         # S5: the summary is the worst of its items (pending while none began), with every
         # item's attempts
         worst = min((x.status.value for x in items.values()), key=_WORST.index,

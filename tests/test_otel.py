@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -13,7 +12,6 @@ import pytest
 trace = pytest.importorskip("opentelemetry.trace", reason="needs flowdsl[otel]")
 sdk_trace = pytest.importorskip("opentelemetry.sdk.trace",
                                 reason="needs opentelemetry-sdk (the test extra)")
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
     InMemorySpanExporter,
 )
@@ -27,18 +25,6 @@ def mine() -> Any:
     """The application's tracer, from the provider of the test running (a tracer kept from
     an earlier test would stay bound to that test's provider)."""
     return trace.get_tracer("the-application")
-
-
-@pytest.fixture
-def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
-    """An SDK provider as the global one for one test (the API lets a process set it only
-    once, so the test swaps the global and monkeypatch restores it)."""
-    exporter = InMemorySpanExporter()
-    provider = sdk_trace.TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(trace, "_TRACER_PROVIDER", provider)
-    yield exporter
-    provider.shutdown()
 
 
 def _by_name(exporter: InMemorySpanExporter) -> dict[str, list[Any]]:
