@@ -222,9 +222,6 @@ class Batch:
         """The task rows and their tasks' qualified tool names, then the attempt rows and
         theirs (``keys``: run id -> its plan's :func:`plan_keys` names, a look-up per row;
         the bare name when the run came without a plan)."""
-        def table(run_id: str) -> dict[str, str]:
-            return keys.get(run_id) or {}
-
         def other(row: tuple[Any, ...], tab: dict[str, str]) -> str:
             """A row whose id is no plan task's: a mapped task's child or a stage's item
             (named as its parent or stage), else the bare tool name."""
@@ -241,7 +238,7 @@ class Batch:
             for row in rows:
                 if row[0] != run_id:
                     run_id = row[0]
-                    tab = table(run_id)
+                    tab = keys.get(run_id) or {}
                 q = tab.get(row[1])
                 append(q if q is not None else other(row, tab))
 
