@@ -7,6 +7,7 @@ and a process tool's forked grandchild (item 9)."""
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -300,17 +301,23 @@ def test_forked_grandchild_never_answers_for_a_process_tool(mode: str) -> None:
 
 # -- 9b: resume of a map runs only the children that did not finish -------------------------
 class _Calls:
-    """A mapped tool that records its calls and fails at one element."""
+    """A mapped tool that records its calls and fails at one element, once the element
+    before it returned (in parallel lanes the two run side by side: the one before would
+    otherwise be cancelled, or not, as the threads happen to go)."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.fail_at: int | None = None
+        self.returned: collections.defaultdict[int, threading.Event] = (
+            collections.defaultdict(threading.Event))
 
         @tl
         def work(x: int, scale: int = 2) -> int:
             self.calls.append(x)
             if x == self.fail_at:
+                assert x == 0 or self.returned[x - 1].wait(10.0), f"{x - 1} never returned"
                 raise ValueError(f"crash at {x}")
+            self.returned[x].set()
             return x * scale
 
         self.tool = work
